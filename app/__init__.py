@@ -1,0 +1,1 @@
+"""Transfer Studio's entry points and wiring: the window, the training worker thread, the CLI."""

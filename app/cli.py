@@ -1,0 +1,267 @@
+"""The `transfer-studio` command: gui (default), demo-data, layers, train, predict.
+
+Every sub-command is a thin layer over the engine. Bad input ends with one line on stderr and
+exit code 2; a diverged run with exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.config import (AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
+                           ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project)
+from engine.errors import TrainingDiverged, UserError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem (and exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _PlanEditAction(argparse.Action):
+    """Collects --freeze/--unfreeze/--lr/--train-norm into one list, in the order given."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        edits = list(getattr(namespace, "edits", None) or [])
+        if option_string == "--freeze":
+            edits.append(PlanEdit(value, frozen=True))
+        elif option_string == "--unfreeze":
+            edits.append(PlanEdit(value, frozen=False))
+        elif option_string == "--train-norm":
+            edits.append(PlanEdit(value, train_norm=True))
+        else:
+            module, sep, lr_text = value.rpartition("=")
+            if not sep:
+                parser.error(f"--lr expects MODULE=LR, got '{value}'")
+            try:
+                lr = float(lr_text)
+            except ValueError:
+                parser.error(f"--lr {value}: '{lr_text}' is not a number")
+            if not lr > 0:
+                parser.error(f"--lr {value}: the LR must be > 0")
+            edits.append(PlanEdit(module, lr=lr))
+        namespace.edits = edits
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="resnet18", help="torchvision architecture, e.g. resnet50, efficientnet_b0")
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors)")
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plan (what is frozen, at what LR); flags apply after the strategy, in order")
+    g.add_argument("--strategy", choices=STRATEGIES, default="fine-tune")
+    g.add_argument("--base-lr", type=_positive_float, default=1e-3, help="LR of every module without its own")
+    g.add_argument("--discriminative-factor", type=float, default=2.6, help="LR ratio between neighbouring stages")
+    g.add_argument("--gradual-every", type=int, default=1, help="gradual: epochs between unfreezing stages")
+    g.add_argument("--freeze", action=_PlanEditAction, metavar="MODULE", help="freeze a module and its subtree")
+    g.add_argument("--unfreeze", action=_PlanEditAction, metavar="MODULE", help="unfreeze a module and its subtree")
+    g.add_argument("--lr", action=_PlanEditAction, metavar="MODULE=LR", help="LR of a module and its subtree")
+    g.add_argument("--train-norm", action=_PlanEditAction, metavar="MODULE",
+                   help="let a frozen module's norm layers update their running statistics")
+    p.set_defaults(edits=[])
+
+
+def _plan_config(args) -> PlanConfig:
+    return PlanConfig(strategy=args.strategy, base_lr=args.base_lr, discriminative_factor=args.discriminative_factor,
+                      gradual_every=args.gradual_every, edits=tuple(args.edits))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="transfer-studio",
+                            description="Point-and-click transfer learning of image classifiers.")
+    sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+
+    gui = sub.add_parser("gui", help="open the window (the default)")
+    gui.add_argument("--data", help="dataset folder to open (default: the built-in demo dataset)")
+    gui.add_argument("--project", help="project file to open")
+
+    demo = sub.add_parser("demo-data", help="write a synthetic ImageFolder dataset")
+    demo.add_argument("dir")
+    demo.add_argument("--classes", type=int, default=4)
+    demo.add_argument("--per-class", type=int, default=60)
+    demo.add_argument("--size", type=int, default=96)
+    demo.add_argument("--seed", type=int, default=0)
+
+    layers = sub.add_parser("layers", help="print the layer tree with frozen flags, parameter counts and LRs")
+    _add_model_args(layers)
+    layers.add_argument("--classes", type=int, required=True, help="number of classes of the new head")
+    layers.add_argument("--weight-decay", type=float, default=0.01)
+    layers.add_argument("--depth", type=int, default=None, help="show modules down to this depth")
+    layers.add_argument("--json", action="store_true")
+    _add_plan_args(layers)
+
+    train = sub.add_parser("train", help="train a classifier on a folder of images")
+    train.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
+    train.add_argument("--project", help="project file with every setting; flags given here are ignored")
+    _add_model_args(train)
+    _add_plan_args(train)
+    t = TrainConfig()
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
+    train.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    train.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
+    train.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
+    train.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
+    train.add_argument("--epochs", type=int, default=t.epochs)
+    train.add_argument("--batch-size", type=int, default=t.batch_size)
+    train.add_argument("--image-size", type=int, default=DataConfig().image_size)
+    train.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
+    train.add_argument("--val-fraction", type=float, default=DataConfig().val_fraction)
+    train.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
+    train.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
+    train.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
+    train.add_argument("--precision", choices=PRECISIONS, default=t.precision)
+    train.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement")
+    train.add_argument("--seed", type=int, default=t.seed)
+    train.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
+    train.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+
+    predict = sub.add_parser("predict", help="classify images with a trained checkpoint")
+    predict.add_argument("checkpoint")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "gui"
+    try:
+        if command == "gui":
+            return _gui(getattr(args, "data", None), getattr(args, "project", None))
+        return {"demo-data": _demo_data, "layers": _layers, "train": _train, "predict": _predict}[command](args)
+    except TrainingDiverged as exc:
+        print(f"transfer-studio: error: {exc}", file=sys.stderr)
+        return 1
+    except UserError as exc:
+        print(f"transfer-studio: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntransfer-studio: interrupted", file=sys.stderr)
+        return 130
+
+
+def _gui(data: str | None, project: str | None) -> int:
+    from app.main_window import run_gui  # Qt is imported only when a window is wanted
+
+    return run_gui(data=data, project=project)
+
+
+def _demo_data(args) -> int:
+    from engine.demo import write_demo_dataset
+
+    if not 2 <= args.classes <= 8 or args.per_class < 1 or args.size < 16:
+        raise UserError("demo-data needs 2..8 classes, --per-class >= 1 and --size >= 16")
+    root = write_demo_dataset(args.dir, args.classes, args.per_class, args.size, args.seed)
+    print(f"wrote {args.classes} x {args.per_class} images to {root}")
+    return 0
+
+
+def _layers(args) -> int:
+    from engine.models import build_model
+    from engine.plan import build_plan, describe_plan
+
+    built = build_model(args.model, args.classes, args.weights)
+    plan = build_plan(_plan_config(args), built.info)
+    report = describe_plan(built.info, plan, args.weight_decay)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for note in built.notes:
+        print(f"# {note}")
+    print(f"{'module':<44} {'type':<22} {'params':>12} {'trainable':>12}  frozen  lr")
+    for m in report["modules"]:
+        depth = 0 if m["name"] == "" else m["name"].count(".") + 1
+        if args.depth is not None and depth > args.depth:
+            continue
+        name = ("  " * depth + (m["name"].rpartition(".")[2] or args.model))[:44]
+        lr = f"{m['lr']:.3g}" + ("" if not m["lr_inherited"] else " (inherited)")
+        when = f"  unfreezes at epoch {m['unfreeze_epoch'] + 1}" if m["unfreeze_epoch"] is not None else ""
+        print(f"{name:<44} {m['type'][:22]:<22} {m['params']:>12,} {m['trainable_params']:>12,}  "
+              f"{'yes' if m['frozen'] else 'no ':<6}  {lr}{when}")
+    share = 100 * report["trainable_params"] / max(1, report["total_params"])
+    print(f"\nTrainable {report['trainable_params']:,} / {report['total_params']:,} ({share:.2f} %) · "
+          f"{len(report['param_groups'])} LR group(s)")
+    for g in report["param_groups"]:
+        print(f"  lr {g['lr']:.3g}  wd {g['weight_decay']:g}  {len(g['params'])} tensors  ({g['label']})")
+    return 0
+
+
+def train_config_from_args(args) -> RunConfig:
+    from engine.demo import ensure_demo_dataset
+
+    if args.project:
+        config = load_project(args.project)
+    else:
+        config = RunConfig(
+            data=DataConfig(root=args.data or str(ensure_demo_dataset()), val_fraction=args.val_fraction,
+                            image_size=args.image_size, augment=args.augment, num_workers=args.workers,
+                            feature_cache=not args.no_feature_cache),
+            model=ModelConfig(arch=args.model, weights=args.weights),
+            plan=_plan_config(args),
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                              weight_decay=args.weight_decay, schedule=args.schedule,
+                              warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                              device=args.device, precision=args.precision, seed=args.seed,
+                              early_stopping_patience=args.patience),
+        )
+    from dataclasses import replace
+
+    out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return replace(config, out_dir=out)
+
+
+def _train(args) -> int:
+    from app.progress import ProgressPrinter
+    from engine.trainer import fit
+
+    config = train_config_from_args(args)
+    config.validate()
+    progress = ProgressPrinter(sys.stderr)
+    result = fit(config, progress)
+    progress.close()
+    for s in result.skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
+    print(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.summary()))
+    return 0
+
+
+def _predict(args) -> int:
+    from engine.predict import load_classifier, predict_logits, preprocess, top_k
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be >= 1")
+    classifier = load_classifier(args.checkpoint)
+    paths = [Path(p) for p in args.images]
+    results = top_k(predict_logits(classifier, preprocess(paths, classifier.preprocessing)),
+                    classifier.class_names, args.top_k)
+    if args.json:
+        print(json.dumps([{"image": str(p), "top_k": r} for p, r in zip(paths, results)]))
+        return 0
+    for path, ranked in zip(paths, results):
+        print(f"{path}: " + ", ".join(f"{r['class']} {r['probability']:.3f}" for r in ranked))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

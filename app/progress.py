@@ -1,0 +1,69 @@
+"""A one-line progress bar on a terminal stream for the command line (images/s and ETA)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressPrinter(Callbacks):
+    def __init__(self, stream=sys.stderr, width: int = 28):
+        self.stream = stream
+        self.width = width
+        self.interactive = hasattr(stream, "isatty") and stream.isatty()
+        self._last_status = 0.0
+        self._open_line = False
+
+    def _write_line(self, text: str, final: bool) -> None:
+        if self.interactive:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self._open_line = not final
+        elif final:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
+        now = time.monotonic()
+        final = total == 0 or done == total
+        if not final and now - self._last_status < 0.2:
+            return
+        self._last_status = now
+        self._write_line(f"{text} {done}/{total}" if total else text, final)
+
+    def on_run_started(self, event: RunStarted) -> None:
+        for note in event.notes:
+            self._write_line(note, True)
+        self._write_line(
+            f"{event.device_name} · {event.precision} · {event.train_images} train / {event.val_images} val images · "
+            f"trainable {event.trainable_params:,} / {event.total_params:,} · {event.feature_cache}", True)
+
+    def on_batch_end(self, event: BatchEvent) -> None:
+        frac = event.global_step / max(1, event.total_steps)
+        filled = int(self.width * frac)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self._write_line(
+            f"epoch {event.epoch}/{event.epochs} [{bar}] {event.step}/{event.steps} loss {event.loss:.4f} "
+            f"{event.images_per_second:,.0f} img/s ETA {format_seconds(event.eta_seconds)}", False)
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        val = (f"val loss {event.val_loss:.4f} acc {event.val_accuracy:.4f}"
+               if event.val_accuracy is not None else "no validation set")
+        thawed = f" · unfrozen: {', '.join(event.newly_unfrozen)}" if event.newly_unfrozen else ""
+        self._write_line(
+            f"epoch {event.epoch}/{event.epochs} train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f} · "
+            f"{val} · {event.seconds:.1f}s ({event.data_seconds:.1f}s data) · {event.images_per_second:,.0f} img/s"
+            f"{' · best' if event.is_best else ''}{thawed}", True)
+
+    def close(self) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()

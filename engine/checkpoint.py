@@ -1,0 +1,133 @@
+"""Checkpoints: atomic writes and safe loading.
+
+A checkpoint is a versioned plain dict that `torch.load(path, weights_only=True)` reads:
+"model" (a state dict with plain torchvision keys), "arch", "class_names", "preprocessing",
+"plan", "metrics", "format_version". Loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UnsafeFileError, UserError
+
+FORMAT_VERSION = 1
+UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def _file_mode() -> int:
+    # mkstemp creates files 0600; a saved checkpoint should get the usual permissions (umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename, fsync the folder: a crash leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load with weights_only=True, refusing when safe loading has been switched off."""
+    if os.environ.get(UNSAFE_ENV, "").strip() not in ("", "0", "false", "False"):
+        raise UnsafeFileError(f"refusing to load {path}: {UNSAFE_ENV} is set, which disables safe loading; unset it")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise UnsafeFileError(f"refused {path}: it needs arbitrary code to load ({first[:160]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .pt/.pth (weights only), .safetensors, or one of our checkpoints."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise UserError(f"file not found: {path}")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+    obj = safe_torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict")
+    return obj
+
+
+def make_checkpoint(model: torch.nn.Module, *, arch: str, class_names, preprocessing: dict, plan: dict,
+                    metrics: dict, epoch: int, config: dict) -> dict[str, Any]:
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": state,
+        "arch": arch,
+        "class_names": list(class_names),
+        "preprocessing": preprocessing,
+        "plan": plan,
+        "metrics": metrics,
+        "epoch": epoch,
+        "config": config,
+    }
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    obj = safe_torch_load(path)
+    if not isinstance(obj, dict) or "format_version" not in obj or "model" not in obj:
+        raise UserError(f"{path} is not a Transfer Studio checkpoint")
+    if obj["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer Transfer Studio (format {obj['format_version']})")
+    return obj

@@ -1,0 +1,173 @@
+"""One immutable description of a run: data, model, plan and training settings.
+
+Start (in the window) or `train` (on the command line) freezes everything the person chose into a
+`RunConfig`; the trainer reads only that. It round-trips through JSON, which is both `run.json`
+in a run folder and the body of a project file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+AUGMENTATIONS = ("none", "light", "standard")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual")
+PRECISIONS = ("auto", "off", "bf16", "fp16")
+PROJECT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""
+    val_fraction: float = 0.2
+    image_size: int = 224
+    augment: str = "standard"
+    num_workers: int | None = None  # None: chosen from the CPU count and the device
+    decoded_cache_mb: int = 2048  # budget for decoded, resized images kept in RAM; 0 turns it off
+    feature_cache: bool = True  # train the head on cached trunk features when the trunk is frozen
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet18"
+    weights: str = "imagenet"  # "imagenet" | "none" | a path to a state dict
+
+
+@dataclass(frozen=True)
+class PlanEdit:
+    """One edit the person made on top of the strategy preset, applied in order.
+
+    Setting `frozen` or `lr` on a module sets it for the module's whole subtree (descendants'
+    own settings of that field are cleared), as checking a parent in the tree does.
+    """
+
+    module: str
+    frozen: bool | None = None
+    lr: float | None = None
+    train_norm: bool | None = None  # let a frozen module's norm layers update their statistics
+    inherit_lr: bool = False  # remove the module's own LR so it inherits again
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    strategy: str = "fine-tune"
+    base_lr: float = 1e-3
+    discriminative_factor: float = 2.6  # each stage below the head trains at LR / factor
+    gradual_every: int = 1  # gradual unfreezing: one more stage every this many epochs
+    edits: tuple[PlanEdit, ...] = ()
+
+    def with_edit(self, edit: PlanEdit) -> PlanConfig:
+        return replace(self, edits=self.edits + (edit,))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    channels_last: bool = True  # only used on CUDA
+    seed: int = 0
+    early_stopping_patience: int = 0  # 0: off
+    max_batch_events_per_second: float = 20.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        try:
+            plan_raw = dict(raw.get("plan", {}))
+            edits = tuple(_build(PlanEdit, e, "plan edit") for e in plan_raw.pop("edits", []))
+            return cls(
+                data=_build(DataConfig, raw.get("data", {}), "data"),
+                model=_build(ModelConfig, raw.get("model", {}), "model"),
+                plan=replace(_build(PlanConfig, plan_raw, "plan"), edits=edits),
+                train=_build(TrainConfig, raw.get("train", {}), "train"),
+                out_dir=str(raw.get("out_dir", "")),
+            )
+        except (TypeError, AttributeError) as exc:
+            raise UserError(f"malformed configuration: {exc}") from None
+
+    def validate(self) -> None:
+        """Raise UserError naming the first setting that cannot work."""
+        checks = [
+            (0.0 <= self.data.val_fraction < 1.0, f"val fraction must be in [0, 1), got {self.data.val_fraction}"),
+            (self.data.image_size >= 16, f"image size must be at least 16 px, got {self.data.image_size}"),
+            (self.data.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}"),
+            (self.plan.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.plan.base_lr > 0, f"base LR must be > 0, got {self.plan.base_lr}"),
+            (self.plan.discriminative_factor >= 1, "discriminative factor must be >= 1"),
+            (self.plan.gradual_every >= 1, "gradual unfreezing interval must be >= 1 epoch"),
+            (self.train.epochs >= 1, f"epochs must be >= 1, got {self.train.epochs}"),
+            (self.train.batch_size >= 1, f"batch size must be >= 1, got {self.train.batch_size}"),
+            (self.train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.train.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.train.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.train.weight_decay >= 0, "weight decay must be >= 0"),
+            (0 <= self.train.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (self.train.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        for edit in self.plan.edits:
+            if edit.lr is not None and not edit.lr > 0:
+                raise UserError(f"LR for '{edit.module}' must be > 0, got {edit.lr}")
+
+
+def _build(cls, raw: dict[str, Any], what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"unknown {what} setting(s): {', '.join(sorted(unknown))}")
+    return cls(**raw)
+
+
+def save_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    from .checkpoint import atomic_write_bytes  # local import keeps config importable alone
+
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def save_project(path: str | os.PathLike, config: RunConfig) -> None:
+    """A project file is human-readable JSON: the run config plus a format version."""
+    save_json_atomic(path, {"transfer_studio_project": PROJECT_FORMAT_VERSION, **config.to_dict()})
+
+
+def load_project(path: str | os.PathLike) -> RunConfig:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"project file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read project file {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a Transfer Studio project file")
+    version = raw.pop("transfer_studio_project", None)
+    if version is None:
+        raise UserError(f"{path} is not a Transfer Studio project file")
+    if version > PROJECT_FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer Transfer Studio (format {version})")
+    return RunConfig.from_dict(raw)

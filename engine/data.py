@@ -1,0 +1,328 @@
+"""Datasets: scan a folder, split it, decode robustly, transform, batch, cache decoded images.
+
+Two layouts: `root/<class>/<image>` (split here, stratified and seeded) or
+`root/train/<class>` + `root/val/<class>` (used as given). Class order is sorted like torchvision's
+ImageFolder, so label indices match it. A file that cannot be used is skipped and listed with
+its reason, at scan time or when it fails to decode in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .errors import UserError
+from .images import BadImage, decode_resized, is_image_file, probe
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    root: str
+    layout: str  # "folders" (split here) or "train-val" (given)
+    class_names: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    skipped: tuple[SkippedFile, ...]
+    image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+
+    @property
+    def total(self) -> int:
+        return len(self.train) + len(self.val)
+
+    def class_counts(self) -> list[dict]:
+        counts = [{"class": name, "train": 0, "val": 0} for name in self.class_names]
+        for split in ("train", "val"):
+            for sample in getattr(self, split):
+                counts[sample.label][split] += 1
+        return counts
+
+    def warnings(self) -> list[str]:
+        """Problems worth a person's attention before training."""
+        notes = []
+        totals = [c["train"] + c["val"] for c in self.class_counts()]
+        tiny = [n for n, t in zip(self.class_names, totals) if t < 10]
+        if tiny:
+            notes.append(f"{len(tiny)} class(es) with fewer than 10 images: {', '.join(tiny[:5])}")
+        if min(totals) > 0 and max(totals) / min(totals) >= 3:
+            notes.append(f"class imbalance: largest class has {max(totals) / min(totals):.1f}x the smallest")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} file(s) skipped")
+        return notes
+
+    def summary(self) -> dict:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.class_counts(),
+            "total": self.total,
+            "image_sizes": self.image_sizes,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "warnings": self.warnings(),
+        }
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetScan:
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    train_dir, val_dir = root_path / "train", root_path / "val"
+    if train_dir.is_dir() and val_dir.is_dir() and _class_dirs(train_dir):
+        class_names = _class_dirs(train_dir)
+        train, skipped_t, sizes_t = _scan_split(train_dir, class_names)
+        unknown = sorted(set(_class_dirs(val_dir)) - set(class_names))
+        if unknown:
+            raise UserError(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
+        val, skipped_v, sizes_v = _scan_split(val_dir, class_names)
+        layout, skipped, sizes = "train-val", skipped_t + skipped_v, sizes_t + sizes_v
+    else:
+        class_names = _class_dirs(root_path)
+        samples, skipped, sizes = _scan_split(root_path, class_names)
+        train, val = stratified_split(samples, val_fraction, seed)
+        layout = "folders"
+    if len(class_names) < 2:
+        raise UserError(f"{root} needs at least 2 class sub-folders, found {len(class_names)}")
+    present = {s.label for s in train} | {s.label for s in val}
+    empty = [name for i, name in enumerate(class_names) if i not in present]
+    if empty:
+        raise UserError(f"class folder(s) without a usable image: {', '.join(empty)}")
+    return DatasetScan(
+        root=str(root_path),
+        layout=layout,
+        class_names=tuple(class_names),
+        train=tuple(train),
+        val=tuple(val),
+        skipped=tuple(skipped),
+        image_sizes=_size_stats(sizes),
+    )
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_split(folder: Path, class_names: Sequence[str]):
+    candidates: list[tuple[Path, int]] = []
+    for label, name in enumerate(class_names):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if is_image_file(path):
+                    candidates.append((path, label))
+
+    def check(item):
+        path, label = item
+        try:
+            return Sample(str(path), label), None, probe(path)
+        except BadImage as exc:
+            return None, SkippedFile(str(path), str(exc)), None
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        results = list(pool.map(check, candidates))
+    samples = [r[0] for r in results if r[0] is not None]
+    skipped = [r[1] for r in results if r[1] is not None]
+    sizes = [r[2] for r in results if r[2] is not None]
+    return samples, skipped, sizes
+
+
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int):
+    """Per class, a seeded shuffle; round(n * fraction) go to validation (at least one when n >= 2)."""
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    train, val = [], []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        items = list(by_class[label])
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction) if val_fraction > 0 else 0
+        if val_fraction > 0 and len(items) >= 2:
+            n_val = min(max(n_val, 1), len(items) - 1)
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    key = lambda s: (s.label, s.path)  # noqa: E731 - stable order independent of the shuffle
+    return sorted(train, key=key), sorted(val, key=key)
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> dict:
+    if not sizes:
+        return {}
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+    return {
+        "width": {"min": min(widths), "median": int(statistics.median(widths)), "max": max(widths)},
+        "height": {"min": min(heights), "median": int(statistics.median(heights)), "max": max(heights)},
+    }
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the model: resize (shorter side), centre crop, normalize."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Preprocessing:
+        return cls(int(raw["resize"]), int(raw["crop"]), tuple(raw["mean"]), tuple(raw["std"]))
+
+
+def train_transform(augment: str, crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Augmentation on uint8 tensors that are already resized (shorter side = preprocessing.resize)."""
+    if augment == "standard":
+        return v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
+    if augment == "light":
+        return v2.Compose([v2.CenterCrop(crop), v2.RandomHorizontalFlip()])
+    return v2.CenterCrop(crop)
+
+
+def eval_transform(crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return v2.CenterCrop(crop)
+
+
+def normalize_batch(images: torch.Tensor, prep: Preprocessing, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (N,3,H,W) on any device -> normalized float. Done per batch, on the model's device."""
+    mean = torch.tensor(prep.mean, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(prep.std, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (images.to(dtype) - mean) / std
+
+
+# --- decoded-image cache and the dataset --------------------------------------------------------
+
+
+class DecodedCache:
+    """Decoded, resized uint8 images kept in RAM within a byte budget.
+
+    Decoding a JPEG costs milliseconds; augmenting a small uint8 tensor costs microseconds. So
+    every image is decoded once (threads: Pillow releases the GIL while decoding) and epochs
+    after that only augment. Bad files are remembered too, so they are not retried every epoch.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self.images: dict[int, torch.Tensor] = {}
+        self.failures: dict[int, str] = {}
+
+    def put(self, index: int, image: torch.Tensor) -> bool:
+        size = image.numel() * image.element_size()
+        if self.used_bytes + size > self.budget_bytes:
+            return False
+        self.images[index] = image
+        self.used_bytes += size
+        return True
+
+    def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None):
+        def decode(index: int):
+            try:
+                return index, decode_resized(Path(samples[index].path), side), None
+            except BadImage as exc:
+                return index, None, str(exc)
+
+        threads = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for done, (index, image, error) in enumerate(pool.map(decode, range(len(samples))), 1):
+                if error is not None:
+                    self.failures[index] = error
+                elif not self.put(index, image):
+                    break  # budget spent: the rest is decoded on the fly
+                if progress is not None:
+                    progress(done, len(samples))
+
+    @property
+    def complete_for(self) -> int:
+        return len(self.images) + len(self.failures)
+
+
+class ImageDataset(Dataset):
+    """Returns (uint8 image or None, label, index, failure reason)."""
+
+    def __init__(self, samples: Sequence[Sample], side: int, transform, cache: DecodedCache | None = None):
+        self.samples = list(samples)
+        self.side = side
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        label = self.samples[index].label
+        image = self.cache.images.get(index) if self.cache else None
+        if image is None:
+            if self.cache and index in self.cache.failures:
+                return None, label, index, self.cache.failures[index]
+            try:
+                image = decode_resized(Path(self.samples[index].path), self.side)
+            except BadImage as exc:
+                return None, label, index, str(exc)
+        return self.transform(image), label, index, ""
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 (N,3,H,W)
+    labels: torch.Tensor
+    failures: list[tuple[int, str]]  # dataset indices that could not be decoded, with reasons
+
+    def pin_memory(self):
+        self.images = self.images.pin_memory()
+        self.labels = self.labels.pin_memory()
+        return self
+
+
+def collate(items) -> Batch:
+    good = [(img, label) for img, label, _, reason in items if img is not None]
+    failures = [(index, reason) for img, _, index, reason in items if img is None]
+    if not good:
+        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failures)
+    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), failures)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int,
+                pin_memory: bool = False) -> DataLoader:
+    # A final batch of one breaks BatchNorm in train mode; drop it only in that case.
+    drop_last = train and len(dataset) % batch_size == 1 and len(dataset) > 1
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,112 @@
+"""What the trainer tells the outside world, and how the outside world steers it.
+
+Events are frozen dataclasses of plain values, so they cross threads (the window's worker) and
+processes (a future torchrun rank 0) unchanged. Control is a pair of threading.Events the
+trainer polls at every batch: pause, resume and stop take effect within one batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps: int
+    global_step: int
+    total_steps: int
+    loss: float  # mean over the batches since the previous event
+    lrs: dict[str, float]  # group label -> LR
+    images_per_second: float
+    eta_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    per_class_accuracy: dict[str, float | None]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    seconds: float
+    images_per_second: float
+    data_seconds: float  # waiting for the loader
+    compute_seconds: float
+    lr: dict[str, float]
+    trainable_params: int
+    is_best: bool
+    newly_unfrozen: tuple[str, ...] = ()
+    skipped_files: int = 0
+    feature_cache: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: str
+    device: str
+    device_name: str
+    precision: str
+    class_names: tuple[str, ...]
+    train_images: int
+    val_images: int
+    trainable_params: int
+    total_params: int
+    feature_cache: str  # why features are or are not cached, for the person
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Callbacks:
+    """Override what you need; every method is called on the training thread."""
+
+    def on_run_started(self, event: RunStarted) -> None: ...
+
+    def on_status(self, text: str, done: int = 0, total: int = 0) -> None: ...
+
+    def on_batch_end(self, event: BatchEvent) -> None: ...
+
+    def on_epoch_end(self, event: EpochEvent) -> None: ...
+
+
+class TrainingControl:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # a paused run must wake up to notice the stop
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def wait_while_paused(self) -> None:
+        while not self._running.wait(timeout=0.1):
+            pass

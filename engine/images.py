@@ -1,0 +1,135 @@
+"""Robust image decoding: images in the wild are not all clean 8-bit RGB JPEGs.
+
+Handles grayscale, palette (with transparency), RGBA/LA (composited on a fixed background),
+16- and 32-bit, CMYK, EXIF orientation and decompression bombs, and uses JPEG draft mode so a
+2048x1536 photo destined for 64 px is decoded at a fraction of its size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BACKGROUND = (255, 255, 255)  # transparent pixels become white, deterministically
+
+# Truncated files must fail loudly (and be skipped), not decode as half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class BadImage(Exception):
+    """The file cannot be used as an image; str(exc) is the reason shown to the person."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def probe(path: Path) -> tuple[int, int]:
+    """Cheap validity check (header and end-of-stream marker) returning (width, height)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror}") from None
+    if size == 0:
+        raise BadImage("empty file")
+    try:
+        with Image.open(path) as img:
+            fmt, dims = img.format, img.size
+    except Image.DecompressionBombError:
+        raise BadImage("too many pixels (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"corrupt: {exc}") from None
+    if _looks_truncated(path, fmt, size):
+        raise BadImage("truncated")
+    return dims
+
+
+def _looks_truncated(path: Path, fmt: str | None, size: int) -> bool:
+    """JPEG and PNG end with a fixed marker; a file cut short lacks it. Reading 16 bytes is cheap."""
+    if fmt not in ("JPEG", "PNG"):
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 16))
+        tail = fh.read()
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail
+    return b"IEND" not in tail
+
+
+def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
+    """Decode any supported image to 8-bit RGB, EXIF-rotated.
+
+    min_side lets the JPEG decoder skip detail (draft mode): the result's shorter side stays
+    at least min_side pixels, so resizing afterwards loses nothing.
+    """
+    try:
+        with Image.open(path) as img:
+            if min_side and img.format == "JPEG":
+                w, h = img.size
+                scale = min_side / min(w, h)
+                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage("too many pixels (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        message = str(exc)
+        if "truncated" in message.lower() or "premature end" in message.lower():
+            raise BadImage("truncated") from None
+        raise BadImage(f"corrupt: {message}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(img)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit and float images to 8 bits instead of clipping them (convert('RGB') clips)."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        lo, hi = float(values.min()), float(values.max())
+        values = (values - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+    else:
+        peak = 65535.0 if values.max() > 255 or img.mode.startswith("I;16") else 255.0
+        values = values / peak * 255.0
+    gray = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return gray.convert("RGB")
+
+
+def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
+    w, h = img.size
+    scale = side / min(w, h)
+    if scale == 1:
+        return img
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+def decode_resized(path: Path, side: int) -> torch.Tensor:
+    """Decode and resize so the shorter side is `side`: a uint8 (3, H, W) tensor."""
+    img = resize_shorter_side(load_rgb(path, min_side=side), side)
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

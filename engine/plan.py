@@ -1,0 +1,271 @@
+"""The plan: which modules are frozen and at what learning rate each parameter trains.
+
+Settings live on modules by dotted name (as `named_modules()`); a module without its own setting
+inherits its nearest ancestor's, and the root ("") carries the base LR. Applying a plan sets
+`requires_grad`, keeps the norm layers of frozen modules in eval mode through every
+`model.train()` (so their running statistics stay exactly as loaded), and yields one optimizer
+param group per distinct (lr, weight decay) holding every trainable parameter exactly once.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from torch import nn
+
+from .config import PlanConfig, PlanEdit
+from .errors import UserError
+from .models import NORM_TYPES, ModelInfo
+
+
+@dataclass(frozen=True)
+class Setting:
+    frozen: bool | None = None
+    lr: float | None = None
+    train_norm: bool | None = None  # a frozen module's norm layers update their statistics
+
+
+@dataclass(frozen=True)
+class Effective:
+    frozen: bool
+    lr: float
+    train_norm: bool
+    lr_from: str  # the module whose setting gives the LR ("" = base LR)
+    frozen_from: str
+    unfreeze_epoch: int | None  # gradual unfreezing: the epoch this module becomes trainable
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: dict[str, Setting]  # must contain "" with frozen and lr set
+    unfreeze_at: dict[str, int] = field(default_factory=dict)  # module -> first epoch it trains
+
+    @property
+    def base_lr(self) -> float:
+        return self.settings[""].lr
+
+    def effective(self, module: str) -> Effective:
+        frozen = lr = train_norm = None
+        frozen_from = lr_from = ""
+        unfreeze_epoch = None
+        for name in _self_and_ancestors(module):
+            s = self.settings.get(name)
+            if s is not None:
+                if frozen is None and s.frozen is not None:
+                    frozen, frozen_from = s.frozen, name
+                if lr is None and s.lr is not None:
+                    lr, lr_from = s.lr, name
+                if train_norm is None and s.train_norm is not None:
+                    train_norm = s.train_norm
+            if unfreeze_epoch is None and name in self.unfreeze_at and (frozen is None or name == frozen_from):
+                unfreeze_epoch = self.unfreeze_at[name]
+        return Effective(bool(frozen), float(lr), bool(train_norm), lr_from, frozen_from, unfreeze_epoch)
+
+    def at_epoch(self, epoch: int) -> Plan:
+        """The plan in force during `epoch` (0-based): scheduled modules whose time has come train."""
+        due = {m for m, e in self.unfreeze_at.items() if e <= epoch}
+        if not due:
+            return self
+        settings = dict(self.settings)
+        for module in due:
+            settings[module] = replace(settings.get(module, Setting()), frozen=False)
+        return Plan(settings, {m: e for m, e in self.unfreeze_at.items() if m not in due})
+
+    def to_dict(self) -> dict:
+        return {
+            "base_lr": self.base_lr,
+            "settings": {name: {k: v for k, v in vars(s).items() if v is not None}
+                         for name, s in sorted(self.settings.items())},
+            "unfreeze_at": dict(sorted(self.unfreeze_at.items(), key=lambda kv: kv[1])),
+        }
+
+
+def _self_and_ancestors(module: str) -> Iterable[str]:
+    name = module
+    while name:
+        yield name
+        name = name.rpartition(".")[0]
+    yield ""
+
+
+def _is_below(name: str, ancestor: str) -> bool:
+    return ancestor == "" or name == ancestor or name.startswith(ancestor + ".")
+
+
+# --- presets and edits ---------------------------------------------------------------------
+
+
+def build_plan(config: PlanConfig, info: ModelInfo) -> Plan:
+    """The strategy preset, then the person's edits in order."""
+    if not config.base_lr > 0:
+        raise UserError(f"base LR must be > 0, got {config.base_lr}")
+    settings, unfreeze_at = _preset(config, info)
+    plan = Plan(settings, unfreeze_at)
+    for edit in config.edits:
+        plan = apply_edit(plan, edit, info)
+    return plan
+
+
+def _preset(config: PlanConfig, info: ModelInfo) -> tuple[dict[str, Setting], dict[str, int]]:
+    base = config.base_lr
+    below_head = [s for s in info.stages if s != info.head]
+    if config.strategy == "fine-tune":
+        return {"": Setting(frozen=False, lr=base)}, {}
+    if config.strategy == "feature-extraction":
+        return {"": Setting(frozen=True, lr=base), info.head: Setting(frozen=False)}, {}
+    if config.strategy in ("discriminative", "gradual"):
+        settings = {"": Setting(frozen=config.strategy == "gradual", lr=base), info.head: Setting(frozen=False)}
+        # Geometric ramp down from the head: stage k below the head trains at base / factor**k.
+        for k, stage in enumerate(reversed(below_head), start=1):
+            settings[stage] = Setting(lr=base / config.discriminative_factor ** k)
+        unfreeze_at = {}
+        if config.strategy == "gradual":
+            unfreeze_at = {stage: k * config.gradual_every for k, stage in enumerate(reversed(below_head), 1)}
+        return settings, unfreeze_at
+    raise UserError(f"unknown strategy '{config.strategy}'")
+
+
+def apply_edit(plan: Plan, edit: PlanEdit, info: ModelInfo) -> Plan:
+    """An edit on a module sets that field for its whole subtree, as checking a parent does."""
+    info.check_module(edit.module)
+    settings = dict(plan.settings)
+    unfreeze_at = dict(plan.unfreeze_at)
+    target = edit.module
+
+    def clear_below(field_name: str) -> None:
+        for name in list(settings):
+            if name != target and name != "" and _is_below(name, target):
+                settings[name] = replace(settings[name], **{field_name: None})
+
+    def set_on_target(**values) -> None:
+        settings[target] = replace(settings.get(target, Setting()), **values)
+
+    if edit.frozen is not None:
+        clear_below("frozen")
+        set_on_target(frozen=edit.frozen)
+        unfreeze_at = {m: e for m, e in unfreeze_at.items() if not _is_below(m, target)}
+    if edit.lr is not None:
+        if not edit.lr > 0:
+            raise UserError(f"LR for '{target}' must be > 0, got {edit.lr}")
+        clear_below("lr")
+        set_on_target(lr=float(edit.lr))
+    if edit.inherit_lr and target != "":
+        set_on_target(lr=None)
+    if edit.train_norm is not None:
+        clear_below("train_norm")
+        set_on_target(train_norm=edit.train_norm)
+    settings = {n: s for n, s in settings.items() if n == "" or s != Setting()}
+    return Plan(settings, unfreeze_at)
+
+
+# --- applying a plan to a model ---------------------------------------------------------------
+
+
+def apply_plan(model: nn.Module, plan: Plan) -> None:
+    """Set requires_grad per parameter and pin the norm layers of frozen modules to eval mode."""
+    for module_name, module in model.named_modules():
+        eff = plan.effective(module_name)
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(not eff.frozen)
+        if isinstance(module, NORM_TYPES):
+            if eff.frozen and not eff.train_norm:
+                _pin_eval(module)
+            else:
+                _unpin(module)
+
+
+def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def _pin_eval(module: nn.Module) -> None:
+    # An instance-level override: model.train() recurses into children and calls this instead,
+    # so no training loop (ours or anyone's) can switch the layer back to batch statistics.
+    module.train = types.MethodType(_eval_only_train, module)
+    nn.Module.train(module, False)
+
+
+def _unpin(module: nn.Module) -> None:
+    if "train" in module.__dict__:
+        del module.__dict__["train"]
+
+
+def is_pinned_eval(module: nn.Module) -> bool:
+    return "train" in module.__dict__
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    lr: float
+    weight_decay: float
+    params: tuple[str, ...]
+    label: str  # which modules' settings give this LR, e.g. "layer4" or "base, fc"
+
+
+def group_specs(info: ModelInfo, plan: Plan, weight_decay: float) -> list[GroupSpec]:
+    """One group per distinct (lr, weight decay); every trainable parameter in exactly one."""
+    grouped: dict[tuple[float, float], list[tuple[str, str]]] = {}
+    for param_name, module, _ in info.parameter_modules:
+        eff = plan.effective(module)
+        if not eff.frozen:
+            grouped.setdefault((eff.lr, weight_decay), []).append((param_name, eff.lr_from))
+    specs = []
+    for (lr, wd), members in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+        sources = sorted({src or "base" for _, src in members}, key=lambda s: (s != "base", s))
+        label = ", ".join(sources[:3]) + (f" +{len(sources) - 3}" if len(sources) > 3 else "")
+        specs.append(GroupSpec(lr, wd, tuple(name for name, _ in members), label))
+    return specs
+
+
+def param_groups(model: nn.Module, specs: list[GroupSpec]) -> list[dict]:
+    params = dict(model.named_parameters())
+    return [{"params": [params[n] for n in s.params], "lr": s.lr, "weight_decay": s.weight_decay,
+             "group_label": s.label} for s in specs]
+
+
+def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dict:
+    """The tree, every parameter and the param groups as plain data (the `layers --json` output)."""
+    trainable_by_param = {}
+    for param_name, module, numel in info.parameter_modules:
+        eff = plan.effective(module)
+        trainable_by_param[param_name] = (not eff.frozen, eff.lr, numel, module)
+    modules = []
+    for layer in info.layers:
+        eff = plan.effective(layer.name)
+        trainable = sum(n for t, _, n, m in trainable_by_param.values() if t and _is_below(m, layer.name))
+        modules.append({
+            "name": layer.name, "type": layer.type, "params": layer.params,
+            "trainable_params": trainable, "frozen": eff.frozen, "lr": eff.lr,
+            "lr_inherited": eff.lr_from != layer.name, "unfreeze_epoch": eff.unfreeze_epoch,
+        })
+    specs = group_specs(info, plan, weight_decay)
+    return {
+        "arch": info.arch,
+        "num_classes": info.num_classes,
+        "head": info.head,
+        "stages": list(info.stages),
+        "modules": modules,
+        "parameters": [{"name": n, "trainable": t, "lr": lr if t else None}
+                       for n, (t, lr, _, _) in trainable_by_param.items()],
+        "param_groups": [{"lr": s.lr, "weight_decay": s.weight_decay, "label": s.label,
+                          "params": list(s.params)} for s in specs],
+        "trainable_params": sum(n for t, _, n, _ in trainable_by_param.values() if t),
+        "total_params": info.total_params,
+        "plan": plan.to_dict(),
+    }
+
+
+def audit_optimizer(model: nn.Module, optimizer) -> dict[str, list[str]]:
+    """Trainable parameters the optimizer never sees, and frozen ones it holds: both must be empty."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_optimizer: dict[int, int] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            in_optimizer[id(p)] = in_optimizer.get(id(p), 0) + 1
+    return {
+        "orphaned": [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer],
+        "frozen_in_optimizer": [n for n, p in model.named_parameters() if not p.requires_grad and id(p) in in_optimizer],
+        "duplicated": [names[i] for i, count in in_optimizer.items() if count > 1 and i in names],
+    }

@@ -1,0 +1,61 @@
+"""Load a trained checkpoint back into plain torchvision and classify images with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .data import Preprocessing, eval_transform, normalize_batch
+from .errors import UserError
+from .images import BadImage, decode_resized
+
+
+@dataclass
+class LoadedClassifier:
+    model: nn.Module
+    arch: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    ckpt = load_checkpoint(Path(path))
+    arch, class_names = ckpt["arch"], list(ckpt["class_names"])
+    kwargs = {}
+    if arch.startswith("vit_"):
+        kwargs["image_size"] = int(ckpt["preprocessing"]["crop"])
+    model = torchvision.models.get_model(arch, weights=None, num_classes=len(class_names), **kwargs)
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.eval()
+    return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))
+
+
+def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
+    crop = eval_transform(prep.crop)
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"image not found: {path}")
+        try:
+            images.append(crop(decode_resized(Path(path), prep.resize)))
+        except BadImage as exc:
+            raise UserError(f"cannot use {path}: {exc}") from None
+    return normalize_batch(torch.stack(images), prep)
+
+
+@torch.no_grad()
+def predict_logits(classifier: LoadedClassifier, batch: torch.Tensor) -> torch.Tensor:
+    return classifier.model(batch).float()
+
+
+def top_k(logits: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
+    probs = logits.softmax(dim=1)
+    k = min(k, len(class_names))
+    values, indices = probs.topk(k, dim=1)
+    return [[{"class": class_names[int(i)], "index": int(i), "probability": float(v)} for v, i in zip(vs, ix)]
+            for vs, ix in zip(values, indices)]
