@@ -32,6 +32,8 @@ class ProgressPrinter(Callbacks):
         self.stream.flush()
 
     def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
+        if not self.interactive:
+            return  # a log file gets the epoch lines, not every preparation step
         now = time.monotonic()
         final = total == 0 or done == total
         if not final and now - self._last_status < 0.2:

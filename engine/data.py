@@ -310,19 +310,41 @@ def collate(items) -> Batch:
     return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), failures)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of an epoch: a function of (seed, epoch) alone, so the cached-feature
+    path, the image path and a resumed run all see the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def drops_last_batch(n: int, batch_size: int) -> bool:
+    # A final batch of one breaks BatchNorm in train mode; drop it only in that case.
+    return n > 1 and n % batch_size == 1
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(epoch_order(self.n, self.seed, self.epoch).tolist())
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int,
                 pin_memory: bool = False) -> DataLoader:
-    # A final batch of one breaks BatchNorm in train mode; drop it only in that case.
-    drop_last = train and len(dataset) % batch_size == 1 and len(dataset) > 1
-    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
-        drop_last=drop_last,
+        sampler=EpochShuffle(len(dataset), seed) if train else None,
+        drop_last=train and drops_last_batch(len(dataset), batch_size),
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
         persistent_workers=num_workers > 0,
     )

@@ -44,7 +44,7 @@ def probe(path: Path) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"corrupt: {exc}") from None
+        raise BadImage(_reason(exc)) from None
     if _looks_truncated(path, fmt, size):
         raise BadImage("truncated")
     return dims
@@ -84,10 +84,14 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        message = str(exc)
-        if "truncated" in message.lower() or "premature end" in message.lower():
-            raise BadImage("truncated") from None
-        raise BadImage(f"corrupt: {message}") from None
+        raise BadImage(_reason(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    message = str(exc)
+    if "truncated" in message.lower() or "premature end" in message.lower():
+        return "truncated"
+    return f"corrupt: {message}"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -24,8 +24,8 @@ from torch import nn
 from . import __version__
 from .checkpoint import atomic_torch_save, make_checkpoint
 from .config import RunConfig, save_json_atomic
-from .data import (DatasetScan, DecodedCache, ImageDataset, SkippedFile, eval_transform, make_loader,
-                   normalize_batch, scan_dataset, train_transform)
+from .data import (DatasetScan, DecodedCache, ImageDataset, SkippedFile, drops_last_batch, epoch_order,
+                   eval_transform, make_loader, normalize_batch, scan_dataset, train_transform)
 from .errors import TrainingDiverged, UserError
 from .events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
 from .features import compute_features, feature_cache_decision
@@ -172,7 +172,8 @@ class _Training:
         self.train_set = ImageDataset(scan.train, prep.resize, train_transform(augment, prep.crop), self.train_cache)
         self.val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), self.val_cache)
         bs, seed = cfg.train.batch_size, cfg.train.seed
-        self.train_loader = make_loader(self.train_set, bs, not self.use_features, workers, seed, pin)
+        self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
+        self.feature_loader = make_loader(self.train_set, bs, False, workers, seed, pin)
         self.val_loader = make_loader(self.val_set, bs, False, workers, seed, pin) if len(self.val_set) else None
         self.workers = workers
 
@@ -288,7 +289,8 @@ class _Training:
 
     def _train_batches(self) -> int:
         if self.use_features:
-            return math.ceil(len(self.train_features[1]) / self.config.train.batch_size)
+            n, bs = len(self.train_features[1]), self.config.train.batch_size
+            return n // bs if drops_last_batch(n, bs) else math.ceil(n / bs)
         return len(self.train_loader)
 
     def _trainable_params(self) -> int:
@@ -312,7 +314,7 @@ class _Training:
         common = dict(prep=self.prep, device=self.device, autocast=self.autocast, channels_last=self.channels_last,
                       should_stop=lambda: self.control.stop_requested)
         self.cb.on_status("Computing trunk features (once)")
-        train = compute_features(self.model, self.info.head, self.train_loader,
+        train = compute_features(self.model, self.info.head, self.feature_loader,
                                  progress=lambda d, t: self.cb.on_status("Computing training features", d, t),
                                  on_failures=lambda f: self._note_failures(f, self.scan.train), **common)
         val = None
@@ -328,12 +330,14 @@ class _Training:
         """(inputs on device, labels on device, batch size) for one epoch, in either mode."""
         if self.use_features:
             feats, labels = self.train_features
-            order = torch.randperm(len(labels))
+            order = epoch_order(len(labels), self.config.train.seed, self.epoch)
             bs = self.config.train.batch_size
-            for start in range(0, len(order), bs):
-                idx = order[start:start + bs]
+            end = len(order) - 1 if drops_last_batch(len(order), bs) else len(order)
+            for start in range(0, end, bs):
+                idx = order[start:min(start + bs, end)]
                 yield feats[idx].to(self.device), labels[idx].to(self.device)
             return
+        self.train_loader.sampler.set_epoch(self.epoch)
         for batch in self.train_loader:
             if batch.failures:
                 self._note_failures(batch.failures, self.scan.train)

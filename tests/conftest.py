@@ -1,0 +1,63 @@
+"""Shared fixtures: everything offline, on CPU, on tiny generated data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.demo import write_demo_dataset  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    """No test reads the person's caches or downloads: TORCH_HOME and our cache are temporary."""
+    home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path_factory.getbasetemp() / "ts_cache"))
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """4 classes x 16 images of 40 px: small enough for CPU tests, learnable enough to see progress."""
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "shapes", classes=4, per_class=16, size=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights_file(tmp_path_factory) -> Path:
+    """A resnet18 ImageNet-shaped state dict with non-trivial BatchNorm statistics."""
+    torch.manual_seed(123)
+    model = torchvision.models.resnet18(num_classes=1000)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(1000)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet-like.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def place_imagenet_weights(arch: str, source: Path) -> Path:
+    """Put a state dict where torchvision's weights API looks for the arch's DEFAULT weights."""
+    from engine.models import weights_cache_path
+
+    target = weights_cache_path(arch)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    return target

@@ -1,0 +1,103 @@
+"""The freeze/LR plan: inheritance, subtree edits, presets, param groups, frozen norm layers."""
+
+import pytest
+import torch
+
+from engine.config import PlanConfig, PlanEdit
+from engine.errors import UserError
+from engine.models import build_model
+from engine.plan import (apply_plan, audit_optimizer, build_plan, describe_plan, group_specs,
+                         is_pinned_eval, param_groups)
+
+REFERENCE_RECIPE = (("conv1", 1e-5), ("layer1", 1e-5), ("layer2", 5e-5), ("layer3", 1e-4),
+                    ("layer4", 5e-4), ("fc", 1e-3))
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return build_model("resnet18", 10, "none")
+
+
+def test_feature_extraction_trains_only_the_head(resnet18):
+    plan = build_plan(PlanConfig(strategy="feature-extraction"), resnet18.info)
+    report = describe_plan(resnet18.info, plan)
+    assert (report["trainable_params"], report["total_params"]) == (5130, 11_181_642)
+    assert [p["name"] for p in report["parameters"] if p["trainable"]] == ["fc.weight", "fc.bias"]
+
+
+def test_reference_recipe_lrs_groups_and_bn1_at_base_lr(resnet18):
+    edits = tuple(PlanEdit(m, lr=lr) for m, lr in REFERENCE_RECIPE)
+    plan = build_plan(PlanConfig(strategy="fine-tune", base_lr=3e-4, edits=edits), resnet18.info)
+    report = describe_plan(resnet18.info, plan, weight_decay=0.01)
+    lr_of = {p["name"]: p["lr"] for p in report["parameters"]}
+    for module, lr in REFERENCE_RECIPE:
+        under = [n for n in lr_of if n.startswith(module + ".")]
+        assert under and all(lr_of[n] == lr for n in under)
+    assert lr_of["bn1.weight"] == lr_of["bn1.bias"] == 3e-4
+    groups = report["param_groups"]
+    assert sorted(g["lr"] for g in groups) == sorted({1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 3e-4})
+    names = [n for g in groups for n in g["params"]]
+    assert len(names) == len(set(names)) == len(lr_of)
+
+
+def test_subtree_edits_cascade_and_inheritance(resnet18):
+    config = PlanConfig(strategy="fine-tune", edits=(
+        PlanEdit("layer1.0", frozen=True), PlanEdit("layer1", frozen=False),  # parent overrides child
+        PlanEdit("layer2", frozen=True), PlanEdit("layer2.1.bn2", frozen=False),
+        PlanEdit("layer3", lr=1e-4), PlanEdit("layer3.0.conv1", lr=7e-5), PlanEdit("layer3", lr=2e-4),
+    ))
+    plan = build_plan(config, resnet18.info)
+    assert not plan.effective("layer1.0.conv1").frozen
+    assert plan.effective("layer2.0.conv1").frozen and not plan.effective("layer2.1.bn2").frozen
+    assert plan.effective("layer3.0.conv1").lr == 2e-4
+    assert plan.effective("layer3.0.conv1").lr_from == "layer3"
+
+
+def test_bad_edits_are_refused(resnet18):
+    with pytest.raises(UserError, match="no module named 'layer9'"):
+        build_plan(PlanConfig(edits=(PlanEdit("layer9", frozen=True),)), resnet18.info)
+    with pytest.raises(UserError, match="must be > 0"):
+        build_plan(PlanConfig(edits=(PlanEdit("fc", lr=0.0),)), resnet18.info)
+
+
+def test_frozen_norm_layers_stay_in_eval_mode_through_train(resnet18):
+    model = build_model("resnet18", 10, "none").model
+    plan = build_plan(PlanConfig(strategy="feature-extraction", edits=(PlanEdit("layer4", train_norm=True),)),
+                      resnet18.info)
+    apply_plan(model, plan)
+    model.train()
+    assert not model.bn1.training and is_pinned_eval(model.bn1)
+    assert model.layer4[0].bn1.training  # the override lets these update their statistics
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(model.bn1.running_mean, before)
+    apply_plan(model, build_plan(PlanConfig(strategy="fine-tune"), resnet18.info))
+    model.train()
+    assert model.bn1.training and not is_pinned_eval(model.bn1)
+
+
+def test_param_groups_hold_each_trainable_parameter_once(resnet18):
+    model = build_model("resnet18", 10, "none").model
+    plan = build_plan(PlanConfig(strategy="discriminative", discriminative_factor=2.0), resnet18.info)
+    apply_plan(model, plan)
+    optimizer = torch.optim.AdamW(param_groups(model, group_specs(resnet18.info, plan, 0.01)))
+    assert audit_optimizer(model, optimizer) == {"orphaned": [], "frozen_in_optimizer": [], "duplicated": []}
+    lrs = {s: plan.effective(s).lr for s in resnet18.info.stages}
+    assert lrs["fc"] == 1e-3 and lrs["layer4"] == 5e-4 and lrs["layer1"] == pytest.approx(1e-3 / 16)
+
+
+def test_gradual_unfreezes_one_stage_per_interval_from_the_top(resnet18):
+    plan = build_plan(PlanConfig(strategy="gradual", gradual_every=2), resnet18.info)
+    trainable = lambda p: sorted(s for s in resnet18.info.stages if not p.effective(s).frozen)  # noqa: E731
+    assert trainable(plan.at_epoch(0)) == trainable(plan.at_epoch(1)) == ["fc"]
+    assert trainable(plan.at_epoch(2)) == ["fc", "layer4"]
+    assert trainable(plan.at_epoch(4)) == ["fc", "layer3", "layer4"]
+    assert plan.effective("layer3.0.conv1").unfreeze_epoch == 4
+    assert all(not plan.at_epoch(99).effective(s).frozen for s in resnet18.info.stages)
+
+
+def test_stages_of_other_families():
+    eff = build_model("efficientnet_b0", 3, "none").info
+    assert eff.stages[0] == "features.0" and eff.stages[-1] == "classifier.1"
+    vit = build_model("vit_b_16", 3, "none").info
+    assert "encoder.layers.encoder_layer_11" in vit.stages and vit.stages[-1] == "heads.head"
