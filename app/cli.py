@@ -176,7 +176,7 @@ def _demo_data(args) -> int:
 
 def _layers(args) -> int:
     from engine.models import build_model
-    from engine.plan import build_plan, describe_plan
+    from engine.plan import build_plan, describe_plan, summary_line
 
     built = build_model(args.model, args.classes, args.weights)
     plan = build_plan(_plan_config(args), built.info)
@@ -196,9 +196,7 @@ def _layers(args) -> int:
         when = f"  unfreezes at epoch {m['unfreeze_epoch'] + 1}" if m["unfreeze_epoch"] is not None else ""
         print(f"{name:<44} {m['type'][:22]:<22} {m['params']:>12,} {m['trainable_params']:>12,}  "
               f"{'yes' if m['frozen'] else 'no ':<6}  {lr}{when}")
-    share = 100 * report["trainable_params"] / max(1, report["total_params"])
-    print(f"\nTrainable {report['trainable_params']:,} / {report['total_params']:,} ({share:.2f} %) · "
-          f"{len(report['param_groups'])} LR group(s)")
+    print("\n" + summary_line(report))
     for g in report["param_groups"]:
         print(f"  lr {g['lr']:.3g}  wd {g['weight_decay']:g}  {len(g['params'])} tensors  ({g['label']})")
     return 0

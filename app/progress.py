@@ -5,14 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, format_duration
 
 
 class ProgressPrinter(Callbacks):
@@ -54,7 +47,7 @@ class ProgressPrinter(Callbacks):
         bar = "#" * filled + "-" * (self.width - filled)
         self._write_line(
             f"epoch {event.epoch}/{event.epochs} [{bar}] {event.step}/{event.steps} loss {event.loss:.4f} "
-            f"{event.images_per_second:,.0f} img/s ETA {format_seconds(event.eta_seconds)}", False)
+            f"{event.images_per_second:,.0f} img/s ETA {format_duration(event.eta_seconds)}", False)
 
     def on_epoch_end(self, event: EpochEvent) -> None:
         val = (f"val loss {event.val_loss:.4f} acc {event.val_accuracy:.4f}"

@@ -83,6 +83,14 @@ class Callbacks:
     def on_epoch_end(self, event: EpochEvent) -> None: ...
 
 
+def format_duration(seconds: float) -> str:
+    """ETA text: "07:42" or "1:07:42"."""
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
 class TrainingControl:
     def __init__(self) -> None:
         self._stop = threading.Event()

@@ -226,19 +226,25 @@ def param_groups(model: nn.Module, specs: list[GroupSpec]) -> list[dict]:
 
 
 def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dict:
-    """The tree, every parameter and the param groups as plain data (the `layers --json` output)."""
-    trainable_by_param = {}
+    """The tree, every parameter and the param groups as plain data (the `layers --json` output,
+    and what the window's layer tree shows)."""
+    parameters = []
+    trainable_under: dict[str, int] = {layer.name: 0 for layer in info.layers}
     for param_name, module, numel in info.parameter_modules:
         eff = plan.effective(module)
-        trainable_by_param[param_name] = (not eff.frozen, eff.lr, numel, module)
+        parameters.append({"name": param_name, "trainable": not eff.frozen, "lr": None if eff.frozen else eff.lr})
+        if not eff.frozen:
+            for name in _self_and_ancestors(module):  # counted in the module and all its ancestors
+                trainable_under[name] += numel
     modules = []
     for layer in info.layers:
         eff = plan.effective(layer.name)
-        trainable = sum(n for t, _, n, m in trainable_by_param.values() if t and _is_below(m, layer.name))
+        own = plan.settings.get(layer.name, Setting())
         modules.append({
             "name": layer.name, "type": layer.type, "params": layer.params,
-            "trainable_params": trainable, "frozen": eff.frozen, "lr": eff.lr,
-            "lr_inherited": eff.lr_from != layer.name, "unfreeze_epoch": eff.unfreeze_epoch,
+            "trainable_params": trainable_under[layer.name], "frozen": eff.frozen, "lr": eff.lr,
+            "lr_inherited": own.lr is None, "frozen_inherited": own.frozen is None,
+            "train_norm": eff.train_norm, "is_norm": layer.is_norm, "unfreeze_epoch": eff.unfreeze_epoch,
         })
     specs = group_specs(info, plan, weight_decay)
     return {
@@ -247,14 +253,21 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
         "head": info.head,
         "stages": list(info.stages),
         "modules": modules,
-        "parameters": [{"name": n, "trainable": t, "lr": lr if t else None}
-                       for n, (t, lr, _, _) in trainable_by_param.items()],
+        "parameters": parameters,
         "param_groups": [{"lr": s.lr, "weight_decay": s.weight_decay, "label": s.label,
                           "params": list(s.params)} for s in specs],
-        "trainable_params": sum(n for t, _, n, _ in trainable_by_param.values() if t),
+        "trainable_params": trainable_under[""],
         "total_params": info.total_params,
         "plan": plan.to_dict(),
     }
+
+
+def summary_line(report: dict) -> str:
+    """E.g. "Trainable 5,130 / 11,181,642 (0.05 %) · 2 LR groups"."""
+    trainable, total = report["trainable_params"], report["total_params"]
+    groups = len(report["param_groups"])
+    return (f"Trainable {trainable:,} / {total:,} ({100 * trainable / max(1, total):.2f} %) · "
+            f"{groups} LR group{'s' if groups != 1 else ''}")
 
 
 def audit_optimizer(model: nn.Module, optimizer) -> dict[str, list[str]]:

@@ -398,9 +398,7 @@ class _Training:
                 logits = module(x)
                 loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
-                where = f"epoch {self.epoch}, step {step}"
-                kept = f"; the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path else ""
-                raise TrainingDiverged(f"the loss became {loss.item()} at {where} (try a lower LR){kept}")
+                self._diverged(loss.item(), f"epoch {self.epoch}, step {step}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -439,6 +437,10 @@ class _Training:
         self.cb.on_epoch_end(event)
         return event
 
+    def _diverged(self, value: float, where: str) -> None:
+        kept = f"; the last good checkpoint is kept at {self.checkpoint_path}" if self.checkpoint_path else ""
+        raise TrainingDiverged(f"the loss became {value} at {where} (try a lower LR){kept}")
+
     @torch.no_grad()
     def _evaluate(self, module: nn.Module) -> dict | None:
         k = len(self.scan.class_names)
@@ -459,6 +461,8 @@ class _Training:
             module.train()
         if seen == 0:
             return None
+        if not math.isfinite(loss_sum):
+            self._diverged(loss_sum, f"epoch {self.epoch}, validation")
         per_class = {}
         for i, name in enumerate(self.scan.class_names):
             total = int(confusion[i].sum())

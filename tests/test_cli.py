@@ -51,7 +51,7 @@ def test_layers_reference_recipe_json(capsys):
 def test_layers_text_shows_the_summary(capsys):
     code, out, _ = run_cli(capsys, "layers", "--model", "resnet18", "--classes", "10", "--weights", "none",
                            "--strategy", "feature-extraction", "--depth", "1")
-    assert code == 0 and "Trainable 5,130 / 11,181,642 (0.05 %)" in out and "layer4" in out
+    assert code == 0 and "Trainable 5,130 / 11,181,642 (0.05 %) · 1 LR group" in out and "layer4" in out
 
 
 def test_demo_data_train_predict(tmp_path, capsys):

@@ -1,0 +1,197 @@
+"""Training off the GUI thread: a QObject in a QThread calls `engine.trainer.fit` and re-emits
+the engine's callbacks as Qt signals carrying plain dicts.
+
+Only plain data crosses the thread boundary; the model and tensors stay in the worker. Stop and
+Pause set flags the engine checks every batch, so stopping never needs QThread.terminate().
+"""
+
+from __future__ import annotations
+
+import traceback
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine.config import RunConfig
+from engine.errors import UserError
+from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
+from engine.trainer import fit
+
+
+class _SignalCallbacks(Callbacks):
+    def __init__(self, worker: TrainingWorker):
+        self.worker = worker
+
+    def on_run_started(self, event: RunStarted) -> None:
+        self.worker.run_started.emit(event.to_dict())
+
+    def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
+        self.worker.status_changed.emit(text, done, total)
+
+    def on_batch_end(self, event: BatchEvent) -> None:
+        self.worker.batch_finished.emit(event.to_dict())
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.worker.epoch_finished.emit(event.to_dict())
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the person; out-of-memory gets advice, anything unexpected its type."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return f"Out of memory: {text[:200]}. Try a smaller batch size or image size."
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class TrainingWorker(QObject):
+    run_started = Signal(dict)
+    status_changed = Signal(str, int, int)
+    batch_finished = Signal(dict)
+    epoch_finished = Signal(dict)
+    finished = Signal(dict)  # the FitResult summary
+    failed = Signal(str)  # one line
+
+    def __init__(self, config: RunConfig, control: TrainingControl):
+        super().__init__()
+        self.config = config
+        self.control = control
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = fit(self.config, _SignalCallbacks(self), self.control)
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the window, not vanish
+            if not isinstance(exc, UserError):
+                traceback.print_exc()  # the full story for a bug report, on the terminal
+            self.failed.emit(describe_failure(exc))
+        else:
+            self.finished.emit(result.summary())
+
+
+# Every training thread ever started, so tests can prove none is left running.
+STARTED_THREADS: weakref.WeakSet = weakref.WeakSet()
+
+
+class TrainingController(QObject):
+    """Owns the worker thread: start, pause/resume, stop, and a clean join on close."""
+
+    run_started = Signal(dict)
+    status_changed = Signal(str, int, int)
+    batch_finished = Signal(dict)
+    epoch_finished = Signal(dict)
+    run_finished = Signal(dict)
+    run_failed = Signal(str)
+    running_changed = Signal(bool)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: TrainingWorker | None = None
+        self.control = TrainingControl()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, config: RunConfig) -> None:
+        if self.is_running:
+            raise RuntimeError("a run is already in progress")
+        self.control = TrainingControl()
+        thread = QThread()
+        thread.setObjectName("TransferStudioTraining")
+        worker = TrainingWorker(config, self.control)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        worker.run_started.connect(self.run_started)
+        worker.status_changed.connect(self.status_changed)
+        worker.batch_finished.connect(self.batch_finished)
+        worker.epoch_finished.connect(self.epoch_finished)
+        worker.finished.connect(self._on_worker_finished)
+        worker.failed.connect(self._on_worker_failed)
+        self._thread, self._worker = thread, worker
+        STARTED_THREADS.add(thread)
+        thread.start()
+        self.running_changed.emit(True)
+
+    def pause(self) -> None:
+        self.control.pause()
+
+    def resume(self) -> None:
+        self.control.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.control.paused
+
+    def stop(self) -> None:
+        self.control.stop()
+
+    def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
+        """Stop and join the thread (used when the window closes). True when it ended in time."""
+        if not self.is_running:
+            return True
+        self.control.stop()
+        ended = self._thread.wait(timeout_ms)
+        self._cleanup()
+        return ended
+
+    @Slot(dict)
+    def _on_worker_finished(self, summary: dict) -> None:
+        self._cleanup()
+        self.run_finished.emit(summary)
+
+    @Slot(str)
+    def _on_worker_failed(self, message: str) -> None:
+        self._cleanup()
+        self.run_failed.emit(message)
+
+    def _cleanup(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.quit()
+        self._thread.wait()
+        self._worker.deleteLater()
+        self._thread.deleteLater()
+        self._thread = self._worker = None
+        self.running_changed.emit(False)
+
+
+class BackgroundTasks(QObject):
+    """Short jobs (scanning a folder, building a model's layer tree) off the GUI thread.
+
+    The result comes back through a queued signal, so the callbacks run on the GUI thread.
+    A newer job of the same kind makes an older one's result obsolete.
+    """
+
+    _done = Signal(object, object, object, int, str)  # callback, result, error callback, generation, kind
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ts-task")
+        self._generation: dict[str, int] = {}
+        self._done.connect(self._deliver)
+
+    def submit(self, kind: str, fn: Callable[[], Any], on_done: Callable[[Any], None],
+               on_error: Callable[[str], None]) -> Future:
+        generation = self._generation.get(kind, 0) + 1
+        self._generation[kind] = generation
+
+        def job():
+            try:
+                self._done.emit(on_done, fn(), None, generation, kind)
+            except BaseException as exc:  # noqa: BLE001 - reported to the person
+                self._done.emit(on_error, describe_failure(exc), None, generation, kind)
+
+        return self._pool.submit(job)
+
+    @Slot(object, object, object, int, str)
+    def _deliver(self, callback, value, _unused, generation: int, kind: str) -> None:
+        if generation == self._generation.get(kind):
+            callback(value)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

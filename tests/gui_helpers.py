@@ -1,0 +1,55 @@
+"""Fixtures for window tests: an isolated QSettings, a temporary runs folder, no dangling threads."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from PySide6.QtCore import QSettings
+
+from app.main_window import MainWindow
+from app.worker import STARTED_THREADS
+
+
+def _python_threads() -> set:
+    # Dummy entries stand for foreign threads (QThreads) that once ran Python code; Python keeps
+    # them forever, so QThreads are checked through STARTED_THREADS instead.
+    return {t for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
+
+
+def _running_qthreads() -> list:
+    alive = []
+    for thread in list(STARTED_THREADS):
+        try:
+            if thread.isRunning():
+                alive.append(thread)
+        except RuntimeError:  # the C++ object is already deleted: it finished
+            pass
+    return alive
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    before = _python_threads()
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("paths/runs", str(tmp_path / "runs"))
+    win = MainWindow(settings=settings, confirm_close=False)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+    qtbot.waitUntil(lambda: not _running_qthreads(), timeout=60_000)
+    try:
+        qtbot.waitUntil(lambda: not (_python_threads() - before), timeout=10_000)
+    except Exception:
+        raise AssertionError(f"threads left running: {_python_threads() - before}")
+    assert not win.controller.is_running, "the window left a training thread running"
+
+
+def wait_ready(qtbot, win, classes: int | None = None) -> None:
+    """Until the scan is shown and the tree is built for the dataset."""
+    def ready():
+        tree = win.model_panel.tree_model
+        return (win.scan_summary is not None and tree.model_info is not None
+                and (classes is None or tree.model_info.num_classes == classes))
+    qtbot.waitUntil(ready, timeout=60_000)

@@ -1,0 +1,211 @@
+"""The window as a person uses it: dataset, presets, a real training run in a QThread, projects."""
+
+import time
+
+import pytest
+import torch
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+from PySide6.QtWidgets import QProgressBar, QPushButton
+
+from engine.config import PlanConfig
+from tests.gui_helpers import wait_ready, window  # noqa: F401 - the fixture
+from widgets.layer_tree import FROZEN, LR
+
+REQUIRED = ["dataFolderEdit", "demoDatasetButton", "modelCombo", "weightsCombo", "layerTree", "trainableSummaryLabel",
+            "presetFeatureExtraction", "presetFineTune", "presetDiscriminative", "presetGradual", "epochsSpin",
+            "batchSizeSpin", "imageSizeSpin", "startButton", "pauseButton", "stopButton", "exportButton",
+            "trainingProgress", "lossPlot", "accuracyPlot", "lrPlot"]
+
+
+def find(win, name):
+    from PySide6.QtWidgets import QWidget
+
+    widget = win.findChild(QWidget, name)
+    assert widget is not None, name
+    return widget
+
+
+def small_run(win, epochs=2, size=32, weights="none"):
+    win.model_panel.set_weights(weights)
+    find(win, "imageSizeSpin").setValue(size)
+    find(win, "epochsSpin").setValue(epochs)
+    find(win, "batchSizeSpin").setValue(16)
+    win.training_panel.device_combo.setCurrentIndex(win.training_panel.device_combo.findData("cpu"))
+
+
+def run_to_end(qtbot, win, timeout=120_000):
+    with qtbot.waitSignal(win.controller.run_finished, timeout=timeout) as blocker:
+        find(win, "startButton").click()
+    return blocker.args[0]
+
+
+def test_object_names_exist(window):
+    for name in REQUIRED:
+        find(window, name)
+    assert isinstance(find(window, "trainingProgress"), QProgressBar)
+    assert find(window, "layerTree").model().headerData(4, Qt.Orientation.Horizontal) == "LR"
+
+
+def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resnet18_weights_file):
+    """As a new user: demo dataset, feature extraction, then discriminative LRs; what the window
+    says is what the engine trained."""
+    find(window, "demoDatasetButton").click()
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=1, weights=str(resnet18_weights_file))
+    window.data_panel.augment_combo.setCurrentIndex(window.data_panel.augment_combo.findData("none"))
+
+    find(window, "presetFeatureExtraction").click()
+    assert find(window, "trainableSummaryLabel").text() == "Trainable 2,052 / 11,178,564 (0.02 %) · 1 LR group"
+    summary = run_to_end(qtbot, window)
+    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    source = torch.load(resnet18_weights_file, weights_only=True)
+    frozen = [k for k in source if not k.startswith("fc.")]
+    assert all(torch.equal(ckpt["model"][k], source[k]) for k in frozen)
+    assert find(window, "trainingProgress").value() == find(window, "trainingProgress").maximum()
+    assert window.plots._series["val_acc"].size == 1
+
+    find(window, "presetDiscriminative").click()
+    tree = window.model_panel.tree_model
+    assert tree.index_for("layer4", LR).data(Qt.ItemDataRole.EditRole) == pytest.approx(1e-3 / 2.6)
+    assert "7 LR groups" in find(window, "trainableSummaryLabel").text()
+    summary = run_to_end(qtbot, window)
+    plotted_groups = set(window.plots._lr_series)
+    assert len(plotted_groups) == 7  # the LR plot shows each group the optimizer had
+    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    assert not torch.equal(ckpt["model"]["conv1.weight"], source["conv1.weight"])  # now it trained
+
+
+def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, resnet18_weights_file):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=1, weights=str(resnet18_weights_file))
+    find(window, "presetFineTune").click()
+    tree = window.model_panel.tree_model
+    tree.setData(tree.index_for("layer1", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    tree.setData(tree.index_for("bn1", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    summary = run_to_end(qtbot, window)
+    ckpt = torch.load(summary["checkpoint"], weights_only=True)["model"]
+    source = torch.load(resnet18_weights_file, weights_only=True)
+    for key in [k for k in source if k.startswith(("layer1.", "bn1."))]:
+        assert torch.equal(ckpt[key], source[key]), key  # frozen: weights and BN statistics as loaded
+    assert not torch.equal(ckpt["layer2.0.conv1.weight"], source["layer2.0.conv1.weight"])
+
+
+def test_start_stop_restart_run_to_end(qtbot, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=3)
+    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
+        find(window, "startButton").click()
+    assert window.plots.point_count() > 0
+    assert not find(window, "startButton").isEnabled() and find(window, "stopButton").isEnabled()
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as stopped:
+        find(window, "stopButton").click()
+    assert stopped.args[0]["stopped"] == "user"
+    small_run(window, epochs=2)
+    summary = run_to_end(qtbot, window)
+    assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
+    assert find(window, "exportButton").isEnabled()
+    target = window.runs_root() / "exported.pt"
+    window.export_checkpoint(str(target))
+    assert target.read_bytes() == open(summary["checkpoint"], "rb").read()
+
+
+def test_pause_and_resume(qtbot, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=2)
+    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
+        find(window, "startButton").click()
+    find(window, "pauseButton").click()
+    assert find(window, "pauseButton").text() == "Resume"
+    qtbot.wait(300)  # the batch in flight finishes, then nothing moves
+    steps = window.plots.point_count()
+    qtbot.wait(1500)
+    assert window.plots.point_count() == steps
+    find(window, "pauseButton").click()
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as done:
+        pass
+    assert done.args[0]["stopped"] == "completed"
+
+
+def test_errors_show_in_the_window_not_as_a_crash(qtbot, window, tmp_path):
+    (tmp_path / "weird").mkdir()
+    window.open_folder(str(tmp_path / "weird"))
+    qtbot.waitUntil(lambda: "at least 2 class" in window.data_panel.warning_label.text(), timeout=10_000)
+    find(window, "startButton").click()
+    assert "dataset folder" in window.training_panel.error_label.text()
+
+
+def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=30)
+    window.training_panel.base_lr_spin.setValue(10.0)  # the spin box's maximum: plain SGD diverges
+    window.training_panel.optimizer_combo.setCurrentIndex(window.training_panel.optimizer_combo.findData("sgd"))
+    window.training_panel.schedule_combo.setCurrentIndex(window.training_panel.schedule_combo.findData("constant"))
+    window.training_panel.weight_decay_spin.setValue(0.0)
+    failures = []
+    window.controller.run_failed.connect(failures.append)
+    find(window, "startButton").click()
+    qtbot.waitUntil(lambda: not window.controller.is_running, timeout=120_000)
+    assert failures and "loss became" in failures[0]
+    assert "loss became" in window.training_panel.error_label.text()
+    assert find(window, "startButton").isEnabled()
+
+
+def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    window.model_panel.set_arch("resnet34")
+    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info.arch == "resnet34", timeout=60_000)
+    window.model_panel.set_weights(str(resnet18_weights_file))
+    find(window, "presetDiscriminative").click()
+    tree = window.model_panel.tree_model
+    tree.setData(tree.index_for("layer2", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    tree.setData(tree.index_for("layer4.1", LR), 3e-4, Qt.ItemDataRole.EditRole)
+    find(window, "epochsSpin").setValue(7)
+    find(window, "batchSizeSpin").setValue(24)
+    find(window, "imageSizeSpin").setValue(112)
+    window.training_panel.weight_decay_spin.setValue(0.05)
+    window.training_panel.seed_spin.setValue(42)
+    window.data_panel.augment_combo.setCurrentIndex(window.data_panel.augment_combo.findData("light"))
+    saved = window.current_config()
+    report = tree.report
+    path = tmp_path / "p.tsproj.json"
+    window.save_project(str(path))
+
+    window.new_project()
+    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info is not None
+                    and window.model_panel.tree_model.model_info.arch == "resnet18", timeout=60_000)
+    assert window.current_config() != saved
+    window.open_project(str(path))
+    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info.arch == "resnet34"
+                    and window.data_folder == str(demo_dir) and window.scan_summary is not None
+                    and window.model_panel.tree_model.plan_config == saved.plan, timeout=60_000)
+    restored = window.current_config()
+    assert restored.data == saved.data and restored.model == saved.model and restored.train == saved.train
+    assert restored.plan == saved.plan
+    assert window.model_panel.tree_model.report["modules"] == report["modules"]
+
+
+def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=3, size=64)
+    gaps, clock = [], QElapsedTimer()
+    timer = QTimer()
+    timer.setInterval(10)
+
+    def tick():
+        if clock.isValid():
+            gaps.append(clock.restart())
+        else:
+            clock.start()
+
+    timer.timeout.connect(tick)
+    timer.start()
+    run_to_end(qtbot, window)
+    timer.stop()
+    assert len(gaps) > 50
+    assert max(gaps) < 100, f"longest GUI-thread stall {max(gaps)} ms"
