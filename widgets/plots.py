@@ -53,7 +53,7 @@ def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg
     item = widget.getPlotItem()
     item.setClipToView(True)
     item.setDownsampling(auto=True, mode="peak")
-    widget.addLegend(offset=(-10, 10), labelTextSize="8pt")
+    widget.addLegend(offset=(-10, 10), labelTextSize="8pt", colCount=2 if log_y else 1)
     widget.setMinimumHeight(140)
     return widget
 
