@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from engine.config import (AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
                            ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project)
 from engine.errors import TrainingDiverged, UserError
+from engine.export import ParityError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a classifier on a folder of images")
     train.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
     train.add_argument("--project", help="project file with every setting; flags given here are ignored")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run from its last completed epoch (--epochs sets the new total)")
     _add_model_args(train)
     _add_plan_args(train)
     t = TrainConfig()
@@ -118,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
     train.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
     train.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
-    train.add_argument("--epochs", type=int, default=t.epochs)
+    train.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default {t.epochs})")
     train.add_argument("--batch-size", type=int, default=t.batch_size)
     train.add_argument("--image-size", type=int, default=DataConfig().image_size)
     train.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
@@ -132,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     train.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
 
-    predict = sub.add_parser("predict", help="classify images with a trained checkpoint")
+    export = sub.add_parser("export", help="export a checkpoint (pt, safetensors, torchscript, onnx) with a parity check")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx"),
+                        help="repeat for several; default: all four")
+    export.add_argument("--out", help="output file (one format) or folder (several)")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed fp32 logit difference")
+    export.add_argument("--parity-images", type=int, default=32, help="validation images to compare on")
+    export.add_argument("--json", action="store_true")
+
+    predict = sub.add_parser("predict", help="classify images with a checkpoint or an exported file (any format)")
     predict.add_argument("checkpoint")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=5)
@@ -146,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "gui":
             return _gui(getattr(args, "data", None), getattr(args, "project", None))
-        return {"demo-data": _demo_data, "layers": _layers, "train": _train, "predict": _predict}[command](args)
-    except TrainingDiverged as exc:
+        handlers = {"demo-data": _demo_data, "layers": _layers, "train": _train, "export": _export, "predict": _predict}
+        return handlers[command](args)
+    except (TrainingDiverged, ParityError) as exc:
         print(f"transfer-studio: error: {exc}", file=sys.stderr)
         return 1
     except UserError as exc:
@@ -205,6 +219,12 @@ def _layers(args) -> int:
 def train_config_from_args(args) -> RunConfig:
     from engine.demo import ensure_demo_dataset
 
+    if args.resume:
+        from engine.trainer import load_run_config
+
+        config = load_run_config(args.resume)
+        train = replace(config.train, epochs=args.epochs or config.train.epochs)
+        return replace(config, train=train, out_dir=args.resume)
     if args.project:
         config = load_project(args.project)
     else:
@@ -214,14 +234,12 @@ def train_config_from_args(args) -> RunConfig:
                             feature_cache=not args.no_feature_cache),
             model=ModelConfig(arch=args.model, weights=args.weights),
             plan=_plan_config(args),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+            train=TrainConfig(epochs=args.epochs or TrainConfig().epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                               weight_decay=args.weight_decay, schedule=args.schedule,
                               warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                               device=args.device, precision=args.precision, seed=args.seed,
                               early_stopping_patience=args.patience),
         )
-    from dataclasses import replace
-
     out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     return replace(config, out_dir=out)
 
@@ -233,7 +251,7 @@ def _train(args) -> int:
     config = train_config_from_args(args)
     config.validate()
     progress = ProgressPrinter(sys.stderr)
-    result = fit(config, progress)
+    result = fit(config, progress, resume=bool(args.resume))
     progress.close()
     for s in result.skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
@@ -244,15 +262,39 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from engine.export import FORMATS, default_path, export, parity_batch
+
+    formats = args.format or list(FORMATS)
+    checkpoint = Path(args.checkpoint)
+    batch = parity_batch(checkpoint, args.parity_images)
+    reports = []
+    for fmt in formats:
+        out = None
+        if args.out and len(formats) == 1 and not Path(args.out).is_dir():
+            out = Path(args.out)
+        elif args.out:
+            out = Path(args.out) / default_path(checkpoint, fmt).name
+        report = export(checkpoint, fmt, out, batch, args.tolerance)
+        reports.append(report.to_dict())
+        print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "
+              f"{report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
+    if args.json:
+        print(json.dumps(reports))
+    return 0
+
+
 def _predict(args) -> int:
-    from engine.predict import load_classifier, predict_logits, preprocess, top_k
+    from engine.data import Preprocessing
+    from engine.export import load_any
+    from engine.predict import preprocess, top_k
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
-    classifier = load_classifier(args.checkpoint)
+    model = load_any(args.checkpoint)
     paths = [Path(p) for p in args.images]
-    results = top_k(predict_logits(classifier, preprocess(paths, classifier.preprocessing)),
-                    classifier.class_names, args.top_k)
+    batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
+    results = top_k(model.logits(batch), model.class_names, args.top_k)
     if args.json:
         print(json.dumps([{"image": str(p), "top_k": r} for p, r in zip(paths, results)]))
         return 0

@@ -48,11 +48,6 @@ def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
     return normalize_batch(torch.stack(images), prep)
 
 
-@torch.no_grad()
-def predict_logits(classifier: LoadedClassifier, batch: torch.Tensor) -> torch.Tensor:
-    return classifier.model(batch).float()
-
-
 def top_k(logits: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
     probs = logits.softmax(dim=1)
     k = min(k, len(class_names))

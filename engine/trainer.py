@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_torch_save, make_checkpoint
+from .checkpoint import atomic_torch_save, make_checkpoint, safe_torch_load
 from .config import RunConfig, save_json_atomic
 from .data import (DatasetScan, DecodedCache, ImageDataset, SkippedFile, drops_last_batch, epoch_order,
                    eval_transform, make_loader, normalize_batch, scan_dataset, train_transform)
@@ -107,13 +107,30 @@ class _Stopped(Exception):
     """The person asked to stop; unwinds the epoch."""
 
 
+RESUME_FILE = "resume.pt"
+
+
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
-        scan: DatasetScan | None = None) -> FitResult:
-    return _Training(config, callbacks or Callbacks(), control or TrainingControl(), scan).run()
+        scan: DatasetScan | None = None, resume: bool = False) -> FitResult:
+    """Train as `config` says. With resume=True, continue the run in config.out_dir from its last
+    completed epoch (model, optimizer, scaler, schedule position, RNG and best-so-far restored)."""
+    return _Training(config, callbacks or Callbacks(), control or TrainingControl(), scan, resume).run()
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run folder was started with (its run.json)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no run.json)")
+    try:
+        raw = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    return RunConfig.from_dict(raw)
 
 
 class _Training:
-    def __init__(self, config: RunConfig, callbacks: Callbacks, control: TrainingControl, scan):
+    def __init__(self, config: RunConfig, callbacks: Callbacks, control: TrainingControl, scan, resume: bool):
         config.validate()
         if not config.out_dir:
             raise UserError("no output folder given for the run")
@@ -123,6 +140,12 @@ class _Training:
         self.scan = scan
         self.run_dir = Path(config.out_dir)
         self.skipped: dict[str, str] = {}
+        self.resume_state = None
+        if resume:
+            self.resume_state = safe_torch_load(self.run_dir / RESUME_FILE)
+            if self.resume_state.get("epoch", 0) >= config.train.epochs:
+                raise UserError(f"{self.run_dir} already ran {self.resume_state['epoch']} epoch(s); "
+                                f"ask for more than that to continue")
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -151,7 +174,8 @@ class _Training:
             self.info, self.plan, cfg.data.augment, cfg.data.feature_cache)
         self._make_loaders()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").write_text("")
+        if self.resume_state is None:
+            (self.run_dir / "metrics.jsonl").write_text("")
         save_json_atomic(self.run_dir / "run.json", self._run_record())
 
     def _make_loaders(self) -> None:
@@ -262,22 +286,22 @@ class _Training:
         self.best_accuracy = None
         self.checkpoint_path = None
         self.images_seen, self.train_seconds = 0, 0.0
+        first_epoch = 1
+        self.plan_in_force = self.plan
+        if self.resume_state is not None:
+            first_epoch = self._restore(self.resume_state) + 1
         self.cb.on_run_started(RunStarted(
             run_dir=str(self.run_dir), device=str(self.device), device_name=device_name(self.device),
             precision=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
             class_names=self.scan.class_names, train_images=len(self.scan.train), val_images=len(self.scan.val),
             trainable_params=self._trainable_params(), total_params=self.info.total_params,
             feature_cache=self.feature_note, notes=tuple(self.notes)))
-        epochs_run, stopped, since_best = 0, "completed", 0
+        epochs_run, stopped, since_best = first_epoch - 1, "completed", 0
         try:
-            for self.epoch in range(1, cfg.train.epochs + 1):
-                plan_now = self.plan.at_epoch(self.epoch - 1)
-                newly = []
-                if plan_now is not self.plan or self.epoch == 1:
-                    apply_plan(self.model, plan_now)
-                    newly = self._sync_optimizer(plan_now) if self.epoch > 1 else []
-                    self.plan_in_force = plan_now
+            for self.epoch in range(first_epoch, cfg.train.epochs + 1):
+                newly = self._enter_epoch(self.epoch)
                 event = self._one_epoch(trainable_module, tuple(newly))
+                self._save_resume_state()
                 epochs_run = self.epoch
                 since_best = 0 if event.is_best else since_best + 1
                 if cfg.train.early_stopping_patience and since_best >= cfg.train.early_stopping_patience:
@@ -286,6 +310,46 @@ class _Training:
         except _Stopped:
             stopped = "user"
         return self._result(started, epochs_run, stopped)
+
+    def _enter_epoch(self, epoch: int) -> list[str]:
+        """Apply the plan in force this epoch; newly unfrozen modules join the optimizer."""
+        plan_now = self.plan.at_epoch(epoch - 1)
+        if plan_now is self.plan and epoch > 1:
+            return []
+        apply_plan(self.model, plan_now)
+        self.plan_in_force = plan_now
+        return self._sync_optimizer(plan_now) if epoch > 1 else []
+
+    def _save_resume_state(self) -> None:
+        """Everything needed to continue after this epoch exactly as if never interrupted."""
+        atomic_torch_save({
+            "format_version": 1,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "best": list(self.best) if self.best else None,
+            "best_epoch": self.best_epoch,
+            "best_accuracy": self.best_accuracy,
+        }, self.run_dir / RESUME_FILE)
+
+    def _restore(self, state: dict) -> int:
+        done = int(state["epoch"])
+        for epoch in range(1, done + 1):  # rebuild the optimizer's groups as they were
+            self.epoch = epoch
+            self._enter_epoch(epoch)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.global_step = int(state["global_step"])
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.best_epoch, self.best_accuracy = state["best_epoch"], state["best_accuracy"]
+        if (self.run_dir / "checkpoint.pt").exists():
+            self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        return done
 
     def _train_batches(self) -> int:
         if self.use_features:

@@ -1,0 +1,268 @@
+"""Export a checkpoint to deployable formats, each behind a parity gate.
+
+Formats: pt (the checkpoint itself), safetensors (weights + metadata + a JSON sidecar),
+torchscript (a module taking a preprocessed float batch), onnx (opset 17, dynamic batch axis,
+metadata_props). After writing, the file is loaded back by its own runtime and its logits are
+compared with the in-memory model's on real images; the report is saved beside the file, and an
+export past the tolerance fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes, load_checkpoint
+from .errors import UserError
+from .predict import LoadedClassifier, load_classifier
+
+FORMATS = ("pt", "safetensors", "torchscript", "onnx")
+SUFFIXES = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+DEFAULT_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+class ParityError(UserError):
+    """An exported file's outputs differ from the model's beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    format: str
+    path: str
+    images: int
+    top1_agreement: float
+    max_abs_logit_diff: float
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def metadata(classifier: LoadedClassifier) -> dict[str, str]:
+    """What a deployment needs besides the weights, as strings (ONNX and safetensors store strings)."""
+    return {
+        "arch": classifier.arch,
+        "class_names": json.dumps(classifier.class_names),
+        "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
+        "producer": "transfer-studio",
+    }
+
+
+def default_path(checkpoint: Path, fmt: str) -> Path:
+    stem = checkpoint.name[: -len(".pt")] if checkpoint.name.endswith(".pt") else checkpoint.stem
+    name = stem + SUFFIXES[fmt]
+    if fmt == "pt":
+        name = stem + "-export.pt"
+    return checkpoint.with_name(name)
+
+
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batch: torch.Tensor,
+           tolerance: float = DEFAULT_TOLERANCE) -> ParityReport:
+    """Write one format, check its parity on `parity_batch` (preprocessed images), save the report."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}' (use {', '.join(FORMATS)})")
+    checkpoint = Path(checkpoint)
+    classifier = load_classifier(checkpoint)
+    out = Path(out) if out else default_path(checkpoint, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"pt": _write_pt, "safetensors": _write_safetensors, "torchscript": _write_torchscript,
+              "onnx": _write_onnx}[fmt]
+    writer(checkpoint, classifier, out)
+    with torch.no_grad():
+        expected = classifier.model(parity_batch).float()
+    exported = load_any(out)
+    actual = exported.logits(parity_batch)
+    diff = float((actual - expected).abs().max()) if len(expected) else 0.0
+    agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
+    report = ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, diff <= tolerance)
+    atomic_write_bytes(Path(str(out) + ".parity.json"), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    if not report.passed:
+        raise ParityError(f"{fmt} export {out} differs from the model: largest logit difference {diff:.3g} > "
+                          f"{tolerance:g} (top-1 agreement {agreement:.1%}); see {out}.parity.json")
+    return report
+
+
+def _write_pt(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
+    if out.resolve() != checkpoint.resolve():
+        tmp = out.with_name(out.name + ".part")
+        shutil.copyfile(checkpoint, tmp)
+        tmp.replace(out)
+
+
+def _write_safetensors(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.contiguous() for k, v in classifier.model.state_dict().items()}
+    meta = metadata(classifier)
+    atomic_write_bytes(out, save(state, metadata=meta))
+    sidecar = {"arch": classifier.arch, "class_names": classifier.class_names,
+               "preprocessing": classifier.preprocessing.to_dict(), "weights": out.name}
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+
+
+def _example(classifier: LoadedClassifier, batch: int = 2) -> torch.Tensor:
+    crop = classifier.preprocessing.crop
+    return torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+
+
+def _write_torchscript(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
+    import io
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is marked deprecated; the format still loads everywhere
+        traced = torch.jit.trace(classifier.model, _example(classifier), check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"transfer_studio.json": json.dumps(metadata(classifier))})
+    atomic_write_bytes(out, buffer.getvalue())
+
+
+def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("ONNX export needs the export extra: pip install 'transfer-studio[export]'") from None
+    tmp = out.with_name(out.name + ".part.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(classifier.model, (_example(classifier),), str(tmp), input_names=["input"],
+                          output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    model = onnx.load(str(tmp))
+    for key, value in metadata(classifier).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write_bytes(out, model.SerializeToString())
+    tmp.unlink(missing_ok=True)
+
+
+# --- loading any format back ------------------------------------------------------------------
+
+
+@dataclass
+class Exported:
+    """A loaded model of any format: its logits for a preprocessed batch, class names, preprocessing."""
+
+    format: str
+    class_names: list[str]
+    preprocessing: dict
+    _run: object
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._run(batch)
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith((".torchscript.pt", ".torchscript", ".ts")):
+        return "torchscript"
+    return "pt"
+
+
+def load_any(path: str | Path) -> Exported:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    fmt = detect_format(path)
+    if fmt == "pt":
+        classifier = load_classifier(path)
+        return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),
+                        _torch_runner(classifier.model))
+    if fmt == "safetensors":
+        return _load_safetensors(path)
+    if fmt == "torchscript":
+        extra = {"transfer_studio.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        meta = _parse_meta(json.loads(extra["transfer_studio.json"] or "{}"), path)
+        return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
+    return _load_onnx(path)
+
+
+def _torch_runner(module):
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(batch).float()
+    return run
+
+
+def _parse_meta(meta: dict, path: Path) -> dict:
+    try:
+        return {"arch": meta.get("arch"), "class_names": json.loads(meta["class_names"]),
+                "preprocessing": json.loads(meta["preprocessing"])}
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} has no Transfer Studio metadata (class names, preprocessing)") from None
+
+
+def _load_safetensors(path: Path) -> Exported:
+    import torchvision
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = _parse_meta(fh.metadata() or {}, path)
+    kwargs = {"image_size": int(meta["preprocessing"]["crop"])} if str(meta["arch"]).startswith("vit_") else {}
+    model = torchvision.models.get_model(meta["arch"], weights=None, num_classes=len(meta["class_names"]), **kwargs)
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return Exported("safetensors", meta["class_names"], meta["preprocessing"], _torch_runner(model.eval()))
+
+
+def _load_onnx(path: Path) -> Exported:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("reading ONNX needs onnxruntime: pip install 'transfer-studio[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = _parse_meta(dict(session.get_modelmeta().custom_metadata_map), path)
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {input_name: batch.float().numpy()})[0]).float()
+
+    return Exported("onnx", meta["class_names"], meta["preprocessing"], run)
+
+
+def checkpoint_dataset_root(checkpoint: Path) -> str | None:
+    """The dataset a checkpoint was trained on, if it is still there (for parity images)."""
+    try:
+        root = load_checkpoint(checkpoint)["config"]["data"]["root"]
+    except (KeyError, TypeError):
+        return None
+    return root if root and Path(root).is_dir() else None
+
+
+def parity_batch(checkpoint: str | Path, limit: int = 32) -> torch.Tensor:
+    """Preprocessed images to compare outputs on: the run's validation images, else the demo set."""
+    from .data import scan_dataset
+    from .demo import ensure_demo_dataset
+    from .predict import preprocess
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    prep = load_classifier(checkpoint).preprocessing
+    root = checkpoint_dataset_root(checkpoint)
+    paths: list[str] = []
+    if root:
+        data = ckpt["config"]["data"]
+        seed = ckpt["config"].get("train", {}).get("seed", 0)
+        try:
+            scan = scan_dataset(root, data.get("val_fraction", 0.2), seed)
+            paths = [s.path for s in (scan.val or scan.train)]
+        except UserError:
+            paths = []
+    if not paths:
+        scan = scan_dataset(ensure_demo_dataset(), 0.2, 0)
+        paths = [s.path for s in scan.val]
+    step = max(1, len(paths) // limit)
+    return preprocess([Path(p) for p in paths[::step][:limit]], prep)
