@@ -7,7 +7,6 @@ TrainingController's QThread. Start freezes every control's value into one immut
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -23,9 +22,12 @@ from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainC
 from engine.data import scan_dataset
 from engine.demo import ensure_demo_dataset
 from engine.errors import UserError
+from engine.export import default_path, export, parity_batch
 from engine.models import build_model, weights_cache_path
+from engine.trainer import RESUME_FILE, load_run_config
 from app.worker import BackgroundTasks, TrainingController
 from widgets.data_panel import DataPanel, make_thumbnail
+from widgets.export_dialog import ExportDialog, checkpoint_meta
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
 from widgets.training_panel import TrainingPanel
@@ -127,13 +129,15 @@ class MainWindow(QMainWindow):
                                          "Save dataset, model, plan and hyper-parameters to a project file."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Export checkpoint…", self.export_checkpoint, "Ctrl+E",
-                                         "Save the run's best checkpoint."))
+                                         "Export the run's best checkpoint to PyTorch, safetensors, TorchScript or ONNX."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
         train_menu = self.menuBar().addMenu("&Train")
         train_menu.addAction(self._action("&Start", self.start_training, "Ctrl+R", "Start training."))
         train_menu.addAction(self._action("&Pause / resume", self.toggle_pause, "Ctrl+P", "Pause or resume training."))
         train_menu.addAction(self._action("S&top", self.stop_training, "Ctrl+.", "Stop training after this batch."))
+        train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
+                                          "Resume the last run from its last completed epoch up to the Epochs total."))
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("Which strategy?", self._show_strategy_guide, "F1",
                                          "When to use feature extraction, fine-tuning or gradual unfreezing."))
@@ -373,20 +377,56 @@ class MainWindow(QMainWindow):
     # --- export and projects ---------------------------------------------------------------------------
 
     @Slot()
-    def export_checkpoint(self, target: str | None = None) -> None:
+    def export_checkpoint(self) -> None:
+        """Open the Export dialog for the run's best checkpoint."""
         if not self.last_checkpoint or not Path(self.last_checkpoint).exists():
             self.training_panel.show_error("No checkpoint to export yet: train first.")
             return
-        if not target:
-            start = str(Path(self.settings.value("paths/last_export", str(Path.home()))) / "checkpoint.pt")
-            target, _ = QFileDialog.getSaveFileName(self, "Export checkpoint", start, "PyTorch checkpoint (*.pt)")
-        if not target:
+        try:
+            meta = checkpoint_meta(self.last_checkpoint)
+        except UserError as exc:
+            self.training_panel.show_error(str(exc))
             return
-        tmp = Path(target).with_suffix(".part")
-        shutil.copyfile(self.last_checkpoint, tmp)
-        tmp.replace(target)
-        self.settings.setValue("paths/last_export", str(Path(target).parent))
-        self.statusBar().showMessage(f"Exported {target}", 10000)
+        folder = self.settings.value("paths/last_export", str(Path(self.last_checkpoint).parent))
+        dialog = ExportDialog(self.last_checkpoint, meta, folder, self)
+        dialog.export_requested.connect(
+            lambda f, formats: self.export_files(f, formats, dialog.show_reports, dialog.show_error))
+        self.export_dialog = dialog
+        dialog.open()
+
+    def export_files(self, folder: str, formats: list[str], on_done=None, on_error=None) -> None:
+        """Export in the background; every file is checked for parity before it counts as done."""
+        checkpoint = Path(self.last_checkpoint)
+        self.settings.setValue("paths/last_export", folder)
+
+        def job():
+            batch = parity_batch(checkpoint)
+            return [export(checkpoint, fmt, Path(folder) / default_path(checkpoint, fmt).name, batch).to_dict()
+                    for fmt in formats]
+
+        def done(reports):
+            self.statusBar().showMessage(f"Exported {len(reports)} file(s) to {folder}, all passed the parity check", 10000)
+            if on_done:
+                on_done(reports)
+
+        self.tasks.submit("export", job, done, on_error or self.training_panel.show_error)
+
+    @Slot()
+    def continue_training(self) -> None:
+        """Resume the last run from its last completed epoch up to the Epochs box's total."""
+        if self.controller.is_running:
+            return
+        if not self.run_folder or not (Path(self.run_folder) / RESUME_FILE).exists():
+            self.training_panel.show_error("No run to continue: a run saves its state after each completed epoch.")
+            return
+        try:
+            config = load_run_config(self.run_folder)
+        except UserError as exc:
+            self.training_panel.show_error(str(exc))
+            return
+        config = replace(config, train=replace(config.train, epochs=self.training_panel.epochs_spin.value()))
+        self.training_panel.reset_progress()
+        self.controller.start(config, resume=True)
 
     def save_project(self, path: str) -> None:
         save_project(path, replace(self.current_config(), out_dir=""))

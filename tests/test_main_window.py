@@ -106,9 +106,25 @@ def test_start_stop_restart_run_to_end(qtbot, window, demo_dir):
     summary = run_to_end(qtbot, window)
     assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
     assert find(window, "exportButton").isEnabled()
-    target = window.runs_root() / "exported.pt"
-    window.export_checkpoint(str(target))
-    assert target.read_bytes() == open(summary["checkpoint"], "rb").read()
+    find(window, "exportButton").click()
+    dialog = window.export_dialog
+    dialog.folder_edit.setText(str(window.runs_root() / "exports"))
+    dialog.boxes["safetensors"].setChecked(True)
+    assert dialog.formats() == ["pt", "safetensors", "onnx"]
+    dialog.snippet_format.setCurrentIndex(3)
+    assert "onnxruntime" in dialog.snippet.toPlainText()
+    dialog.run_button.click()
+    qtbot.waitUntil(lambda: dialog.results.text().count("✔") == 3, timeout=120_000)
+    exported = window.runs_root() / "exports" / "checkpoint-export.pt"
+    assert exported.read_bytes() == open(summary["checkpoint"], "rb").read()
+    assert (window.runs_root() / "exports" / "checkpoint.onnx.parity.json").exists()
+    dialog.close()
+
+    # Continue training: the same run folder goes on to 3 epochs, numbering continued.
+    find(window, "epochsSpin").setValue(3)
+    with qtbot.waitSignal(window.controller.run_finished, timeout=120_000) as resumed:
+        window.continue_training()
+    assert resumed.args[0]["epochs_run"] == 3 and resumed.args[0]["run_dir"] == summary["run_dir"]
 
 
 def test_pause_and_resume(qtbot, window, demo_dir):

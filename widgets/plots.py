@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+AXIS_COLOUR = (150, 156, 166)
+TEXT_COLOUR = (80, 86, 96)
 TRAIN_COLOUR = (52, 120, 246)
 VAL_COLOUR = (230, 120, 30)
 GROUP_COLOURS = [(52, 120, 246), (230, 120, 30), (46, 160, 67), (200, 60, 60), (140, 90, 200),
@@ -47,7 +50,12 @@ def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg
     widget.setTitle(title, color="#333", size="10pt")
     widget.setLabel("bottom", "epoch")
     widget.setLabel("left", y_label)
-    widget.showGrid(x=True, y=True, alpha=0.2)
+    # No grid: its lines cost 50-80 ms per redraw in Qt's software painter, which would stall
+    # the window several times a second during training.
+    for side in ("left", "bottom"):
+        axis = widget.getAxis(side)
+        axis.setPen(pg.mkPen(AXIS_COLOUR))
+        axis.setTextPen(pg.mkPen(TEXT_COLOUR))
     widget.setLogMode(y=log_y)
     widget.getAxis("left").enableAutoSIPrefix(False)  # show 1e-3, not "1 (x0.001)"
     item = widget.getPlotItem()
@@ -59,9 +67,15 @@ def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg
 
 
 class TrainingPlots(QWidget):
-    def __init__(self, parent=None, smoothing: float = 0.9):
+    def __init__(self, parent=None, smoothing: float = 0.9, refresh_ms: int = 250):
         super().__init__(parent)
         self.smoothing = smoothing
+        # Points arrive up to 20 times a second; redrawing three plots costs tens of milliseconds
+        # on a slow machine, so curves are redrawn at most every refresh_ms.
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(refresh_ms)
+        self._refresh_timer.timeout.connect(self.redraw)
         self.loss_plot = _plot("lossPlot", "Loss", "cross-entropy")
         self.accuracy_plot = _plot("accuracyPlot", "Accuracy", "top-1")
         self.lr_plot = _plot("lrPlot", "Learning rate per group", "LR", log_y=True)
@@ -85,6 +99,7 @@ class TrainingPlots(QWidget):
         self.clear()
 
     def clear(self) -> None:
+        self._refresh_timer.stop()
         self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", "train_acc", "val_acc")}
         self._lr_series: dict[str, Series] = {}
         self._ema = None
@@ -106,10 +121,7 @@ class TrainingPlots(QWidget):
             self._series["train_loss"].append(x, self._ema)
         for label, lr in event["lrs"].items():
             self._lr_series_for(label).append(x, lr)
-        self._refresh(("train_loss_raw", "train_loss"))
-        for label, curve in self._lr_curves.items():
-            series = self._lr_series[label]
-            curve.setData(series.x, series.y)
+        self._schedule_redraw()
 
     def add_epoch(self, event: dict) -> None:
         x = float(event["epoch"])
@@ -117,7 +129,7 @@ class TrainingPlots(QWidget):
         if event.get("val_loss") is not None and np.isfinite(event["val_loss"]):
             self._series["val_loss"].append(x, event["val_loss"])
             self._series["val_acc"].append(x, event["val_accuracy"])
-        self._refresh(("train_acc", "val_loss", "val_acc"))
+        self.redraw()  # epochs are rare: show them at once
 
     def _lr_series_for(self, label: str) -> Series:
         if label not in self._lr_series:
@@ -126,7 +138,14 @@ class TrainingPlots(QWidget):
             self._lr_curves[label] = self.lr_plot.plot(pen=pg.mkPen(colour, width=2), name=label)
         return self._lr_series[label]
 
-    def _refresh(self, names) -> None:
-        for name in names:
-            series = self._series[name]
+    def _schedule_redraw(self) -> None:
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def redraw(self) -> None:
+        self._refresh_timer.stop()
+        for name, series in self._series.items():
             self._curves[name].setData(series.x, series.y)
+        for label, curve in self._lr_curves.items():
+            series = self._lr_series[label]
+            curve.setData(series.x, series.y)

@@ -92,7 +92,7 @@ class TrainingPanel(QGroupBox):
         self.stop_button = button("stopButton", "Stop", QStyle.StandardPixmap.SP_MediaStop,
                                   "Stop after the current batch; the best checkpoint so far is kept (Ctrl+.).")
         self.export_button = button("exportButton", "Export…", QStyle.StandardPixmap.SP_DialogSaveButton,
-                                    "Save the run's best checkpoint (Ctrl+E).")
+                                    "Export the best checkpoint: PyTorch, safetensors, TorchScript, ONNX, each checked for parity (Ctrl+E).")
         self.start_button.setDefault(True)
         buttons = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.stop_button):

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""The longest gap between 10 ms timer ticks on the GUI thread while the window trains.
+
+Offscreen; demo dataset, resnet18 at 64 px, 3 epochs on CPU. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PySide6.QtCore import QElapsedTimer, QSettings, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+
+def main() -> int:
+    app = QApplication(sys.argv)
+    from app.main_window import MainWindow
+
+    workdir = Path(tempfile.mkdtemp(prefix="ts-stall-"))
+    settings = QSettings(str(workdir / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("paths/runs", str(workdir / "runs"))
+    window = MainWindow(settings=settings, confirm_close=False)
+    window.show()
+    window.open_demo_dataset()
+    gaps: list[int] = []
+    clock = QElapsedTimer()
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: gaps.append(clock.restart()) if clock.isValid() else clock.start())
+
+    def start():
+        if window.scan_summary is None or window.model_panel.tree_model.model_info is None:
+            QTimer.singleShot(100, start)
+            return
+        window.model_panel.set_weights("none")
+        window.data_panel.size_spin.setValue(64)
+        window.training_panel.epochs_spin.setValue(3)
+        window.training_panel.device_combo.setCurrentIndex(window.training_panel.device_combo.findData("cpu"))
+        timer.start()
+        window.start_training()
+
+    def finished(_summary):
+        timer.stop()
+        window.close()
+        app.quit()
+
+    window.controller.run_finished.connect(finished)
+    window.controller.run_failed.connect(lambda m: (print(m, file=sys.stderr), finished(None)))
+    QTimer.singleShot(100, start)
+    app.exec()
+    values = np.array(gaps[1:], dtype=float)
+    print(json.dumps({"ticks": int(values.size), "max_gap_ms": float(values.max()),
+                      "p99_gap_ms": float(np.percentile(values, 99)), "median_gap_ms": float(np.median(values))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The Export dialog: several formats at once, each checked for parity, with a loading snippet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
+
+FORMAT_LABELS = (
+    ("pt", "PyTorch checkpoint (.pt)", "The checkpoint dict with plain torchvision keys; torch.load(weights_only=True)."),
+    ("safetensors", "safetensors (.safetensors + .json)", "Weights only, nothing executes on load; metadata inside and beside."),
+    ("torchscript", "TorchScript (.torchscript.pt)", "Runs with torch.jit.load, without this project installed."),
+    ("onnx", "ONNX (.onnx, opset 17)", "For onnxruntime and other runtimes; dynamic batch size."),
+)
+
+
+def loading_snippet(fmt: str, path: str, meta: dict) -> str:
+    """Python that loads the exported file and classifies one image, preprocessing included."""
+    prep = meta["preprocessing"]
+    head = (f"# {meta['arch']} · classes {meta['class_names']}\n"
+            "from PIL import Image\nimport torch\nfrom torchvision.transforms import v2\n\n"
+            f"prep = v2.Compose([v2.PILToTensor(), v2.Resize({prep['resize']}), v2.CenterCrop({prep['crop']}),\n"
+            f"                   v2.ToDtype(torch.float32, scale=True), v2.Normalize({prep['mean']}, {prep['std']})])\n"
+            "x = prep(Image.open('image.jpg').convert('RGB')).unsqueeze(0)\n")
+    if fmt == "pt":
+        body = ("import torchvision\n"
+                f"ckpt = torch.load({path!r}, weights_only=True)\n"
+                "model = torchvision.models.get_model(ckpt['arch'], num_classes=len(ckpt['class_names']))\n"
+                "model.load_state_dict(ckpt['model'])\nlogits = model.eval()(x)\n")
+    elif fmt == "safetensors":
+        body = ("import torchvision\nfrom safetensors.torch import load_file\n"
+                f"model = torchvision.models.get_model({meta['arch']!r}, num_classes={len(meta['class_names'])})\n"
+                f"model.load_state_dict(load_file({path!r}))\nlogits = model.eval()(x)\n")
+    elif fmt == "torchscript":
+        body = f"model = torch.jit.load({path!r})\nlogits = model(x)\n"
+    else:
+        body = ("import onnxruntime as ort\n"
+                f"session = ort.InferenceSession({path!r})\n"
+                "logits = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])\n")
+    return head + body + f"print({meta['class_names']!r}[int(logits.argmax())])\n"
+
+
+class ExportDialog(QDialog):
+    export_requested = Signal(str, list)  # folder, formats
+
+    def __init__(self, checkpoint: str, meta: dict, folder: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("exportDialog")
+        self.setWindowTitle("Export")
+        self.checkpoint, self.meta = checkpoint, meta
+        self.boxes: dict[str, QCheckBox] = {}
+        formats = QVBoxLayout()
+        for fmt, label, tip in FORMAT_LABELS:
+            box = QCheckBox(label)
+            box.setObjectName(f"exportFormat_{fmt}")
+            box.setToolTip(tip)
+            box.setChecked(fmt in ("pt", "onnx"))
+            box.toggled.connect(self._refresh)
+            self.boxes[fmt] = box
+            formats.addWidget(box)
+        self.folder_edit = QLineEdit(folder)
+        self.folder_edit.setObjectName("exportFolderEdit")
+        self.folder_edit.setToolTip("Folder the exported files go into.")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(browse)
+        self.snippet_format = QComboBox()
+        self.snippet_format.setToolTip("Which format the snippet below loads.")
+        for fmt, label, _ in FORMAT_LABELS:
+            self.snippet_format.addItem(label, fmt)
+        self.snippet_format.currentIndexChanged.connect(self._refresh)
+        self.snippet = QPlainTextEdit()
+        self.snippet.setObjectName("exportSnippet")
+        self.snippet.setReadOnly(True)
+        self.snippet.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.snippet.setMinimumSize(620, 200)
+        self.results = QLabel("Every export is loaded back and compared with the model on validation images.")
+        self.results.setObjectName("exportResults")
+        self.results.setWordWrap(True)
+        self.run_button = QPushButton("Export")
+        self.run_button.setObjectName("exportRunButton")
+        self.run_button.setDefault(True)
+        self.run_button.clicked.connect(self._export)
+        close = QPushButton("Close")
+        close.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(close)
+        form = QFormLayout()
+        form.addRow("Formats", formats)
+        form.addRow("Folder", folder_row)
+        form.addRow("Load it with", self.snippet_format)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.snippet, 1)
+        layout.addWidget(self.results)
+        layout.addLayout(buttons)
+        self._refresh()
+
+    def formats(self) -> list[str]:
+        return [fmt for fmt, box in self.boxes.items() if box.isChecked()]
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export folder", self.folder_edit.text())
+        if folder:
+            self.folder_edit.setText(folder)
+
+    def _refresh(self) -> None:
+        fmt = self.snippet_format.currentData()
+        suffix = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}[fmt]
+        path = str(Path(self.folder_edit.text()) / (Path(self.checkpoint).stem + suffix))
+        self.snippet.setPlainText(loading_snippet(fmt, path, self.meta))
+        self.run_button.setEnabled(bool(self.formats()))
+
+    def _export(self) -> None:
+        self.run_button.setEnabled(False)
+        self.results.setText("Exporting and checking parity…")
+        self.export_requested.emit(self.folder_edit.text(), self.formats())
+
+    def show_reports(self, reports: list[dict]) -> None:
+        lines = [f"✔ {Path(r['path']).name}: top-1 agreement {r['top1_agreement']:.0%}, largest logit difference "
+                 f"{r['max_abs_logit_diff']:.1e} on {r['images']} images" for r in reports]
+        self.results.setText("\n".join(lines))
+        self.run_button.setEnabled(True)
+
+    def show_error(self, message: str) -> None:
+        self.results.setText(f"✘ {message}")
+        self.run_button.setEnabled(True)
+
+
+def checkpoint_meta(checkpoint: str) -> dict:
+    """arch, class names and preprocessing of a checkpoint, for the snippet (read safely)."""
+    from engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    return {"arch": ckpt["arch"], "class_names": list(ckpt["class_names"]), "preprocessing": ckpt["preprocessing"]}
+
