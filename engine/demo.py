@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .paths import cache_dir
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar")
 DEMO_VERSION = 1
 
@@ -69,9 +71,7 @@ def _polygon(cx: float, cy: float, radius: float, corners: int, angle: float):
 
 def demo_dataset_dir() -> Path:
     """Where the built-in demo dataset lives (made on first use)."""
-    base = os.environ.get("TRANSFER_STUDIO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "transfer-studio")
-    return Path(base) / f"demo-v{DEMO_VERSION}"
+    return cache_dir() / f"demo-v{DEMO_VERSION}"
 
 
 def ensure_demo_dataset() -> Path:

@@ -6,15 +6,24 @@ forward pass over every image.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from contextlib import contextmanager
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .data import Preprocessing, normalize_batch
-from .models import ModelInfo
+from .checkpoint import atomic_torch_save, safe_torch_load
+from .data import Preprocessing, Sample, normalize_batch
+from .errors import UserError
+from .models import ModelInfo, weights_cache_path
+from .paths import cache_dir
 from .plan import Plan
+
+MAX_CACHED_FEATURE_SETS = 20
 
 
 def feature_cache_decision(info: ModelInfo, plan: Plan, augment: str, enabled: bool) -> tuple[bool, str]:
@@ -82,3 +91,60 @@ def compute_features(model: nn.Module, head: str, loader, prep: Preprocessing, d
     if not feats:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)
+
+
+# --- the disk cache ---------------------------------------------------------------------------
+
+
+def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, seed: int, head: str,
+                      prep: Preprocessing, precision: str, device_type: str) -> str:
+    """Changes when anything that shapes the features changes: each file (path, size, mtime),
+    the architecture, the weights file, the preprocessing, the precision and device kind."""
+    digest = hashlib.sha256()
+    if weights == "imagenet":
+        weights_file = weights_cache_path(arch)
+    elif weights == "none":
+        weights_file = None  # random init: the seed decides the trunk
+    else:
+        weights_file = Path(weights)
+    identity = {"version": 1, "arch": arch, "weights": weights, "head": head, "prep": prep.to_dict(),
+                "precision": precision, "device": device_type, "torch": torch.__version__,
+                "seed": seed if weights_file is None else None,
+                "weights_file": _file_identity(weights_file) if weights_file else None}
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    for sample in samples:
+        digest.update(json.dumps([sample.path, sample.label, _file_identity(Path(sample.path))]).encode())
+    return digest.hexdigest()[:32]
+
+
+def _file_identity(path: Path) -> list:
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path), None, None]
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def feature_cache_path(key: str) -> Path:
+    return cache_dir() / "features" / f"{key}.pt"
+
+
+def load_cached_features(key: str):
+    """The (train, val) feature sets saved under `key`, or None."""
+    path = feature_cache_path(key)
+    if not path.exists():
+        return None
+    try:
+        stored = safe_torch_load(path)
+        os.utime(path)  # most recently used: pruned last
+        return stored["train"], stored["val"]
+    except (UserError, KeyError, TypeError):
+        return None  # unreadable or from another version: compute again
+
+
+def save_cached_features(key: str, train, val) -> None:
+    folder = feature_cache_path(key).parent
+    atomic_torch_save({"train": train, "val": val}, feature_cache_path(key))
+    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in files[MAX_CACHED_FEATURE_SETS:]:
+        stale.unlink(missing_ok=True)

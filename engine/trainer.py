@@ -28,7 +28,8 @@ from .data import (DatasetScan, DecodedCache, ImageDataset, SkippedFile, drops_l
                    eval_transform, make_loader, normalize_batch, scan_dataset, train_transform)
 from .errors import TrainingDiverged, UserError
 from .events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
-from .features import compute_features, feature_cache_decision
+from .features import (compute_features, feature_cache_decision, feature_cache_key, load_cached_features,
+                       save_cached_features)
 from .models import build_model
 from .plan import GroupSpec, Plan, apply_plan, build_plan, group_specs, param_groups
 from .schedule import lr_factor
@@ -173,20 +174,29 @@ class _Training:
             self.model.to(memory_format=torch.channels_last)
         self.use_features, self.feature_note = feature_cache_decision(
             self.info, self.plan, cfg.data.augment, cfg.data.feature_cache)
-        self._make_loaders()
+        self.cached_features = None
+        if self.use_features:
+            self.feature_key = feature_cache_key(
+                self.scan.train + self.scan.val, arch=cfg.model.arch, weights=cfg.model.weights,
+                seed=cfg.train.seed, head=self.info.head, prep=self.prep, precision=str(self.amp_dtype),
+                device_type=self.device.type)
+            self.cached_features = load_cached_features(self.feature_key)
+            if self.cached_features is not None:
+                self.feature_note += " (loaded from the disk cache)"
+        self._make_loaders(warm=self.cached_features is None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume_state is None:
             (self.run_dir / "metrics.jsonl").write_text("")
         save_json_atomic(self.run_dir / "run.json", self._run_record())
 
-    def _make_loaders(self) -> None:
+    def _make_loaders(self, warm: bool) -> None:
         cfg, scan, prep = self.config, self.scan, self.prep
         budget = cfg.data.decoded_cache_mb * 2**20
         total = max(1, scan.total)
         self.train_cache = DecodedCache(budget * len(scan.train) // total) if budget else None
         self.val_cache = DecodedCache(budget * len(scan.val) // total) if budget else None
         for name, cache, samples in (("training", self.train_cache, scan.train), ("validation", self.val_cache, scan.val)):
-            if cache is not None and samples:
+            if warm and cache is not None and samples:
                 cache.warm(samples, prep.resize, lambda d, t, n=name: self.cb.on_status(f"Decoding {n} images", d, t))
                 self._note_failures([(i, r) for i, r in cache.failures.items()], samples)
         complete = all(c is None or c.complete_for == len(s) for c, s in
@@ -383,6 +393,9 @@ class _Training:
         )
 
     def _cache_features(self) -> None:
+        if self.cached_features is not None:
+            self.train_features, self.val_features = self.cached_features
+            return
         common = dict(prep=self.prep, device=self.device, autocast=self.autocast, channels_last=self.channels_last,
                       should_stop=lambda: self.control.stop_requested)
         self.cb.on_status("Computing trunk features (once)")
@@ -395,6 +408,9 @@ class _Training:
                                    progress=lambda d, t: self.cb.on_status("Computing validation features", d, t),
                                    on_failures=lambda f: self._note_failures(f, self.scan.val), **common)
         self.train_features, self.val_features = train, val
+        if train is not None and (val is not None or self.val_loader is None):
+            self.cb.on_status("Saving trunk features to the disk cache")
+            save_cached_features(self.feature_key, train, val)
 
     # --- batches ------------------------------------------------------------------------------
 

@@ -163,3 +163,26 @@ def test_plan_edits_reach_the_optimizer(demo_dir, tmp_path):
     fit(make_config(demo_dir, tmp_path / "e", epochs=1, schedule="constant", plan=plan), recorder)
     assert recorder.epochs[0].lr == {"base": 1e-3, "fc": 5e-3}
     assert recorder.epochs[0].trainable_params == 11_178_564 - 147_968
+
+
+def test_trunk_features_are_reused_from_the_disk_cache_until_a_file_changes(demo_dir, tmp_path, resnet18_weights_file,
+                                                                          monkeypatch):
+    import os
+    import shutil
+
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    notes, accuracies = [], []
+    for run in ("first", "second", "after-edit"):
+        if run == "after-edit":
+            victim = next((data / "circle").glob("*.png"))
+            os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+        recorder = Recorder()
+        config = make_config(data, tmp_path / run, weights=str(resnet18_weights_file), augment="none",
+                             plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), epochs=2)
+        accuracies.append(fit(config, recorder).best_val_accuracy)
+        notes.append(recorder.started[0].feature_cache)
+    assert "disk cache" not in notes[0] and "loaded from the disk cache" in notes[1] and "disk cache" not in notes[2]
+    assert accuracies[0] == accuracies[1] == accuracies[2]
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
