@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=PRECISIONS, default=t.precision)
     train.add_argument("--cudnn-benchmark", action="store_true",
                        help="let cuDNN autotune convolutions (slow first epoch, may pay off on long runs)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     train.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement")
     train.add_argument("--seed", type=int, default=t.seed)
     train.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
@@ -240,7 +241,7 @@ def train_config_from_args(args) -> RunConfig:
                               weight_decay=args.weight_decay, schedule=args.schedule,
                               warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                               device=args.device, precision=args.precision, seed=args.seed,
-                              cudnn_benchmark=args.cudnn_benchmark,
+                              cudnn_benchmark=args.cudnn_benchmark, compile=args.compile,
                               early_stopping_patience=args.patience),
         )
     out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -521,6 +521,15 @@ class MainWindow(QMainWindow):
         event.accept()
 
 
+def window_with_private_settings(folder: Path) -> MainWindow:
+    """A window whose settings and run folders live in `folder`, never in the person's own
+    (tests, benchmarks, the screenshot script)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("paths/runs", str(folder / "runs"))
+    return MainWindow(settings=settings, confirm_close=False)
+
+
 def run_gui(data: str | None = None, project: str | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Transfer Studio")

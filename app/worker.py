@@ -155,6 +155,7 @@ class TrainingController(QObject):
         if not self.is_running:
             return True
         self.control.stop()
+        self._thread.quit()  # the thread's event loop ends as soon as the worker's run() returns
         ended = self._thread.wait(timeout_ms)
         self._cleanup()
         return ended

@@ -17,18 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from PySide6.QtCore import QElapsedTimer, QSettings, QTimer  # noqa: E402
+from PySide6.QtCore import QElapsedTimer, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 
 def main() -> int:
     app = QApplication(sys.argv)
-    from app.main_window import MainWindow
+    from app.main_window import window_with_private_settings
 
-    workdir = Path(tempfile.mkdtemp(prefix="ts-stall-"))
-    settings = QSettings(str(workdir / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("paths/runs", str(workdir / "runs"))
-    window = MainWindow(settings=settings, confirm_close=False)
+    window = window_with_private_settings(Path(tempfile.mkdtemp(prefix="ts-stall-")))
     window.show()
     window.open_demo_dataset()
     gaps: list[int] = []
@@ -59,7 +56,28 @@ def main() -> int:
     app.exec()
     values = np.array(gaps[1:], dtype=float)
     print(json.dumps({"ticks": int(values.size), "max_gap_ms": float(values.max()),
-                      "p99_gap_ms": float(np.percentile(values, 99)), "median_gap_ms": float(np.median(values))}))
+                      "p99_gap_ms": float(np.percentile(values, 99)), "median_gap_ms": float(np.median(values)),
+                      "redraw_ms_with_100k_points": redraw_time_with_points(100_000)}))
+
+
+def redraw_time_with_points(n: int) -> float:
+    """Milliseconds to redraw and paint the plots holding n loss points (and two LR curves)."""
+    from widgets.plots import TrainingPlots
+
+    plots = TrainingPlots()
+    plots.resize(700, 600)
+    plots.show()
+    for step in range(n):
+        plots.add_batch({"epoch": 1 + step // 1000, "step": step % 1000 + 1, "steps": 1000,
+                         "loss": float(np.exp(-step / n)), "lrs": {"base": 1e-3, "fc": 1e-2}})
+    QApplication.processEvents()
+    clock = QElapsedTimer()
+    clock.start()
+    for _ in range(10):
+        plots.redraw()
+        plots.repaint()
+        QApplication.processEvents()
+    return clock.elapsed() / 10
     return 0
 
 

@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,8 +110,10 @@ def weights_file(path: Path) -> Path:
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
+    # A fresh cache folder per process: no run may profit from features cached by an earlier one.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_CACHE": tempfile.mkdtemp(prefix="ts-bench-cache-")}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")

@@ -11,6 +11,7 @@ import os
 import pickle
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,17 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename, fsync the folder: a crash leaves the old file."""
+@contextmanager
+def atomic_file(path: Path):
+    """Write through a temporary file in the same folder; on success fsync, rename over `path` and
+    fsync the folder. A crash at any point leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -48,6 +51,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save straight into the temporary file: no second copy of a large checkpoint in memory."""
+    with atomic_file(path) as fh:
+        torch.save(obj, fh)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -61,24 +75,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save straight into a temporary file (no second copy in memory), then fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def snapshot(obj: Any) -> Any:

@@ -80,6 +80,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     channels_last: bool = True  # only used on CUDA
     cudnn_benchmark: bool = False  # autotuning costs seconds per layer shape up front; pays only on long runs
+    compile: bool = False  # torch.compile the model: slow first steps, faster later ones
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     max_batch_events_per_second: float = 20.0

@@ -7,6 +7,7 @@ Handles grayscale, palette (with transparency), RGBA/LA (composited on a fixed b
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +37,9 @@ def probe(path: Path) -> tuple[int, int]:
         raise BadImage(f"unreadable: {exc.strerror}") from None
     if size == 0:
         raise BadImage("empty file")
-    try:
+    with _decoding_errors():
         with Image.open(path) as img:
             fmt, dims = img.format, img.size
-    except Image.DecompressionBombError:
-        raise BadImage("too many pixels (decompression bomb guard)") from None
-    except UnidentifiedImageError:
-        raise BadImage("not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(_reason(exc)) from None
     if _looks_truncated(path, fmt, size):
         raise BadImage("truncated")
     return dims
@@ -68,7 +63,7 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     min_side lets the JPEG decoder skip detail (draft mode): the result's shorter side stays
     at least min_side pixels, so resizing afterwards loses nothing.
     """
-    try:
+    with _decoding_errors():
         with Image.open(path) as img:
             if min_side and img.format == "JPEG":
                 w, h = img.size
@@ -77,21 +72,22 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except BadImage:
-        raise
+
+
+@contextmanager
+def _decoding_errors():
+    """Pillow's many exceptions become one BadImage with a reason a person understands."""
+    try:
+        yield
     except Image.DecompressionBombError:
         raise BadImage("too many pixels (decompression bomb guard)") from None
     except UnidentifiedImageError:
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(_reason(exc)) from None
-
-
-def _reason(exc: Exception) -> str:
-    message = str(exc)
-    if "truncated" in message.lower() or "premature end" in message.lower():
-        return "truncated"
-    return f"corrupt: {message}"
+        message = str(exc)
+        if "truncated" in message.lower() or "premature end" in message.lower():
+            raise BadImage("truncated") from None
+        raise BadImage(f"corrupt: {message}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

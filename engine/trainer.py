@@ -288,6 +288,10 @@ class _Training:
             if self.control.stop_requested:
                 return self._result(started, 0, "user")
             trainable_module = self.model.get_submodule(self.info.head)
+        elif cfg.train.compile:
+            # Compiled lazily by the first batch; the checkpoint still comes from the plain module.
+            trainable_module = torch.compile(self.model)
+            self.cb.on_status("Compiling the model (the first steps are slow)")
         apply_plan(self.model, self.plan)
         specs = group_specs(self.info, self.plan, cfg.train.weight_decay)
         if not specs and not self.plan.unfreeze_at:

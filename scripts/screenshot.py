@@ -19,7 +19,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from PySide6.QtCore import QSettings, QTimer  # noqa: E402
+from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 
@@ -30,12 +30,9 @@ def main() -> int:
     args = parser.parse_args()
     app = QApplication(sys.argv)
     app.setStyleSheet((ROOT / "resources" / "style.qss").read_text())
-    from app.main_window import MainWindow
+    from app.main_window import window_with_private_settings
 
-    workdir = Path(tempfile.mkdtemp(prefix="ts-shot-"))
-    settings = QSettings(str(workdir / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("paths/runs", str(workdir / "runs"))
-    window = MainWindow(settings=settings, confirm_close=False)
+    window = window_with_private_settings(Path(tempfile.mkdtemp(prefix="ts-shot-")))
     window.resize(1500, 940)
     window.show()
     window.open_demo_dataset()

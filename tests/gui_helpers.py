@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from PySide6.QtCore import QSettings
-
-from app.main_window import MainWindow
+from app.main_window import window_with_private_settings
 from app.worker import STARTED_THREADS
 
 
@@ -31,9 +29,7 @@ def _running_qthreads() -> list:
 @pytest.fixture
 def window(qtbot, tmp_path):
     before = _python_threads()
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("paths/runs", str(tmp_path / "runs"))
-    win = MainWindow(settings=settings, confirm_close=False)
+    win = window_with_private_settings(tmp_path / "window")
     qtbot.addWidget(win)
     win.show()
     yield win

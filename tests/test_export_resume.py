@@ -10,7 +10,7 @@ import torchvision
 from safetensors.torch import load_file
 
 from app.cli import main
-from engine.config import PlanConfig
+from engine.config import PlanConfig, RunConfig
 from engine.errors import UnsafeFileError
 from engine.events import Callbacks, TrainingControl
 from engine.export import FORMATS, ParityError, export, load_any, parity_batch
@@ -126,7 +126,10 @@ def test_crafted_checkpoint_is_refused_by_predict_export_and_resume(tmp_path, mo
         load_any(tmp_path / "evil.pt")
     (tmp_path / "run").mkdir()
     torch.save({"epoch": Exploit()}, tmp_path / "run" / "resume.pt")
-    for args in (["predict", str(tmp_path / "evil.pt"), "x.png"], ["export", str(tmp_path / "evil.pt")]):
+    config = RunConfig(out_dir=str(tmp_path / "run"))
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"config": config.to_dict()}))
+    for args in (["predict", str(tmp_path / "evil.pt"), "x.png"], ["export", str(tmp_path / "evil.pt")],
+                 ["train", "--resume", str(tmp_path / "run")]):
         proc = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and "arbitrary code" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()

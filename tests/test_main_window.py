@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QProgressBar, QPushButton
 from engine.config import PlanConfig
 from tests.gui_helpers import wait_ready, window  # noqa: F401 - the fixture
 from widgets.layer_tree import FROZEN, LR
+from widgets.plots import TrainingPlots
 
 REQUIRED = ["dataFolderEdit", "demoDatasetButton", "modelCombo", "weightsCombo", "layerTree", "trainableSummaryLabel",
             "presetFeatureExtraction", "presetFineTune", "presetDiscriminative", "presetGradual", "epochsSpin",
@@ -225,3 +226,32 @@ def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
     timer.stop()
     assert len(gaps) > 50
     assert max(gaps) < 100, f"longest GUI-thread stall {max(gaps)} ms"
+
+
+def test_closing_during_training_stops_and_joins_the_thread(qtbot, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    small_run(window, epochs=50)
+    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
+        find(window, "startButton").click()
+    thread = window.controller._thread
+    started = time.perf_counter()
+    window.close()  # confirm_close is off in tests: the window stops the run without asking
+    assert time.perf_counter() - started < 30
+    assert not window.controller.is_running and thread.isFinished()
+    metrics = (window.runs_root() / window.run_folder.rsplit("/", 1)[1] / "metrics.jsonl")
+    assert len(metrics.read_text().splitlines()) < 50  # it did stop early
+
+
+def test_plots_take_a_hundred_thousand_points(qtbot):
+    plots = TrainingPlots()
+    qtbot.addWidget(plots)
+    plots.show()
+    for step in range(100_000):
+        plots.add_batch({"epoch": 1 + step // 1000, "step": step % 1000 + 1, "steps": 1000, "loss": 1.0,
+                         "lrs": {"base": 1e-3, "fc": 1e-2}})
+    plots.redraw()
+    qtbot.wait(10)
+    assert plots.point_count() == 100_000
+    assert len(plots._curves["train_loss"].xData) == 100_000  # all there; what is drawn is downsampled
+    assert plots.loss_plot.getPlotItem().clipToViewMode()

@@ -186,3 +186,34 @@ def test_trunk_features_are_reused_from_the_disk_cache_until_a_file_changes(demo
     assert "disk cache" not in notes[0] and "loaded from the disk cache" in notes[1] and "disk cache" not in notes[2]
     assert accuracies[0] == accuracies[1] == accuracies[2]
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
+
+
+def test_compile_option_trains_through_the_compiled_module(demo_dir, tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def recording_compile(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager")  # the plumbing, without minutes of C++ builds
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    statuses = []
+
+    class Statuses(Callbacks):
+        def on_status(self, text, done=0, total=0):
+            statuses.append(text)
+
+    result = fit(make_config(demo_dir, tmp_path / "c", epochs=1, compile=True), Statuses())
+    assert len(compiled) == 1 and isinstance(compiled[0], torchvision.models.ResNet)
+    assert any(s.startswith("Compiling") for s in statuses)
+    state = torch.load(result.checkpoint, weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)  # plain torchvision keys still
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(demo_dir, tmp_path, resnet18_weights_file):
+    # An LR so small that the head's weights cannot change in float32: nothing ever improves.
+    config = make_config(demo_dir, tmp_path / "es", weights=str(resnet18_weights_file), augment="none", epochs=10,
+                         plan=PlanConfig(strategy="feature-extraction", base_lr=1e-30), early_stopping_patience=2,
+                         schedule="constant")
+    result = fit(config)
+    assert result.stopped == "early-stopping" and result.epochs_run == 3 and result.best_epoch == 1

@@ -61,7 +61,8 @@ def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg
     item = widget.getPlotItem()
     item.setClipToView(True)
     item.setDownsampling(auto=True, mode="peak")
-    widget.addLegend(offset=(-10, 10), labelTextSize="8pt", colCount=2 if log_y else 1)
+    legend = widget.addLegend(offset=(-10, 10), labelTextSize="8pt", colCount=2 if log_y else 1)
+    legend.setBrush(pg.mkBrush(255, 255, 255, 215))  # readable over the curves
     widget.setMinimumHeight(140)
     return widget
 

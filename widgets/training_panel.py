@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QStyle, QVBoxLayout)
 
 from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -62,6 +62,9 @@ class TrainingPanel(QGroupBox):
         self.precision_combo = combo("precisionCombo", PRECISION_CHOICES,
                                      "Mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.")
         self.seed_spin = spin("seedSpin", 0, 2**31 - 1, t.seed, "Seed for the split, initialisation and augmentation.")
+        self.compile_check = QCheckBox("Compile (torch.compile)")
+        self.compile_check.setObjectName("compileCheck")
+        self.compile_check.setToolTip("Compile the model first: the first steps take much longer, later ones run faster.")
 
         form = QGridLayout()
         rows = (("Epochs", self.epochs_spin, "Batch size", self.batch_spin),
@@ -74,6 +77,7 @@ class TrainingPanel(QGroupBox):
             form.addWidget(w1, r, 1)
             form.addWidget(QLabel(l2), r, 2)
             form.addWidget(w2, r, 3)
+        form.addWidget(self.compile_check, len(rows), 1)
         form.setColumnStretch(1, 1)
         form.setColumnStretch(3, 1)
 
@@ -131,7 +135,8 @@ class TrainingPanel(QGroupBox):
         self.export_button.setEnabled(can_export and not running)
         self.pause_button.setText("Pause")
         for w in (self.epochs_spin, self.batch_spin, self.optimizer_combo, self.base_lr_spin, self.weight_decay_spin,
-                  self.schedule_combo, self.warmup_spin, self.device_combo, self.precision_combo, self.seed_spin):
+                  self.schedule_combo, self.warmup_spin, self.device_combo, self.precision_combo, self.seed_spin,
+                  self.compile_check):
             w.setEnabled(not running)
 
     def show_error(self, message: str) -> None:
@@ -179,7 +184,7 @@ class TrainingPanel(QGroupBox):
                 "optimizer": self.optimizer_combo.currentData(), "weight_decay": self.weight_decay_spin.value(),
                 "schedule": self.schedule_combo.currentData(), "warmup_epochs": self.warmup_spin.value(),
                 "device": self.device_combo.currentData(), "precision": self.precision_combo.currentData(),
-                "seed": self.seed_spin.value()}
+                "seed": self.seed_spin.value(), "compile": self.compile_check.isChecked()}
 
     def set_values(self, t: TrainConfig, base_lr: float) -> None:
         self.epochs_spin.setValue(t.epochs)
@@ -192,5 +197,6 @@ class TrainingPanel(QGroupBox):
         self.device_combo.setCurrentIndex(index if index >= 0 else 0)
         self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(t.precision)))
         self.seed_spin.setValue(t.seed)
+        self.compile_check.setChecked(t.compile)
         self.base_lr_spin.setValue(base_lr)
 
