@@ -226,9 +226,13 @@ class _Training:
             "dataset": self.scan.summary(),
             "preprocessing": self.prep.to_dict(),
             "device": str(self.device),
-            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            "precision": self.precision_name,
             "feature_cache": self.feature_note,
         }
+
+    @property
+    def precision_name(self) -> str:
+        return str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -314,7 +318,7 @@ class _Training:
             first_epoch = self._restore(self.resume_state) + 1
         self.cb.on_run_started(RunStarted(
             run_dir=str(self.run_dir), device=str(self.device), device_name=device_name(self.device),
-            precision=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            precision=self.precision_name,
             class_names=self.scan.class_names, train_images=len(self.scan.train), val_images=len(self.scan.val),
             trainable_params=self._trainable_params(), total_params=self.info.total_params,
             feature_cache=self.feature_note, notes=tuple(self.notes)))

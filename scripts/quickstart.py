@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -44,12 +45,55 @@ def ensure_environment() -> None:
     stamp.write_text(wanted + "\n")
 
 
+# What Qt's X11 plugin needs from a Debian/Ubuntu system beyond what desktops always have.
+QT_XCB_PACKAGES = ["libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1", "libxcb-image0", "libxcb-render-util0",
+                   "libxcb-randr0", "libxcb-shape0", "libxcb-xfixes0", "libxcb-xkb1", "libxkbcommon-x11-0",
+                   "libxcb-sync1", "libxcb-xinerama0", "libegl1", "libfontconfig1", "libdbus-1-3"]
+
+
+def missing_qt_libraries() -> list[str]:
+    """Shared libraries Qt's xcb plugin cannot find (Linux only)."""
+    import ctypes.util
+
+    qt = subprocess.run([str(PYTHON), "-c", "import os, PySide6; print(os.path.join(os.path.dirname(PySide6.__file__), 'Qt'))"],
+                        capture_output=True, text=True).stdout.strip()
+    missing = set()
+    for binary in (Path(qt) / "plugins" / "platforms" / "libqxcb.so", Path(qt) / "lib" / "libQt6XcbQpa.so.6"):
+        if binary.exists() and shutil.which("ldd"):
+            out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+            missing |= {line.split()[0] for line in out.splitlines() if "not found" in line}
+    if ctypes.util.find_library("xcb-cursor") is None:  # loaded at run time, so ldd cannot see it
+        missing.add("libxcb-cursor.so.0")
+    return sorted(missing)
+
+
+def ensure_gui_can_start() -> None:
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM", "xcb") != "xcb":
+        return
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        sys.exit("[quickstart] no screen here (DISPLAY is not set): run it on a desktop, or under `xvfb-run`")
+    missing = missing_qt_libraries()
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say(f"installing the system libraries Qt needs ({', '.join(missing)})")
+        install = ["apt-get", "install", "-y", "-qq", *QT_XCB_PACKAGES]
+        if subprocess.call(install, stdout=subprocess.DEVNULL) != 0:
+            subprocess.call(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
+            subprocess.check_call(install, stdout=subprocess.DEVNULL)
+        return
+    sys.exit(f"[quickstart] Qt needs system libraries that are missing ({', '.join(missing)}); on Debian/Ubuntu: "
+             f"sudo apt-get install {' '.join(QT_XCB_PACKAGES)}")
+
+
 def main(argv: list[str]) -> int:
     ensure_environment()
     if argv[:1] == ["test"]:
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
         return subprocess.call([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
     args = argv[1:] if argv[:1] == ["--"] else argv
+    if not args or args[0] == "gui":
+        ensure_gui_can_start()
     return subprocess.call([str(PYTHON), "-m", "app", *args], cwd=ROOT)
 
 
