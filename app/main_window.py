@@ -342,7 +342,7 @@ class MainWindow(QMainWindow):
     def _on_run_started(self, info: dict) -> None:
         self.device_label.setText(f"Device: {info['device_name']}")
         self.precision_label.setText(f"Mixed precision: {'off' if info['precision'] == 'fp32' else info['precision']}")
-        self.statusBar().showMessage(info["feature_cache"], 10000)
+        self.statusBar().showMessage(info["feature_cache"])  # stays: says whether features are cached
 
     @Slot(dict)
     def _on_batch(self, event: dict) -> None:

@@ -255,3 +255,27 @@ def test_plots_take_a_hundred_thousand_points(qtbot):
     assert plots.point_count() == 100_000
     assert len(plots._curves["train_loss"].xData) == 100_000  # all there; what is drawn is downsampled
     assert plots.loss_plot.getPlotItem().clipToViewMode()
+
+
+def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QApplication
+
+    from app.cli import main
+    from app.main_window import MainWindow
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # QSettings and runs stay in the test's folder
+    seen = {}
+
+    def inspect_and_quit():
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        if not windows or windows[0].scan_summary is None:
+            QTimer.singleShot(100, inspect_and_quit)
+            return
+        seen["folder"] = windows[0].data_folder
+        seen["classes"] = len(windows[0].scan_summary["classes"])
+        windows[0].close()
+        QApplication.instance().quit()
+
+    QTimer.singleShot(100, inspect_and_quit)
+    assert main(["gui", "--data", str(demo_dir)]) == 0
+    assert seen == {"folder": str(demo_dir), "classes": 4}
