@@ -21,6 +21,8 @@ from engine.demo import write_demo_dataset  # noqa: E402
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["tests.gui_helpers"]  # the `window` fixture for window tests
+
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory, monkeypatch):

@@ -5,10 +5,9 @@ import time
 import pytest
 import torch
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
-from PySide6.QtWidgets import QProgressBar, QPushButton
+from PySide6.QtWidgets import QProgressBar
 
-from engine.config import PlanConfig
-from tests.gui_helpers import wait_ready, window  # noqa: F401 - the fixture
+from tests.gui_helpers import wait_ready
 from widgets.layer_tree import FROZEN, LR
 from widgets.plots import TrainingPlots
 
