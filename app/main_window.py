@@ -249,6 +249,17 @@ class MainWindow(QMainWindow):
                 note = f"ImageNet weights not cached yet: downloaded on Start, or put {path.name} into {path.parent}"
         self.model_panel.weights_combo.setToolTip(note or "Start from ImageNet weights, random init, or a file.")
         self.statusBar().showMessage(note, 15000)
+        if weights not in ("imagenet", "none"):
+            classes = max(2, self.num_classes or 2)
+            self.tasks.submit("weights", lambda: build_model(arch, classes, weights).notes,
+                              self._on_weights_checked, self._on_weights_failed)
+
+    def _on_weights_checked(self, notes: list[str]) -> None:
+        self.training_panel.show_error("")
+        self.statusBar().showMessage(" · ".join(notes), 15000)
+
+    def _on_weights_failed(self, message: str) -> None:
+        self.training_panel.show_error(message)
 
     @Slot(str)
     def apply_preset(self, strategy: str) -> None:
@@ -362,7 +373,8 @@ class MainWindow(QMainWindow):
         best = summary["best_val_accuracy"]
         how = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}[summary["stopped"]]
         best_text = f" · best val accuracy {best:.1%} (epoch {summary['best_epoch']})" if best is not None else ""
-        self.training_panel.show_finished(f"{how} after {summary['epochs_run']} epoch(s){best_text}")
+        skipped = f" · {len(summary['skipped'])} file(s) skipped" if summary["skipped"] else ""
+        self.training_panel.show_finished(f"{how} after {summary['epochs_run']} epoch(s){best_text}{skipped}")
         self.training_panel.set_running(False, self.last_checkpoint is not None)
 
     @Slot(str)

@@ -278,3 +278,17 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
     QTimer.singleShot(100, inspect_and_quit)
     assert main(["gui", "--data", str(demo_dir)]) == 0
     assert seen == {"folder": str(demo_dir), "classes": 4}
+
+
+def test_a_weights_file_is_checked_when_chosen(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    window.model_panel.set_weights(str(resnet18_weights_file))
+    window.model_panel.weights_changed.emit(str(resnet18_weights_file))
+    qtbot.waitUntil(lambda: "dropped" in window.statusBar().currentMessage(), timeout=30_000)
+    state = torch.load(resnet18_weights_file, weights_only=True)
+    del state["layer2.0.conv1.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    window.model_panel.set_weights(str(tmp_path / "broken.pt"))
+    window.model_panel.weights_changed.emit(str(tmp_path / "broken.pt"))
+    qtbot.waitUntil(lambda: "layer2.0.conv1.weight" in window.training_panel.error_label.text(), timeout=30_000)
