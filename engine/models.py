@@ -57,6 +57,7 @@ class ModelInfo:
     num_classes: int
     head: str  # dotted name of the classification Linear
     stages: tuple[str, ...]  # input to output, the head last
+    stage_groups: tuple[tuple[str, ...], ...]  # stages that share one LR step (the stem's conv and norm)
     layers: tuple[LayerInfo, ...]
     parameter_modules: tuple[tuple[str, str, int], ...]  # (parameter name, owning module, numel)
 
@@ -116,12 +117,14 @@ def describe(model: nn.Module, arch: str, num_classes: int) -> ModelInfo:
             is_norm=isinstance(module, NORM_TYPES),
         ))
     head = find_head(model)
-    return ModelInfo(arch, num_classes, head, _stages(model, head), tuple(layers), parameter_modules)
+    stages = _stages(model, head)
+    return ModelInfo(arch, num_classes, head, stages, _stage_groups(model, stages), tuple(layers), parameter_modules)
 
 
 def _stages(model: nn.Module, head: str) -> tuple[str, ...]:
-    """The units presets freeze and ramp, input to output: parameterised top-level children,
-    with the big trunk containers opened up."""
+    """The units presets freeze and ramp, input to output: parameterised top-level children, with
+    the big trunk containers opened up, and the head's container opened so the head stands alone
+    (MobileNetV3's classifier.0 is a stage of its own, before the head classifier.3)."""
 
     def expand(prefix: str, module: nn.Module) -> list[str]:
         out = []
@@ -129,15 +132,30 @@ def _stages(model: nn.Module, head: str) -> tuple[str, ...]:
             name = f"{prefix}.{child_name}" if prefix else child_name
             if not any(True for _ in child.parameters()):
                 continue
-            if name in _STAGE_CONTAINERS and not head.startswith(name + "."):
+            if name in _STAGE_CONTAINERS or head.startswith(name + "."):
                 out.extend(expand(name, child))
             else:
                 out.append(name)
         return out
 
-    stages = expand("", model)
-    # The head's container (e.g. "classifier") is the last stage; the head itself stands for it.
-    return tuple(head if head.startswith(s + ".") or s == head else s for s in stages)
+    return tuple(expand("", model))
+
+
+def _stage_groups(model: nn.Module, stages: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Each stage is its own group, except the stem: the single layers before the first block
+    (ResNet's conv1 and bn1) act as one stage for the LR ramp and for gradual unfreezing."""
+    groups: list[tuple[str, ...]] = []
+    stem: list[str] = []
+    for i, stage in enumerate(stages):
+        is_leaf = not any(True for _ in model.get_submodule(stage).children())
+        if is_leaf and not groups and i < len(stages) - 1:
+            stem.append(stage)
+            continue
+        if stem:
+            groups.append(tuple(stem))
+            stem = []
+        groups.append((stage,))
+    return tuple(groups)
 
 
 def default_weights(arch: str):

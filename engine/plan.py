@@ -110,19 +110,24 @@ def build_plan(config: PlanConfig, info: ModelInfo) -> Plan:
 
 def _preset(config: PlanConfig, info: ModelInfo) -> tuple[dict[str, Setting], dict[str, int]]:
     base = config.base_lr
-    below_head = [s for s in info.stages if s != info.head]
+    below_head = [g for g in info.stage_groups if info.head not in g]
     if config.strategy == "fine-tune":
         return {"": Setting(frozen=False, lr=base)}, {}
     if config.strategy == "feature-extraction":
         return {"": Setting(frozen=True, lr=base), info.head: Setting(frozen=False)}, {}
     if config.strategy in ("discriminative", "gradual"):
         settings = {"": Setting(frozen=config.strategy == "gradual", lr=base), info.head: Setting(frozen=False)}
-        # Geometric ramp down from the head: stage k below the head trains at base / factor**k.
-        for k, stage in enumerate(reversed(below_head), start=1):
-            settings[stage] = Setting(lr=base / config.discriminative_factor ** k)
         unfreeze_at = {}
-        if config.strategy == "gradual":
-            unfreeze_at = {stage: k * config.gradual_every for k, stage in enumerate(reversed(below_head), 1)}
+        # Geometric ramp down from the head: group k below the head trains at base / factor**k,
+        # and with gradual unfreezing joins the run at epoch k * every.
+        for k, group in enumerate(reversed(below_head), start=1):
+            for stage in group:
+                settings[stage] = Setting(lr=base / config.discriminative_factor ** k)
+                if config.strategy == "gradual":
+                    unfreeze_at[stage] = k * config.gradual_every
+        if unfreeze_at:
+            # With the last group, parameters outside every stage (ViT's class token) thaw too.
+            unfreeze_at[""] = max(unfreeze_at.values())
         return settings, unfreeze_at
     raise UserError(f"unknown strategy '{config.strategy}'")
 
@@ -252,6 +257,7 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
         "num_classes": info.num_classes,
         "head": info.head,
         "stages": list(info.stages),
+        "stage_groups": [list(g) for g in info.stage_groups],
         "modules": modules,
         "parameters": parameters,
         "param_groups": [{"lr": s.lr, "weight_decay": s.weight_decay, "label": s.label,

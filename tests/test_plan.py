@@ -84,6 +84,8 @@ def test_param_groups_hold_each_trainable_parameter_once(resnet18):
     assert audit_optimizer(model, optimizer) == {"orphaned": [], "frozen_in_optimizer": [], "duplicated": []}
     lrs = {s: plan.effective(s).lr for s in resnet18.info.stages}
     assert lrs["fc"] == 1e-3 and lrs["layer4"] == 5e-4 and lrs["layer1"] == pytest.approx(1e-3 / 16)
+    assert lrs["conv1"] == lrs["bn1"] == pytest.approx(1e-3 / 32)  # the stem is one step of the ramp
+    assert resnet18.info.stage_groups[0] == ("conv1", "bn1")
 
 
 def test_gradual_unfreezes_one_stage_per_interval_from_the_top(resnet18):
@@ -101,3 +103,15 @@ def test_stages_of_other_families():
     assert eff.stages[0] == "features.0" and eff.stages[-1] == "classifier.1"
     vit = build_model("vit_b_16", 3, "none").info
     assert "encoder.layers.encoder_layer_11" in vit.stages and vit.stages[-1] == "heads.head"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny",
+                                  "regnet_y_400mf", "vit_b_16"])
+def test_gradual_ends_with_every_parameter_training(arch):
+    info = build_model(arch, 3, "none").info
+    plan = build_plan(PlanConfig(strategy="gradual"), info)
+    first = describe_plan(info, plan.at_epoch(0))
+    head_params = sum(n for name, module, n in info.parameter_modules if module == info.head)
+    assert first["trainable_params"] == head_params
+    last = describe_plan(info, plan.at_epoch(len(info.stage_groups)))
+    assert last["trainable_params"] == last["total_params"]
