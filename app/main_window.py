@@ -87,6 +87,11 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1400, 900)
 
+    @property
+    def is_ready(self) -> bool:
+        """A dataset is scanned and its model's layer tree is built: Start can run."""
+        return self.scan_summary is not None and self.model_panel.tree_model.model_info is not None
+
     # --- construction -----------------------------------------------------------------------------
 
     def _build_layout(self) -> None:

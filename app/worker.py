@@ -194,10 +194,13 @@ class BackgroundTasks(QObject):
         super().__init__(parent)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ts-task")
         self._generation: dict[str, int] = {}
+        self._closed = False
         self._done.connect(self._deliver)
 
     def submit(self, kind: str, fn: Callable[[], Any], on_done: Callable[[Any], None],
-               on_error: Callable[[str], None]) -> Future:
+               on_error: Callable[[str], None]) -> Future | None:
+        if self._closed:
+            return None  # the window is closing: nothing new starts
         generation = self._generation.get(kind, 0) + 1
         self._generation[kind] = generation
 
@@ -211,8 +214,10 @@ class BackgroundTasks(QObject):
 
     @Slot(object, object, object, int, str)
     def _deliver(self, callback, value, _unused, generation: int, kind: str) -> None:
-        if generation == self._generation.get(kind):
+        if not self._closed and generation == self._generation.get(kind):
             callback(value)
 
     def shutdown(self) -> None:
+        """Finish running jobs, drop queued ones, and ignore results still on their way."""
+        self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)

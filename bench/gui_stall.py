@@ -35,7 +35,7 @@ def main() -> int:
     timer.timeout.connect(lambda: gaps.append(clock.restart()) if clock.isValid() else clock.start())
 
     def start():
-        if window.scan_summary is None or window.model_panel.tree_model.model_info is None:
+        if not window.is_ready:
             QTimer.singleShot(100, start)
             return
         window.model_panel.set_weights("none")

@@ -38,7 +38,7 @@ def main() -> int:
     window.open_demo_dataset()
 
     def configure_and_start():
-        if window.scan_summary is None or window.model_panel.tree_model.model_info is None:
+        if not window.is_ready:
             QTimer.singleShot(200, configure_and_start)
             return
         window.model_panel.set_weights("none")

@@ -45,7 +45,6 @@ def window(qtbot, tmp_path):
 def wait_ready(qtbot, win, classes: int | None = None) -> None:
     """Until the scan is shown and the tree is built for the dataset."""
     def ready():
-        tree = win.model_panel.tree_model
-        return (win.scan_summary is not None and tree.model_info is not None
-                and (classes is None or tree.model_info.num_classes == classes))
+        info = win.model_panel.tree_model.model_info
+        return win.is_ready and (classes is None or info.num_classes == classes)
     qtbot.waitUntil(ready, timeout=60_000)
