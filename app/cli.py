@@ -278,7 +278,7 @@ def _export(args) -> int:
         if args.out and len(formats) == 1 and not Path(args.out).is_dir():
             out = Path(args.out)
         elif args.out:
-            out = Path(args.out) / default_path(checkpoint, fmt).name
+            out = default_path(checkpoint, fmt, Path(args.out))
         report = export(checkpoint, fmt, out, batch, args.tolerance)
         reports.append(report.to_dict())
         print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "

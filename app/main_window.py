@@ -418,7 +418,7 @@ class MainWindow(QMainWindow):
 
         def job():
             batch = parity_batch(checkpoint)
-            return [export(checkpoint, fmt, Path(folder) / default_path(checkpoint, fmt).name, batch).to_dict()
+            return [export(checkpoint, fmt, default_path(checkpoint, fmt, Path(folder)), batch).to_dict()
                     for fmt in formats]
 
         def done(reports):

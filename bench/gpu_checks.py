@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig  # noqa: E402
-from engine.export import FORMATS, export, parity_batch  # noqa: E402
+from engine.export import FORMATS, default_path, export, parity_batch  # noqa: E402
 from engine.trainer import fit  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> int:
     results["fp16_resume_to_4"] = {"epochs_run": resumed.epochs_run}
     checkpoint = out / "fp16" / "checkpoint.pt"
     batch = parity_batch(checkpoint, 32)
-    results["export_parity"] = {fmt: export(checkpoint, fmt, out / "exports" / f"m{'-copy.pt' if fmt == 'pt' else {'safetensors': '.safetensors', 'torchscript': '.torchscript.pt', 'onnx': '.onnx'}[fmt]}", batch).to_dict()
+    results["export_parity"] = {fmt: export(checkpoint, fmt, default_path(checkpoint, fmt, out / "exports"), batch).to_dict()
                                 for fmt in FORMATS if fmt != "onnx" or _has("onnx")}
     print(json.dumps({"fp16_resume_to_4": results["fp16_resume_to_4"], "export_parity": results["export_parity"]}))
     (out / "gpu_checks.json").write_text(json.dumps(results, indent=2))

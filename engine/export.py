@@ -22,7 +22,8 @@ from .errors import UserError
 from .predict import LoadedClassifier, load_classifier
 
 FORMATS = ("pt", "safetensors", "torchscript", "onnx")
-SUFFIXES = {"pt": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+# "-export.pt" so that exporting pt next to checkpoint.pt never overwrites the checkpoint itself.
+SUFFIXES = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 DEFAULT_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
@@ -55,12 +56,10 @@ def metadata(classifier: LoadedClassifier) -> dict[str, str]:
     }
 
 
-def default_path(checkpoint: Path, fmt: str) -> Path:
+def default_path(checkpoint: Path, fmt: str, folder: Path | None = None) -> Path:
+    """checkpoint.pt -> checkpoint.onnx etc., beside the checkpoint or in `folder`."""
     stem = checkpoint.name[: -len(".pt")] if checkpoint.name.endswith(".pt") else checkpoint.stem
-    name = stem + SUFFIXES[fmt]
-    if fmt == "pt":
-        name = stem + "-export.pt"
-    return checkpoint.with_name(name)
+    return (Path(folder) if folder else checkpoint.parent) / (stem + SUFFIXES[fmt])
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batch: torch.Tensor,

@@ -9,6 +9,8 @@ from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
 
+from engine.export import default_path
+
 FORMAT_LABELS = (
     ("pt", "PyTorch checkpoint (.pt)", "The checkpoint dict with plain torchvision keys; torch.load(weights_only=True)."),
     ("safetensors", "safetensors (.safetensors + .json)", "Weights only, nothing executes on load; metadata inside and beside."),
@@ -113,8 +115,7 @@ class ExportDialog(QDialog):
 
     def _refresh(self) -> None:
         fmt = self.snippet_format.currentData()
-        suffix = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}[fmt]
-        path = str(Path(self.folder_edit.text()) / (Path(self.checkpoint).stem + suffix))
+        path = str(default_path(Path(self.checkpoint), fmt, Path(self.folder_edit.text())))
         self.snippet.setPlainText(loading_snippet(fmt, path, self.meta))
         self.run_button.setEnabled(bool(self.formats()))
 
