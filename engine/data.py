@@ -250,15 +250,17 @@ class DecodedCache:
             except BadImage as exc:
                 return index, None, str(exc)
 
-        threads = max(1, min(8, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+        try:
             for done, (index, image, error) in enumerate(pool.map(decode, range(len(samples))), 1):
                 if error is not None:
                     self.failures[index] = error
                 elif not self.put(index, image):
-                    break  # budget spent: the rest is decoded on the fly
+                    break  # budget spent: the rest is decoded on the fly, during the epochs
                 if progress is not None:
                     progress(done, len(samples))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # don't decode what will not be kept
 
     @property
     def complete_for(self) -> int:

@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import atomic_write_bytes, load_checkpoint
 from .errors import UserError
+from .models import plain_model
 from .predict import LoadedClassifier, load_classifier
 
 FORMATS = ("pt", "safetensors", "torchscript", "onnx")
@@ -205,14 +206,12 @@ def _parse_meta(meta: dict, path: Path) -> dict:
 
 
 def _load_safetensors(path: Path) -> Exported:
-    import torchvision
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as fh:
         meta = _parse_meta(fh.metadata() or {}, path)
-    kwargs = {"image_size": int(meta["preprocessing"]["crop"])} if str(meta["arch"]).startswith("vit_") else {}
-    model = torchvision.models.get_model(meta["arch"], weights=None, num_classes=len(meta["class_names"]), **kwargs)
+    model = plain_model(meta["arch"], len(meta["class_names"]), int(meta["preprocessing"]["crop"]))
     model.load_state_dict(load_file(str(path)), strict=True)
     return Exported("safetensors", meta["class_names"], meta["preprocessing"], _torch_runner(model.eval()))
 

@@ -184,16 +184,19 @@ def weights_cache_path(arch: str) -> Path | None:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module:
+    """`torchvision.models.<arch>(num_classes=K)`, untrained; ViTs are built for their image size."""
+    kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+
+
 def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
     check_arch(arch)
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
-    kwargs = {}
-    if arch.startswith("vit_"):
-        if weights != "none" and image_size != 224:
-            raise UserError(f"{arch} with pretrained weights needs --image-size 224, got {image_size}")
-        kwargs["image_size"] = image_size
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    if arch.startswith("vit_") and weights != "none" and image_size != 224:
+        raise UserError(f"{arch} with pretrained weights needs --image-size 224, got {image_size}")
+    model = plain_model(arch, num_classes, image_size)
     notes: list[str] = []
     if weights == "imagenet":
         state = _imagenet_state_dict(arch)

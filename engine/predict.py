@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .checkpoint import load_checkpoint
 from .data import Preprocessing, eval_transform, normalize_batch
 from .errors import UserError
 from .images import BadImage, decode_resized
+from .models import plain_model
 
 
 @dataclass
@@ -26,10 +26,7 @@ class LoadedClassifier:
 def load_classifier(path: str | Path) -> LoadedClassifier:
     ckpt = load_checkpoint(Path(path))
     arch, class_names = ckpt["arch"], list(ckpt["class_names"])
-    kwargs = {}
-    if arch.startswith("vit_"):
-        kwargs["image_size"] = int(ckpt["preprocessing"]["crop"])
-    model = torchvision.models.get_model(arch, weights=None, num_classes=len(class_names), **kwargs)
+    model = plain_model(arch, len(class_names), int(ckpt["preprocessing"]["crop"]))
     model.load_state_dict(ckpt["model"], strict=True)
     model.eval()
     return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))

@@ -208,7 +208,8 @@ class _Training:
         self.val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), self.val_cache)
         bs, seed = cfg.train.batch_size, cfg.train.seed
         self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
-        self.feature_loader = make_loader(self.train_set, bs, False, workers, seed, pin)
+        # Trunk features are computed once, in file order, without augmentation.
+        self.feature_loader = make_loader(self.train_set, bs, False, workers, seed, pin) if self.use_features else None
         self.val_loader = make_loader(self.val_set, bs, False, workers, seed, pin) if len(self.val_set) else None
         self.workers = workers
 
@@ -472,7 +473,8 @@ class _Training:
         module.train()
         epoch_start = time.perf_counter()
         data_seconds = 0.0
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, seen = 0.0, 0
+        correct = torch.zeros((), dtype=torch.long, device=self.device)  # read once, at the epoch's end
         pending_losses: list[float] = []
         last_event = 0.0
         min_gap = 1.0 / max(1e-6, cfg.train.max_batch_events_per_second)
@@ -493,17 +495,17 @@ class _Training:
             with self.autocast():
                 logits = module(x)
                 loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                self._diverged(loss.item(), f"epoch {self.epoch}, step {step}")
+            loss_value = loss.item()  # the step's one wait for the device
+            if not math.isfinite(loss_value):
+                self._diverged(loss_value, f"epoch {self.epoch}, step {step}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.global_step += 1
             n = len(y)
-            loss_value = loss.item()
             loss_sum += loss_value * n
-            correct += int((logits.argmax(1) == y).sum())
+            correct += (logits.argmax(1) == y).sum()
             seen += n
             pending_losses.append(loss_value)
             now = time.perf_counter()
@@ -526,7 +528,7 @@ class _Training:
         val = self._evaluate(module)
         seconds = time.perf_counter() - epoch_start
         event = self._finish_epoch(
-            train_loss=loss_sum / max(1, seen), train_accuracy=correct / max(1, seen), val=val,
+            train_loss=loss_sum / max(1, seen), train_accuracy=int(correct) / max(1, seen), val=val,
             seconds=seconds, images_per_second=seen / max(1e-9, train_seconds),
             data_seconds=data_seconds, compute_seconds=train_seconds - data_seconds,
             newly_unfrozen=newly_unfrozen)
