@@ -188,7 +188,7 @@ class BackgroundTasks(QObject):
     A newer job of the same kind makes an older one's result obsolete.
     """
 
-    _done = Signal(object, object, object, int, str)  # callback, result, error callback, generation, kind
+    _done = Signal(object, object, int, str)  # callback, its argument, generation, kind
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -206,14 +206,14 @@ class BackgroundTasks(QObject):
 
         def job():
             try:
-                self._done.emit(on_done, fn(), None, generation, kind)
+                self._done.emit(on_done, fn(), generation, kind)
             except BaseException as exc:  # noqa: BLE001 - reported to the person
-                self._done.emit(on_error, describe_failure(exc), None, generation, kind)
+                self._done.emit(on_error, describe_failure(exc), generation, kind)
 
         return self._pool.submit(job)
 
-    @Slot(object, object, object, int, str)
-    def _deliver(self, callback, value, _unused, generation: int, kind: str) -> None:
+    @Slot(object, object, int, str)
+    def _deliver(self, callback, value, generation: int, kind: str) -> None:
         if not self._closed and generation == self._generation.get(kind):
             callback(value)
 

@@ -33,6 +33,14 @@ def small_run(win, epochs=2, size=32, weights="none"):
     win.training_panel.device_combo.setCurrentIndex(win.training_panel.device_combo.findData("cpu"))
 
 
+def open_demo(qtbot, win, demo_dir, **run):
+    """Open the tiny demo folder and wait for its tree; with run settings, prepare a small CPU run."""
+    win.open_folder(str(demo_dir))
+    wait_ready(qtbot, win, classes=4)
+    if run:
+        small_run(win, **run)
+
+
 def run_to_end(qtbot, win, timeout=120_000):
     with qtbot.waitSignal(win.controller.run_finished, timeout=timeout) as blocker:
         find(win, "startButton").click()
@@ -76,9 +84,7 @@ def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resn
 
 
 def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, resnet18_weights_file):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=1, weights=str(resnet18_weights_file))
+    open_demo(qtbot, window, demo_dir, epochs=1, weights=str(resnet18_weights_file))
     find(window, "presetFineTune").click()
     tree = window.model_panel.tree_model
     tree.setData(tree.index_for("layer1", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
@@ -92,9 +98,7 @@ def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, res
 
 
 def test_start_stop_restart_run_to_end(qtbot, window, demo_dir):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=3)
+    open_demo(qtbot, window, demo_dir, epochs=3)
     with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
         find(window, "startButton").click()
     assert window.plots.point_count() > 0
@@ -128,9 +132,7 @@ def test_start_stop_restart_run_to_end(qtbot, window, demo_dir):
 
 
 def test_pause_and_resume(qtbot, window, demo_dir):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=2)
+    open_demo(qtbot, window, demo_dir, epochs=2)
     with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
         find(window, "startButton").click()
     find(window, "pauseButton").click()
@@ -154,9 +156,7 @@ def test_errors_show_in_the_window_not_as_a_crash(qtbot, window, tmp_path):
 
 
 def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=30)
+    open_demo(qtbot, window, demo_dir, epochs=30)
     window.training_panel.base_lr_spin.setValue(10.0)  # the spin box's maximum: plain SGD diverges
     window.training_panel.optimizer_combo.setCurrentIndex(window.training_panel.optimizer_combo.findData("sgd"))
     window.training_panel.schedule_combo.setCurrentIndex(window.training_panel.schedule_combo.findData("constant"))
@@ -171,8 +171,7 @@ def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
 
 
 def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
+    open_demo(qtbot, window, demo_dir)
     window.model_panel.set_arch("resnet34")
     qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info.arch == "resnet34", timeout=60_000)
     window.model_panel.set_weights(str(resnet18_weights_file))
@@ -206,9 +205,7 @@ def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_pat
 
 
 def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=3, size=64)
+    open_demo(qtbot, window, demo_dir, epochs=3, size=64)
     gaps, clock = [], QElapsedTimer()
     timer = QTimer()
     timer.setInterval(10)
@@ -228,9 +225,7 @@ def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
 
 
 def test_closing_during_training_stops_and_joins_the_thread(qtbot, window, demo_dir):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
-    small_run(window, epochs=50)
+    open_demo(qtbot, window, demo_dir, epochs=50)
     with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
         find(window, "startButton").click()
     thread = window.controller._thread
@@ -281,8 +276,7 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
 
 
 def test_a_weights_file_is_checked_when_chosen(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
-    window.open_folder(str(demo_dir))
-    wait_ready(qtbot, window, classes=4)
+    open_demo(qtbot, window, demo_dir)
     window.model_panel.set_weights(str(resnet18_weights_file))
     window.model_panel.weights_changed.emit(str(resnet18_weights_file))
     qtbot.waitUntil(lambda: "dropped" in window.statusBar().currentMessage(), timeout=30_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtGui import QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
                                QTableWidget, QTableWidgetItem, QVBoxLayout)
@@ -171,8 +171,6 @@ class DataPanel(QGroupBox):
         images = [i for i in images if i is not None][:3]
         if not images:
             return None
-        from PySide6.QtGui import QPainter
-
         strip = QPixmap(THUMB * 3 + 8, THUMB)
         strip.fill(Qt.GlobalColor.transparent)
         painter = QPainter(strip)
