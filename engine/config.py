@@ -84,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     early_stopping_patience: int = 0  # 0: off
     max_batch_events_per_second: float = 20.0
+    telemetry: bool = True  # per-module gradient norm and update ratio, sampled about twice a second
 
 
 @dataclass(frozen=True)

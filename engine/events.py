@@ -12,6 +12,28 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
+class LayerStats:
+    """Telemetry of one module (the tree's first two levels) on a sampled optimizer step."""
+
+    grad_norm: float  # L2 norm of the module's gradients (unscaled under fp16 loss scaling)
+    update_ratio: float  # ||theta_after - theta_before|| / ||theta_before||; exactly 0 when frozen
+    zero_grad_fraction: float  # share of the module's parameters whose gradient is exactly zero
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """Proof that what the plan froze is still exactly what was loaded, checked after an epoch."""
+
+    epoch: int
+    checked: int  # tensors fingerprinted (frozen parameters and buffers)
+    changed: tuple[str, ...] = ()  # state-dict names of the tensors that differ, bit for bit
+
+    @property
+    def intact(self) -> bool:
+        return not self.changed
+
+
+@dataclass(frozen=True)
 class BatchEvent:
     epoch: int  # 1-based
     epochs: int
@@ -23,6 +45,7 @@ class BatchEvent:
     lrs: dict[str, float]  # group label -> LR
     images_per_second: float
     eta_seconds: float
+    layers: dict[str, LayerStats] = field(default_factory=dict)  # the latest telemetry sample, if any new
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +71,8 @@ class EpochEvent:
     newly_unfrozen: tuple[str, ...] = ()
     skipped_files: int = 0
     feature_cache: bool = False
+    integrity: IntegrityReport | None = None
+    layers: dict[str, LayerStats] = field(default_factory=dict)  # mean over the epoch's samples
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,155 @@
+"""One run's folder: every file name and format of a run, and nowhere else.
+
+    run.json        the configuration, plan, classes, preprocessing; at the end the outcome
+    metrics.jsonl   one JSON line per epoch (losses, accuracies, LRs, integrity, telemetry)
+    checkpoint.pt   the best epoch's weights (see engine.checkpoint)
+    resume.pt       the full training state after the last completed epoch
+
+Each format carries a version that is checked on load: a newer or unknown one is refused with one
+line, never half-read. `latest_run` finds the most recent run under a runs folder, so the window
+and the CLI can continue or export it after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_bytes, safe_torch_load
+from .config import RunConfig
+from .errors import UserError
+
+RUN_RECORD_VERSION = 1
+RESUME_VERSION = 2  # 2: adds the freeze-integrity fingerprints; 1 (round 1) is still read
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # --- names ----------------------------------------------------------------------------------
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def resume_path(self) -> Path:
+        return self.path / "resume.pt"
+
+    def exists(self) -> bool:
+        return self.record_path.is_file()
+
+    def can_resume(self) -> bool:
+        return self.resume_path.is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    # --- run.json --------------------------------------------------------------------------------
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        body = {"run_format": RUN_RECORD_VERSION, **record}
+        atomic_write_bytes(self.record_path, (json.dumps(body, indent=2) + "\n").encode())
+
+    def read_record(self) -> dict[str, Any]:
+        if not self.record_path.is_file():
+            raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
+        try:
+            record = json.loads(self.record_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {self.record_path}: {exc}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise UserError(f"{self.record_path} is not a Transfer Studio run record")
+        _check_version(record.get("run_format", 1), RUN_RECORD_VERSION, self.record_path)
+        return record
+
+    def update_record(self, **fields: Any) -> None:
+        """Add the outcome (verdicts, result) to run.json, keeping what it said."""
+        record = self.read_record()
+        record.pop("run_format", None)
+        record.update(fields)
+        self.write_record(record)
+
+    def load_config(self) -> RunConfig:
+        return RunConfig.from_dict(self.read_record()["config"])
+
+    # --- metrics.jsonl -----------------------------------------------------------------------------
+
+    def start_metrics(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path.write_text("")
+
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        lines = []
+        for text in self.metrics_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(text))
+            except ValueError:
+                break  # a line cut by a crash ends the readable history
+        return lines
+
+    # --- resume.pt ---------------------------------------------------------------------------------
+
+    def resume_payload(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"format_version": RESUME_VERSION, **state}
+
+    def read_resume_state(self) -> dict[str, Any]:
+        if not self.can_resume():
+            raise UserError(f"{self.path} has no resume state ({self.resume_path.name}); it cannot be continued")
+        state = safe_torch_load(self.resume_path)
+        if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+            raise UserError(f"{self.resume_path} is not a Transfer Studio resume file")
+        _check_version(state.get("format_version"), RESUME_VERSION, self.resume_path)
+        return state
+
+
+def _check_version(found: Any, supported: int, path: Path) -> None:
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise UserError(f"{path} has an unknown format version ({found!r}); it cannot be read")
+    if found > supported:
+        raise UserError(f"{path} was written by a newer Transfer Studio (format {found}, "
+                        f"this one reads up to {supported}); update Transfer Studio to open it")
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The configuration a run folder was started with."""
+    return RunFolder(run_dir).load_config()
+
+
+def list_runs(runs_root: str | os.PathLike) -> list[RunFolder]:
+    """Every run folder directly under `runs_root`, newest first."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    runs = [run for run in map(RunFolder, root.iterdir()) if run.exists()]
+    return sorted(runs, key=lambda r: r.record_path.stat().st_mtime, reverse=True)
+
+
+def latest_run(runs_root: str | os.PathLike) -> RunFolder | None:
+    """The most recently written run folder directly under `runs_root`, or None."""
+    runs = list_runs(runs_root)
+    return runs[0] if runs else None
