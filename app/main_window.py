@@ -24,7 +24,7 @@ from engine.demo import ensure_demo_dataset
 from engine.errors import UserError
 from engine.export import default_path, export, parity_batch
 from engine.models import build_model, weights_cache_path
-from engine.trainer import RESUME_FILE, load_run_config
+from engine.run_folder import RunFolder
 from app.worker import BackgroundTasks, TrainingController
 from widgets.data_panel import DataPanel, make_thumbnail
 from widgets.export_dialog import ExportDialog, checkpoint_meta
@@ -433,11 +433,11 @@ class MainWindow(QMainWindow):
         """Resume the last run from its last completed epoch up to the Epochs box's total."""
         if self.controller.is_running:
             return
-        if not self.run_folder or not (Path(self.run_folder) / RESUME_FILE).exists():
+        if not self.run_folder or not RunFolder(self.run_folder).can_resume():
             self.training_panel.show_error("No run to continue: a run saves its state after each completed epoch.")
             return
         try:
-            config = load_run_config(self.run_folder)
+            config = RunFolder(self.run_folder).load_config()
         except UserError as exc:
             self.training_panel.show_error(str(exc))
             return
