@@ -1,22 +1,204 @@
-"""Live training plots: loss, accuracy and every LR group's learning rate.
+"""Live training plots: loss, accuracy, every LR group's learning rate, and (on demand) each
+module's update ratio.
 
 Curves are created once and fed with `setData` from growing numpy buffers; clip-to-view and peak
 downsampling keep a 100,000-point run smooth. The x axis is in epochs (fractional for steps).
+Legends sit in the plot's layout, right of the data, so they never cover a curve however many
+groups there are; every curve of a plot has its own colour.
 """
 
 from __future__ import annotations
 
+import html
+import math
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor, QFont, QFontMetricsF
+from PySide6.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
+
+from engine.events import BatchEvent, EpochEvent
 
 AXIS_COLOUR = (150, 156, 166)
 TEXT_COLOUR = (80, 86, 96)
 TRAIN_COLOUR = (52, 120, 246)
 VAL_COLOUR = (230, 120, 30)
-GROUP_COLOURS = [(52, 120, 246), (230, 120, 30), (46, 160, 67), (200, 60, 60), (140, 90, 200),
-                 (120, 120, 120), (20, 170, 170), (200, 170, 0)]
+# Tableau 10: distinct on white and for most colour-blind people; more curves get generated hues.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+MAX_RATIO_CURVES = 12  # more modules than this: only the first level (names without a dot)
+LEGEND_LABEL_CHARS = 22  # longer names are elided in the legend; the tooltip has them whole
+LR_DEFAULT_RANGE = (-5.0, -1.0)  # log10 y range shown before the first LR arrives: 1e-5 .. 1e-1
+RATIO_DEFAULT_RANGE = (-6.0, -1.0)
+LEFT_AXIS_WIDTH = 64  # room for the label and a tick like "1.05e-3"
+
+
+def distinct_colours(n: int) -> list[tuple[int, int, int]]:
+    """n colours, no two equal: the palette while it lasts, then hues evenly spaced around the
+    circle, neighbours alternating in brightness so adjacent hues still differ."""
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    colours: list[tuple[int, int, int]] = []
+    seen = set()
+    for i in range(n):
+        value = 0.88 if i % 2 == 0 else 0.62
+        while True:
+            c = QColor.fromHsvF(i / n, 0.85, value)
+            rgb = (c.red(), c.green(), c.blue())
+            if rgb not in seen:
+                break
+            value -= 1 / 255  # only ever needed for hundreds of curves, where hues round together
+        seen.add(rgb)
+        colours.append(rgb)
+    return colours
+
+
+def format_tick(value: float) -> str:
+    """1e-3, 2.5e-4, 0.05, 1.05e-3: short, and exact enough that neighbouring ticks differ."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    exponent = math.floor(math.log10(abs(value)))
+    if -2 <= exponent <= 3:
+        return f"{value:.4g}"
+    mantissa = float(f"{value / 10 ** exponent:.4g}")
+    if abs(mantissa) >= 10:  # rounding carried over: 9.99995e-4 -> 1e-3
+        mantissa /= 10
+        exponent += 1
+    return f"{mantissa:g}e{exponent}"
+
+
+def log_ticks(lo: float, hi: float, pixels: float, min_gap: float) -> list[float]:
+    """Tick positions (log10 units) for a log axis spanning lo..hi over `pixels`: the densest of
+    decades, 1-2-5 mantissas, 1..9 mantissas or (for a range narrower than a decade) plain
+    nice steps, whose neighbouring labels are at least min_gap pixels apart."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo or pixels <= 0:
+        return []
+    per_decade = pixels / (hi - lo)
+    candidates: list[np.ndarray] = []
+    first, last = math.floor(lo), math.ceil(hi)
+    for every in (1, 2, 3, 5, 10, 20, 50, 100):
+        if (last - first) / every <= 60:
+            candidates.append(np.arange(math.ceil(lo / every) * every, hi + 1e-9, every, dtype=float))
+    decades = np.arange(first, last + 1, dtype=float)[:, None]
+    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+        if last - first <= 30:
+            candidates.append((decades + np.log10(mantissas)[None, :]).ravel())
+    lo_v, hi_v = 10.0 ** lo, 10.0 ** hi
+    span = hi_v - lo_v
+    if span > 0 and hi - lo < 1.5:  # narrow: steps in value space, e.g. 1.0e-3, 1.1e-3, 1.2e-3
+        top = 10.0 ** math.floor(math.log10(span))
+        for step in (top, top / 2, top / 5, top / 10):  # at most 3 significant digits
+            start = math.ceil(lo_v / step) * step
+            values = start + step * np.arange(int((hi_v - start) / step) + 1)
+            values = values[(values > 0) & (values <= hi_v * (1 + 1e-12))]
+            candidates.append(np.log10(values))
+    best: np.ndarray = np.array([])
+    for ticks in candidates:
+        ticks = ticks[(ticks >= lo - 1e-9) & (ticks <= hi + 1e-9)]
+        if len(ticks) > 1 and np.diff(ticks).min() * per_decade < min_gap:
+            continue  # labels would overlap
+        if len(ticks) > len(best):
+            best = ticks
+    return best.tolist()
+
+
+class Axis(pg.AxisItem):
+    """No SI-prefix rescaling ("epoch (x0.001)"), and on a log axis labels that never overlap."""
+
+    def __init__(self, orientation: str):
+        super().__init__(orientation)
+        self.enableAutoSIPrefix(False)
+
+    def logTickValues(self, minVal, maxVal, size, stdTicks):  # noqa: N802 (pyqtgraph's override)
+        font = self.style.get("tickFont") or QFont()
+        gap = 1.6 * QFontMetricsF(font).height()
+        return [(None, log_ticks(minVal, maxVal, size, gap))]  # one level: nothing drawn on top
+
+    def logTickStrings(self, values, scale, spacing):  # noqa: N802
+        return [format_tick(10.0 ** v * scale) for v in values]
+
+
+class SideLegend(pg.LegendItem):
+    """A legend in the plot's own layout, right of the view box: it never covers data. With more
+    entries than fit under each other it adds columns, and shortens long names to keep it narrow."""
+
+    def __init__(self, plot_item: pg.PlotItem):
+        super().__init__(labelTextSize="8pt", labelTextColor=TEXT_COLOUR, frame=False, verSpacing=-6)
+        self.changed = lambda: None  # called when its natural width may have changed
+        self._plot_item = plot_item
+        self._names: list[str] = []
+        # As tall as its entries but never taller than the view box: it must not push the x axis
+        # out of the plot; fit_columns adds a column instead.
+        self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Maximum)
+        self.setMinimumHeight(0)
+        plot_item.layout.addItem(self, 2, 3)  # the view box's row; column 2 is the hidden right axis
+        plot_item.layout.setAlignment(self, Qt.AlignmentFlag.AlignTop)
+        plot_item.layout.setColumnSpacing(2, 8)  # a gap between the data and the legend
+        plot_item.vb.sigResized.connect(self.fit_columns)
+
+    def add(self, curve: pg.PlotDataItem, name: str) -> None:
+        self._names.append(name)
+        self.addItem(curve, self._shown(name))
+        self.fit_columns()
+        self.changed()
+
+    def remove(self, curve: pg.PlotDataItem) -> None:
+        for index, (sample, _) in enumerate(self.items):
+            if sample.item is curve:
+                del self._names[index]
+                self.removeItem(curve)
+                self.fit_columns()
+                self.changed()
+                return
+
+    def updateSize(self):  # noqa: N802 (pyqtgraph's override)
+        # pyqtgraph's version sets a geometry at (0, 0); in a layout the size hint is what counts.
+        self.updateGeometry()
+
+    def fit_columns(self, *_) -> None:
+        if not self.items:
+            return
+        row_height = max(1.0, self.items[0][1].effectiveSizeHint(Qt.SizeHint.PreferredSize).height() - 6)
+        rows = max(1, int(self._plot_item.vb.height() // row_height))
+        columns = min(4, math.ceil(len(self.items) / rows))
+        if columns != self.columnCount:
+            self.setColumnCount(columns)
+            for (_, label), name in zip(self.items, self._names):
+                label.setText(self._shown(name))
+            self.changed()
+
+    def _shown(self, name: str) -> str:
+        limit = LEGEND_LABEL_CHARS if self.columnCount == 1 else LEGEND_LABEL_CHARS // 2
+        return html.escape(name if len(name) <= limit else name[: limit - 1] + "…")
+
+    def natural_width(self) -> float:
+        return self.layout.effectiveSizeHint(Qt.SizeHint.PreferredSize).width() if self.items else 0.0
+
+    def entry_names(self) -> list[str]:
+        return list(self._names)
+
+
+def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg.PlotWidget:
+    widget = pg.PlotWidget(background="w", axisItems={"left": Axis("left"), "bottom": Axis("bottom")})
+    widget.setObjectName(object_name)
+    widget.setTitle(title, color="#333", size="10pt")
+    widget.setLabel("bottom", "epoch")
+    widget.setLabel("left", y_label)
+    # No grid: its lines cost 50-80 ms per redraw in Qt's software painter, which would stall
+    # the window several times a second during training.
+    for side in ("left", "bottom"):
+        axis = widget.getAxis(side)
+        axis.setPen(pg.mkPen(AXIS_COLOUR))
+        axis.setTextPen(pg.mkPen(TEXT_COLOUR))
+    widget.getAxis("left").setWidth(LEFT_AXIS_WIDTH)  # the same in every plot: their epochs line up
+    widget.setLogMode(y=log_y)
+    item = widget.getPlotItem()
+    item.setClipToView(True)
+    item.setDownsampling(auto=True, mode="peak")
+    widget.legend = SideLegend(item)
+    widget.setMinimumHeight(140)
+    return widget
 
 
 class Series:
@@ -44,34 +226,66 @@ class Series:
         return self._y[: self.size]
 
 
-def _plot(object_name: str, title: str, y_label: str, log_y: bool = False) -> pg.PlotWidget:
-    widget = pg.PlotWidget(background="w")
-    widget.setObjectName(object_name)
-    widget.setTitle(title, color="#333", size="10pt")
-    widget.setLabel("bottom", "epoch")
-    widget.setLabel("left", y_label)
-    # No grid: its lines cost 50-80 ms per redraw in Qt's software painter, which would stall
-    # the window several times a second during training.
-    for side in ("left", "bottom"):
-        axis = widget.getAxis(side)
-        axis.setPen(pg.mkPen(AXIS_COLOUR))
-        axis.setTextPen(pg.mkPen(TEXT_COLOUR))
-    widget.setLogMode(y=log_y)
-    widget.getAxis("left").enableAutoSIPrefix(False)  # show 1e-3, not "1 (x0.001)"
-    item = widget.getPlotItem()
-    item.setClipToView(True)
-    item.setDownsampling(auto=True, mode="peak")
-    legend = widget.addLegend(offset=(-10, 10), labelTextSize="8pt", colCount=2 if log_y else 1)
-    legend.setBrush(pg.mkBrush(255, 255, 255, 215))  # readable over the curves
-    widget.setMinimumHeight(140)
-    return widget
+class _CurveSet:
+    """One curve per name on a log plot, each a distinct colour, listed in the side legend and
+    the plot's tooltip. Curves are made when a name first has a value, and kept until clear()."""
+
+    def __init__(self, plot: pg.PlotWidget, default_range: tuple[float, float], intro: str):
+        self.plot = plot
+        self.default_range = default_range
+        self.intro = intro
+        self.series: dict[str, Series] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        for curve in self.curves.values():
+            self.plot.legend.remove(curve)
+            self.plot.removeItem(curve)
+        self.series.clear()
+        self.curves.clear()
+        # A log axis with no data spans 1..10 and would label 2..9: show a plausible range until
+        # the first value, then follow the data.
+        self.plot.setYRange(*self.default_range, padding=0)
+        self._awaiting_data = True
+        self._update_tooltip()
+
+    def append(self, name: str, x: float, y: float) -> None:
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = Series()
+            self.curves[name] = curve = self.plot.plot(pen=pg.mkPen(PALETTE[0], width=1))
+            self.plot.legend.add(curve, name)
+            self._recolour()
+        series.append(x, y)
+        if self._awaiting_data:
+            self._awaiting_data = False
+            self.plot.enableAutoRange(axis="y")
+
+    def redraw(self) -> None:
+        for name, curve in self.curves.items():
+            curve.setData(self.series[name].x, self.series[name].y)
+
+    def colour(self, name: str) -> tuple[int, int, int]:
+        return self.curves[name].opts["pen"].color().getRgb()[:3]
+
+    def _recolour(self) -> None:
+        for curve, colour in zip(self.curves.values(), distinct_colours(len(self.curves))):
+            curve.setPen(pg.mkPen(colour, width=1))
+        self.plot.legend.update()
+        self._update_tooltip()
+
+    def _update_tooltip(self) -> None:
+        rows = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span> {html.escape(name)}'
+                for name, (r, g, b) in ((n, self.colour(n)) for n in self.curves)]
+        self.plot.setToolTip("<br>".join([self.intro] + rows))
 
 
 class TrainingPlots(QWidget):
     def __init__(self, parent=None, smoothing: float = 0.9, refresh_ms: int = 250):
         super().__init__(parent)
         self.smoothing = smoothing
-        # Points arrive up to 20 times a second; redrawing three plots costs tens of milliseconds
+        # Points arrive up to 20 times a second; redrawing the plots costs tens of milliseconds
         # on a slow machine, so curves are redrawn at most every refresh_ms.
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -80,64 +294,117 @@ class TrainingPlots(QWidget):
         self.loss_plot = _plot("lossPlot", "Loss", "cross-entropy")
         self.accuracy_plot = _plot("accuracyPlot", "Accuracy", "top-1")
         self.lr_plot = _plot("lrPlot", "Learning rate per group", "LR", log_y=True)
+        self.update_ratio_plot = _plot("updateRatioPlot", "Update ratio per module", "update ratio", log_y=True)
+        self.update_ratio_plot.setVisible(False)
+        self.update_ratio_toggle = QCheckBox("Show update ratio per module")
+        self.update_ratio_toggle.setObjectName("updateRatioToggle")
+        self.update_ratio_toggle.setToolTip(
+            "How far each optimizer step moves a module's weights, relative to their size "
+            "(sampled about twice a second; needs telemetry, which is on by default).")
+        self.update_ratio_toggle.toggled.connect(self.set_update_ratio_visible)
         self.accuracy_plot.setYRange(0, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for plot in (self.loss_plot, self.accuracy_plot, self.lr_plot):
+        for plot in (self.loss_plot, self.accuracy_plot, self.lr_plot, self.update_ratio_plot):
             layout.addWidget(plot)
+        layout.addWidget(self.update_ratio_toggle)
         pen = lambda colour, width=1, style=None: pg.mkPen(colour, width=width, style=style)  # noqa: E731
         self._curves = {
             "train_loss_raw": self.loss_plot.plot(pen=pen(TRAIN_COLOUR + (60,))),
-            "train_loss": self.loss_plot.plot(pen=pen(TRAIN_COLOUR, 2), name="train (smoothed)"),
+            "train_loss": self.loss_plot.plot(pen=pen(TRAIN_COLOUR, 2)),
             "val_loss": self.loss_plot.plot(pen=pen(VAL_COLOUR, 2), symbol="o", symbolSize=5,
-                                            symbolBrush=VAL_COLOUR, name="validation"),
+                                            symbolBrush=VAL_COLOUR),
             "train_acc": self.accuracy_plot.plot(pen=pen(TRAIN_COLOUR, 2), symbol="o", symbolSize=5,
-                                                 symbolBrush=TRAIN_COLOUR, name="train"),
+                                                 symbolBrush=TRAIN_COLOUR),
             "val_acc": self.accuracy_plot.plot(pen=pen(VAL_COLOUR, 2), symbol="o", symbolSize=5,
-                                               symbolBrush=VAL_COLOUR, name="validation"),
+                                               symbolBrush=VAL_COLOUR),
         }
-        self._lr_curves: dict[str, pg.PlotDataItem] = {}
+        self.loss_plot.legend.add(self._curves["train_loss"], "train (smoothed)")
+        self.loss_plot.legend.add(self._curves["val_loss"], "validation")
+        self.accuracy_plot.legend.add(self._curves["train_acc"], "train")
+        self.accuracy_plot.legend.add(self._curves["val_acc"], "validation")
+        self._lr = _CurveSet(self.lr_plot, LR_DEFAULT_RANGE, "Learning rate of each parameter group (log scale)")
+        for plot in self._plots():
+            plot.legend.changed = self._align_legends
+        self._ratios = _CurveSet(
+            self.update_ratio_plot, RATIO_DEFAULT_RANGE,
+            f"‖Δθ‖ / ‖θ‖ of each module on sampled steps (log scale).<br>Modules that did not move "
+            f"(frozen: ratio exactly 0) are not drawn: a log axis cannot show 0.<br>With more than "
+            f"{MAX_RATIO_CURVES} modules, only the first level is shown.")
         self.clear()
+        self._align_legends()
+
+    # Names kept for the window's tests: one Series per LR group.
+    @property
+    def _lr_series(self) -> dict[str, Series]:
+        return self._lr.series
+
+    @property
+    def _lr_curves(self) -> dict[str, pg.PlotDataItem]:
+        return self._lr.curves
+
+    @property
+    def update_ratio_series(self) -> dict[str, Series]:
+        return self._ratios.series
 
     def clear(self) -> None:
         self._refresh_timer.stop()
         self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", "train_acc", "val_acc")}
-        self._lr_series: dict[str, Series] = {}
         self._ema = None
         for curve in self._curves.values():
             curve.setData([], [])
-        for curve in self._lr_curves.values():
-            self.lr_plot.removeItem(curve)
-        self._lr_curves.clear()
+        self._lr.clear()
+        self._ratios.clear()
+
+    def _plots(self) -> list[pg.PlotWidget]:
+        return [self.loss_plot, self.accuracy_plot, self.lr_plot, self.update_ratio_plot]
+
+    def _align_legends(self) -> None:
+        """Every shown plot's legend as wide as the widest, so the plots' epochs line up."""
+        shown = [plot for plot in self._plots() if not plot.isHidden()]
+        width = max((plot.legend.natural_width() for plot in shown), default=0.0)
+        for plot in shown:
+            plot.legend.setMinimumWidth(width)
+            plot.legend.setMaximumWidth(width)
 
     def point_count(self) -> int:
         return self._series["train_loss_raw"].size
 
-    def add_batch(self, event: dict) -> None:
-        x = event["epoch"] - 1 + event["step"] / max(1, event["steps"])
-        loss = event["loss"]
-        if np.isfinite(loss):
+    def add_batch(self, event: BatchEvent) -> None:
+        x = event.epoch - 1 + event.step / max(1, event.steps)
+        loss = event.loss
+        if math.isfinite(loss):
             self._ema = loss if self._ema is None else self.smoothing * self._ema + (1 - self.smoothing) * loss
             self._series["train_loss_raw"].append(x, loss)
             self._series["train_loss"].append(x, self._ema)
-        for label, lr in event["lrs"].items():
-            self._lr_series_for(label).append(x, lr)
+        for label, lr in event.lrs.items():
+            if lr > 0 and math.isfinite(lr):  # a warm-up's LR of 0 has no place on a log axis
+                self._lr.append(label, x, lr)
+        if event.layers:
+            for name in _ratio_modules(event.layers):
+                ratio = event.layers[name].update_ratio
+                if ratio > 0 and math.isfinite(ratio):  # 0 (frozen) cannot go on a log axis: skipped
+                    self._ratios.append(name, x, ratio)
         self._schedule_redraw()
 
-    def add_epoch(self, event: dict) -> None:
-        x = float(event["epoch"])
-        self._series["train_acc"].append(x, event["train_accuracy"])
-        if event.get("val_loss") is not None and np.isfinite(event["val_loss"]):
-            self._series["val_loss"].append(x, event["val_loss"])
-            self._series["val_acc"].append(x, event["val_accuracy"])
+    def add_epoch(self, event: EpochEvent) -> None:
+        x = float(event.epoch)
+        self._series["train_acc"].append(x, event.train_accuracy)
+        if event.val_loss is not None and math.isfinite(event.val_loss):
+            self._series["val_loss"].append(x, event.val_loss)
+            self._series["val_acc"].append(x, event.val_accuracy)
         self.redraw()  # epochs are rare: show them at once
 
-    def _lr_series_for(self, label: str) -> Series:
-        if label not in self._lr_series:
-            colour = GROUP_COLOURS[len(self._lr_series) % len(GROUP_COLOURS)]
-            self._lr_series[label] = Series()
-            self._lr_curves[label] = self.lr_plot.plot(pen=pg.mkPen(colour, width=2), name=label)
-        return self._lr_series[label]
+    def set_update_ratio_visible(self, visible: bool) -> None:
+        self.update_ratio_plot.setVisible(visible)
+        self._align_legends()
+        if self.update_ratio_toggle.isChecked() != visible:
+            self.update_ratio_toggle.setChecked(visible)  # re-enters once, then is equal
+        if visible:
+            self._ratios.redraw()
+
+    def update_ratio_visible(self) -> bool:
+        return not self.update_ratio_plot.isHidden()
 
     def _schedule_redraw(self) -> None:
         if not self._refresh_timer.isActive():
@@ -147,6 +414,14 @@ class TrainingPlots(QWidget):
         self._refresh_timer.stop()
         for name, series in self._series.items():
             self._curves[name].setData(series.x, series.y)
-        for label, curve in self._lr_curves.items():
-            series = self._lr_series[label]
-            curve.setData(series.x, series.y)
+        self._lr.redraw()
+        if self.update_ratio_visible():  # hidden: nothing to paint; shown again, it catches up
+            self._ratios.redraw()
+
+
+def _ratio_modules(layers: dict) -> list[str]:
+    """At most MAX_RATIO_CURVES modules: all if they fit, else the first level (no dot)."""
+    names = list(layers)
+    if len(names) > MAX_RATIO_CURVES:
+        names = [name for name in names if "." not in name]
+    return names[:MAX_RATIO_CURVES]
