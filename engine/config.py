@@ -7,9 +7,13 @@ in a run folder and the body of a project file.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +104,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        try:
-            plan_raw = dict(raw.get("plan", {}))
-            edits = tuple(_build(PlanEdit, e, "plan edit") for e in plan_raw.pop("edits", []))
-            return cls(
-                data=_build(DataConfig, raw.get("data", {}), "data"),
-                model=_build(ModelConfig, raw.get("model", {}), "model"),
-                plan=replace(_build(PlanConfig, plan_raw, "plan"), edits=edits),
-                train=_build(TrainConfig, raw.get("train", {}), "train"),
-                out_dir=str(raw.get("out_dir", "")),
-            )
-        except (TypeError, AttributeError) as exc:
-            raise UserError(f"malformed configuration: {exc}") from None
+        """The config JSON describes, every key known and every value of its field's type;
+        otherwise UserError naming the field, e.g. "data.image_size must be an integer, got 'big'".
+        Ranges are validate()'s business."""
+        return _build(cls, raw, "")
 
     def validate(self) -> None:
         """Raise UserError naming the first setting that cannot work."""
@@ -131,6 +127,12 @@ class RunConfig:
             (self.train.weight_decay >= 0, "weight decay must be >= 0"),
             (0 <= self.train.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (self.train.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
+            (self.data.num_workers is None or self.data.num_workers >= 0, "loader workers must be >= 0"),
+            (self.data.decoded_cache_mb >= 0, "decoded cache budget must be >= 0 MB"),
+            (self.train.early_stopping_patience >= 0, "early-stopping patience must be >= 0 (0: off)"),
+            (self.train.max_batch_events_per_second > 0, "batch events per second must be > 0"),
+            (bool(self.model.arch), "no architecture given"),
+            (bool(self.model.weights), "weights must be 'imagenet', 'none' or a file"),
         ]
         for ok, message in checks:
             if not ok:
@@ -140,12 +142,74 @@ class RunConfig:
                 raise UserError(f"LR for '{edit.module}' must be > 0, got {edit.lr}")
 
 
-def _build(cls, raw: dict[str, Any], what: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, raw: Any, where: str):
+    """An instance of the dataclass `cls` from JSON data, checked field by field."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where or 'the configuration'} must be an object ({{...}}), got {_show(raw)}")
+    names = [f.name for f in fields(cls)]
+    unknown = [key for key in raw if key not in names]
     if unknown:
-        raise UserError(f"unknown {what} setting(s): {', '.join(sorted(unknown))}")
-    return cls(**raw)
+        listed = ", ".join(_join(where, str(key)) for key in unknown)
+        raise UserError(f"unknown setting{'s' if len(unknown) > 1 else ''} {listed}")
+    values = {}
+    for f in fields(cls):
+        if f.name in raw:
+            values[f.name] = _check(raw[f.name], _field_types(cls)[f.name], _join(where, f.name))
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise UserError(f"{_join(where, f.name)} is missing")
+    return cls(**values)
+
+
+def _check(value: Any, kind: Any, where: str, or_null: str = "") -> Any:
+    """`value` as the type `kind` (bool, int, float, str, X | None, a dataclass, tuple[X, ...])."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, where, " or null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list{or_null}, got {_show(value)}")
+        return tuple(_check(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+    if is_dataclass(kind):
+        return _build(kind, value, where)
+    if kind is bool:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif kind is int:  # True is an int to Python, not to a person writing "epochs": true
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number" if isinstance(value, float) else "a number"
+        value = float(value) if ok else value
+    elif kind is str:
+        ok, expected = isinstance(value, str), "a string"
+    else:  # a field type this checker does not know: a programming error, not the person's
+        raise TypeError(f"cannot check {where} of type {kind}")
+    if not ok:
+        raise UserError(f"{where} must be {expected}{or_null}, got {_show(value)}")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _show(value: Any) -> str:
+    """A value as the person wrote it in JSON, short enough for one line."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def save_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -159,7 +223,19 @@ def save_project(path: str | os.PathLike, config: RunConfig) -> None:
     save_json_atomic(path, {"transfer_studio_project": PROJECT_FORMAT_VERSION, **config.to_dict()})
 
 
+def validate_project(config: RunConfig) -> None:
+    """Everything a project file can get wrong without training: ranges and the architecture.
+    Raise UserError naming the first problem."""
+    from .models import check_arch  # local import: config stays importable without torch
+
+    config.validate()
+    check_arch(config.model.arch)
+
+
 def load_project(path: str | os.PathLike) -> RunConfig:
+    """A fully valid RunConfig (see validate_project), or UserError in one line that names the
+    file and the field: a window can apply the result all or nothing."""
+    name = Path(path).name
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -171,6 +247,13 @@ def load_project(path: str | os.PathLike) -> RunConfig:
     version = raw.pop("transfer_studio_project", None)
     if version is None:
         raise UserError(f"{path} is not a Transfer Studio project file")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{name}: transfer_studio_project must be a format version (1, 2, ...), got {_show(version)}")
     if version > PROJECT_FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer Transfer Studio (format {version})")
-    return RunConfig.from_dict(raw)
+    try:
+        config = RunConfig.from_dict(raw)
+        validate_project(config)
+    except UserError as exc:
+        raise UserError(f"{name}: {exc}") from None
+    return config
