@@ -134,3 +134,21 @@ def test_config_imports_alone_without_torch_or_qt():
     code = ("import sys; import engine.config; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'pyqtgraph')]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("pathlib").Path(__file__).parents[1])
+
+
+def test_package_metadata_reads_without_a_license_warning():
+    """setuptools >= 77 deprecates `license = { text = ... }`; installing printed its warning."""
+    import warnings
+    from pathlib import Path
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("setuptools < 77 reads no SPDX license strings (the build installs a newer one)")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), Path(__file__).parents[1] / "pyproject.toml")
+    assert not [w for w in caught if "license" in str(w.message).lower()]
+    assert dist.metadata.license_expression == "MIT"
