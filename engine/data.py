@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .errors import UserError
+from .events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
 from .images import BadImage, decode_resized, is_image_file, probe
 
 
@@ -28,12 +29,6 @@ from .images import BadImage, decode_resized, is_image_file, probe
 class Sample:
     path: str
     label: int
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -83,70 +78,104 @@ class DatasetScan:
 
 
 def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetScan:
+    return split_listing(list_dataset(root), val_fraction, seed)
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    """A dataset folder's usable files, found and probed once.
+
+    Splitting a listing touches no file, so a new validation share or seed does not rescan the
+    folder (the window re-splits on every step of its Validation box).
+    """
+
+    root: str
+    layout: str  # "folders" (split here) or "train-val" (given)
+    class_names: tuple[str, ...]
+    samples: tuple[Sample, ...]  # every usable file; in the "train-val" layout those of train/
+    given_val: tuple[Sample, ...]  # the usable files of val/ in the "train-val" layout, else empty
+    skipped: tuple[SkippedFile, ...]
+    image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+
+    @property
+    def total(self) -> int:
+        return len(self.samples) + len(self.given_val)
+
+
+def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lambda: False) -> DatasetListing:
+    """Find and probe every image of a dataset folder; raises UserError for a folder that cannot
+    be a dataset. `should_stop()` abandons a listing nobody waits for any more (returns what was
+    probed so far)."""
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise UserError(f"dataset folder not found: {root}")
     train_dir, val_dir = root_path / "train", root_path / "val"
+    given_val: list[Sample] = []
     if train_dir.is_dir() and val_dir.is_dir() and _class_dirs(train_dir):
         class_names = _class_dirs(train_dir)
-        train, skipped_t, sizes_t = _scan_split(train_dir, class_names)
         unknown = sorted(set(_class_dirs(val_dir)) - set(class_names))
         if unknown:
             raise UserError(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
-        val, skipped_v, sizes_v = _scan_split(val_dir, class_names)
-        layout, skipped, sizes = "train-val", skipped_t + skipped_v, sizes_t + sizes_v
+        samples, skipped, sizes = _probe_files(_image_files(train_dir, class_names), should_stop)
+        given_val, skipped_v, sizes_v = _probe_files(_image_files(val_dir, class_names), should_stop)
+        layout, skipped, sizes = "train-val", skipped + skipped_v, sizes + sizes_v
     else:
         class_names = _class_dirs(root_path)
-        samples, skipped, sizes = _scan_split(root_path, class_names)
-        train, val = stratified_split(samples, val_fraction, seed)
+        samples, skipped, sizes = _probe_files(_image_files(root_path, class_names), should_stop)
         layout = "folders"
     if len(class_names) < 2:
         raise UserError(f"{root} needs at least 2 class sub-folders, found {len(class_names)}")
-    present = {s.label for s in train} | {s.label for s in val}
+    present = {s.label for s in samples} | {s.label for s in given_val}
     empty = [name for i, name in enumerate(class_names) if i not in present]
     if empty:
         raise UserError(f"class folder(s) without a usable image: {', '.join(empty)}")
-    return DatasetScan(
-        root=str(root_path),
-        layout=layout,
-        class_names=tuple(class_names),
-        train=tuple(train),
-        val=tuple(val),
-        skipped=tuple(skipped),
-        image_sizes=_size_stats(sizes),
-    )
+    return DatasetListing(str(root_path), layout, tuple(class_names), tuple(samples), tuple(given_val),
+                          tuple(skipped), _size_stats(sizes))
 
 
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> DatasetScan:
+    """The scan for one split of a listing: stratified and seeded, or train/ and val/ as given."""
+    if listing.layout == "train-val":
+        train, val = listing.samples, listing.given_val
+    else:
+        train, val = stratified_split(listing.samples, val_fraction, seed)
+    return DatasetScan(root=listing.root, layout=listing.layout, class_names=listing.class_names,
+                       train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes)
 
 
-def _scan_split(folder: Path, class_names: Sequence[str]):
-    candidates: list[tuple[Path, int]] = []
+def _image_files(folder: Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
+    """(path, label) of every file with an image extension under the class folders, sorted."""
+    found: list[tuple[Path, int]] = []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                if is_image_file(path):
-                    candidates.append((path, label))
+            found.extend((Path(dirpath) / f, label) for f in sorted(filenames) if is_image_file(Path(f)))
+    return found
 
-    def check(item):
-        path, label = item
+
+def _probe_files(files: list[tuple[Path, int]], should_stop: Callable[[], bool]):
+    """Probe the files one after another. A thread pool here made the window stall for up to
+    0.8 s: thousands of tiny hand-overs of the GIL starve the GUI thread; one thread does not,
+    and on a local disk it is faster too (a probe reads a header, not the image)."""
+    samples: list[Sample] = []
+    skipped: list[SkippedFile] = []
+    sizes: list[tuple[int, int]] = []
+    for path, label in files:
+        if should_stop():
+            break
         try:
-            return Sample(str(path), label), None, probe(path)
+            sizes.append(probe(path))
+            samples.append(Sample(str(path), label))
         except BadImage as exc:
-            return None, SkippedFile(str(path), str(exc)), None
-
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(check, candidates))
-    samples = [r[0] for r in results if r[0] is not None]
-    skipped = [r[1] for r in results if r[1] is not None]
-    sizes = [r[2] for r in results if r[2] is not None]
+            skipped.append(SkippedFile(str(path), str(exc)))
     return samples, skipped, sizes
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
 def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int):
@@ -243,7 +272,10 @@ class DecodedCache:
         self.used_bytes += size
         return True
 
-    def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None):
+    def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Decode every sample into the cache (threads); returns early when `should_stop()`, so a
+        Stop pressed while thousands of images decode takes effect within one image per thread."""
         def decode(index: int):
             try:
                 return index, decode_resized(Path(samples[index].path), side), None
@@ -253,6 +285,8 @@ class DecodedCache:
         pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
         try:
             for done, (index, image, error) in enumerate(pool.map(decode, range(len(samples))), 1):
+                if should_stop():
+                    break
                 if error is not None:
                     self.failures[index] = error
                 elif not self.put(index, image):

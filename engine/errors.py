@@ -13,5 +13,13 @@ class UnsafeFileError(UserError):
     """A file would need arbitrary code to load, or safe loading was switched off."""
 
 
-class TrainingDiverged(UserError):
+class RunFailed(UserError):
+    """A run that started could not finish soundly; the CLI exits with 1 (not 2: the input was fine)."""
+
+
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite."""
+
+
+class FrozenTensorsChanged(RunFailed):
+    """A tensor the plan froze differs, bit for bit, from what was loaded."""

@@ -96,6 +96,38 @@ class RunStarted:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: str
+    checkpoint: str | None
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    epochs_run: int
+    seconds: float
+    images_per_second: float
+    stopped: str  # "completed" | "early-stopping" | "user"
+    skipped: tuple[SkippedFile, ...] = field(default_factory=tuple)
+    integrity: IntegrityReport | None = None  # the last check; None when no epoch ran
+
+    def summary(self) -> dict:
+        return {
+            "run_dir": self.run_dir, "checkpoint": self.checkpoint, "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy, "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
+            "stopped": self.stopped,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "integrity": None if self.integrity is None else {
+                "checked": self.integrity.checked, "changed": list(self.integrity.changed),
+                "last_checked_epoch": self.integrity.epoch},
+        }
+
+
 class Callbacks:
     """Override what you need; every method is called on the training thread."""
 

@@ -1,7 +1,8 @@
 """The plan: which modules are frozen and at what learning rate each parameter trains.
 
 Settings live on modules by dotted name (as `named_modules()`); a module without its own setting
-inherits its nearest ancestor's, and the root ("") carries the base LR. Applying a plan sets
+inherits its nearest ancestor's, and the root ("") carries the base LR: the root's LR and the base LR
+are one value, and setting it keeps the LRs set below (see `apply_edit`). Applying a plan sets
 `requires_grad`, keeps the norm layers of frozen modules in eval mode through every
 `model.train()` (so their running statistics stay exactly as loaded), and yields one optimizer
 param group per distinct (lr, weight decay) holding every trainable parameter exactly once.
@@ -9,6 +10,7 @@ param group per distinct (lr, weight decay) holding every trainable parameter ex
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field, replace
 from typing import Iterable
@@ -59,8 +61,11 @@ class Plan:
                     lr, lr_from = s.lr, name
                 if train_norm is None and s.train_norm is not None:
                     train_norm = s.train_norm
-            if unfreeze_epoch is None and name in self.unfreeze_at and (frozen is None or name == frozen_from):
-                unfreeze_epoch = self.unfreeze_at[name]
+            # Thawing any module between this one and the one its frozen setting comes from makes it
+            # train (`at_epoch`), so it trains from the earliest of those epochs.
+            if name in self.unfreeze_at and (frozen is None or name == frozen_from):
+                epoch = self.unfreeze_at[name]
+                unfreeze_epoch = epoch if unfreeze_epoch is None else min(unfreeze_epoch, epoch)
         return Effective(bool(frozen), float(lr), bool(train_norm), lr_from, frozen_from, unfreeze_epoch)
 
     def at_epoch(self, epoch: int) -> Plan:
@@ -99,8 +104,8 @@ def _is_below(name: str, ancestor: str) -> bool:
 
 def build_plan(config: PlanConfig, info: ModelInfo) -> Plan:
     """The strategy preset, then the person's edits in order."""
-    if not config.base_lr > 0:
-        raise UserError(f"base LR must be > 0, got {config.base_lr}")
+    if not (config.base_lr > 0 and math.isfinite(config.base_lr)):
+        raise UserError(f"base LR must be > 0 and finite, got {config.base_lr}")
     settings, unfreeze_at = _preset(config, info)
     plan = Plan(settings, unfreeze_at)
     for edit in config.edits:
@@ -133,7 +138,11 @@ def _preset(config: PlanConfig, info: ModelInfo) -> tuple[dict[str, Setting], di
 
 
 def apply_edit(plan: Plan, edit: PlanEdit, info: ModelInfo) -> Plan:
-    """An edit on a module sets that field for its whole subtree, as checking a parent does."""
+    """An edit on a module sets that field for its whole subtree, as checking a parent does.
+
+    One exception: the root's LR is the base LR, so an LR set on the root keeps the LRs set below
+    it (a person who changes the base LR does not expect every per-layer LR to vanish silently).
+    """
     info.check_module(edit.module)
     settings = dict(plan.settings)
     unfreeze_at = dict(plan.unfreeze_at)
@@ -152,9 +161,10 @@ def apply_edit(plan: Plan, edit: PlanEdit, info: ModelInfo) -> Plan:
         set_on_target(frozen=edit.frozen)
         unfreeze_at = {m: e for m, e in unfreeze_at.items() if not _is_below(m, target)}
     if edit.lr is not None:
-        if not edit.lr > 0:
-            raise UserError(f"LR for '{target}' must be > 0, got {edit.lr}")
-        clear_below("lr")
+        if not (edit.lr > 0 and math.isfinite(edit.lr)):
+            raise UserError(f"LR for '{target}' must be > 0 and finite, got {edit.lr}")
+        if target != "":
+            clear_below("lr")
         set_on_target(lr=float(edit.lr))
     if edit.inherit_lr and target != "":
         set_on_target(lr=None)
@@ -163,6 +173,13 @@ def apply_edit(plan: Plan, edit: PlanEdit, info: ModelInfo) -> Plan:
         set_on_target(train_norm=edit.train_norm)
     settings = {n: s for n, s in settings.items() if n == "" or s != Setting()}
     return Plan(settings, unfreeze_at)
+
+
+def with_base_lr(config: PlanConfig, lr: float) -> PlanConfig:
+    """`config` with base LR `lr` and no LR edit on the root left to override it, so the base LR
+    and the root's LR stay one value; the LRs set below the root are kept."""
+    edits = tuple(replace(e, lr=None) if e.module == "" else e for e in config.edits)
+    return replace(config, base_lr=float(lr), edits=tuple(e for e in edits if e != PlanEdit(e.module)))
 
 
 # --- applying a plan to a model ---------------------------------------------------------------
@@ -235,12 +252,15 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
     and what the window's layer tree shows)."""
     parameters = []
     trainable_under: dict[str, int] = {layer.name: 0 for layer in info.layers}
+    thawing_at: dict[int, int] = {}  # epoch -> parameters gradual unfreezing adds then
     for param_name, module, numel in info.parameter_modules:
         eff = plan.effective(module)
         parameters.append({"name": param_name, "trainable": not eff.frozen, "lr": None if eff.frozen else eff.lr})
         if not eff.frozen:
             for name in _self_and_ancestors(module):  # counted in the module and all its ancestors
                 trainable_under[name] += numel
+        elif eff.unfreeze_epoch is not None:
+            thawing_at[eff.unfreeze_epoch] = thawing_at.get(eff.unfreeze_epoch, 0) + numel
     modules = []
     for layer in info.layers:
         eff = plan.effective(layer.name)
@@ -264,16 +284,57 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
                           "params": list(s.params)} for s in specs],
         "trainable_params": trainable_under[""],
         "total_params": info.total_params,
+        "phases": _phases(trainable_under[""], thawing_at),
         "plan": plan.to_dict(),
     }
 
 
+def _phases(trainable_now: int, thawing_at: dict[int, int]) -> list[dict]:
+    """Gradual unfreezing: from which epoch (0-based) how many parameters train; empty otherwise."""
+    phases, trainable = [], trainable_now
+    for epoch in sorted(thawing_at):
+        trainable += thawing_at[epoch]
+        phases.append({"epoch": epoch, "trainable_params": trainable})
+    return phases
+
+
+def with_weight_decay(report: dict, weight_decay: float) -> dict:
+    """`report` with another weight decay: only the param groups' value changes, nothing else."""
+    groups = [{**g, "weight_decay": weight_decay} for g in report["param_groups"]]
+    return {**report, "param_groups": groups}
+
+
 def summary_line(report: dict) -> str:
-    """E.g. "Trainable 5,130 / 11,181,642 (0.05 %) · 2 LR groups"."""
+    """E.g. "Trainable 5,130 / 11,181,642 (0.05 %) · 2 LR groups"; with gradual unfreezing
+    "Trainable 5,130 / 11,181,642 (0.05 %) now; all from epoch 6 (gradual, one more stage every
+    epoch) · 1 LR group now"."""
     trainable, total = report["trainable_params"], report["total_params"]
     groups = len(report["param_groups"])
-    return (f"Trainable {trainable:,} / {total:,} ({100 * trainable / max(1, total):.2f} %) · "
-            f"{groups} LR group{'s' if groups != 1 else ''}")
+    groups_text = f"{groups} LR group{'s' if groups != 1 else ''}"
+    share = f"Trainable {trainable:,} / {total:,} ({_percent(trainable, total)})"
+    phases = report.get("phases") or []
+    if not phases:
+        return f"{share} · {groups_text}"
+    return f"{share} now; {_final_phase(phases[-1], total)} ({_cadence(phases)}) · {groups_text} now"
+
+
+def _percent(part: int, total: int) -> str:
+    return f"{100 * part / max(1, total):.2f} %"
+
+
+def _final_phase(phase: dict, total: int) -> str:
+    trainable = phase["trainable_params"]
+    who = "all" if trainable == total else f"{trainable:,} ({_percent(trainable, total)})"
+    return f"{who} from epoch {phase['epoch'] + 1}"
+
+
+def _cadence(phases: list[dict]) -> str:
+    epochs = [0] + [p["epoch"] for p in phases]
+    gaps = {later - earlier for earlier, later in zip(epochs, epochs[1:])}
+    if len(gaps) == 1:
+        gap = gaps.pop()
+        return f"gradual, one more stage every {'epoch' if gap == 1 else f'{gap} epochs'}"
+    return "gradual, more at epochs " + ", ".join(str(e + 1) for e in epochs[1:])
 
 
 def audit_optimizer(model: nn.Module, optimizer) -> dict[str, list[str]]:

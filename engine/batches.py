@@ -1,0 +1,107 @@
+"""Where an epoch's batches come from: decoded images, or the trunk's cached features.
+
+Both sources give (inputs on the device, labels on the device) and say which module the loop
+calls on them: the whole model for images, only the head for features.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .data import Preprocessing, drops_last_batch, epoch_order, normalize_batch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class SkippedLog:
+    """Files that could not be used, with the reason, gathered from every stage of a run."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def add(self, path: str, reason: str) -> None:
+        self.reasons.setdefault(path, reason)
+
+    def add_failures(self, failures, samples) -> None:
+        for index, reason in failures:
+            self.add(samples[index].path, reason)
+
+
+class ImageBatches:
+    """Batches of images from DataLoaders (decoded-image cache behind them)."""
+
+    def __init__(self, train_loader, val_loader, train_samples, val_samples, prep: Preprocessing,
+                 device: torch.device, channels_last: bool, skipped: SkippedLog) -> None:
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.train_samples, self.val_samples = train_samples, val_samples
+        self.prep, self.device, self.channels_last, self.skipped = prep, device, channels_last, skipped
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_loader))
+
+    def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
+        return model
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        self.train_loader.sampler.set_epoch(epoch)
+        yield from self._batches(self.train_loader, self.train_samples)
+
+    def val_batches(self) -> Iterator[Batch]:
+        if self.val_loader is not None:
+            yield from self._batches(self.val_loader, self.val_samples)
+
+    def _batches(self, loader, samples) -> Iterator[Batch]:
+        for batch in loader:
+            if batch.failures:
+                self.skipped.add_failures(batch.failures, samples)
+            if len(batch.labels):
+                yield self._to_device(batch.images), batch.labels.to(self.device, non_blocking=True)
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize_batch(images.to(self.device, non_blocking=True), self.prep)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class FeatureBatches:
+    """Batches of cached trunk features: the head alone trains, an epoch costs milliseconds."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
+                 batch_size: int, seed: int, device: torch.device) -> None:
+        self.train, self.val = train, val
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.train[1]), self.batch_size
+        return max(1, n // bs if drops_last_batch(n, bs) else math.ceil(n / bs))
+
+    def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
+        return model.get_submodule(head)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        feats, labels = self.train
+        order = epoch_order(len(labels), self.seed, epoch)
+        bs = self.batch_size
+        end = len(order) - 1 if drops_last_batch(len(order), bs) else len(order)
+        for start in range(0, end, bs):
+            idx = order[start:min(start + bs, end)]
+            yield feats[idx].to(self.device), labels[idx].to(self.device)
+
+    def val_batches(self) -> Iterator[Batch]:
+        if self.val is None:
+            return
+        feats, labels = self.val
+        bs = self.batch_size * 4
+        for start in range(0, len(labels), bs):
+            yield feats[start:start + bs].to(self.device), labels[start:start + bs].to(self.device)
+
+
+BatchSource = ImageBatches | FeatureBatches
+ShouldStop = Callable[[], bool]

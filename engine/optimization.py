@@ -1,0 +1,74 @@
+"""The optimizer and its LR schedule, following the plan as gradual unfreezing changes it.
+
+Every trainable parameter is in exactly one param group (one per distinct LR and weight decay);
+newly unfrozen modules join as new groups at their epoch (Lightning's BaseFinetuning). LRs are
+set each step from the pure schedule in engine/schedule.py over one *segment* of steps: a run's
+segment spans its planned epochs; continuing a finished run for more epochs starts a new
+segment over the added epochs (a warm restart), while resuming an interrupted run keeps its
+original segment, so it ends exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .errors import UserError
+from .models import ModelInfo
+from .plan import Plan, group_specs, param_groups
+from .schedule import lr_factor
+
+
+@dataclass(frozen=True)
+class ScheduleSegment:
+    first_step: int  # global step at which the segment starts
+    steps: int
+    warmup_steps: int
+
+    def factor(self, global_step: int, schedule: str) -> float:
+        return lr_factor(global_step - self.first_step, self.steps, schedule, self.warmup_steps)
+
+
+class Optimization:
+    def __init__(self, model: nn.Module, info: ModelInfo, plan: Plan, train: TrainConfig,
+                 segment: ScheduleSegment) -> None:
+        self.model, self.info, self.train, self.segment = model, info, train, segment
+        specs = group_specs(info, plan, train.weight_decay)
+        if not specs and not plan.unfreeze_at:
+            raise UserError("nothing to train: every layer is frozen")
+        self.optimizer = self._make_optimizer(param_groups(model, specs), plan.base_lr)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+
+    def _make_optimizer(self, groups: list[dict], base_lr: float) -> torch.optim.Optimizer:
+        name = self.train.optimizer
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=base_lr, momentum=0.9)
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(groups, lr=base_lr)
+
+    def add_unfrozen(self, plan: Plan, epoch: int) -> list[str]:
+        """Groups for parameters that became trainable under `plan`; returns their labels."""
+        present = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        params = dict(self.model.named_parameters())
+        added = []
+        for spec in group_specs(self.info, plan, self.train.weight_decay):
+            new = [n for n in spec.params if id(params[n]) not in present]
+            if new:
+                label = f"{spec.label} (from epoch {epoch})"
+                self.optimizer.add_param_group({"params": [params[n] for n in new], "lr": spec.lr,
+                                                "initial_lr": spec.lr, "weight_decay": spec.weight_decay,
+                                                "group_label": label})
+                added.append(label)
+        return added
+
+    def set_lrs(self, global_step: int) -> None:
+        factor = self.segment.factor(global_step, self.train.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def current_lrs(self) -> dict[str, float]:
+        return {g["group_label"]: g["lr"] for g in self.optimizer.param_groups}
