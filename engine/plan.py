@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import types
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from torch import nn
 
@@ -228,9 +228,13 @@ class GroupSpec:
 
 def group_specs(info: ModelInfo, plan: Plan, weight_decay: float) -> list[GroupSpec]:
     """One group per distinct (lr, weight decay); every trainable parameter in exactly one."""
+    return _group_specs(info, plan.effective, weight_decay)
+
+
+def _group_specs(info: ModelInfo, effective: Callable[[str], Effective], weight_decay: float) -> list[GroupSpec]:
     grouped: dict[tuple[float, float], list[tuple[str, str]]] = {}
     for param_name, module, _ in info.parameter_modules:
-        eff = plan.effective(module)
+        eff = effective(module)
         if not eff.frozen:
             grouped.setdefault((eff.lr, weight_decay), []).append((param_name, eff.lr_from))
     specs = []
@@ -250,11 +254,12 @@ def param_groups(model: nn.Module, specs: list[GroupSpec]) -> list[dict]:
 def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dict:
     """The tree, every parameter and the param groups as plain data (the `layers --json` output,
     and what the window's layer tree shows)."""
+    effective = {layer.name: plan.effective(layer.name) for layer in info.layers}  # once per module
     parameters = []
     trainable_under: dict[str, int] = {layer.name: 0 for layer in info.layers}
     thawing_at: dict[int, int] = {}  # epoch -> parameters gradual unfreezing adds then
     for param_name, module, numel in info.parameter_modules:
-        eff = plan.effective(module)
+        eff = effective[module]
         parameters.append({"name": param_name, "trainable": not eff.frozen, "lr": None if eff.frozen else eff.lr})
         if not eff.frozen:
             for name in _self_and_ancestors(module):  # counted in the module and all its ancestors
@@ -263,7 +268,7 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
             thawing_at[eff.unfreeze_epoch] = thawing_at.get(eff.unfreeze_epoch, 0) + numel
     modules = []
     for layer in info.layers:
-        eff = plan.effective(layer.name)
+        eff = effective[layer.name]
         own = plan.settings.get(layer.name, Setting())
         modules.append({
             "name": layer.name, "type": layer.type, "params": layer.params,
@@ -271,7 +276,7 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
             "lr_inherited": own.lr is None, "frozen_inherited": own.frozen is None,
             "train_norm": eff.train_norm, "is_norm": layer.is_norm, "unfreeze_epoch": eff.unfreeze_epoch,
         })
-    specs = group_specs(info, plan, weight_decay)
+    specs = _group_specs(info, effective.__getitem__, weight_decay)
     return {
         "arch": info.arch,
         "num_classes": info.num_classes,

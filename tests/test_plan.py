@@ -7,7 +7,7 @@ from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
 from engine.models import build_model
 from engine.plan import (apply_plan, audit_optimizer, build_plan, describe_plan, group_specs,
-                         is_pinned_eval, param_groups)
+                         is_pinned_eval, param_groups, summary_line, with_base_lr, with_weight_decay)
 
 REFERENCE_RECIPE = (("conv1", 1e-5), ("layer1", 1e-5), ("layer2", 5e-5), ("layer3", 1e-4),
                     ("layer4", 5e-4), ("fc", 1e-3))
@@ -58,6 +58,28 @@ def test_bad_edits_are_refused(resnet18):
         build_plan(PlanConfig(edits=(PlanEdit("layer9", frozen=True),)), resnet18.info)
     with pytest.raises(UserError, match="must be > 0"):
         build_plan(PlanConfig(edits=(PlanEdit("fc", lr=0.0),)), resnet18.info)
+    with pytest.raises(UserError, match="finite"):
+        build_plan(PlanConfig(edits=(PlanEdit("fc", lr=float("inf")),)), resnet18.info)
+
+
+def test_the_roots_lr_is_the_base_lr_and_keeps_lrs_set_below(resnet18):
+    config = PlanConfig(strategy="fine-tune", edits=(PlanEdit("layer3", lr=2e-4), PlanEdit("", lr=5e-4)))
+    plan = build_plan(config, resnet18.info)
+    assert plan.base_lr == 5e-4 and plan.effective("layer3.0.conv1").lr == 2e-4  # not cleared
+    assert plan.effective("layer1.0.conv1").lr == 5e-4
+    folded = with_base_lr(config, 7e-4)
+    assert folded.base_lr == 7e-4 and folded.edits == (PlanEdit("layer3", lr=2e-4),)
+    assert build_plan(folded, resnet18.info).effective("layer3.0.conv1").lr == 2e-4
+    mixed = with_base_lr(PlanConfig(edits=(PlanEdit("", lr=1e-2, frozen=True),)), 1e-3)
+    assert mixed.edits == (PlanEdit("", frozen=True),)  # the root's other settings stay
+
+
+def test_weight_decay_changes_only_the_param_groups(resnet18):
+    report = describe_plan(resnet18.info, build_plan(PlanConfig(strategy="discriminative"), resnet18.info), 0.01)
+    changed = with_weight_decay(report, 0.05)
+    assert {g["weight_decay"] for g in changed["param_groups"]} == {0.05}
+    assert {k: v for k, v in changed.items() if k != "param_groups"} == {k: v for k, v in report.items() if k != "param_groups"}
+    assert report["param_groups"][0]["weight_decay"] == 0.01  # the original is untouched
 
 
 def test_frozen_norm_layers_stay_in_eval_mode_through_train(resnet18):
@@ -115,3 +137,34 @@ def test_gradual_ends_with_every_parameter_training(arch):
     assert first["trainable_params"] == head_params
     last = describe_plan(info, plan.at_epoch(len(info.stage_groups)))
     assert last["trainable_params"] == last["total_params"]
+
+
+def test_gradual_phases_are_what_each_epochs_plan_trains(resnet18):
+    info = resnet18.info
+    config = PlanConfig(strategy="gradual", gradual_every=2, edits=(PlanEdit("layer1", frozen=True),
+                                                                    PlanEdit("layer2.1", frozen=False)))
+    plan = build_plan(config, info)
+    report = describe_plan(info, plan)
+    assert [p["epoch"] for p in report["phases"]] == [2, 4, 6, 10]  # layer1 stays frozen: no phase of its own
+    for phase in report["phases"]:
+        at = describe_plan(info, plan.at_epoch(phase["epoch"]))["trainable_params"]
+        before = describe_plan(info, plan.at_epoch(phase["epoch"] - 1))["trainable_params"]
+        assert phase["trainable_params"] == at > before
+    for layer in info.layers:  # the tooltip's "trains from epoch N" is the first epoch it trains
+        first = plan.effective(layer.name).unfreeze_epoch
+        if first is not None and layer.params:
+            assert plan.at_epoch(first).effective(layer.name).frozen is False
+            assert plan.at_epoch(first - 1).effective(layer.name).frozen is True
+
+
+def test_the_summary_of_a_gradual_plan_says_what_trains_when(resnet18):
+    def summary(config):
+        return summary_line(describe_plan(resnet18.info, build_plan(config, resnet18.info)))
+
+    assert summary(PlanConfig(strategy="gradual")) == (
+        "Trainable 5,130 / 11,181,642 (0.05 %) now; all from epoch 6 (gradual, one more stage every epoch) · 1 LR group now")
+    assert summary(PlanConfig(strategy="gradual", gradual_every=3)).endswith(
+        "all from epoch 16 (gradual, one more stage every 3 epochs) · 1 LR group now")
+    partial = summary(PlanConfig(strategy="gradual", edits=(PlanEdit("layer1", frozen=True),)))
+    assert "; 11,033,674 (98.68 %) from epoch 6 (gradual, more at epochs 2, 3, 4, 6)" in partial
+    assert summary(PlanConfig(strategy="discriminative")) == "Trainable 11,181,642 / 11,181,642 (100.00 %) · 6 LR groups"
