@@ -1,37 +1,129 @@
-"""The layer tree: every module with a Frozen checkbox and a learning-rate cell.
+"""The layer tree: every module with a Frozen checkbox, a learning-rate cell and training evidence.
 
 `LayerTreeModel` is a QAbstractItemModel over plain engine data: the model's `ModelInfo` (names,
 types, parameter counts) and a `PlanConfig` (strategy + the person's edits). Every checkbox or LR
 edit appends a `PlanEdit`; the engine's `build_plan`/`describe_plan` then say what is frozen and
-at what LR each module trains, so the tree shows exactly what the trainer will do.
+at what LR each module trains, so the tree shows exactly what the trainer will do. During a run it
+also shows evidence: the freeze-integrity check on frozen modules and each stage's update ratio.
+
+Big trees (resnet152 has 423 modules) must never stall the window: the model keeps what every cell
+shows and, after a change, emits dataChanged only for the cells whose content changed (contiguous
+siblings coalesced), and the view sizes its columns once instead of asking every row on each change.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import NamedTuple
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QAction, QBrush, QColor, QFont, QValidator
-from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, QInputDialog, QMenu,
-                               QStyledItemDelegate, QTreeView)
+from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, QInputDialog, QLineEdit, QMenu,
+                               QStyledItemDelegate, QToolTip, QTreeView)
 
 from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
+from engine.events import IntegrityReport, LayerStats
 from engine.models import ModelInfo
-from engine.plan import build_plan, describe_plan, summary_line
+from engine.plan import build_plan, describe_plan, summary_line, with_base_lr, with_weight_decay
 
-HEADERS = ("Layer", "Type", "Params", "Frozen", "LR")
-LAYER, TYPE, PARAMS, FROZEN, LR = range(5)
+HEADERS = ("Layer", "Type", "Params", "Frozen", "LR", "Update ratio")
+LAYER, TYPE, PARAMS, FROZEN, LR, RATIO = range(len(HEADERS))
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
 INHERITED = QBrush(QColor(140, 140, 140))
+INTACT = QBrush(QColor(30, 130, 60))
+ALARM = QBrush(QColor(200, 30, 30))
+MIN_LR, MAX_LR = 1e-8, 10.0
+LR_RANGE = "between 1e-08 and 10"
+MAX_NAMED_TENSORS = 6
+BADGE_TEXT = {"intact": "✓", "changed": "⚠"}
+RIGHT_ALIGNED = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+RATIO_EXPLAINED = ("Update ratio ‖Δθ‖/‖θ‖ per optimizer step; around 1e-3 is healthy; far above means the LR is "
+                   "too high for this layer; 0 on a trainable layer means it learns nothing.")
+
+# --- learning-rate text ------------------------------------------------------------------------
 
 
 def format_lr(lr: float) -> str:
-    return f"{lr:.1e}"
+    """A cell's text: as few digits as show the value exactly, at most 4 ("1.0e-03", "1.25e-04")."""
+    return _scientific(lr, max_digits=4)
+
+
+def lr_text(lr: float) -> str:
+    """An editor's text: what was typed, up to 6 significant digits, so reading it back is exact."""
+    return _scientific(lr, max_digits=6)
+
+
+def _scientific(value: float, max_digits: int) -> str:
+    for decimals in range(1, max_digits):
+        text = f"{value:.{decimals}e}"
+        if float(text) == value:
+            return text
+    return f"{value:.{max_digits - 1}e}"
+
+
+def lr_problem(value: float) -> str:
+    """Why `value` is not a learning rate the tree accepts; "" when it is."""
+    if not math.isfinite(value):
+        return f"{value} is not a learning rate: enter a number {LR_RANGE}, e.g. 3e-4."
+    if not MIN_LR <= value <= MAX_LR:
+        return f"{value:g} is out of range: a learning rate must be {LR_RANGE}, e.g. 3e-4."
+    return ""
+
+
+def parse_lr(text: str) -> float:
+    """The learning rate in `text`; raises ValueError saying why it is refused."""
+    stripped = text.strip()
+    try:
+        value = float(stripped)
+    except ValueError:
+        raise ValueError(f"'{stripped}' is not a number: enter a learning rate {LR_RANGE}, e.g. 3e-4.") from None
+    problem = lr_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# --- update-ratio verdicts -------------------------------------------------------------------------
+
+HEALTH = {  # name -> (cell background or None, what it means)
+    "frozen": (None, "Frozen: 0 is expected."),
+    "waiting": (None, "Frozen until gradual unfreezing reaches it."),
+    "moved": (QColor(239, 154, 154), "Frozen, yet its parameters moved: see the Frozen column's integrity check."),
+    "dead": (QColor(216, 180, 180), "Trainable, but it learns nothing: no gradient reaches it or no optimizer group holds it."),
+    "low": (QColor(200, 222, 245), "Very small: this layer barely moves; its LR may be too low."),
+    "healthy": (QColor(190, 232, 190), "Healthy."),
+    "high": (QColor(255, 226, 150), "High: watch this layer."),
+    "too_high": (QColor(255, 160, 110), "Too high: the LR is probably too high for this layer."),
+}
+
+
+def ratio_health(ratio: float, frozen: bool, scheduled: bool) -> str:
+    """A key of HEALTH. `frozen`: every parameter frozen; `scheduled`: gradual unfreezing thaws it later."""
+    if ratio == 0:
+        if scheduled:
+            return "waiting"
+        return "frozen" if frozen else "dead"
+    if frozen and not scheduled:
+        return "moved"
+    if ratio < 1e-4:
+        return "low"
+    if ratio < 3e-3:
+        return "healthy"
+    return "high" if ratio < 1e-2 else "too_high"
+
+
+class FilterResult(NamedTuple):
+    shown: frozenset[str]  # modules that match, their ancestors and their descendants
+    expand: frozenset[str]  # ancestors of the matches, opened so the matches can be seen
+    matches: int
 
 
 class LayerTreeModel(QAbstractItemModel):
     plan_changed = Signal()  # after any edit or preset: read plan_config / report / summary()
+    base_lr_changed = Signal(float)  # the root's LR, which is the base LR
+    edit_refused = Signal(str)  # why an edit was not applied, for the person
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -40,42 +132,98 @@ class LayerTreeModel(QAbstractItemModel):
         self._weight_decay = 0.0
         self._report: dict = {}
         self._rows: list[dict] = []  # describe_plan's modules, in info.layers order
+        self._index_of: dict[str, int] = {}
         self._children: list[list[int]] = []
         self._parent: list[int] = []
         self._row_in_parent: list[int] = []
+        self._checks: list[Qt.CheckState | None] = []  # None: nothing to freeze, no checkbox
+        self._cells: list[tuple] = []  # per row, per column: what the cell shows (diffed after a change)
+        self._integrity: IntegrityReport | None = None
+        self._changed_under: dict[int, tuple[str, ...]] = {}  # row -> changed frozen tensors it owns
+        self._stats: dict[str, LayerStats] = {}
+        self._italic = QFont()
+        self._italic.setItalic(True)
+        self._role_answers = {
+            Qt.ItemDataRole.DisplayRole: self._display, Qt.ItemDataRole.EditRole: self._edit_value,
+            Qt.ItemDataRole.CheckStateRole: self._check_value, Qt.ItemDataRole.ForegroundRole: self._foreground,
+            Qt.ItemDataRole.BackgroundRole: self._background, Qt.ItemDataRole.FontRole: self._font,
+            Qt.ItemDataRole.TextAlignmentRole: self._alignment, Qt.ItemDataRole.ToolTipRole: self._tooltip,
+            NAME_ROLE: self._name,
+        }
 
     # --- the data behind the tree -------------------------------------------------------------
 
     def set_model_info(self, info: ModelInfo, config: PlanConfig, weight_decay: float = 0.0) -> None:
         """Show a new model; raises UserError (and changes nothing) when the plan does not fit it."""
         report = describe_plan(info, build_plan(config, info), weight_decay)
+        old_base = self.base_lr()
         self.beginResetModel()
         self._info, self._config, self._weight_decay = info, config, weight_decay
-        self._report, self._rows = report, report["modules"]
-        index_of = {layer.name: i for i, layer in enumerate(info.layers)}
+        self._set_structure(info)
+        self._clear_evidence_state()
+        self._set_report(report)
+        self._cells = self._all_cells()
+        self.endResetModel()
+        self.plan_changed.emit()
+        self._announce_base_lr(old_base)
+
+    def _set_structure(self, info: ModelInfo) -> None:
+        self._index_of = {layer.name: i for i, layer in enumerate(info.layers)}
         self._children = [[] for _ in info.layers]
         self._parent = [-1] * len(info.layers)
         self._row_in_parent = [0] * len(info.layers)
         for i, layer in enumerate(info.layers):
             if layer.parent is not None:
-                p = index_of[layer.parent]
+                p = self._index_of[layer.parent]
                 self._parent[i] = p
                 self._row_in_parent[i] = len(self._children[p])
                 self._children[p].append(i)
-        self.endResetModel()
-        self.plan_changed.emit()
 
     def set_plan_config(self, config: PlanConfig) -> None:
+        """Raises UserError (and changes nothing) when an edit does not fit the model."""
+        if config == self._config:
+            return
+        old_base = self.base_lr()
         self._recompute(config)
-        self._emit_all_changed()
+        self._refresh_cells()
         self.plan_changed.emit()
+        self._announce_base_lr(old_base)
 
     def set_weight_decay(self, weight_decay: float) -> None:
+        """The tree shows no weight decay: only the report's param groups change, no cell repaints."""
+        if weight_decay == self._weight_decay:
+            return
         self._weight_decay = weight_decay
-        self.set_plan_config(self._config)
+        if self._report:
+            self._report = with_weight_decay(self._report, weight_decay)
 
-    def apply_edit(self, edit: PlanEdit) -> None:
-        self.set_plan_config(self._config.with_edit(edit))
+    def base_lr(self) -> float:
+        """The root's LR, which is the base LR."""
+        return self._report["plan"]["base_lr"] if self._report else self._config.base_lr
+
+    def set_base_lr(self, lr: float) -> bool:
+        """Set the base LR (the root's LR); LRs set below the root are kept. False when refused."""
+        problem = lr_problem(lr)
+        if problem:
+            self.edit_refused.emit(problem)
+            return False
+        if lr != self.base_lr():
+            self.set_plan_config(with_base_lr(self._config, lr))
+        return True
+
+    def apply_edit(self, edit: PlanEdit) -> bool:
+        """Apply one edit; False (and edit_refused says why) when the engine refuses it."""
+        config = self._config
+        if edit.module == "" and edit.lr is not None:  # the root's LR is the base LR: see set_base_lr
+            config, edit = with_base_lr(config, edit.lr), replace(edit, lr=None)
+        if edit != PlanEdit(edit.module):
+            config = config.with_edit(edit)
+        try:
+            self.set_plan_config(config)
+        except UserError as exc:
+            self.edit_refused.emit(str(exc))
+            return False
+        return True
 
     @property
     def plan_config(self) -> PlanConfig:
@@ -93,13 +241,13 @@ class LayerTreeModel(QAbstractItemModel):
         return summary_line(self._report) if self._report else "No model"
 
     def module_row(self, name: str) -> dict:
-        return next(r for r in self._rows if r["name"] == name)
+        return self._rows[self._index_of[name]]
 
     def index_for(self, name: str, column: int = 0) -> QModelIndex:
-        for i, row in enumerate(self._rows):
-            if row["name"] == name:
-                return self.createIndex(self._row_in_parent[i], column, i)
-        return QModelIndex()
+        i = self._index_of.get(name)
+        if i is None:
+            return QModelIndex()
+        return self.createIndex(self._row_in_parent[i], column, i)
 
     def _recompute(self, config: PlanConfig) -> None:
         if self._info is None:
@@ -107,26 +255,136 @@ class LayerTreeModel(QAbstractItemModel):
             return
         plan = build_plan(config, self._info)  # raises UserError on a bad edit: state stays as it was
         self._config = config
-        self._report = describe_plan(self._info, plan, self._weight_decay)
-        self._rows = self._report["modules"]
+        self._set_report(describe_plan(self._info, plan, self._weight_decay))
 
-    def _emit_all_changed(self) -> None:
-        if not self._rows:
-            return
-        self.dataChanged.emit(self.index(0, 0), self.index(0, len(HEADERS) - 1))
-        for i, kids in enumerate(self._children):
-            if kids:
-                parent = self.createIndex(self._row_in_parent[i], 0, i)
-                self.dataChanged.emit(self.index(0, 0, parent), self.index(len(kids) - 1, len(HEADERS) - 1, parent))
+    def _set_report(self, report: dict) -> None:
+        self._report, self._rows = report, report["modules"]
+        self._checks = [_check_state(row) for row in self._rows]
+
+    def _announce_base_lr(self, old: float) -> None:
+        if self.base_lr() != old:
+            self.base_lr_changed.emit(self.base_lr())
+
+    # --- training evidence ---------------------------------------------------------------------
+
+    def set_integrity(self, report: IntegrityReport | None) -> None:
+        """Badges from the freeze-integrity check: ✓ on intact frozen modules, ⚠ on every module that
+        owns (itself or below) a changed tensor. None clears them."""
+        self._integrity = report
+        self._changed_under = self._owners_of(report.changed if report else ())
+        self._refresh_cells([Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.ToolTipRole])
+
+    def set_layer_stats(self, stats: dict[str, LayerStats]) -> None:
+        """Telemetry by dotted module name (the tree's first two levels): the Update ratio column."""
+        self._stats = dict(stats)
+        self._refresh_cells([Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.BackgroundRole, Qt.ItemDataRole.ToolTipRole])
+
+    def clear_evidence(self) -> None:
+        """A new run: no badges, no update ratios."""
+        self._clear_evidence_state()
+        self._refresh_cells()
+
+    def _clear_evidence_state(self) -> None:
+        self._integrity, self._changed_under, self._stats = None, {}, {}
+
+    def _owners_of(self, tensors: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+        owned: dict[int, list[str]] = {}
+        for tensor in tensors:
+            i = self._owner_row(tensor)
+            while i >= 0:
+                owned.setdefault(i, []).append(tensor)
+                i = self._parent[i]
+        return {i: tuple(names) for i, names in owned.items()}
+
+    def _owner_row(self, tensor: str) -> int:
+        """"layer1.0.bn1.running_mean" belongs to "layer1.0.bn1" (or the nearest module the tree has)."""
+        name = tensor.rpartition(".")[0]
+        while name not in self._index_of and name:
+            name = name.rpartition(".")[0]
+        return self._index_of.get(name, -1)
+
+    # --- finding modules -------------------------------------------------------------------------
+
+    def filter_rows(self, text: str) -> FilterResult:
+        """Modules whose dotted name or type contains every word of `text` (any case), with their
+        ancestors (to reach them) and descendants (to open them)."""
+        matched = self._matches(text.lower().split())
+        under_match = [False] * len(self._rows)
+        for i, p in enumerate(self._parent):  # info.layers lists a parent before its children
+            under_match[i] = matched[i] or (p >= 0 and under_match[p])
+        expand: set[str] = set()
+        for i in (i for i, m in enumerate(matched) if m):
+            p = self._parent[i]
+            while p >= 0 and self._rows[p]["name"] not in expand:
+                expand.add(self._rows[p]["name"])
+                p = self._parent[p]
+        shown = {row["name"] for row, show in zip(self._rows, under_match) if show} | expand
+        return FilterResult(frozenset(shown), frozenset(expand), sum(matched))
+
+    def _matches(self, words: list[str]) -> list[bool]:
+        return [bool(words) and all(w in f"{row['name']} {row['type']}".lower() for w in words) for row in self._rows]
+
+    # --- change notification ------------------------------------------------------------------
+
+    def _all_cells(self) -> list[tuple]:
+        return [self._cells_of(i) for i in range(len(self._rows))]
+
+    def _cells_of(self, i: int) -> tuple:
+        """Everything each cell of row i shows, so comparing two of these finds the changed cells."""
+        row, check = self._rows[i], self._checks[i]
+        greyed = check == Qt.CheckState.Checked and row["params"] > 0
+        return (
+            (),  # the name never changes: a change in column 0 makes QTreeView re-check every row in range
+            greyed,
+            (greyed, row["trainable_params"]),
+            (check, row["frozen"], row["frozen_inherited"], row["train_norm"], row["unfreeze_epoch"],
+             row["trainable_params"], self._badge(i)),
+            (row["lr"], row["lr_inherited"], check == Qt.CheckState.Checked),
+            (self._stats.get(row["name"]), check, row["unfreeze_epoch"]),
+        )
+
+    def _refresh_cells(self, roles: list | None = None) -> None:
+        old, self._cells = self._cells, self._all_cells()
+        changed = {}
+        for i, (before, after) in enumerate(zip(old, self._cells)):
+            if before != after:
+                columns = [c for c in range(len(HEADERS)) if before[c] != after[c]]
+                changed[i] = (columns[0], columns[-1])
+        self._emit_changed(changed, roles or [])
+
+    def _emit_changed(self, changed: dict[int, tuple[int, int]], roles: list) -> None:
+        """One dataChanged per run of contiguous changed siblings, spanning their changed columns."""
+        by_parent: dict[int, list[int]] = {}
+        for i in changed:
+            by_parent.setdefault(self._parent[i], []).append(i)
+        for p, rows in by_parent.items():
+            rows.sort(key=lambda i: self._row_in_parent[i])
+            run = [rows[0]]
+            for i in rows[1:]:
+                if self._row_in_parent[i] != self._row_in_parent[run[-1]] + 1:
+                    self._emit_run(run, changed, roles)
+                    run = []
+                run.append(i)
+            self._emit_run(run, changed, roles)
+
+    def _emit_run(self, run: list[int], changed: dict[int, tuple[int, int]], roles: list) -> None:
+        first, last = run[0], run[-1]
+        left = min(changed[i][0] for i in run)
+        right = max(changed[i][1] for i in run)
+        self.dataChanged.emit(self.createIndex(self._row_in_parent[first], left, first),
+                              self.createIndex(self._row_in_parent[last], right, last), roles)
 
     # --- QAbstractItemModel -----------------------------------------------------------------------
 
     def index(self, row: int, column: int, parent=QModelIndex()) -> QModelIndex:
-        if not self.hasIndex(row, column, parent):
+        # Called thousands of times per repaint: plain list lookups rather than hasIndex().
+        if not (self._rows and 0 <= column < len(HEADERS)):
             return QModelIndex()
         if not parent.isValid():
-            return self.createIndex(row, column, 0)  # the model itself is the one top-level row
-        kids = self._children[parent.internalId()]
+            return self.createIndex(row, column, 0) if row == 0 else QModelIndex()  # the model: one top row
+        kids = self._children[parent.internalId()] if parent.column() == 0 else []
+        if not 0 <= row < len(kids):
+            return QModelIndex()
         return self.createIndex(row, column, kids[row])
 
     def parent(self, index=QModelIndex()) -> QModelIndex:  # noqa: A003 - Qt's name
@@ -136,6 +394,17 @@ class LayerTreeModel(QAbstractItemModel):
         if p < 0:
             return QModelIndex()
         return self.createIndex(self._row_in_parent[p], 0, p)
+
+    def sibling(self, row: int, column: int, index: QModelIndex) -> QModelIndex:
+        """Same row, another column (what views ask most): no parent lookup needed."""
+        if index.isValid() and row == index.row() and 0 <= column < len(HEADERS):
+            return self.createIndex(row, column, index.internalId())
+        return super().sibling(row, column, index)
+
+    def hasChildren(self, parent=QModelIndex()) -> bool:
+        if not parent.isValid():
+            return bool(self._rows)
+        return parent.column() == 0 and bool(self._children[parent.internalId()])
 
     def rowCount(self, parent=QModelIndex()) -> int:
         if not self._rows:
@@ -150,124 +419,220 @@ class LayerTreeModel(QAbstractItemModel):
         return len(HEADERS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(HEADERS):
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(HEADERS):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
             return HEADERS[section]
+        if role == Qt.ItemDataRole.ToolTipRole and section == RATIO:
+            return RATIO_EXPLAINED + " Shown during training for the model's first two levels."
         return None
 
     def flags(self, index):
         if not index.isValid():
             return Qt.ItemFlag.NoItemFlags
         flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        if index.column() == FROZEN:
+        if index.column() == FROZEN and self._checks[index.internalId()] is not None:
             flags |= Qt.ItemFlag.ItemIsUserCheckable
         elif index.column() == LR:
             flags |= Qt.ItemFlag.ItemIsEditable
         return flags
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
+        answer = self._role_answers.get(role)  # most roles a view asks have no answer here
+        if answer is None or not index.isValid():
             return None
-        row = self._rows[index.internalId()]
-        col = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            if col == LAYER:
-                return row["name"].rpartition(".")[2] if row["name"] else self._info.arch
-            if col == TYPE:
-                return row["type"]
-            if col == PARAMS:
-                return f"{row['params']:,}" if row["params"] else ""
-            if col == LR:
-                return format_lr(row["lr"])
-            return None
-        if role == Qt.ItemDataRole.EditRole and col == LR:
-            return row["lr"]
-        if role == Qt.ItemDataRole.CheckStateRole and col == FROZEN:
-            return self._check_state(row)
-        if role == Qt.ItemDataRole.ForegroundRole:
-            if col == LR and (row["lr_inherited"] or self._check_state(row) == Qt.CheckState.Checked):
-                return INHERITED
-            if col in (LAYER, TYPE, PARAMS) and self._check_state(row) == Qt.CheckState.Checked and row["params"]:
-                return INHERITED
-        if role == Qt.ItemDataRole.FontRole and col == LR and row["lr_inherited"]:
-            font = QFont()
-            font.setItalic(True)
-            return font
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, LR):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(row, col)
-        if role == NAME_ROLE:
-            return row["name"]
-        return None
+        return answer(index.internalId(), index.column())
+
+    def _edit_value(self, i: int, col: int):
+        return self._rows[i]["lr"] if col == LR else None
+
+    def _check_value(self, i: int, col: int):
+        return self._checks[i] if col == FROZEN else None
+
+    def _font(self, i: int, col: int):
+        return self._italic if col == LR and self._rows[i]["lr_inherited"] else None
+
+    def _alignment(self, i: int, col: int):
+        return RIGHT_ALIGNED if col in (PARAMS, LR, RATIO) else None
+
+    def _background(self, i: int, col: int):
+        return self._ratio_background(i) if col == RATIO else None
+
+    def _name(self, i: int, col: int) -> str:
+        return self._rows[i]["name"]
 
     def setData(self, index, value, role=Qt.ItemDataRole.EditRole) -> bool:
         if not index.isValid():
             return False
-        name = self._rows[index.internalId()]["name"]
-        try:
-            if index.column() == FROZEN and role == Qt.ItemDataRole.CheckStateRole:
-                state = Qt.CheckState(value) if not isinstance(value, Qt.CheckState) else value
-                self.apply_edit(PlanEdit(name, frozen=state == Qt.CheckState.Checked))
-                return True
-            if index.column() == LR and role == Qt.ItemDataRole.EditRole:
-                if value is None or value == "":
-                    self.apply_edit(PlanEdit(name, inherit_lr=True))
-                    return True
-                lr = float(value)
-                if not (lr > 0 and math.isfinite(lr)):
-                    return False
-                self.apply_edit(PlanEdit(name, lr=lr))
-                return True
-        except (UserError, ValueError, TypeError):
-            return False
+        i = index.internalId()
+        if index.column() == FROZEN and role == Qt.ItemDataRole.CheckStateRole:
+            return self._set_frozen(i, value)
+        if index.column() == LR and role == Qt.ItemDataRole.EditRole:
+            return self._set_lr(i, value)
         return False
+
+    def _set_frozen(self, i: int, value) -> bool:
+        if self._checks[i] is None:
+            return False  # nothing to freeze: no parameters
+        state = value if isinstance(value, Qt.CheckState) else Qt.CheckState(value)
+        return self.apply_edit(PlanEdit(self._rows[i]["name"], frozen=state == Qt.CheckState.Checked))
+
+    def _set_lr(self, i: int, value) -> bool:
+        """`value`: a float, or text as typed ("" = inherit the parent's LR)."""
+        name = self._rows[i]["name"]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if name == "":
+                self.edit_refused.emit("The whole model's LR is the base LR: it has no parent to inherit from.")
+                return False
+            return self.apply_edit(PlanEdit(name, inherit_lr=True))
+        try:
+            lr = parse_lr(value) if isinstance(value, str) else float(value)
+        except (ValueError, TypeError) as exc:
+            self.edit_refused.emit(str(exc))
+            return False
+        if name == "":
+            return self.set_base_lr(lr)
+        problem = lr_problem(lr)
+        if problem:
+            self.edit_refused.emit(problem)
+            return False
+        return self.apply_edit(PlanEdit(name, lr=lr))
 
     # --- presentation helpers -------------------------------------------------------------------
 
-    @staticmethod
-    def _check_state(row: dict) -> Qt.CheckState:
-        if row["params"]:
-            if row["trainable_params"] == 0:
-                return Qt.CheckState.Checked
-            if row["trainable_params"] < row["params"]:
-                return Qt.CheckState.PartiallyChecked
-            return Qt.CheckState.Unchecked
-        return Qt.CheckState.Checked if row["frozen"] else Qt.CheckState.Unchecked
-
-    @staticmethod
-    def _tooltip(row: dict, col: int) -> str:
-        name = row["name"] or "the whole model"
+    def _display(self, i: int, col: int):
+        row = self._rows[i]
+        if col == LAYER:
+            return row["name"].rpartition(".")[2] if row["name"] else self._info.arch
+        if col == TYPE:
+            return row["type"]
+        if col == PARAMS:
+            return f"{row['params']:,}" if row["params"] else ""
+        if col == LR:
+            return format_lr(row["lr"])
         if col == FROZEN:
-            if row["params"] and 0 < row["trainable_params"] < row["params"]:
-                text = f"Partly frozen: {row['trainable_params']:,} of {row['params']:,} parameters train."
-            else:
-                text = f"{name} is {'frozen' if row['frozen'] else 'trained'}"
-                text += " (inherited)." if row["frozen_inherited"] and row["name"] else "."
-            if row["is_norm"] and row["frozen"]:
-                text += (" Its running statistics update in training." if row["train_norm"]
-                         else " Eval mode: running statistics stay exactly as loaded.")
-            if row["unfreeze_epoch"] is not None:
-                text += f" Gradual unfreezing: trains from epoch {row['unfreeze_epoch'] + 1}."
-            return text + " Checking sets the whole subtree."
+            badge = self._badge(i)
+            return BADGE_TEXT[badge[0]] if badge else None
+        if col == RATIO:
+            stats = self._stats.get(row["name"])
+            return None if stats is None else ("0" if stats.update_ratio == 0 else f"{stats.update_ratio:.1e}")
+        return None
+
+    def _foreground(self, i: int, col: int):
+        row, checked = self._rows[i], self._checks[i] == Qt.CheckState.Checked
+        if col == LR and (row["lr_inherited"] or checked):
+            return INHERITED
+        if col in (TYPE, PARAMS) and checked and row["params"]:  # not LAYER: see _cells_of
+            return INHERITED
+        if col == FROZEN and self._badge(i):
+            return INTACT if self._badge(i)[0] == "intact" else ALARM
+        return None
+
+    def _badge(self, i: int) -> tuple:
+        """("changed", tensors), ("intact", epoch, checked) or () for row i."""
+        report = self._integrity
+        if report is None:
+            return ()
+        if i in self._changed_under:
+            return ("changed", self._changed_under[i])
+        row = self._rows[i]
+        still_frozen = row["unfreeze_epoch"] is None or row["unfreeze_epoch"] >= report.epoch
+        if self._checks[i] == Qt.CheckState.Checked and still_frozen:
+            return ("intact", report.epoch, report.checked)
+        return ()
+
+    def _health(self, i: int) -> str | None:
+        row = self._rows[i]
+        stats = self._stats.get(row["name"])
+        if stats is None:
+            return None
+        return ratio_health(stats.update_ratio, self._checks[i] == Qt.CheckState.Checked,
+                            row["unfreeze_epoch"] is not None)
+
+    def _ratio_background(self, i: int):
+        health = self._health(i)
+        colour = HEALTH[health][0] if health else None
+        return QBrush(colour) if colour is not None else None
+
+    def _tooltip(self, i: int, col: int) -> str:
+        row = self._rows[i]
+        if col == FROZEN:
+            return self._badge_tooltip(i) + self._frozen_tooltip(i)
         if col == LR:
             source = "inherited from a parent" if row["lr_inherited"] else "set here"
-            return f"Learning rate {row['lr']:.3g} ({source}). Double-click to edit; the value applies to the subtree."
+            if row["name"] == "":
+                source = "the base LR; LRs set below it are kept when it changes"
+            return (f"Learning rate {lr_text(row['lr'])} ({source}). Double-click to edit ({LR_RANGE}); "
+                    "the value applies to the subtree; empty = inherit.")
         if col == PARAMS:
             return f"{row['params']:,} parameters, {row['trainable_params']:,} trainable."
-        return name
+        if col == RATIO:
+            return self._ratio_tooltip(i)
+        if row["name"] == "":
+            return f"{self._info.arch}: the whole model ({row['type']})"
+        return f"{row['name']} ({row['type']})"
+
+    def _frozen_tooltip(self, i: int) -> str:
+        row = self._rows[i]
+        name = row["name"] or "the whole model"
+        if self._checks[i] is None:
+            return f"{row['type']} has no parameters: there is nothing to freeze."
+        if row["params"] and 0 < row["trainable_params"] < row["params"]:
+            text = f"Partly frozen: {row['trainable_params']:,} of {row['params']:,} parameters train."
+        else:
+            text = f"{name} is {'frozen' if row['frozen'] else 'trained'}"
+            text += " (inherited)." if row["frozen_inherited"] and row["name"] else "."
+        if row["is_norm"] and row["frozen"]:
+            text += (" Its running statistics update in training." if row["train_norm"]
+                     else " Eval mode: running statistics stay exactly as loaded.")
+        if row["unfreeze_epoch"] is not None:
+            text += f" Gradual unfreezing: trains from epoch {row['unfreeze_epoch'] + 1}."
+        return text + " Checking sets the whole subtree."
+
+    def _badge_tooltip(self, i: int) -> str:
+        badge = self._badge(i)
+        if not badge:
+            return ""
+        if badge[0] == "intact":
+            return f"✓ Unchanged, checked after epoch {badge[1]} ({badge[2]:,} tensors).\n"
+        tensors = badge[1]
+        more = f" and {len(tensors) - MAX_NAMED_TENSORS} more" if len(tensors) > MAX_NAMED_TENSORS else ""
+        return (f"⚠ Changed although frozen (checked after epoch {self._integrity.epoch}): "
+                f"{', '.join(tensors[:MAX_NAMED_TENSORS])}{more}.\n")
+
+    def _ratio_tooltip(self, i: int) -> str:
+        stats = self._stats.get(self._rows[i]["name"])
+        if stats is None:
+            return RATIO_EXPLAINED + " Shown during training for the model's first two levels."
+        verdict = HEALTH[self._health(i)][1]
+        return (f"Update ratio {stats.update_ratio:.2e}: {verdict}\n{RATIO_EXPLAINED}\n"
+                f"Gradient norm {stats.grad_norm:.3g} · zero gradients {100 * stats.zero_grad_fraction:.1f} %")
+
+
+def _check_state(row: dict) -> Qt.CheckState | None:
+    """None for a module with nothing to freeze (no parameters, not a norm layer whose mode matters)."""
+    if row["params"]:
+        if row["trainable_params"] == 0:
+            return Qt.CheckState.Checked
+        if row["trainable_params"] < row["params"]:
+            return Qt.CheckState.PartiallyChecked
+        return Qt.CheckState.Unchecked
+    if not row["is_norm"]:
+        return None
+    return Qt.CheckState.Checked if row["frozen"] else Qt.CheckState.Unchecked
 
 
 class ScientificSpinBox(QDoubleSpinBox):
-    """Edits learning rates: scientific notation, steps along 1-2-5 per decade."""
+    """Edits learning rates: scientific notation as typed, steps along 1-2-5 per decade."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setDecimals(12)
-        self.setRange(1e-9, 10.0)
+        self.setDecimals(18)  # the value is rounded to this many decimals: keep 6 digits down to 1e-8
+        self.setRange(MIN_LR, MAX_LR)
         self.setKeyboardTracking(False)
 
     def textFromValue(self, value: float) -> str:
-        return format_lr(value)
+        return lr_text(value)
 
     def valueFromText(self, text: str) -> float:
         try:
@@ -298,22 +663,52 @@ def _next_125(value: float, up: bool) -> float:
     return next(v for v in reversed(ladder) if v < value * (1 - 1e-9))
 
 
+LR_EDITOR_HINT = f"Learning rate for this module and everything below it ({LR_RANGE}); arrow keys step 1-2-5."
+
+
+class LrEditor(ScientificSpinBox):
+    """The tree's LR editor. It remembers what the person entered: the spin box puts its last valid
+    value back when text it cannot read is confirmed, but the model must see that text to say why
+    it refuses it; and opening and closing the editor without entering anything sets no LR."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.entered: str | None = None  # typed text, or the value stepped to; None: nothing entered
+        self.setToolTip(LR_EDITOR_HINT)
+        self.lineEdit().textEdited.connect(self._typed)
+        self.valueChanged.connect(self._stepped)
+
+    def start(self, lr: float) -> None:
+        self.setValue(lr)
+        self.entered = None
+
+    def _typed(self, text: str) -> None:
+        self.entered = text
+        try:
+            parse_lr(text) if text.strip() else None
+        except ValueError as exc:
+            self.setToolTip(str(exc))
+            return
+        self.setToolTip(LR_EDITOR_HINT)
+
+    def _stepped(self, value: float) -> None:
+        self.entered = self.text()
+
+
 class LrDelegate(QStyledItemDelegate):
     def createEditor(self, parent, option, index):
-        editor = ScientificSpinBox(parent)
-        editor.setToolTip("Learning rate for this module and everything below it; arrow keys step 1-2-5.")
-        return editor
+        return LrEditor(parent)
 
     def setEditorData(self, editor, index):
-        editor.setValue(float(index.data(Qt.ItemDataRole.EditRole)))
+        editor.start(float(index.data(Qt.ItemDataRole.EditRole)))
 
     def setModelData(self, editor, model, index):
-        editor.interpretText()
-        model.setData(index, editor.value(), Qt.ItemDataRole.EditRole)
+        if editor.entered is not None:  # the text as entered: the model parses it and says why it refuses it
+            model.setData(index, editor.entered, Qt.ItemDataRole.EditRole)
 
 
 class LayerTreeView(QTreeView):
-    """The tree with its LR editor and a context menu for the subtree operations."""
+    """The tree with its LR editor, a filter and a context menu for the subtree operations."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -327,18 +722,69 @@ class LayerTreeView(QTreeView):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._show_menu)
         self.setToolTip("Every module of the model: tick Frozen to stop it training, double-click LR to set its learning rate.")
+        self._filter = ""
+        self._hidden: set[str] = set()
 
     def setModel(self, model) -> None:  # noqa: N802 - Qt override
         super().setModel(model)
         header = self.header()
         header.setStretchLastSection(False)
+        # Never ResizeToContents: it asks data() of every row after every change (seconds on big trees).
         header.setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
-        for col in (TYPE, PARAMS, FROZEN, LR):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        model.modelReset.connect(self._expand_top)
+        for col in range(TYPE, len(HEADERS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        model.modelReset.connect(self._on_model_reset)
+        model.edit_refused.connect(self._show_refusal)
+        self._fit_columns()
 
-    def _expand_top(self) -> None:
+    def _on_model_reset(self) -> None:
+        self._hidden = set()  # a reset forgets hidden rows
         self.expandToDepth(0)
+        self._fit_columns()
+        if self._filter:
+            self.set_filter(self._filter)
+
+    def _fit_columns(self) -> None:
+        """Column widths from the texts they can hold, measured once per model."""
+        info = self.model().model_info
+        widest = {TYPE: ["Type", "BatchNorm2d"], PARAMS: ["Params", "88,888,888"], FROZEN: ["Frozen ✓", "Frozen"],
+                  LR: ["LR", "8.888e-08"], RATIO: [HEADERS[RATIO], "8.8e-08"]}
+        if info is not None:
+            widest[TYPE] = ["Type"] + sorted({layer.type for layer in info.layers}, key=len)[-1:]
+            widest[PARAMS] = ["Params", f"{max(layer.params for layer in info.layers):,}"]
+        metrics = self.fontMetrics()
+        for col, texts in widest.items():
+            extra = 44 if col == FROZEN else 24  # the checkbox, or the cell's margins and the sort arrow
+            self.header().resizeSection(col, max(metrics.horizontalAdvance(t) for t in texts) + extra)
+
+    def _show_refusal(self, message: str) -> None:
+        rect = self.visualRect(self.currentIndex())
+        QToolTip.showText(self.viewport().mapToGlobal(rect.bottomLeft()), message, self.viewport())
+
+    # --- the filter -------------------------------------------------------------------------------
+
+    def set_filter(self, text: str) -> int:
+        """Show only modules whose dotted name or type contains every word of `text`, with their
+        ancestors (opened) and descendants; "" shows everything. Returns how many modules match."""
+        self._filter = text.strip()
+        model = self.model()
+        if not isinstance(model, LayerTreeModel) or model.model_info is None:
+            return 0
+        result = model.filter_rows(self._filter)
+        names = {layer.name for layer in model.model_info.layers if layer.name}
+        hidden = names - result.shown if self._filter else set()
+        for name in hidden ^ self._hidden:
+            index = model.index_for(name)
+            self.setRowHidden(index.row(), index.parent(), name in hidden)
+        self._hidden = hidden
+        for name in result.expand:
+            self.expand(model.index_for(name))
+        return result.matches
+
+    def filter_text(self) -> str:
+        return self._filter
+
+    # --- the context menu ---------------------------------------------------------------------------
 
     def _show_menu(self, pos) -> None:
         index = self.indexAt(pos)
@@ -368,12 +814,25 @@ class LayerTreeView(QTreeView):
         menu.popup(self.viewport().mapToGlobal(pos))
 
     def _ask_lr(self, model: LayerTreeModel, name: str, current: float) -> None:
-        text, ok = QInputDialog.getText(self, "Learning rate", f"LR for {name or 'the whole model'}:", text=format_lr(current))
+        text, ok = QInputDialog.getText(self, "Learning rate", f"LR for {name or 'the whole model'} ({LR_RANGE}):",
+                                        text=lr_text(current))
         if ok:
-            try:
-                lr = float(text)
-            except ValueError:
-                return
-            if lr > 0:
-                model.apply_edit(PlanEdit(name, lr=lr))
+            model.setData(model.index_for(name, LR), text, Qt.ItemDataRole.EditRole)
 
+
+class LayerFilterEdit(QLineEdit):
+    """The tree's search box: filters `view` by dotted name or type as the person types."""
+
+    def __init__(self, view: LayerTreeView, parent=None):
+        super().__init__(parent)
+        self.setObjectName("layerFilter")
+        self.setPlaceholderText("Filter layers by name or type, e.g. layer3.1 or BatchNorm")
+        self.setClearButtonEnabled(True)
+        self.setToolTip("Shows the modules whose dotted name or type contains every word typed.")
+        self._view = view
+        self.textChanged.connect(self._filter)
+
+    def _filter(self, text: str) -> None:
+        matches = self._view.set_filter(text)
+        self.setToolTip(f"{matches} modules match." if text.strip() else
+                        "Shows the modules whose dotted name or type contains every word typed.")

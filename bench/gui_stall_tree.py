@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""The longest GUI-thread stall when the person edits a big, fully expanded layer tree.
+
+Offscreen. For each architecture (weights "none": nothing is downloaded) a LayerTreeModel and a
+LayerTreeView are built, every row expanded, the view shown; then each scenario runs on the GUI
+thread while a 10 ms QTimer ticks, and the longest gap between ticks is the stall the person
+would feel. Prints one JSON line per scenario: the stall, the time in the edit itself, and how many
+dataChanged signals and data() calls the edit and its repaint cost.
+
+    python bench/gui_stall_tree.py [--archs resnet152,efficientnet_b0,convnext_tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from engine.config import PlanConfig  # noqa: E402
+from engine.models import build_model  # noqa: E402
+from widgets.layer_tree import FROZEN, LR, LayerTreeModel, LayerTreeView  # noqa: E402
+
+ARCHS = ("resnet152", "efficientnet_b0", "convnext_tiny")
+TICK_MS = 10
+SETTLE_MS = 600  # after the edit: long enough for the repaint it causes
+
+
+class CountingModel(LayerTreeModel):
+    """Counts the view's data() calls: the model-side cost of an edit."""
+
+    def __init__(self):
+        super().__init__()
+        self.data_calls = 0
+        self.data_changed = 0
+        self.dataChanged.connect(self._count_change)
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        self.data_calls += 1
+        return super().data(index, role)
+
+    def _count_change(self, *_args) -> None:
+        self.data_changed += 1
+
+
+def longest_stall(action) -> tuple[float, float]:
+    """(longest gap between 10 ms ticks in ms, seconds spent in `action` itself)."""
+    gaps: list[int] = []
+    clock = QElapsedTimer()
+    ticker = QTimer()
+    ticker.setTimerType(Qt.TimerType.PreciseTimer)
+    ticker.setInterval(TICK_MS)
+    ticker.timeout.connect(lambda: gaps.append(clock.restart()))
+    spent = []
+
+    def run():
+        start = time.perf_counter()
+        action()
+        spent.append(time.perf_counter() - start)
+
+    clock.start()
+    ticker.start()
+    QTimer.singleShot(50, run)
+    loop = QEventLoop()
+    QTimer.singleShot(50 + SETTLE_MS, loop.quit)
+    loop.exec()
+    ticker.stop()
+    return float(max(gaps)), spent[0]
+
+
+def biggest_top_level_stage(model: LayerTreeModel) -> str:
+    """The root's child with the most modules below it (layer3 of a resnet, features of the others)."""
+    info = model.model_info
+    tops = [layer.name for layer in info.layers if layer.parent == ""]
+    return max(tops, key=lambda top: sum(1 for layer in info.layers if layer.name.startswith(top + ".")))
+
+
+def scenarios(model: LayerTreeModel, stage: str) -> list[tuple[str, object]]:
+    check = Qt.ItemDataRole.CheckStateRole
+
+    def preset(strategy):
+        return lambda: model.set_plan_config(replace(model.plan_config, strategy=strategy, edits=()))
+
+    def base_lr(value):  # as the window's Base LR box does
+        return lambda: model.set_plan_config(replace(model.plan_config, base_lr=value))
+
+    return [
+        ("preset fine-tune", preset("fine-tune")),
+        ("preset discriminative", preset("discriminative")),
+        ("preset gradual", preset("gradual")),
+        ("preset feature-extraction", preset("feature-extraction")),
+        (f"frozen click {stage}", lambda: model.setData(model.index_for(stage, FROZEN), Qt.CheckState.Unchecked.value, check)),
+        (f"frozen click {stage} again", lambda: model.setData(model.index_for(stage, FROZEN), Qt.CheckState.Checked.value, check)),
+        (f"LR edit {stage}", lambda: model.setData(model.index_for(stage, LR), 2.5e-4, Qt.ItemDataRole.EditRole)),
+        ("weight decay edit", lambda: model.set_weight_decay(0.05)),
+        ("base LR edit", base_lr(3e-4)),
+    ]
+
+
+def bench_arch(arch: str) -> None:
+    info = build_model(arch, 10, "none").info
+    model = CountingModel()
+    view = LayerTreeView()
+    view.setModel(model)
+    view.resize(1000, 800)
+    model.set_model_info(info, PlanConfig(strategy="feature-extraction"), 0.01)
+    view.show()
+    view.expandAll()
+    longest_stall(lambda: None)  # settle: the first layout and paint of the expanded tree
+    stage = biggest_top_level_stage(model)
+    for name, action in scenarios(model, stage):
+        model.data_calls = model.data_changed = 0
+        stall_ms, edit_s = longest_stall(action)
+        print(json.dumps({"arch": arch, "modules": len(info.layers), "scenario": name,
+                          "max_gap_ms": stall_ms, "edit_ms": round(edit_s * 1000, 2),
+                          "data_changed": model.data_changed, "data_calls": model.data_calls}), flush=True)
+    view.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default=",".join(ARCHS))
+    args = parser.parse_args()
+    app = QApplication.instance() or QApplication(sys.argv)  # noqa: F841 - kept alive for the run
+    for arch in args.archs.split(","):
+        bench_arch(arch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
