@@ -1,7 +1,7 @@
 """The `transfer-studio` command: gui (default), demo-data, layers, train, predict.
 
 Every sub-command is a thin layer over the engine. Bad input ends with one line on stderr and
-exit code 2; a diverged run with exit code 1.
+exit code 2; a run that fails (diverged, frozen tensors changed) or a failed parity check with 1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.config import (AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
                            ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project)
-from engine.errors import TrainingDiverged, UserError
+from engine.errors import RunFailed, UserError
 from engine.export import ParityError
 
 
@@ -77,12 +77,45 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", action=_PlanEditAction, metavar="MODULE=LR", help="LR of a module and its subtree")
     g.add_argument("--train-norm", action=_PlanEditAction, metavar="MODULE",
                    help="let a frozen module's norm layers update their running statistics")
-    p.set_defaults(edits=[])
 
 
 def _plan_config(args) -> PlanConfig:
     return PlanConfig(strategy=args.strategy, base_lr=args.base_lr, discriminative_factor=args.discriminative_factor,
-                      gradual_every=args.gradual_every, edits=tuple(args.edits))
+                      gradual_every=args.gradual_every, edits=tuple(getattr(args, "edits", ())))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
+    p.add_argument("--project", help="project file with every setting; flags given here override its values")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run from its last completed epoch with its own settings "
+                            "(--epochs sets the new total; --device and --workers may change)")
+    _add_model_args(p)
+    _add_plan_args(p)
+    t = TrainConfig()
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
+    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
+    p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
+    p.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default {t.epochs})")
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--image-size", type=int, default=DataConfig().image_size)
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
+    p.add_argument("--val-fraction", type=float, default=DataConfig().val_fraction)
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
+    p.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
+    p.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, default=t.precision)
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN autotune convolutions (slow first epoch, may pay off on long runs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--no-telemetry", action="store_true",
+                   help="skip the per-layer gradient norms and update ratios (sampled about twice a second)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,34 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_args(layers)
 
     train = sub.add_parser("train", help="train a classifier on a folder of images")
-    train.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
-    train.add_argument("--project", help="project file with every setting; flags given here are ignored")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue a run from its last completed epoch (--epochs sets the new total)")
-    _add_model_args(train)
-    _add_plan_args(train)
-    t = TrainConfig()
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
-    train.add_argument("--weight-decay", type=float, default=t.weight_decay)
-    train.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
-    train.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
-    train.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
-    train.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default {t.epochs})")
-    train.add_argument("--batch-size", type=int, default=t.batch_size)
-    train.add_argument("--image-size", type=int, default=DataConfig().image_size)
-    train.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
-    train.add_argument("--val-fraction", type=float, default=DataConfig().val_fraction)
-    train.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
-    train.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
-    train.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
-    train.add_argument("--precision", choices=PRECISIONS, default=t.precision)
-    train.add_argument("--cudnn-benchmark", action="store_true",
-                       help="let cuDNN autotune convolutions (slow first epoch, may pay off on long runs)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    train.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement")
-    train.add_argument("--seed", type=int, default=t.seed)
-    train.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
-    train.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    _add_train_args(train)
 
     export = sub.add_parser("export", help="export a checkpoint (pt, safetensors, torchscript, onnx) with a parity check")
     export.add_argument("checkpoint")
@@ -162,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "gui":
             return _gui(getattr(args, "data", None), getattr(args, "project", None))
-        handlers = {"demo-data": _demo_data, "layers": _layers, "train": _train, "export": _export, "predict": _predict}
+        if command == "train":
+            return _train(args, list(sys.argv[1:] if argv is None else argv))
+        handlers = {"demo-data": _demo_data, "layers": _layers, "export": _export, "predict": _predict}
         return handlers[command](args)
-    except (TrainingDiverged, ParityError) as exc:
+    except (RunFailed, ParityError) as exc:
         print(f"transfer-studio: error: {exc}", file=sys.stderr)
         return 1
     except UserError as exc:
@@ -219,40 +227,82 @@ def _layers(args) -> int:
     return 0
 
 
-def train_config_from_args(args) -> RunConfig:
+# train flag (argparse dest) -> (config section, field); a flag given on the command line wins over
+# the project file, and on --resume only the flags in RESUMABLE may change.
+_TRAIN_FLAGS = {
+    "data": ("data", "root"), "val_fraction": ("data", "val_fraction"), "image_size": ("data", "image_size"),
+    "augment": ("data", "augment"), "workers": ("data", "num_workers"), "model": ("model", "arch"),
+    "weights": ("model", "weights"), "strategy": ("plan", "strategy"), "base_lr": ("plan", "base_lr"),
+    "discriminative_factor": ("plan", "discriminative_factor"), "gradual_every": ("plan", "gradual_every"),
+    "optimizer": ("train", "optimizer"), "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
+    "warmup_epochs": ("train", "warmup_epochs"), "label_smoothing": ("train", "label_smoothing"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "device": ("train", "device"),
+    "precision": ("train", "precision"), "cudnn_benchmark": ("train", "cudnn_benchmark"),
+    "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
+    "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
+}
+_NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off
+RESUMABLE = {"epochs", "device", "workers"}  # what may differ when a run continues
+
+
+def given_train_flags(argv: list[str]) -> dict:
+    """The train flags actually typed (dest -> value), without argparse's defaults."""
+    parser = _OneLineParser(prog="transfer-studio train")
+    _add_train_args(parser)
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public way to drop defaults
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv[argv.index("train") + 1:]))
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def train_config_from_args(args, given: dict) -> RunConfig:
     from engine.demo import ensure_demo_dataset
 
+    if args.resume and args.project:
+        raise UserError("--resume continues a run with its own settings; it cannot take --project as well")
     if args.resume:
-        from engine.trainer import load_run_config
+        from engine.run_folder import RunFolder
 
-        config = load_run_config(args.resume)
-        train = replace(config.train, epochs=args.epochs or config.train.epochs)
-        return replace(config, train=train, out_dir=args.resume)
-    if args.project:
-        config = load_project(args.project)
-    else:
-        config = RunConfig(
-            data=DataConfig(root=args.data or str(ensure_demo_dataset()), val_fraction=args.val_fraction,
-                            image_size=args.image_size, augment=args.augment, num_workers=args.workers,
-                            feature_cache=not args.no_feature_cache),
-            model=ModelConfig(arch=args.model, weights=args.weights),
-            plan=_plan_config(args),
-            train=TrainConfig(epochs=args.epochs or TrainConfig().epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                              weight_decay=args.weight_decay, schedule=args.schedule,
-                              warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                              device=args.device, precision=args.precision, seed=args.seed,
-                              cudnn_benchmark=args.cudnn_benchmark, compile=args.compile,
-                              early_stopping_patience=args.patience),
-        )
+        refused = [_flag(d) for d in sorted(given) if (d in _TRAIN_FLAGS or d == "out") and d not in RESUMABLE]
+        if given.get("edits"):
+            refused.append("--freeze/--unfreeze/--lr/--train-norm")
+        if refused:
+            flags = ", ".join(refused)
+            raise UserError(f"{flags}: a continued run keeps the settings it started with (only --epochs, "
+                            f"--device and --workers may change); start a new run to change them")
+        base = RunFolder(args.resume).load_config()
+        return replace(_with_flags(base, given), out_dir=args.resume)
+    base = load_project(args.project) if args.project else RunConfig(data=DataConfig(root=""))
+    config = _with_flags(base, given)
+    if not config.data.root:
+        config = replace(config, data=replace(config.data, root=str(ensure_demo_dataset())))
     out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     return replace(config, out_dir=out)
 
 
-def _train(args) -> int:
+def _with_flags(config: RunConfig, given: dict) -> RunConfig:
+    """`config` with every flag the person typed applied; plan edits are added after the file's."""
+    sections = {name: {} for name in ("data", "model", "plan", "train")}
+    for dest, value in given.items():
+        if dest in _TRAIN_FLAGS:
+            section, field_name = _TRAIN_FLAGS[dest]
+            sections[section][field_name] = (not value) if dest in _NEGATED else value
+    plan = replace(config.plan, **sections["plan"])
+    if given.get("edits"):
+        plan = replace(plan, edits=plan.edits + tuple(given["edits"]))
+    return replace(config, data=replace(config.data, **sections["data"]),
+                   model=replace(config.model, **sections["model"]), plan=plan,
+                   train=replace(config.train, **sections["train"]))
+
+
+def _train(args, argv: list[str]) -> int:
     from app.progress import ProgressPrinter
     from engine.trainer import fit
 
-    config = train_config_from_args(args)
+    config = train_config_from_args(args, given_train_flags(argv))
     config.validate()
     progress = ProgressPrinter(sys.stderr)
     result = fit(config, progress, resume=bool(args.resume))
