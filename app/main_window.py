@@ -1,40 +1,39 @@
 """The main window: layout and signal wiring only.
 
-Data, model and training panels on the left and right, live plots below the training controls.
-Scanning a folder and building a layer tree run as background tasks; training runs in the
-TrainingController's QThread. Start freezes every control's value into one immutable RunConfig.
+Data and model panels on the left, training controls and live plots on the right, each side
+in splitters with scrolling panels so the window fits a 1024×700 screen. What the window shows
+comes from one `Session` (app/session.py): panels hand it the person's edits and show what its
+signals say; training events come from the session's TrainingController as the engine's own
+frozen dataclasses.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PySide6.QtCore import QSettings, Qt, Slot
 from PySide6.QtGui import QAction, QIcon, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox, QSplitter, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
+                               QSplitter, QWidget)
 
-from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig, load_project, save_project
-from engine.data import scan_dataset
-from engine.demo import ensure_demo_dataset
+from app.session import RunState, Session
+from app.worker import RunFailure
+from engine.config import TrainConfig, load_project, save_project
 from engine.errors import UserError
-from engine.export import default_path, export, parity_batch
-from engine.models import build_model, weights_cache_path
-from engine.run_folder import RunFolder
-from app.worker import BackgroundTasks, TrainingController
-from widgets.data_panel import DataPanel, make_thumbnail
-from widgets.export_dialog import ExportDialog, checkpoint_meta
+from engine.events import BatchEvent, EpochEvent, RunStarted
+from engine.models import ModelInfo
+from widgets.data_panel import DataPanel
+from widgets.export_dialog import ExportDialog, meta_from_record
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
-from widgets.training_panel import TrainingPanel
+from widgets.training_panel import TrainingPanel, result_line
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
 MAX_RECENT = 8
+DEFAULT_SIZE = (1400, 900)
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -45,14 +44,14 @@ def available_devices() -> list[tuple[str, str]]:
     return devices
 
 
-def scan_with_thumbnails(folder: str, val_fraction: float, seed: int):
-    """Runs in a background task: the scan plus three thumbnails per class."""
-    scan = scan_dataset(folder, val_fraction, seed)
-    thumbnails = {}
-    for label, name in enumerate(scan.class_names):
-        paths = [s.path for s in scan.train if s.label == label][:3]
-        thumbnails[name] = [make_thumbnail(p) for p in paths]
-    return scan.summary(), thumbnails
+def scrolling(panel: QWidget) -> QScrollArea:
+    """The panel at its natural size when there is room, scrolled when the window is small."""
+    area = QScrollArea()
+    area.setWidget(panel)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    return area
 
 
 class MainWindow(QMainWindow):
@@ -62,54 +61,59 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Transfer Studio")
         self.settings = settings or QSettings()
         self.confirm_close = confirm_close
-        self.tasks = BackgroundTasks(self)
-        self.controller = TrainingController(self)
-        self.data_folder = ""
-        self.scan_summary: dict | None = None
-        self.num_classes = 0
-        self.last_checkpoint: str | None = None
-        self.run_folder = ""
-        self._pending_plan: PlanConfig | None = None  # restored from a project once the tree exists
-
+        self.session = Session(self.runs_root(), self)
         self.data_panel = DataPanel()
         self.model_panel = ModelPanel()
         self.training_panel = TrainingPanel(available_devices())
         self.plots = TrainingPlots()
+        self.export_dialog: ExportDialog | None = None
         self._build_layout()
         self._build_menus()
         self._build_status_bar()
         self._connect()
+        self.session.announce()
         self.setAcceptDrops(True)
-        self._refresh_device_label()
         geometry = self.settings.value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1400, 900)
+            self.resize(*DEFAULT_SIZE)
+
+    # --- what tests, benchmarks and scripts ask ----------------------------------------------------
+
+    @property
+    def controller(self):
+        return self.session.controller
 
     @property
     def is_ready(self) -> bool:
-        """A dataset is scanned and its model's layer tree is built: Start can run."""
-        return self.scan_summary is not None and self.model_panel.tree_model.model_info is not None
+        """A dataset is split and its model's layer tree is built: Start can run."""
+        return self.session.is_ready
+
+    def runs_root(self) -> Path:
+        return Path(self.settings.value("paths/runs", str(Path.home() / "TransferStudio" / "runs")))
 
     # --- construction -----------------------------------------------------------------------------
 
     def _build_layout(self) -> None:
         left = QSplitter(Qt.Orientation.Vertical)
-        left.addWidget(self.data_panel)
-        left.addWidget(self.model_panel)
-        left.setStretchFactor(1, 2)
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        right_layout.addWidget(self.training_panel)
-        right_layout.addWidget(self.plots, 1)
+        left.setObjectName("leftSplitter")
+        left.addWidget(scrolling(self.data_panel))
+        left.addWidget(scrolling(self.model_panel))
+        left.setStretchFactor(1, 3)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.setObjectName("rightSplitter")
+        right.addWidget(scrolling(self.training_panel))
+        right.addWidget(scrolling(self.plots))
+        right.setStretchFactor(1, 3)
         main = QSplitter(Qt.Orientation.Horizontal)
+        main.setObjectName("mainSplitter")
         main.addWidget(left)
         main.addWidget(right)
         main.setStretchFactor(0, 1)
         main.setStretchFactor(1, 1)
-        main.setSizes([700, 700])
+        for splitter in (left, right, main):
+            splitter.setChildrenCollapsible(False)
         self.setCentralWidget(main)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
@@ -127,11 +131,11 @@ class MainWindow(QMainWindow):
                                          "Start over on the demo dataset with default settings."))
         file_menu.addAction(self._action("&Open project…", self._open_project_dialog, QKeySequence.StandardKey.Open,
                                          "Open a project file."))
-        file_menu.addAction(self._action("Open &dataset folder…", self.data_panel._browse, "Ctrl+Shift+O",
+        file_menu.addAction(self._action("Open &dataset folder…", self.data_panel.browse, "Ctrl+Shift+O",
                                          "Choose the dataset folder."))
         self.recent_menu = file_menu.addMenu("Recent projects")
         file_menu.addAction(self._action("&Save project…", self._save_project_dialog, QKeySequence.StandardKey.Save,
-                                         "Save dataset, model, plan and hyper-parameters to a project file."))
+                                         "Save dataset, model, plan and hyper-parameters as shown to a project file."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Export checkpoint…", self.export_checkpoint, "Ctrl+E",
                                          "Export the run's best checkpoint to PyTorch, safetensors, TorchScript or ONNX."))
@@ -142,7 +146,7 @@ class MainWindow(QMainWindow):
         train_menu.addAction(self._action("&Pause / resume", self.toggle_pause, "Ctrl+P", "Pause or resume training."))
         train_menu.addAction(self._action("S&top", self.stop_training, "Ctrl+.", "Stop training after this batch."))
         train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
-                                          "Resume the last run from its last completed epoch up to the Epochs total."))
+                                          "Resume the run shown from its last completed epoch up to the Epochs total."))
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("Which strategy?", self._show_strategy_guide, "F1",
                                          "When to use feature extraction, fine-tuning or gradual unfreezing."))
@@ -162,291 +166,238 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.run_label)
 
     def _connect(self) -> None:
-        dp, mp, tp, c = self.data_panel, self.model_panel, self.training_panel, self.controller
-        dp.folder_chosen.connect(self.open_folder)
-        dp.demo_requested.connect(self.open_demo_dataset)
-        dp.val_spin.valueChanged.connect(self._rescan)
-        mp.arch_changed.connect(self._rebuild_tree)
-        mp.weights_changed.connect(self._check_weights_available)
-        mp.preset_requested.connect(self.apply_preset)
-        mp.factor_spin.valueChanged.connect(self._preset_parameters_changed)
-        mp.every_spin.valueChanged.connect(self._preset_parameters_changed)
-        tp.base_lr_spin.valueChanged.connect(self._base_lr_changed)
-        tp.weight_decay_spin.valueChanged.connect(mp.tree_model.set_weight_decay)
-        tp.device_combo.currentIndexChanged.connect(self._refresh_device_label)
-        tp.precision_combo.currentIndexChanged.connect(self._refresh_device_label)
-        tp.start_button.clicked.connect(self.start_training)
-        tp.pause_button.clicked.connect(self.toggle_pause)
-        tp.stop_button.clicked.connect(self.stop_training)
-        tp.export_button.clicked.connect(self.export_checkpoint)
+        s, dp, mp, tp, c = self.session, self.data_panel, self.model_panel, self.training_panel, self.session.controller
+        # the person's edits -> the session
+        dp.folder_chosen.connect(s.open_folder)
+        dp.demo_requested.connect(s.open_demo)
+        dp.data_edited.connect(s.update_data)
+        mp.arch_edited.connect(s.set_arch)
+        mp.weights_edited.connect(s.set_weights)
+        mp.preset_requested.connect(s.apply_preset)
+        mp.discriminative_factor_edited.connect(s.set_discriminative_factor)
+        mp.gradual_every_edited.connect(s.set_gradual_every)
+        mp.plan_edited.connect(s.adopt_plan)
+        tp.train_edited.connect(s.update_train)
+        tp.base_lr_edited.connect(s.set_base_lr)
+        tp.start_clicked.connect(self.start_training)
+        tp.pause_clicked.connect(s.set_paused)
+        tp.stop_clicked.connect(self.stop_training)
+        tp.export_clicked.connect(self.export_checkpoint)
+        # the session -> the panels
+        s.dataset_changed.connect(self._show_dataset)
+        s.thumbnails_ready.connect(dp.show_thumbnails)
+        s.data_changed.connect(dp.show_data)
+        s.image_size_rule_changed.connect(dp.set_image_size_rule)
+        s.image_size_problem_changed.connect(dp.show_image_size_problem)
+        s.model_changed.connect(mp.show_model)
+        s.weights_files_changed.connect(mp.show_weights_files)
+        s.weights_note_changed.connect(self._show_weights_note)
+        s.model_info_changed.connect(self._show_model_info)
+        s.model_failed.connect(mp.show_model_failure)
+        s.model_warning_changed.connect(mp.show_warning)
+        s.plan_changed.connect(self._show_plan)
+        s.train_changed.connect(self._show_train)
+        s.run_changed.connect(self._show_run)
+        s.error_raised.connect(tp.show_error)
+        s.notice.connect(self._show_notice)
+        s.export_finished.connect(self._on_exported)
+        s.export_failed.connect(self._on_export_failed)
+        # the training thread's events (queued to this thread by the controller)
         c.run_started.connect(self._on_run_started)
         c.status_changed.connect(tp.show_status)
         c.batch_finished.connect(self._on_batch)
         c.epoch_finished.connect(self._on_epoch)
-        c.run_finished.connect(self._on_run_finished)
+        c.paused_changed.connect(tp.show_paused)
         c.run_failed.connect(self._on_run_failed)
-        c.running_changed.connect(lambda running: tp.set_running(running, self.last_checkpoint is not None))
 
-    # --- dataset --------------------------------------------------------------------------------
+    # --- showing the session's state -------------------------------------------------------------------
 
-    @Slot(str)
-    def open_folder(self, folder: str) -> None:
-        if not folder:
+    @Slot(object)
+    def _show_dataset(self, state) -> None:
+        if state.error:
+            self.data_panel.show_error(state.error)
+        elif state.summary is not None:
+            self.data_panel.show_summary(state.summary)
+        elif state.folder:
+            self.data_panel.show_listing_in_progress(state.folder)
+
+    @Slot(object)
+    def _show_model_info(self, info: ModelInfo | None) -> None:
+        if info is None:
+            self.model_panel.show_model_building(self.session.config().model.arch)
             return
-        self.data_folder = folder
-        self.settings.setValue("paths/last_dataset", folder)
-        self.data_panel.show_scanning(folder)
-        val, seed = self.data_panel.val_spin.value(), self.training_panel.seed_spin.value()
-        self.tasks.submit("scan", lambda: scan_with_thumbnails(folder, val, seed), self._on_scanned, self._on_scan_failed)
+        config = self.session.config()
+        self.model_panel.show_model_info(info, config.plan, config.train.weight_decay)
 
-    @Slot()
-    def open_demo_dataset(self) -> None:
-        self.data_panel.show_scanning("(making the demo dataset…)")
-        self.tasks.submit("demo", lambda: str(ensure_demo_dataset()), self.open_folder, self._on_scan_failed)
+    @Slot(object)
+    def _show_plan(self, plan) -> None:
+        self.model_panel.show_plan(plan)
+        self.training_panel.show_base_lr(plan.base_lr)
 
-    def _rescan(self) -> None:
-        if self.data_folder and not self.controller.is_running:
-            self.open_folder(self.data_folder)
-
-    def _on_scanned(self, result) -> None:
-        summary, thumbnails = result
-        self.scan_summary = summary
-        self.data_panel.show_scan(summary, thumbnails)
-        classes = len(summary["classes"])
-        if classes != self.num_classes:
-            self.num_classes = classes
-            self._rebuild_tree()
-
-    def _on_scan_failed(self, message: str) -> None:
-        self.scan_summary = None
-        self.data_panel.show_error(message)
-
-    # --- model and plan ---------------------------------------------------------------------------
-
-    def _rebuild_tree(self) -> None:
-        arch, classes = self.model_panel.arch(), max(2, self.num_classes or 2)
-        self.model_panel.summary_label.setText(f"Building {arch}…")
-        self.tasks.submit("model", lambda: build_model(arch, classes, "none").info, self._on_model_info,
-                          self._on_model_failed)
-        self._check_weights_available()
-
-    def _on_model_info(self, info) -> None:
-        tree = self.model_panel.tree_model
-        config = self._pending_plan or replace(tree.plan_config, base_lr=self.training_panel.base_lr_spin.value())
-        self._pending_plan = None
-        try:
-            tree.set_model_info(info, config, self.training_panel.weight_decay_spin.value())
-        except UserError as exc:  # a project's edit that does not fit this model
-            self.training_panel.show_error(str(exc))
-            tree.set_model_info(info, PlanConfig(strategy=config.strategy, base_lr=config.base_lr))
-
-    def _on_model_failed(self, message: str) -> None:
-        self.model_panel.summary_label.setText(message)
-
-    def _check_weights_available(self) -> None:
-        weights, arch = self.model_panel.weights(), self.model_panel.arch()
-        note = ""
-        if weights == "imagenet":
-            path = weights_cache_path(arch)
-            if path is None:
-                note = f"{arch} has no ImageNet weights in torchvision"
-            elif not path.exists():
-                note = f"ImageNet weights not cached yet: downloaded on Start, or put {path.name} into {path.parent}"
-        self.model_panel.weights_combo.setToolTip(note or "Start from ImageNet weights, random init, or a file.")
-        self.statusBar().showMessage(note, 15000)
-        if weights not in ("imagenet", "none"):
-            classes = max(2, self.num_classes or 2)
-            self.tasks.submit("weights", lambda: build_model(arch, classes, weights).notes,
-                              self._on_weights_checked, self._on_weights_failed)
-
-    def _on_weights_checked(self, notes: list[str]) -> None:
-        self.training_panel.show_error("")
-        self.statusBar().showMessage(" · ".join(notes), 15000)
-
-    def _on_weights_failed(self, message: str) -> None:
-        self.training_panel.show_error(message)
+    @Slot(object)
+    def _show_train(self, train: TrainConfig) -> None:
+        self.training_panel.show_train(train)
+        self.model_panel.show_weight_decay(train.weight_decay)
+        self._show_device(train.device, train.precision)
 
     @Slot(str)
-    def apply_preset(self, strategy: str) -> None:
-        self.model_panel.tree_model.set_plan_config(PlanConfig(
-            strategy=strategy, base_lr=self.training_panel.base_lr_spin.value(),
-            discriminative_factor=self.model_panel.factor_spin.value(),
-            gradual_every=self.model_panel.every_spin.value()))
+    def _show_weights_note(self, note: str) -> None:
+        self.model_panel.show_weights_note(note)
+        self.statusBar().showMessage(note, 15000)
 
-    def _preset_parameters_changed(self) -> None:
-        tree = self.model_panel.tree_model
-        tree.set_plan_config(replace(tree.plan_config, discriminative_factor=self.model_panel.factor_spin.value(),
-                                     gradual_every=self.model_panel.every_spin.value()))
+    @Slot(str)
+    def _show_notice(self, text: str) -> None:
+        self.statusBar().showMessage(text, 15000)
 
-    def _base_lr_changed(self, value: float) -> None:
-        tree = self.model_panel.tree_model
-        tree.set_plan_config(replace(tree.plan_config, base_lr=value))
+    @Slot(object)
+    def _show_run(self, run: RunState) -> None:
+        self.data_panel.set_read_only(run.running)
+        self.model_panel.set_read_only(run.running)
+        self.training_panel.set_run_controls(run.running, run.can_export)
+        if run.folder is not None:
+            self.run_label.setText(f"{'Run' if run.running else 'Last run'}: {run.folder.path}")
+        else:
+            self.run_label.setText("Starting a run…" if run.running else "No run yet")
+        if run.running:
+            return
+        if run.result is not None:
+            self.training_panel.show_finished(result_line(run.result))
+        elif run.failure is not None:
+            self.training_panel.show_finished("Failed")
+            self.training_panel.show_error(run.failure.message)
+        elif run == RunState():  # the last run belonged to another dataset or model
+            self.plots.clear()
+            self.model_panel.clear_evidence()
+            self.training_panel.reset_progress("Ready")
 
-    # --- the run config -----------------------------------------------------------------------------
+    def _show_device(self, device: str, precision: str) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
+        amp = device.startswith("cuda") and precision != "off"
+        self.device_label.setText(f"Device: {name}")
+        self.precision_label.setText(f"Mixed precision: {'on' if amp else 'off'}")
 
-    def current_config(self) -> RunConfig:
-        data = self.data_panel.values()
-        return RunConfig(
-            data=DataConfig(root=self.data_folder, **data),
-            model=ModelConfig(arch=self.model_panel.arch(), weights=self.model_panel.weights()),
-            plan=self.model_panel.tree_model.plan_config,
-            train=TrainConfig(**self.training_panel.values()),
-            out_dir=self.run_folder,
-        )
+    # --- dataset (kept for the command line, tests and scripts) -----------------------------------------
 
-    def apply_config(self, config: RunConfig) -> None:
-        """Restore every control from a config (the project file's content)."""
-        self.data_panel.set_values(config.data)
-        self.training_panel.set_values(config.train, config.plan.base_lr)
-        self.model_panel.factor_spin.setValue(config.plan.discriminative_factor)
-        self.model_panel.every_spin.setValue(config.plan.gradual_every)
-        self.model_panel.set_weights(config.model.weights)
-        self._pending_plan = config.plan
-        arch_changed = config.model.arch != self.model_panel.arch()
-        self.model_panel.set_arch(config.model.arch)  # rebuilds the tree, which applies the pending plan
-        if config.data.root:
-            self.num_classes = 0  # the rescan rebuilds the tree for the dataset's class count
-            self.open_folder(config.data.root)
-        elif not arch_changed:
-            self._rebuild_tree()
+    def open_folder(self, folder: str) -> None:
+        self.settings.setValue("paths/last_dataset", folder)
+        self.session.open_folder(folder)
 
-    def runs_root(self) -> Path:
-        return Path(self.settings.value("paths/runs", str(Path.home() / "TransferStudio" / "runs")))
+    def open_demo_dataset(self) -> None:
+        self.session.open_demo()
+
+    def open_startup(self, data: str | None = None, project: str | None = None) -> None:
+        """What a fresh window opens: a project, a folder, else the last run (so Continue and
+        Export work after a restart), else the demo dataset."""
+        if project:
+            self.open_project(project)
+        elif data:
+            self.open_folder(str(Path(data).expanduser().resolve()))
+        elif not self.session.restore_latest_run():
+            self.session.open_demo()
 
     # --- training -------------------------------------------------------------------------------------
 
     @Slot()
     def start_training(self) -> None:
-        if self.controller.is_running:
+        if self.session.is_running:
             return
-        if not self.data_folder or self.scan_summary is None:
-            self.training_panel.show_error("Choose a dataset folder first (or use the demo dataset).")
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_folder = str(self.runs_root() / f"{self.model_panel.arch()}-{stamp}")
-        config = self.current_config()
-        try:
-            config.validate()
-        except UserError as exc:
-            self.training_panel.show_error(str(exc))
-            return
-        self.plots.clear()
-        self.training_panel.reset_progress()
-        self.last_checkpoint = None
-        self.run_label.setText(f"Run: {self.run_folder}")
-        self.controller.start(config)
-
-    @Slot()
-    def toggle_pause(self) -> None:
-        if not self.controller.is_running:
-            return
-        if self.controller.paused:
-            self.controller.resume()
-            self.training_panel.pause_button.setText("Pause")
-        else:
-            self.controller.pause()
-            self.training_panel.pause_button.setText("Resume")
-            self.training_panel.progress.setFormat("Paused · " + self.training_panel.progress.format())
-
-    @Slot()
-    def stop_training(self) -> None:
-        if self.controller.is_running:
-            self.controller.stop()
-            self.training_panel.progress.setFormat("Stopping after this batch…")
-
-    @Slot(dict)
-    def _on_run_started(self, info: dict) -> None:
-        self.device_label.setText(f"Device: {info['device_name']}")
-        self.precision_label.setText(f"Mixed precision: {'off' if info['precision'] == 'fp32' else info['precision']}")
-        self.statusBar().showMessage(info["feature_cache"])  # stays: says whether features are cached
-
-    @Slot(dict)
-    def _on_batch(self, event: dict) -> None:
-        self.plots.add_batch(event)
-        self.training_panel.show_batch(event)
-
-    @Slot(dict)
-    def _on_epoch(self, event: dict) -> None:
-        self.plots.add_epoch(event)
-        self.training_panel.show_epoch(event)
-        if event["is_best"]:
-            self.last_checkpoint = str(Path(self.run_folder) / "checkpoint.pt")
-
-    @Slot(dict)
-    def _on_run_finished(self, summary: dict) -> None:
-        self.last_checkpoint = summary["checkpoint"]
-        best = summary["best_val_accuracy"]
-        how = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}[summary["stopped"]]
-        best_text = f" · best val accuracy {best:.1%} (epoch {summary['best_epoch']})" if best is not None else ""
-        skipped = f" · {len(summary['skipped'])} file(s) skipped" if summary["skipped"] else ""
-        self.training_panel.show_finished(f"{how} after {summary['epochs_run']} epoch(s){best_text}{skipped}")
-        self.training_panel.set_running(False, self.last_checkpoint is not None)
-
-    @Slot(str)
-    def _on_run_failed(self, message: str) -> None:
-        self.training_panel.show_error(message)
-        self.training_panel.show_finished("Failed")
-        self.training_panel.set_running(False, self.last_checkpoint is not None)
-        box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", message, parent=self)
-        box.setObjectName("trainingFailedBox")
-        box.open()  # window-modal but not blocking: the event loop keeps running
-
-    # --- export and projects ---------------------------------------------------------------------------
-
-    @Slot()
-    def export_checkpoint(self) -> None:
-        """Open the Export dialog for the run's best checkpoint."""
-        if not self.last_checkpoint or not Path(self.last_checkpoint).exists():
-            self.training_panel.show_error("No checkpoint to export yet: train first.")
-            return
-        try:
-            meta = checkpoint_meta(self.last_checkpoint)
-        except UserError as exc:
-            self.training_panel.show_error(str(exc))
-            return
-        folder = self.settings.value("paths/last_export", str(Path(self.last_checkpoint).parent))
-        dialog = ExportDialog(self.last_checkpoint, meta, folder, self)
-        dialog.export_requested.connect(
-            lambda f, formats: self.export_files(f, formats, dialog.show_reports, dialog.show_error))
-        self.export_dialog = dialog
-        dialog.open()
-
-    def export_files(self, folder: str, formats: list[str], on_done=None, on_error=None) -> None:
-        """Export in the background; every file is checked for parity before it counts as done."""
-        checkpoint = Path(self.last_checkpoint)
-        self.settings.setValue("paths/last_export", folder)
-
-        def job():
-            batch = parity_batch(checkpoint)
-            return [export(checkpoint, fmt, default_path(checkpoint, fmt, Path(folder)), batch).to_dict()
-                    for fmt in formats]
-
-        def done(reports):
-            self.statusBar().showMessage(f"Exported {len(reports)} file(s) to {folder}, all passed the parity check", 10000)
-            if on_done:
-                on_done(reports)
-
-        self.tasks.submit("export", job, done, on_error or self.training_panel.show_error)
+        self.training_panel.show_error("")
+        if self.session.start():
+            self._show_new_run()
 
     @Slot()
     def continue_training(self) -> None:
-        """Resume the last run from its last completed epoch up to the Epochs box's total."""
-        if self.controller.is_running:
+        if self.session.is_running:
             return
-        if not self.run_folder or not RunFolder(self.run_folder).can_resume():
-            self.training_panel.show_error("No run to continue: a run saves its state after each completed epoch.")
+        self.training_panel.show_error("")
+        if self.session.continue_run():
+            self._show_new_run()
+
+    def _show_new_run(self) -> None:
+        self.plots.clear()
+        self.model_panel.clear_evidence()
+        self.training_panel.reset_progress()
+
+    @Slot()
+    def toggle_pause(self) -> None:
+        self.session.set_paused(not self.controller.paused)
+
+    @Slot()
+    def stop_training(self) -> None:
+        if self.session.is_running:
+            self.session.stop()
+            self.training_panel.show_stopping()
+
+    @Slot(object)
+    def _on_run_started(self, event: RunStarted) -> None:
+        self.device_label.setText(f"Device: {event.device_name}")
+        self.precision_label.setText(f"Mixed precision: {'off' if event.precision == 'fp32' else event.precision}")
+        self.statusBar().showMessage(event.feature_cache)  # stays: says whether features are cached
+
+    @Slot(object)
+    def _on_batch(self, event: BatchEvent) -> None:
+        self.plots.add_batch(event)
+        self.training_panel.show_batch(event)
+        if event.layers:
+            self.model_panel.show_layer_stats(event.layers)
+
+    @Slot(object)
+    def _on_epoch(self, event: EpochEvent) -> None:
+        self.plots.add_epoch(event)
+        self.training_panel.show_epoch(event)
+        if event.layers:
+            self.model_panel.show_layer_stats(event.layers)
+        if event.integrity is not None:
+            self.model_panel.show_integrity(event.integrity)
+
+    @Slot(object)
+    def _on_run_failed(self, failure: RunFailure) -> None:
+        box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", failure.message, parent=self)
+        box.setObjectName("trainingFailedBox")
+        box.open()  # window-modal but not blocking: the event loop keeps running
+
+    # --- export -------------------------------------------------------------------------------------------
+
+    @Slot()
+    def export_checkpoint(self) -> None:
+        """Open the Export dialog for the shown run's best checkpoint."""
+        checkpoint = self.session.export_checkpoint()
+        if checkpoint is None:
+            self.training_panel.show_error("No checkpoint to export yet: train first.")
             return
         try:
-            config = RunFolder(self.run_folder).load_config()
+            meta = meta_from_record(self.session.run.folder.read_record())
         except UserError as exc:
             self.training_panel.show_error(str(exc))
             return
-        config = replace(config, train=replace(config.train, epochs=self.training_panel.epochs_spin.value()))
-        self.training_panel.reset_progress()
-        self.controller.start(config, resume=True)
+        folder = str(self.settings.value("paths/last_export", ""))
+        if not folder or not Path(folder).is_dir():
+            folder = str(checkpoint.parent)
+        self.export_dialog = ExportDialog(str(checkpoint), meta, folder, self)
+        self.export_dialog.export_requested.connect(self.session.export)
+        self.export_dialog.open()
+
+    @Slot(str, list)
+    def _on_exported(self, folder: str, reports: list) -> None:
+        self.settings.setValue("paths/last_export", folder)  # only a folder that worked becomes the default
+        self.statusBar().showMessage(f"Exported {len(reports)} file(s) to {folder}, all passed the parity check", 10000)
+        if self.export_dialog is not None:
+            self.export_dialog.show_reports(reports)
+
+    @Slot(str)
+    def _on_export_failed(self, message: str) -> None:
+        if self.export_dialog is not None and self.export_dialog.isVisible():
+            self.export_dialog.show_error(message)
+        else:
+            self.training_panel.show_error(message)
+
+    # --- projects ------------------------------------------------------------------------------------------
 
     def save_project(self, path: str) -> None:
-        save_project(path, replace(self.current_config(), out_dir=""))
+        """Saves the configuration as shown (during a run: the run's)."""
+        save_project(path, self.session.config())
         self._remember_recent(path)
         self.statusBar().showMessage(f"Saved {path}", 5000)
 
@@ -456,16 +407,15 @@ class MainWindow(QMainWindow):
         except UserError as exc:
             self.training_panel.show_error(str(exc))
             return
-        self.apply_config(config)
-        self._remember_recent(path)
-        self.setWindowTitle(f"Transfer Studio — {Path(path).name}")
+        if self.session.apply_config(config):
+            self._remember_recent(path)
+            self.setWindowTitle(f"Transfer Studio — {Path(path).name}")
 
     @Slot()
     def new_project(self) -> None:
-        if self.controller.is_running:
+        if self.session.is_running:
             return
-        self.apply_config(RunConfig())
-        self.open_demo_dataset()
+        self.session.reset()
         self.setWindowTitle("Transfer Studio")
 
     def _open_project_dialog(self) -> None:
@@ -498,16 +448,6 @@ class MainWindow(QMainWindow):
 
     # --- window behaviour ---------------------------------------------------------------------------------
 
-    def _refresh_device_label(self) -> None:
-        device = self.training_panel.device_combo.currentData()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
-        precision = self.training_panel.precision_combo.currentData()
-        amp = device.startswith("cuda") and precision != "off"
-        self.device_label.setText(f"Device: {name}")
-        self.precision_label.setText(f"Mixed precision: {'on' if amp else 'off'}")
-
     def _show_strategy_guide(self) -> None:
         QMessageBox.information(self, "Which strategy?", (
             "Very little data (< 500 images): Feature extraction — avoids over-fitting.\n\n"
@@ -525,15 +465,13 @@ class MainWindow(QMainWindow):
         self.open_folder(event.mimeData().urls()[0].toLocalFile())
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if self.controller.is_running:
-            if self.confirm_close:
-                answer = QMessageBox.question(self, "Training in progress",
-                                              "Stop training and quit? The best checkpoint so far is kept.")
-                if answer != QMessageBox.StandardButton.Yes:
-                    event.ignore()
-                    return
-            self.controller.stop_and_wait()
-        self.tasks.shutdown()
+        if self.session.is_running and self.confirm_close:
+            answer = QMessageBox.question(self, "Training in progress",
+                                          "Stop training and quit? The best checkpoint so far is kept.")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.session.shutdown()
         self.settings.setValue("window/geometry", self.saveGeometry())
         event.accept()
 
@@ -558,11 +496,6 @@ def run_gui(data: str | None = None, project: str | None = None) -> int:
     if style.exists():
         app.setStyleSheet(style.read_text())
     window = MainWindow()
-    if project:
-        window.open_project(project)
-    elif data:
-        window.open_folder(str(Path(data).expanduser().resolve()))
-    else:
-        window.open_demo_dataset()
+    window.open_startup(data, project)
     window.show()
     return app.exec()

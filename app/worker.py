@@ -1,8 +1,11 @@
-"""Training off the GUI thread: a QObject in a QThread calls `engine.trainer.fit` and re-emits
-the engine's callbacks as Qt signals carrying plain dicts.
+"""Work off the GUI thread.
 
-Only plain data crosses the thread boundary; the model and tensors stay in the worker. Stop and
-Pause set flags the engine checks every batch, so stopping never needs QThread.terminate().
+`TrainingController` owns a QThread whose worker calls `engine.trainer.fit` and re-emits the
+engine's callbacks as Qt signals carrying the engine's own frozen dataclasses (RunStarted,
+BatchEvent, EpochEvent, FitResult): plain data, so nothing of the model crosses the thread.
+Stop and Pause set flags the engine checks every batch, so stopping never needs
+QThread.terminate(). `BackgroundTasks` runs short jobs (listing a folder, building a layer
+tree, checking a weights file, exporting) and hands their results back on the GUI thread.
 """
 
 from __future__ import annotations
@@ -13,31 +16,32 @@ import threading
 import traceback
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.config import RunConfig
-from engine.errors import UserError
+from engine.data import DatasetScan
+from engine.errors import FrozenTensorsChanged, UserError, WeightsUnavailable
 from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
 from engine.trainer import fit
 
 
-class _SignalCallbacks(Callbacks):
-    def __init__(self, worker: TrainingWorker):
-        self.worker = worker
+@dataclass(frozen=True)
+class RunFailure:
+    """Why a run ended without a result, in one line, and what kind of failure it was."""
 
-    def on_run_started(self, event: RunStarted) -> None:
-        self.worker.run_started.emit(event.to_dict())
+    message: str
+    kind: str = "error"  # "error" | "weights-unavailable" | "frozen-tensors-changed"
 
-    def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
-        self.worker.status_changed.emit(text, done, total)
-
-    def on_batch_end(self, event: BatchEvent) -> None:
-        self.worker.batch_finished.emit(event.to_dict())
-
-    def on_epoch_end(self, event: EpochEvent) -> None:
-        self.worker.epoch_finished.emit(event.to_dict())
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> RunFailure:
+        if isinstance(exc, WeightsUnavailable):
+            return cls(describe_failure(exc), "weights-unavailable")
+        if isinstance(exc, FrozenTensorsChanged):
+            return cls(describe_failure(exc), "frozen-tensors-changed")
+        return cls(describe_failure(exc))
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -50,46 +54,68 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _lower_this_threads_priority(niceness: int = 10) -> None:
+def lower_this_threads_priority(increment: int = 10) -> None:
     """Let the GUI thread win the CPU whenever it wants it.
 
     On a machine with few cores, the trainer's compute threads otherwise keep the GUI thread
     waiting for a core for 100 ms and more. On Linux, niceness is per thread and inherited by the
     threads this one creates (its OpenMP team), so only training yields; it still takes every
-    cycle the GUI does not use. Elsewhere this is a no-op.
+    cycle the GUI does not use. The niceness is relative to the process's own: a window started
+    with `nice -n 19` must not be outranked by its own trainer. Elsewhere this is a no-op.
     """
     if sys.platform.startswith("linux"):
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+            process_niceness = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, process_niceness + increment))
         except (OSError, AttributeError):
             pass
 
 
-class TrainingWorker(QObject):
-    run_started = Signal(dict)
-    status_changed = Signal(str, int, int)
-    batch_finished = Signal(dict)
-    epoch_finished = Signal(dict)
-    finished = Signal(dict)  # the FitResult summary
-    failed = Signal(str)  # one line
+class _SignalCallbacks(Callbacks):
+    """Called on the training thread; each signal is queued to the GUI thread."""
 
-    def __init__(self, config: RunConfig, control: TrainingControl, resume: bool = False):
+    def __init__(self, worker: TrainingWorker):
+        self.worker = worker
+
+    def on_run_started(self, event: RunStarted) -> None:
+        self.worker.run_started.emit(event)
+
+    def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
+        self.worker.status_changed.emit(text, done, total)
+
+    def on_batch_end(self, event: BatchEvent) -> None:
+        self.worker.batch_finished.emit(event)
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.worker.epoch_finished.emit(event)
+
+
+class TrainingWorker(QObject):
+    run_started = Signal(object)  # RunStarted
+    status_changed = Signal(str, int, int)
+    batch_finished = Signal(object)  # BatchEvent
+    epoch_finished = Signal(object)  # EpochEvent
+    finished = Signal(object)  # FitResult
+    failed = Signal(object)  # RunFailure
+
+    def __init__(self, config: RunConfig, control: TrainingControl, resume: bool, scan: DatasetScan | None):
         super().__init__()
         self.config = config
         self.control = control
         self.resume = resume
+        self.scan = scan
 
     @Slot()
     def run(self) -> None:
-        _lower_this_threads_priority()
+        lower_this_threads_priority()
         try:
-            result = fit(self.config, _SignalCallbacks(self), self.control, resume=self.resume)
+            result = fit(self.config, _SignalCallbacks(self), self.control, scan=self.scan, resume=self.resume)
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the window, not vanish
             if not isinstance(exc, UserError):
                 traceback.print_exc()  # the full story for a bug report, on the terminal
-            self.failed.emit(describe_failure(exc))
+            self.failed.emit(RunFailure.from_exception(exc))
         else:
-            self.finished.emit(result.summary())
+            self.finished.emit(result)
 
 
 # Every training thread ever started, so tests can prove none is left running.
@@ -99,13 +125,14 @@ STARTED_THREADS: weakref.WeakSet = weakref.WeakSet()
 class TrainingController(QObject):
     """Owns the worker thread: start, pause/resume, stop, and a clean join on close."""
 
-    run_started = Signal(dict)
+    run_started = Signal(object)  # RunStarted
     status_changed = Signal(str, int, int)
-    batch_finished = Signal(dict)
-    epoch_finished = Signal(dict)
-    run_finished = Signal(dict)
-    run_failed = Signal(str)
+    batch_finished = Signal(object)  # BatchEvent
+    epoch_finished = Signal(object)  # EpochEvent
+    run_finished = Signal(object)  # FitResult
+    run_failed = Signal(object)  # RunFailure
     running_changed = Signal(bool)
+    paused_changed = Signal(bool)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -117,15 +144,16 @@ class TrainingController(QObject):
     def is_running(self) -> bool:
         return self._thread is not None
 
-    def start(self, config: RunConfig, resume: bool = False) -> None:
+    def start(self, config: RunConfig, resume: bool = False, scan: DatasetScan | None = None) -> None:
         if self.is_running:
             raise RuntimeError("a run is already in progress")
         self.control = TrainingControl()
         thread = QThread()
         thread.setObjectName("TransferStudioTraining")
-        worker = TrainingWorker(config, self.control, resume)
+        worker = TrainingWorker(config, self.control, resume, scan)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
+        # Signal to signal: queued across the thread, re-emitted by this object on the GUI thread.
         worker.run_started.connect(self.run_started)
         worker.status_changed.connect(self.status_changed)
         worker.batch_finished.connect(self.batch_finished)
@@ -137,15 +165,18 @@ class TrainingController(QObject):
         thread.start()
         self.running_changed.emit(True)
 
-    def pause(self) -> None:
-        self.control.pause()
-
-    def resume(self) -> None:
-        self.control.resume()
-
     @property
     def paused(self) -> bool:
         return self.control.paused
+
+    def set_paused(self, paused: bool) -> None:
+        if not self.is_running or paused == self.paused:
+            return
+        if paused:
+            self.control.pause()
+        else:
+            self.control.resume()
+        self.paused_changed.emit(paused)
 
     def stop(self) -> None:
         self.control.stop()
@@ -160,15 +191,15 @@ class TrainingController(QObject):
         self._cleanup()
         return ended
 
-    @Slot(dict)
-    def _on_worker_finished(self, summary: dict) -> None:
+    @Slot(object)
+    def _on_worker_finished(self, result) -> None:
         self._cleanup()
-        self.run_finished.emit(summary)
+        self.run_finished.emit(result)
 
-    @Slot(str)
-    def _on_worker_failed(self, message: str) -> None:
+    @Slot(object)
+    def _on_worker_failed(self, failure: RunFailure) -> None:
         self._cleanup()
-        self.run_failed.emit(message)
+        self.run_failed.emit(failure)
 
     def _cleanup(self) -> None:
         if self._thread is None:
@@ -182,10 +213,11 @@ class TrainingController(QObject):
 
 
 class BackgroundTasks(QObject):
-    """Short jobs (scanning a folder, building a model's layer tree) off the GUI thread.
+    """Short jobs off the GUI thread.
 
     The result comes back through a queued signal, so the callbacks run on the GUI thread.
-    A newer job of the same kind makes an older one's result obsolete.
+    A newer job of the same kind makes an older one's result obsolete; `is_current(kind,
+    generation)` lets a long job notice that and stop early.
     """
 
     _done = Signal(object, object, int, str)  # callback, its argument, generation, kind
@@ -211,6 +243,15 @@ class BackgroundTasks(QObject):
                 self._done.emit(on_error, describe_failure(exc), generation, kind)
 
         return self._pool.submit(job)
+
+    def obsolete(self, kind: str) -> Callable[[], bool]:
+        """For the job about to be submitted: a test that says when a newer one replaced it."""
+        generation = self._generation.get(kind, 0) + 1
+        return lambda: self._closed or self._generation.get(kind, 0) != generation
+
+    def cancel(self, kind: str) -> None:
+        """Drop the result of the job of this kind still on its way."""
+        self._generation[kind] = self._generation.get(kind, 0) + 1
 
     @Slot(object, object, int, str)
     def _deliver(self, callback, value, generation: int, kind: str) -> None:

@@ -45,6 +45,6 @@ def window(qtbot, tmp_path):
 def wait_ready(qtbot, win, classes: int | None = None) -> None:
     """Until the scan is shown and the tree is built for the dataset."""
     def ready():
-        info = win.model_panel.tree_model.model_info
+        info = win.session.model_info
         return win.is_ready and (classes is None or info.num_classes == classes)
     qtbot.waitUntil(ready, timeout=60_000)

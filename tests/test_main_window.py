@@ -1,12 +1,19 @@
-"""The window as a person uses it: dataset, presets, a real training run in a QThread, projects."""
+"""The window as a person uses it: dataset, presets, a real training run in a QThread, projects,
+and what the window must show (and never freeze on) while it does."""
 
+import json
 import time
+from dataclasses import replace
 
 import pytest
 import torch
-from PySide6.QtCore import QElapsedTimer, Qt, QTimer
-from PySide6.QtWidgets import QProgressBar
+from PySide6.QtCore import QElapsedTimer, QSize, Qt, QTimer
+from PySide6.QtWidgets import QProgressBar, QWidget
 
+from app.main_window import window_with_private_settings
+from app.worker import RunFailure
+from engine.demo import write_demo_dataset
+from engine.events import BatchEvent, EpochEvent, IntegrityReport, LayerStats
 from tests.gui_helpers import wait_ready
 from widgets.layer_tree import FROZEN, LR
 from widgets.plots import TrainingPlots
@@ -14,23 +21,29 @@ from widgets.plots import TrainingPlots
 REQUIRED = ["dataFolderEdit", "demoDatasetButton", "modelCombo", "weightsCombo", "layerTree", "trainableSummaryLabel",
             "presetFeatureExtraction", "presetFineTune", "presetDiscriminative", "presetGradual", "epochsSpin",
             "batchSizeSpin", "imageSizeSpin", "startButton", "pauseButton", "stopButton", "exportButton",
-            "trainingProgress", "lossPlot", "accuracyPlot", "lrPlot"]
+            "trainingProgress", "lossPlot", "accuracyPlot", "lrPlot", "layerFilter"]
 
 
 def find(win, name):
-    from PySide6.QtWidgets import QWidget
-
     widget = win.findChild(QWidget, name)
     assert widget is not None, name
     return widget
 
 
+def choose(combo, data) -> None:
+    """Pick an entry of a combo box as a person does (activated, then changed)."""
+    index = combo.findData(data)
+    assert index >= 0, data
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+
+
 def small_run(win, epochs=2, size=32, weights="none"):
-    win.model_panel.set_weights(weights)
+    win.session.set_weights(weights)
     find(win, "imageSizeSpin").setValue(size)
     find(win, "epochsSpin").setValue(epochs)
     find(win, "batchSizeSpin").setValue(16)
-    win.training_panel.device_combo.setCurrentIndex(win.training_panel.device_combo.findData("cpu"))
+    choose(win.training_panel.device_combo, "cpu")
 
 
 def open_demo(qtbot, win, demo_dir, **run):
@@ -47,11 +60,22 @@ def run_to_end(qtbot, win, timeout=120_000):
     return blocker.args[0]
 
 
+def start_and_wait_for_a_batch(qtbot, win):
+    with qtbot.waitSignal(win.controller.batch_finished, timeout=60_000):
+        find(win, "startButton").click()
+
+
+def stop_and_wait(qtbot, win):
+    with qtbot.waitSignal(win.controller.run_finished, timeout=60_000) as stopped:
+        find(win, "stopButton").click()
+    return stopped.args[0]
+
+
 def test_object_names_exist(window):
     for name in REQUIRED:
         find(window, name)
     assert isinstance(find(window, "trainingProgress"), QProgressBar)
-    assert find(window, "layerTree").model().headerData(4, Qt.Orientation.Horizontal) == "LR"
+    assert find(window, "layerTree").model().headerData(LR, Qt.Orientation.Horizontal) == "LR"
 
 
 def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resnet18_weights_file):
@@ -60,26 +84,26 @@ def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resn
     find(window, "demoDatasetButton").click()
     wait_ready(qtbot, window, classes=4)
     small_run(window, epochs=1, weights=str(resnet18_weights_file))
-    window.data_panel.augment_combo.setCurrentIndex(window.data_panel.augment_combo.findData("none"))
 
     find(window, "presetFeatureExtraction").click()
     assert find(window, "trainableSummaryLabel").text() == "Trainable 2,052 / 11,178,564 (0.02 %) · 1 LR group"
-    summary = run_to_end(qtbot, window)
-    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    result = run_to_end(qtbot, window)
+    ckpt = torch.load(result.checkpoint, weights_only=True)
     source = torch.load(resnet18_weights_file, weights_only=True)
     frozen = [k for k in source if not k.startswith("fc.")]
     assert all(torch.equal(ckpt["model"][k], source[k]) for k in frozen)
     assert find(window, "trainingProgress").value() == find(window, "trainingProgress").maximum()
     assert window.plots._series["val_acc"].size == 1
+    tree = window.model_panel.tree_model
+    assert tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.DisplayRole)  # the integrity badge
+    assert "unchanged" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole).lower()
 
     find(window, "presetDiscriminative").click()
-    tree = window.model_panel.tree_model
     assert tree.index_for("layer4", LR).data(Qt.ItemDataRole.EditRole) == pytest.approx(1e-3 / 2.6)
     assert "6 LR groups" in find(window, "trainableSummaryLabel").text()  # stem, layer1-4, fc
-    summary = run_to_end(qtbot, window)
-    plotted_groups = set(window.plots._lr_series)
-    assert len(plotted_groups) == 6  # the LR plot shows each group the optimizer had
-    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    result = run_to_end(qtbot, window)
+    assert len(window.plots._lr_series) == 6  # the LR plot shows each group the optimizer had
+    ckpt = torch.load(result.checkpoint, weights_only=True)
     assert not torch.equal(ckpt["model"]["conv1.weight"], source["conv1.weight"])  # now it trained
 
 
@@ -89,92 +113,233 @@ def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, res
     tree = window.model_panel.tree_model
     tree.setData(tree.index_for("layer1", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
     tree.setData(tree.index_for("bn1", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
-    summary = run_to_end(qtbot, window)
-    ckpt = torch.load(summary["checkpoint"], weights_only=True)["model"]
+    assert window.session.config().plan == tree.plan_config  # the tree's edits reach the session
+    result = run_to_end(qtbot, window)
+    ckpt = torch.load(result.checkpoint, weights_only=True)["model"]
     source = torch.load(resnet18_weights_file, weights_only=True)
     for key in [k for k in source if k.startswith(("layer1.", "bn1."))]:
         assert torch.equal(ckpt[key], source[key]), key  # frozen: weights and BN statistics as loaded
     assert not torch.equal(ckpt["layer2.0.conv1.weight"], source["layer2.0.conv1.weight"])
 
 
-def test_start_stop_restart_run_to_end(qtbot, window, demo_dir):
+def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir, epochs=3)
-    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
-        find(window, "startButton").click()
+    find(window, "presetFineTune").click()
+    start_and_wait_for_a_batch(qtbot, window)
     assert window.plots.point_count() > 0
     assert not find(window, "startButton").isEnabled() and find(window, "stopButton").isEnabled()
-    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as stopped:
-        find(window, "stopButton").click()
-    assert stopped.args[0]["stopped"] == "user"
+    assert stop_and_wait(qtbot, window).stopped == "user"
+    assert "ETA" not in find(window, "rateLabel").text()  # nothing is left to estimate
+    assert find(window, "trainingProgress").format().startswith("Stopped")
     small_run(window, epochs=2)
-    summary = run_to_end(qtbot, window)
-    assert summary["stopped"] == "completed" and summary["epochs_run"] == 2
+    result = run_to_end(qtbot, window)
+    assert result.stopped == "completed" and result.epochs_run == 2
     assert find(window, "exportButton").isEnabled()
+
     find(window, "exportButton").click()
     dialog = window.export_dialog
-    dialog.folder_edit.setText(str(window.runs_root() / "exports"))
+    missing = tmp_path / "no" / "such" / "folder"
+    dialog.folder_edit.setText(str(missing))
+    dialog.run_button.click()
+    qtbot.waitUntil(lambda: "✘" in dialog.results.text(), timeout=10_000)
+    assert "not found" in dialog.results.text() and "Errno" not in dialog.results.text()
+    assert not missing.exists() and window.settings.value("paths/last_export") is None  # not the next default
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    dialog.folder_edit.setText(str(exports))
     dialog.boxes["safetensors"].setChecked(True)
     assert dialog.formats() == ["pt", "safetensors", "onnx"]
     dialog.snippet_format.setCurrentIndex(3)
     assert "onnxruntime" in dialog.snippet.toPlainText()
     dialog.run_button.click()
     qtbot.waitUntil(lambda: dialog.results.text().count("✔") == 3, timeout=120_000)
-    exported = window.runs_root() / "exports" / "checkpoint-export.pt"
-    assert exported.read_bytes() == open(summary["checkpoint"], "rb").read()
-    assert (window.runs_root() / "exports" / "checkpoint.onnx.parity.json").exists()
+    assert (exports / "checkpoint-export.pt").read_bytes() == open(result.checkpoint, "rb").read()
+    assert (exports / "checkpoint.onnx.parity.json").exists()
+    assert window.settings.value("paths/last_export") == str(exports)
     dialog.close()
 
     # Continue training: the same run folder goes on to 3 epochs, numbering continued.
     find(window, "epochsSpin").setValue(3)
     with qtbot.waitSignal(window.controller.run_finished, timeout=120_000) as resumed:
         window.continue_training()
-    assert resumed.args[0]["epochs_run"] == 3 and resumed.args[0]["run_dir"] == summary["run_dir"]
+    assert resumed.args[0].epochs_run == 3 and resumed.args[0].run_dir == result.run_dir
 
 
-def test_pause_and_resume(qtbot, window, demo_dir):
+def test_after_a_restart_continue_and_export_find_the_latest_run(qtbot, tmp_path, demo_dir):
+    first = window_with_private_settings(tmp_path / "app")
+    qtbot.addWidget(first)
+    open_demo(qtbot, first, demo_dir, epochs=1)
+    result = run_to_end(qtbot, first)
+    first.close()
+
+    again = window_with_private_settings(tmp_path / "app")  # the same settings and runs folder
+    qtbot.addWidget(again)
+    again.open_startup()
+    try:
+        wait_ready(qtbot, again, classes=4)
+        assert again.session.run.folder.path == first.session.run.folder.path
+        assert find(again, "exportButton").isEnabled()
+        assert result.run_dir in again.run_label.text()
+        assert find(again, "trainingProgress").format().startswith("Finished after 1 epoch")
+        find(again, "exportButton").click()
+        assert again.export_dialog is not None and again.export_dialog.isVisible()
+        again.export_dialog.close()
+        find(again, "epochsSpin").setValue(2)
+        with qtbot.waitSignal(again.controller.run_finished, timeout=120_000) as resumed:
+            again.continue_training()
+        assert resumed.args[0].epochs_run == 2 and resumed.args[0].run_dir == result.run_dir
+    finally:
+        again.close()
+
+
+def test_pause_stays_shown_while_the_last_batch_reports(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=2)
-    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
-        find(window, "startButton").click()
+    start_and_wait_for_a_batch(qtbot, window)
     find(window, "pauseButton").click()
     assert find(window, "pauseButton").text() == "Resume"
-    qtbot.wait(300)  # the batch in flight finishes, then nothing moves
+    qtbot.wait(300)  # the batch in flight finishes and reports, then nothing moves
+    assert find(window, "trainingProgress").format().startswith("Paused")
     steps = window.plots.point_count()
-    qtbot.wait(1500)
+    qtbot.wait(1000)
     assert window.plots.point_count() == steps
     find(window, "pauseButton").click()
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as done:
         pass
-    assert done.args[0]["stopped"] == "completed"
+    assert done.args[0].stopped == "completed"
+
+
+def test_a_batch_event_does_not_overwrite_paused(window):
+    panel = window.training_panel
+    panel.show_paused(True)
+    panel.show_batch(BatchEvent(epoch=1, epochs=2, step=3, steps=4, global_step=3, total_steps=8, loss=1.0,
+                                lrs={"base": 1e-3}, images_per_second=100.0, eta_seconds=3.0))
+    assert panel.progress.format().startswith("Paused · Epoch 1/2")
+
+
+def test_a_running_configuration_is_shown_read_only_and_saved(qtbot, window, demo_dir, tmp_path):
+    open_demo(qtbot, window, demo_dir, epochs=50)
+    find(window, "presetFineTune").click()
+    running = window.session.config()
+    start_and_wait_for_a_batch(qtbot, window)
+    for name in ("modelCombo", "weightsCombo", "presetFeatureExtraction", "imageSizeSpin", "valFractionSpin",
+                 "dataFolderEdit", "epochsSpin", "baseLrSpin"):
+        assert not find(window, name).isEnabled(), name
+    window.session.set_arch("mobilenet_v3_small")  # even a call that bypasses the disabled boxes
+    window.session.apply_preset("feature-extraction")
+    tree = window.model_panel.tree_model
+    view = window.model_panel.tree
+    rect = view.visualRect(tree.index_for("layer1", FROZEN))
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())  # swallowed
+    assert window.session.config() == running
+    assert "Trainable 11,178,564" in find(window, "trainableSummaryLabel").text()
+    path = tmp_path / "during.tsproj.json"
+    window.save_project(str(path))
+    saved = json.loads(path.read_text())
+    assert saved["model"]["arch"] == "resnet18" and saved["plan"]["strategy"] == "fine-tune"
+    stop_and_wait(qtbot, window)
+    assert find(window, "modelCombo").isEnabled() and find(window, "imageSizeSpin").isEnabled()
+
+
+def test_another_dataset_or_model_clears_the_last_run(qtbot, window, demo_dir, tmp_path):
+    open_demo(qtbot, window, demo_dir, epochs=1)
+    run_to_end(qtbot, window)
+    assert find(window, "exportButton").isEnabled() and window.plots.point_count() > 0
+    other = write_demo_dataset(tmp_path / "other", classes=3, per_class=6, size=32, seed=2)
+    window.open_folder(str(other))
+    wait_ready(qtbot, window, classes=3)
+    assert not find(window, "exportButton").isEnabled()
+    assert window.plots.point_count() == 0 and window.run_label.text() == "No run yet"
+    assert find(window, "trainingProgress").format() == "Ready"
+    window.continue_training()
+    assert "No run to continue" in find(window, "errorLabel").text()
+
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    run_to_end(qtbot, window)
+    choose(find(window, "modelCombo"), "resnet34")  # another model: the run is not its run
+    assert not find(window, "exportButton").isEnabled() and window.run_label.text() == "No run yet"
+
+
+def test_a_failed_start_names_no_folder_and_offline_weights_say_so(qtbot, window, demo_dir, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    open_demo(qtbot, window, demo_dir, epochs=1, weights="imagenet")
+    assert "downloaded on Start" in find(window, "weightsCombo").toolTip()
+    with qtbot.waitSignal(window.controller.run_failed, timeout=60_000):
+        find(window, "startButton").click()
+    assert window.run_label.text() == "No run yet"
+    assert not list(window.runs_root().glob("*"))  # and indeed no folder was made
+    assert "could not be downloaded" in find(window, "errorLabel").text()
+    assert "downloaded on Start" not in find(window, "weightsCombo").toolTip()
+    assert "could not be downloaded" in find(window, "weightsCombo").toolTip()
+
+
+def test_feature_extraction_on_random_weights_is_warned(qtbot, window, demo_dir):
+    open_demo(qtbot, window, demo_dir)
+    warning = find(window, "modelWarningLabel")
+    find(window, "presetFeatureExtraction").click()
+    assert warning.isHidden()
+    choose(find(window, "weightsCombo"), "none")
+    assert not warning.isHidden() and "random" in warning.text().lower()
+    find(window, "presetFineTune").click()
+    assert warning.isHidden()
+
+
+def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir):
+    open_demo(qtbot, window, demo_dir)
+    changed = IntegrityReport(epoch=2, checked=60, changed=("layer1.0.bn1.running_mean",))
+    epoch = EpochEvent(epoch=2, epochs=3, train_loss=1.0, train_accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
+                       per_class_accuracy={}, confusion_matrix=[], seconds=1.0, images_per_second=10.0,
+                       data_seconds=0.1, compute_seconds=0.9, lr={"fc": 1e-3}, trainable_params=2052, is_best=False,
+                       integrity=changed, layers={"fc": LayerStats(0.1, 1e-3, 0.0), "layer1": LayerStats(0.0, 0.0, 1.0)})
+    controller = window.controller
+    controller.epoch_finished.emit(epoch)  # what the training thread sends, as typed events
+    message = "frozen tensors changed during epoch 2: layer1.0.bn1.running_mean; the run is stopped"
+    controller.run_failed.emit(RunFailure(message, "frozen-tensors-changed"))
+    tree = window.model_panel.tree_model
+    assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
+    assert find(window, "errorLabel").text() == message
+    assert find(window, "trainingProgress").format() == "Failed"
+    window.session.set_base_lr(2e-3)  # the failed run's evidence stays while the person looks at it
+    assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
 
 
 def test_errors_show_in_the_window_not_as_a_crash(qtbot, window, tmp_path):
+    find(window, "startButton").click()
+    assert "Choose a dataset folder first" in find(window, "errorLabel").text()
     (tmp_path / "weird").mkdir()
     window.open_folder(str(tmp_path / "weird"))
     qtbot.waitUntil(lambda: "at least 2 class" in window.data_panel.warning_label.text(), timeout=10_000)
     find(window, "startButton").click()
-    assert "dataset folder" in window.training_panel.error_label.text()
+    text = find(window, "errorLabel").text()
+    assert "cannot be used" in text and "at least 2 class" in text and "Choose a dataset" not in text
 
 
 def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=30)
-    window.training_panel.base_lr_spin.setValue(10.0)  # the spin box's maximum: plain SGD diverges
-    window.training_panel.optimizer_combo.setCurrentIndex(window.training_panel.optimizer_combo.findData("sgd"))
-    window.training_panel.schedule_combo.setCurrentIndex(window.training_panel.schedule_combo.findData("constant"))
+    find(window, "presetFineTune").click()
+    lr = window.training_panel.base_lr_spin
+    lr.setValue(lr.maximum())  # plain SGD at the largest LR diverges
+    choose(window.training_panel.optimizer_combo, "sgd")
+    choose(window.training_panel.schedule_combo, "constant")
     window.training_panel.weight_decay_spin.setValue(0.0)
     failures = []
     window.controller.run_failed.connect(failures.append)
     find(window, "startButton").click()
     qtbot.waitUntil(lambda: not window.controller.is_running, timeout=120_000)
-    assert failures and "loss became" in failures[0]
-    assert "loss became" in window.training_panel.error_label.text()
+    assert failures and "loss became" in failures[0].message
+    assert "loss became" in find(window, "errorLabel").text()
     assert find(window, "startButton").isEnabled()
 
 
-def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
+def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir)
-    window.model_panel.set_arch("resnet34")
-    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info.arch == "resnet34", timeout=60_000)
-    window.model_panel.set_weights(str(resnet18_weights_file))
+    choose(find(window, "modelCombo"), "resnet34")
+    qtbot.waitUntil(lambda: window.is_ready and window.session.model_info.arch == "resnet34", timeout=60_000)
+    choose(find(window, "weightsCombo"), "none")
     find(window, "presetDiscriminative").click()
     tree = window.model_panel.tree_model
     tree.setData(tree.index_for("layer2", FROZEN), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
@@ -184,28 +349,42 @@ def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_pat
     find(window, "imageSizeSpin").setValue(112)
     window.training_panel.weight_decay_spin.setValue(0.05)
     window.training_panel.seed_spin.setValue(42)
-    window.data_panel.augment_combo.setCurrentIndex(window.data_panel.augment_combo.findData("light"))
-    saved = window.current_config()
+    choose(window.data_panel.augment_combo, "light")
+    saved = window.session.config()
     report = tree.report
     path = tmp_path / "p.tsproj.json"
     window.save_project(str(path))
 
     window.new_project()
-    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info is not None
-                    and window.model_panel.tree_model.model_info.arch == "resnet18", timeout=60_000)
-    assert window.current_config() != saved
+    qtbot.waitUntil(lambda: window.is_ready and window.session.model_info.arch == "resnet18", timeout=60_000)
+    assert window.session.config() != saved
     window.open_project(str(path))
-    qtbot.waitUntil(lambda: window.model_panel.tree_model.model_info.arch == "resnet34"
-                    and window.data_folder == str(demo_dir) and window.scan_summary is not None
-                    and window.model_panel.tree_model.plan_config == saved.plan, timeout=60_000)
-    restored = window.current_config()
-    assert restored.data == saved.data and restored.model == saved.model and restored.train == saved.train
-    assert restored.plan == saved.plan
-    assert window.model_panel.tree_model.report["modules"] == report["modules"]
+    qtbot.waitUntil(lambda: window.is_ready and window.session.model_info.arch == "resnet34"
+                    and window.session.dataset.folder == str(demo_dir), timeout=60_000)
+    assert window.session.config() == saved
+    assert tree.plan_config == saved.plan and tree.report["modules"] == report["modules"]
+    assert find(window, "epochsSpin").value() == 7 and find(window, "imageSizeSpin").value() == 112
+
+
+def test_a_bad_project_changes_nothing(qtbot, window, demo_dir, tmp_path):
+    open_demo(qtbot, window, demo_dir)
+    before = window.session.config()
+    path = tmp_path / "bad.tsproj.json"
+    window.save_project(str(path))
+    raw = json.loads(path.read_text())
+    for field, value in (("image_size", "big"), ("arch", "resnet1800")):
+        broken = json.loads(json.dumps(raw))
+        broken["data" if field == "image_size" else "model"][field] = value
+        path.write_text(json.dumps(broken))
+        window.open_project(str(path))
+        assert window.session.config() == before
+        assert find(window, "errorLabel").text(), field
+        assert window.windowTitle() == "Transfer Studio"
 
 
 def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=3, size=64)
+    find(window, "presetFineTune").click()
     gaps, clock = [], QElapsedTimer()
     timer = QTimer()
     timer.setInterval(10)
@@ -226,24 +405,86 @@ def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
 
 def test_closing_during_training_stops_and_joins_the_thread(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=50)
-    with qtbot.waitSignal(window.controller.batch_finished, timeout=60_000):
-        find(window, "startButton").click()
+    find(window, "presetFineTune").click()
+    start_and_wait_for_a_batch(qtbot, window)
     thread = window.controller._thread
+    folder = window.session.run.folder
     started = time.perf_counter()
     window.close()  # confirm_close is off in tests: the window stops the run without asking
     assert time.perf_counter() - started < 30
     assert not window.controller.is_running and thread.isFinished()
-    metrics = (window.runs_root() / window.run_folder.rsplit("/", 1)[1] / "metrics.jsonl")
-    assert len(metrics.read_text().splitlines()) < 50  # it did stop early
+    assert len(folder.read_metrics()) < 50  # it did stop early
+
+
+def test_the_window_fits_a_small_screen(qtbot, window, demo_dir):
+    open_demo(qtbot, window, demo_dir)
+    hint = window.minimumSizeHint()
+    assert hint.width() <= 1024 and hint.height() <= 700, hint
+    window.resize(1024, 700)
+    qtbot.waitUntil(lambda: window.size() == QSize(1024, 700), timeout=5_000)
+    for panel in (window.data_panel, window.model_panel, window.training_panel, window.plots):
+        assert panel.visibleRegion().boundingRect().height() > 100, type(panel).__name__
+
+
+def test_the_class_table_shows_many_classes_and_long_names(qtbot, window, tmp_path):
+    folder = write_demo_dataset(tmp_path / "many", classes=8, per_class=3, size=24, seed=3)
+    long_name = "a_class_with_a_really_long_descriptive_name_" * 2
+    (folder / "bar").rename(folder / long_name)
+    window.open_folder(str(folder))
+    wait_ready(qtbot, window, classes=8)
+    table = find(window, "classTable")
+    assert table.viewport().height() >= 5 * table.rowHeight(0)  # more than four rows in view
+    model = table.model()
+    row = next(r for r in range(model.rowCount()) if model.index(r, 0).data() == long_name)
+    assert long_name in model.index(row, 0).data(Qt.ItemDataRole.ToolTipRole)
+    qtbot.waitUntil(lambda: model.index(0, 3).data(Qt.ItemDataRole.DecorationRole) is not None, timeout=10_000)
+
+
+def test_the_weights_combo_offers_only_files_that_load(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
+    open_demo(qtbot, window, demo_dir)
+    window.session.set_weights(str(resnet18_weights_file))
+    qtbot.waitUntil(lambda: "dropped" in window.statusBar().currentMessage(), timeout=30_000)
+    combo = find(window, "weightsCombo")
+    assert combo.currentData() == str(resnet18_weights_file)
+    state = torch.load(resnet18_weights_file, weights_only=True)
+    del state["layer2.0.conv1.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    window.session.set_weights(str(tmp_path / "broken.pt"))
+    qtbot.waitUntil(lambda: "layer2.0.conv1.weight" in find(window, "errorLabel").text(), timeout=30_000)
+    (tmp_path / "garbage.pth").write_bytes(b"\x80\x02.")
+    window.session.set_weights(str(tmp_path / "garbage.pth"))
+    qtbot.waitUntil(lambda: "garbage.pth" in find(window, "errorLabel").text(), timeout=30_000)
+    assert "IndexError: pop from empty list" not in find(window, "errorLabel").text().split(" (")[0]
+    offered = [combo.itemData(i) for i in range(combo.count())]
+    assert str(tmp_path / "broken.pt") not in offered and str(tmp_path / "garbage.pth") not in offered
+    assert combo.currentData() == str(resnet18_weights_file)  # back to the file that worked
+
+
+def test_the_image_size_is_checked_for_the_architecture(qtbot, window, demo_dir):
+    from engine.models import min_image_size
+
+    open_demo(qtbot, window, demo_dir, size=64)
+    choose(find(window, "modelCombo"), "inception_v3")
+    minimum, reason = min_image_size("inception_v3")
+    spin = find(window, "imageSizeSpin")
+    assert spin.minimum() == minimum and spin.value() >= minimum and reason in spin.toolTip()
+    choose(find(window, "modelCombo"), "vit_b_16")  # cuts images into 16 px patches
+    spin.setValue(100)
+    problem = find(window, "imageSizeProblemLabel")
+    assert not problem.isHidden() and "16 px" in problem.text()
+    assert "--" not in problem.text()  # no command-line flag in the window
+    find(window, "startButton").click()
+    assert find(window, "errorLabel").text() == problem.text() and not window.controller.is_running
 
 
 def test_plots_take_a_hundred_thousand_points(qtbot):
     plots = TrainingPlots()
     qtbot.addWidget(plots)
     plots.show()
+    event = BatchEvent(epoch=1, epochs=100, step=1, steps=1000, global_step=1, total_steps=100_000, loss=1.0,
+                       lrs={"base": 1e-3, "fc": 1e-2}, images_per_second=1.0, eta_seconds=1.0)
     for step in range(100_000):
-        plots.add_batch({"epoch": 1 + step // 1000, "step": step % 1000 + 1, "steps": 1000, "loss": 1.0,
-                         "lrs": {"base": 1e-3, "fc": 1e-2}})
+        plots.add_batch(replace(event, epoch=1 + step // 1000, step=step % 1000 + 1))
     plots.redraw()
     qtbot.wait(10)
     assert plots.point_count() == 100_000
@@ -264,25 +505,12 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
         """Stands in for the event loop: look at the window the command opened, then close it."""
         def shown():
             return [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        qtbot.waitUntil(lambda: bool(shown()) and shown()[0].scan_summary is not None, timeout=30_000)
+        qtbot.waitUntil(lambda: bool(shown()) and shown()[0].session.dataset.summary is not None, timeout=30_000)
         window = shown()[0]
-        seen["folder"], seen["classes"] = window.data_folder, len(window.scan_summary["classes"])
+        seen["folder"], seen["classes"] = window.session.dataset.folder, len(window.session.dataset.summary["classes"])
         window.close()
         return 0
 
     monkeypatch.setattr(QApplication, "exec", fake_exec)
     assert main(["gui", "--data", str(demo_dir)]) == 0
     assert seen == {"folder": str(demo_dir), "classes": 4}
-
-
-def test_a_weights_file_is_checked_when_chosen(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
-    open_demo(qtbot, window, demo_dir)
-    window.model_panel.set_weights(str(resnet18_weights_file))
-    window.model_panel.weights_changed.emit(str(resnet18_weights_file))
-    qtbot.waitUntil(lambda: "dropped" in window.statusBar().currentMessage(), timeout=30_000)
-    state = torch.load(resnet18_weights_file, weights_only=True)
-    del state["layer2.0.conv1.weight"]
-    torch.save(state, tmp_path / "broken.pt")
-    window.model_panel.set_weights(str(tmp_path / "broken.pt"))
-    window.model_panel.weights_changed.emit(str(tmp_path / "broken.pt"))
-    qtbot.waitUntil(lambda: "layer2.0.conv1.weight" in window.training_panel.error_label.text(), timeout=30_000)

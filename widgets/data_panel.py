@@ -1,24 +1,32 @@
-"""The data panel: dataset folder, classes with counts and thumbnails, split, size, augmentation."""
+"""The data panel: dataset folder, classes with counts and thumbnails, split, size, augmentation.
+
+It shows what it is given (a DataConfig, a scan summary, thumbnails) and reports what the person
+edits through `data_edited`; it never scans or decides anything itself.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPainter, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSignalBlocker, Qt, Signal
+from PySide6.QtGui import QImage, QPainter
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout)
+                               QTableView, QVBoxLayout)
 
 from engine.config import AUGMENTATIONS, DataConfig
 from engine.images import BadImage, load_rgb
 
-THUMB = 40
+THUMB = 32
+STRIP_WIDTH = THUMB * 3 + 8
+VISIBLE_CLASS_ROWS = 5  # the class table's smallest height shows this many rows
 AUGMENT_TIPS = {
     "none": "No augmentation: every epoch sees the same images (lets a frozen trunk's features be cached).",
     "light": "Random horizontal flips.",
     "standard": "Random resized crops and horizontal flips (torchvision's reference recipe).",
 }
+WARNING_STYLE = "color: #b26a00;"
+ERROR_STYLE = "color: #c62828;"
 
 
 def make_thumbnail(path: str, size: int = THUMB) -> QImage | None:
@@ -33,76 +41,166 @@ def make_thumbnail(path: str, size: int = THUMB) -> QImage | None:
     return qimage.copy()  # own the pixels: `data` goes away
 
 
+def thumbnail_strip(paths: list[str]) -> QImage | None:
+    """Up to three thumbnails side by side in one QImage. Painting on a QImage is allowed off the
+    GUI thread, so the strips are made in the background and the table only shows them."""
+    images = [image for image in map(make_thumbnail, paths) if image is not None][:3]
+    if not images:
+        return None
+    strip = QImage(STRIP_WIDTH, THUMB, QImage.Format.Format_ARGB32_Premultiplied)
+    strip.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(strip)
+    for i, image in enumerate(images):
+        painter.drawImage(i * (THUMB + 4), (THUMB - image.height()) // 2, image)
+    painter.end()
+    return strip
+
+
+class ClassTableModel(QAbstractTableModel):
+    """Class name, train and val counts and a thumbnail strip per class. Rows are read when shown,
+    so a dataset of a thousand classes costs nothing until it is scrolled."""
+
+    HEADERS = ("Class", "Train", "Val", "Examples")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._classes: list[dict] = []  # {"class", "train", "val"}
+        self._strips: dict[str, QImage | None] = {}
+
+    def set_classes(self, classes: list[dict]) -> None:
+        self.beginResetModel()
+        self._classes = list(classes)
+        self.endResetModel()
+
+    def set_strips(self, strips: dict[str, QImage | None]) -> None:
+        self._strips = dict(strips)
+        if self._classes:
+            self.dataChanged.emit(self.index(0, 3), self.index(len(self._classes) - 1, 3),
+                                  [Qt.ItemDataRole.DecorationRole])
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(self._classes)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt's name
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        counts, column = self._classes[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == 0:
+                return counts["class"]
+            if column in (1, 2):
+                return f"{counts['train' if column == 1 else 'val']:,}"
+        elif role == Qt.ItemDataRole.DecorationRole and column == 3:
+            return self._strips.get(counts["class"])
+        elif role == Qt.ItemDataRole.ToolTipRole:
+            return f"{counts['class']}: {counts['train']:,} training and {counts['val']:,} validation images"
+        elif role == Qt.ItemDataRole.TextAlignmentRole and column in (1, 2):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+
 class DataPanel(QGroupBox):
     folder_chosen = Signal(str)
     demo_requested = Signal()
-    settings_changed = Signal()
+    data_edited = Signal(dict)  # the DataConfig fields the person changed, e.g. {"val_fraction": 0.25}
 
     def __init__(self, parent=None):
         super().__init__("Data", parent)
+        defaults = DataConfig()
         self.folder_edit = QLineEdit()
         self.folder_edit.setObjectName("dataFolderEdit")
         self.folder_edit.setPlaceholderText("A folder with one sub-folder per class (or train/ and val/)")
         self.folder_edit.setToolTip("The dataset: one sub-folder of images per class. Press Enter or drop a folder on the window.")
         self.folder_edit.returnPressed.connect(lambda: self.folder_chosen.emit(self.folder_edit.text().strip()))
-        browse = QPushButton("Browse…")
-        browse.setObjectName("browseButton")
-        browse.setToolTip("Choose the dataset folder.")
-        browse.clicked.connect(self._browse)
-        demo = QPushButton("Demo dataset")
-        demo.setObjectName("demoDatasetButton")
-        demo.setToolTip("Use the built-in synthetic dataset of coloured shapes (made on first use, no download).")
-        demo.clicked.connect(self.demo_requested)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.setObjectName("browseButton")
+        self.browse_button.setToolTip("Choose the dataset folder.")
+        self.browse_button.clicked.connect(self.browse)
+        self.demo_button = QPushButton("Demo")
+        self.demo_button.setObjectName("demoDatasetButton")
+        self.demo_button.setToolTip("Use the built-in synthetic dataset of coloured shapes (made on first use, no download).")
+        self.demo_button.clicked.connect(self.demo_requested)
         row = QHBoxLayout()
         row.addWidget(self.folder_edit, 1)
-        row.addWidget(browse)
-        row.addWidget(demo)
+        row.addWidget(self.browse_button)
+        row.addWidget(self.demo_button)
 
-        self.class_table = QTableWidget(0, 4)
+        self.class_model = ClassTableModel(self)
+        self.class_table = QTableView()
         self.class_table.setObjectName("classTable")
-        self.class_table.setHorizontalHeaderLabels(["Class", "Train", "Val", "Examples"])
+        self.class_table.setModel(self.class_model)
         self.class_table.verticalHeader().setVisible(False)
+        self.class_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.class_table.verticalHeader().setDefaultSectionSize(THUMB + 4)
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.class_table.setIconSize(QSize(THUMB * 3 + 8, THUMB))
-        self.class_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.class_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long names keep both ends
+        self.class_table.setWordWrap(False)
+        header = self.class_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Fixed)
+            header.resizeSection(column, 64)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(3, STRIP_WIDTH + 12)
+        self.class_table.setMinimumHeight(header.sizeHint().height() + VISIBLE_CLASS_ROWS * (THUMB + 4) + 4)
         self.class_table.setToolTip("Images per class in the training and validation splits.")
-        self.class_table.setMinimumHeight(120)
 
         self.val_spin = QDoubleSpinBox()
         self.val_spin.setObjectName("valFractionSpin")
         self.val_spin.setRange(0.0, 0.9)
         self.val_spin.setSingleStep(0.05)
-        self.val_spin.setValue(DataConfig().val_fraction)
+        self.val_spin.setValue(defaults.val_fraction)
         self.val_spin.setToolTip("Share of each class held out for validation (stratified, seeded).")
-        self.split_note = QLabel("")
+        self.val_spin.valueChanged.connect(lambda v: self.data_edited.emit({"val_fraction": v}))
+        self.split_note = QLabel("of each class")
         self.size_spin = QSpinBox()
         self.size_spin.setObjectName("imageSizeSpin")
         self.size_spin.setRange(16, 1024)
         self.size_spin.setSingleStep(16)
-        self.size_spin.setValue(DataConfig().image_size)
+        self.size_spin.setValue(defaults.image_size)
         self.size_spin.setSuffix(" px")
-        self.size_spin.setToolTip("Side of the square crop the model sees; smaller trains faster.")
+        self.size_spin.setKeyboardTracking(False)  # typing "224" is one change, not "2", "22", "224"
+        self._size_tip = "Side of the square crop the model sees; smaller trains faster."
+        self.size_spin.setToolTip(self._size_tip)
+        self.size_spin.valueChanged.connect(lambda v: self.data_edited.emit({"image_size": v}))
+        self.size_problem_label = QLabel("")
+        self.size_problem_label.setObjectName("imageSizeProblemLabel")
+        self.size_problem_label.setStyleSheet(ERROR_STYLE)
+        self.size_problem_label.setWordWrap(True)
+        self.size_problem_label.hide()
         self.augment_combo = QComboBox()
         self.augment_combo.setObjectName("augmentCombo")
         for name in AUGMENTATIONS:
             self.augment_combo.addItem(name, name)
             self.augment_combo.setItemData(self.augment_combo.count() - 1, AUGMENT_TIPS[name], Qt.ItemDataRole.ToolTipRole)
-        self.augment_combo.setCurrentText(DataConfig().augment)
+        self.augment_combo.setCurrentIndex(self.augment_combo.findData(defaults.augment))
         self.augment_combo.setToolTip("Training-time augmentation. 'none' lets a frozen backbone's features be cached.")
-        for signal in (self.val_spin.valueChanged, self.size_spin.valueChanged, self.augment_combo.currentIndexChanged):
-            signal.connect(self.settings_changed)
+        self.augment_combo.currentIndexChanged.connect(
+            lambda: self.data_edited.emit({"augment": self.augment_combo.currentData()}))
 
-        split_row = QHBoxLayout()
-        split_row.addWidget(self.val_spin)
-        split_row.addWidget(self.split_note, 1)
-        form = QFormLayout()
-        form.addRow("Validation", split_row)
-        form.addRow("Image size", self.size_spin)
-        form.addRow("Augmentation", self.augment_combo)
+        form = QGridLayout()
+        form.addWidget(QLabel("Validation"), 0, 0)
+        form.addWidget(self.val_spin, 0, 1)
+        form.addWidget(self.split_note, 0, 2)
+        form.addWidget(QLabel("Image size"), 1, 0)
+        form.addWidget(self.size_spin, 1, 1)
+        form.addWidget(QLabel("Augmentation"), 1, 2, Qt.AlignmentFlag.AlignRight)
+        form.addWidget(self.augment_combo, 1, 3)
+        form.addWidget(self.size_problem_label, 2, 0, 1, 4)
+        form.setColumnStretch(2, 1)
 
         self.warning_label = QLabel("")
         self.warning_label.setObjectName("dataWarningLabel")
-        self.warning_label.setStyleSheet("color: #b26a00;")
+        self.warning_label.setStyleSheet(WARNING_STYLE)
         self.warning_label.setWordWrap(True)
         self.warning_label.setToolTip("Click to list skipped files with their reasons.")
         self.warning_label.mousePressEvent = lambda event: self.show_skipped()
@@ -117,67 +215,76 @@ class DataPanel(QGroupBox):
         layout.addWidget(self.warning_label)
         layout.addLayout(form)
         self._skipped: list[dict] = []
-        self._layout = "folders"
+        self._editors = (self.folder_edit, self.browse_button, self.demo_button, self.val_spin, self.size_spin,
+                         self.augment_combo)
+        self._given_split = False
 
-    def _browse(self) -> None:
+    def browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Dataset folder", self.folder_edit.text() or str(Path.home()))
         if folder:
             self.folder_chosen.emit(folder)
 
-    def set_folder_text(self, folder: str) -> None:
-        self.folder_edit.setText(folder)
+    # --- what the session says ------------------------------------------------------------------
 
-    def show_scanning(self, folder: str) -> None:
+    def show_data(self, data: DataConfig) -> None:
+        """The data settings; the boxes say nothing back (this is not an edit)."""
+        with QSignalBlocker(self.folder_edit), QSignalBlocker(self.val_spin), QSignalBlocker(self.size_spin), \
+                QSignalBlocker(self.augment_combo):
+            if data.root and self.folder_edit.text() != data.root:
+                self.folder_edit.setText(data.root)
+            self.val_spin.setValue(data.val_fraction)
+            self.size_spin.setValue(data.image_size)
+            self.augment_combo.setCurrentIndex(max(0, self.augment_combo.findData(data.augment)))
+
+    def show_listing_in_progress(self, folder: str) -> None:
         self.folder_edit.setText(folder)
-        self.stats_label.setText("Scanning…")
+        self.stats_label.setText("Reading the folder…")
         self.warning_label.setText("")
+        self.class_model.set_classes([])
+        self._skipped = []
 
     def show_error(self, message: str) -> None:
         self.stats_label.setText("")
-        self.class_table.setRowCount(0)
-        self.warning_label.setStyleSheet("color: #c62828;")
+        self.class_model.set_classes([])
+        self.warning_label.setStyleSheet(ERROR_STYLE)
         self.warning_label.setText(message)
         self._skipped = []
 
-    def show_scan(self, summary: dict, thumbnails: dict[str, list[QImage]]) -> None:
-        classes = summary["classes"]
-        self._layout = summary["layout"]
+    def show_summary(self, summary: dict) -> None:
+        """Class counts, image sizes and warnings of a scan (engine.data.DatasetScan.summary())."""
         self._skipped = summary["skipped"]
-        self.class_table.setRowCount(len(classes))
-        for r, counts in enumerate(classes):
-            self.class_table.setItem(r, 0, QTableWidgetItem(counts["class"]))
-            for c, key in ((1, "train"), (2, "val")):
-                item = QTableWidgetItem(f"{counts[key]:,}")
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.class_table.setItem(r, c, item)
-            strip = self._strip(thumbnails.get(counts["class"], []))
-            item = QTableWidgetItem()
-            if strip is not None:
-                item.setIcon(QIcon(strip))
-            self.class_table.setItem(r, 3, item)
-            self.class_table.setRowHeight(r, THUMB + 4)
-        self.class_table.setColumnWidth(3, THUMB * 3 + 16)
+        self.class_model.set_classes(summary["classes"])
         sizes = summary.get("image_sizes") or {}
-        size_text = (f" · images {sizes['width']['median']}×{sizes['height']['median']} px (median)" if sizes else "")
-        self.stats_label.setText(f"{len(classes)} classes · {summary['total']:,} images{size_text}")
-        given = self._layout == "train-val"
-        self.val_spin.setEnabled(not given)
-        self.split_note.setText("using train/ and val/ as given" if given else "of each class")
-        self.warning_label.setStyleSheet("color: #b26a00;")
+        size_text = f" · images {sizes['width']['median']}×{sizes['height']['median']} px (median)" if sizes else ""
+        self.stats_label.setText(f"{len(summary['classes'])} classes · {summary['total']:,} images{size_text}")
+        self._given_split = summary["layout"] == "train-val"
+        self.val_spin.setEnabled(not self._given_split and self.folder_edit.isEnabled())
+        self.split_note.setText("train/ and val/ as given" if self._given_split else "of each class")
+        self.warning_label.setStyleSheet(WARNING_STYLE)
         self.warning_label.setText(" · ".join(summary["warnings"]))
 
-    @staticmethod
-    def _strip(images: list[QImage]) -> QPixmap | None:
-        images = [i for i in images if i is not None][:3]
-        if not images:
-            return None
-        strip = QPixmap(THUMB * 3 + 8, THUMB)
-        strip.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(strip)
-        for i, image in enumerate(images):
-            painter.drawImage(i * (THUMB + 4), (THUMB - image.height()) // 2, image)
-        painter.end()
-        return strip
+    def show_thumbnails(self, strips: dict[str, QImage | None]) -> None:
+        self.class_model.set_strips(strips)
+
+    def set_image_size_rule(self, minimum: int, reason: str) -> None:
+        """The architecture's smallest image size: the box goes no lower, and says why."""
+        with QSignalBlocker(self.size_spin):
+            self.size_spin.setMinimum(minimum)
+        self.size_spin.setToolTip(f"{self._size_tip}\nAt least {minimum} px: {reason}" if reason else self._size_tip)
+        if self.size_spin.value() < minimum:
+            self.size_spin.setValue(minimum)  # an edit: the session hears of it
+
+    def show_image_size_problem(self, problem: str) -> None:
+        self.size_problem_label.setText(problem)
+        self.size_problem_label.setVisible(bool(problem))
+
+    def set_read_only(self, read_only: bool) -> None:
+        """While a run trains, the panel shows its settings and takes no edits."""
+        for widget in self._editors:
+            widget.setEnabled(not read_only)
+        self.val_spin.setEnabled(not read_only and not self._given_split)
+
+    # --- skipped files ---------------------------------------------------------------------------
 
     def show_skipped(self) -> None:
         if not self._skipped:
@@ -188,12 +295,3 @@ class DataPanel(QGroupBox):
                           f"{len(self._skipped)} file(s) cannot be used and are skipped.", parent=self)
         box.setDetailedText("\n".join(lines) + more)
         box.open()
-
-    def values(self) -> dict:
-        return {"val_fraction": self.val_spin.value(), "image_size": self.size_spin.value(),
-                "augment": self.augment_combo.currentData()}
-
-    def set_values(self, data: DataConfig) -> None:
-        self.val_spin.setValue(data.val_fraction)
-        self.size_spin.setValue(data.image_size)
-        self.augment_combo.setCurrentIndex(max(0, self.augment_combo.findData(data.augment)))

@@ -9,6 +9,7 @@ from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
 
+from engine.errors import UserError
 from engine.export import default_path
 
 FORMAT_LABELS = (
@@ -135,10 +136,11 @@ class ExportDialog(QDialog):
         self.run_button.setEnabled(True)
 
 
-def checkpoint_meta(checkpoint: str) -> dict:
-    """arch, class names and preprocessing of a checkpoint, for the snippet (read safely)."""
-    from engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(Path(checkpoint))
-    return {"arch": ckpt["arch"], "class_names": list(ckpt["class_names"]), "preprocessing": ckpt["preprocessing"]}
-
+def meta_from_record(record: dict) -> dict:
+    """arch, class names and preprocessing for the snippet, from the run's run.json (a small JSON
+    file: reading the checkpoint itself on the GUI thread would stall the window)."""
+    try:
+        return {"arch": record["config"]["model"]["arch"], "class_names": list(record["class_names"]),
+                "preprocessing": record["preprocessing"]}
+    except (KeyError, TypeError):
+        raise UserError("the run's run.json does not say which model it trained; export it with the CLI") from None

@@ -1,28 +1,70 @@
-"""The model panel: architecture, weights, strategy presets, the layer tree and its summary line."""
+"""The model panel: architecture, weights, strategy presets, the layer tree and its summary line.
+
+It shows what it is given (a ModelConfig, a ModelInfo, a PlanConfig, training evidence) and
+reports what the person edits through its signals; the tree's own edits come out as a whole
+PlanConfig in `plan_edited`.
+"""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QSpinBox, QVBoxLayout)
+from pathlib import Path
 
-from engine.models import FEATURED_ARCHS, available_archs
-from widgets.layer_tree import LayerTreeModel, LayerTreeView
+from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout,
+                               QLabel, QPushButton, QSpinBox, QStackedWidget, QVBoxLayout)
+
+from engine.config import ModelConfig, PlanConfig
+from engine.events import IntegrityReport, LayerStats
+from engine.models import FEATURED_ARCHS, ModelInfo, available_archs
+from widgets.layer_tree import FROZEN, LR, LayerFilterEdit, LayerTreeModel, LayerTreeView
 
 WEIGHT_CHOICES = (("ImageNet", "imagenet"), ("None (random init)", "none"))
 FROM_FILE = "From file…"
-ARCH_TIPS = {
-    "resnet50": "The balanced default.",
-    "efficientnet_b0": "Light and accurate.",
-    "mobilenet_v3_small": "The lightest; fast on CPU.",
-    "convnext_tiny": "Modern and accurate.",
-}
+WEIGHTS_TIP = "Start from ImageNet weights (cached by torchvision), random init, or a state-dict file."
+PRESETS = (
+    ("presetFeatureExtraction", "Feature extraction", "feature-extraction",
+     "Freeze everything but the new head (best below ~500 images). Ctrl+1"),
+    ("presetFineTune", "Fine-tune all", "fine-tune", "Train every layer at the base LR (for > 5,000 images). Ctrl+2"),
+    ("presetDiscriminative", "Discriminative", "discriminative",
+     "Train everything; LRs shrink stage by stage toward the input. Ctrl+3"),
+    ("presetGradual", "Gradual", "gradual",
+     "Start with the head; unfreeze one stage at a time from the top (500–5,000 images). Ctrl+4"),
+)
+
+
+class _TreeEditBlocker(QObject):
+    """Swallows what would edit the tree (Frozen clicks, LR edits, Space on a checkbox, the
+    context menu) while still letting the person scroll, expand and read tooltips."""
+
+    BLOCKED_KEYS = (Qt.Key.Key_Space, Qt.Key.Key_Select, Qt.Key.Key_F2, Qt.Key.Key_Return, Qt.Key.Key_Enter)
+    MOUSE = (QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease, QEvent.Type.MouseButtonDblClick)
+
+    def __init__(self, view: LayerTreeView):
+        super().__init__(view)
+        self.view = view
+        self.active = False
+        view.installEventFilter(self)
+        view.viewport().installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt override
+        if not self.active:
+            return False
+        if event.type() == QEvent.Type.ContextMenu:
+            return True
+        if event.type() == QEvent.Type.KeyPress and event.key() in self.BLOCKED_KEYS:
+            return True
+        if watched is self.view.viewport() and event.type() in self.MOUSE:
+            return self.view.indexAt(event.position().toPoint()).column() in (FROZEN, LR)
+        return False
 
 
 class ModelPanel(QGroupBox):
-    arch_changed = Signal(str)
-    weights_changed = Signal(str)
+    arch_edited = Signal(str)
+    weights_edited = Signal(str)  # "imagenet", "none" or a file path
     preset_requested = Signal(str)  # a strategy name
+    discriminative_factor_edited = Signal(float)
+    gradual_every_edited = Signal(int)
+    plan_edited = Signal(object)  # the PlanConfig after an edit made in the tree
 
     def __init__(self, parent=None):
         super().__init__("Model", parent)
@@ -36,15 +78,14 @@ class ModelPanel(QGroupBox):
         for arch in available_archs():
             if arch not in featured:
                 self.arch_combo.addItem(arch, arch)
-        self.arch_combo.currentIndexChanged.connect(lambda: self.arch_changed.emit(self.arch()))
+        self.arch_combo.currentIndexChanged.connect(lambda: self.arch_edited.emit(self.arch_combo.currentData()))
 
         self.weights_combo = QComboBox()
         self.weights_combo.setObjectName("weightsCombo")
-        self.weights_combo.setToolTip("Start from ImageNet weights (cached by torchvision), random init, or a state-dict file.")
-        for text, value in WEIGHT_CHOICES:
-            self.weights_combo.addItem(text, value)
-        self.weights_combo.addItem(FROM_FILE, "")
+        self.weights_combo.setToolTip(WEIGHTS_TIP)
         self.weights_combo.activated.connect(self._weights_activated)
+        self._weights = "imagenet"
+        self._fill_weights_combo([])
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Architecture"))
@@ -56,28 +97,20 @@ class ModelPanel(QGroupBox):
         self.factor_spin.setObjectName("discriminativeFactorSpin")
         self.factor_spin.setRange(1.0, 100.0)
         self.factor_spin.setDecimals(1)
-        self.factor_spin.setValue(2.6)
+        self.factor_spin.setValue(PlanConfig().discriminative_factor)
         self.factor_spin.setPrefix("÷")
         self.factor_spin.setToolTip("Discriminative LRs: each stage below the head trains at the LR above it divided by this.")
+        self.factor_spin.valueChanged.connect(self.discriminative_factor_edited)
         self.every_spin = QSpinBox()
         self.every_spin.setObjectName("gradualEverySpin")
         self.every_spin.setRange(1, 100)
-        self.every_spin.setValue(1)
+        self.every_spin.setValue(PlanConfig().gradual_every)
         self.every_spin.setSuffix(" ep")
         self.every_spin.setToolTip("Gradual unfreezing: one more stage starts training every this many epochs.")
+        self.every_spin.valueChanged.connect(self.gradual_every_edited)
         presets = QHBoxLayout()
-        presets.addWidget(QLabel("Presets"))
-        buttons = (
-            ("presetFeatureExtraction", "Feature extraction", "feature-extraction",
-             "Freeze everything but the new head (best below ~500 images). Ctrl+1"),
-            ("presetFineTune", "Fine-tune all", "fine-tune", "Train every layer at the base LR (for > 5,000 images). Ctrl+2"),
-            ("presetDiscriminative", "Discriminative", "discriminative",
-             "Train everything; LRs shrink stage by stage toward the input. Ctrl+3"),
-            ("presetGradual", "Gradual", "gradual",
-             "Start with the head; unfreeze one stage at a time from the top (500–5,000 images). Ctrl+4"),
-        )
-        self.preset_buttons = {}
-        for object_name, text, strategy, tip in buttons:
+        self.preset_buttons: dict[str, QPushButton] = {}
+        for object_name, text, strategy, tip in PRESETS:
             button = QPushButton(text)
             button.setObjectName(object_name)
             button.setToolTip(tip)
@@ -94,44 +127,128 @@ class ModelPanel(QGroupBox):
         self.tree_model = LayerTreeModel(self)
         self.tree = LayerTreeView()
         self.tree.setModel(self.tree_model)
+        self.tree_model.plan_changed.connect(self._tree_plan_changed)
+        self._edit_blocker = _TreeEditBlocker(self.tree)
+        self._edit_triggers = self.tree.editTriggers()
+        self.filter_edit = LayerFilterEdit(self.tree)
+        self.tree_message = QLabel("")
+        self.tree_message.setObjectName("treeMessageLabel")
+        self.tree_message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.tree_message.setWordWrap(True)
+        self.tree_pages = QStackedWidget()  # the tree, or why there is none to show
+        self.tree_pages.addWidget(self.tree)
+        self.tree_pages.addWidget(self.tree_message)
+
         self.summary_label = QLabel("No model")
         self.summary_label.setObjectName("trainableSummaryLabel")
         self.summary_label.setToolTip("What will train: trainable parameters of all, and how many learning-rate groups.")
         self.summary_label.setStyleSheet("font-weight: 600;")
-        self.tree_model.plan_changed.connect(lambda: self.summary_label.setText(self.tree_model.summary()))
+        self.warning_label = QLabel("")
+        self.warning_label.setObjectName("modelWarningLabel")
+        self.warning_label.setStyleSheet("color: #b26a00;")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.hide()
 
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(presets)
-        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.filter_edit)
+        layout.addWidget(self.tree_pages, 1)
         layout.addWidget(self.summary_label)
-        self._last_weights_index = 0
+        layout.addWidget(self.warning_label)
+        self._editors = (self.arch_combo, self.weights_combo, self.factor_spin, self.every_spin,
+                         *self.preset_buttons.values())
 
-    def arch(self) -> str:
-        return self.arch_combo.currentData()
+    # --- what the session says ------------------------------------------------------------------
 
-    def set_arch(self, arch: str) -> None:
-        index = self.arch_combo.findData(arch)
-        if index >= 0:
-            self.arch_combo.setCurrentIndex(index)
+    def show_model(self, model: ModelConfig) -> None:
+        with QSignalBlocker(self.arch_combo):
+            index = self.arch_combo.findData(model.arch)
+            if index >= 0:
+                self.arch_combo.setCurrentIndex(index)
+        self._weights = model.weights
+        self._select_weights()
 
-    def weights(self) -> str:
-        return self.weights_combo.currentData()
+    def show_weights_files(self, files: list[str]) -> None:
+        """The weights files on offer: those that loaded, and the one being checked."""
+        self._fill_weights_combo(files)
 
-    def set_weights(self, weights: str) -> None:
-        index = self.weights_combo.findData(weights)
-        if index < 0:
-            self.weights_combo.insertItem(self.weights_combo.count() - 1, f"File: {weights}", weights)
-            index = self.weights_combo.findData(weights)
-        self.weights_combo.setCurrentIndex(index)
-        self._last_weights_index = index
+    def show_weights_note(self, note: str) -> None:
+        self.weights_combo.setToolTip(note or WEIGHTS_TIP)
+
+    def show_model_building(self, arch: str) -> None:
+        self.summary_label.setText(f"Building {arch}…")
+
+    def show_model_failure(self, message: str) -> None:
+        """No tree to show: the architecture could not be built (the old tree would mislead)."""
+        self.tree_message.setText(message)
+        self.tree_pages.setCurrentWidget(self.tree_message)
+        self.summary_label.setText("No model")
+
+    def show_model_info(self, info: ModelInfo, plan: PlanConfig, weight_decay: float) -> None:
+        self.tree_model.set_model_info(info, plan, weight_decay)
+        self.tree_pages.setCurrentWidget(self.tree)
+
+    def show_plan(self, plan: PlanConfig) -> None:
+        with QSignalBlocker(self.factor_spin), QSignalBlocker(self.every_spin):
+            self.factor_spin.setValue(plan.discriminative_factor)
+            self.every_spin.setValue(plan.gradual_every)
+        if self.tree_model.model_info is not None:
+            self.tree_model.set_plan_config(plan)  # no-op when the tree made this plan itself
+
+    def show_weight_decay(self, weight_decay: float) -> None:
+        self.tree_model.set_weight_decay(weight_decay)
+
+    def show_warning(self, text: str) -> None:
+        self.warning_label.setText(text)
+        self.warning_label.setVisible(bool(text))
+
+    def set_read_only(self, read_only: bool) -> None:
+        """While a run trains, the panel shows its model and plan and takes no edits; the tree
+        can still be scrolled, opened and searched."""
+        for widget in self._editors:
+            widget.setEnabled(not read_only)
+        self._edit_blocker.active = read_only
+        self.tree.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers if read_only else self._edit_triggers)
+
+    # --- training evidence on the tree -----------------------------------------------------------------
+
+    def show_integrity(self, report: IntegrityReport | None) -> None:
+        self.tree_model.set_integrity(report)
+
+    def show_layer_stats(self, stats: dict[str, LayerStats]) -> None:
+        self.tree_model.set_layer_stats(stats)
+
+    def clear_evidence(self) -> None:
+        self.tree_model.clear_evidence()
+
+    # --- the person's edits ----------------------------------------------------------------------------
+
+    def _tree_plan_changed(self) -> None:
+        self.summary_label.setText(self.tree_model.summary())
+        self.plan_edited.emit(self.tree_model.plan_config)
+
+    def _fill_weights_combo(self, files: list[str]) -> None:
+        with QSignalBlocker(self.weights_combo):
+            self.weights_combo.clear()
+            for text, value in WEIGHT_CHOICES:
+                self.weights_combo.addItem(text, value)
+            for path in files:
+                self.weights_combo.addItem(f"File: {Path(path).name}", path)
+                self.weights_combo.setItemData(self.weights_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+            self.weights_combo.addItem(FROM_FILE, "")
+        self._select_weights()
+
+    def _select_weights(self) -> None:
+        index = self.weights_combo.findData(self._weights)
+        with QSignalBlocker(self.weights_combo):
+            self.weights_combo.setCurrentIndex(max(0, index))
 
     def _weights_activated(self, index: int) -> None:
-        if self.weights_combo.itemText(index) == FROM_FILE:
-            path, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "State dicts (*.pt *.pth *.safetensors)")
-            if not path:
-                self.weights_combo.setCurrentIndex(self._last_weights_index)
-                return
-            self.set_weights(path)
-        self._last_weights_index = self.weights_combo.currentIndex()
-        self.weights_changed.emit(self.weights())
+        choice = self.weights_combo.itemData(index)
+        if choice == "":  # From file…
+            choice, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "State dicts (*.pt *.pth *.safetensors)")
+        if not choice:
+            self._select_weights()  # cancelled: the combo shows the weights in use
+            return
+        self.weights_edited.emit(choice)

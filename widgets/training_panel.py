@@ -1,85 +1,114 @@
-"""The training panel: hyper-parameters, Start/Pause/Stop/Export, progress with images/s and ETA."""
+"""The training panel: hyper-parameters, Start/Pause/Stop/Export, progress with images/s and ETA.
+
+It shows what it is given (a TrainConfig, the base LR, the engine's typed events) and reports the
+person's edits and clicks through its signals.
+"""
 
 from __future__ import annotations
 
+from PySide6.QtCore import QSignalBlocker, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QStyle, QVBoxLayout)
 
 from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from engine.events import format_duration
+from engine.events import BatchEvent, EpochEvent, FitResult, format_duration
 from widgets.layer_tree import ScientificSpinBox
 
 PRECISION_CHOICES = (("Auto (bf16/fp16 on GPU)", "auto"), ("Off (fp32)", "off"), ("bf16", "bf16"), ("fp16", "fp16"))
+HOW_IT_ENDED = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}
+
+
+def result_line(result: FitResult) -> str:
+    """E.g. "Finished after 5 epoch(s) · best val accuracy 93.8 % (epoch 4)"."""
+    best = result.best_val_accuracy
+    best_text = f" · best val accuracy {best:.1%} (epoch {result.best_epoch})" if best is not None else ""
+    skipped = f" · {len(result.skipped)} file(s) skipped" if result.skipped else ""
+    return f"{HOW_IT_ENDED.get(result.stopped, 'Ended')} after {result.epochs_run} epoch(s){best_text}{skipped}"
 
 
 class TrainingPanel(QGroupBox):
+    train_edited = Signal(dict)  # the TrainConfig fields the person changed, e.g. {"epochs": 7}
+    base_lr_edited = Signal(float)
+    start_clicked = Signal()
+    pause_clicked = Signal(bool)  # True: pause
+    stop_clicked = Signal()
+    export_clicked = Signal()
+
     def __init__(self, devices: list[tuple[str, str]], parent=None):
         super().__init__("Training", parent)
         t = TrainConfig()
 
-        def spin(name, lo, hi, value, tip, suffix=""):
+        def spin(name, lo, hi, value, tip, field):
             box = QSpinBox()
             box.setObjectName(name)
             box.setRange(lo, hi)
             box.setValue(value)
             box.setToolTip(tip)
-            box.setSuffix(suffix)
+            box.valueChanged.connect(lambda v: self.train_edited.emit({field: v}))
             return box
 
-        def combo(name, items, tip):
+        def combo(name, items, tip, field):
             box = QComboBox()
             box.setObjectName(name)
             for text, data in items:
                 box.addItem(text, data)
             box.setToolTip(tip)
+            box.currentIndexChanged.connect(lambda: self.train_edited.emit({field: box.currentData()}))
             return box
 
-        self.epochs_spin = spin("epochsSpin", 1, 10_000, t.epochs, "Passes over the training set.")
-        self.batch_spin = spin("batchSizeSpin", 1, 4096, t.batch_size, "Images per optimizer step.")
+        self.epochs_spin = spin("epochsSpin", 1, 10_000, t.epochs, "Passes over the training set.", "epochs")
+        self.batch_spin = spin("batchSizeSpin", 1, 4096, t.batch_size, "Images per optimizer step.", "batch_size")
         self.optimizer_combo = combo("optimizerCombo", [(o, o) for o in OPTIMIZERS],
-                                     "adamw: Adam with decoupled weight decay; sgd uses momentum 0.9.")
+                                     "adamw: Adam with decoupled weight decay; sgd uses momentum 0.9.", "optimizer")
         self.base_lr_spin = ScientificSpinBox()
         self.base_lr_spin.setObjectName("baseLrSpin")
         self.base_lr_spin.setValue(1e-3)
         self.base_lr_spin.setToolTip("Learning rate of every module that has none of its own (the tree's root).")
+        self.base_lr_spin.valueChanged.connect(self.base_lr_edited)
         self.weight_decay_spin = QDoubleSpinBox()
         self.weight_decay_spin.setObjectName("weightDecaySpin")
         self.weight_decay_spin.setDecimals(4)
         self.weight_decay_spin.setRange(0, 1)
         self.weight_decay_spin.setSingleStep(0.01)
         self.weight_decay_spin.setValue(t.weight_decay)
+        self.weight_decay_spin.setKeyboardTracking(False)
         self.weight_decay_spin.setToolTip("Weight decay for every trained parameter.")
+        self.weight_decay_spin.valueChanged.connect(lambda v: self.train_edited.emit({"weight_decay": v}))
         self.schedule_combo = combo("scheduleCombo", [(s, s) for s in SCHEDULES],
-                                    "How every group's LR changes over the run.")
-        self.schedule_combo.setCurrentText(t.schedule)
+                                    "How every group's LR changes over the run.", "schedule")
         self.warmup_spin = QDoubleSpinBox()
         self.warmup_spin.setObjectName("warmupSpin")
         self.warmup_spin.setRange(0, 100)
         self.warmup_spin.setSingleStep(0.5)
         self.warmup_spin.setSuffix(" ep")
         self.warmup_spin.setToolTip("Linear LR warm-up at the start, in epochs.")
-        self.device_combo = combo("deviceCombo", devices, "Where training runs.")
+        self.warmup_spin.valueChanged.connect(lambda v: self.train_edited.emit({"warmup_epochs": v}))
+        self.device_combo = combo("deviceCombo", devices, "Where training runs.", "device")
         self.precision_combo = combo("precisionCombo", PRECISION_CHOICES,
-                                     "Mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.")
-        self.seed_spin = spin("seedSpin", 0, 2**31 - 1, t.seed, "Seed for the split, initialisation and augmentation.")
-        self.compile_check = QCheckBox("Compile (torch.compile)")
+                                     "Mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.",
+                                     "precision")
+        self.seed_spin = spin("seedSpin", 0, 2**31 - 1, t.seed, "Seed for the split, initialisation and augmentation.",
+                              "seed")
+        self.compile_check = QCheckBox("Compile")
         self.compile_check.setObjectName("compileCheck")
-        self.compile_check.setToolTip("Compile the model first: the first steps take much longer, later ones run faster.")
+        self.compile_check.setToolTip("torch.compile the model first: the first steps take much longer, later ones run faster.")
+        self.compile_check.toggled.connect(lambda on: self.train_edited.emit({"compile": on}))
+        self._editors = (self.epochs_spin, self.batch_spin, self.optimizer_combo, self.base_lr_spin,
+                         self.weight_decay_spin, self.schedule_combo, self.warmup_spin, self.device_combo,
+                         self.precision_combo, self.seed_spin, self.compile_check)
 
         form = QGridLayout()
-        rows = (("Epochs", self.epochs_spin, "Batch size", self.batch_spin),
-                ("Optimizer", self.optimizer_combo, "Base LR", self.base_lr_spin),
-                ("Weight decay", self.weight_decay_spin, "Schedule", self.schedule_combo),
-                ("Warm-up", self.warmup_spin, "Seed", self.seed_spin),
-                ("Device", self.device_combo, "Precision", self.precision_combo))
-        for r, (l1, w1, l2, w2) in enumerate(rows):
-            form.addWidget(QLabel(l1), r, 0)
-            form.addWidget(w1, r, 1)
-            form.addWidget(QLabel(l2), r, 2)
-            form.addWidget(w2, r, 3)
-        form.addWidget(self.compile_check, len(rows), 1)
-        form.setColumnStretch(1, 1)
-        form.setColumnStretch(3, 1)
+        rows = ((("Epochs", self.epochs_spin), ("Batch", self.batch_spin), ("Seed", self.seed_spin)),
+                (("Optimizer", self.optimizer_combo), ("Base LR", self.base_lr_spin), ("Decay", self.weight_decay_spin)),
+                (("Schedule", self.schedule_combo), ("Warm-up", self.warmup_spin), ("", self.compile_check)),
+                (("Device", self.device_combo), ("Precision", self.precision_combo)))
+        for r, pairs in enumerate(rows):
+            for c, (label, widget) in enumerate(pairs):
+                if label:
+                    form.addWidget(QLabel(label), r, 2 * c)
+                form.addWidget(widget, r, 2 * c + 1)
+        for column in (1, 3, 5):
+            form.setColumnStretch(column, 1)
 
         style = self.style()
 
@@ -98,6 +127,10 @@ class TrainingPanel(QGroupBox):
         self.export_button = button("exportButton", "Export…", QStyle.StandardPixmap.SP_DialogSaveButton,
                                     "Export the best checkpoint: PyTorch, safetensors, TorchScript, ONNX, each checked for parity (Ctrl+E).")
         self.start_button.setDefault(True)
+        self.start_button.clicked.connect(self.start_clicked)
+        self.pause_button.clicked.connect(lambda: self.pause_clicked.emit(not self._paused))
+        self.stop_button.clicked.connect(self.stop_clicked)
+        self.export_button.clicked.connect(self.export_clicked)
         buttons = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.stop_button):
             buttons.addWidget(b)
@@ -106,9 +139,6 @@ class TrainingPanel(QGroupBox):
 
         self.progress = QProgressBar()
         self.progress.setObjectName("trainingProgress")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("Ready")
         self.progress.setTextVisible(True)
         self.progress.setToolTip("Progress over the whole run.")
         self.rate_label = QLabel("")
@@ -126,18 +156,51 @@ class TrainingPanel(QGroupBox):
         layout.addWidget(self.progress)
         layout.addWidget(self.rate_label)
         layout.addWidget(self.error_label)
-        self.set_running(False, can_export=False)
+        self._paused = False
+        self._progress_text = "Ready"  # what the bar says, before any "Paused · "
+        self._throughput = ""  # "123 images/s", from the latest batch
+        self._eta = ""  # "ETA 00:42", only while a run goes on
+        self._epoch_split = ""  # where the last epoch's time went
+        self._set_progress(0, 1, "Ready")
+        self.set_run_controls(running=False, can_export=False)
 
-    def set_running(self, running: bool, can_export: bool) -> None:
+    # --- settings --------------------------------------------------------------------------------
+
+    def show_train(self, t: TrainConfig) -> None:
+        """The training settings; the boxes say nothing back (this is not an edit)."""
+        for widget in self._editors:
+            widget.blockSignals(True)
+        try:
+            self.epochs_spin.setValue(t.epochs)
+            self.batch_spin.setValue(t.batch_size)
+            self.optimizer_combo.setCurrentIndex(max(0, self.optimizer_combo.findData(t.optimizer)))
+            self.weight_decay_spin.setValue(t.weight_decay)
+            self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(t.schedule)))
+            self.warmup_spin.setValue(t.warmup_epochs)
+            self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(t.device)))
+            self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(t.precision)))
+            self.seed_spin.setValue(t.seed)
+            self.compile_check.setChecked(t.compile)
+        finally:
+            for widget in self._editors:
+                widget.blockSignals(False)
+
+    def show_base_lr(self, lr: float) -> None:
+        with QSignalBlocker(self.base_lr_spin):
+            self.base_lr_spin.setValue(lr)
+
+    def set_run_controls(self, running: bool, can_export: bool) -> None:
+        """Buttons for the run's state; while a run trains its settings are shown read-only."""
         self.start_button.setEnabled(not running)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.export_button.setEnabled(can_export and not running)
-        self.pause_button.setText("Pause")
-        for w in (self.epochs_spin, self.batch_spin, self.optimizer_combo, self.base_lr_spin, self.weight_decay_spin,
-                  self.schedule_combo, self.warmup_spin, self.device_combo, self.precision_combo, self.seed_spin,
-                  self.compile_check):
-            w.setEnabled(not running)
+        for widget in self._editors:
+            widget.setEnabled(not running)
+        if not running:
+            self.show_paused(False)
+
+    # --- progress --------------------------------------------------------------------------------
 
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
@@ -145,58 +208,50 @@ class TrainingPanel(QGroupBox):
 
     def show_status(self, text: str, done: int, total: int) -> None:
         if total:
-            self.progress.setRange(0, total)
-            self.progress.setValue(done)
-            self.progress.setFormat(f"{text} {done}/{total}")
+            self._set_progress(done, total, f"{text} {done}/{total}")
         else:
-            self.progress.setRange(0, 0)  # busy indicator
-            self.progress.setFormat(text)
+            self._set_progress(0, 0, text)  # a busy indicator
 
-    def show_batch(self, event: dict) -> None:
-        self.progress.setRange(0, event["total_steps"])
-        self.progress.setValue(event["global_step"])
-        self.progress.setFormat(f"Epoch {event['epoch']}/{event['epochs']} · step {event['step']}/{event['steps']} · %p%")
-        self._rate = f"{event['images_per_second']:,.0f} images/s · ETA {format_duration(event['eta_seconds'])}"
-        self.rate_label.setText(self._rate + getattr(self, "_split", ""))
+    def show_batch(self, event: BatchEvent) -> None:
+        self._set_progress(event.global_step, event.total_steps,
+                           f"Epoch {event.epoch}/{event.epochs} · step {event.step}/{event.steps} · %p%")
+        self._throughput = f"{event.images_per_second:,.0f} images/s"
+        self._eta = f"ETA {format_duration(event.eta_seconds)}"
+        self._show_rate()
 
-    def show_epoch(self, event: dict) -> None:
-        total = max(1e-9, event["seconds"])
-        self._split = (f" · last epoch {event['seconds']:.1f} s: data {100 * event['data_seconds'] / total:.0f} %,"
-                       f" compute {100 * event['compute_seconds'] / total:.0f} %"
-                       + (" (cached features)" if event.get("feature_cache") else ""))
-        self.rate_label.setText(getattr(self, "_rate", "") + self._split)
+    def show_epoch(self, event: EpochEvent) -> None:
+        total = max(1e-9, event.seconds)
+        self._epoch_split = (f"last epoch {event.seconds:.1f} s: data {100 * event.data_seconds / total:.0f} %,"
+                             f" compute {100 * event.compute_seconds / total:.0f} %"
+                             + (" (cached features)" if event.feature_cache else ""))
+        self._show_rate()
+
+    def show_paused(self, paused: bool) -> None:
+        """Paused stays on the bar until resumed, whatever the batch still in flight reports."""
+        self._paused = paused
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self._set_progress(self.progress.value(), self.progress.maximum(), self._progress_text)
+
+    def show_stopping(self) -> None:
+        self._set_progress(self.progress.value(), self.progress.maximum(), "Stopping after this batch…")
 
     def show_finished(self, text: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.progress.setFormat(text)
+        """The run is over: the bar says how it ended, and no time is left to estimate."""
+        self._eta = ""
+        self._show_rate()
+        self._set_progress(1, 1, text)
 
-    def reset_progress(self) -> None:
-        self._rate, self._split = "", ""
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("Starting…")
-        self.rate_label.setText("")
+    def reset_progress(self, text: str = "Starting…") -> None:
+        self._throughput = self._eta = self._epoch_split = ""
+        self._show_rate()
+        self._set_progress(0, 1, text)
         self.show_error("")
 
-    def values(self) -> dict:
-        return {"epochs": self.epochs_spin.value(), "batch_size": self.batch_spin.value(),
-                "optimizer": self.optimizer_combo.currentData(), "weight_decay": self.weight_decay_spin.value(),
-                "schedule": self.schedule_combo.currentData(), "warmup_epochs": self.warmup_spin.value(),
-                "device": self.device_combo.currentData(), "precision": self.precision_combo.currentData(),
-                "seed": self.seed_spin.value(), "compile": self.compile_check.isChecked()}
+    def _set_progress(self, value: int, maximum: int, text: str) -> None:
+        self._progress_text = text
+        self.progress.setRange(0, maximum)
+        self.progress.setValue(value)
+        self.progress.setFormat(f"Paused · {text}" if self._paused else text)
 
-    def set_values(self, t: TrainConfig, base_lr: float) -> None:
-        self.epochs_spin.setValue(t.epochs)
-        self.batch_spin.setValue(t.batch_size)
-        self.optimizer_combo.setCurrentIndex(max(0, self.optimizer_combo.findData(t.optimizer)))
-        self.weight_decay_spin.setValue(t.weight_decay)
-        self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(t.schedule)))
-        self.warmup_spin.setValue(t.warmup_epochs)
-        index = self.device_combo.findData(t.device)
-        self.device_combo.setCurrentIndex(index if index >= 0 else 0)
-        self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(t.precision)))
-        self.seed_spin.setValue(t.seed)
-        self.compile_check.setChecked(t.compile)
-        self.base_lr_spin.setValue(base_lr)
-
+    def _show_rate(self) -> None:
+        self.rate_label.setText(" · ".join(part for part in (self._throughput, self._eta, self._epoch_split) if part))

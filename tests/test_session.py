@@ -1,0 +1,144 @@
+"""The window's session without the window: one source of truth for the configuration and the run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from PySide6.QtCore import QSettings
+
+import app.session as session_module
+import app.worker as worker_module
+from app.session import WINDOW_DEFAULTS, Session
+from engine.config import PlanConfig, PlanEdit, RunConfig, TrainConfig
+from engine.data import list_dataset, scan_dataset, split_listing
+
+
+@pytest.fixture
+def session(qtbot, tmp_path):
+    s = Session(tmp_path / "runs")
+    yield s
+    s.shutdown()
+
+
+def open_and_wait(qtbot, session, folder):
+    session.open_folder(str(folder))
+    qtbot.waitUntil(lambda: session.is_ready, timeout=60_000)
+
+
+def test_a_split_of_a_listing_is_the_scan(demo_dir):
+    listing = list_dataset(demo_dir)
+    for fraction, seed in ((0.2, 0), (0.35, 3), (0.0, 1)):
+        assert split_listing(listing, fraction, seed) == scan_dataset(demo_dir, fraction, seed)
+
+
+def test_a_change_of_split_does_not_list_the_folder_again(qtbot, session, demo_dir, monkeypatch):
+    listings, splits = [], []
+    monkeypatch.setattr(session_module, "list_dataset", lambda *a, **k: listings.append(a) or list_dataset(*a, **k))
+    monkeypatch.setattr(session_module, "split_listing", lambda *a: splits.append(a[1:]) or split_listing(*a))
+    open_and_wait(qtbot, session, demo_dir)
+    assert len(listings) == 1 and len(splits) == 1
+    for step in range(1, 6):  # five quick steps of the Validation box
+        session.update_data({"val_fraction": 0.2 + 0.05 * step})
+    qtbot.waitUntil(lambda: session.dataset.split == (pytest.approx(0.45), 0), timeout=10_000)
+    assert len(listings) == 1, "a split change read the folder again"
+    assert splits[1:] == [(pytest.approx(0.45), 0)], "one split for a burst of changes"
+    val = sum(c["val"] for c in session.dataset.summary["classes"])
+    assert val == 4 * round(16 * 0.45)
+    session.update_train({"seed": 7})  # the seed decides the split too
+    qtbot.waitUntil(lambda: session.dataset.split == (pytest.approx(0.45), 7), timeout=10_000)
+    assert len(listings) == 1
+
+
+def test_the_lr_settings_live_in_the_session_only(qtbot, session):
+    plans = []
+    session.plan_changed.connect(plans.append)
+    session.set_base_lr(3e-4)
+    session.set_discriminative_factor(4.0)
+    session.set_gradual_every(2)
+    assert session.config().plan == replace(WINDOW_DEFAULTS.plan, base_lr=3e-4, discriminative_factor=4.0,
+                                            gradual_every=2)
+    session.apply_preset("discriminative")  # a preset keeps the LR settings, drops the tree's edits
+    assert session.config().plan.base_lr == 3e-4 and session.config().plan.strategy == "discriminative"
+    session.adopt_plan(session.config().plan.with_edit(PlanEdit("layer1", frozen=True)))
+    session.apply_preset("fine-tune")
+    assert session.config().plan.edits == () and session.config().plan.discriminative_factor == 4.0
+    assert [p.strategy for p in plans][-2:] == ["discriminative", "fine-tune"]
+    session.set_base_lr(3e-4)  # no change: nobody is told
+    assert len(plans) == 6
+
+
+def test_defaults_fit_a_small_dataset():
+    assert WINDOW_DEFAULTS.plan.strategy == "feature-extraction"  # the guide, below 500 images
+    assert WINDOW_DEFAULTS.data.image_size <= 128 and WINDOW_DEFAULTS.train.epochs <= 10
+    assert WINDOW_DEFAULTS.data.augment == "none"  # lets the frozen trunk's features be cached
+
+
+def test_a_configuration_applies_all_or_nothing(qtbot, session):
+    before = session.config()
+    bad = [replace(before, model=replace(before.model, arch="resnet1800")),
+           replace(before, train=replace(before.train, epochs=0)),
+           replace(before, plan=replace(before.plan, strategy="magic"))]
+    errors = []
+    session.error_raised.connect(errors.append)
+    for config in bad:
+        assert not session.apply_config(config)
+        assert session.config() == before
+    assert "resnet1800" in errors[0] and len(errors) == 3
+
+
+def test_a_garbage_weights_file_is_one_line_and_not_offered(qtbot, session, demo_dir, tmp_path):
+    open_and_wait(qtbot, session, demo_dir)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02.")  # torch's weights-only unpickler: "IndexError: pop from empty list"
+    errors = []
+    session.error_raised.connect(errors.append)
+    session.set_weights(str(garbage))
+    assert session.weights_files == [str(garbage)]  # offered while it is being checked
+    qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
+    assert "garbage.pth" in errors[0] and "pop from empty list" not in errors[0].split("(")[0]
+    assert "\n" not in errors[0]
+    assert session.weights_files == [] and session.config().model.weights == "imagenet"
+
+
+def test_good_weights_files_are_kept_few(qtbot, session, demo_dir, tmp_path, resnet18_weights_file):
+    open_and_wait(qtbot, session, demo_dir)
+    state = torch.load(resnet18_weights_file, weights_only=True)
+    checked, paths = [], []
+    session.notice.connect(checked.append)
+    for i in range(session_module.MAX_WEIGHTS_FILES + 2):
+        paths.append(str(tmp_path / f"w{i}.pt"))
+        torch.save(state, paths[-1])
+        session.set_weights(paths[-1])
+        qtbot.waitUntil(lambda: len(checked) == len(paths), timeout=30_000)
+    assert session.weights_files == paths[::-1][:session_module.MAX_WEIGHTS_FILES]
+    assert session.config().model.weights == paths[-1]
+
+
+def test_the_training_thread_is_lowered_relative_to_the_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(worker_module.sys, "platform", "linux")
+    monkeypatch.setattr(worker_module.os, "getpriority", lambda which, who: 15)  # started with nice -n 15
+    monkeypatch.setattr(worker_module.os, "setpriority", lambda which, who, value: calls.append(value))
+    worker_module.lower_this_threads_priority()
+    assert calls == [19]  # 15 + 10, capped at the lowest priority
+    monkeypatch.setattr(worker_module.os, "getpriority", lambda which, who: -5)
+    worker_module.lower_this_threads_priority()
+    assert calls[-1] == 5  # relative: never a fixed 10 that a window started at 15 would be outranked by
+
+
+def test_the_latest_run_is_found_again(qtbot, tmp_path, demo_dir):
+    from engine.run_folder import RunFolder
+
+    config = RunConfig(data=replace(WINDOW_DEFAULTS.data, root=str(demo_dir)),
+                       plan=PlanConfig(strategy="fine-tune"), train=TrainConfig(epochs=3))
+    for name in ("resnet18-1", "resnet18-2"):
+        RunFolder(tmp_path / "runs" / name).write_record({"config": replace(config, out_dir=name).to_dict()})
+    session = Session(tmp_path / "runs")
+    try:
+        assert session.restore_latest_run()
+        assert session.run.folder.path.name == "resnet18-2" and session.config() == config
+        assert not session.run.can_export and not session.run.can_continue  # no checkpoint, no resume state
+    finally:
+        session.shutdown()
