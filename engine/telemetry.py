@@ -53,8 +53,6 @@ class Telemetry(Listener):
         self._grad_figures: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._epoch_samples: list[dict[str, LayerStats]] = []
         self._unreported: dict[str, LayerStats] = {}
-        self.samples_taken = 0
-        self.seconds_spent = 0.0
 
     # --- sampling decision ------------------------------------------------------------------
 
@@ -93,11 +91,9 @@ class Telemetry(Listener):
         self._before, self._grad_figures = {}, {}
         self._epoch_samples.append(stats)
         self._unreported = stats
-        self.samples_taken += 1
         finished = time.perf_counter()
         self._last_cost = self._cost_before_step + (finished - started)
         self._last_sample_at = finished
-        self.seconds_spent += self._last_cost
 
     @torch.no_grad()
     def _measure(self) -> dict[str, LayerStats]:
