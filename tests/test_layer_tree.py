@@ -243,10 +243,15 @@ class CountingModel(LayerTreeModel):
     def __init__(self):
         super().__init__()
         self.data_calls = 0
+        self.asked: set[str] = set()  # modules whose cells were asked for, e.g. to paint them
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         self.data_calls += 1
+        self.asked.add(self.module_row_name(index))
         return super().data(index, role)
+
+    def module_row_name(self, index) -> str:
+        return super().data(index.siblingAtColumn(0), NAME_ROLE)
 
 
 def test_edits_on_a_big_expanded_tree_ask_the_model_for_visible_rows_only(qtbot):
@@ -379,3 +384,31 @@ def test_ratio_health_bands():
     assert ratio_health(0.0, frozen=True, scheduled=True) == "waiting"
     assert ratio_health(1e-3, frozen=True, scheduled=False) == "moved"
     assert [ratio_health(r, False, False) for r in (1e-5, 1e-3, 5e-3, 0.1)] == ["low", "healthy", "high", "too_high"]
+
+
+def test_the_view_repaints_the_changed_rows_it_shows_and_nothing_else(qtbot, resnet18_info):
+    model = CountingModel()
+    view = LayerTreeView()
+    qtbot.addWidget(view)
+    view.setModel(model)
+    view.resize(800, 600)
+    model.set_model_info(resnet18_info, PlanConfig(strategy="fine-tune"))
+    view.show()
+    qtbot.waitExposed(view)
+    view.expand(model.index_for("layer1"))
+    view.expand(model.index_for("layer1.0"))
+    QApplication.processEvents()
+
+    def asked_after(edit) -> set[str]:
+        QApplication.processEvents()
+        model.asked.clear()
+        edit()
+        QApplication.processEvents()
+        return model.asked
+
+    freeze = lambda name: lambda: model.apply_edit(PlanEdit(name, frozen=True))  # noqa: E731
+    assert asked_after(freeze("layer1.0.conv2")) >= {"layer1.0.conv2", "layer1.0", "layer1", ""}
+    assert "layer2" not in asked_after(freeze("layer1.0.bn2"))  # rows that did not change are not repainted
+    assert asked_after(freeze("layer3.1.conv1")) <= {"layer3", ""}  # inside a collapsed subtree
+    view.set_filter("bn")  # the filter hides rows between the ends of a range: repaint it all, to be safe
+    assert "layer1.0.bn1" in asked_after(freeze("layer1.0"))

@@ -17,8 +17,8 @@ import math
 from dataclasses import replace
 from typing import NamedTuple
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
-from PySide6.QtGui import QAction, QBrush, QColor, QFont, QValidator
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QRect, Qt, Signal
+from PySide6.QtGui import QAccessible, QAction, QBrush, QColor, QFont, QValidator
 from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, QInputDialog, QLineEdit, QMenu,
                                QStyledItemDelegate, QToolTip, QTreeView)
 
@@ -736,6 +736,27 @@ class LayerTreeView(QTreeView):
         model.modelReset.connect(self._on_model_reset)
         model.edit_refused.connect(self._show_refusal)
         self._fit_columns()
+
+    def dataChanged(self, top_left, bottom_right, roles=()) -> None:  # noqa: N802 - Qt override
+        # QTreeView's own version asks the model about every cell of the range and re-measures
+        # every row between its ends (half the cost of an edit on a big tree). Rows here have one
+        # height and names that never change, so repainting the range's rectangle is all it takes.
+        # Open editors and assistive technology still get Qt's full treatment.
+        if self.state() == QAbstractItemView.State.EditingState or QAccessible.isActive():
+            super().dataChanged(top_left, bottom_right, roles)
+            return
+        rect = self._range_rect(top_left, bottom_right)
+        if not rect.isEmpty():
+            self.viewport().update(rect)
+
+    def _range_rect(self, top_left, bottom_right) -> QRect:
+        """The viewport rectangle of a changed range of siblings (and the rows shown between them)."""
+        first, last = self.visualRect(top_left), self.visualRect(bottom_right)
+        if first.isEmpty() and last.isEmpty() and not self._hidden:
+            return QRect()  # inside a collapsed subtree: nothing on screen changes
+        if first.isEmpty() or last.isEmpty():  # an end hidden by the filter: be safe
+            return self.viewport().rect()
+        return first.united(last)
 
     def _on_model_reset(self) -> None:
         self._hidden = set()  # a reset forgets hidden rows
