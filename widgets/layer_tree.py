@@ -2,13 +2,15 @@
 
 `LayerTreeModel` is a QAbstractItemModel over plain engine data: the model's `ModelInfo` (names,
 types, parameter counts) and a `PlanConfig` (strategy + the person's edits). Every checkbox or LR
-edit appends a `PlanEdit`; the engine's `build_plan`/`describe_plan` then say what is frozen and
-at what LR each module trains, so the tree shows exactly what the trainer will do. During a run it
-also shows evidence: the freeze-integrity check on frozen modules and each stage's update ratio.
+edit appends a `PlanEdit` (except an LR on the root: that is the base LR, and setting it keeps the
+LRs set below); the engine's `build_plan`/`describe_plan` then say what is frozen and at what LR
+each module trains, so the tree shows exactly what the trainer will do. During a run it also shows
+evidence: the freeze-integrity check on frozen modules and each stage's update ratio.
 
 Big trees (resnet152 has 423 modules) must never stall the window: the model keeps what every cell
 shows and, after a change, emits dataChanged only for the cells whose content changed (contiguous
-siblings coalesced), and the view sizes its columns once instead of asking every row on each change.
+siblings coalesced, never the Layer column); the view sizes its columns once instead of asking
+every row on each change, and repaints a changed range's rectangle.
 """
 
 from __future__ import annotations
