@@ -12,24 +12,23 @@ tree, checking a weights file) runs as background tasks; their results come back
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from app.worker import BackgroundTasks, RunFailure, TrainingController
+from app.worker import BackgroundTasks, ExportProcess, RunFailure, TrainingController
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
 from engine.data import DatasetListing, DatasetScan, list_dataset, split_listing
 from engine.demo import ensure_demo_dataset
 from engine.errors import UserError
-from engine.events import RunStarted, SkippedFile
-from engine.export import default_path, export, parity_batch
+from engine.events import FitResult, RunStarted, SkippedFile
 from engine.models import (ModelInfo, build_model, check_arch, check_image_size, min_image_size,
                            weights_cache_path)
 from engine.plan import build_plan
 from engine.run_folder import RunFolder, latest_run
-from engine.events import FitResult
 from widgets.data_panel import thumbnail_strip
 
 # What the window starts with: the guide's choice for a small dataset like the 240-image demo
@@ -124,6 +123,10 @@ class Session(QObject):
         self.runs_root = Path(runs_root)
         self.tasks = BackgroundTasks(self)
         self.controller = TrainingController(self)
+        self.exporter = ExportProcess(self)
+        self.exporter.finished.connect(self._on_exported)
+        self.exporter.failed.connect(self.export_failed)
+        self._export_folder = ""
         self._data, self._model = WINDOW_DEFAULTS.data, WINDOW_DEFAULTS.model
         self._plan, self._train = WINDOW_DEFAULTS.plan, WINDOW_DEFAULTS.train
         self._dataset = DatasetState()
@@ -628,7 +631,7 @@ class Session(QObject):
         return self._run.folder.checkpoint_path if self._run.can_export else None
 
     def export(self, folder: str, formats: list[str]) -> None:
-        """Write each format into `folder` in the background; each is checked for parity first."""
+        """Write each format into `folder` (in a child process); each is checked for parity first."""
         checkpoint = self.export_checkpoint()
         if checkpoint is None:
             self.export_failed.emit("No checkpoint to export yet: train first.")
@@ -637,21 +640,20 @@ class Session(QObject):
         if not target.is_dir():
             self.export_failed.emit(f"Export folder not found: {target}. Choose an existing folder.")
             return
+        if not os.access(target, os.W_OK):
+            self.export_failed.emit(f"Cannot write into {target}: choose another folder.")
+            return
+        self._export_folder = folder
+        self.exporter.start(checkpoint, target.resolve(), formats)
 
-        def job():
-            try:
-                batch = parity_batch(checkpoint)
-                return [export(checkpoint, fmt, default_path(checkpoint, fmt, target), batch).to_dict()
-                        for fmt in formats]
-            except OSError as exc:
-                raise UserError(f"cannot write to {target}: {exc.strerror or exc}") from None
-
-        self.tasks.submit("export", job, lambda reports: self.export_finished.emit(folder, reports),
-                          self.export_failed.emit)
+    @Slot(list)
+    def _on_exported(self, reports: list) -> None:
+        self.export_finished.emit(self._export_folder, reports)
 
     def shutdown(self, stop_training: bool = True) -> None:
         if stop_training:
             self.controller.stop_and_wait()
+        self.exporter.stop_and_wait()
         self._split_timer.stop()
         self.tasks.shutdown()
 

@@ -5,11 +5,13 @@ engine's callbacks as Qt signals carrying the engine's own frozen dataclasses (R
 BatchEvent, EpochEvent, FitResult): plain data, so nothing of the model crosses the thread.
 Stop and Pause set flags the engine checks every batch, so stopping never needs
 QThread.terminate(). `BackgroundTasks` runs short jobs (listing a folder, building a layer
-tree, checking a weights file, exporting) and hands their results back on the GUI thread.
+tree, checking a weights file) and hands their results back on the GUI thread. `ExportProcess`
+exports in a child process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -17,9 +19,10 @@ import traceback
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QProcess, QThread, Signal, Slot
 
 from engine.config import RunConfig
 from engine.data import DatasetScan
@@ -262,3 +265,71 @@ class BackgroundTasks(QObject):
         """Finish running jobs, drop queued ones, and ignore results still on their way."""
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ and engine/
+CLI_ERROR_PREFIX = "transfer-studio: error: "
+
+
+class ExportProcess(QObject):
+    """Export in a child process running the command line's `export`.
+
+    torch.onnx's exporter is Python-heavy and holds the GIL for long stretches: run in a thread of
+    the window it stalled the GUI thread for up to 375 ms. A process shares no GIL with the window,
+    and a crash of an exporter cannot take the window with it.
+    """
+
+    finished = Signal(list)  # one parity report (a dict) per file written
+    failed = Signal(str)  # one line
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._process: QProcess | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None
+
+    def start(self, checkpoint: Path, folder: Path, formats: list[str]) -> None:
+        if self._process is not None:
+            self.failed.emit("An export is already running.")
+            return
+        process = QProcess(self)
+        process.setWorkingDirectory(str(PACKAGE_ROOT))
+        process.finished.connect(self._on_finished)
+        process.errorOccurred.connect(self._on_error)
+        arguments = ["-m", "app", "export", str(checkpoint), "--out", str(folder), "--json"]
+        arguments += [f"--format={fmt}" for fmt in formats]
+        self._process = process
+        process.start(sys.executable, arguments)
+
+    @Slot(int, QProcess.ExitStatus)
+    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        output = bytes(process.readAllStandardOutput().data()).decode(errors="replace").strip().splitlines()
+        errors = bytes(process.readAllStandardError().data()).decode(errors="replace").strip().splitlines()
+        process.deleteLater()
+        if status == QProcess.ExitStatus.NormalExit and code == 0 and output:
+            self.finished.emit(json.loads(output[-1]))
+            return
+        said = [line for line in errors if line.startswith(CLI_ERROR_PREFIX)]
+        if said:
+            self.failed.emit(said[-1][len(CLI_ERROR_PREFIX):])
+        else:  # a crash: its last line (a traceback's exception) says the most
+            self.failed.emit(f"the export stopped unexpectedly ({errors[-1] if errors else f'exit code {code}'})")
+
+    @Slot(QProcess.ProcessError)
+    def _on_error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart and self._process is not None:
+            process, self._process = self._process, None
+            process.deleteLater()
+            self.failed.emit(f"cannot start the exporter: {process.errorString()}")
+
+    def stop_and_wait(self, timeout_ms: int = 5_000) -> None:
+        """When the window closes: an export left half-done is not worth waiting for."""
+        if self._process is not None:
+            process, self._process = self._process, None
+            process.kill()
+            process.waitForFinished(timeout_ms)

@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
-"""The longest gap between 10 ms timer ticks on the GUI thread while the window trains.
+"""The longest gap between 10 ms timer ticks on the GUI thread, scenario by scenario.
 
-Offscreen; demo dataset, resnet18 at 64 px, 3 epochs on CPU. Prints one JSON line.
+    .venv/bin/python bench/gui_stall.py [--only scan,split,model,training,export]
+
+Offscreen, on CPU. One JSON line per scenario:
+  scan      open a folder of 5,000 small images (made once under the system temp folder)
+  split     five steps of the Validation spin box on that folder, as a person clicks them
+  model     switch the architecture to efficientnet_v2_s and wait for its layer tree
+  training  the demo dataset, resnet18 at 64 px, 3 epochs, random init
+  export    export the run's checkpoint to .pt and ONNX, parity checked
+A gap is the time between two ticks of a 10 ms QTimer: anything well above 10 ms is time the
+window could not react. The goal is a longest gap under 50 ms on 2 cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -17,67 +28,159 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from PySide6.QtCore import QElapsedTimer, QTimer  # noqa: E402
+from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
+
+SCENARIOS = ("scan", "split", "model", "training", "export")
+
+
+class StallMeter:
+    """Records the gaps between ticks of a 10 ms timer running on the GUI thread."""
+
+    def __init__(self):
+        self.gaps: list[int] = []
+        self._clock = QElapsedTimer()
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        if self._clock.isValid():
+            self.gaps.append(self._clock.restart())
+        else:
+            self._clock.start()
+
+    def start(self) -> None:
+        self.gaps, self._clock = [], QElapsedTimer()
+        self._timer.start()
+
+    def stop(self, scenario: str, seconds: float, **extra) -> dict:
+        self._timer.stop()
+        values = np.array(self.gaps or [0], dtype=float)
+        return {"scenario": scenario, "max_gap_ms": float(values.max()), "p99_gap_ms": float(np.percentile(values, 99)),
+                "median_gap_ms": float(np.median(values)), "ticks": int(len(self.gaps)), "seconds": round(seconds, 2),
+                "cpus": os.cpu_count(), **extra}
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    """Run the event loop until predicate() holds (a benchmark may spin its own loop)."""
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(20)
+    deadline = time.monotonic() + timeout_s
+
+    def check():
+        if predicate():
+            loop.quit()
+        elif time.monotonic() > deadline:
+            loop.quit()
+            raise SystemExit(f"timed out waiting for {what}")
+
+    poll.timeout.connect(check)
+    poll.start()
+    loop.exec()
+    poll.stop()
+
+
+def large_folder(images: int = 5000, classes: int = 8) -> Path:
+    """5,000 small PNGs in 8 classes, made once and reused."""
+    from engine.demo import write_demo_dataset
+
+    folder = Path(tempfile.gettempdir()) / f"ts-bench-{images}"
+    if not (folder / ".complete").exists():
+        write_demo_dataset(folder, classes=classes, per_class=images // classes, size=64, seed=1)
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+def measure(meter: StallMeter, name: str, action, done, timeout_s: float = 600, **extra) -> dict:
+    meter.start()
+    started = time.perf_counter()
+    action()
+    wait_until(done, timeout_s, name)
+    seconds = time.perf_counter() - started
+    settled = time.perf_counter() + 0.3  # what the window does right after counts too
+    wait_until(lambda: time.perf_counter() > settled, 5, "settling")
+    return meter.stop(name, seconds, **extra)
+
+
+def settle(meter: StallMeter, seconds: float = 1.0) -> None:
+    """Let the window finish what it was doing (first paint, a previous scenario) before measuring."""
+    until = time.perf_counter() + seconds
+    wait_until(lambda: time.perf_counter() > until, seconds + 5, "settling")
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    args = parser.parse_args()
+    wanted = set(args.only.split(","))
     app = QApplication(sys.argv)
     from app.main_window import window_with_private_settings
 
     window = window_with_private_settings(Path(tempfile.mkdtemp(prefix="ts-stall-")))
+    window.resize(1024, 700)
     window.show()
-    window.open_demo_dataset()
-    gaps: list[int] = []
-    clock = QElapsedTimer()
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: gaps.append(clock.restart()) if clock.isValid() else clock.start())
+    meter = StallMeter()
+    results = []
 
-    def start():
-        if not window.is_ready:
-            QTimer.singleShot(100, start)
-            return
-        window.model_panel.set_weights("none")
-        window.data_panel.size_spin.setValue(64)
-        window.training_panel.epochs_spin.setValue(3)
-        window.training_panel.device_combo.setCurrentIndex(window.training_panel.device_combo.findData("cpu"))
-        timer.start()
-        window.start_training()
+    def summary() -> dict:
+        return window.session.dataset.summary or {"total": 0, "classes": []}
 
-    def finished(_summary):
-        timer.stop()
-        window.close()
-        app.quit()
+    if wanted & {"scan", "split", "model"}:
+        folder = large_folder()
+        settle(meter)
+        results.append(measure(meter, "scan", lambda: window.open_folder(str(folder)),
+                               lambda: window.is_ready and summary()["total"] >= 5000, images=5000))
+        if "split" in wanted:
+            spin = window.data_panel.val_spin
+            start_value = spin.value()
 
-    window.controller.run_finished.connect(finished)
-    window.controller.run_failed.connect(lambda m: (print(m, file=sys.stderr), finished(None)))
-    QTimer.singleShot(100, start)
-    app.exec()
-    values = np.array(gaps[1:], dtype=float)
-    print(json.dumps({"ticks": int(values.size), "max_gap_ms": float(values.max()),
-                      "p99_gap_ms": float(np.percentile(values, 99)), "median_gap_ms": float(np.median(values)),
-                      "redraw_ms_with_100k_points": redraw_time_with_points(100_000)}))
+            def five_steps():
+                for i in range(5):
+                    QTimer.singleShot(150 * i, lambda: spin.stepBy(1))
 
+            def split_shown():
+                val = sum(c["val"] for c in summary()["classes"])
+                return abs(spin.value() - (start_value + 0.25)) < 1e-6 and abs(val / 5000 - spin.value()) < 0.01
 
-def redraw_time_with_points(n: int) -> float:
-    """Milliseconds to redraw and paint the plots holding n loss points (and two LR curves)."""
-    from widgets.plots import TrainingPlots
+            results.append(measure(meter, "split", five_steps, split_shown, steps=5))
+        if "model" in wanted:
+            def built():
+                info = window.model_panel.tree_model.model_info
+                return info is not None and info.arch == "efficientnet_v2_s"
 
-    plots = TrainingPlots()
-    plots.resize(700, 600)
-    plots.show()
-    for step in range(n):
-        plots.add_batch({"epoch": 1 + step // 1000, "step": step % 1000 + 1, "steps": 1000,
-                         "loss": float(np.exp(-step / n)), "lrs": {"base": 1e-3, "fc": 1e-2}})
-    QApplication.processEvents()
-    clock = QElapsedTimer()
-    clock.start()
-    for _ in range(10):
-        plots.redraw()
-        plots.repaint()
-        QApplication.processEvents()
-    return clock.elapsed() / 10
+            combo = window.model_panel.arch_combo
+            results.append(measure(meter, "model", lambda: combo.setCurrentIndex(combo.findData("efficientnet_v2_s")),
+                                   built, arch="efficientnet_v2_s"))
+
+    if wanted & {"training", "export"}:
+        session = window.session
+        session.open_demo()
+        session.set_arch("resnet18")
+        wait_until(lambda: window.is_ready and summary()["total"] < 5000
+                   and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "demo")
+        session.set_weights("none")
+        session.apply_preset("fine-tune")  # every layer trains: the heaviest case for the window
+        session.update_data({"image_size": 64})
+        session.update_train({"epochs": 3, "device": "cpu"})
+        finished = []
+        window.controller.run_finished.connect(finished.append)
+        window.controller.run_failed.connect(finished.append)
+        settle(meter)
+        results.append(measure(meter, "training", window.start_training, lambda: bool(finished),
+                               arch="resnet18", image_size=64, epochs=3, strategy="fine-tune"))
+        if "export" in wanted:
+            reports = []
+            out = Path(tempfile.mkdtemp(prefix="ts-export-"))
+            session.export_finished.connect(lambda folder, done: reports.append(done))
+            session.export_failed.connect(reports.append)
+            settle(meter)
+            results.append(measure(meter, "export", lambda: session.export(str(out), ["pt", "onnx"]),
+                                   lambda: bool(reports), formats=["pt", "onnx"], process=True))
+    window.close()
+    for line in results:
+        print(json.dumps(line), flush=True)
     return 0
 
 
