@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import UnsafeFileError, UserError
+from .errors import RunFailed, UnsafeFileError, UserError
 
 FORMAT_VERSION = 1
 UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -98,18 +98,34 @@ class BackgroundSaver:
         self._pending: list = []
 
     def save(self, obj: Any, path: Path) -> None:
+        self._raise_failed_writes()  # stop at the first failed save, not after every epoch has run
         self._pending.append(self._pool.submit(atomic_torch_save, obj, path))
+
+    def _raise_failed_writes(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            _raise_as_run_failure(future)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()  # re-raises a failed write here, on the training thread
+            _raise_as_run_failure(future)  # a failed write is reported here, on the training thread
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _raise_as_run_failure(future) -> None:
+    exc = future.exception()
+    if isinstance(exc, OSError):
+        raise RunFailed(f"could not save {exc.filename or 'a run file'}: {exc.strerror or exc}; the run is "
+                        f"stopped and the last files written completely are kept") from None
+    if exc is not None:
+        raise exc
 
 
 def safe_torch_load(path: Path) -> Any:

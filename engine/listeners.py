@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from .checkpoint import BackgroundSaver, make_checkpoint, snapshot
+from .errors import TrainingDiverged
 from .events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
 from .plan import Plan
 from .run_folder import RunFolder
@@ -118,11 +120,21 @@ class BestCheckpoint(Listener):
     def on_epoch_end(self, event: EpochEvent) -> None:
         if not event.is_best:
             return
+        broken = non_finite_tensors(self.model)
+        if broken:
+            kept = f"; the last good checkpoint is kept at {self.path}" if self.path else "; no checkpoint was saved"
+            raise TrainingDiverged(f"{len(broken)} weight tensor(s) became NaN or infinite in epoch {event.epoch} "
+                                   f"(first: {broken[0]}; try a lower LR){kept}")
         self.saver.save(make_checkpoint(
             self.model, arch=self.arch, class_names=self.class_names, preprocessing=self.preprocessing,
             plan=self.plan_in_force.to_dict(), metrics=metrics_line(event), epoch=event.epoch,
             config=self.config), self.folder.checkpoint_path)
         self.written = True
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 class ResumeState(Listener):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,31 @@ class RunFolder:
     @property
     def resume_path(self) -> Path:
         return self.path / "resume.pt"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    @contextmanager
+    def locked(self):
+        """Held for a whole training: a second training on the same folder is refused at once,
+        instead of interleaving metrics and mixing checkpoint and resume state of two runs."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_path, "a+")
+        except OSError as exc:
+            raise UserError(f"cannot use {self.path} as a run folder: {exc.strerror or exc}") from None
+        try:
+            _try_lock(handle, self.path)
+            yield self
+        finally:
+            handle.close()  # closing releases the lock, also when the process dies
+
+    def refuse_if_used(self) -> None:
+        """A new run never replaces another run's files."""
+        if self.exists() or self.has_checkpoint():
+            raise UserError(f"{self.path} already holds a run; continue it (--resume / Continue training) "
+                            f"or choose another output folder")
 
     def exists(self) -> bool:
         return self.record_path.is_file()
@@ -125,6 +151,18 @@ class RunFolder:
             raise UserError(f"{self.resume_path} is not a Transfer Studio resume file")
         _check_version(state.get("format_version"), RESUME_VERSION, self.resume_path)
         return state
+
+
+def _try_lock(handle, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; the refusal of used folders still holds
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UserError(f"{path} is in use by another training; wait for it to end or choose another "
+                        f"output folder") from None
 
 
 def _check_version(found: Any, supported: int, path: Path) -> None:

@@ -40,21 +40,25 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
     callbacks = callbacks or Callbacks()
     control = control or TrainingControl()
     started = time.perf_counter()
-    resume_state = _resume_state(config) if resume else None
-    saver = BackgroundSaver()
-    try:
+    if not config.out_dir:
+        raise UserError("no output folder given for the run")
+    folder = RunFolder(config.out_dir)
+    with folder.locked():
+        resume_state = _resume_state(config) if resume else None
+        if resume_state is None:
+            folder.refuse_if_used()
+        saver = BackgroundSaver()
         try:
-            run = set_up(config, scan, callbacks, control, fresh=resume_state is None)
-        except Stopped:
-            return _stopped_in_setup(config, resume_state is not None, started)
-        return EpochLoop(run, callbacks, control, saver, resume_state).train(started)
-    finally:
-        saver.close()  # every checkpoint is on disk before fit returns or raises
+            try:
+                run = set_up(config, scan, callbacks, control, fresh=resume_state is None)
+            except Stopped:
+                return _stopped_in_setup(config, resume_state is not None, started)
+            return EpochLoop(run, callbacks, control, saver, resume_state).train(started)
+        finally:
+            saver.close()  # every checkpoint is on disk before fit returns or raises
 
 
 def _resume_state(config: RunConfig) -> dict:
-    if not config.out_dir:
-        raise UserError("no run folder given to resume")
     state = RunFolder(config.out_dir).read_resume_state()
     if state["epoch"] >= config.train.epochs:
         raise UserError(f"{config.out_dir} already ran {state['epoch']} epoch(s); "

@@ -1,0 +1,87 @@
+"""Nothing lost: a run folder is locked while it trains and never overwritten by a new run, a
+failed save stops the run at once keeping the last good files, non-finite weights are never saved."""
+
+import errno
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import engine.checkpoint as checkpoint
+from app.cli import main
+from engine.config import PlanConfig
+from engine.errors import RunFailed, TrainingDiverged, UserError
+from engine.run_folder import RunFolder
+from engine.trainer import fit
+from tests.test_trainer import Recorder, make_config
+
+
+def test_a_second_run_into_a_finished_run_folder_is_refused_and_changes_nothing(demo_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(make_config(demo_dir, run, epochs=1))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    code = main(["train", "--data", str(demo_dir), "--weights", "none", "--image-size", "32", "--epochs", "1",
+                 "--device", "cpu", "--out", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already holds a run" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    folder = RunFolder(tmp_path / "busy")
+    with folder.locked():
+        with pytest.raises(UserError, match="in use by another training"):
+            with RunFolder(tmp_path / "busy").locked():
+                pass
+    with folder.locked():  # released when the first training ended
+        pass
+
+
+def test_the_first_failed_save_stops_the_run_with_one_line(demo_dir, tmp_path, monkeypatch):
+    real_save = checkpoint.atomic_torch_save
+    writes = []
+
+    def disk_full_after_two_writes(obj, path):
+        writes.append(path.name)
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", disk_full_after_two_writes)
+    recorder = Recorder()
+    with pytest.raises(RunFailed, match=r"could not save .*No space left on device; the run is stopped"):
+        fit(make_config(demo_dir, tmp_path / "full", epochs=5), recorder)
+    assert len(recorder.epochs) < 5  # it did not run every epoch before telling
+    saved = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1  # the last good file is still there and loads
+
+
+def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
+    import engine.run_setup as run_setup
+
+    build = run_setup.build_model
+
+    def build_with_a_weight_going_nan(*args, **kwargs):
+        built = build(*args, **kwargs)
+
+        def poison(optimizer, args, kwargs):  # after the step: that step's loss was finite
+            with torch.no_grad():
+                built.model.fc.weight[0, 0] = float("nan")
+
+        handles.append(register_optimizer_step_post_hook(poison))
+        return built
+
+    handles = []
+    monkeypatch.setattr(run_setup, "build_model", build_with_a_weight_going_nan)
+    config = make_config(demo_dir, tmp_path / "nan", epochs=1)
+    config = replace(config, data=replace(config.data, val_fraction=0.0),
+                     train=replace(config.train, batch_size=1000))  # one step: no later loss turns NaN first
+    with pytest.raises(TrainingDiverged, match=r"1 weight tensor\(s\) became NaN or infinite in epoch 1 "
+                                               r"\(first: fc.weight.*no checkpoint was saved"):
+        try:
+            fit(config)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
