@@ -67,6 +67,7 @@ class RunFolder:
             raise UserError(f"cannot use {self.path} as a run folder: {exc.strerror or exc}") from None
         try:
             _try_lock(handle, self.path)
+            self.remove_partial_files()
             yield self
         finally:
             handle.close()  # closing releases the lock, also when the process dies
@@ -127,6 +128,17 @@ class RunFolder:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def keep_metrics_through(self, epoch: int) -> None:
+        """On resume: drop lines of epochs after the resume state (a kill after the metrics line was
+        written but before resume.pt was), so each epoch appears once."""
+        kept = [line for line in self.read_metrics() if line.get("epoch", 0) <= epoch]
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept).encode())
+
+    def remove_partial_files(self) -> None:
+        """Temporary files of writes a crash interrupted (only while holding the lock)."""
+        for partial in self.path.glob(".*.tmp"):
+            partial.unlink(missing_ok=True)
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
             return []
@@ -145,7 +157,10 @@ class RunFolder:
 
     def read_resume_state(self) -> dict[str, Any]:
         if not self.can_resume():
-            raise UserError(f"{self.path} has no resume state ({self.resume_path.name}); it cannot be continued")
+            if self.exists():
+                raise UserError(f"{self.path} was stopped before its first epoch ended, so there is nothing to "
+                                f"continue; start a new run with the same settings instead")
+            raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
         state = safe_torch_load(self.resume_path)
         if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
             raise UserError(f"{self.resume_path} is not a Transfer Studio resume file")

@@ -129,6 +129,9 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     callbacks.on_status("Scanning dataset")
     if scan is None:
         scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed)
+    folder = RunFolder(config.out_dir)
+    if not fresh:
+        _check_same_classes(folder, scan)
     skipped = SkippedLog()
     for s in scan.skipped:
         skipped.add(s.path, s.reason)
@@ -156,7 +159,6 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
             feature_note += " (loaded from the disk cache)"
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control,
                        warm=cached is None)
-    folder = RunFolder(config.out_dir)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,
               notes=tuple(built.notes), plan=plan, amp_dtype=amp_dtype, channels_last=channels_last,
               batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped)
@@ -168,6 +170,17 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     features = cached if cached is not None else _compute_trunk_features(run, loaders, callbacks, control, feature_key)
     train, val = features
     return replace(run, batches=FeatureBatches(train, val, config.train.batch_size, config.train.seed, device))
+
+
+def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
+    then = folder.read_record().get("class_names")
+    if then is not None and list(then) != list(scan.class_names):
+        added = sorted(set(scan.class_names) - set(then))
+        removed = sorted(set(then) - set(scan.class_names))
+        change = "; ".join(filter(None, [f"added {', '.join(added)}" if added else "",
+                                         f"removed {', '.join(removed)}" if removed else ""])) or "reordered"
+        raise UserError(f"the dataset's classes changed since {folder.path} started ({change}); a run cannot "
+                        f"continue with other classes: start a new run")
 
 
 class _Loaders:

@@ -47,6 +47,8 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
         resume_state = _resume_state(config) if resume else None
         if resume_state is None:
             folder.refuse_if_used()
+        else:
+            folder.keep_metrics_through(int(resume_state["epoch"]))
         saver = BackgroundSaver()
         try:
             try:

@@ -85,3 +85,33 @@ def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
             for handle in handles:
                 handle.remove()
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
+def test_resume_after_a_kill_keeps_one_metrics_line_per_epoch_and_no_partial_files(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(make_config(demo_dir, run, epochs=1))
+    folder = RunFolder(run)
+    # What a kill leaves: epoch 2's metrics line written, its resume.pt only half written.
+    folder.append_metrics({**folder.read_metrics()[0], "epoch": 2})
+    (run / ".resume.pt.abc123.tmp").write_bytes(b"half a file")
+    fit(make_config(demo_dir, run, epochs=2), resume=True)
+    assert [line["epoch"] for line in folder.read_metrics()] == [1, 2]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_resume_before_the_first_epoch_ended_says_what_to_do(demo_dir, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.write_record({"config": make_config(demo_dir, run.path).to_dict()})
+    with pytest.raises(UserError, match="stopped before its first epoch ended.*start a new run"):
+        fit(make_config(demo_dir, run.path, epochs=2), resume=True)
+
+
+def test_resume_after_a_class_folder_was_added_is_refused(demo_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    fit(make_config(data, tmp_path / "run", epochs=1))
+    shutil.copytree(data / "circle", data / "zigzag")
+    with pytest.raises(UserError, match="classes changed since .*added zigzag"):
+        fit(make_config(data, tmp_path / "run", epochs=2), resume=True)
