@@ -6,7 +6,7 @@
     resume.pt       the full training state after the last completed epoch
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
-line, never half-read. `latest_run` finds the most recent run under a runs folder, so the window
+line, never half-read. `RunFolder.load_config` gives a run's configuration; `latest_run` finds the most recent run under a runs folder, so the window
 and the CLI can continue or export it after a restart.
 """
 
@@ -186,11 +186,6 @@ def _check_version(found: Any, supported: int, path: Path) -> None:
     if found > supported:
         raise UserError(f"{path} was written by a newer Transfer Studio (format {found}, "
                         f"this one reads up to {supported}); update Transfer Studio to open it")
-
-
-def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    """The configuration a run folder was started with."""
-    return RunFolder(run_dir).load_config()
 
 
 def list_runs(runs_root: str | os.PathLike) -> list[RunFolder]:

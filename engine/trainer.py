@@ -27,7 +27,7 @@ from .listeners import (BestCheckpoint, CallbackRelay, EarlyStopping, Listener, 
                         RunRecord)
 from .optimization import Optimization, ScheduleSegment
 from .plan import apply_plan
-from .run_folder import RunFolder, load_run_config  # noqa: F401 - load_run_config kept for callers
+from .run_folder import RunFolder
 from .run_setup import Run, Stopped, device_name, set_up
 from .telemetry import Telemetry
 
