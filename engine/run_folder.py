@@ -6,8 +6,9 @@
     resume.pt       the full training state after the last completed epoch
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
-line, never half-read. `RunFolder.load_config` gives a run's configuration; `latest_run` finds the most recent run under a runs folder, so the window
-and the CLI can continue or export it after a restart.
+line, never half-read. `RunFolder.load_config` gives a run's configuration; `latest_run` finds
+the most recent run under a runs folder, so the window and the CLI can continue or export it
+after a restart. While a run trains its folder is locked (`.lock`).
 """
 
 from __future__ import annotations
