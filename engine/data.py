@@ -116,12 +116,15 @@ def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lamb
         unknown = sorted(set(_class_dirs(val_dir)) - set(class_names))
         if unknown:
             raise UserError(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
-        samples, skipped, sizes = _probe_files(_image_files(train_dir, class_names), should_stop)
-        given_val, skipped_v, sizes_v = _probe_files(_image_files(val_dir, class_names), should_stop)
+        seen = _Seen()  # a file reached through train/ and val/ counts once
+        samples, skipped, sizes = _probe_files(_image_files(train_dir, class_names, seen, should_stop), should_stop)
+        given_val, skipped_v, sizes_v = _probe_files(_image_files(val_dir, class_names, seen, should_stop),
+                                                     should_stop)
         layout, skipped, sizes = "train-val", skipped + skipped_v, sizes + sizes_v
     else:
         class_names = _class_dirs(root_path)
-        samples, skipped, sizes = _probe_files(_image_files(root_path, class_names), should_stop)
+        samples, skipped, sizes = _probe_files(_image_files(root_path, class_names, _Seen(), should_stop),
+                                               should_stop)
         layout = "folders"
     if len(class_names) < 2:
         raise UserError(f"{root} needs at least 2 class sub-folders, found {len(class_names)}")
@@ -143,17 +146,67 @@ def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> Da
                        train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes)
 
 
-def _image_files(folder: Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
-    """(path, label) of every file with an image extension under the class folders, sorted."""
+class _Seen:
+    """The real folders and files a dataset walk has met, by (device, inode)."""
+
+    def __init__(self) -> None:
+        self.dirs: set[tuple[int, int]] = set()
+        self.files: set[tuple[int, int]] = set()
+
+
+def _identity(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _image_files(folder: Path, class_names: Sequence[str], seen: _Seen | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> list[tuple[Path, int]]:
+    """(path, label) of every file with an image extension under the class folders, sorted
+    (each folder's files, then its sub-folders in name order, like os.walk).
+
+    Links to folders are followed, but each real folder is walked once and a link back to a
+    folder enclosing the dataset is not followed at all: `ln -s . loop` or a link to `/` would
+    otherwise make the walk count every file many times or never end. A file reached twice
+    (through a link, or hard-linked) counts once."""
+    seen = _Seen() if seen is None else seen
+    enclosing = {i for i in map(_identity, (folder, *Path(os.path.abspath(folder)).parents)) if i}
     found: list[tuple[Path, int]] = []
     for label, name in enumerate(class_names):
-        class_dir = folder / name
-        if not class_dir.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend((Path(dirpath) / f, label) for f in sorted(filenames) if is_image_file(Path(f)))
+        stack = [folder / name]
+        while stack and not should_stop():
+            directory = stack.pop()
+            ident = _identity(directory)
+            if ident is None or ident in seen.dirs or ident in enclosing:
+                continue
+            seen.dirs.add(ident)
+            try:
+                with os.scandir(directory) as entries:
+                    listed = [(e.name, _is_dir(e)) for e in entries]
+            except OSError:
+                continue  # unreadable folder: nothing found in it (os.walk did the same)
+            for fname in sorted(n for n, is_dir in listed if not is_dir):
+                path = directory / fname
+                if not is_image_file(path):
+                    continue
+                file_ident = _identity(path)
+                if file_ident is not None:
+                    if file_ident in seen.files:
+                        continue
+                    seen.files.add(file_ident)
+                found.append((path, label))
+            subdirs = sorted(n for n, is_dir in listed if is_dir and not n.startswith("."))
+            stack.extend(directory / d for d in reversed(subdirs))
     return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
 
 
 def _probe_files(files: list[tuple[Path, int]], should_stop: Callable[[], bool]):
@@ -373,6 +426,7 @@ class EpochShuffle(torch.utils.data.Sampler):
 
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int,
                 pin_memory: bool = False) -> DataLoader:
+    num_workers = max_workers(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -384,3 +438,9 @@ def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers
         generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
         persistent_workers=num_workers > 0,
     )
+
+
+def max_workers(requested: int) -> int:
+    """Loader worker processes, at most one per CPU: `--workers 100000` must not try to start them
+    all (a project file written on a bigger machine still runs here)."""
+    return max(0, min(requested, os.cpu_count() or 1))

@@ -7,6 +7,8 @@ Handles grayscale, palette (with transparency), RGBA/LA (composited on a fixed b
 
 from __future__ import annotations
 
+import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_ASPECT_RATIO = 50  # a 1 x 2,000,000 strip is a few KB on disk and gigabytes once resized
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, deterministically
 
 # Truncated files must fail loudly (and be skipped), not decode as half-grey images.
@@ -29,27 +32,58 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+@contextmanager
+def open_regular(path: Path):
+    """The file opened for reading, only if it is a regular file: a named pipe put where an image
+    was would block open() forever, a device would never end. Opening without blocking and then
+    checking the opened file (not the name) leaves no moment for the file to be swapped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except IsADirectoryError:
+        raise BadImage("not a file (a folder)") from None
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device")
+            raise BadImage(f"not a regular file ({kind})")
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        yield fh
+
+
+def check_shape(width: int, height: int) -> None:
+    """Refuse an image whose aspect ratio no classifier input has: after resizing its shorter
+    side it would be enormous (a 1 x 2,000,000 PNG of 4 KB becomes 64 million pixels at 32 px)."""
+    short, long = min(width, height), max(width, height)
+    if short < 1 or long > MAX_ASPECT_RATIO * short:
+        raise BadImage(f"aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1")
+
+
 def probe(path: Path) -> tuple[int, int]:
     """Cheap validity check (header and end-of-stream marker) returning (width, height)."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadImage(f"unreadable: {exc.strerror}") from None
-    if size == 0:
-        raise BadImage("empty file")
-    with _decoding_errors():
-        with Image.open(path) as img:
-            fmt, dims = img.format, img.size
-    if _looks_truncated(path, fmt, size):
-        raise BadImage("truncated")
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise BadImage("empty file")
+        with _decoding_errors():
+            with Image.open(fh) as img:
+                fmt, dims = img.format, img.size
+        if _looks_truncated(fh, fmt, size):
+            raise BadImage("truncated")
     return dims
 
 
-def _looks_truncated(path: Path, fmt: str | None, size: int) -> bool:
+def _looks_truncated(fh, fmt: str | None, size: int) -> bool:
     """JPEG and PNG end with a fixed marker; a file cut short lacks it. Reading 16 bytes is cheap."""
     if fmt not in ("JPEG", "PNG"):
         return False
-    with open(path, "rb") as fh:
+    with _decoding_errors():
         fh.seek(max(0, size - 16))
         tail = fh.read()
     if fmt == "JPEG":
@@ -61,10 +95,11 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     """Decode any supported image to 8-bit RGB, EXIF-rotated.
 
     min_side lets the JPEG decoder skip detail (draft mode): the result's shorter side stays
-    at least min_side pixels, so resizing afterwards loses nothing.
+    at least min_side pixels, so resizing afterwards loses nothing. The file type and the shape
+    are checked here, at decode time, not only when the folder was scanned.
     """
-    with _decoding_errors():
-        with Image.open(path) as img:
+    with open_regular(path) as fh, _decoding_errors():
+        with Image.open(fh) as img:
             if min_side and img.format == "JPEG":
                 w, h = img.size
                 scale = min_side / min(w, h)

@@ -1,0 +1,110 @@
+"""Hostile input, generated: every case ends as the rule says. Nothing lost, nothing hangs, never a
+traceback: one line naming the problem, exit 2 for bad input, exit 1 for a failed run.
+
+The CLI runs in this process (`app.cli.main`), on tiny generated data, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from app.cli import main
+from engine.data import ImageDataset, eval_transform, make_loader, scan_dataset
+from engine.demo import write_demo_dataset
+
+# A tiny, quick run: random weights, 32 px, one epoch, head on cached features.
+QUICK = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+         "--strategy", "feature-extraction", "--augment", "none"]
+
+needs_posix = pytest.mark.skipif(sys.platform == "win32", reason="symlinks and named pipes of POSIX")
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `transfer-studio ARGV`, run in this process."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_refused(result, code: int, *words: str) -> str:
+    """Exit `code`, exactly one line on stderr naming the problem, no traceback."""
+    rc, _, err = result
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert rc == code, err
+    assert len(lines) == 1, err
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """3 classes x 8 images of 32 px, fresh for each test (tests change it)."""
+    return write_demo_dataset(tmp_path / "D", classes=3, per_class=8, size=32, seed=0)
+
+
+def _run_total(run_dir: Path) -> int:
+    return json.loads((run_dir / "run.json").read_text())["dataset"]["total"]
+
+
+# --- hangs: link loops, named pipes, absurd worker counts ----------------------------------------
+
+
+@needs_posix
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("links", [
+    {"circle/loop": "."},
+    {"circle/loop": ".", "square/up": ".."},
+    {"circle/root": "/"},
+    {"circle/a/b": "..", "circle/a/c": "../a", "triangle/x": "../square"},
+])
+def test_link_loops_end_and_count_each_file_once(data, links):
+    before = scan_dataset(data, val_fraction=0.25, seed=0)
+    for name, target in links.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, data / name)
+    after = scan_dataset(data, val_fraction=0.25, seed=0)
+    paths = [s.path for s in after.train + after.val]
+    assert len(paths) == len({os.path.realpath(p) for p in paths}) == 24
+    assert after.class_counts() == before.class_counts()
+
+
+@needs_posix
+@pytest.mark.timeout(60)
+def test_training_on_a_dataset_with_link_loops_and_a_pipe_ends(data, tmp_path, capsys):
+    os.symlink(".", data / "circle" / "loop")
+    os.symlink("/", data / "square" / "root")
+    os.mkfifo(data / "triangle" / "pipe.png")
+    rc, _, err = cli(capsys, "train", "--data", data, *QUICK, "--out", tmp_path / "run")
+    assert rc == 0 and "Traceback" not in err, err
+    assert _run_total(tmp_path / "run") == 24
+    assert "pipe.png: not a regular file (a named pipe)" in err
+
+
+@needs_posix
+@pytest.mark.timeout(60)
+def test_a_file_replaced_by_a_named_pipe_mid_epoch_is_skipped_not_waited_for(data):
+    scan = scan_dataset(data, val_fraction=0.0)
+    victim = Path(scan.train[2].path)
+    victim.unlink()
+    os.mkfifo(victim)  # nobody will ever write to it: open() without care blocks forever
+    dataset = ImageDataset(scan.train, 32, eval_transform(32))
+    image, _, index, reason = dataset[2]
+    assert image is None and index == 2 and reason == "not a regular file (a named pipe)"
+
+
+def test_worker_count_is_capped_at_the_cpu_count(data):
+    scan = scan_dataset(data, val_fraction=0.0)
+    loader = make_loader(ImageDataset(scan.train, 32, eval_transform(32)), 8, True, 100_000, 0)
+    assert loader.num_workers == (os.cpu_count() or 1)
