@@ -57,12 +57,19 @@ def open_regular(path: Path):
         yield fh
 
 
-def check_shape(width: int, height: int) -> None:
-    """Refuse an image whose aspect ratio no classifier input has: after resizing its shorter
-    side it would be enormous (a 1 x 2,000,000 PNG of 4 KB becomes 64 million pixels at 32 px)."""
+def check_shape(width: int, height: int, side: int | None = None) -> None:
+    """Refuse an image that would be enormous once its shorter side is resized to `side`: an
+    absurd aspect ratio (a 1 x 2,000,000 PNG of 4 KB has few pixels, so Pillow's decompression
+    bomb guard lets it through, and becomes 64 million pixels at 32 px), or more pixels after
+    resizing than that guard allows before it."""
     short, long = min(width, height), max(width, height)
     if short < 1 or long > MAX_ASPECT_RATIO * short:
         raise BadImage(f"aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1")
+    limit = Image.MAX_IMAGE_PIXELS
+    if side and limit:
+        resized = side * max(side, round(long * side / short))
+        if resized > limit:
+            raise BadImage(f"too many pixels once resized to {side} px ({resized:,} > {limit:,})")
 
 
 def probe(path: Path) -> tuple[int, int]:
@@ -74,6 +81,7 @@ def probe(path: Path) -> tuple[int, int]:
         with _decoding_errors():
             with Image.open(fh) as img:
                 fmt, dims = img.format, img.size
+        check_shape(*dims)
         if _looks_truncated(fh, fmt, size):
             raise BadImage("truncated")
     return dims
@@ -100,6 +108,7 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     """
     with open_regular(path) as fh, _decoding_errors():
         with Image.open(fh) as img:
+            check_shape(*img.size, min_side)
             if min_side and img.format == "JPEG":
                 w, h = img.size
                 scale = min_side / min(w, h)

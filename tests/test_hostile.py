@@ -54,6 +54,24 @@ def data(tmp_path) -> Path:
     return write_demo_dataset(tmp_path / "D", classes=3, per_class=8, size=32, seed=0)
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a quick run, trained once for the module (its own caches, like every test's)."""
+    base = tmp_path_factory.mktemp("trained")
+    data = write_demo_dataset(base / "D", classes=3, per_class=8, size=32, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSFER_STUDIO_CACHE", str(base / "cache"))
+        mp.setenv("TORCH_HOME", str(base / "torch"))
+        assert main(["train", "--data", str(data), *QUICK, "--out", str(base / "run")]) == 0
+    return base / "run" / "checkpoint.pt"
+
+
+def _strip(path: Path, width: int = 1, height: int = 2_000_000) -> Path:
+    """An aspect-ratio bomb: a few KB on disk, few enough pixels for Pillow's bomb guard."""
+    Image.new("L", (width, height), 128).save(path, format="PNG")
+    return path
+
+
 def _run_total(run_dir: Path) -> int:
     return json.loads((run_dir / "run.json").read_text())["dataset"]["total"]
 
@@ -108,3 +126,44 @@ def test_worker_count_is_capped_at_the_cpu_count(data):
     scan = scan_dataset(data, val_fraction=0.0)
     loader = make_loader(ImageDataset(scan.train, 32, eval_transform(32)), 8, True, 100_000, 0)
     assert loader.num_workers == (os.cpu_count() or 1)
+
+
+# --- aspect-ratio bombs ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_an_aspect_ratio_bomb_is_skipped_at_scan_and_at_decode_time(data):
+    bomb = _strip(data / "circle" / "strip.png")
+    assert bomb.stat().st_size < 10_000
+    scan = scan_dataset(data, val_fraction=0.0)
+    assert [(Path(s.path).name, s.reason) for s in scan.skipped] == [
+        ("strip.png", "aspect ratio 1x2000000 is beyond 50:1")]
+    victim = Path(scan.train[0].path)
+    _strip(victim, 2_000_000, 1)  # replaced after the scan
+    image, _, _, reason = ImageDataset(scan.train, 32, eval_transform(32))[0]
+    assert image is None and reason == "aspect ratio 2000000x1 is beyond 50:1"
+
+
+@pytest.mark.timeout(60)
+def test_an_image_too_big_once_resized_is_refused(tmp_path, monkeypatch):
+    from engine.images import BadImage, decode_resized
+
+    _strip(tmp_path / "wide.png", 400, 10)  # 40:1 is allowed, but at 1,000 px it is 40 million pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
+    assert tuple(decode_resized(tmp_path / "wide.png", 32).shape) == (3, 32, 1280)
+    with pytest.raises(BadImage, match="too many pixels once resized to 1000 px"):
+        decode_resized(tmp_path / "wide.png", 1000)
+
+
+@pytest.mark.timeout(60)
+def test_predict_refuses_an_aspect_ratio_bomb_in_one_line(checkpoint, tmp_path, capsys):
+    bomb = _strip(tmp_path / "strip.png")
+    assert_refused(cli(capsys, "predict", checkpoint, bomb), 2, "strip.png", "aspect ratio")
+
+
+@pytest.mark.timeout(60)
+def test_training_skips_an_aspect_ratio_bomb(data, tmp_path, capsys):
+    _strip(data / "square" / "strip.png")
+    rc, _, err = cli(capsys, "train", "--data", data, *QUICK, "--out", tmp_path / "run")
+    assert rc == 0 and "Traceback" not in err, err
+    assert "strip.png: aspect ratio 1x2000000 is beyond 50:1" in err
