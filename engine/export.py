@@ -27,6 +27,8 @@ FORMATS = ("pt", "safetensors", "torchscript", "onnx")
 SUFFIXES = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 DEFAULT_TOLERANCE = 1e-4
 ONNX_OPSET = 17
+# A single .onnx file is one protobuf message, which cannot exceed 2 GiB.
+ONNX_MAX_BYTES = 2**31
 
 
 class ParityError(UserError):
@@ -74,11 +76,20 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = {"pt": _write_pt, "safetensors": _write_safetensors, "torchscript": _write_torchscript,
               "onnx": _write_onnx}[fmt]
-    writer(checkpoint, classifier, out)
     with torch.no_grad():
         expected = classifier.model(parity_batch).float()
-    exported = load_any(out)
-    actual = exported.logits(parity_batch)
+    try:
+        writer(checkpoint, classifier, out)
+        actual = load_any(out).logits(parity_batch)
+    except (UserError, OSError):
+        raise
+    except Exception as exc:
+        if fmt in ("pt", "safetensors"):
+            raise  # these hold plain state dicts: a failure here is a bug, and its traceback is needed
+        # The tracer, the exporter or the runtime cannot handle this architecture: one line, not a traceback.
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise UserError(f"{classifier.arch} cannot be exported to {fmt} ({type(exc).__name__}: {detail[:300]}); "
+                        f"pt and safetensors work for every architecture") from exc
     diff = float((actual - expected).abs().max()) if len(expected) else 0.0
     agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
     report = ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, diff <= tolerance)
@@ -128,6 +139,14 @@ def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> No
         import onnx
     except ImportError:
         raise UserError("ONNX export needs the export extra: pip install 'transfer-studio[export]'") from None
+    size = sum(t.numel() * t.element_size() for t in classifier.model.state_dict().values())
+    if size >= ONNX_MAX_BYTES:
+        raise UserError(f"{classifier.arch} cannot be exported to onnx: its weights take {size / 2**30:.1f} GiB and a "
+                        f"single ONNX file holds at most 2 GiB; use safetensors or torchscript")
+    problem = onnx_pooling_problem(classifier.model, _example(classifier, batch=1))
+    if problem:
+        raise UserError(f"{classifier.arch} at {classifier.preprocessing.crop} px cannot be exported to onnx: {problem}; "
+                        f"use torchscript, or train at a larger image size (224 px works)")
     tmp = out.with_name(out.name + ".part.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -140,6 +159,30 @@ def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> No
         entry.key, entry.value = key, value
     atomic_write_bytes(out, model.SerializeToString())
     tmp.unlink(missing_ok=True)
+
+
+def onnx_pooling_problem(model: torch.nn.Module, example: torch.Tensor) -> str | None:
+    """ONNX exports adaptive average pooling only where the output size divides the input size; AlexNet
+    and VGG pool to 6x6 / 7x7, so at small image sizes they would upsample a 1x1 map. Found here, before
+    the exporter fails (it also prints its whole graph to stdout, which would garble `--json` output)."""
+    problems: list[str] = []
+
+    def check(name: str, module, inputs, output) -> None:
+        (h, w), (oh, ow) = inputs[0].shape[-2:], output.shape[-2:]
+        if h % oh or w % ow:
+            problems.append(f"its {name} pools a {h}x{w} map to {oh}x{ow}, and ONNX exports adaptive pooling only "
+                            f"when the output size divides the input size")
+
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: check(name, m, i, o))
+               for name, module in model.named_modules() if isinstance(module, torch.nn.AdaptiveAvgPool2d)]
+    try:
+        if handles:
+            with torch.no_grad():
+                model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return problems[0] if problems else None
 
 
 # --- loading any format back ------------------------------------------------------------------
