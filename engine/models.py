@@ -1,12 +1,19 @@
 """torchvision classifiers by name: build, load weights, replace the head, describe the layer tree.
 
-The head (the final Linear) is replaced in place, so a trained model's state dict has exactly the
-keys of `torchvision.models.<arch>(num_classes=K)` and plain PyTorch can load it.
+The head (the final Linear; SqueezeNet's final 1x1 convolution) is replaced in place, so a trained
+model's state dict has exactly the keys of `torchvision.models.<arch>(num_classes=K)` and plain
+PyTorch can load it. GoogLeNet and Inception v3 are built as torchvision builds its pretrained
+GoogLeNet: without auxiliary heads and with `transform_input=True`, i.e.
+`torchvision.models.googlenet(num_classes=K, aux_logits=False, transform_input=True)`.
+
+Every architecture offered (`available_archs`) has a known image-size rule (`min_image_size`,
+`check_image_size`), and tests/test_architectures.py trains each one a step at its smallest size.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +34,78 @@ FEATURED_ARCHS = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobile
                   "mobilenet_v3_large", "convnext_tiny", "regnet_y_400mf", "vit_b_16")
 
 
+@dataclass(frozen=True)
+class _SizeRule:
+    minimum: int  # px, before rounding up to `multiple`
+    multiple: int  # the size must be a multiple of this (1: any size)
+    reason: str  # why, for the person; "{arch}" is filled in
+
+
+# Smallest size Transfer Studio trains at (DataConfig's own floor); most convolutional networks pad
+# every convolution and pool adaptively, so they work at any size from here.
+MIN_IMAGE_SIZE = 16
+_ANY_SIZE = _SizeRule(MIN_IMAGE_SIZE, 1, "{arch} works at any size from 16 px, the smallest Transfer Studio trains at")
+# Measured (a forward pass at every size from 1 to 128 px) and checked by tests/test_architectures.py.
+# Families by name prefix, the longest matching prefix wins. An architecture of a newer torchvision
+# that matches none is not offered until its rule is known and tested.
+_SIZE_RULES: dict[str, _SizeRule] = {
+    "resnet": _ANY_SIZE, "resnext": _ANY_SIZE, "wide_resnet": _ANY_SIZE, "efficientnet_": _ANY_SIZE,
+    "mobilenet_": _ANY_SIZE, "mnasnet": _ANY_SIZE, "regnet_": _ANY_SIZE, "shufflenet_v2_": _ANY_SIZE,
+    "googlenet": _ANY_SIZE,
+    "swin_": _SizeRule(MIN_IMAGE_SIZE, 1, "{arch} pads its feature maps to whole windows, so it works at any size "
+                                           "from 16 px, the smallest Transfer Studio trains at"),
+    "alexnet": _SizeRule(63, 1, "{arch}'s unpadded convolutions and poolings need at least 63 px"),
+    "convnext_": _SizeRule(32, 1, "{arch} downsamples by 32 with unpadded strided convolutions, so it needs at least 32 px"),
+    "densenet": _SizeRule(29, 1, "{arch}'s stem and transition poolings need at least 29 px"),
+    "inception_v3": _SizeRule(75, 1, "{arch}'s unpadded convolutions and poolings need at least 75 px"),
+    "squeezenet1_0": _SizeRule(21, 1, "{arch}'s unpadded stem and poolings need at least 21 px"),
+    "squeezenet1_1": _SizeRule(17, 1, "{arch}'s unpadded stem and poolings need at least 17 px"),
+    "vgg": _SizeRule(32, 1, "{arch}'s five 2x2 poolings need at least 32 px"),
+    # ViT: the image is cut into patches; the position embeddings are made for the image size.
+    "vit_b_16": _SizeRule(16, 16, "{arch} cuts the image into 16 px patches, so its size must be a multiple of 16 px"),
+    "vit_l_16": _SizeRule(16, 16, "{arch} cuts the image into 16 px patches, so its size must be a multiple of 16 px"),
+    "vit_b_32": _SizeRule(32, 32, "{arch} cuts the image into 32 px patches, so its size must be a multiple of 32 px"),
+    "vit_l_32": _SizeRule(32, 32, "{arch} cuts the image into 32 px patches, so its size must be a multiple of 32 px"),
+    "vit_h_14": _SizeRule(16, 14, "{arch} cuts the image into 14 px patches, so its size must be a multiple of 14 px"),
+    # MaxViT attends within 7x7 windows and a 7x7 grid at every stage, down to 1/32 scale: 7 * 32 = 224.
+    "maxvit_t": _SizeRule(224, 224, "{arch} splits its feature maps into 7x7 windows down to 1/32 scale, "
+                                     "so its size must be a multiple of 224 px"),
+}
+
+
+def _size_rule(arch: str) -> _SizeRule | None:
+    matches = [prefix for prefix in _SIZE_RULES if arch.startswith(prefix)]
+    return _SIZE_RULES[max(matches, key=len)] if matches else None
+
+
 def available_archs() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    """The architectures offered everywhere (window, CLI): torchvision's classifiers whose image-size
+    rule is known; each is trained and exported by tests/test_architectures.py."""
+    return sorted(a for a in torchvision.models.list_models(module=torchvision.models) if _size_rule(a) is not None)
+
+
+def min_image_size(arch: str) -> tuple[int, str]:
+    """The smallest image size `arch` trains at, and a one-line reason for the person."""
+    check_arch(arch)
+    rule = _size_rule(arch)
+    return math.ceil(rule.minimum / rule.multiple) * rule.multiple, rule.reason.format(arch=arch)
+
+
+def valid_image_size(arch: str, image_size: int) -> int:
+    """The nearest valid image size for `arch` that is at least `image_size`."""
+    smallest, _ = min_image_size(arch)
+    multiple = _size_rule(arch).multiple
+    return max(smallest, math.ceil(image_size / multiple) * multiple)
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    """Raise a one-line UserError when `arch` cannot run on images of `image_size` px."""
+    smallest, reason = min_image_size(arch)
+    if image_size < smallest:
+        raise UserError(f"image size {image_size} px is too small for {arch}: {reason}")
+    if image_size % _size_rule(arch).multiple:
+        raise UserError(f"image size {image_size} px does not fit {arch}: {reason} "
+                        f"(nearest: {valid_image_size(arch, image_size)} px)")
 
 
 def check_arch(arch: str) -> None:
@@ -60,6 +137,10 @@ class ModelInfo:
     stage_groups: tuple[tuple[str, ...], ...]  # stages that share one LR step (the stem's conv and norm)
     layers: tuple[LayerInfo, ...]
     parameter_modules: tuple[tuple[str, str, int], ...]  # (parameter name, owning module, numel)
+    image_size: int = 224  # what the model was built for (a ViT's position embeddings depend on it)
+    # True when the head maps the pooled feature vector to logits (a Linear), so it can train on cached
+    # features; SqueezeNet's head is a 1x1 convolution followed by ReLU and pooling, so it cannot.
+    head_is_linear: bool = True
 
     @property
     def total_params(self) -> int:
@@ -88,16 +169,21 @@ class BuiltModel:
 
 
 def find_head(model: nn.Module) -> str:
-    last = None
+    """The last Linear; in a model without one (SqueezeNet), the last convolution: its classifier."""
+    last = last_conv = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = name
+        elif isinstance(module, nn.Conv2d):
+            last_conv = name
+    if last is None and last_conv is not None and last_conv.startswith("classifier."):
+        return last_conv
     if last is None:
         raise UserError(f"{type(model).__name__} has no Linear classification head")
     return last
 
 
-def describe(model: nn.Module, arch: str, num_classes: int) -> ModelInfo:
+def describe(model: nn.Module, arch: str, num_classes: int, image_size: int = 224) -> ModelInfo:
     modules = dict(model.named_modules())
     owner: dict[str, tuple[str, int]] = {}
     for module_name, module in modules.items():
@@ -118,7 +204,8 @@ def describe(model: nn.Module, arch: str, num_classes: int) -> ModelInfo:
         ))
     head = find_head(model)
     stages = _stages(model, head)
-    return ModelInfo(arch, num_classes, head, stages, _stage_groups(model, stages), tuple(layers), parameter_modules)
+    return ModelInfo(arch, num_classes, head, stages, _stage_groups(model, stages), tuple(layers), parameter_modules,
+                     image_size=image_size, head_is_linear=isinstance(modules[head], nn.Linear))
 
 
 def _stages(model: nn.Module, head: str) -> tuple[str, ...]:
@@ -184,18 +271,31 @@ def weights_cache_path(arch: str) -> Path | None:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def builder_kwargs(arch: str, image_size: int = 224) -> dict:
+    """What `torchvision.models.get_model(arch, num_classes=K, ...)` needs besides K for our model."""
+    if arch.startswith("vit_"):
+        return {"image_size": image_size}  # position embeddings for this many patches
+    if arch.startswith("maxvit_"):
+        return {"input_size": (image_size, image_size)}  # its window partition is fixed at build time
+    if arch in ("googlenet", "inception_v3"):
+        # As torchvision builds its pretrained GoogLeNet: auxiliary heads would make the model return a
+        # tuple in train mode (and Inception's needs large images); the ImageNet weights were trained
+        # on inputs scaled to [-1, 1], which transform_input makes from ImageNet-normalised ones.
+        return {"aux_logits": False, "transform_input": True, "init_weights": True}
+    return {}
+
+
 def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module:
-    """`torchvision.models.<arch>(num_classes=K)`, untrained; ViTs are built for their image size."""
-    kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained."""
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                        **builder_kwargs(arch, image_size))
 
 
 def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
     check_arch(arch)
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
-    if arch.startswith("vit_") and weights != "none" and image_size != 224:
-        raise UserError(f"{arch} with pretrained weights needs --image-size 224, got {image_size}")
+    check_image_size(arch, image_size)
     model = plain_model(arch, num_classes, image_size)
     notes: list[str] = []
     if weights == "imagenet":
@@ -206,7 +306,7 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_si
         state = load_state_dict_file(Path(weights))
         notes.append(f"weights from {weights}")
         notes += load_backbone_weights(model, state, source=str(weights))
-    return BuiltModel(model, describe(model, arch, num_classes), preprocessing_for(arch, image_size), notes)
+    return BuiltModel(model, describe(model, arch, num_classes, image_size), preprocessing_for(arch, image_size), notes)
 
 
 def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
@@ -231,6 +331,13 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     expected = model.state_dict()
     head_keys = {k for k in expected if k.startswith(head + ".")}
     notes = []
+    aux = sorted({k.split(".")[0] for k in state if k.startswith(_AUX_PREFIXES) and k not in expected})
+    if aux:
+        notes.append(f"auxiliary head(s) of {source} dropped ({', '.join(aux)}): only the main classifier trains")
+        state = {k: v for k, v in state.items() if not k.startswith(_AUX_PREFIXES) or k in expected}
+    state, resized = _fit_position_embedding(model, state)
+    if resized:
+        notes.append(f"position embeddings of {source} {resized}")
     dropped = [k for k in head_keys if k in state and state[k].shape != expected[k].shape]
     if dropped:
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in sorted(dropped))
@@ -252,5 +359,30 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     return notes
 
 
+# GoogLeNet's and Inception v3's auxiliary classifiers: in torchvision's ImageNet weights, not in our models.
+_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def _fit_position_embedding(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """A ViT's weights for another image size: interpolate the position embeddings of the patch grid
+    (as torchvision's `interpolate_embeddings` does), so a ViT trains from ImageNet at any valid size."""
+    key = "encoder.pos_embedding"
+    if not isinstance(model, torchvision.models.VisionTransformer) or key not in state:
+        return state, ""
+    old, new = state[key], model.state_dict()[key]
+    if old.shape == new.shape or old.dim() != 3 or old.shape[2] != new.shape[2]:
+        return state, ""  # same size, or a mismatch that the shape check reports
+    old_side = math.isqrt(old.shape[1] - 1)
+    if old_side * old_side != old.shape[1] - 1:
+        return state, ""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+    new_side = model.image_size // model.patch_size
+    return state, (f"resized from a {old_side}x{old_side} to a {new_side}x{new_side} patch grid "
+                   f"({old_side * model.patch_size} to {model.image_size} px images)")
+
+
 def model_classes(model: nn.Module) -> int:
-    return model.get_submodule(find_head(model)).out_features
+    head = model.get_submodule(find_head(model))
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
