@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import torch
-from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtCore import QSettings, QSize, Qt, Slot
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
-                               QSplitter, QWidget)
+                               QSplitter, QStyle, QWidget)
 
 from app.session import RunState, Session
 from app.worker import RunFailure
@@ -44,14 +44,24 @@ def available_devices() -> list[tuple[str, str]]:
     return devices
 
 
-def scrolling(panel: QWidget) -> QScrollArea:
-    """The panel at its natural size when there is room, scrolled when the window is small."""
-    area = QScrollArea()
-    area.setWidget(panel)
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-    return area
+class PanelScrollArea(QScrollArea):
+    """A panel at its natural size when there is room, scrolled when the window is small.
+
+    QScrollArea's own size hint is capped at 24 lines of text, which would make a splitter give a
+    taller panel less room than it needs even when the screen has it."""
+
+    def __init__(self, panel: QWidget):
+        super().__init__()
+        self.setWidget(panel)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        # Panels fit the width (their widest row is under half of 1024 px); only height scrolls.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = self.widget().sizeHint()
+        scroll_bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        return QSize(hint.width() + scroll_bar, hint.height())
 
 
 class MainWindow(QMainWindow):
@@ -98,14 +108,17 @@ class MainWindow(QMainWindow):
     def _build_layout(self) -> None:
         left = QSplitter(Qt.Orientation.Vertical)
         left.setObjectName("leftSplitter")
-        left.addWidget(scrolling(self.data_panel))
-        left.addWidget(scrolling(self.model_panel))
-        left.setStretchFactor(1, 3)
+        self._data_area = PanelScrollArea(self.data_panel)
+        left.addWidget(self._data_area)
+        left.addWidget(self.model_panel)  # its tree scrolls itself; the rest of it is a few rows
+        left.setStretchFactor(0, 0)  # the data panel keeps its natural height; the tree takes the rest
+        left.setStretchFactor(1, 1)
         right = QSplitter(Qt.Orientation.Vertical)
         right.setObjectName("rightSplitter")
-        right.addWidget(scrolling(self.training_panel))
-        right.addWidget(scrolling(self.plots))
-        right.setStretchFactor(1, 3)
+        right.addWidget(PanelScrollArea(self.training_panel))
+        right.addWidget(PanelScrollArea(self.plots))
+        right.setStretchFactor(0, 0)
+        right.setStretchFactor(1, 1)
         main = QSplitter(Qt.Orientation.Horizontal)
         main.setObjectName("mainSplitter")
         main.addWidget(left)
@@ -115,6 +128,10 @@ class MainWindow(QMainWindow):
         for splitter in (left, right, main):
             splitter.setChildrenCollapsible(False)
         self.setCentralWidget(main)
+        self._main_splitter, self._left_splitter = main, left
+        self._halves_set = False
+        self._data_area_moved = False  # once the person drags the splitter, it stays where they put it
+        left.splitterMoved.connect(self._remember_data_area_moved)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -218,6 +235,7 @@ class MainWindow(QMainWindow):
             self.data_panel.show_error(state.error)
         elif state.summary is not None:
             self.data_panel.show_summary(state.summary)
+            self._fit_data_area()
         elif state.folder:
             self.data_panel.show_listing_in_progress(state.folder)
 
@@ -254,10 +272,12 @@ class MainWindow(QMainWindow):
         self.data_panel.set_read_only(run.running)
         self.model_panel.set_read_only(run.running)
         self.training_panel.set_run_controls(run.running, run.can_export)
-        if run.folder is not None:
-            self.run_label.setText(f"{'Run' if run.running else 'Last run'}: {run.folder.path}")
+        if run.folder is not None:  # the folder's name; its whole path in the tooltip
+            self.run_label.setText(f"{'Run' if run.running else 'Last run'}: {run.folder.path.name}")
+            self.run_label.setToolTip(str(run.folder.path))
         else:
             self.run_label.setText("Starting a run…" if run.running else "No run yet")
+            self.run_label.setToolTip("")
         if run.running:
             return
         if run.result is not None:
@@ -455,6 +475,25 @@ class MainWindow(QMainWindow):
             "Moderate data (> 5,000): Fine-tune, best with Discriminative LRs.\n\n"
             "Domain far from ImageNet (X-rays, satellites): fine-tune from the early layers.\n\n"
             "ResNet-50 is the balanced default; EfficientNet-B0 when light; ConvNeXt for the best accuracy."))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if not self._halves_set:  # half and half at first, whatever the panels' preferred widths
+            self._halves_set = True
+            width = self._main_splitter.width()
+            self._main_splitter.setSizes([width // 2, width - width // 2])
+
+    def _fit_data_area(self) -> None:
+        """The data panel as tall as its classes need (up to a few rows), the tree the rest."""
+        if self._data_area_moved:
+            return
+        total = sum(self._left_splitter.sizes())
+        wanted = min(self._data_area.sizeHint().height(), total // 2)
+        self._left_splitter.setSizes([wanted, total - wanted])
+
+    @Slot()
+    def _remember_data_area_moved(self) -> None:
+        self._data_area_moved = True
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
         urls = event.mimeData().urls()

@@ -247,8 +247,8 @@ class Session(QObject):
         except UserError:
             return ""
         if any(plan.effective(stage).frozen for stage in self._model_info.stages):
-            return ("Random-init weights with frozen layers: those layers keep random values and the head "
-                    "learns from noise. Choose ImageNet weights or a file, or fine-tune everything.")
+            return ("Random-init weights with frozen layers: those layers stay random. "
+                    "Choose ImageNet weights or a file, or fine-tune all.")
         return ""
 
     # --- the dataset ---------------------------------------------------------------------------

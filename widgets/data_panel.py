@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
 from engine.config import AUGMENTATIONS, DataConfig
 from engine.images import BadImage, load_rgb
 
-THUMB = 32
+THUMB = 24
 STRIP_WIDTH = THUMB * 3 + 8
-VISIBLE_CLASS_ROWS = 5  # the class table's smallest height shows this many rows
+VISIBLE_CLASS_ROWS = 5  # the class table is never so small that it shows fewer rows (or classes)
 AUGMENT_TIPS = {
     "none": "No augmentation: every epoch sees the same images (lets a frozen trunk's features be cached).",
     "light": "Random horizontal flips.",
@@ -107,6 +107,13 @@ class ClassTableModel(QAbstractTableModel):
         return None
 
 
+class ClassTable(QTableView):
+    """Prefers its minimum height (a few rows): in a small window the space goes to the tree."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(super().sizeHint().width(), self.minimumHeight())
+
+
 class DataPanel(QGroupBox):
     folder_chosen = Signal(str)
     demo_requested = Signal()
@@ -134,7 +141,7 @@ class DataPanel(QGroupBox):
         row.addWidget(self.demo_button)
 
         self.class_model = ClassTableModel(self)
-        self.class_table = QTableView()
+        self.class_table = ClassTable()
         self.class_table.setObjectName("classTable")
         self.class_table.setModel(self.class_model)
         self.class_table.verticalHeader().setVisible(False)
@@ -151,7 +158,7 @@ class DataPanel(QGroupBox):
             header.resizeSection(column, 64)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Fixed)
         header.resizeSection(3, STRIP_WIDTH + 12)
-        self.class_table.setMinimumHeight(header.sizeHint().height() + VISIBLE_CLASS_ROWS * (THUMB + 4) + 4)
+        self._fit_table_height(VISIBLE_CLASS_ROWS)
         self.class_table.setToolTip("Images per class in the training and validation splits.")
 
         self.val_spin = QDoubleSpinBox()
@@ -161,7 +168,6 @@ class DataPanel(QGroupBox):
         self.val_spin.setValue(defaults.val_fraction)
         self.val_spin.setToolTip("Share of each class held out for validation (stratified, seeded).")
         self.val_spin.valueChanged.connect(lambda v: self.data_edited.emit({"val_fraction": v}))
-        self.split_note = QLabel("of each class")
         self.size_spin = QSpinBox()
         self.size_spin.setObjectName("imageSizeSpin")
         self.size_spin.setRange(16, 1024)
@@ -187,16 +193,15 @@ class DataPanel(QGroupBox):
         self.augment_combo.currentIndexChanged.connect(
             lambda: self.data_edited.emit({"augment": self.augment_combo.currentData()}))
 
-        form = QGridLayout()
-        form.addWidget(QLabel("Validation"), 0, 0)
-        form.addWidget(self.val_spin, 0, 1)
-        form.addWidget(self.split_note, 0, 2)
-        form.addWidget(QLabel("Image size"), 1, 0)
-        form.addWidget(self.size_spin, 1, 1)
-        form.addWidget(QLabel("Augmentation"), 1, 2, Qt.AlignmentFlag.AlignRight)
-        form.addWidget(self.augment_combo, 1, 3)
-        form.addWidget(self.size_problem_label, 2, 0, 1, 4)
-        form.setColumnStretch(2, 1)
+        form = QGridLayout()  # one row, so the class table keeps its height in a small window
+        for column, (text, widget) in enumerate((("Validation", self.val_spin), ("Size", self.size_spin),
+                                                  ("Augment", self.augment_combo))):
+            label = QLabel(text)
+            label.setToolTip(widget.toolTip())
+            form.addWidget(label, 0, 2 * column, Qt.AlignmentFlag.AlignRight if column else Qt.AlignmentFlag.AlignLeft)
+            form.addWidget(widget, 0, 2 * column + 1)
+            form.setColumnStretch(2 * column + 1, 1)
+        form.addWidget(self.size_problem_label, 1, 0, 1, 6)
 
         self.warning_label = QLabel("")
         self.warning_label.setObjectName("dataWarningLabel")
@@ -204,16 +209,13 @@ class DataPanel(QGroupBox):
         self.warning_label.setWordWrap(True)
         self.warning_label.setToolTip("Click to list skipped files with their reasons.")
         self.warning_label.mousePressEvent = lambda event: self.show_skipped()
-        self.stats_label = QLabel("")
-        self.stats_label.setObjectName("dataStatsLabel")
-        self.stats_label.setWordWrap(True)
 
         layout = QVBoxLayout(self)
         layout.addLayout(row)
-        layout.addWidget(self.stats_label)
-        layout.addWidget(self.class_table, 1)
-        layout.addWidget(self.warning_label)
         layout.addLayout(form)
+        layout.addWidget(self.class_table)
+        layout.addWidget(self.warning_label)
+        layout.addStretch(1)
         self._skipped: list[dict] = []
         self._editors = (self.folder_edit, self.browse_button, self.demo_button, self.val_spin, self.size_spin,
                          self.augment_combo)
@@ -238,13 +240,13 @@ class DataPanel(QGroupBox):
 
     def show_listing_in_progress(self, folder: str) -> None:
         self.folder_edit.setText(folder)
-        self.stats_label.setText("Reading the folder…")
+        self._show_stats("reading the folder…")
         self.warning_label.setText("")
         self.class_model.set_classes([])
         self._skipped = []
 
     def show_error(self, message: str) -> None:
-        self.stats_label.setText("")
+        self._show_stats("")
         self.class_model.set_classes([])
         self.warning_label.setStyleSheet(ERROR_STYLE)
         self.warning_label.setText(message)
@@ -254,14 +256,26 @@ class DataPanel(QGroupBox):
         """Class counts, image sizes and warnings of a scan (engine.data.DatasetScan.summary())."""
         self._skipped = summary["skipped"]
         self.class_model.set_classes(summary["classes"])
+        self._fit_table_height(min(len(summary["classes"]), VISIBLE_CLASS_ROWS))
         sizes = summary.get("image_sizes") or {}
         size_text = f" · images {sizes['width']['median']}×{sizes['height']['median']} px (median)" if sizes else ""
-        self.stats_label.setText(f"{len(summary['classes'])} classes · {summary['total']:,} images{size_text}")
+        split_text = " · train/ and val/ as given" if summary["layout"] == "train-val" else ""
+        self._show_stats(f"{len(summary['classes'])} classes · {summary['total']:,} images{size_text}{split_text}")
         self._given_split = summary["layout"] == "train-val"
         self.val_spin.setEnabled(not self._given_split and self.folder_edit.isEnabled())
-        self.split_note.setText("train/ and val/ as given" if self._given_split else "of each class")
+        self.val_spin.setToolTip("Validation: the dataset's val/ folder, as given." if self._given_split else
+                                 "Share of each class held out for validation (stratified, seeded).")
         self.warning_label.setStyleSheet(WARNING_STYLE)
         self.warning_label.setText(" · ".join(summary["warnings"]))
+
+    def _show_stats(self, text: str) -> None:
+        """In the panel's title: one line less for the panel, one row more for the tree below."""
+        self.setTitle(f"Data · {text}" if text else "Data")
+
+    def _fit_table_height(self, rows: int) -> None:
+        """Tall enough for `rows` classes without scrolling, and no taller: the tree below needs the room."""
+        header = self.class_table.horizontalHeader().sizeHint().height()
+        self.class_table.setMinimumHeight(header + rows * (THUMB + 4) + 4)
 
     def show_thumbnails(self, strips: dict[str, QImage | None]) -> None:
         self.class_model.set_strips(strips)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout,
-                               QLabel, QPushButton, QSpinBox, QStackedWidget, QVBoxLayout)
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
+                               QHBoxLayout, QLabel, QPushButton, QSpinBox, QStackedWidget, QVBoxLayout)
 
 from engine.config import ModelConfig, PlanConfig
 from engine.events import IntegrityReport, LayerStats
@@ -79,11 +79,15 @@ class ModelPanel(QGroupBox):
             if arch not in featured:
                 self.arch_combo.addItem(arch, arch)
         self.arch_combo.currentIndexChanged.connect(lambda: self.arch_edited.emit(self.arch_combo.currentData()))
+        self.arch_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.arch_combo.setMinimumContentsLength(8)  # a narrow window elides long names, not the panel
 
         self.weights_combo = QComboBox()
         self.weights_combo.setObjectName("weightsCombo")
         self.weights_combo.setToolTip(WEIGHTS_TIP)
         self.weights_combo.activated.connect(self._weights_activated)
+        self.weights_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.weights_combo.setMinimumContentsLength(8)  # file names can be long
         self._weights = "imagenet"
         self._fill_weights_combo([])
 
@@ -108,8 +112,12 @@ class ModelPanel(QGroupBox):
         self.every_spin.setSuffix(" ep")
         self.every_spin.setToolTip("Gradual unfreezing: one more stage starts training every this many epochs.")
         self.every_spin.valueChanged.connect(self.gradual_every_edited)
-        presets = QHBoxLayout()
+        # Two rows, so the panel fits a narrow window: the LR ramp's factor and the unfreezing
+        # interval sit beside the presets they tune.
+        presets = QGridLayout()
         self.preset_buttons: dict[str, QPushButton] = {}
+        places = {"feature-extraction": (0, 0, 1, 2), "fine-tune": (0, 2, 1, 2),
+                  "discriminative": (1, 0, 1, 1), "gradual": (1, 2, 1, 1)}
         for object_name, text, strategy, tip in PRESETS:
             button = QPushButton(text)
             button.setObjectName(object_name)
@@ -117,12 +125,11 @@ class ModelPanel(QGroupBox):
             button.setShortcut(f"Ctrl+{len(self.preset_buttons) + 1}")
             button.clicked.connect(lambda _=False, s=strategy: self.preset_requested.emit(s))
             self.preset_buttons[strategy] = button
-            presets.addWidget(button)
-            if strategy == "discriminative":
-                presets.addWidget(self.factor_spin)
-            if strategy == "gradual":
-                presets.addWidget(self.every_spin)
-        presets.addStretch(1)
+            presets.addWidget(button, *places[strategy])
+        presets.addWidget(self.factor_spin, 1, 1)
+        presets.addWidget(self.every_spin, 1, 3)
+        for column in range(4):
+            presets.setColumnStretch(column, 1)
 
         self.tree_model = LayerTreeModel(self)
         self.tree = LayerTreeView()
@@ -143,6 +150,7 @@ class ModelPanel(QGroupBox):
         self.summary_label.setObjectName("trainableSummaryLabel")
         self.summary_label.setToolTip("What will train: trainable parameters of all, and how many learning-rate groups.")
         self.summary_label.setStyleSheet("font-weight: 600;")
+        self.summary_label.setWordWrap(True)  # a gradual plan's summary is long; the panel must stay narrow
         self.warning_label = QLabel("")
         self.warning_label.setObjectName("modelWarningLabel")
         self.warning_label.setStyleSheet("color: #b26a00;")
@@ -152,10 +160,10 @@ class ModelPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addLayout(presets)
+        layout.addWidget(self.summary_label)  # above the tree: seen however small the window is
+        layout.addWidget(self.warning_label)
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.tree_pages, 1)
-        layout.addWidget(self.summary_label)
-        layout.addWidget(self.warning_label)
         self._editors = (self.arch_combo, self.weights_combo, self.factor_spin, self.every_spin,
                          *self.preset_buttons.values())
 

@@ -98,17 +98,18 @@ class TrainingPanel(QGroupBox):
                          self.precision_combo, self.seed_spin, self.compile_check)
 
         form = QGridLayout()
-        rows = ((("Epochs", self.epochs_spin), ("Batch", self.batch_spin), ("Seed", self.seed_spin)),
-                (("Optimizer", self.optimizer_combo), ("Base LR", self.base_lr_spin), ("Decay", self.weight_decay_spin)),
-                (("Schedule", self.schedule_combo), ("Warm-up", self.warmup_spin), ("", self.compile_check)),
+        rows = ((("Epochs", self.epochs_spin), ("Batch size", self.batch_spin)),
+                (("Optimizer", self.optimizer_combo), ("Base LR", self.base_lr_spin)),
+                (("Weight decay", self.weight_decay_spin), ("Schedule", self.schedule_combo)),
+                (("Warm-up", self.warmup_spin), ("Seed", self.seed_spin)),
                 (("Device", self.device_combo), ("Precision", self.precision_combo)))
         for r, pairs in enumerate(rows):
             for c, (label, widget) in enumerate(pairs):
-                if label:
-                    form.addWidget(QLabel(label), r, 2 * c)
+                form.addWidget(QLabel(label), r, 2 * c)
                 form.addWidget(widget, r, 2 * c + 1)
-        for column in (1, 3, 5):
-            form.setColumnStretch(column, 1)
+        form.addWidget(self.compile_check, len(rows), 1)
+        form.setColumnStretch(1, 1)
+        form.setColumnStretch(3, 1)
 
         style = self.style()
 
@@ -143,6 +144,7 @@ class TrainingPanel(QGroupBox):
         self.progress.setToolTip("Progress over the whole run.")
         self.rate_label = QLabel("")
         self.rate_label.setObjectName("rateLabel")
+        self.rate_label.setWordWrap(True)
         self.rate_label.setToolTip("Throughput, time left, and where the last epoch's time went (waiting for data vs computing).")
         self.error_label = QLabel("")
         self.error_label.setObjectName("errorLabel")
