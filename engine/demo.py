@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import UserError
 from .paths import cache_dir
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar")
@@ -20,15 +22,20 @@ DEMO_VERSION = 1
 
 def write_demo_dataset(root: str | os.PathLike, classes: int = 4, per_class: int = 60,
                        size: int = 96, seed: int = 0) -> Path:
+    """Write the dataset; UserError in one line when the folder cannot be written."""
     if not 2 <= classes <= len(SHAPES):
         raise ValueError(f"classes must be between 2 and {len(SHAPES)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
-    for shape in SHAPES[:classes]:
-        folder = root / shape
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            _draw(shape, size, rng).save(folder / f"{shape}_{i:04d}.png", optimize=False)
+    try:
+        for shape in SHAPES[:classes]:
+            folder = root / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                _draw(shape, size, rng).save(folder / f"{shape}_{i:04d}.png", optimize=False)
+    except OSError as exc:
+        where = exc.filename or root
+        raise UserError(f"cannot write the demo dataset to {root}: {where}: {exc.strerror or exc}") from None
     return root
 
 
@@ -75,9 +82,38 @@ def demo_dataset_dir() -> Path:
 
 
 def ensure_demo_dataset() -> Path:
+    """The demo dataset's folder, written on first use into the cache folder; when that cannot be
+    written (read-only, a file in its place), into a temporary folder instead (see demo_note())."""
+    global _note
+    _note = None
     folder = demo_dataset_dir()
-    done = folder / ".complete"
-    if not done.exists():
-        write_demo_dataset(folder)
-        done.write_text("ok\n")
+    if (folder / ".complete").exists():
+        return folder
+    try:
+        return _write_complete(folder)
+    except UserError as exc:
+        # A private new folder: a fixed name in a shared temporary folder could be someone else's.
+        try:
+            temporary = Path(tempfile.mkdtemp(prefix=f"transfer-studio-demo-v{DEMO_VERSION}-"))
+        except OSError as err:
+            raise UserError(f"{exc}; no temporary folder either ({err.strerror or err})") from None
+        _write_complete(temporary)
+        _note = f"{exc}; it was written to {temporary} instead (not kept for the next run)"
+        return temporary
+
+
+_note: str | None = None
+
+
+def demo_note() -> str | None:
+    """Why the last ensure_demo_dataset() used a temporary folder, or None."""
+    return _note
+
+
+def _write_complete(folder: Path) -> Path:
+    write_demo_dataset(folder)
+    try:
+        (folder / ".complete").write_text("ok\n")
+    except OSError as exc:
+        raise UserError(f"cannot write the demo dataset to {folder}: {exc.strerror or exc}") from None
     return folder

@@ -136,15 +136,36 @@ def load_cached_features(key: str):
         return None
     try:
         stored = safe_torch_load(path)
-        os.utime(path)  # most recently used: pruned last
-        return stored["train"], stored["val"]
-    except (UserError, KeyError, TypeError):
+        features = stored["train"], stored["val"]
+    except (UserError, KeyError, TypeError, OSError):
         return None  # unreadable or from another version: compute again
+    try:
+        os.utime(path)  # most recently used: pruned last
+    except OSError:
+        pass  # a read-only cache still serves what it holds
+    return features
 
 
-def save_cached_features(key: str, train, val) -> None:
-    folder = feature_cache_path(key).parent
-    atomic_torch_save({"train": train, "val": val}, feature_cache_path(key))
-    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in files[MAX_CACHED_FEATURE_SETS:]:
-        stale.unlink(missing_ok=True)
+def save_cached_features(key: str, train, val) -> str | None:
+    """Save a feature set and prune the oldest. The disk cache is only an optimisation: a cache
+    folder that cannot be written (read-only, full, a file in its place) never fails the run.
+    Returns None when saved, else a one-line note for the person."""
+    path = feature_cache_path(key)
+    try:
+        atomic_torch_save({"train": train, "val": val}, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        return (f"feature cache not saved to disk ({_reason(exc, path.parent)}); "
+                f"features are computed again next run")
+    try:
+        files = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in files[MAX_CACHED_FEATURE_SETS:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # pruning can wait for a later run
+    return None
+
+
+def _reason(exc: Exception, folder: Path) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename or folder}: {exc.strerror or exc}"
+    return f"{folder}: {(str(exc).strip().splitlines() or ['write failed'])[0][:120]}"

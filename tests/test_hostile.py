@@ -167,3 +167,46 @@ def test_training_skips_an_aspect_ratio_bomb(data, tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--data", data, *QUICK, "--out", tmp_path / "run")
     assert rc == 0 and "Traceback" not in err, err
     assert "strip.png: aspect ratio 1x2000000 is beyond 50:1" in err
+
+
+# --- a cache folder that cannot be written -------------------------------------------------------
+
+
+def _unwritable_cache(kind: str, tmp_path: Path) -> Path:
+    if kind == "a file in its place":
+        (tmp_path / "cache").write_text("not a folder")
+        return tmp_path / "cache"
+    if kind == "under /proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        return Path("/proc/transfer-studio-cache")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        pytest.skip("permissions do not bind this user (root)")
+    return folder
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["a file in its place", "under /proc", "read-only"])
+def test_an_unwritable_cache_folder_is_done_without(kind, tmp_path, monkeypatch):
+    """Demo dataset and cached features are only conveniences: without a cache, say so and go on."""
+    from engine.demo import demo_note, ensure_demo_dataset
+    from engine.features import load_cached_features, save_cached_features
+
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(_unwritable_cache(kind, tmp_path)))
+    note = save_cached_features("k" * 32, (torch.zeros(2, 3), torch.zeros(2)), None)
+    assert note.startswith("feature cache not saved to disk") and "\n" not in note
+    assert load_cached_features("k" * 32) is None
+    demo = ensure_demo_dataset()
+    assert (demo / ".complete").exists() and "written to" in demo_note()
+    assert len(scan_dataset(demo).train) > 0
+
+
+@pytest.mark.timeout(60)
+def test_training_without_a_writable_cache_folder_ends_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(_unwritable_cache("a file in its place", tmp_path)))
+    rc, _, err = cli(capsys, "train", *QUICK, "--out", tmp_path / "run")  # no --data: the demo dataset
+    assert rc == 0 and "Traceback" not in err, err
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
