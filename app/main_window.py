@@ -236,7 +236,7 @@ class MainWindow(QMainWindow):
         elif state.summary is not None:
             self.data_panel.show_summary(state.summary)
             self._fit_data_area()
-        elif state.folder:
+        elif state.listing_in_progress:
             self.data_panel.show_listing_in_progress(state.folder)
 
     @Slot(object)

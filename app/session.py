@@ -284,6 +284,8 @@ class Session(QObject):
         listing, scan, summary, split = result
         self._set_dataset(replace(self._dataset, listing=listing, scan=scan, summary=summary, split=split, error=""))
         self.tasks.submit("thumbnails", lambda: _thumbnails(listing), self.thumbnails_ready.emit, lambda _: None)
+        if split != (self._data.val_fraction, self._train.seed):  # changed while the folder was read
+            self._schedule_split()
         self._rebuild_model_if_needed()
 
     def _on_listing_failed(self, message: str) -> None:
@@ -337,6 +339,8 @@ class Session(QObject):
         self.image_size_rule_changed.emit(minimum, reason)
         self.image_size_problem_changed.emit(self.image_size_problem())
         self._rebuild_model_if_needed()
+        if self._model.weights not in ("imagenet", "none"):  # a file made for one model may not fit another
+            self._check_weights_file(self._model.weights, "imagenet")
 
     @Slot(str)
     def set_weights(self, weights: str) -> None:

@@ -142,3 +142,14 @@ def test_the_latest_run_is_found_again(qtbot, tmp_path, demo_dir):
         assert not session.run.can_export and not session.run.can_continue  # no checkpoint, no resume state
     finally:
         session.shutdown()
+
+
+def test_a_weights_file_is_checked_again_for_another_architecture(qtbot, session, demo_dir, resnet18_weights_file):
+    open_and_wait(qtbot, session, demo_dir)
+    errors = []
+    session.error_raised.connect(lambda text: text and errors.append(text))
+    session.set_weights(str(resnet18_weights_file))
+    qtbot.waitUntil(lambda: session.weights_files == [str(resnet18_weights_file)], timeout=30_000)
+    session.set_arch("mobilenet_v3_small")  # resnet18's tensors do not fit it
+    qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
+    assert "does not fit" in errors[0] and session.config().model.weights == "imagenet"
