@@ -7,6 +7,7 @@ A checkpoint is a versioned plain dict that `torch.load(path, weights_only=True)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -159,6 +160,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"cannot read {path}: {exc}") from None
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        verify_weights(obj, path)
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -167,12 +169,34 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: any changed byte
+    of the weights (a bad disk, a broken copy, a hand edit) changes it."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def verify_weights(obj: dict, path: Path) -> None:
+    """Refuse a checkpoint whose weights differ from the hash stored when it was saved (a checkpoint
+    written before hashes existed has none, and loads as before)."""
+    stored = obj.get("weights_sha256")
+    if stored is None:
+        return
+    if not isinstance(stored, str) or weights_hash(obj["model"]) != stored:
+        raise UserError(f"{path} is corrupted: its weights do not match the hash stored at save time")
+
+
 def make_checkpoint(model: torch.nn.Module, *, arch: str, class_names, preprocessing: dict, plan: dict,
                     metrics: dict, epoch: int, config: dict) -> dict[str, Any]:
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     return {
         "format_version": FORMAT_VERSION,
         "model": state,
+        "weights_sha256": weights_hash(state),
         "arch": arch,
         "class_names": list(class_names),
         "preprocessing": preprocessing,
@@ -189,4 +213,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a Transfer Studio checkpoint")
     if obj["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer Transfer Studio (format {obj['format_version']})")
+    verify_weights(obj, path)
     return obj

@@ -210,3 +210,45 @@ def test_training_without_a_writable_cache_folder_ends_with_a_checkpoint(tmp_pat
     rc, _, err = cli(capsys, "train", *QUICK, "--out", tmp_path / "run")  # no --data: the demo dataset
     assert rc == 0 and "Traceback" not in err, err
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+# --- corrupted weights ----------------------------------------------------------------------------
+
+
+def _overwrite_tensor_bytes(path: Path, count: int = 8) -> None:
+    """Overwrite `count` bytes in the middle of the largest tensor's data (stored, not compressed)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        entry = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as fh:
+        fh.seek(entry.header_offset + 26)
+        name_len, extra_len = int.from_bytes(fh.read(2), "little"), int.from_bytes(fh.read(2), "little")
+        at = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+        fh.seek(at)
+        original = fh.read(count)
+        fh.seek(at)
+        fh.write(bytes(b ^ 0xFF for b in original))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_checkpoint_with_changed_weight_bytes_is_refused(command, checkpoint, tmp_path, capsys):
+    broken = tmp_path / "checkpoint.pt"
+    broken.write_bytes(checkpoint.read_bytes())
+    _overwrite_tensor_bytes(broken)
+    image = next((checkpoint.parent.parent / "D" / "circle").glob("*.png"))
+    argv = {"predict": ["predict", broken, image],
+            "export": ["export", broken, "--format", "pt", "--out", tmp_path / "out.pt"]}[command]
+    assert_refused(cli(capsys, *argv), 2, str(broken),
+                   "is corrupted: its weights do not match the hash stored at save time")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_checkpoint_saved_before_hashes_still_loads(checkpoint, tmp_path):
+    from engine.checkpoint import load_checkpoint
+
+    old = torch.load(checkpoint, weights_only=True)
+    assert isinstance(old.pop("weights_sha256"), str)
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["arch"] == old["arch"]
