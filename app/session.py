@@ -20,7 +20,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.worker import BackgroundTasks, ExportProcess, RunFailure, TrainingController
-from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
+from engine.config import DataConfig, PlanConfig, RunConfig, TrainConfig
 from engine.data import DatasetListing, DatasetScan, list_dataset, split_listing
 from engine.demo import ensure_demo_dataset
 from engine.errors import UserError
@@ -98,6 +98,162 @@ def _size_shapes_parameters(arch: str) -> bool:
     return arch.startswith("vit_")
 
 
+class DatasetLoader(QObject):
+    """Lists a dataset folder once, off the GUI thread, and splits the listing as often as asked
+    (a burst of changes makes one split). Thumbnails follow the listing."""
+
+    changed = Signal(object)  # DatasetState
+    thumbnails_ready = Signal(object)  # {class name: QImage strip}
+
+    def __init__(self, tasks: BackgroundTasks, parent=None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self.state = DatasetState()
+        self._wanted_split: tuple[float, int] = (0.0, 0)
+        self._split_timer = QTimer(self)
+        self._split_timer.setSingleShot(True)
+        self._split_timer.setInterval(SPLIT_DELAY_MS)
+        self._split_timer.timeout.connect(self._split)
+
+    def open(self, folder: str, split: tuple[float, int]) -> None:
+        self._wanted_split = split
+        self._set(DatasetState(folder=folder))
+        self._split_timer.stop()
+        self.tasks.cancel("split")
+        stop_early = self.tasks.obsolete("listing")
+
+        def job():
+            listing = list_dataset(folder, should_stop=stop_early)
+            scan = split_listing(listing, *split)
+            return listing, scan, scan.summary(), split
+
+        self.tasks.submit("listing", job, self._on_listed, self._on_failed)
+
+    def open_demo(self, on_made) -> None:
+        """Make the demo dataset (first time only), then hand its folder to `on_made`."""
+        self._set(DatasetState(folder="(making the demo dataset…)"))
+        self.tasks.submit("demo", lambda: str(ensure_demo_dataset()), on_made, self._on_failed)
+
+    def split(self, split: tuple[float, int]) -> None:
+        """Split again (no file is read), shortly: only the last of a burst of changes splits."""
+        self._wanted_split = split
+        if self.state.listing is not None:
+            self._split_timer.start()
+
+    def stop(self) -> None:
+        self._split_timer.stop()
+
+    def _on_listed(self, result) -> None:
+        listing, scan, summary, split = result
+        self._set(replace(self.state, listing=listing, scan=scan, summary=summary, split=split, error=""))
+        self.tasks.submit("thumbnails", lambda: _thumbnails(listing), self.thumbnails_ready.emit, lambda _: None)
+        if split != self._wanted_split:  # changed while the folder was read
+            self._split_timer.start()
+
+    def _split(self) -> None:
+        listing, split = self.state.listing, self._wanted_split
+        if listing is None:
+            return
+
+        def job():
+            scan = split_listing(listing, *split)
+            return listing, scan, scan.summary(), split
+
+        self.tasks.submit("split", job, self._on_split, self._on_failed)
+
+    def _on_split(self, result) -> None:
+        listing, scan, summary, split = result
+        if listing is self.state.listing:  # not a split of a folder since replaced
+            self._set(replace(self.state, scan=scan, summary=summary, split=split))
+
+    def _on_failed(self, message: str) -> None:
+        self._set(replace(self.state, listing=None, scan=None, summary=None, error=message))
+
+    def _set(self, state: DatasetState) -> None:
+        self.state = state
+        self.changed.emit(state)
+
+
+class ModelDescriber(QObject):
+    """Builds the layer tree's ModelInfo off the GUI thread, again only when what it depends on
+    changes: the architecture, the class count and, for a ViT, the image size."""
+
+    changed = Signal(object)  # ModelInfo, or None while it is being built
+    failed = Signal(str)
+
+    def __init__(self, tasks: BackgroundTasks, parent=None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self.info: ModelInfo | None = None
+        self.problem = ""  # why the last request could not be built
+        self._key: tuple | None = None
+
+    def request(self, arch: str, classes: int, image_size: int) -> None:
+        size = image_size if _size_shapes_parameters(arch) else 224
+        key = (arch, classes, size)
+        if key == self._key:
+            return
+        try:
+            check_image_size(arch, size)
+        except UserError as exc:  # a ViT is only built for a size it accepts
+            self._key, self.info, self.problem = None, None, str(exc)
+            self.failed.emit(self.problem)
+            return
+        self._key, self.info, self.problem = key, None, ""
+        self.changed.emit(None)
+        self.tasks.submit("model", lambda: build_model(arch, classes, "none", size).info, self._on_built,
+                          self._on_failed)
+
+    def _on_built(self, info: ModelInfo) -> None:
+        self.info = info
+        self.changed.emit(info)
+
+    def _on_failed(self, message: str) -> None:
+        self.info, self.problem = None, message
+        self.failed.emit(message)
+
+
+class WeightsFiles(QObject):
+    """The weights files on offer: each is loaded once when chosen (a file that does not fit is
+    refused now, not at Start), and only the few most recent that loaded stay offered."""
+
+    changed = Signal(list)  # the files on offer, newest first
+    passed = Signal(str, list)  # the file, what loading it said
+    refused = Signal(str, str)  # the file, why in one line
+
+    def __init__(self, tasks: BackgroundTasks, parent=None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self.files: list[str] = []
+
+    def check(self, path: str, arch: str, classes: int) -> None:
+        if path not in self.files:
+            self._offer([path] + self.files)  # offered while it is checked
+
+        def job():
+            try:
+                return build_model(arch, classes, path).notes
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a file torch cannot parse raises anything
+                raise UserError(f"{Path(path).name} is not a weights file that can be read "
+                                f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
+        def passed(notes: list[str]) -> None:
+            self._offer(([path] + [f for f in self.files if f != path])[:MAX_WEIGHTS_FILES])
+            self.passed.emit(path, notes)
+
+        def refused(message: str) -> None:
+            self._offer([f for f in self.files if f != path])
+            self.refused.emit(path, message)
+
+        self.tasks.submit("weights", job, passed, refused)
+
+    def _offer(self, files: list[str]) -> None:
+        self.files = files
+        self.changed.emit(list(files))
+
+
 class Session(QObject):
     dataset_changed = Signal(object)  # DatasetState
     thumbnails_ready = Signal(object)  # {class name: QImage strip}
@@ -115,7 +271,7 @@ class Session(QObject):
     run_changed = Signal(object)  # RunState
     export_finished = Signal(str, list)  # the folder, one parity report (a dict) per file written
     export_failed = Signal(str)
-    error_raised = Signal(str)  # one line the person must see
+    error_raised = Signal(str)  # one line the person must see ("" clears it)
     notice = Signal(str)  # one line for the status bar
 
     def __init__(self, runs_root: Path, parent=None):
@@ -124,26 +280,28 @@ class Session(QObject):
         self.tasks = BackgroundTasks(self)
         self.controller = TrainingController(self)
         self.exporter = ExportProcess(self)
-        self.exporter.finished.connect(self._on_exported)
-        self.exporter.failed.connect(self.export_failed)
-        self._export_folder = ""
+        self.datasets = DatasetLoader(self.tasks, self)
+        self.describer = ModelDescriber(self.tasks, self)
+        self.weights = WeightsFiles(self.tasks, self)
         self._data, self._model = WINDOW_DEFAULTS.data, WINDOW_DEFAULTS.model
         self._plan, self._train = WINDOW_DEFAULTS.plan, WINDOW_DEFAULTS.train
-        self._dataset = DatasetState()
-        self._model_info: ModelInfo | None = None
-        self._model_key: tuple | None = None  # what the model info was (or is being) built for
-        self._model_problem = ""
-        self._weights_files: list[str] = []
         self._download_failed: set[str] = set()  # architectures whose ImageNet weights did not download
+        self._weights_before_file = self._model.weights  # where a refused weights file falls back to
         self._run = RunState()
         self._pending_folder: RunFolder | None = None  # a started run's folder, until the engine makes it
-        self._split_timer = QTimer(self)
-        self._split_timer.setSingleShot(True)
-        self._split_timer.setInterval(SPLIT_DELAY_MS)
-        self._split_timer.timeout.connect(self._split)
+        self._export_folder = ""
+        self.datasets.changed.connect(self._on_dataset_changed)
+        self.datasets.thumbnails_ready.connect(self.thumbnails_ready)
+        self.describer.changed.connect(self._on_model_info)
+        self.describer.failed.connect(self.model_failed)
+        self.weights.changed.connect(self.weights_files_changed)
+        self.weights.passed.connect(self._on_weights_passed)
+        self.weights.refused.connect(self._on_weights_refused)
         self.controller.run_started.connect(self._on_run_started)
         self.controller.run_finished.connect(self._on_run_finished)
         self.controller.run_failed.connect(self._on_run_failed)
+        self.exporter.finished.connect(self._on_exported)
+        self.exporter.failed.connect(self.export_failed)
 
     def announce(self) -> None:
         """Emit every signal once, so views connected just now show the whole state."""
@@ -157,7 +315,7 @@ class Session(QObject):
         self.image_size_problem_changed.emit(self.image_size_problem())
         self.weights_note_changed.emit(self.weights_note())
         self.model_warning_changed.emit(self.model_warning())
-        self.dataset_changed.emit(self._dataset)
+        self.dataset_changed.emit(self.dataset)
         self.run_changed.emit(self._run)
 
     # --- what panels ask ----------------------------------------------------------------------
@@ -170,11 +328,11 @@ class Session(QObject):
 
     @property
     def dataset(self) -> DatasetState:
-        return self._dataset
+        return self.datasets.state
 
     @property
     def model_info(self) -> ModelInfo | None:
-        return self._model_info
+        return self.describer.info
 
     @property
     def run(self) -> RunState:
@@ -186,16 +344,16 @@ class Session(QObject):
 
     @property
     def weights_files(self) -> list[str]:
-        return list(self._weights_files)
+        return list(self.weights.files)
 
     @property
     def is_ready(self) -> bool:
         """A dataset is split and its model's layer tree is built: Start can run."""
-        return self._dataset.scan is not None and self._model_info is not None
+        return self.dataset.scan is not None and self.model_info is not None
 
     def start_problem(self) -> str:
         """Why Start cannot run now, in one line; "" when it can."""
-        dataset, arch = self._dataset, self._model.arch
+        dataset, arch = self.dataset, self._model.arch
         if self._run.running:
             return "A run is in progress."
         if not dataset.folder:
@@ -207,9 +365,9 @@ class Session(QObject):
         size_problem = self.image_size_problem()
         if size_problem:
             return size_problem
-        if self._model_problem:
-            return f"{arch} cannot be built: {self._model_problem}"
-        if self._model_info is None:
+        if self.describer.problem:
+            return f"{arch} cannot be built: {self.describer.problem}"
+        if self.model_info is None:
             return f"Still building {arch}…"
         return self._weights_problem()
 
@@ -240,13 +398,14 @@ class Session(QObject):
         return f"ImageNet weights not cached yet: downloaded on Start, or put {path.name} into {path.parent}."
 
     def model_warning(self) -> str:
-        if self._model.weights != "none" or self._model_info is None:
+        info = self.model_info
+        if self._model.weights != "none" or info is None:
             return ""
         try:
-            plan = build_plan(self._plan, self._model_info)
+            plan = build_plan(self._plan, info)
         except UserError:
             return ""
-        if any(plan.effective(stage).frozen for stage in self._model_info.stages):
+        if any(plan.effective(stage).frozen for stage in info.stages):
             return ("Random-init weights with frozen layers: those layers stay random. "
                     "Choose ImageNet weights or a file, or fine-tune all.")
         return ""
@@ -259,59 +418,22 @@ class Session(QObject):
             return
         self._data = replace(self._data, root=folder)
         self.data_changed.emit(self._data)
-        self._set_dataset(DatasetState(folder=folder))
         self._forget_run_of_another_configuration()
-        self._split_timer.stop()
-        self.tasks.cancel("split")
-        val_fraction, seed = self._data.val_fraction, self._train.seed
-        stop_early = self.tasks.obsolete("listing")
-
-        def job():
-            listing = list_dataset(folder, should_stop=stop_early)
-            scan = split_listing(listing, val_fraction, seed)
-            return listing, scan, scan.summary(), (val_fraction, seed)
-
-        self.tasks.submit("listing", job, self._on_listed, self._on_listing_failed)
+        self.datasets.open(folder, self._split_settings())
 
     @Slot()
     def open_demo(self) -> None:
-        if self._refused_while_running("open another dataset"):
-            return
-        self._set_dataset(DatasetState(folder="(making the demo dataset…)"))
-        self.tasks.submit("demo", lambda: str(ensure_demo_dataset()), self.open_folder, self._on_listing_failed)
+        if not self._refused_while_running("open another dataset"):
+            self.datasets.open_demo(self.open_folder)
 
-    def _on_listed(self, result) -> None:
-        listing, scan, summary, split = result
-        self._set_dataset(replace(self._dataset, listing=listing, scan=scan, summary=summary, split=split, error=""))
-        self.tasks.submit("thumbnails", lambda: _thumbnails(listing), self.thumbnails_ready.emit, lambda _: None)
-        if split != (self._data.val_fraction, self._train.seed):  # changed while the folder was read
-            self._schedule_split()
-        self._rebuild_model_if_needed()
+    def _split_settings(self) -> tuple[float, int]:
+        return self._data.val_fraction, self._train.seed
 
-    def _on_listing_failed(self, message: str) -> None:
-        self._set_dataset(replace(self._dataset, listing=None, scan=None, summary=None, error=message))
-
-    def _set_dataset(self, state: DatasetState) -> None:
-        self._dataset = state
+    @Slot(object)
+    def _on_dataset_changed(self, state: DatasetState) -> None:
         self.dataset_changed.emit(state)
-
-    def _split(self) -> None:
-        """Split the listing again (no file is read): after a change of validation share or seed."""
-        listing = self._dataset.listing
-        if listing is None:
-            return
-        val_fraction, seed = self._data.val_fraction, self._train.seed
-
-        def job():
-            scan = split_listing(listing, val_fraction, seed)
-            return listing, scan, scan.summary(), (val_fraction, seed)
-
-        self.tasks.submit("split", job, self._on_split, self._on_listing_failed)
-
-    def _on_split(self, result) -> None:
-        listing, scan, summary, split = result
-        if listing is self._dataset.listing:  # not a split of a folder since replaced
-            self._set_dataset(replace(self._dataset, scan=scan, summary=summary, split=split))
+        if state.listing is not None:
+            self._describe_model()  # the class count may have changed
 
     # --- data, model, plan and training settings ---------------------------------------------------
 
@@ -324,10 +446,20 @@ class Session(QObject):
         old, self._data = self._data, new
         self.data_changed.emit(new)
         if new.val_fraction != old.val_fraction:
-            self._schedule_split()
+            self.datasets.split(self._split_settings())
         if new.image_size != old.image_size:
             self.image_size_problem_changed.emit(self.image_size_problem())
-            self._rebuild_model_if_needed()
+            self._describe_model()
+
+    @Slot(dict)
+    def update_train(self, changes: dict) -> None:
+        new = replace(self._train, **changes)
+        if new == self._train or self._refused_while_running("change the training settings"):
+            return
+        old, self._train = self._train, new
+        self.train_changed.emit(new)
+        if new.seed != old.seed:  # the seed decides the split too
+            self.datasets.split(self._split_settings())
 
     @Slot(str)
     def set_arch(self, arch: str) -> None:
@@ -335,22 +467,21 @@ class Session(QObject):
             return
         self._model = replace(self._model, arch=arch)
         self._model_changed()
-        minimum, reason = min_image_size(arch)
-        self.image_size_rule_changed.emit(minimum, reason)
+        self.image_size_rule_changed.emit(*min_image_size(arch))
         self.image_size_problem_changed.emit(self.image_size_problem())
-        self._rebuild_model_if_needed()
+        self._describe_model()
         if self._model.weights not in ("imagenet", "none"):  # a file made for one model may not fit another
-            self._check_weights_file(self._model.weights, "imagenet")
+            self.weights.check(self._model.weights, arch, self._classes())
 
     @Slot(str)
     def set_weights(self, weights: str) -> None:
         if weights == self._model.weights or self._refused_while_running("change the weights"):
             return
-        previous = self._model.weights
+        self._weights_before_file = self._model.weights
         self._model = replace(self._model, weights=weights)
         self._model_changed()
         if weights not in ("imagenet", "none"):
-            self._check_weights_file(weights, previous)
+            self.weights.check(weights, self._model.arch, self._classes())
 
     def _model_changed(self) -> None:
         self.model_changed.emit(self._model)
@@ -358,37 +489,18 @@ class Session(QObject):
         self.model_warning_changed.emit(self.model_warning())
         self._forget_run_of_another_configuration()
 
-    def _check_weights_file(self, path: str, previous: str) -> None:
-        """Load the file once, at once: a file that does not fit is refused now, not at Start."""
-        if path not in self._weights_files:
-            self._weights_files.insert(0, path)
-            self.weights_files_changed.emit(self.weights_files)
-        arch, classes = self._model.arch, self._classes()
+    @Slot(str, list)
+    def _on_weights_passed(self, path: str, notes: list) -> None:
+        self.error_raised.emit("")
+        self.notice.emit(" · ".join(notes))
 
-        def job():
-            try:
-                return build_model(arch, classes, path).notes
-            except UserError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a file torch cannot parse raises anything
-                raise UserError(f"{Path(path).name} is not a weights file that can be read "
-                                f"({type(exc).__name__}: {str(exc)[:80]})") from None
-
-        def failed(message: str) -> None:
-            self._weights_files = [f for f in self._weights_files if f != path]
-            self.weights_files_changed.emit(self.weights_files)
-            if self._model.weights == path and not self._run.running:
-                self._model = replace(self._model, weights=previous)
-                self._model_changed()
-            self.error_raised.emit(f"{message} (weights set back to {previous})")
-
-        def passed(notes: list[str]) -> None:
-            self._weights_files = ([path] + [f for f in self._weights_files if f != path])[:MAX_WEIGHTS_FILES]
-            self.weights_files_changed.emit(self.weights_files)
-            self.error_raised.emit("")
-            self.notice.emit(" · ".join(notes))
-
-        self.tasks.submit("weights", job, passed, failed)
+    @Slot(str, str)
+    def _on_weights_refused(self, path: str, message: str) -> None:
+        fallback = self._weights_before_file if self._weights_before_file != path else "imagenet"
+        if self._model.weights == path and not self._run.running:
+            self._model = replace(self._model, weights=fallback)
+            self._model_changed()
+        self.error_raised.emit(f"{message} (weights set back to {self._model.weights})")
 
     @Slot(str)
     def apply_preset(self, strategy: str) -> None:
@@ -422,16 +534,6 @@ class Session(QObject):
         self.plan_changed.emit(plan)
         self.model_warning_changed.emit(self.model_warning())
 
-    @Slot(dict)
-    def update_train(self, changes: dict) -> None:
-        new = replace(self._train, **changes)
-        if new == self._train or self._refused_while_running("change the training settings"):
-            return
-        old, self._train = self._train, new
-        self.train_changed.emit(new)
-        if new.seed != old.seed:
-            self._schedule_split()
-
     def apply_config(self, config: RunConfig) -> bool:
         """Show a whole configuration (a project file, a run to continue): all of it or, when any
         part cannot work, none of it (the reason goes to error_raised)."""
@@ -454,23 +556,21 @@ class Session(QObject):
         self.weights_note_changed.emit(self.weights_note())
         self.model_warning_changed.emit(self.model_warning())
         self._forget_run_of_another_configuration()
-        if self._data.root and (self._data.root != self._dataset.folder or self._dataset.error):
-            self.open_folder(self._data.root)
+        dataset = self.dataset
+        if self._data.root and (self._data.root != dataset.folder or dataset.error):
+            self.datasets.open(self._data.root, self._split_settings())
         elif self._data.root:
-            self._schedule_split()
-        self._rebuild_model_if_needed()
+            self.datasets.split(self._split_settings())
+        self._describe_model()
         if self._model.weights not in ("imagenet", "none") and self._model.weights != old_weights:
-            self._check_weights_file(self._model.weights, old_weights)
+            self._weights_before_file = old_weights
+            self.weights.check(self._model.weights, self._model.arch, self._classes())
         return True
 
     def reset(self) -> None:
         """Back to the window's defaults on the demo dataset."""
         if self.apply_config(WINDOW_DEFAULTS):
             self.open_demo()
-
-    def _schedule_split(self) -> None:
-        if self._dataset.listing is not None:
-            self._split_timer.start()  # restarts: only the last of a burst of changes splits
 
     def _refused_while_running(self, what: str) -> bool:
         if self._run.running:
@@ -481,40 +581,24 @@ class Session(QObject):
     # --- the model's layer tree ------------------------------------------------------------------
 
     def _classes(self) -> int:
-        listing = self._dataset.listing
+        listing = self.dataset.listing
         return max(2, len(listing.class_names)) if listing is not None else 2
 
-    def _rebuild_model_if_needed(self) -> None:
-        arch = self._model.arch
-        size = self._data.image_size if _size_shapes_parameters(arch) else None
-        key = (arch, self._classes(), size)
-        if key == self._model_key:
-            return
-        problem = self.image_size_problem() if size is not None else ""
-        if problem:  # a ViT is only built for a size it accepts
-            self._model_key, self._model_info, self._model_problem = None, None, problem
-            self.model_failed.emit(problem)
-            return
-        self._model_key, self._model_info, self._model_problem = key, None, ""
-        self.model_info_changed.emit(None)
-        classes = self._classes()
-        self.tasks.submit("model", lambda: build_model(arch, classes, "none", size or 224).info,
-                          self._on_model_info, self._on_model_failed)
+    def _describe_model(self) -> None:
+        self.describer.request(self._model.arch, self._classes(), self._data.image_size)
 
-    def _on_model_info(self, info: ModelInfo) -> None:
-        try:
-            build_plan(self._plan, info)
-        except UserError as exc:  # tree edits (from a project) that this model does not have
-            self._plan = replace(self._plan, edits=())
-            self.error_raised.emit(f"The layer edits do not fit {info.arch} and were dropped: {exc}")
-        self._model_info = info
+    @Slot(object)
+    def _on_model_info(self, info: ModelInfo | None) -> None:
+        if info is not None:
+            try:
+                build_plan(self._plan, info)
+            except UserError as exc:  # tree edits (from a project) that this model does not have
+                self._plan = replace(self._plan, edits=())
+                self.error_raised.emit(f"The layer edits do not fit {info.arch} and were dropped: {exc}")
         self.model_info_changed.emit(info)
-        self.plan_changed.emit(self._plan)
-        self.model_warning_changed.emit(self.model_warning())
-
-    def _on_model_failed(self, message: str) -> None:
-        self._model_info, self._model_problem = None, message
-        self.model_failed.emit(message)
+        if info is not None:
+            self.plan_changed.emit(self._plan)
+            self.model_warning_changed.emit(self.model_warning())
 
     # --- the run --------------------------------------------------------------------------------------
 
@@ -560,7 +644,7 @@ class Session(QObject):
     def _scan_for(self, config: RunConfig) -> DatasetScan | None:
         """The split shown, when it is the one the run asks for: the run need not list the folder
         again (a second or more for thousands of images)."""
-        dataset = self._dataset
+        dataset = self.dataset
         if dataset.folder == config.data.root and dataset.split == (config.data.val_fraction, config.train.seed):
             return dataset.scan
         return None
@@ -630,6 +714,8 @@ class Session(QObject):
         self._set_run(RunState(folder=run, config=config, result=result_from_record(record)))
         return True
 
+    # --- export ---------------------------------------------------------------------------------------
+
     def export_checkpoint(self) -> Path | None:
         """The shown run's best checkpoint, when there is one to export."""
         return self._run.folder.checkpoint_path if self._run.can_export else None
@@ -654,11 +740,11 @@ class Session(QObject):
     def _on_exported(self, reports: list) -> None:
         self.export_finished.emit(self._export_folder, reports)
 
-    def shutdown(self, stop_training: bool = True) -> None:
-        if stop_training:
-            self.controller.stop_and_wait()
+    def shutdown(self) -> None:
+        """The window closes: stop the run and the export, drop background results."""
+        self.controller.stop_and_wait()
         self.exporter.stop_and_wait()
-        self._split_timer.stop()
+        self.datasets.stop()
         self.tasks.shutdown()
 
 

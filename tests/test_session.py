@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from PySide6.QtCore import QSettings
 
 import app.session as session_module
 import app.worker as worker_module
