@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import types
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +107,7 @@ def check_image_size(arch: str, image_size: int) -> None:
         raise UserError(f"image size {image_size} px is too small for {arch}: {reason}")
     if image_size % _size_rule(arch).multiple:
         raise UserError(f"image size {image_size} px does not fit {arch}: {reason} "
-                        f"(nearest: {valid_image_size(arch, image_size)} px)")
+                        f"(next valid size: {valid_image_size(arch, image_size)} px)")
 
 
 def check_arch(arch: str) -> None:
@@ -287,8 +289,21 @@ def builder_kwargs(arch: str, image_size: int = 224) -> dict:
 
 def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module:
     """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained."""
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
-                                        **builder_kwargs(arch, image_size))
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                         **builder_kwargs(arch, image_size))
+    if isinstance(model, torchvision.models.MNASNet):
+        # Bound to this instance (a deepcopy rebinds it to the copy); the class is untouched.
+        model._load_from_state_dict = types.MethodType(_load_unversioned_mnasnet_state, model)
+    return model
+
+
+def _load_unversioned_mnasnet_state(self, state_dict, prefix, local_metadata, *args) -> None:
+    """MNASNet refuses a state dict without the `_metadata` version torch.save keeps, and safetensors
+    files, checkpoints (plain dicts) and filtered copies have none: read such a state dict as the
+    current version, which is what every model built here saves (version 1 is torchvision's pre-0.9 MNASNet)."""
+    if local_metadata.get("version") is None:
+        local_metadata = {**local_metadata, "version": type(self)._version}
+    type(self)._load_from_state_dict(self, state_dict, prefix, local_metadata, *args)
 
 
 def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
@@ -330,6 +345,7 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     head = find_head(model)
     expected = model.state_dict()
     head_keys = {k for k in expected if k.startswith(head + ".")}
+    metadata = getattr(state, "_metadata", None)  # module versions, which filtering below would lose
     notes = []
     aux = sorted({k.split(".")[0] for k in state if k.startswith(_AUX_PREFIXES) and k not in expected})
     if aux:
@@ -355,6 +371,9 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     bad_shapes = [k for k in state if state[k].shape != expected[k].shape]
     if bad_shapes:
         raise UserError(f"{source} has tensors of the wrong shape: {', '.join(bad_shapes[:6])}")
+    if metadata is not None:
+        state = OrderedDict(state)
+        state._metadata = metadata
     model.load_state_dict(state, strict=False)
     return notes
 

@@ -183,6 +183,17 @@ def test_squeezenet_head_is_its_final_convolution():
     assert torch.equal(built.model.state_dict()["features.0.weight"], imagenet["features.0.weight"])
 
 
+def test_mnasnet_loads_state_dicts_without_version_metadata():
+    built = build_model("mnasnet0_5", K, "none", 16)
+    plain = {k: v.clone() for k, v in built.model.state_dict().items()}  # as checkpoints and safetensors hold it
+    assert not hasattr(plain, "_metadata")
+    other = plain_model("mnasnet0_5", K, 16)
+    other.load_state_dict(plain, strict=True)
+    assert torch.equal(other.state_dict()["layers.0.weight"], plain["layers.0.weight"])
+    imagenet = torchvision.models.mnasnet0_5(num_classes=1000).state_dict()  # carries versions: kept
+    assert any("head" in n and "dropped" in n for n in load_backbone_weights(built.model, imagenet, "ImageNet weights"))
+
+
 def test_vit_parameter_count_describes_the_model_at_its_image_size():
     small, full = build_model("vit_b_16", K, "none", 32).info, build_model("vit_b_16", K, "none", 224).info
     hidden = 768
@@ -232,12 +243,12 @@ ALL_FORMATS = ("pt", "safetensors", "torchscript", "onnx")
 
 @pytest.mark.parametrize("arch, formats", [
     ("googlenet", ALL_FORMATS), ("squeezenet1_1", ALL_FORMATS), ("inception_v3", ("pt", "safetensors")),
-    ("vit_b_16", ("pt", "safetensors")),
+    ("vit_b_16", ("pt", "safetensors")), ("mnasnet0_5", ("pt", "safetensors")),
 ])
 def test_architectures_built_their_own_way_export(arch, formats, tmp_path):
     """Loading an export rebuilds the model with plain_model: these are the architectures it builds with
-    settings of their own (no auxiliary heads, transform_input, a position embedding for the image size)
-    or whose head is a convolution. Every offered architecture was exported to all four formats by a
+    settings of their own (no auxiliary heads, transform_input, a position embedding for the image size),
+    whose head is a convolution, or which refuse a state dict without versions (MNASNet). Every offered architecture was exported to all four formats by a
     one-off sweep when this file was written; its time budget allows only these here."""
     size, _ = min_image_size(arch)
     torch.manual_seed(0)
