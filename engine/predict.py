@@ -24,10 +24,21 @@ class LoadedClassifier:
 
 
 def load_classifier(path: str | Path) -> LoadedClassifier:
+    from .models import check_arch
+
     ckpt = load_checkpoint(Path(path))
     arch, class_names = ckpt["arch"], list(ckpt["class_names"])
+    try:
+        check_arch(arch)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     model = plain_model(arch, len(class_names), int(ckpt["preprocessing"]["crop"]))
-    model.load_state_dict(ckpt["model"], strict=True)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "")
+        raise UserError(f"{path}: its weights do not fit {arch} with {len(class_names)} classes "
+                        f"({detail[:160] or 'different tensors'})") from None
     model.eval()
     return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))
 
