@@ -9,8 +9,10 @@ Offscreen, on CPU. One JSON line per scenario:
   model     switch the architecture to efficientnet_v2_s and wait for its layer tree
   training  the demo dataset, resnet18 at 64 px, 3 epochs, random init
   export    export the run's checkpoint to .pt and ONNX, parity checked
+  idle      two seconds of nothing: the machine's own noise floor (other processes, the OS)
 A gap is the time between two ticks of a 10 ms QTimer: anything well above 10 ms is time the
-window could not react. The goal is a longest gap under 50 ms on 2 cores.
+window could not react. The goal is a longest gap under 50 ms on 2 cores; on a machine shared
+with other work, compare each scenario with the idle line.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("scan", "split", "model", "training", "export")
+SCENARIOS = ("idle", "scan", "split", "model", "training", "export")
 
 
 class StallMeter:
@@ -93,18 +95,19 @@ def large_folder(images: int = 5000, classes: int = 8) -> Path:
     return folder
 
 
-def measure(meter: StallMeter, name: str, action, done, timeout_s: float = 600, **extra) -> dict:
+def measure(meter: StallMeter, name: str, action, done, timeout_s: float = 600, pause_s: float = 0.0,
+            **extra) -> dict:
     meter.start()
     started = time.perf_counter()
     action()
-    wait_until(done, timeout_s, name)
+    wait_until(lambda: done() and time.perf_counter() - started >= pause_s, timeout_s, name)
     seconds = time.perf_counter() - started
     settled = time.perf_counter() + 0.3  # what the window does right after counts too
     wait_until(lambda: time.perf_counter() > settled, 5, "settling")
     return meter.stop(name, seconds, **extra)
 
 
-def settle(meter: StallMeter, seconds: float = 1.0) -> None:
+def settle(seconds: float = 1.0) -> None:
     """Let the window finish what it was doing (first paint, a previous scenario) before measuring."""
     until = time.perf_counter() + seconds
     wait_until(lambda: time.perf_counter() > until, seconds + 5, "settling")
@@ -127,9 +130,12 @@ def main() -> int:
     def summary() -> dict:
         return window.session.dataset.summary or {"total": 0, "classes": []}
 
+    settle()
+    if "idle" in wanted:
+        results.append(measure(meter, "idle", lambda: None, lambda: True, pause_s=2.0))
     if wanted & {"scan", "split", "model"}:
         folder = large_folder()
-        settle(meter)
+        settle()
         results.append(measure(meter, "scan", lambda: window.open_folder(str(folder)),
                                lambda: window.is_ready and summary()["total"] >= 5000, images=5000))
         if "split" in wanted:
@@ -167,7 +173,7 @@ def main() -> int:
         finished = []
         window.controller.run_finished.connect(finished.append)
         window.controller.run_failed.connect(finished.append)
-        settle(meter)
+        settle()
         results.append(measure(meter, "training", window.start_training, lambda: bool(finished),
                                arch="resnet18", image_size=64, epochs=3, strategy="fine-tune"))
         if "export" in wanted:
@@ -175,7 +181,7 @@ def main() -> int:
             out = Path(tempfile.mkdtemp(prefix="ts-export-"))
             session.export_finished.connect(lambda folder, done: reports.append(done))
             session.export_failed.connect(reports.append)
-            settle(meter)
+            settle()
             results.append(measure(meter, "export", lambda: session.export(str(out), ["pt", "onnx"]),
                                    lambda: bool(reports), formats=["pt", "onnx"], process=True))
     window.close()

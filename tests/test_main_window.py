@@ -11,11 +11,10 @@ from PySide6.QtCore import QElapsedTimer, QSize, Qt, QTimer
 from PySide6.QtWidgets import QProgressBar, QWidget
 
 from app.main_window import window_with_private_settings
-from app.worker import RunFailure
 from engine.demo import write_demo_dataset
-from engine.events import BatchEvent, EpochEvent, IntegrityReport, LayerStats
+from engine.events import BatchEvent, IntegrityReport, LayerStats
 from tests.gui_helpers import wait_ready
-from widgets.layer_tree import FROZEN, LR
+from widgets.layer_tree import FROZEN, LR, RATIO
 from widgets.plots import TrainingPlots
 
 REQUIRED = ["dataFolderEdit", "demoDatasetButton", "modelCombo", "weightsCombo", "layerTree", "trainableSummaryLabel",
@@ -288,23 +287,37 @@ def test_feature_extraction_on_random_weights_is_warned(qtbot, window, demo_dir)
     assert warning.isHidden()
 
 
-def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir):
-    open_demo(qtbot, window, demo_dir)
-    changed = IntegrityReport(epoch=2, checked=60, changed=("layer1.0.bn1.running_mean",))
-    epoch = EpochEvent(epoch=2, epochs=3, train_loss=1.0, train_accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
-                       per_class_accuracy={}, confusion_matrix=[], seconds=1.0, images_per_second=10.0,
-                       data_seconds=0.1, compute_seconds=0.9, lr={"fc": 1e-3}, trainable_params=2052, is_best=False,
-                       integrity=changed, layers={"fc": LayerStats(0.1, 1e-3, 0.0), "layer1": LayerStats(0.0, 0.0, 1.0)})
-    controller = window.controller
-    controller.epoch_finished.emit(epoch)  # what the training thread sends, as typed events
-    message = "frozen tensors changed during epoch 2: layer1.0.bn1.running_mean; the run is stopped"
-    controller.run_failed.emit(RunFailure(message, "frozen-tensors-changed"))
+def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir, monkeypatch):
+    from engine.integrity import FreezeIntegrity
+
+    def a_frozen_statistic_moved(self, epoch):  # as if something outside the plan had changed it
+        return IntegrityReport(epoch=epoch, checked=len(self._tensors), changed=("layer1.0.bn1.running_mean",))
+
+    monkeypatch.setattr(FreezeIntegrity, "check", a_frozen_statistic_moved)
+    open_demo(qtbot, window, demo_dir, epochs=2)
+    failures = []
+    window.controller.run_failed.connect(failures.append)
+    with qtbot.waitSignal(window.controller.run_failed, timeout=60_000):
+        find(window, "startButton").click()
+    assert failures[0].kind == "frozen-tensors-changed"
+    message = find(window, "errorLabel").text()
+    assert "layer1.0.bn1.running_mean" in message and "\n" not in message
+    assert find(window, "trainingProgress").format() == "Failed"
     tree = window.model_panel.tree_model
     assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
-    assert find(window, "errorLabel").text() == message
-    assert find(window, "trainingProgress").format() == "Failed"
     window.session.set_base_lr(2e-3)  # the failed run's evidence stays while the person looks at it
     assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
+
+
+def test_typed_events_reach_the_tree_and_the_plots(qtbot, window, demo_dir):
+    open_demo(qtbot, window, demo_dir)
+    stats = {"fc": LayerStats(0.1, 2e-3, 0.0), "layer1": LayerStats(0.0, 0.0, 1.0)}
+    batch = BatchEvent(epoch=1, epochs=2, step=1, steps=4, global_step=1, total_steps=8, loss=1.0,
+                       lrs={"fc": 1e-3}, images_per_second=10.0, eta_seconds=5.0, layers=stats)
+    window.controller.batch_finished.emit(batch)  # what the controller re-emits from the training thread
+    tree = window.model_panel.tree_model
+    assert tree.index_for("fc", RATIO).data(Qt.ItemDataRole.DisplayRole)
+    assert "fc" in window.plots.update_ratio_series
 
 
 def test_errors_show_in_the_window_not_as_a_crash(qtbot, window, tmp_path):
