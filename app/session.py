@@ -146,7 +146,9 @@ class DatasetLoader(QObject):
     def _on_listed(self, result) -> None:
         listing, scan, summary, split = result
         self._set(replace(self.state, listing=listing, scan=scan, summary=summary, split=split, error=""))
-        self.tasks.submit("thumbnails", lambda: _thumbnails(listing), self.thumbnails_ready.emit, lambda _: None)
+        stop_early = self.tasks.obsolete("thumbnails")
+        self.tasks.submit("thumbnails", lambda: _thumbnails(listing, stop_early), self.thumbnails_ready.emit,
+                          lambda _: None)
         if split != self._wanted_split:  # changed while the folder was read
             self._split_timer.start()
 
@@ -748,12 +750,18 @@ class Session(QObject):
         self.tasks.shutdown()
 
 
-def _thumbnails(listing: DatasetListing) -> dict:
-    """The first few images of each class as one strip per class (QImages: made off the GUI thread)."""
+def _thumbnails(listing: DatasetListing, should_stop) -> dict:
+    """The first few images of each class as one strip per class (QImages: made off the GUI thread);
+    a dataset opened meanwhile stops the work."""
     first: dict[int, list[str]] = {}
     for sample in listing.samples:
         paths = first.setdefault(sample.label, [])
         if len(paths) < THUMBNAILS_PER_CLASS:
             paths.append(sample.path)
-    return {name: thumbnail_strip(first.get(label, [])) for label, name in enumerate(listing.class_names)}
+    strips = {}
+    for label, name in enumerate(listing.class_names):
+        if should_stop():
+            break
+        strips[name] = thumbnail_strip(first.get(label, []))
+    return strips
 
