@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.config import (AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
-                           ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project)
+from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
+                           ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
 from engine.errors import RunFailed, UserError
 from engine.export import ParityError
 
@@ -51,14 +51,24 @@ class _PlanEditAction(argparse.Action):
         namespace.edits = edits
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _number(key: str):
+    """An argparse type for the setting `key`, checked by the rules project files and the window
+    use too (engine.config.NUMBER_RULES): a bad value is one usage line, exit 2."""
+    rule = NUMBER_RULES[key]
+
+    def parse(text: str):
+        try:
+            value = int(text) if rule.kind is int else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{text}' is not a {'whole ' if rule.kind is int else ''}number") from None
+        problem = number_problem(key, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = key
+    return parse
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -69,9 +79,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plan (what is frozen, at what LR); flags apply after the strategy, in order")
     g.add_argument("--strategy", choices=STRATEGIES, default="fine-tune")
-    g.add_argument("--base-lr", type=_positive_float, default=1e-3, help="LR of every module without its own")
-    g.add_argument("--discriminative-factor", type=float, default=2.6, help="LR ratio between neighbouring stages")
-    g.add_argument("--gradual-every", type=int, default=1, help="gradual: epochs between unfreezing stages")
+    g.add_argument("--base-lr", type=_number("plan.base_lr"), default=1e-3, help="LR of every module without its own")
+    g.add_argument("--discriminative-factor", type=_number("plan.discriminative_factor"), default=2.6, help="LR ratio between neighbouring stages")
+    g.add_argument("--gradual-every", type=_number("plan.gradual_every"), default=1, help="gradual: epochs between unfreezing stages")
     g.add_argument("--freeze", action=_PlanEditAction, metavar="MODULE", help="freeze a module and its subtree")
     g.add_argument("--unfreeze", action=_PlanEditAction, metavar="MODULE", help="unfreeze a module and its subtree")
     g.add_argument("--lr", action=_PlanEditAction, metavar="MODULE=LR", help="LR of a module and its subtree")
@@ -94,24 +104,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_plan_args(p)
     t = TrainConfig()
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
-    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--weight-decay", type=_number("train.weight_decay"), default=t.weight_decay)
     p.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
-    p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs)
-    p.add_argument("--label-smoothing", type=float, default=t.label_smoothing)
-    p.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default {t.epochs})")
-    p.add_argument("--batch-size", type=int, default=t.batch_size)
-    p.add_argument("--image-size", type=int, default=DataConfig().image_size)
+    p.add_argument("--warmup-epochs", type=_number("train.warmup_epochs"), default=t.warmup_epochs)
+    p.add_argument("--label-smoothing", type=_number("train.label_smoothing"), default=t.label_smoothing)
+    p.add_argument("--epochs", type=_number("train.epochs"), default=None, help=f"number of epochs (default {t.epochs})")
+    p.add_argument("--batch-size", type=_number("train.batch_size"), default=t.batch_size)
+    p.add_argument("--image-size", type=_number("data.image_size"), default=DataConfig().image_size)
     p.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
-    p.add_argument("--val-fraction", type=float, default=DataConfig().val_fraction)
-    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: automatic)")
+    p.add_argument("--val-fraction", type=_number("data.val_fraction"), default=DataConfig().val_fraction)
+    p.add_argument("--workers", type=_number("data.num_workers"), default=None, help="data loader workers (default: automatic)")
     p.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
     p.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", choices=PRECISIONS, default=t.precision)
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN autotune convolutions (slow first epoch, may pay off on long runs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without improvement")
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--patience", type=_number("train.early_stopping_patience"), default=0, help="early stopping after N epochs without improvement")
+    p.add_argument("--seed", type=_number("train.seed"), default=t.seed)
     p.add_argument("--no-telemetry", action="store_true",
                    help="skip the per-layer gradient norms and update ratios (sampled about twice a second)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
@@ -129,16 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo-data", help="write a synthetic ImageFolder dataset")
     demo.add_argument("dir")
-    demo.add_argument("--classes", type=int, default=4)
-    demo.add_argument("--per-class", type=int, default=60)
-    demo.add_argument("--size", type=int, default=96)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--classes", type=_number("demo.classes"), default=4)
+    demo.add_argument("--per-class", type=_number("demo.per_class"), default=60)
+    demo.add_argument("--size", type=_number("demo.size"), default=96)
+    demo.add_argument("--seed", type=_number("demo.seed"), default=0)
 
     layers = sub.add_parser("layers", help="print the layer tree with frozen flags, parameter counts and LRs")
     _add_model_args(layers)
-    layers.add_argument("--classes", type=int, required=True, help="number of classes of the new head")
-    layers.add_argument("--weight-decay", type=float, default=0.01)
-    layers.add_argument("--depth", type=int, default=None, help="show modules down to this depth")
+    layers.add_argument("--classes", type=_number("layers.classes"), required=True, help="number of classes of the new head")
+    layers.add_argument("--weight-decay", type=_number("train.weight_decay"), default=0.01)
+    layers.add_argument("--depth", type=_number("layers.depth"), default=None, help="show modules down to this depth")
     layers.add_argument("--json", action="store_true")
     _add_plan_args(layers)
 
@@ -150,14 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx"),
                         help="repeat for several; default: all four")
     export.add_argument("--out", help="output file (one format) or folder (several)")
-    export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed fp32 logit difference")
-    export.add_argument("--parity-images", type=int, default=32, help="validation images to compare on")
+    export.add_argument("--tolerance", type=_number("export.tolerance"), default=1e-4, help="largest allowed fp32 logit difference")
+    export.add_argument("--parity-images", type=_number("export.parity_images"), default=32, help="validation images to compare on")
     export.add_argument("--json", action="store_true")
 
     predict = sub.add_parser("predict", help="classify images with a checkpoint or an exported file (any format)")
     predict.add_argument("checkpoint")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=_number("predict.top_k"), default=5)
     predict.add_argument("--json", action="store_true")
     return parser
 

@@ -110,27 +110,18 @@ class RunConfig:
         return _build(cls, raw, "")
 
     def validate(self) -> None:
-        """Raise UserError naming the first setting that cannot work."""
+        """Raise UserError naming the first setting that cannot work. Every number is checked by
+        check_number(), the one place the CLI's options, project files and the window share."""
+        for key in NUMBER_RULES:
+            section, _, name = key.partition(".")
+            if section in ("data", "plan", "train"):
+                check_number(key, getattr(getattr(self, section), name))
         checks = [
-            (0.0 <= self.data.val_fraction < 1.0, f"val fraction must be in [0, 1), got {self.data.val_fraction}"),
-            (self.data.image_size >= 16, f"image size must be at least 16 px, got {self.data.image_size}"),
             (self.data.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}"),
             (self.plan.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.plan.base_lr > 0, f"base LR must be > 0, got {self.plan.base_lr}"),
-            (self.plan.discriminative_factor >= 1, "discriminative factor must be >= 1"),
-            (self.plan.gradual_every >= 1, "gradual unfreezing interval must be >= 1 epoch"),
-            (self.train.epochs >= 1, f"epochs must be >= 1, got {self.train.epochs}"),
-            (self.train.batch_size >= 1, f"batch size must be >= 1, got {self.train.batch_size}"),
             (self.train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.train.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.train.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.train.weight_decay >= 0, "weight decay must be >= 0"),
-            (0 <= self.train.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.train.warmup_epochs >= 0, "warm-up epochs must be >= 0"),
-            (self.data.num_workers is None or self.data.num_workers >= 0, "loader workers must be >= 0"),
-            (self.data.decoded_cache_mb >= 0, "decoded cache budget must be >= 0 MB"),
-            (self.train.early_stopping_patience >= 0, "early-stopping patience must be >= 0 (0: off)"),
-            (self.train.max_batch_events_per_second > 0, "batch events per second must be > 0"),
             (bool(self.model.arch), "no architecture given"),
             (bool(self.model.weights), "weights must be 'imagenet', 'none' or a file"),
         ]
@@ -138,8 +129,94 @@ class RunConfig:
             if not ok:
                 raise UserError(message)
         for edit in self.plan.edits:
-            if edit.lr is not None and not edit.lr > 0:
-                raise UserError(f"LR for '{edit.module}' must be > 0, got {edit.lr}")
+            if edit.lr is not None and not (edit.lr > 0 and math.isfinite(edit.lr)):
+                raise UserError(f"LR for '{edit.module}' must be > 0 and finite, got {edit.lr}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch's is wider, and epoch orders derive seeds from it
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    label: str  # how the person knows the setting
+    kind: type  # int or float (a float must be finite)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself not allowed
+    high_open: bool = False
+    unit: str = ""  # "px": "at least 16 px" rather than ">= 16"
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number"
+        if self.kind is int and not isinstance(value, int):
+            return "a whole number"
+        if not math.isfinite(value):
+            return "a finite number"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if not (too_low or too_high):
+            return None
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        if self.low is not None and self.unit and not self.low_open:
+            return f"at least {_num(self.low)} {self.unit}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        return f"{'<' if self.high_open else '<='} {_num(self.high)}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+# Every number a person can set, wherever they set it: CLI options, project files, the window.
+NUMBER_RULES: dict[str, NumberRule] = {
+    "data.val_fraction": NumberRule("val fraction", float, 0, 1, high_open=True),
+    "data.image_size": NumberRule("image size", int, 16, unit="px"),
+    "data.num_workers": NumberRule("loader workers", int, 0),
+    "data.decoded_cache_mb": NumberRule("decoded cache budget (MB)", int, 0),
+    "plan.base_lr": NumberRule("base LR", float, 0, low_open=True),
+    "plan.discriminative_factor": NumberRule("discriminative factor", float, 1),
+    "plan.gradual_every": NumberRule("gradual unfreezing interval (epochs)", int, 1),
+    "train.epochs": NumberRule("epochs", int, 1),
+    "train.batch_size": NumberRule("batch size", int, 1),
+    "train.weight_decay": NumberRule("weight decay", float, 0),
+    "train.warmup_epochs": NumberRule("warm-up epochs", float, 0),
+    "train.label_smoothing": NumberRule("label smoothing", float, 0, 1, high_open=True),
+    "train.seed": NumberRule("seed", int, 0, SEED_MAX),
+    "train.early_stopping_patience": NumberRule("early-stopping patience (0: off)", int, 0),
+    "train.max_batch_events_per_second": NumberRule("batch events per second", float, 0, low_open=True),
+    "lr": NumberRule("LR", float, 0, low_open=True),
+    "export.tolerance": NumberRule("tolerance", float, 0),
+    "export.parity_images": NumberRule("parity images", int, 1),
+    "demo.classes": NumberRule("demo classes", int, 2, 8),
+    "demo.per_class": NumberRule("images per class", int, 1),
+    "demo.size": NumberRule("demo image size", int, 16, unit="px"),
+    "demo.seed": NumberRule("seed", int, 0, SEED_MAX),
+    "layers.classes": NumberRule("classes", int, 2),
+    "layers.depth": NumberRule("depth", int, 0),
+    "predict.top_k": NumberRule("top-k", int, 1),
+}
+
+
+def number_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be the setting `key` (e.g. "train.seed"), in one line; None when it can.
+    None (a setting left to choose itself, like data.num_workers) is always fine."""
+    if value is None:
+        return None
+    rule = NUMBER_RULES[key]
+    expected = rule.problem(value)
+    if expected is None:
+        return None
+    shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
+    return f"{rule.label} must be {expected}, got {shown}"
+
+
+def check_number(key: str, value: Any) -> None:
+    problem = number_problem(key, value)
+    if problem:
+        raise UserError(problem)
 
 
 @functools.cache

@@ -335,3 +335,87 @@ def test_a_malformed_checkpoint_is_one_line(case, words, checkpoint, data, tmp_p
     bad = tmp_path / "checkpoint.pt"
     torch.save(_tamper(torch.load(checkpoint, weights_only=True), case), bad)
     assert_refused(cli(capsys, "predict", bad, next((data / "circle").glob("*.png"))), 2, str(bad), words)
+
+
+# --- crafted numbers: every numeric option, one line and exit 2 -----------------------------------
+
+SEED_25_DIGITS = "1234567890123456789012345"
+NUMBER_CASES = [
+    (["train", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "--epochs", "1.5"], "not a whole number"),
+    (["train", "--base-lr", "inf"], "base LR must be a finite number"),
+    (["train", "--base-lr", "nan"], "base LR must be a finite number"),
+    (["train", "--base-lr", "0"], "base LR must be > 0"),
+    (["train", "--lr", "fc=nan"], "fc=nan: the LR must be > 0"),
+    (["train", "--weight-decay", "inf"], "weight decay must be a finite number"),
+    (["train", "--weight-decay", "-1"], "weight decay must be >= 0"),
+    (["train", "--warmup-epochs", "inf"], "warm-up epochs must be a finite number"),
+    (["train", "--warmup-epochs", "nan"], "warm-up epochs must be a finite number"),
+    (["train", "--label-smoothing", "1"], "label smoothing must be in [0, 1)"),
+    (["train", "--val-fraction", "nan"], "val fraction must be a finite number"),
+    (["train", "--workers", "-1"], "loader workers must be >= 0"),
+    (["train", "--seed", SEED_25_DIGITS], "seed must be in [0, 4294967295]"),
+    (["train", "--seed", "-1"], "seed must be in [0, 4294967295]"),
+    (["train", "--patience", "-1"], "early-stopping patience (0: off) must be >= 0"),
+    (["train", "--batch-size", "0"], "batch size must be >= 1"),
+    (["train", "--image-size", "8"], "image size must be at least 16 px"),
+    (["train", "--gradual-every", "0"], "gradual unfreezing interval (epochs) must be >= 1"),
+    (["train", "--discriminative-factor", "inf"], "discriminative factor must be a finite number"),
+    (["layers", "--classes", "3", "--discriminative-factor", "0"], "discriminative factor must be >= 1"),
+    (["layers", "--classes", "3", "--discriminative-factor", "-1"], "discriminative factor must be >= 1"),
+    (["layers", "--classes", "3", "--discriminative-factor", "nan"], "discriminative factor must be a finite"),
+    (["layers", "--classes", "3", "--weight-decay", "nan"], "weight decay must be a finite number"),
+    (["layers", "--classes", "1e11"], "not a whole number"),
+    (["layers", "--classes", "1"], "classes must be >= 2"),
+    (["layers", "--classes", "3", "--depth", "-1"], "depth must be >= 0"),
+    (["layers", "--classes", "3", "--lr", "fc=inf"], "LR for 'fc' must be > 0"),
+    (["export", "ckpt.pt", "--parity-images", "0"], "parity images must be >= 1"),
+    (["export", "ckpt.pt", "--tolerance", "-1"], "tolerance must be >= 0"),
+    (["export", "ckpt.pt", "--tolerance", "nan"], "tolerance must be a finite number"),
+    (["demo-data", "out", "--seed", "-1"], "seed must be in [0, 4294967295]"),
+    (["demo-data", "out", "--seed", SEED_25_DIGITS], "seed must be in [0, 4294967295]"),
+    (["demo-data", "out", "--classes", "9"], "demo classes must be in [2, 8]"),
+    (["demo-data", "out", "--size", "0"], "demo image size must be at least 16 px"),
+    (["predict", "ckpt.pt", "x.png", "--top-k", "0"], "top-k must be >= 1"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv, words", NUMBER_CASES, ids=[" ".join(a) for a, _ in NUMBER_CASES])
+def test_a_crafted_number_is_one_line_and_exit_2(argv, words, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing may be written: if it were, it would land here
+    if argv[0] == "train":
+        argv = [*argv, "--data", data, "--weights", "none", "--out", "run"]
+    elif argv[0] == "layers":
+        argv = [*argv, "--weights", "none"]
+    assert_refused(cli(capsys, *argv), 2, words)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting, words", [
+    ({"train": {"seed": int(SEED_25_DIGITS)}}, "seed must be in [0, 4294967295]"),
+    ({"train": {"seed": -1}}, "seed must be in [0, 4294967295]"),
+    ({"train": {"warmup_epochs": 1e308, "epochs": 0}}, "epochs must be >= 1"),
+    ({"plan": {"discriminative_factor": 0.5}}, "discriminative factor must be >= 1"),
+    ({"data": {"num_workers": -4}}, "loader workers must be >= 0"),
+])
+def test_a_project_file_is_held_to_the_same_numbers(setting, words, data, tmp_path, capsys):
+    project = tmp_path / "p.json"
+    project.write_text(json.dumps({"transfer_studio_project": 1, "data": {"root": str(data)}, **{
+        k: ({**v, "root": str(data)} if k == "data" else v) for k, v in setting.items()}}))
+    assert_refused(cli(capsys, "train", "--project", project, "--out", tmp_path / "run"), 2, "p.json", words)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["onto a file", "under /proc"])
+def test_demo_data_into_a_place_that_cannot_hold_it_is_one_line(where, tmp_path, capsys):
+    if where == "onto a file":
+        target = tmp_path / "taken"
+        target.write_text("a file")
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        target = Path("/proc/transfer-studio-demo")
+    assert_refused(cli(capsys, "demo-data", target, "--classes", "2", "--per-class", "1", "--size", "16"), 2,
+                   "cannot write the demo dataset", str(target))
