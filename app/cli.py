@@ -45,8 +45,9 @@ class _PlanEditAction(argparse.Action):
                 lr = float(lr_text)
             except ValueError:
                 parser.error(f"--lr {value}: '{lr_text}' is not a number")
-            if not lr > 0:
-                parser.error(f"--lr {value}: the LR must be > 0")
+            problem = number_problem("lr", lr)
+            if problem:
+                parser.error(f"--lr {value}: {problem}")
             edits.append(PlanEdit(module, lr=lr))
         namespace.edits = edits
 
@@ -269,7 +270,7 @@ def _flag(dest: str) -> str:
 
 
 def train_config_from_args(args, given: dict) -> RunConfig:
-    from engine.demo import ensure_demo_dataset
+    from engine.demo import demo_note, ensure_demo_dataset
 
     if args.resume and args.project:
         raise UserError("--resume continues a run with its own settings; it cannot take --project as well")
@@ -289,6 +290,8 @@ def train_config_from_args(args, given: dict) -> RunConfig:
     config = _with_flags(base, given)
     if not config.data.root:
         config = replace(config, data=replace(config.data, root=str(ensure_demo_dataset())))
+        if demo_note():
+            print(f"transfer-studio: note: {demo_note()}", file=sys.stderr)
     out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     return replace(config, out_dir=out)
 

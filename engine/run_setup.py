@@ -167,9 +167,14 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     folder.write_record(run.record())
     if not use_features:
         return run
-    features = cached if cached is not None else _compute_trunk_features(run, loaders, callbacks, control, feature_key)
-    train, val = features
-    return replace(run, batches=FeatureBatches(train, val, config.train.batch_size, config.train.seed, device))
+    if cached is not None:
+        train, val = cached
+    else:
+        train, val, unsaved = _compute_trunk_features(run, loaders, callbacks, control, feature_key)
+        if unsaved:
+            feature_note += f" ({unsaved})"
+    return replace(run, batches=FeatureBatches(train, val, config.train.batch_size, config.train.seed, device),
+                   feature_note=feature_note)
 
 
 def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
@@ -241,5 +246,5 @@ def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, c
         if val is None:
             raise Stopped
     callbacks.on_status("Saving trunk features to the disk cache")
-    save_cached_features(key, train, val)
-    return train, val
+    unsaved = save_cached_features(key, train, val)  # a note when the cache folder cannot take them
+    return train, val, unsaved
