@@ -61,6 +61,7 @@ class RunFolder:
     def locked(self):
         """Held for a whole training: a second training on the same folder is refused at once,
         instead of interleaving metrics and mixing checkpoint and resume state of two runs."""
+        created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock_path, "a+")
@@ -71,6 +72,8 @@ class RunFolder:
             self.remove_partial_files()
             yield self
         finally:
+            if created and not self.exists():  # failed before it held a run: leave nothing behind
+                _remove_empty_run_folder(self)
             handle.close()  # closing releases the lock, also when the process dies
 
     def refuse_if_used(self) -> None:
@@ -167,6 +170,14 @@ class RunFolder:
             raise UserError(f"{self.resume_path} is not a Transfer Studio resume file")
         _check_version(state.get("format_version"), RESUME_VERSION, self.resume_path)
         return state
+
+
+def _remove_empty_run_folder(folder: RunFolder) -> None:
+    try:
+        folder.lock_path.unlink(missing_ok=True)
+        folder.path.rmdir()  # only when empty: nothing anyone wrote is removed
+    except OSError:
+        pass
 
 
 def _try_lock(handle, path: Path) -> None:

@@ -115,3 +115,10 @@ def test_resume_after_a_class_folder_was_added_is_refused(demo_dir, tmp_path):
     shutil.copytree(data / "circle", data / "zigzag")
     with pytest.raises(UserError, match="classes changed since .*added zigzag"):
         fit(make_config(data, tmp_path / "run", epochs=2), resume=True)
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path):
+    config = make_config(tmp_path / "no-such-data", tmp_path / "run", epochs=1)
+    with pytest.raises(UserError):
+        fit(config)
+    assert not (tmp_path / "run").exists()
