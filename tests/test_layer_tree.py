@@ -346,8 +346,11 @@ def test_gradual_unfreezing_takes_the_badge_from_modules_already_training(tree):
     tree.set_plan_config(PlanConfig(strategy="gradual"))
     tree.set_integrity(IntegrityReport(epoch=2, checked=80))
     assert tree.module_row("layer4")["unfreeze_epoch"] == 1  # trained during epoch 2
-    assert tree.index_for("layer4", FROZEN).data() is None
-    assert tree.index_for("layer1", FROZEN).data() == "✓"
+    # No badge on what trains now; the stage says since when, a still-frozen stage until when.
+    assert tree.index_for("layer4", FROZEN).data() == "trains ep 2+"
+    assert tree.index_for("layer4.0", FROZEN).data() is None  # said once, on the stage
+    assert tree.index_for("layer1", FROZEN).data() == "✓ until ep 5"
+    assert tree.index_for("conv1", FROZEN).data().startswith("✓")
 
 
 def test_update_ratio_column(qtmodeltester, fine_tune_tree):

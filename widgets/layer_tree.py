@@ -340,7 +340,7 @@ class LayerTreeModel(QAbstractItemModel):
             greyed,
             (greyed, row["trainable_params"]),
             (check, row["frozen"], row["frozen_inherited"], row["train_norm"], row["unfreeze_epoch"],
-             row["trainable_params"], self._badge(i)),
+             row["trainable_params"], self._badge(i), self._thaw_note(i)),
             (row["lr"], row["lr_inherited"], check == Qt.CheckState.Checked),
             (self._stats.get(row["name"]), check, row["unfreeze_epoch"]),
         )
@@ -513,8 +513,8 @@ class LayerTreeModel(QAbstractItemModel):
         if col == LR:
             return format_lr(row["lr"])
         if col == FROZEN:
-            badge = self._badge(i)
-            return BADGE_TEXT[badge[0]] if badge else None
+            text = " ".join(filter(None, [BADGE_TEXT[self._badge(i)[0]] if self._badge(i) else "", self._thaw_note(i)]))
+            return text or None
         if col == RATIO:
             stats = self._stats.get(row["name"])
             return None if stats is None else ("0" if stats.update_ratio == 0 else f"{stats.update_ratio:.1e}")
@@ -542,6 +542,16 @@ class LayerTreeModel(QAbstractItemModel):
         if self._checks[i] == Qt.CheckState.Checked and still_frozen:
             return ("intact", report.epoch, report.checked)
         return ()
+
+    def _thaw_note(self, i: int) -> str:
+        """On the stage gradual unfreezing thaws (not its children): when it trains, so a checked
+        box mid-run does not read as frozen. The run's epoch is known from the integrity reports."""
+        row, parent = self._rows[i], self._parent[i]
+        epoch = row["unfreeze_epoch"]  # 0-based: the stage trains from epoch `epoch + 1`
+        if epoch is None or (parent >= 0 and self._rows[parent]["unfreeze_epoch"] == epoch):
+            return ""
+        epochs_done = self._integrity.epoch if self._integrity else 0
+        return f"trains ep {epoch + 1}+" if epoch <= epochs_done else f"until ep {epoch + 1}"
 
     def _health(self, i: int) -> str | None:
         row = self._rows[i]
