@@ -780,7 +780,7 @@ class LayerTreeView(QTreeView):
     def _fit_columns(self) -> None:
         """Column widths from the texts they can hold, measured once per model."""
         info = self.model().model_info
-        widest = {TYPE: ["Type", "BatchNorm2d"], PARAMS: ["Params", "88,888,888"], FROZEN: ["Frozen ✓", "Frozen"],
+        widest = {TYPE: ["Type", "BatchNorm2d"], PARAMS: ["Params", "88,888,888"], FROZEN: ["Frozen", "✓ trains ep 88+"],
                   LR: ["LR", "8.888e-08"], RATIO: [HEADERS[RATIO], "8.8e-08"]}
         if info is not None:
             widest[TYPE] = ["Type"] + sorted({layer.type for layer in info.layers}, key=len)[-1:]
