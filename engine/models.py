@@ -93,10 +93,16 @@ def min_image_size(arch: str) -> tuple[int, str]:
     return math.ceil(rule.minimum / rule.multiple) * rule.multiple, rule.reason.format(arch=arch)
 
 
+def image_size_step(arch: str) -> int:
+    """Valid sizes from the minimum on are multiples of this (1: any size); a spin box's single step."""
+    check_arch(arch)
+    return _size_rule(arch).multiple
+
+
 def valid_image_size(arch: str, image_size: int) -> int:
     """The nearest valid image size for `arch` that is at least `image_size`."""
     smallest, _ = min_image_size(arch)
-    multiple = _size_rule(arch).multiple
+    multiple = image_size_step(arch)
     return max(smallest, math.ceil(image_size / multiple) * multiple)
 
 
@@ -105,7 +111,7 @@ def check_image_size(arch: str, image_size: int) -> None:
     smallest, reason = min_image_size(arch)
     if image_size < smallest:
         raise UserError(f"image size {image_size} px is too small for {arch}: {reason}")
-    if image_size % _size_rule(arch).multiple:
+    if image_size % image_size_step(arch):
         raise UserError(f"image size {image_size} px does not fit {arch}: {reason} "
                         f"(next valid size: {valid_image_size(arch, image_size)} px)")
 
@@ -300,7 +306,7 @@ def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module
 def _load_unversioned_mnasnet_state(self, state_dict, prefix, local_metadata, *args) -> None:
     """MNASNet refuses a state dict without the `_metadata` version torch.save keeps, and safetensors
     files, checkpoints (plain dicts) and filtered copies have none: read such a state dict as the
-    current version, which is what every model built here saves (version 1 is torchvision's pre-0.9 MNASNet)."""
+    current version, which is what every model built here saves (version 1 is MNASNet's original stem)."""
     if local_metadata.get("version") is None:
         local_metadata = {**local_metadata, "version": type(self)._version}
     type(self)._load_from_state_dict(self, state_dict, prefix, local_metadata, *args)

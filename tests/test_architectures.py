@@ -12,8 +12,8 @@ from torchvision.models import regnet
 from engine.checkpoint import atomic_torch_save, make_checkpoint
 from engine.errors import UserError
 from engine.export import export
-from engine.models import (FEATURED_ARCHS, available_archs, build_model, check_image_size, load_backbone_weights,
-                           min_image_size, plain_model, valid_image_size)
+from engine.models import (FEATURED_ARCHS, available_archs, build_model, check_image_size, image_size_step,
+                           load_backbone_weights, min_image_size, plain_model, valid_image_size)
 from tests.conftest import place_imagenet_weights
 
 K = 3
@@ -95,6 +95,14 @@ def test_featured_architectures_are_offered():
     assert {"googlenet", "inception_v3", "squeezenet1_0", "vit_h_14", "maxvit_t", "swin_v2_b"} <= set(OFFERED)
 
 
+def test_an_architecture_without_a_known_size_rule_is_not_offered(monkeypatch):
+    listed = torchvision.models.list_models(module=torchvision.models)
+    monkeypatch.setattr(torchvision.models, "list_models", lambda module=None: listed + ["newnet_b0"])
+    assert "newnet_b0" not in available_archs() and "resnet18" in available_archs()
+    with pytest.raises(UserError, match="unknown architecture 'newnet_b0'"):
+        build_model("newnet_b0", K, "none")
+
+
 # --- image sizes ------------------------------------------------------------------------------
 
 
@@ -130,6 +138,7 @@ def test_sizes_an_architecture_cannot_take_are_refused_in_one_line():
 
 
 def test_valid_image_size_is_the_nearest_valid_size_not_below():
+    assert [image_size_step(a) for a in ("resnet18", "vit_b_16", "vit_h_14", "maxvit_t")] == [1, 16, 14, 224]
     assert valid_image_size("vit_b_16", 40) == 48
     assert valid_image_size("vit_b_16", 48) == 48
     assert valid_image_size("vit_h_14", 224) == 224
@@ -270,6 +279,8 @@ def test_architectures_built_their_own_way_export(arch, formats, tmp_path):
     torch.manual_seed(0)
     built = build_model(arch, K, "none", size)
     calibrate_norm_statistics(built.model, size)
+    with torch.no_grad():  # a ViT's new head starts at zero: its logits would all be 0, agreeing trivially
+        built.model.get_submodule(built.info.head).weight.normal_(0, 0.05)
     checkpoint = save_checkpoint(built, tmp_path)
     batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
