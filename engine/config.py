@@ -303,10 +303,11 @@ def save_project(path: str | os.PathLike, config: RunConfig) -> None:
 def validate_project(config: RunConfig) -> None:
     """Everything a project file can get wrong without training: ranges and the architecture.
     Raise UserError naming the first problem."""
-    from .models import check_arch  # local import: config stays importable without torch
+    from .models import check_arch, check_image_size  # local import: config stays importable without torch
 
     config.validate()
     check_arch(config.model.arch)
+    check_image_size(config.model.arch, config.data.image_size)
 
 
 def load_project(path: str | os.PathLike) -> RunConfig:

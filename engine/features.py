@@ -30,6 +30,8 @@ def feature_cache_decision(info: ModelInfo, plan: Plan, augment: str, enabled: b
     """Whether the head can train on cached features, and why (shown to the person)."""
     if not enabled:
         return False, "feature cache off (setting)"
+    if not info.head_is_linear:
+        return False, f"feature cache off: {info.arch}'s head is a convolution before pooling"
     if plan.unfreeze_at:
         return False, "feature cache off: gradual unfreezing changes the trunk"
     head_prefix = info.head + "."

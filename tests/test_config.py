@@ -94,6 +94,11 @@ def test_an_unknown_architecture_is_refused_with_a_suggestion(tmp_path):
     validate_project(RunConfig())  # the defaults are a valid project
 
 
+def test_an_image_size_the_architecture_cannot_take_is_refused(tmp_path):
+    message = refusal(tmp_path, {"model": {"arch": "vit_b_16"}, "data": {"image_size": 40}})
+    assert "multiple of 16 px" in message and "48 px" in message
+
+
 def test_project_file_itself_is_checked(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"transfer_studio_project": "1"}))

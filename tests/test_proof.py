@@ -231,3 +231,15 @@ def test_pause_and_stop_still_work_within_a_batch(demo_dir, tmp_path):
     result = fit(make_config(demo_dir, tmp_path / "p", epochs=3), recorder, control)
     assert result.stopped == "user" and len(recorder.batches) == 1
     assert json.loads((tmp_path / "p" / "run.json").read_text())["result"]["stopped"] == "user"
+
+
+def test_a_convolutional_head_trains_on_images_not_cached_features(demo_dir, tmp_path):
+    from dataclasses import replace
+
+    config = make_config(demo_dir, tmp_path / "sq", augment="none", epochs=1,
+                         plan=PlanConfig(strategy="feature-extraction"))
+    config = replace(config, model=replace(config.model, arch="squeezenet1_1"))
+    recorder = Recorder()
+    result = fit(config, recorder)
+    assert result.epochs_run == 1
+    assert recorder.started[0].feature_cache == "feature cache off: squeezenet1_1's head is a convolution before pooling"
