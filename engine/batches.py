@@ -7,7 +7,7 @@ calls on them: the whole model for images, only the head for features.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -102,6 +102,3 @@ class FeatureBatches:
         for start in range(0, len(labels), bs):
             yield feats[start:start + bs].to(self.device), labels[start:start + bs].to(self.device)
 
-
-BatchSource = ImageBatches | FeatureBatches
-ShouldStop = Callable[[], bool]

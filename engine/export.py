@@ -73,6 +73,9 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     checkpoint = Path(checkpoint)
     classifier = load_classifier(checkpoint)
     out = Path(out) if out else default_path(checkpoint, fmt)
+    if fmt != "pt" and out.resolve() == checkpoint.resolve():
+        raise UserError(f"exporting {fmt} to {out} would overwrite the checkpoint it is exported from; "
+                        f"choose another output file")
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = {"pt": _write_pt, "safetensors": _write_safetensors, "torchscript": _write_torchscript,
               "onnx": _write_onnx}[fmt]
@@ -80,7 +83,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
         expected = classifier.model(parity_batch).float()
     try:
         writer(checkpoint, classifier, out)
-        actual = load_any(out).logits(parity_batch)
+        actual = load_any(out, fmt).logits(parity_batch)  # by the format written, whatever the file's name
     except (UserError, OSError):
         raise
     except Exception as exc:
@@ -212,11 +215,12 @@ def detect_format(path: Path) -> str:
     return "pt"
 
 
-def load_any(path: str | Path) -> Exported:
+def load_any(path: str | Path, fmt: str | None = None) -> Exported:
+    """Any exported file; its format is `fmt` when known, else detected from the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    fmt = detect_format(path)
+    fmt = fmt or detect_format(path)
     if fmt == "pt":
         classifier = load_classifier(path)
         return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),

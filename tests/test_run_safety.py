@@ -122,3 +122,17 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path):
     with pytest.raises(UserError):
         fit(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_export_never_overwrites_its_checkpoint_and_checks_parity_by_the_format_written(demo_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(make_config(demo_dir, run, epochs=1))
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    code = main(["export", str(checkpoint), "--format", "safetensors", "--out", str(checkpoint)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "would overwrite the checkpoint" in err[0]
+    assert checkpoint.read_bytes() == before
+    plain_name = tmp_path / "model-without-suffix"
+    assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(plain_name)]) == 0
+    assert "top-1 agreement 100.0%" in capsys.readouterr().err
