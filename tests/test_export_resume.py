@@ -67,8 +67,8 @@ def test_parity_gate_fails_loudly(trained, tmp_path, monkeypatch):
 
     original = ex.load_any
 
-    def skewed(path):
-        loaded = original(path)
+    def skewed(path, fmt=None):
+        loaded = original(path, fmt)
         run = loaded._run
         loaded._run = lambda batch: run(batch) + 1e-2
         return loaded
