@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainW
                                QSplitter, QStyle, QWidget)
 
 from app.session import RunState, Session
+from app.gc_guard import GuiThreadCollector
 from app.worker import RunFailure
 from engine.config import TrainConfig, load_project, save_project
 from engine.errors import UserError
@@ -71,6 +72,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Transfer Studio")
         self.settings = settings or QSettings()
         self.confirm_close = confirm_close
+        self.garbage_collector = GuiThreadCollector(self)  # before any thread of ours runs Python
         self.session = Session(self.runs_root(), self)
         self.data_panel = DataPanel()
         self.model_panel = ModelPanel()
@@ -511,6 +513,7 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
         self.session.shutdown()
+        self.garbage_collector.stop()
         self.settings.setValue("window/geometry", self.saveGeometry())
         event.accept()
 
