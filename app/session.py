@@ -307,16 +307,8 @@ class Session(QObject):
 
     def announce(self) -> None:
         """Emit every signal once, so views connected just now show the whole state."""
-        config = self.config()
-        self.data_changed.emit(config.data)
-        self.model_changed.emit(config.model)
+        self._emit_configuration(self.config())
         self.weights_files_changed.emit(self.weights_files)
-        self.plan_changed.emit(config.plan)
-        self.train_changed.emit(config.train)
-        self.image_size_rule_changed.emit(*min_image_size(config.model.arch))
-        self.image_size_problem_changed.emit(self.image_size_problem())
-        self.weights_note_changed.emit(self.weights_note())
-        self.model_warning_changed.emit(self.model_warning())
         self.dataset_changed.emit(self.dataset)
         self.run_changed.emit(self._run)
 
@@ -536,6 +528,17 @@ class Session(QObject):
         self.plan_changed.emit(plan)
         self.model_warning_changed.emit(self.model_warning())
 
+    def _emit_configuration(self, config: RunConfig) -> None:
+        """Tell the views every part of `config` and what follows from it."""
+        self.data_changed.emit(config.data)
+        self.model_changed.emit(config.model)
+        self.plan_changed.emit(config.plan)
+        self.train_changed.emit(config.train)
+        self.image_size_rule_changed.emit(*min_image_size(config.model.arch))
+        self.image_size_problem_changed.emit(self.image_size_problem())
+        self.weights_note_changed.emit(self.weights_note())
+        self.model_warning_changed.emit(self.model_warning())
+
     def apply_config(self, config: RunConfig) -> bool:
         """Show a whole configuration (a project file, a run to continue): all of it or, when any
         part cannot work, none of it (the reason goes to error_raised)."""
@@ -549,14 +552,7 @@ class Session(QObject):
             return False
         old_weights = self._model.weights
         self._data, self._model, self._plan, self._train = config.data, config.model, config.plan, config.train
-        self.data_changed.emit(self._data)
-        self.model_changed.emit(self._model)
-        self.plan_changed.emit(self._plan)
-        self.train_changed.emit(self._train)
-        self.image_size_rule_changed.emit(*min_image_size(self._model.arch))
-        self.image_size_problem_changed.emit(self.image_size_problem())
-        self.weights_note_changed.emit(self.weights_note())
-        self.model_warning_changed.emit(self.model_warning())
+        self._emit_configuration(config)
         self._forget_run_of_another_configuration()
         dataset = self.dataset
         if self._data.root and (self._data.root != dataset.folder or dataset.error):
