@@ -340,7 +340,7 @@ class LayerTreeModel(QAbstractItemModel):
             greyed,
             (greyed, row["trainable_params"]),
             (check, row["frozen"], row["frozen_inherited"], row["train_norm"], row["unfreeze_epoch"],
-             row["trainable_params"], self._badge(i), self._thaw_note(i)),
+             row["trainable_params"], self._badge_shown(i), self._thaw_note(i)),
             (row["lr"], row["lr_inherited"], check == Qt.CheckState.Checked),
             (self._stats.get(row["name"]), check, row["unfreeze_epoch"]),
         )
@@ -529,6 +529,12 @@ class LayerTreeModel(QAbstractItemModel):
         if col == FROZEN and self._badge(i):
             return INTACT if self._badge(i)[0] == "intact" else ALARM
         return None
+
+    def _badge_shown(self, i: int) -> tuple:
+        """What the cell shows of the badge: "✓" does not change from epoch to epoch (the epoch is in
+        the tooltip, read when asked), so a new intact report repaints nothing."""
+        badge = self._badge(i)
+        return badge if badge and badge[0] == "changed" else badge[:1]
 
     def _badge(self, i: int) -> tuple:
         """("changed", tensors), ("intact", epoch, checked) or () for row i."""
