@@ -18,6 +18,11 @@ from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, 
 from engine.errors import RunFailed, UserError
 from engine.export import ParityError
 
+from app import cli_guidance, cli_insight
+
+# Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
+COMMAND_MODULES = (cli_insight, cli_guidance)
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem (and exit code 2)."""
@@ -170,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=_number("predict.top_k"), default=5)
     predict.add_argument("--json", action="store_true")
+    for commands in COMMAND_MODULES:
+        commands.add_commands(sub, _number)
     return parser
 
 
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             return _train(args, list(sys.argv[1:] if argv is None else argv))
         handlers = {"demo-data": _demo_data, "layers": _layers, "export": _export, "predict": _predict}
+        for commands in COMMAND_MODULES:
+            handlers.update(commands.HANDLERS)
         return handlers[command](args)
     except (RunFailed, ParityError) as exc:
         print(f"transfer-studio: error: {exc}", file=sys.stderr)
