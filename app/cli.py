@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
-                           ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
+                           CLASS_WEIGHTS, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
 from engine.errors import RunFailed, UserError
 from engine.export import ParityError
 
@@ -114,6 +114,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
     p.add_argument("--warmup-epochs", type=_number("train.warmup_epochs"), default=t.warmup_epochs)
     p.add_argument("--label-smoothing", type=_number("train.label_smoothing"), default=t.label_smoothing)
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=t.class_weights,
+                   help="auto: a class-weighted loss when the largest class has 3x the smallest or more")
     p.add_argument("--epochs", type=_number("train.epochs"), default=None, help=f"number of epochs (default {t.epochs})")
     p.add_argument("--batch-size", type=_number("train.batch_size"), default=t.batch_size)
     p.add_argument("--image-size", type=_number("data.image_size"), default=DataConfig().image_size)
@@ -260,6 +262,7 @@ _TRAIN_FLAGS = {
     "precision": ("train", "precision"), "cudnn_benchmark": ("train", "cudnn_benchmark"),
     "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
     "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
+    "class_weights": ("train", "class_weights"),
 }
 _NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off
 RESUMABLE = {"epochs", "device", "workers"}  # what may differ when a run continues

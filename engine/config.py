@@ -24,6 +24,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual")
 PRECISIONS = ("auto", "off", "bf16", "fp16")
+CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/class_weights.py decides what auto means
 PROJECT_FORMAT_VERSION = 1
 
 
@@ -89,6 +90,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0: off
     max_batch_events_per_second: float = 20.0
     telemetry: bool = True  # per-module gradient norm and update ratio, sampled about twice a second
+    class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class RunConfig:
             (self.train.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.train.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.train.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.train.class_weights in CLASS_WEIGHTS, f"class weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (bool(self.model.arch), "no architecture given"),
             (bool(self.model.weights), "weights must be 'imagenet', 'none' or a file"),
         ]

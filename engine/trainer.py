@@ -18,6 +18,7 @@ from torch import nn
 
 from .batches import FeatureBatches
 from .checkpoint import BackgroundSaver
+from .class_weights import training_criterion
 from .config import RunConfig
 from .data import DatasetScan
 from .errors import TrainingDiverged, UserError
@@ -89,7 +90,7 @@ class EpochLoop:
         self.steps_per_epoch = run.batches.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.criterion = training_criterion(cfg.train.class_weights, run.scan, cfg.train.label_smoothing, run.device)
         self.global_step = 0
         self.epoch = 0
         self.best_score: tuple[float, float] | None = None  # (accuracy, -loss)
