@@ -73,6 +73,7 @@ class EpochEvent:
     feature_cache: bool = False
     integrity: IntegrityReport | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)  # mean over the epoch's samples
+    val_balanced_accuracy: float | None = None  # mean recall over the classes with validation images
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import BackgroundSaver, make_checkpoint, snapshot
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UserError
 from .events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
 from .plan import Plan
 from .run_folder import RunFolder
@@ -37,12 +37,17 @@ class Listener:
 
     def on_fit_end(self, result: FitResult) -> None: ...
 
+    def on_fit_failed(self, error: Exception) -> None:
+        """The run raised after on_fit_start (diverged, frozen tensors changed, any fault); the
+        error propagates after every listener has seen it."""
+
 
 def metrics_line(event: EpochEvent) -> dict[str, Any]:
     """One line of metrics.jsonl."""
     line = {
         "epoch": event.epoch, "train_loss": event.train_loss, "train_accuracy": event.train_accuracy,
-        "val_loss": event.val_loss, "val_accuracy": event.val_accuracy, "seconds": round(event.seconds, 4),
+        "val_loss": event.val_loss, "val_accuracy": event.val_accuracy,
+        "val_balanced_accuracy": event.val_balanced_accuracy, "seconds": round(event.seconds, 4),
         "images_per_second": round(event.images_per_second, 2), "data_seconds": round(event.data_seconds, 4),
         "compute_seconds": round(event.compute_seconds, 4), "lr": event.lr,
         "trainable_params": event.trainable_params, "per_class_accuracy": event.per_class_accuracy,
@@ -84,10 +89,18 @@ class MetricsLog(Listener):
 
 
 class RunRecord(Listener):
-    """run.json's outcome: the integrity verdict after every epoch, the result at the end."""
+    """run.json's outcome: the status ("running", then "finished", "stopped" or "failed"), the
+    integrity verdict after every epoch, the result at the end. A killed process leaves "running";
+    readers tell it from a live run by RunFolder.in_use()."""
 
     def __init__(self, folder: RunFolder) -> None:
         self.folder = folder
+
+    def on_fit_start(self, started: RunStarted) -> None:
+        self.folder.update_record(status="running")
+
+    def on_fit_failed(self, error: Exception) -> None:
+        record_failure(self.folder, error)
 
     def on_epoch_end(self, event: EpochEvent) -> None:
         report = event.integrity
@@ -97,7 +110,20 @@ class RunRecord(Listener):
                 "changed": list(report.changed), "last_checked_epoch": report.epoch})
 
     def on_fit_end(self, result: FitResult) -> None:
-        self.folder.update_record(result=result.summary())
+        status = "finished" if result.stopped == "completed" else "stopped"  # by the person or early stopping
+        self.folder.update_record(result=result.summary(), status=status)
+
+
+def record_failure(folder: RunFolder, error: Exception) -> None:
+    """run.json says "failed" and why. Best effort: the error being raised matters more than this
+    note, so a folder that cannot be written now does not replace it."""
+    if not folder.exists():
+        return
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    try:
+        folder.update_record(status="failed", error=reason)
+    except (OSError, UserError):
+        pass
 
 
 class BestCheckpoint(Listener):

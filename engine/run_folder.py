@@ -4,6 +4,8 @@
     metrics.jsonl   one JSON line per epoch (losses, accuracies, LRs, integrity, telemetry)
     checkpoint.pt   the best epoch's weights (see engine.checkpoint)
     resume.pt       the full training state after the last completed epoch
+    val_predictions.csv  the best epoch's validation images: true, predicted, loss, top 3 (engine.evaluation)
+    embeddings.csv  the same images' penultimate features projected to 2-D (engine.embeddings)
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
 line, never half-read. `RunFolder.load_config` gives a run's configuration; `latest_run` finds
@@ -54,6 +56,14 @@ class RunFolder:
         return self.path / "resume.pt"
 
     @property
+    def predictions_path(self) -> Path:
+        return self.path / "val_predictions.csv"
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.path / "embeddings.csv"
+
+    @property
     def lock_path(self) -> Path:
         return self.path / ".lock"
 
@@ -75,6 +85,26 @@ class RunFolder:
             if created and not self.exists():  # failed before it held a run: leave nothing behind
                 _remove_empty_run_folder(self)
             handle.close()  # closing releases the lock, also when the process dies
+
+    def in_use(self) -> bool:
+        """True while a training (this process or another) holds the folder's lock. A shared lock
+        is tried and let go at once: it never blocks, and two readers asking at the same moment
+        do not see each other as a training."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks (see _try_lock), so no way to tell
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: never trained here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing releases the probe's lock, if it got one
+        return False
 
     def refuse_if_used(self) -> None:
         """A new run never replaces another run's files."""
