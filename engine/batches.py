@@ -39,6 +39,10 @@ class ImageBatches:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.train_samples, self.val_samples = train_samples, val_samples
         self.prep, self.device, self.channels_last, self.skipped = prep, device, channels_last, skipped
+        # On a GPU the workers assemble the next epoch's first batches while validation runs, so
+        # the GPU does not wait for them at every epoch start (on CPU they would compete for cores).
+        self.prefetch_next_epoch = device.type == "cuda" and train_loader.num_workers > 0
+        self._next_epoch: tuple[int, Iterator] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -48,8 +52,16 @@ class ImageBatches:
         return model
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
+        started = self._next_epoch
+        self._next_epoch = None
+        batches = started[1] if started is not None and started[0] == epoch else self._start(epoch)
+        yield from self._batches(batches, self.train_samples)
+        if self.prefetch_next_epoch:
+            self._next_epoch = (epoch + 1, self._start(epoch + 1))
+
+    def _start(self, epoch: int) -> Iterator:
         self.train_loader.sampler.set_epoch(epoch)
-        yield from self._batches(self.train_loader, self.train_samples)
+        return iter(self.train_loader)
 
     def val_batches(self) -> Iterator[Batch]:
         if self.val_loader is not None:
