@@ -16,16 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import FeatureBatches
+from .batches import FeatureBatches, single_image_batch_problem
 from .checkpoint import BackgroundSaver
 from .class_weights import training_criterion
 from .config import RunConfig
 from .data import DatasetScan
-from .errors import TrainingDiverged, UserError
+from .embeddings import head_inputs
+from .errors import NoUsableImages, TrainingDiverged, UserError
+from .evaluation import ValidationOutputs, ValidationRecords
 from .events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted, SkippedFile, TrainingControl
 from .integrity import FreezeIntegrity
 from .listeners import (BestCheckpoint, CallbackRelay, EarlyStopping, Listener, MetricsLog, ResumeState,
-                        RunRecord)
+                        RunRecord, record_failure)
 from .optimization import Optimization, ScheduleSegment
 from .plan import apply_plan
 from .run_folder import RunFolder
@@ -54,9 +56,14 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
         try:
             try:
                 run = set_up(config, scan, callbacks, control, fresh=resume_state is None)
+                loop = EpochLoop(run, callbacks, control, saver, resume_state)
             except Stopped:
                 return _stopped_in_setup(config, resume_state is not None, started)
-            return EpochLoop(run, callbacks, control, saver, resume_state).train(started)
+            except Exception as exc:
+                if resume_state is None:  # a continued run keeps its status when it cannot start again
+                    record_failure(folder, exc)
+                raise
+            return loop.train(started)
         finally:
             saver.close()  # every checkpoint is on disk before fit returns or raises
 
@@ -72,6 +79,8 @@ def _resume_state(config: RunConfig) -> dict:
 def _stopped_in_setup(config: RunConfig, resumed: bool, started: float) -> FitResult:
     folder = RunFolder(config.out_dir)
     checkpoint = str(folder.checkpoint_path) if resumed and folder.has_checkpoint() else None
+    if not resumed and folder.exists():
+        folder.update_record(status="stopped")
     return FitResult(run_dir=config.out_dir, checkpoint=checkpoint, best_epoch=None, best_val_accuracy=None,
                      epochs_run=0, seconds=time.perf_counter() - started, images_per_second=0.0, stopped="user")
 
@@ -83,6 +92,11 @@ class EpochLoop:
         self.run, self.control = run, control
         self.module = run.batches.module_to_train(run.model, run.info.head)
         self.uses_features = isinstance(run.batches, FeatureBatches)
+        if cfg.train.batch_size == 1:  # refused before the run holds anything: its folder is not left behind
+            problem = single_image_batch_problem(run.model, run.plan, cfg.train.epochs,
+                                                 run.info.head if self.uses_features else "")
+            if problem:
+                raise UserError(problem)
         if cfg.train.compile and not self.uses_features:
             # Compiled lazily by the first batch; checkpoints still come from the plain module.
             self.module = torch.compile(run.model)
@@ -96,6 +110,7 @@ class EpochLoop:
         self.best_score: tuple[float, float] | None = None  # (accuracy, -loss)
         self.best_epoch: int | None = None
         self.best_accuracy: float | None = None
+        self.validation: ValidationOutputs | None = None  # the last validation pass, per image
         self.images_seen, self.train_seconds = 0, 0.0
         self.plan_in_force = run.plan.at_epoch(0)
         run.model.train()
@@ -111,6 +126,8 @@ class EpochLoop:
         # Order matters: what is recorded is on disk, and shown, before integrity can end the run.
         self.listeners: list[Listener] = [MetricsLog(run.folder), RunRecord(run.folder), CallbackRelay(callbacks),
                                           self.integrity, self.checkpoint,
+                                          ValidationRecords(run.folder, run.scan.class_names, run.scan.root,
+                                                            lambda: self.validation),
                                           ResumeState(run.folder, saver, self._resume_payload)]
         if self.telemetry is not None:
             self.listeners.insert(0, self.telemetry)
@@ -195,6 +212,10 @@ class EpochLoop:
                     break
         except Stopped:
             stopped = "user"
+        except Exception as exc:
+            for listener in self.listeners:
+                listener.on_fit_failed(exc)
+            raise
         result = self._result(started, epochs_run, stopped)
         for listener in self.listeners:
             listener.on_fit_end(result)
@@ -244,6 +265,10 @@ class EpochLoop:
                 last_event = now
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
+        if seen == 0:  # every image deleted or spoiled after the scan: nothing trained, say so
+            kept = f"; the last good checkpoint is kept at {self.checkpoint.path}" if self.checkpoint.path else ""
+            raise NoUsableImages(f"epoch {self.epoch} had no usable training image: "
+                                 f"{run.skipped.summary()}{kept}")
         train_seconds = time.perf_counter() - epoch_start
         self.images_seen += seen
         self.train_seconds += train_seconds
@@ -279,33 +304,51 @@ class EpochLoop:
 
     @torch.no_grad()
     def _evaluate(self) -> dict | None:
+        """Loss, accuracy and confusion of the validation images; the per-image outputs stay on the
+        device in self.validation (ValidationRecords writes them at a best epoch): two reads from
+        the device per pass, at its end."""
         run = self.run
         k = len(run.scan.class_names)
-        confusion = torch.zeros(k, k, dtype=torch.long)
-        loss_sum, seen = 0.0, 0
+        labels, logits = [], []
         self.module.eval()
         try:
-            for x, y in run.batches.val_batches():
-                if self.control.stop_requested:
-                    raise Stopped
-                with run.autocast():
-                    logits = self.module(x)
-                loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-                pred = logits.argmax(1)
-                confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
-                seen += len(y)
+            with head_inputs(run.model.get_submodule(run.info.head)) as features:
+                for x, y in run.batches.val_batches():
+                    if self.control.stop_requested:
+                        raise Stopped
+                    with run.autocast():
+                        logits.append(self.module(x).float())
+                    labels.append(y)
         finally:
             self.module.train()
-        if seen == 0:
+        if not labels:
+            self.validation = None
             return None
+        y, out = torch.cat(labels), torch.cat(logits)
+        seen = len(y)
+        loss_sum = nn.functional.cross_entropy(out, y, reduction="sum").item()
         if not math.isfinite(loss_sum):
             self._diverged(loss_sum, f"epoch {self.epoch}, validation")
+        confusion = torch.bincount(y * k + out.argmax(1), minlength=k * k).view(k, k).cpu()
+        self.validation = ValidationOutputs(
+            samples=self._validation_samples(seen), labels=y, logits=out,
+            features=torch.cat(features) if sum(len(f) for f in features) == seen else None)
         per_class = {}
         for i, name in enumerate(run.scan.class_names):
             total = int(confusion[i].sum())
             per_class[name] = int(confusion[i, i]) / total if total else None
+        recalls = [r for r in per_class.values() if r is not None]
         return {"loss": loss_sum / seen, "accuracy": int(confusion.diag().sum()) / seen,
-                "per_class": per_class, "confusion": confusion.tolist()}
+                "balanced_accuracy": sum(recalls) / len(recalls), "per_class": per_class,
+                "confusion": confusion.tolist()}
+
+    def _validation_samples(self, seen: int) -> tuple | None:
+        """The validation images in the order the pass saw them: scan.val without those that could
+        not be decoded (both batch sources skip them and keep the order). None when the count
+        disagrees (a file that failed once and decodes again), rather than records for wrong paths."""
+        skipped = self.run.skipped.reasons
+        samples = tuple(s for s in self.run.scan.val if s.path not in skipped)
+        return samples if len(samples) == seen else None
 
     def _epoch_event(self, *, train_loss, train_accuracy, val, seconds, images_per_second, data_seconds,
                      compute_seconds, newly_unfrozen) -> EpochEvent:
@@ -320,6 +363,7 @@ class EpochLoop:
             epoch=self.epoch, epochs=self.run.config.train.epochs, train_loss=train_loss,
             train_accuracy=train_accuracy, val_loss=val["loss"] if val else None,
             val_accuracy=val["accuracy"] if val else None, per_class_accuracy=val["per_class"] if val else {},
+            val_balanced_accuracy=val["balanced_accuracy"] if val else None,
             confusion_matrix=val["confusion"] if val else [[0] * k] * k, seconds=seconds,
             images_per_second=images_per_second, data_seconds=data_seconds, compute_seconds=compute_seconds,
             lr=self.optimization.current_lrs(), trainable_params=self._trainable_params(),
