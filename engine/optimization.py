@@ -18,7 +18,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import UserError
 from .models import ModelInfo
-from .plan import Plan, group_specs, param_groups
+from .plan import Plan, apply_plan, group_specs, param_groups
 from .schedule import lr_factor
 
 
@@ -30,6 +30,12 @@ class ScheduleSegment:
 
     def factor(self, global_step: int, schedule: str) -> float:
         return lr_factor(global_step - self.first_step, self.steps, schedule, self.warmup_steps)
+
+    @classmethod
+    def planned(cls, train: TrainConfig, steps_per_epoch: int) -> ScheduleSegment:
+        """A fresh run's segment: all its planned epochs, the warm-up rounded to whole steps."""
+        warmup = int(round(train.warmup_epochs * steps_per_epoch))
+        return cls(first_step=0, steps=steps_per_epoch * train.epochs, warmup_steps=warmup)
 
 
 class Optimization:
@@ -72,3 +78,25 @@ class Optimization:
 
     def current_lrs(self) -> dict[str, float]:
         return {g["group_label"]: g["lr"] for g in self.optimizer.param_groups}
+
+
+def schedule_preview(model: nn.Module, info: ModelInfo, plan: Plan, train: TrainConfig,
+                     steps_per_epoch: int) -> list[dict]:
+    """The run's LRs before it runs, by the trainer's own Optimization: per epoch (1-based) every
+    group's LR as metrics.jsonl's `lr` records it (after the epoch's last step, same group labels)
+    and the stages that train. Changes `model`'s requires_grad flags: pass a model of its own."""
+    plan_now = plan.at_epoch(0)
+    apply_plan(model, plan_now)
+    optimization = Optimization(model, info, plan_now, train, ScheduleSegment.planned(train, steps_per_epoch))
+    preview = []
+    for epoch in range(1, train.epochs + 1):
+        due = plan.at_epoch(epoch - 1)  # as EpochLoop._enter_epoch: thawed modules join as new groups
+        if due is not plan_now:
+            apply_plan(model, due)
+            plan_now = due
+            optimization.add_unfrozen(due, epoch)
+        optimization.set_lrs(epoch * steps_per_epoch - 1)
+        trainable = [stage for stage in info.stages
+                     if any(p.requires_grad for p in model.get_submodule(stage).parameters())]
+        preview.append({"epoch": epoch, "lrs": optimization.current_lrs(), "trainable": trainable})
+    return preview
