@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import torch
-from PySide6.QtCore import QSettings, QSize, Qt, Slot
-from PySide6.QtGui import QAction, QIcon, QKeySequence
+from PySide6.QtCore import QFile, QSettings, QSize, Qt, QUrl, Slot
+from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
-                               QSplitter, QStyle, QWidget)
+                               QSplitter, QStyle, QTabWidget, QWidget)
 
+from app.insight_session import InsightSession, RunInsight
 from app.session import RunState, Session
 from app.gc_guard import GuiThreadCollector
 from app.worker import RunFailure
@@ -25,10 +26,13 @@ from engine.config import TrainConfig, load_project, save_project
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent, RunStarted
 from engine.models import ModelInfo
+from engine.run_folder import RunFolder
 from widgets.data_panel import DataPanel
 from widgets.export_dialog import ExportDialog, meta_from_record
+from widgets.insight import InsightView
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
+from widgets.runs_view import RunsView
 from widgets.training_panel import TrainingPanel, result_line
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -78,12 +82,17 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.training_panel = TrainingPanel(available_devices())
         self.plots = TrainingPlots()
+        self.insight = InsightView()
+        self.runs_view = RunsView()
+        self.insight_session = InsightSession(self.session.tasks, self.runs_root(), self)
         self.export_dialog: ExportDialog | None = None
         self._build_layout()
         self._build_menus()
         self._build_status_bar()
         self._connect()
+        self._connect_insight()
         self.session.announce()
+        self.insight_session.refresh_runs()
         self.setAcceptDrops(True)
         geometry = self.settings.value("window/geometry")
         if geometry is not None:
@@ -118,7 +127,12 @@ class MainWindow(QMainWindow):
         right = QSplitter(Qt.Orientation.Vertical)
         right.setObjectName("rightSplitter")
         right.addWidget(PanelScrollArea(self.training_panel))
-        right.addWidget(PanelScrollArea(self.plots))
+        self.right_tabs = QTabWidget()  # the insight and the runs where the curves are: the window still fits 1024×700
+        self.right_tabs.setObjectName("rightTabs")
+        self.right_tabs.addTab(PanelScrollArea(self.plots), "Curves")
+        self.right_tabs.addTab(self.insight, "Insight")
+        self.right_tabs.addTab(self.runs_view, "Runs")
+        right.addWidget(self.right_tabs)
         right.setStretchFactor(0, 0)
         right.setStretchFactor(1, 1)
         main = QSplitter(Qt.Orientation.Horizontal)
@@ -158,6 +172,8 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Export checkpoint…", self.export_checkpoint, "Ctrl+E",
                                          "Export the run's best checkpoint to PyTorch, safetensors, TorchScript or ONNX."))
+        file_menu.addAction(self._action("Try an &image…", self.insight.try_panel.choose_image, "Ctrl+I",
+                                         "Classify an image with the run's best checkpoint and see where it looked."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
         train_menu = self.menuBar().addMenu("&Train")
@@ -166,6 +182,10 @@ class MainWindow(QMainWindow):
         train_menu.addAction(self._action("S&top", self.stop_training, "Ctrl+.", "Stop training after this batch."))
         train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
                                           "Resume the run shown from its last completed epoch up to the Epochs total."))
+        view_menu = self.menuBar().addMenu("&View")
+        for i, (name, key) in enumerate((("&Curves", "Ctrl+1"), ("&Insight", "Ctrl+2"), ("&Runs", "Ctrl+3"))):
+            view_menu.addAction(self._action(name, lambda _=False, i=i: self.right_tabs.setCurrentIndex(i), key,
+                                             f"Show the {name.strip('&').lower()} tab."))
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("Which strategy?", self._show_strategy_guide, "F1",
                                          "When to use feature extraction, fine-tuning or gradual unfreezing."))
@@ -229,6 +249,31 @@ class MainWindow(QMainWindow):
         c.paused_changed.connect(tp.show_paused)
         c.run_failed.connect(self._on_run_failed)
 
+    def _connect_insight(self) -> None:
+        ins, view, runs = self.insight_session, self.insight, self.runs_view
+        view.thumbnails_wanted.connect(ins.want_thumbnails)
+        view.explain_requested.connect(ins.explain)
+        view.image_wanted.connect(ins.show_image)
+        view.try_image_requested.connect(self.try_image)
+        view.try_model_chosen.connect(self._choose_try_model)
+        ins.insight_ready.connect(self._show_insight)
+        ins.insight_missing.connect(view.show_missing)
+        ins.thumbnails_ready.connect(view.add_thumbnails)
+        ins.preview_ready.connect(view.show_preview)
+        ins.prediction_ready.connect(view.try_panel.show_prediction)
+        ins.prediction_failed.connect(view.try_panel.show_error)
+        ins.runs_listed.connect(runs.show_runs)
+        ins.history_ready.connect(self._show_history)
+        ins.comparison_ready.connect(runs.show_comparison)
+        ins.failed.connect(self._show_notice)
+        runs.selection_changed.connect(self._on_runs_selected)
+        runs.continue_requested.connect(self.continue_run_of)
+        runs.export_requested.connect(self.export_run_of)
+        runs.open_folder_requested.connect(lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(path)))
+        runs.use_configuration_requested.connect(self.use_run_configuration)
+        runs.delete_requested.connect(self.delete_run)
+        self.controller.run_started.connect(lambda _: ins.refresh_runs())
+
     # --- showing the session's state -------------------------------------------------------------------
 
     @Slot(object)
@@ -282,6 +327,9 @@ class MainWindow(QMainWindow):
             self.run_label.setToolTip("")
         if run.running:
             return
+        if run.folder is not None and run.folder.exists():  # a run ended or was opened: its insight
+            self.insight_session.open_insight(run.folder)
+            self.insight_session.refresh_runs()
         if run.result is not None:
             self.training_panel.show_finished(result_line(run.result))
         elif run.failure is not None:
@@ -379,6 +427,94 @@ class MainWindow(QMainWindow):
         box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", failure.message, parent=self)
         box.setObjectName("trainingFailedBox")
         box.open()  # window-modal but not blocking: the event loop keeps running
+
+    # --- insight and past runs ---------------------------------------------------------------------------
+
+    @Slot(object)
+    def _show_insight(self, insight: RunInsight) -> None:
+        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name)
+        self.insight.show_embeddings(insight.points)
+        self.insight.try_panel.show_model(self._try_model_text())
+
+    def _try_model_text(self) -> str:
+        path = self.insight_session.try_model_path()
+        return "none yet: train a run or choose a file" if path is None else f"{path.parent.name}/{path.name}"
+
+    @Slot(str)
+    def try_image(self, image: str) -> None:
+        self.insight.try_panel.show_busy(image)
+        self.insight_session.try_image(image)
+
+    @Slot(str)
+    def _choose_try_model(self, path: str) -> None:
+        self.insight_session.set_try_model(path)
+        self.insight.try_panel.show_model(self._try_model_text())
+
+    @Slot(list)
+    def _on_runs_selected(self, paths: list) -> None:
+        if len(paths) == 1:
+            folder = RunFolder(paths[0])
+            self.insight_session.open_insight(folder)
+            if not self.session.is_running:  # live curves are never replaced by a past run's
+                self.insight_session.load_history(folder)
+            run = self.runs_view.model.run(self.runs_view.model.row_of(folder.path))
+            self.runs_view.show_detail(f"{run.name}: {run.arch}, {run.strategy}, {run.status} — {run.path}")
+        if len(paths) >= 2:
+            self.insight_session.compare(paths)
+
+    @Slot(str, list)
+    def _show_history(self, path: str, events: list) -> None:
+        if self.session.is_running or path not in self.runs_view.selected_paths():
+            return
+        self.plots.clear()
+        for batch, epoch in events:
+            self.plots.add_batch(batch)
+            self.plots.add_epoch(epoch)
+        self.plots.redraw()
+
+    def _open_run(self, path: str) -> bool:
+        """Make a listed run the session's run (its configuration shown), so its actions work."""
+        if self.session.is_running:
+            self._show_notice("A run is in progress: stop it first.")
+            return False
+        if self.session.run.folder is not None and self.session.run.folder.path == Path(path):
+            return True
+        if not self.session.open_run(RunFolder(path)):
+            self.training_panel.show_error(f"{Path(path).name} cannot be opened: its run.json or its dataset "
+                                           f"folder cannot be read.")
+            return False
+        return True
+
+    @Slot(str)
+    def continue_run_of(self, path: str) -> None:
+        if self._open_run(path):
+            self.continue_training()
+
+    @Slot(str)
+    def export_run_of(self, path: str) -> None:
+        if self._open_run(path):
+            self.export_checkpoint()
+
+    @Slot(str)
+    def use_run_configuration(self, path: str) -> None:
+        if self._open_run(path):
+            self._show_notice(f"The configuration of {Path(path).name} is shown: edit it and Start.")
+
+    @Slot(str)
+    def delete_run(self, path: str) -> None:
+        """To the system trash when there is one; else, after a confirmation, removed for good."""
+        running = self.session.run.folder
+        if self.session.is_running and running is not None and running.path == Path(path):
+            self._show_notice("That run is training: stop it first.")
+            return
+        if QFile.moveToTrash(path):
+            self._show_notice(f"Moved {Path(path).name} to the trash.")
+            self.insight_session.refresh_runs()
+            return
+        answer = QMessageBox.question(self, "Delete run", f"There is no trash here. Delete {Path(path).name} "
+                                      f"and all its files for good?")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.insight_session.delete_run(path)
 
     # --- export -------------------------------------------------------------------------------------------
 

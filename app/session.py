@@ -695,10 +695,13 @@ class Session(QObject):
     def restore_latest_run(self) -> bool:
         """After a restart: show the newest run under the runs folder (its configuration, folder
         and outcome), so Continue and Export work on it. False when there is none to show."""
-        if self._run.running:
-            return False
         run = latest_run(self.runs_root)
-        if run is None:
+        return run is not None and self.open_run(run)
+
+    def open_run(self, run: RunFolder) -> bool:
+        """Show a past run (its configuration, folder and outcome), so Continue and Export work on
+        it. False, and nothing changed, when it cannot be shown."""
+        if self._run.running:
             return False
         try:
             record = run.read_record()

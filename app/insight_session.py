@@ -1,0 +1,256 @@
+"""The window's side of insight: every file read and every model run for the Insight and Runs
+tabs happens here, as background tasks, and comes back as signals on the GUI thread.
+
+It lists the runs, reads a run's evaluation (engine.evaluation, from val_predictions.csv) and
+embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.gradcam) and classifies
+tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QImage
+
+from app.run_catalog import (EmbeddingPoint, config_diff, is_deletable_run, list_summaries, read_embeddings,
+                             val_accuracy_curve)
+from app.worker import BackgroundTasks, describe_failure
+from engine.errors import UserError
+from engine.events import BatchEvent, EpochEvent
+from engine.run_folder import RunFolder
+from widgets.gallery import thumbnails
+
+PREVIEW_SIDE = 256
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class RunInsight:
+    """What the Insight tab shows of one run."""
+
+    folder: RunFolder
+    evaluation: object  # engine.evaluation.Evaluation
+    dataset_root: str
+    points: list[EmbeddingPoint] = field(default_factory=list)
+
+
+def qimage_from_pil(image) -> QImage:
+    """A QImage that owns its pixels (made off the GUI thread is fine)."""
+    rgb = image.convert("RGB")
+    data = rgb.tobytes()
+    return QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888).copy()
+
+
+def read_insight(folder: RunFolder) -> RunInsight:
+    """The run's evaluation (from its val_predictions.csv) and embeddings; a UserError says in one
+    line why there are none."""
+    from engine.evaluation import evaluate_run
+
+    evaluation = evaluate_run(folder.path)
+    return RunInsight(folder, evaluation, evaluation.data_root, read_embeddings(folder.embeddings_path))
+
+
+def history_events(lines: list[dict], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:
+    """metrics.jsonl lines as the events the live plots take: one batch point (the epoch's mean
+    training loss and its LRs) and one epoch point each."""
+    events = []
+    for i, line in enumerate(lines):
+        try:
+            epoch = int(line["epoch"])
+            batch = BatchEvent(epoch=epoch, epochs=epochs, step=1, steps=1, global_step=i + 1, total_steps=len(lines),
+                               loss=float(line["train_loss"]), lrs=dict(line.get("lr") or {}),
+                               images_per_second=float(line.get("images_per_second", 0.0)), eta_seconds=0.0)
+            end = EpochEvent(epoch=epoch, epochs=epochs, train_loss=float(line["train_loss"]),
+                             train_accuracy=float(line["train_accuracy"]), val_loss=line.get("val_loss"),
+                             val_accuracy=line.get("val_accuracy"), per_class_accuracy={}, confusion_matrix=[],
+                             seconds=0.0, images_per_second=0.0, data_seconds=0.0, compute_seconds=0.0,
+                             lr=dict(line.get("lr") or {}), trainable_params=0, is_best=bool(line.get("is_best")))
+        except (KeyError, TypeError, ValueError):
+            break  # a line this version cannot read ends the history shown
+        events.append((batch, end))
+    return events
+
+
+class LoadedModels:
+    """One loaded model per file, reused while the file is unchanged. Models are used under one
+    lock: Grad-CAM's hooks and a model shared by two tasks must not interleave."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._models: dict[str, tuple[float, object]] = {}
+
+    def classifier(self, path: Path):
+        """A checkpoint's LoadedClassifier (call with the lock held)."""
+        from engine.predict import load_classifier
+
+        return self._load(path, load_classifier)
+
+    def exported(self, path: Path):
+        from engine.export import load_any
+
+        return self._load(path, load_any)
+
+    def _load(self, path: Path, loader):
+        key = f"{loader.__name__}:{Path(path).resolve()}"
+        stamp = Path(path).stat().st_mtime
+        cached = self._models.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, loader(path))
+            self._models = {key: cached}  # one at a time: models can be large
+        return cached[1]
+
+
+def explain_image(models: LoadedModels, checkpoint: Path, image: str) -> tuple[QImage, str, list[tuple[str, float]]]:
+    """The Grad-CAM overlay of `image` for the checkpoint's predicted class, a caption, the top classes."""
+    from engine.gradcam import explain, overlay
+
+    with models.lock:
+        result = explain(models.classifier(checkpoint), image)
+    ranked = sorted(result.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:TOP_K]
+    caption = f"{Path(image).name}: where it looked for {result.target} ({result.probabilities.get(result.target, 0):.0%})"
+    return qimage_from_pil(overlay(image, result.cam)), caption, ranked
+
+
+def classify_image(models: LoadedModels, model_path: Path, image: str) -> tuple[list[tuple[str, float]], QImage | None, str]:
+    """Top classes of `image`, and for a checkpoint its Grad-CAM overlay; exported files
+    (TorchScript, ONNX, safetensors) give predictions only. A Grad-CAM that fails leaves the
+    prediction standing and says why in the note."""
+    from engine.data import Preprocessing
+    from engine.export import detect_format
+    from engine.predict import preprocess, top_k
+
+    classifier = None
+    with models.lock, torch.no_grad():
+        if detect_format(Path(model_path)) == "pt":
+            try:
+                classifier = models.classifier(Path(model_path))
+            except UserError:
+                pass  # a .pt that is not a checkpoint (an exported one): read as an exported file
+        if classifier is not None:
+            names = classifier.class_names
+            logits = classifier.model(preprocess([Path(image)], classifier.preprocessing))
+        else:
+            exported = models.exported(Path(model_path))
+            names = exported.class_names
+            logits = exported.logits(preprocess([Path(image)], Preprocessing.from_dict(exported.preprocessing)))
+    top = [(t["class"], t["probability"]) for t in top_k(logits, names, TOP_K)[0]]
+    if classifier is None:
+        return top, None, "no Grad-CAM for an exported file"
+    try:
+        overlay, _, _ = explain_image(models, Path(model_path), image)
+    except Exception as exc:  # noqa: BLE001 - the prediction stands; why the heat map is missing is shown
+        return top, None, f"no Grad-CAM ({describe_failure(exc)})"
+    return top, overlay, ""
+
+
+def preview_image(path: str) -> QImage | None:
+    from widgets.data_panel import make_thumbnail
+
+    return make_thumbnail(path, PREVIEW_SIDE)
+
+
+class InsightSession(QObject):
+    runs_listed = Signal(list)  # RunSummary rows, newest first
+    insight_ready = Signal(object)  # RunInsight
+    insight_missing = Signal(str)  # why the chosen run has no insight
+    thumbnails_ready = Signal(dict)  # absolute path -> QImage (None: did not decode)
+    preview_ready = Signal(object, str)  # QImage or None, caption
+    prediction_ready = Signal(str, list, object, str)  # image, [(class, probability)], overlay or None, note
+    prediction_failed = Signal(str)
+    history_ready = Signal(str, list)  # run folder, [(BatchEvent, EpochEvent)]
+    comparison_ready = Signal(dict, list, list)  # {name: (epochs, accuracies)}, config diff, names
+    run_deleted = Signal(str)
+    failed = Signal(str)  # one line for the status bar
+
+    def __init__(self, tasks: BackgroundTasks, runs_root: Path, parent=None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self.runs_root = Path(runs_root)
+        self.models = LoadedModels()
+        self.shown: RunFolder | None = None  # the run whose insight is shown
+        self.try_model: Path | None = None  # chosen by the person; None: the shown run's checkpoint
+
+    def refresh_runs(self) -> None:
+        root = self.runs_root
+        self.tasks.submit("runs", lambda: list_summaries(root), self.runs_listed.emit, self.failed.emit)
+
+    def open_insight(self, folder: RunFolder) -> None:
+        self.shown = folder
+        self.tasks.submit("insight", lambda: read_insight(folder), self.insight_ready.emit, self.insight_missing.emit)
+
+    def load_history(self, folder: RunFolder) -> None:
+        def job():
+            epochs = folder.load_config().train.epochs
+            return str(folder.path), history_events(folder.read_metrics(), epochs)
+
+        self.tasks.submit("history", job, lambda r: self.history_ready.emit(*r), self.failed.emit)
+
+    def want_thumbnails(self, paths: list[str]) -> None:
+        stop_early = self.tasks.obsolete("gallery")
+        self.tasks.submit("gallery", lambda: thumbnails(paths, stop_early), self.thumbnails_ready.emit,
+                          self.failed.emit)
+
+    def show_image(self, path: str) -> None:
+        self.tasks.submit("preview", lambda: preview_image(path),
+                          lambda image: self.preview_ready.emit(image, Path(path).name), self.failed.emit)
+
+    def explain(self, image: str) -> None:
+        folder = self.shown
+        if folder is None or not folder.has_checkpoint():
+            self.preview_ready.emit(None, "No checkpoint for this run: Grad-CAM needs the run's best weights.")
+            return
+        models = self.models
+        self.tasks.submit("gradcam", lambda: explain_image(models, folder.checkpoint_path, image),
+                          lambda r: self.preview_ready.emit(r[0], r[1]),
+                          lambda message: self.preview_ready.emit(None, f"Grad-CAM failed: {message}"))
+
+    def set_try_model(self, path: str) -> None:
+        self.try_model = Path(path)
+
+    def try_model_path(self) -> Path | None:
+        if self.try_model is not None:
+            return self.try_model
+        if self.shown is not None and self.shown.has_checkpoint():
+            return self.shown.checkpoint_path
+        return None
+
+    def try_image(self, image: str) -> None:
+        model = self.try_model_path()
+        if model is None:
+            self.prediction_failed.emit("No model to try: train a run, select one in Runs, or choose a model file.")
+            return
+        models = self.models
+        self.tasks.submit("try", lambda: classify_image(models, model, image),
+                          lambda r: self.prediction_ready.emit(image, r[0], r[1], r[2]), self.prediction_failed.emit)
+
+    def compare(self, paths: list[str]) -> None:
+        def job():
+            folders = [RunFolder(p) for p in paths]
+            curves = {f.path.name: val_accuracy_curve(f) for f in folders}
+            diff = config_diff([f.read_record()["config"] for f in folders])
+            return curves, diff, [f.path.name for f in folders]
+
+        self.tasks.submit("compare", job, lambda r: self.comparison_ready.emit(*r), self.failed.emit)
+
+    def delete_run(self, path: str) -> None:
+        """Remove a run folder for good (after the person confirmed): only a run folder directly
+        under the runs folder that no training holds."""
+        root = self.runs_root
+
+        def job():
+            problem = is_deletable_run(Path(path), root)
+            if problem:
+                raise UserError(problem)
+            shutil.rmtree(path)
+            return path
+
+        self.tasks.submit("delete", job, self._on_deleted, self.failed.emit)
+
+    def _on_deleted(self, path: str) -> None:
+        self.run_deleted.emit(path)
+        self.refresh_runs()

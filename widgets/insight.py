@@ -1,0 +1,208 @@
+"""The Insight tab: what the model learned and where it fails, for one run.
+
+The confusion matrix (a heat map with counts), per-class precision/recall/F1, the most-confused
+pairs, and three views below: the gallery of the clicked cell (with a Grad-CAM overlay on demand),
+the embeddings map, and "Try an image". It shows what it is given (an evaluation, embedding
+points, images made elsewhere) and asks for the rest through signals; it reads no file itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
+                               QTableView, QTabWidget, QVBoxLayout, QWidget)
+
+from widgets.confusion import ConfusionMatrixModel, PerClassModel, confused_pairs_text
+from widgets.embedding_plot import EmbeddingPlot
+from widgets.gallery import GalleryModel, GalleryView
+from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
+
+CELL_SIDE = 34
+EMPTY_TEXT = "Insight appears here when a run finishes, or when you select a past run in Runs."
+
+
+def _table(name: str, model, tip: str) -> QTableView:
+    view = QTableView()
+    view.setObjectName(name)
+    view.setModel(model)
+    view.setToolTip(tip)
+    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    return view
+
+
+class InsightView(QWidget):
+    thumbnails_wanted = Signal(list)  # absolute image paths to decode
+    explain_requested = Signal(str)  # absolute image path: its Grad-CAM overlay is wanted
+    image_wanted = Signal(str)  # absolute image path: show it (a point of the embeddings map)
+    try_image_requested = Signal(str)
+    try_model_chosen = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("insightView")
+        self.setAcceptDrops(True)
+        self._evaluation = None
+        self._root = Path()
+        self.summary = QLabel(EMPTY_TEXT)
+        self.summary.setObjectName("insightSummaryLabel")
+        self.summary.setWordWrap(True)
+        self.matrix_model = ConfusionMatrixModel(self)
+        self.matrix_view = _table("confusionMatrixView", self.matrix_model,
+                                  "Rows: true class; columns: predicted class. Click a cell to see its images.")
+        self.matrix_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        for header in (self.matrix_view.horizontalHeader(), self.matrix_view.verticalHeader()):
+            header.setDefaultSectionSize(CELL_SIDE)
+            header.setMinimumSectionSize(CELL_SIDE)
+        self.matrix_view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.matrix_view.clicked.connect(lambda index: self.show_cell(index.row(), index.column()))
+        self.per_class_model = PerClassModel(self)
+        self.per_class_view = _table("perClassTable", self.per_class_model,
+                                     "Precision: of the images predicted as the class, the share that are. "
+                                     "Recall: of the class's images, the share found. Support: its images.")
+        self.per_class_view.verticalHeader().setVisible(False)
+        self.per_class_view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.pairs = QLabel("")
+        self.pairs.setObjectName("mostConfusedLabel")
+        self.pairs.setWordWrap(True)
+        self.gallery_model = GalleryModel(self)
+        self.gallery_model.thumbnails_wanted.connect(self.thumbnails_wanted)
+        self.gallery = GalleryView(self.gallery_model)
+        self.gallery.explain_requested.connect(self._explain)
+        self.cell_label = QLabel("Click a cell of the matrix to see its images, highest loss first.")
+        self.cell_label.setObjectName("galleryCellLabel")
+        self.cell_label.setWordWrap(True)
+        self.cam_button = QPushButton("Grad-CAM")
+        self.cam_button.setObjectName("gradCamButton")
+        self.cam_button.setToolTip("Where the model looked for the selected image's prediction (computed in the "
+                                   "background from the run's best checkpoint).")
+        self.cam_button.clicked.connect(self.gallery.explain_current)
+        self.preview = QLabel()
+        self.preview.setObjectName("camOverlayLabel")
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setMinimumWidth(OVERLAY_SIDE // 2)
+        self.preview_caption = QLabel("")
+        self.preview_caption.setWordWrap(True)
+        self.embeddings = EmbeddingPlot()
+        self.embeddings.point_chosen.connect(lambda rel: self.image_wanted.emit(str(self._root / rel)))
+        self.try_panel = TryImagePanel()
+        self.try_panel.image_chosen.connect(self.try_image_requested)
+        self.try_panel.model_chosen.connect(self.try_model_chosen)
+        self._build_layout()
+
+    def _build_layout(self) -> None:
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        side_layout.addWidget(self.summary)
+        side_layout.addWidget(self.per_class_view, 1)
+        side_layout.addWidget(self.pairs)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.matrix_view)
+        top.addWidget(side)
+        images = QWidget()
+        images_layout = QHBoxLayout(images)
+        images_layout.setContentsMargins(0, 0, 0, 0)
+        left = QVBoxLayout()
+        left.addWidget(self.cell_label)
+        left.addWidget(self.gallery, 1)
+        images_layout.addLayout(left, 2)
+        right = QVBoxLayout()
+        right.addWidget(self.cam_button)
+        right.addWidget(self.preview, 1)
+        right.addWidget(self.preview_caption)
+        images_layout.addLayout(right, 1)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("insightTabs")
+        self.tabs.addTab(images, "Images")
+        self.tabs.addTab(self.embeddings, "Embeddings")
+        self.tabs.addTab(self.try_panel, "Try an image")
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(self.tabs)
+        split.setChildrenCollapsible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(split)
+
+    # --- what the window tells it ------------------------------------------------------------------
+
+    def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
+        """An engine.evaluation.Evaluation of a run's validation set (paths relative to the root)."""
+        self._evaluation, self._root = evaluation, Path(dataset_root)
+        names = list(evaluation.class_names)
+        self.matrix_model.set_matrix(names, evaluation.confusion_matrix)
+        self.per_class_model.set_per_class(names, evaluation.per_class)
+        self.pairs.setText(confused_pairs_text(list(evaluation.most_confused)))
+        total = self.matrix_model.total()
+        self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
+                             f"{evaluation.balanced_accuracy:.1%} on {total} validation images")
+        self.gallery_model.set_records([], self._root)
+        self.cell_label.setText("Click a cell of the matrix to see its images, highest loss first.")
+        self._show_first_confusion()
+
+    def show_embeddings(self, points: list) -> None:
+        names = self.matrix_model.class_names()
+        if points:
+            self.embeddings.show_points(points, names)
+        else:
+            self.embeddings.clear_points()
+
+    def show_missing(self, message: str) -> None:
+        """No insight for this run (none recorded, or it could not be read)."""
+        self._evaluation = None
+        self.matrix_model.set_matrix([], [])
+        self.per_class_model.set_per_class([], {})
+        self.gallery_model.set_records([], self._root)
+        self.embeddings.clear_points()
+        self.pairs.setText("")
+        self.summary.setText(message or EMPTY_TEXT)
+
+    def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
+        self.gallery_model.add_thumbnails(images)
+
+    def show_preview(self, image: QImage | None, caption: str) -> None:
+        show_image(self.preview, image)
+        self.preview_caption.setText(caption)
+
+    # --- the person's choices --------------------------------------------------------------------------
+
+    def show_cell(self, row: int, column: int) -> None:
+        """Fill the gallery with the images of true class `row` predicted as `column`."""
+        if self._evaluation is None:
+            return
+        names = self.matrix_model.class_names()
+        true, pred = names[row], names[column]
+        records = [r for r in self._evaluation.records if r.true == true and r.pred == pred]
+        self.gallery_model.set_records(records, self._root)
+        what = "correctly classified" if row == column else f"predicted as {pred}"
+        self.cell_label.setText(f"{len(records)} image(s) of {true} {what}, highest loss first")
+        self.matrix_view.setCurrentIndex(self.matrix_model.index(row, column))
+        self.tabs.setCurrentIndex(0)
+
+    def _show_first_confusion(self) -> None:
+        """Open on the worst cell: the largest off-diagonal count, else the first class."""
+        matrix = self.matrix_model
+        cells = [(matrix.index(r, c).data(), r, c) for r in range(matrix.rowCount()) for c in range(matrix.columnCount())
+                 if r != c]
+        count, row, column = max(cells, default=(0, 0, 0))
+        if count == 0:
+            row = column = 0
+        if matrix.rowCount():
+            self.show_cell(row, column)
+
+    def _explain(self, path: str) -> None:
+        self.preview_caption.setText(f"Grad-CAM of {Path(path).name}…")
+        self.explain_requested.emit(path)
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if image_files([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+        files = image_files([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
+        if files:
+            self.tabs.setCurrentWidget(self.try_panel)
+            self.try_image_requested.emit(files[0])

@@ -1,0 +1,235 @@
+"""The Runs tab: every run in the workspace, its actions, and a comparison of the runs selected.
+
+It shows what it is given (RunSummary rows, curves, a configuration diff) and says what the person
+asks for through signals carrying run folder paths; it reads no file itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyqtgraph as pg
+from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
+                               QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from app.run_catalog import RunSummary
+from widgets.plots import distinct_colours
+
+STATUS_COLOURS = {"finished": "#2e7d32", "stopped": "#8a6d00", "failed": "#c62828", "running": "#1565c0",
+                  "interrupted": "#b26a00"}
+STATUS_TIPS = {
+    "finished": "Trained every epoch asked for (or stopped early when validation stopped improving).",
+    "stopped": "Stopped by you; Continue goes on from the last completed epoch.",
+    "failed": "Ended by an error; run.json says which.",
+    "running": "Training now.",
+    "interrupted": "Marked running, but no process holds it: the program was closed or killed mid-run. "
+                   "Continue goes on from the last completed epoch.",
+}
+
+
+class RunsModel(QAbstractTableModel):
+    """One row per run folder, newest first."""
+
+    HEADERS = ("Date", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._runs: list[RunSummary] = []
+
+    def set_runs(self, runs: list[RunSummary]) -> None:
+        self.beginResetModel()
+        self._runs = list(runs)
+        self.endResetModel()
+
+    def run(self, row: int) -> RunSummary:
+        return self._runs[row]
+
+    def runs(self) -> list[RunSummary]:
+        return list(self._runs)
+
+    def row_of(self, path: Path) -> int:
+        return next((i for i, r in enumerate(self._runs) if r.path == Path(path)), -1)
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
+        return 0 if parent.isValid() else len(self._runs)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        run, column = self._runs[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(run, column)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return STATUS_TIPS.get(run.status, "") if column == 5 else str(run.path)
+        if role == Qt.ItemDataRole.ForegroundRole and column == 5:
+            return QColor(STATUS_COLOURS.get(run.status, "#000000"))
+        if role == Qt.ItemDataRole.UserRole:
+            return str(run.path)
+        return None
+
+    @staticmethod
+    def _text(run: RunSummary, column: int) -> str:
+        if column == 0:
+            return run.started
+        if column == 1:
+            return run.arch
+        if column == 2:
+            return run.strategy
+        if column == 3:
+            return f"{run.epochs_run}/{run.epochs_planned}"
+        if column == 4:
+            return "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
+        return run.status
+
+
+class RunsView(QWidget):
+    """The runs table, its actions, and the comparison of two or more selected runs."""
+
+    selection_changed = Signal(list)  # the selected runs' paths (str), in table order
+    continue_requested = Signal(str)
+    export_requested = Signal(str)
+    open_folder_requested = Signal(str)
+    use_configuration_requested = Signal(str)
+    delete_requested = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.model = RunsModel(self)
+        self.table = QTableView()
+        self.table.setObjectName("runsList")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setToolTip("Every run in the runs folder. Select one to see its curves and insight; "
+                              "select two or more (Ctrl/Shift-click) to compare them.")
+        self.table.selectionModel().selectionChanged.connect(self._on_selection)
+        self.buttons = {}
+        row = QHBoxLayout()
+        for key, text, tip, signal in (
+                ("continue", "Continue", "Train the selected run on, from its last completed epoch, "
+                 "up to the Epochs setting.", self.continue_requested),
+                ("export", "Export…", "Export the selected run's best checkpoint.", self.export_requested),
+                ("open", "Open folder", "Show the run's folder in the file manager.", self.open_folder_requested),
+                ("use", "Use this configuration", "Make the selected run's dataset, model, plan and settings the "
+                 "ones shown, to edit and train again.", self.use_configuration_requested),
+                ("delete", "Delete", "Move the run's folder to the trash.", self.delete_requested)):
+            button = QPushButton(text)
+            button.setObjectName(f"run{key.capitalize()}Button")
+            button.setToolTip(tip)
+            button.clicked.connect(lambda _=False, s=signal: self._emit_for_current(s))
+            row.addWidget(button)
+            self.buttons[key] = button
+        row.addStretch(1)
+        self.detail = QLabel("No runs yet: the runs you train are listed here.")
+        self.detail.setObjectName("runDetailLabel")
+        self.detail.setWordWrap(True)
+        self.compare_plot = pg.PlotWidget()
+        self.compare_plot.setObjectName("compareRunsPlot")
+        self.compare_plot.setBackground("w")
+        self.compare_plot.setTitle("Validation accuracy of the selected runs", color=(80, 86, 96), size="9pt")
+        self.compare_plot.setLabel("bottom", "epoch")
+        self.compare_plot.setYRange(0, 1)
+        self.compare_plot.addLegend(offset=(-5, 5))
+        self.compare_plot.setMinimumHeight(120)
+        self.diff_table = QTableWidget()
+        self.diff_table.setObjectName("configDiffTable")
+        self.diff_table.setToolTip("The configuration keys whose values differ between the selected runs.")
+        self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        compare = QSplitter(Qt.Orientation.Horizontal)
+        compare.addWidget(self.compare_plot)
+        compare.addWidget(self.diff_table)
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addWidget(self.table, 1)
+        top_layout.addLayout(row)
+        top_layout.addWidget(self.detail)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(compare)
+        split.setChildrenCollapsible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(split)
+        self._update_buttons()
+
+    # --- what the window tells it ------------------------------------------------------------------
+
+    def show_runs(self, runs: list[RunSummary]) -> None:
+        """New rows; the selection (by folder) survives a refresh."""
+        selected = self.selected_paths()
+        self.model.set_runs(runs)
+        selection = self.table.selectionModel()
+        for path in selected:
+            row = self.model.row_of(Path(path))
+            if row >= 0:
+                selection.select(self.model.index(row, 0), QItemSelectionModel.SelectionFlag.Select
+                                 | QItemSelectionModel.SelectionFlag.Rows)
+        if not runs:
+            self.detail.setText("No runs yet: the runs you train are listed here.")
+        self._update_buttons()
+
+    def select_run(self, path: str | Path) -> bool:
+        row = self.model.row_of(Path(path))
+        if row < 0:
+            return False
+        self.table.selectRow(row)
+        return True
+
+    def show_detail(self, text: str) -> None:
+        self.detail.setText(text)
+
+    def show_comparison(self, curves: dict[str, tuple[list[int], list[float]]],
+                        diff: list[tuple[str, list[str]]], names: list[str]) -> None:
+        """Overlay each run's validation accuracy; list the keys that differ (one column per run)."""
+        self.compare_plot.clear()
+        for (name, (epochs, values)), colour in zip(curves.items(), distinct_colours(len(curves))):
+            self.compare_plot.plot(epochs, values, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5,
+                                   symbolBrush=colour, name=name)
+        self.diff_table.clear()
+        self.diff_table.setColumnCount(1 + len(names))
+        self.diff_table.setHorizontalHeaderLabels(["Setting"] + names)
+        self.diff_table.setRowCount(len(diff))
+        for r, (key, values) in enumerate(diff):
+            self.diff_table.setItem(r, 0, QTableWidgetItem(key))
+            for c, value in enumerate(values, start=1):
+                self.diff_table.setItem(r, c, QTableWidgetItem(value))
+        self.diff_table.resizeColumnsToContents()
+
+    def selected_paths(self) -> list[str]:
+        rows = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        return [str(self.model.run(r).path) for r in rows]
+
+    # --- the person's choices --------------------------------------------------------------------------
+
+    def _on_selection(self, *_) -> None:
+        self._update_buttons()
+        self.selection_changed.emit(self.selected_paths())
+
+    def _update_buttons(self) -> None:
+        selected = [self.model.run(self.model.row_of(Path(p))) for p in self.selected_paths()]
+        one = selected[0] if len(selected) == 1 else None
+        for button in self.buttons.values():
+            button.setEnabled(one is not None)
+        if one is not None:
+            busy = one.status == "running"
+            for key in ("continue", "export", "use", "delete"):
+                self.buttons[key].setEnabled(not busy)
+
+    def _emit_for_current(self, signal) -> None:
+        paths = self.selected_paths()
+        if len(paths) == 1:
+            signal.emit(paths[0])
