@@ -123,6 +123,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=_number("data.val_fraction"), default=DataConfig().val_fraction)
     p.add_argument("--workers", type=_number("data.num_workers"), default=None, help="data loader workers (default: automatic)")
     p.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
+    p.add_argument("--feature-views", type=_number("train.feature_views"), default=t.feature_views,
+                   help="frozen trunk with augmentation: cache the trunk features of this many augmented views "
+                        "per image, one drawn per epoch (0: augmented images through the trunk every epoch)")
+    p.add_argument("--adapt-norm", action="store_true",
+                   help="adapt normalization statistics (AdaBN): re-estimate BatchNorm statistics on the training "
+                        "images before training; for data far from the weights' (e.g. digits vs ImageNet)")
     p.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", choices=PRECISIONS, default=t.precision)
     p.add_argument("--cudnn-benchmark", action="store_true",
@@ -262,6 +268,7 @@ _TRAIN_FLAGS = {
     "precision": ("train", "precision"), "cudnn_benchmark": ("train", "cudnn_benchmark"),
     "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
     "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
+    "feature_views": ("train", "feature_views"), "adapt_norm": ("train", "adapt_norm"),
     "class_weights": ("train", "class_weights"),
 }
 _NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off

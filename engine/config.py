@@ -23,7 +23,7 @@ AUGMENTATIONS = ("none", "light", "standard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual")
-PRECISIONS = ("auto", "off", "bf16", "fp16")
+PRECISIONS = ("auto", "off", "fp32", "bf16", "fp16")  # "fp32" is another name for "off"
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/class_weights.py decides what auto means
 PROJECT_FORMAT_VERSION = 1
 
@@ -82,7 +82,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
     channels_last: bool = True  # only used on CUDA
     cudnn_benchmark: bool = False  # autotuning costs seconds per layer shape up front; pays only on long runs
     compile: bool = False  # torch.compile the model: slow first steps, faster later ones
@@ -90,6 +90,8 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0: off
     max_batch_events_per_second: float = 20.0
     telemetry: bool = True  # per-module gradient norm and update ratio, sampled about twice a second
+    feature_views: int = 6  # frozen trunk + augmentation: cache this many augmented views per image (0: no cache)
+    adapt_norm: bool = False  # AdaBN: re-estimate BatchNorm statistics on the training images first
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
 
 
@@ -190,6 +192,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "train.seed": NumberRule("seed", int, 0, SEED_MAX),
     "train.early_stopping_patience": NumberRule("early-stopping patience (0: off)", int, 0),
     "train.max_batch_events_per_second": NumberRule("batch events per second", float, 0, low_open=True),
+    "train.feature_views": NumberRule("feature views", int, 0, 64),
     "lr": NumberRule("LR", float, 0, low_open=True),
     "export.tolerance": NumberRule("tolerance", float, 0),
     "export.parity_images": NumberRule("parity images", int, 1),

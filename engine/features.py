@@ -2,6 +2,10 @@
 image never changes (frozen norm layers are in eval mode, no augmentation), so compute it once
 and train the head on the cached vectors: an epoch then costs milliseconds instead of a full
 forward pass over every image.
+
+With augmentation on, the trunk's output for one augmented view never changes either: compute V
+views of every training image once and let each epoch draw one view per image (validation uses
+the plain view). V forward passes instead of one per epoch, and the head still sees varied inputs.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .batches import FeatureBatches
 from .checkpoint import atomic_torch_save, safe_torch_load
 from .data import Preprocessing, Sample, normalize_batch
 from .errors import UserError
@@ -24,10 +29,13 @@ from .paths import cache_dir
 from .plan import Plan
 
 MAX_CACHED_FEATURE_SETS = 20
+FEATURE_MEMORY_FRACTION = 0.25  # augmented views may fill this share of the machine's memory
 
 
-def feature_cache_decision(info: ModelInfo, plan: Plan, augment: str, enabled: bool) -> tuple[bool, str]:
-    """Whether the head can train on cached features, and why (shown to the person)."""
+def feature_cache_decision(info: ModelInfo, plan: Plan, augment: str, enabled: bool,
+                           views: int = 0) -> tuple[bool, str]:
+    """Whether the head can train on cached features, and why (shown to the person). With
+    augmentation on, `views` augmented views per image are cached (0: none, images every epoch)."""
     if not enabled:
         return False, "feature cache off (setting)"
     if not info.head_is_linear:
@@ -43,9 +51,18 @@ def feature_cache_decision(info: ModelInfo, plan: Plan, augment: str, enabled: b
             eff = plan.effective(layer.name)
             if eff.train_norm:
                 return False, "feature cache off: frozen norm layers update their statistics"
+    if augment != "none" and not views:
+        return False, (f"feature cache off: augmentation '{augment}' changes every epoch's inputs and feature "
+                       f"views is 0 (choose 'none', or 1 or more views, to cache)")
     if augment != "none":
-        return False, f"feature cache off: augmentation '{augment}' changes every epoch's inputs (choose 'none' to cache)"
+        return True, augmented_views_note(views, augment)
     return True, "feature cache on: trunk computed once, head trained on cached features"
+
+
+def augmented_views_note(views: int, augment: str) -> str:
+    return (f"trunk features of {views} augmented view{'s' if views != 1 else ''} per image, cached: the trunk is "
+            f"frozen and augmentation '{augment}' is on, so each epoch draws one view per image "
+            f"(validation uses the plain view)")
 
 
 @contextmanager
@@ -95,13 +112,90 @@ def compute_features(model: nn.Module, head: str, loader, prep: Preprocessing, d
     return torch.cat(feats), torch.cat(labels)
 
 
+# --- augmented views -------------------------------------------------------------------------
+
+
+def feature_memory_budget() -> int:
+    """Bytes the augmented views of one run may take in memory."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a modest machine
+        physical = 8 * 2**30
+    return int(physical * FEATURE_MEMORY_FRACTION)
+
+
+def compute_feature_views(views: int, seed: int, loader_for_seed: Callable[[int], object],
+                          progress: Callable[[int, int, int], None] | None = None,
+                          budget_bytes: int | None = None, **compute):
+    """((V, N, D) features of V augmented views, labels (N,), note or None) for the training
+    images; None when stopped. Each view's augmentation is seeded (seed, view), so the same
+    settings give the same views. When V views would exceed the memory budget, fewer are
+    computed and the note says so. `compute` is compute_features' keyword arguments."""
+    budget = feature_memory_budget() if budget_bytes is None else budget_bytes
+    stacked = labels = None
+    wanted = views
+    view = 0
+    while view < views:
+        view_seed = seed * 1009 + view  # one augmentation stream per view, not per epoch
+        with torch.random.fork_rng(devices=[]):  # augmentation in this process uses the global RNG
+            torch.manual_seed(view_seed)
+            result = compute_features(loader=loader_for_seed(view_seed),
+                                      progress=(lambda d, t, v=view: progress(v + 1, d, t)) if progress else None,
+                                      **compute)
+        if result is None:
+            return None
+        feats, view_labels = result
+        if stacked is None:
+            per_view = max(1, feats.numel() * feats.element_size())
+            views = max(1, min(views, budget // per_view))
+            stacked = torch.empty((views, *feats.shape), dtype=feats.dtype)
+            labels = view_labels
+        elif not torch.equal(view_labels, labels):
+            raise UserError("the training images changed while their features were computed; start the run again")
+        stacked[view] = feats
+        view += 1
+    note = None
+    if views < wanted:
+        note = (f"{views} of {wanted} views kept: {wanted} would take {wanted * per_view / 2**30:.1f} GiB, over the "
+                f"{budget / 2**30:.1f} GiB budget for cached features")
+    return stacked, labels, note
+
+
+def draw_views(views: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """(N, D): one of the V cached views for each image, a function of (seed, epoch) alone, so a
+    resumed run draws what the uninterrupted one would have."""
+    count, n = views.shape[0], views.shape[1]
+    # A different stream from epoch_order's (seed * 100_003 + epoch), so order and views are independent.
+    generator = torch.Generator().manual_seed(seed * 100_019 + epoch + 1_000_003)
+    pick = torch.randint(count, (n,), generator=generator)
+    return views[pick, torch.arange(n)]
+
+
+class AugmentedFeatureBatches(FeatureBatches):
+    """Cached features of V augmented views per training image; each epoch trains the head on
+    one view per image (drawn by draw_views) and validates on the plain view's features."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, val, batch_size: int, seed: int,
+                 device: torch.device) -> None:
+        super().__init__((views[0], labels), val, batch_size, seed, device)
+        self.views = views
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        drawn = FeatureBatches((draw_views(self.views, self.seed, epoch), self.train[1]), None,
+                               self.batch_size, self.seed, self.device)
+        return drawn.train_batches(epoch)
+
+
 # --- the disk cache ---------------------------------------------------------------------------
 
 
 def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, seed: int, head: str,
-                      prep: Preprocessing, precision: str, device_type: str) -> str:
+                      prep: Preprocessing, precision: str, device_type: str, augment: str = "none",
+                      views: int = 0, adapt_norm_batch: int = 0) -> str:
     """Changes when anything that shapes the features changes: each file (path, size, mtime),
-    the architecture, the weights file, the preprocessing, the precision and device kind."""
+    the architecture, the weights file, the preprocessing, the precision and device kind, the
+    augmented views (augmentation and V) and normalization statistics adapted to the data
+    (`adapt_norm_batch`: AdaBN's batch size, which its averages depend on; 0: not adapted)."""
     digest = hashlib.sha256()
     if weights == "imagenet":
         weights_file = weights_cache_path(arch)
@@ -112,7 +206,8 @@ def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, see
     identity = {"version": 1, "arch": arch, "weights": weights, "head": head, "prep": prep.to_dict(),
                 "precision": precision, "device": device_type, "torch": torch.__version__,
                 "seed": seed if weights_file is None else None,
-                "weights_file": _file_identity(weights_file) if weights_file else None}
+                "weights_file": _file_identity(weights_file) if weights_file else None,
+                "views": [augment, views] if views else None, "adapt_norm": adapt_norm_batch or None}
     digest.update(json.dumps(identity, sort_keys=True).encode())
     for sample in samples:
         digest.update(json.dumps([sample.path, sample.label, _file_identity(Path(sample.path))]).encode())

@@ -14,7 +14,7 @@ from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from engine.events import BatchEvent, EpochEvent, FitResult, format_duration
 from widgets.layer_tree import ScientificSpinBox
 
-PRECISION_CHOICES = (("Auto (bf16/fp16 on GPU)", "auto"), ("Off (fp32)", "off"), ("bf16", "bf16"), ("fp16", "fp16"))
+PRECISION_CHOICES = (("Auto (GPU; CPU with native bf16)", "auto"), ("Off (fp32)", "off"), ("bf16", "bf16"), ("fp16", "fp16"))
 HOW_IT_ENDED = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}
 
 
@@ -85,7 +85,9 @@ class TrainingPanel(QGroupBox):
         self.warmup_spin.valueChanged.connect(lambda v: self.train_edited.emit({"warmup_epochs": v}))
         self.device_combo = combo("deviceCombo", devices, "Where training runs.", "device")
         self.precision_combo = combo("precisionCombo", PRECISION_CHOICES,
-                                     "Mixed precision on CUDA: bf16 where supported, else fp16 with loss scaling.",
+                                     "Mixed precision. Auto: on CUDA bf16 where supported, else fp16 with loss scaling; "
+                                     "on a CPU with native bf16 (AVX512-BF16, AMX) bf16, elsewhere fp32. "
+                                     "Checkpoints are always saved in fp32.",
                                      "precision")
         self.seed_spin = spin("seedSpin", 0, 2**31 - 1, t.seed, "Seed for the split, initialisation and augmentation.",
                               "seed")
@@ -93,16 +95,30 @@ class TrainingPanel(QGroupBox):
         self.compile_check.setObjectName("compileCheck")
         self.compile_check.setToolTip("torch.compile the model first: the first steps take much longer, later ones run faster.")
         self.compile_check.toggled.connect(lambda on: self.train_edited.emit({"compile": on}))
+        self.feature_views_spin = spin(
+            "featureViewsSpin", 0, 64, t.feature_views,
+            "Frozen trunk with augmentation: the trunk's features of this many augmented views of every image are "
+            "computed once, and each epoch trains the head on one of them per image. 0: augmented images go "
+            "through the trunk every epoch (slow).", "feature_views")
+        self.adapt_norm_check = QCheckBox("Adapt normalization statistics")
+        self.adapt_norm_check.setObjectName("adaptNormCheck")
+        self.adapt_norm_check.setToolTip(
+            "AdaBN: before training, one pass over the training images re-estimates every BatchNorm layer's "
+            "statistics (no weight changes). Turn on when the images are far from the weights' data "
+            "(e.g. digits, X-rays vs ImageNet photos); leave off for everyday photos.")
+        self.adapt_norm_check.toggled.connect(lambda on: self.train_edited.emit({"adapt_norm": on}))
         self._editors = (self.epochs_spin, self.batch_spin, self.optimizer_combo, self.base_lr_spin,
                          self.weight_decay_spin, self.schedule_combo, self.warmup_spin, self.device_combo,
-                         self.precision_combo, self.seed_spin, self.compile_check)
+                         self.precision_combo, self.seed_spin, self.compile_check, self.feature_views_spin,
+                         self.adapt_norm_check)
 
         form = QGridLayout()
         rows = ((("Epochs", self.epochs_spin), ("Batch size", self.batch_spin)),
                 (("Optimizer", self.optimizer_combo), ("Base LR", self.base_lr_spin)),
                 (("Weight decay", self.weight_decay_spin), ("Schedule", self.schedule_combo)),
                 (("Warm-up", self.warmup_spin), ("Seed", self.seed_spin)),
-                (("Device", self.device_combo), ("Precision", self.precision_combo)))
+                (("Device", self.device_combo), ("Precision", self.precision_combo)),
+                (("Feature views", self.feature_views_spin), ("", self.adapt_norm_check)))
         for r, pairs in enumerate(rows):
             for c, (label, widget) in enumerate(pairs):
                 form.addWidget(QLabel(label), r, 2 * c)
@@ -183,6 +199,8 @@ class TrainingPanel(QGroupBox):
             self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(t.precision)))
             self.seed_spin.setValue(t.seed)
             self.compile_check.setChecked(t.compile)
+            self.feature_views_spin.setValue(t.feature_views)
+            self.adapt_norm_check.setChecked(t.adapt_norm)
         finally:
             for widget in self._editors:
                 widget.blockSignals(False)
