@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
                            CLASS_WEIGHTS, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
-from engine.errors import RunFailed, UserError
+from engine.errors import RunFailed, UserError, out_of_memory_message
 from engine.export import ParityError
 
 from app import cli_guidance, cli_insight
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--depth", type=_number("layers.depth"), default=None, help="show modules down to this depth")
     layers.add_argument("--json", action="store_true")
     _add_plan_args(layers)
+    cli_guidance.add_preview_args(layers, _number)
 
     train = sub.add_parser("train", help="train a classifier on a folder of images")
     _add_train_args(train)
@@ -209,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ntransfer-studio: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        message = out_of_memory_message(exc, command)
+        if message is None:
+            raise  # not about memory: a bug, and its traceback is needed
+        print(f"transfer-studio: error: {message}", file=sys.stderr)
+        return 1
 
 
 def _gui(data: str | None, project: str | None) -> int:
@@ -234,6 +241,8 @@ def _layers(args) -> int:
     built = build_model(args.model, args.classes, args.weights)
     plan = build_plan(_plan_config(args), built.info)
     report = describe_plan(built.info, plan, args.weight_decay)
+    if args.preview:
+        report.update(cli_guidance.layers_schedule(args, built, plan))
     if args.json:
         print(json.dumps(report))
         return 0
@@ -252,6 +261,8 @@ def _layers(args) -> int:
     print("\n" + summary_line(report))
     for g in report["param_groups"]:
         print(f"  lr {g['lr']:.3g}  wd {g['weight_decay']:g}  {len(g['params'])} tensors  ({g['label']})")
+    if args.preview:
+        cli_guidance.print_schedule(report["schedule"])
     return 0
 
 

@@ -162,10 +162,12 @@ class NumberRule:
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if not (too_low or too_high):
             return None
+        if self.unit and too_low and not self.low_open:  # "at least 16 px", "at most 2048 px"
+            return f"at least {_num(self.low)} {self.unit}"
+        if self.unit and too_high and not self.high_open:
+            return f"at most {_num(self.high)} {self.unit}"
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
-        if self.low is not None and self.unit and not self.low_open:
-            return f"at least {_num(self.low)} {self.unit}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {_num(self.low)}"
         return f"{'<' if self.high_open else '<='} {_num(self.high)}"
@@ -178,7 +180,8 @@ def _num(value: float) -> str:
 # Every number a person can set, wherever they set it: CLI options, project files, the window.
 NUMBER_RULES: dict[str, NumberRule] = {
     "data.val_fraction": NumberRule("val fraction", float, 0, 1, high_open=True),
-    "data.image_size": NumberRule("image size", int, 16, unit="px"),
+    # Upper bounds refuse sizes no memory holds (a 10000 px batch of 8 needs ~10 GB before the model).
+    "data.image_size": NumberRule("image size", int, 16, 2048, unit="px"),
     "data.num_workers": NumberRule("loader workers", int, 0),
     "data.decoded_cache_mb": NumberRule("decoded cache budget (MB)", int, 0),
     "plan.base_lr": NumberRule("base LR", float, 0, low_open=True),
@@ -198,10 +201,14 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "export.parity_images": NumberRule("parity images", int, 1),
     "demo.classes": NumberRule("demo classes", int, 2, 8),
     "demo.per_class": NumberRule("images per class", int, 1),
-    "demo.size": NumberRule("demo image size", int, 16, unit="px"),
+    "demo.size": NumberRule("demo image size", int, 16, 1024, unit="px"),
     "demo.seed": NumberRule("seed", int, 0, SEED_MAX),
-    "layers.classes": NumberRule("classes", int, 2),
+    "layers.classes": NumberRule("classes", int, 2, 100_000),  # 1e11 classes: a head of terabytes
     "layers.depth": NumberRule("depth", int, 0),
+    "layers.steps_per_epoch": NumberRule("steps per epoch", int, 1),
+    "lr_find.steps": NumberRule("range-test steps", int, 3),
+    "lr_find.start": NumberRule("first multiplier", float, 0, low_open=True),
+    "lr_find.end": NumberRule("last multiplier", float, 0, low_open=True),
     "predict.top_k": NumberRule("top-k", int, 1),
 }
 
