@@ -12,7 +12,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .config import RunConfig
 from .data import Preprocessing, drops_last_batch, epoch_order, normalize_batch
+from .models import describe, plain_model
+from .plan import build_plan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,6 +32,14 @@ class SkippedLog:
     def add_failures(self, failures, samples) -> None:
         for index, reason in failures:
             self.add(samples[index].path, reason)
+
+    def summary(self) -> str:
+        """How many files failed and the first reason, in one line."""
+        if not self.reasons:
+            return "no file failed to read, but none was left to train on"
+        path, reason = next(iter(self.reasons.items()))
+        count = len(self.reasons)
+        return f"{count} file{'s' if count != 1 else ''} could not be read (first: {path}: {reason})"
 
 
 class ImageBatches:
@@ -55,7 +66,7 @@ class ImageBatches:
         started = self._next_epoch
         self._next_epoch = None
         batches = started[1] if started is not None and started[0] == epoch else self._start(epoch)
-        yield from self._batches(batches, self.train_samples)
+        yield from _without_batches_of_one(self._batches(batches, self.train_samples), self.train_loader.batch_size)
         if self.prefetch_next_epoch:
             self._next_epoch = (epoch + 1, self._start(epoch + 1))
 
@@ -79,6 +90,44 @@ class ImageBatches:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _without_batches_of_one(batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
+    """A batch that files failing mid-epoch shrank to one image joins the next batch: BatchNorm in
+    train mode cannot normalise one image by its own statistics. A last one is left out of the epoch
+    (as a last batch of one always is, see drops_last_batch). Batch size 1 is refused up front
+    where BatchNorm trains (single_image_batch_problem), so there every batch is one, as asked."""
+    held: Batch | None = None
+    for x, y in batches:
+        if held is not None:
+            x, y, held = torch.cat([held[0], x]), torch.cat([held[1], y]), None
+        if len(y) == 1 and batch_size > 1:
+            held = (x, y)
+            continue
+        yield x, y
+
+
+def single_image_batch_problem(config: RunConfig) -> str | None:
+    """Why a batch size of 1 cannot train as `config` says: a BatchNorm layer trains in some epoch
+    (a frozen one is pinned to eval mode and takes any batch). Asked before a run holds anything,
+    on a model built on the meta device: no memory, no weights, milliseconds."""
+    if config.train.batch_size > 1:
+        return None
+    arch, size = config.model.arch, config.data.image_size
+    with torch.device("meta"):
+        model = plain_model(arch, 2, size)
+    plan = build_plan(config.plan, describe(model, arch, 2, size))
+    norms = [name for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    epochs = {0, *(e for e in plan.unfreeze_at.values() if e < config.train.epochs)}  # where the plan changes
+    for epoch in sorted(epochs):
+        plan_now = plan.at_epoch(epoch)
+        for name in norms:
+            eff = plan_now.effective(name)
+            if not eff.frozen or eff.train_norm:
+                return (f"a batch size of 1 cannot train {arch}: BatchNorm layer {name} trains and needs 2 or more "
+                        f"images per batch; use a batch size of 2 or more, or freeze the layers that hold "
+                        f"BatchNorm (e.g. strategy feature-extraction)")
+    return None
 
 
 class FeatureBatches:

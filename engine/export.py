@@ -9,6 +9,7 @@ export past the tolerance fails loudly.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import warnings
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, load_checkpoint
+from .checkpoint import atomic_file, atomic_write_bytes, load_checkpoint
 from .errors import UserError
 from .models import plain_model
 from .predict import LoadedClassifier, load_classifier
@@ -76,16 +77,20 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     if fmt != "pt" and out.resolve() == checkpoint.resolve():
         raise UserError(f"exporting {fmt} to {out} would overwrite the checkpoint it is exported from; "
                         f"choose another output file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"cannot export to {out}: it is a folder; name a file, or a folder to export into")
     writer = {"pt": _write_pt, "safetensors": _write_safetensors, "torchscript": _write_torchscript,
               "onnx": _write_onnx}[fmt]
     with torch.no_grad():
         expected = classifier.model(parity_batch).float()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         writer(checkpoint, classifier, out)
         actual = load_any(out, fmt).logits(parity_batch)  # by the format written, whatever the file's name
-    except (UserError, OSError):
+    except UserError:
         raise
+    except OSError as exc:  # full disk, read-only folder: every write is atomic, so nothing partial is left
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     except Exception as exc:
         if fmt in ("pt", "safetensors"):
             raise  # these hold plain state dicts: a failure here is a bug, and its traceback is needed
@@ -96,7 +101,11 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     diff = float((actual - expected).abs().max()) if len(expected) else 0.0
     agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
     report = ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, diff <= tolerance)
-    atomic_write_bytes(Path(str(out) + ".parity.json"), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    report_path = Path(str(out) + ".parity.json")
+    try:
+        atomic_write_bytes(report_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    except OSError as exc:
+        raise UserError(f"cannot write {report_path}: {exc.strerror or exc}") from None
     if not report.passed:
         raise ParityError(f"{fmt} export {out} differs from the model: largest logit difference {diff:.3g} > "
                           f"{tolerance:g} (top-1 agreement {agreement:.1%}); see {out}.parity.json")
@@ -105,9 +114,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
 
 def _write_pt(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
     if out.resolve() != checkpoint.resolve():
-        tmp = out.with_name(out.name + ".part")
-        shutil.copyfile(checkpoint, tmp)
-        tmp.replace(out)
+        with open(checkpoint, "rb") as source, atomic_file(out) as target:
+            shutil.copyfileobj(source, target)
 
 
 def _write_safetensors(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
@@ -127,8 +135,6 @@ def _example(classifier: LoadedClassifier, batch: int = 2) -> torch.Tensor:
 
 
 def _write_torchscript(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
-    import io
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is marked deprecated; the format still loads everywhere
         traced = torch.jit.trace(classifier.model, _example(classifier), check_trace=False)
@@ -150,18 +156,17 @@ def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> No
     if problem:
         raise UserError(f"{classifier.arch} at {classifier.preprocessing.crop} px cannot be exported to onnx: {problem}; "
                         f"use torchscript, or train at a larger image size (224 px works)")
-    tmp = out.with_name(out.name + ".part.onnx")
+    buffer = io.BytesIO()  # in memory (under 2 GiB, checked above): no partial file for a full disk to leave
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(classifier.model, (_example(classifier),), str(tmp), input_names=["input"],
+        torch.onnx.export(classifier.model, (_example(classifier),), buffer, input_names=["input"],
                           output_names=["logits"], opset_version=ONNX_OPSET,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    model = onnx.load(str(tmp))
+    model = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata(classifier).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write_bytes(out, model.SerializeToString())
-    tmp.unlink(missing_ok=True)
 
 
 def onnx_pooling_problem(model: torch.nn.Module, example: torch.Tensor) -> str | None:

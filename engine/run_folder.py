@@ -71,19 +71,23 @@ class RunFolder:
     def locked(self):
         """Held for a whole training: a second training on the same folder is refused at once,
         instead of interleaving metrics and mixing checkpoint and resume state of two runs."""
-        created = not self.path.exists()
+        created = _first_missing(self.path)  # the outermost folder made here, removed again if left empty
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"cannot use {self.path} as a run folder: it is a file, not a folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock_path, "a+")
         except OSError as exc:
+            if created is not None:
+                _remove_empty_run_folder(self, created)
             raise UserError(f"cannot use {self.path} as a run folder: {exc.strerror or exc}") from None
         try:
             _try_lock(handle, self.path)
             self.remove_partial_files()
             yield self
         finally:
-            if created and not self.exists():  # failed before it held a run: leave nothing behind
-                _remove_empty_run_folder(self)
+            if created is not None and not self.exists():  # failed before it held a run: leave nothing behind
+                _remove_empty_run_folder(self, created)
             handle.close()  # closing releases the lock, also when the process dies
 
     def in_use(self) -> bool:
@@ -202,10 +206,23 @@ class RunFolder:
         return state
 
 
-def _remove_empty_run_folder(folder: RunFolder) -> None:
+def _first_missing(path: Path) -> Path | None:
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_run_folder(folder: RunFolder, up_to: Path) -> None:
+    """The run folder and the parents made for it, up to `up_to`, each only when empty."""
     try:
         folder.lock_path.unlink(missing_ok=True)
-        folder.path.rmdir()  # only when empty: nothing anyone wrote is removed
+        for path in (folder.path, *folder.path.parents):
+            path.rmdir()  # only when empty: nothing anyone wrote is removed
+            if path == up_to:
+                break
     except OSError:
         pass
 

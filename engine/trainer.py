@@ -45,6 +45,9 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
     started = time.perf_counter()
     if not config.out_dir:
         raise UserError("no output folder given for the run")
+    problem = single_image_batch_problem(config)  # before the run folder is touched
+    if problem:
+        raise UserError(problem)
     folder = RunFolder(config.out_dir)
     with folder.locked():
         resume_state = _resume_state(config) if resume else None
@@ -92,11 +95,6 @@ class EpochLoop:
         self.run, self.control = run, control
         self.module = run.batches.module_to_train(run.model, run.info.head)
         self.uses_features = isinstance(run.batches, FeatureBatches)
-        if cfg.train.batch_size == 1:  # refused before the run holds anything: its folder is not left behind
-            problem = single_image_batch_problem(run.model, run.plan, cfg.train.epochs,
-                                                 run.info.head if self.uses_features else "")
-            if problem:
-                raise UserError(problem)
         if cfg.train.compile and not self.uses_features:
             # Compiled lazily by the first batch; checkpoints still come from the plain module.
             self.module = torch.compile(run.model)

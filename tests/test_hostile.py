@@ -359,6 +359,7 @@ NUMBER_CASES = [
     (["train", "--patience", "-1"], "early-stopping patience (0: off) must be >= 0"),
     (["train", "--batch-size", "0"], "batch size must be >= 1"),
     (["train", "--image-size", "8"], "image size must be at least 16 px"),
+    (["train", "--image-size", "10000"], "image size must be at most 2048 px"),
     (["train", "--gradual-every", "0"], "gradual unfreezing interval (epochs) must be >= 1"),
     (["train", "--discriminative-factor", "inf"], "discriminative factor must be a finite number"),
     (["layers", "--classes", "3", "--discriminative-factor", "0"], "discriminative factor must be >= 1"),
@@ -366,7 +367,8 @@ NUMBER_CASES = [
     (["layers", "--classes", "3", "--discriminative-factor", "nan"], "discriminative factor must be a finite"),
     (["layers", "--classes", "3", "--weight-decay", "nan"], "weight decay must be a finite number"),
     (["layers", "--classes", "1e11"], "not a whole number"),
-    (["layers", "--classes", "1"], "classes must be >= 2"),
+    (["layers", "--classes", "1"], "classes must be in [2, 100000]"),
+    (["layers", "--classes", "100000000000"], "classes must be in [2, 100000]"),
     (["layers", "--classes", "3", "--depth", "-1"], "depth must be >= 0"),
     (["layers", "--classes", "3", "--lr", "fc=inf"], "--lr fc=inf: LR must be a finite number"),
     (["export", "ckpt.pt", "--parity-images", "0"], "parity images must be >= 1"),
@@ -376,6 +378,7 @@ NUMBER_CASES = [
     (["demo-data", "out", "--seed", SEED_25_DIGITS], "seed must be in [0, 4294967295]"),
     (["demo-data", "out", "--classes", "9"], "demo classes must be in [2, 8]"),
     (["demo-data", "out", "--size", "0"], "demo image size must be at least 16 px"),
+    (["demo-data", "out", "--size", "100000"], "demo image size must be at most 1024 px"),
     (["predict", "ckpt.pt", "x.png", "--top-k", "0"], "top-k must be >= 1"),
 ]
 
@@ -399,6 +402,7 @@ def test_a_crafted_number_is_one_line_and_exit_2(argv, words, data, tmp_path, mo
     ({"train": {"warmup_epochs": 1e308, "epochs": 0}}, "epochs must be >= 1"),
     ({"plan": {"discriminative_factor": 0.5}}, "discriminative factor must be >= 1"),
     ({"data": {"num_workers": -4}}, "loader workers must be >= 0"),
+    ({"data": {"image_size": 10000}}, "image size must be at most 2048 px"),
 ])
 def test_a_project_file_is_held_to_the_same_numbers(setting, words, data, tmp_path, capsys):
     project = tmp_path / "p.json"
