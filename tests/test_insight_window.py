@@ -22,8 +22,9 @@ from app.worker import BackgroundTasks
 from engine.evaluation import prediction_records, read_predictions, write_predictions
 from engine.run_folder import RunFolder
 from tests.gui_helpers import wait_ready
+from widgets.gallery import THUMB_SIZE
 from widgets.insight import InsightView
-from widgets.runs_view import RunsModel
+from widgets.runs_view import RunsModel, RunsView
 
 
 def find(win, name):
@@ -85,9 +86,15 @@ def test_after_a_short_run_the_matrix_counts_the_validation_set_and_a_cell_shows
         assert [r.loss for r in shown] == sorted((r.loss for r in shown), reverse=True)
     click_cell(qtbot, view, 0, 0)
     assert gallery.model().rowCount() > 0
+    qtbot.waitUntil(lambda: gallery.model().has_thumbnail(0), timeout=20_000)  # decoded off the GUI thread
     first = gallery.model().index(0)
-    qtbot.waitUntil(lambda: first.data(Qt.ItemDataRole.DecorationRole) is not None, timeout=20_000)  # decoded off-thread
+    assert first.data(Qt.ItemDataRole.DecorationRole).width() <= THUMB_SIZE
     assert "→" in first.data() and "%" in first.data()
+    gallery.setCurrentIndex(first)
+    find(window, "gradCamButton").click()  # computed in the background from the best checkpoint
+    overlay = find(window, "camOverlayLabel")
+    qtbot.waitUntil(lambda: not overlay.pixmap().isNull(), timeout=30_000)
+    assert "where it looked" in insight.preview_caption.text()
     per_class = find(window, "perClassTable").model()
     assert per_class.rowCount() == 4 and per_class.headerData(4, Qt.Orientation.Horizontal) == "Support"
     assert sum(int(per_class.index(r, 4).data()) for r in range(4)) == started.val_images
@@ -173,6 +180,36 @@ def test_the_runs_model_reads_each_status_from_the_folder(qtbot, tmp_path):
     assert model.index(row, RunsModel.HEADERS.index("Architecture")).data() == WINDOW_DEFAULTS.model.arch
 
 
+def test_two_selected_runs_are_compared(qtbot, tmp_path):
+    root = tmp_path / "runs"
+    for name, epochs, accuracies in (("a", 3, [0.3, 0.5, 0.6]), ("b", 2, [0.4, 0.7])):
+        folder = RunFolder(root / name)
+        config = replace(WINDOW_DEFAULTS, train=replace(WINDOW_DEFAULTS.train, epochs=epochs)).to_dict()
+        folder.write_record({"config": config, "class_names": ["x", "y"], "status": "finished"})
+        folder.start_metrics()
+        for epoch, accuracy in enumerate(accuracies, 1):
+            folder.append_metrics({"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
+                                   "val_accuracy": accuracy})
+    tasks = BackgroundTasks()
+    session = InsightSession(tasks, root)
+    view = RunsView()
+    qtbot.addWidget(view)
+    session.runs_listed.connect(view.show_runs)
+    session.comparison_ready.connect(view.show_comparison)
+    view.selection_changed.connect(lambda paths: session.compare(paths) if len(paths) > 1 else None)
+    try:
+        session.refresh_runs()
+        qtbot.waitUntil(lambda: view.model.rowCount() == 2, timeout=10_000)
+        view.table.selectAll()
+        qtbot.waitUntil(lambda: view.diff_table.rowCount() == 1, timeout=10_000)
+        assert view.diff_table.item(0, 0).text() == "train.epochs"
+        curves = [item for item in view.compare_plot.getPlotItem().listDataItems()]
+        assert sorted(len(c.yData) for c in curves) == [2, 3]
+        assert not view.buttons["continue"].isEnabled()  # actions act on one run
+    finally:
+        tasks.shutdown()
+
+
 def test_config_diff_lists_only_the_keys_that_differ():
     a = WINDOW_DEFAULTS.to_dict()
     b = replace(WINDOW_DEFAULTS, train=replace(WINDOW_DEFAULTS.train, epochs=9)).to_dict()
@@ -228,8 +265,8 @@ def test_the_gallery_of_a_generated_predictions_file(qtbot, tmp_path):
         counts = matrix_counts(view.matrix_model)
         fullest = max(((r, c) for r in range(3) for c in range(3)), key=lambda rc: counts[rc[0]][rc[1]])
         view.show_cell(*fullest)
-        first = view.gallery_model.index(0)
-        qtbot.waitUntil(lambda: first.data(Qt.ItemDataRole.DecorationRole) is not None, timeout=10_000)
+        qtbot.waitUntil(lambda: all(map(view.gallery_model.has_thumbnail, range(counts[fullest[0]][fullest[1]]))),
+                        timeout=10_000)
         assert read_insight(folder).points == []  # no embeddings.csv: an empty map, not an error
     finally:
         tasks.shutdown()

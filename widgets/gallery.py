@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QImage
+from PySide6.QtGui import QAction, QColor, QImage
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
 THUMB_SIZE = 72
@@ -52,6 +52,10 @@ class GalleryModel(QAbstractListModel):
         self._records: list = []
         self._root = Path()
         self.cache = ThumbnailCache()
+        # Shown until the thumbnail arrives (or for a file that does not decode): every item keeps
+        # the thumbnail's size, so the grid is laid out once and never jumps.
+        self._placeholder = QImage(THUMB_SIZE, THUMB_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
+        self._placeholder.fill(QColor(220, 222, 226))
 
     def set_records(self, records: list, root: str | Path) -> None:
         self.beginResetModel()
@@ -68,6 +72,9 @@ class GalleryModel(QAbstractListModel):
         if self._records:
             self.dataChanged.emit(self.index(0), self.index(len(self._records) - 1),
                                   [Qt.ItemDataRole.DecorationRole])
+
+    def has_thumbnail(self, row: int) -> bool:
+        return self.cache.get(self.absolute_path(row)) is not None
 
     def records(self) -> list:
         return list(self._records)
@@ -88,7 +95,7 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return f"{record.true} → {record.pred}\n{record.confidence:.0%}"
         if role == Qt.ItemDataRole.DecorationRole:
-            return self.cache.get(self.absolute_path(index.row()))
+            return self.cache.get(self.absolute_path(index.row())) or self._placeholder
         if role == Qt.ItemDataRole.ToolTipRole:
             ranked = ", ".join(f"{name} {p:.0%}" for name, p in record.top)
             return (f"{record.path}\ntrue: {record.true}, predicted: {record.pred} ({record.confidence:.1%})\n"

@@ -21,6 +21,7 @@ from widgets.gallery import GalleryModel, GalleryView
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
 
 CELL_SIDE = 34
+STRETCH_CLASSES = 10
 EMPTY_TEXT = "Insight appears here when a run finishes, or when you select a past run in Runs."
 
 
@@ -56,7 +57,6 @@ class InsightView(QWidget):
         for header in (self.matrix_view.horizontalHeader(), self.matrix_view.verticalHeader()):
             header.setDefaultSectionSize(CELL_SIDE)
             header.setMinimumSectionSize(CELL_SIDE)
-        self.matrix_view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.matrix_view.clicked.connect(lambda index: self.show_cell(index.row(), index.column()))
         self.per_class_model = PerClassModel(self)
         self.per_class_view = _table("perClassTable", self.per_class_model,
@@ -123,6 +123,8 @@ class InsightView(QWidget):
         split.addWidget(top)
         split.addWidget(self.tabs)
         split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(split)
@@ -134,6 +136,10 @@ class InsightView(QWidget):
         self._evaluation, self._root = evaluation, Path(dataset_root)
         names = list(evaluation.class_names)
         self.matrix_model.set_matrix(names, evaluation.confusion_matrix)
+        # A few classes fill the room; many keep square cells and scroll.
+        mode = QHeaderView.ResizeMode.Stretch if len(names) <= STRETCH_CLASSES else QHeaderView.ResizeMode.Fixed
+        for header in (self.matrix_view.horizontalHeader(), self.matrix_view.verticalHeader()):
+            header.setSectionResizeMode(mode)
         self.per_class_model.set_per_class(names, evaluation.per_class)
         self.pairs.setText(confused_pairs_text(list(evaluation.most_confused)))
         total = self.matrix_model.total()
