@@ -183,7 +183,7 @@ class MainWindow(QMainWindow):
         train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
                                           "Resume the run shown from its last completed epoch up to the Epochs total."))
         view_menu = self.menuBar().addMenu("&View")
-        for i, (name, key) in enumerate((("&Curves", "Ctrl+1"), ("&Insight", "Ctrl+2"), ("&Runs", "Ctrl+3"))):
+        for i, (name, key) in enumerate((("&Curves", "Alt+1"), ("&Insight", "Alt+2"), ("&Runs", "Alt+3"))):
             view_menu.addAction(self._action(name, lambda _=False, i=i: self.right_tabs.setCurrentIndex(i), key,
                                              f"Show the {name.strip('&').lower()} tab."))
         help_menu = self.menuBar().addMenu("&Help")

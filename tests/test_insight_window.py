@@ -270,3 +270,26 @@ def test_the_gallery_of_a_generated_predictions_file(qtbot, tmp_path):
         assert read_insight(folder).points == []  # no embeddings.csv: an empty map, not an error
     finally:
         tasks.shutdown()
+
+
+def test_delete_removes_only_a_run_folder_that_nothing_trains(qtbot, tmp_path):
+    root = tmp_path / "runs"
+    done, busy = RunFolder(root / "done"), RunFolder(root / "busy")
+    _record(done, status="finished")
+    outside = RunFolder(tmp_path / "elsewhere")
+    _record(outside, status="finished")
+    (root / "plain").mkdir()
+    tasks = BackgroundTasks()
+    session = InsightSession(tasks, root)
+    try:
+        with busy.locked():
+            _record(busy, status="running")
+            for folder in (busy.path, outside.path, root / "plain"):
+                with qtbot.waitSignal(session.failed, timeout=10_000) as refused:
+                    session.delete_run(str(folder))
+                assert folder.exists() and refused.args[0]
+        with qtbot.waitSignal(session.run_deleted, timeout=10_000):
+            session.delete_run(str(done.path))
+        assert not done.path.exists() and busy.path.exists()
+    finally:
+        tasks.shutdown()
