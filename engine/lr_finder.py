@@ -163,7 +163,8 @@ def valley_index(losses: list[float]) -> int:
     length, previous = [1] * n, [-1] * n
     for i in range(n):
         for j in range(i):
-            if losses[j] > losses[i] and length[j] + 1 > length[i]:
+            # >=: of equally long runs, the one starting latest (a flat stretch before the fall is no valley)
+            if losses[j] > losses[i] and length[j] + 1 >= length[i]:
                 length[i], previous[i] = length[j] + 1, j
     end = max(range(n), key=lambda i: (length[i], -i))
     first = end
