@@ -39,6 +39,8 @@ def add_commands(sub, number) -> None:
     lr_find.add_argument("--steps", type=number("lr_find.steps"), default=100, help="steps of the sweep")
     lr_find.add_argument("--start", type=number("lr_find.start"), default=1e-4, help="first multiplier of the plan's LRs")
     lr_find.add_argument("--end", type=number("lr_find.end"), default=1e3, help="last multiplier of the plan's LRs")
+    lr_find.add_argument("--module", default=None,
+                         help="sweep only this module's LR; every other group stays at its planned LR")
 
 
 def add_preview_args(layers: argparse.ArgumentParser, number) -> None:
@@ -124,7 +126,7 @@ def _quoted(text: str) -> str:
 
 # --- lr-find ----------------------------------------------------------------------------------
 
-_OWN = {"steps", "start", "end", "json", "command"}
+_OWN = {"steps", "start", "end", "module", "json", "command"}
 
 
 def _lr_find(args) -> int:
@@ -143,10 +145,11 @@ def _lr_find(args) -> int:
                                     given)
     config.validate()
     progress = ProgressPrinter(sys.stderr)
-    result = find_lr(config, steps=args.steps, start=args.start, end=args.end, callbacks=progress)
+    result = find_lr(config, steps=args.steps, start=args.start, end=args.end, module=args.module,
+                     callbacks=progress)
     progress.close()
     if getattr(args, "json", False):
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), "module": args.module}))
         return 0
     every = max(1, len(result.curve) // 20)
     print(f"{'multiplier':>12} {'base LR':>12} {'loss':>10}")
@@ -157,7 +160,8 @@ def _lr_find(args) -> int:
         print("too few steps to suggest a multiplier")
         return 0
     for s in (result.suggestion, *result.alternatives):
-        print(f"{s.rule:>11}: multiply every LR of the plan by {s.multiplier:.3g} (base LR {s.base_lr:.3g})")
+        what = f"{args.module}'s LR" if args.module else "every LR of the plan"
+        print(f"{s.rule:>11}: multiply {what} by {s.multiplier:.3g} (to {s.base_lr:.3g})")
     return 0
 
 

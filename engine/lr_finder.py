@@ -93,19 +93,22 @@ def range_test(module: nn.Module, optimizer: torch.optim.Optimizer,
                criterion: nn.Module, base_lr: float, *, steps: int = DEFAULT_STEPS, start: float = DEFAULT_START,
                end: float = DEFAULT_END, scaler: torch.amp.GradScaler | None = None,
                autocast: Callable = contextlib.nullcontext,
-               should_stop: Callable[[], bool] = lambda: False) -> RangeTest:
-    """Sweep m over [start, end] on `module` with `optimizer`'s groups at their planned LR x m.
+               should_stop: Callable[[], bool] = lambda: False, swept_groups: set[int] | None = None) -> RangeTest:
+    """Sweep m over [start, end] on `module` with `optimizer`'s groups at their planned LR x m
+    (only the groups of index `swept_groups`, if given: the others stay at their planned LR).
     `train_batches(epoch)` gives an epoch's batches (engine.batches: images or cached features)."""
     ms = multipliers(start, end, steps)
     scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
     with restored(module, optimizer, scaler):
-        curve, stopped = _sweep(module, optimizer, train_batches, criterion, ms, scaler, autocast, should_stop)
+        curve, stopped = _sweep(module, optimizer, train_batches, criterion, ms, scaler, autocast, should_stop,
+                                swept_groups)
     return _result(curve, base_lr, stopped)
 
 
-def _sweep(module, optimizer, train_batches, criterion, ms, scaler, autocast, should_stop):
+def _sweep(module, optimizer, train_batches, criterion, ms, scaler, autocast, should_stop, swept_groups):
     groups = optimizer.param_groups
     planned = [g.get("initial_lr", g["lr"]) for g in groups]  # the plan's LRs, before any schedule
+    swept = [swept_groups is None or i in swept_groups for i in range(len(groups))]
     labels = [g.get("group_label", f"group {i}") for i, g in enumerate(groups)]
     module.train()
     stream = _endless(train_batches)
@@ -116,8 +119,8 @@ def _sweep(module, optimizer, train_batches, criterion, ms, scaler, autocast, sh
             if should_stop():
                 stopped = "user"
                 break
-            for group, lr in zip(groups, planned):
-                group["lr"] = lr * m
+            for group, lr, moves in zip(groups, planned, swept):
+                group["lr"] = lr * m if moves else lr
             x, y = next(stream)
             with autocast():
                 loss = criterion(module(x).float(), y)
@@ -237,11 +240,12 @@ def set_random_state(state: dict) -> None:
 
 
 def find_lr(config: RunConfig, scan: DatasetScan | None = None, *, steps: int = DEFAULT_STEPS,
-            start: float = DEFAULT_START, end: float = DEFAULT_END, callbacks: Callbacks | None = None,
-            control: TrainingControl | None = None) -> RangeTest:
+            start: float = DEFAULT_START, end: float = DEFAULT_END, module: str | None = None,
+            callbacks: Callbacks | None = None, control: TrainingControl | None = None) -> RangeTest:
     """The range test of the plan `config` describes, in force at its first epoch, on the batches
-    the trainer would use (cached trunk features when the trunk is frozen). Nothing is written
-    outside a temporary folder, and the caller's random state is left as it was."""
+    the trainer would use (cached trunk features when the trunk is frozen). With `module`, only that
+    module's LR moves and the suggestion's base_lr is its LR. Nothing is written outside a
+    temporary folder, and the caller's random state is left as it was."""
     from .run_setup import Stopped, set_up  # local: run_setup imports the data pipeline
 
     callbacks, control = callbacks or Callbacks(), control or TrainingControl()
@@ -260,10 +264,38 @@ def find_lr(config: RunConfig, scan: DatasetScan | None = None, *, steps: int = 
             criterion = training_criterion(config.train.class_weights, run.scan, config.train.label_smoothing,
                                            run.device)
             scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
+            optimizer, swept, base_lr = optimization.optimizer, None, run.plan.base_lr
+            if module is not None:
+                run.info.check_module(module)
+                optimizer, swept = module_apart(optimizer, run.model, module)
+                base_lr = optimizer.param_groups[min(swept)]["initial_lr"]
             callbacks.on_status("LR range test")
-            return range_test(run.batches.module_to_train(run.model, run.info.head), optimization.optimizer,
-                              run.batches.train_batches, criterion, run.plan.base_lr, steps=steps, start=start,
+            return range_test(run.batches.module_to_train(run.model, run.info.head), optimizer,
+                              run.batches.train_batches, criterion, base_lr, steps=steps, start=start,
                               end=end, scaler=scaler, autocast=run.autocast,
-                              should_stop=lambda: control.stop_requested)
+                              should_stop=lambda: control.stop_requested, swept_groups=swept)
     finally:
         set_random_state(rng)
+
+
+def module_apart(optimizer: torch.optim.Optimizer, model: nn.Module,
+                 module: str) -> tuple[torch.optim.Optimizer, set[int]]:
+    """A new optimizer of the same kind (and no state yet) in which `module`'s parameters form groups
+    of their own, labelled by the module; returns it and those groups' indices."""
+    inside = {id(p) for p in model.get_submodule(module).parameters()}
+    groups, swept = [], set()
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        outside = [p for p in group["params"] if id(p) not in inside]
+        within = [p for p in group["params"] if id(p) in inside]
+        if outside:
+            groups.append({**settings, "params": outside})
+        if within:
+            swept.add(len(groups))
+            label = settings.get("group_label")
+            groups.append({**settings, "params": within,
+                           "group_label": module if label in (None, module) else f"{module} (of {label})"})
+    if not swept:
+        raise UserError(f"'{module}' does not train in the plan's first epoch: nothing to sweep")
+    # Each group carries every hyperparameter of the original, so the constructor's defaults matter not.
+    return type(optimizer)(groups, lr=optimizer.defaults["lr"]), swept

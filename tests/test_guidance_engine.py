@@ -348,3 +348,15 @@ def test_class_weights_setting_is_validated_and_reaches_train(tmp_path):
                                     given_train_flags(["train", "--data", "x", "--class-weights", "balanced"]))
     assert config.train.class_weights == "balanced"
     assert RunConfig.from_dict(config.to_dict()).train.class_weights == "balanced"
+
+
+def test_sweeping_one_module_keeps_the_others_at_their_planned_lr(tiny_dir, capsys):
+    code = main(["lr-find", "--data", str(tiny_dir), "--model", "resnet18", "--weights", "none", "--image-size", "32",
+                 "--strategy", "discriminative", "--augment", "none", "--batch-size", "8", "--device", "cpu",
+                 "--steps", "6", "--module", "layer4", "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and report["module"] == "layer4"
+    first, last = report["curve"][0]["lrs"], report["curve"][-1]["lrs"]
+    assert {k: v for k, v in first.items() if k != "layer4"} == {k: v for k, v in last.items() if k != "layer4"}
+    assert last["layer4"] == first["layer4"] / report["curve"][0]["multiplier"] * report["curve"][-1]["multiplier"]
+    assert report["suggestion"]["base_lr"] == pytest.approx(1e-3 / 2.6 * report["suggestion"]["multiplier"])
