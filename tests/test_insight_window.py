@@ -9,7 +9,6 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QWidget
