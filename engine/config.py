@@ -331,6 +331,8 @@ def load_project(path: str | os.PathLike) -> RunConfig:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"project file not found: {path}") from None
+    except RecursionError:  # json's decoder recurses once per bracket
+        raise UserError(f"cannot read project file {path}: nested too deeply") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read project file {path}: {exc}") from None
     if not isinstance(raw, dict):

@@ -230,16 +230,23 @@ def load_any(path: str | Path, fmt: str | None = None) -> Exported:
         classifier = load_classifier(path)
         return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),
                         _torch_runner(classifier.model))
-    if fmt == "safetensors":
-        return _load_safetensors(path)
-    if fmt == "torchscript":
-        extra = {"transfer_studio.json": ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        meta = _parse_meta(json.loads(extra["transfer_studio.json"] or "{}"), path)
-        return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
-    return _load_onnx(path)
+    loader = {"safetensors": _load_safetensors, "torchscript": _load_torchscript, "onnx": _load_onnx}[fmt]
+    try:
+        return loader(path)
+    except UserError:
+        raise
+    except Exception as exc:  # a pickle named .onnx, a damaged header: the reader's own error, in one line
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise UserError(f"{path} is not a valid {fmt} file, or is damaged ({type(exc).__name__}: {detail[:200]})") from None
+
+
+def _load_torchscript(path: Path) -> Exported:
+    extra = {"transfer_studio.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    meta = _parse_meta(json.loads(extra["transfer_studio.json"] or "{}"), path)
+    return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
 
 
 def _torch_runner(module):

@@ -137,6 +137,8 @@ class RunFolder:
             raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
         try:
             record = json.loads(self.record_path.read_text())
+        except RecursionError:  # json's decoder recurses once per bracket
+            raise UserError(f"cannot read {self.record_path}: nested too deeply") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {self.record_path}: {exc}") from None
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict):

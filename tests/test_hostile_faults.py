@@ -348,3 +348,45 @@ def test_train_into_an_out_that_cannot_hold_a_run_is_one_line(where, words, data
     before = _files(tmp_path)
     assert_refused(cli(capsys, "train", "--data", data, *QUICK, "--out", out), 2, str(out), words)
     assert _files(tmp_path) == before
+
+
+# --- found by going through the list again ------------------------------------------------
+
+
+def _write_mislabelled(path: Path) -> Path:
+    import pickle
+
+    if path.suffix == ".safetensors":
+        path.write_bytes((16).to_bytes(8, "little") + b"{not json header")  # a header length, then garbage
+    else:
+        path.write_bytes(pickle.dumps({"not": "a model"}))
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["model.torchscript.pt", "model.onnx", "model.safetensors"])
+def test_predict_on_a_file_that_is_not_what_its_suffix_says_is_one_line(name, data, tmp_path, capsys):
+    bad = _write_mislabelled(tmp_path / name)
+    fmt = {".pt": "torchscript", ".onnx": "onnx", ".safetensors": "safetensors"}[bad.suffix]
+    assert_refused(cli(capsys, "predict", bad, next((data / "circle").glob("*.png"))), 2, str(bad),
+                   f"is not a valid {fmt} file")
+
+
+@pytest.mark.timeout(60)
+def test_a_project_file_nested_too_deeply_is_one_line(data, tmp_path, capsys):
+    project = tmp_path / "deep.json"
+    project.write_text('{"transfer_studio_project": 1, "data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert_refused(cli(capsys, "train", "--project", project, "--out", tmp_path / "run"), 2, str(project),
+                   "nested too deeply")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_record_nested_too_deeply_is_one_line(checkpoint, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    (run / "run.json").write_text('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert_refused(cli(capsys, "train", "--resume", run, "--epochs", "2"), 2, str(run / "run.json"),
+                   "nested too deeply")
