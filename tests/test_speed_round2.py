@@ -257,3 +257,21 @@ def test_cli_flags_and_project_values_for_views_and_adabn(capsys):
     raw["train"]["feature_views"] = -1
     with pytest.raises(UserError, match="feature views must be in"):
         RunConfig.from_dict(raw).validate()
+
+
+def test_training_panel_shows_and_reports_feature_views_and_adabn(qtbot):
+    from widgets.training_panel import TrainingPanel
+
+    panel = TrainingPanel([("CPU", "cpu")])
+    qtbot.addWidget(panel)
+    edits = []
+    panel.train_edited.connect(edits.append)
+    panel.show_train(TrainConfig(feature_views=3, adapt_norm=True))
+    assert edits == []  # showing settings is not an edit
+    assert panel.feature_views_spin.value() == 3 and panel.adapt_norm_check.isChecked()
+    assert panel.feature_views_spin.toolTip() and panel.adapt_norm_check.toolTip()
+    panel.feature_views_spin.setValue(4)
+    panel.adapt_norm_check.setChecked(False)
+    assert edits == [{"feature_views": 4}, {"adapt_norm": False}]
+    panel.set_run_controls(running=True, can_export=False)
+    assert not panel.feature_views_spin.isEnabled() and not panel.adapt_norm_check.isEnabled()
