@@ -22,6 +22,7 @@ from torch import nn
 from .class_weights import IMBALANCE_THRESHOLD, imbalance_ratio
 from .config import PlanConfig
 from .data import DatasetScan, ImageDataset, Sample, eval_transform, make_loader, stratified_split
+from .errors import UserError
 from .features import compute_features
 from .models import ModelInfo, build_model
 
@@ -166,6 +167,8 @@ def measure_backbone(scan: DatasetScan, model: nn.Module, info: ModelInfo, prep,
     """One pass of the frozen backbone over (a share of) the images: probes and kNN on held-out images."""
     train, val = (scan.train, scan.val) if scan.val else stratified_split(scan.train, 0.2, 0)
     train, val = _spread(train, MAX_TRAIN_IMAGES), _spread(val, MAX_VAL_IMAGES)
+    if not train or not val:
+        raise UserError(f"{scan.total} image(s) are too few to hold any out for the probes: advise without measuring")
     model.to(device).eval()
     stages = [group[-1] for group in info.stage_groups if info.head not in group]
     train_sets = _features(model, info, prep, train, stages, batch_size, device, should_stop)

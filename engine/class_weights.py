@@ -54,7 +54,7 @@ def decide_class_weights(mode: str, scan: DatasetScan) -> ClassWeighting:
     if mode not in CLASS_WEIGHTS:
         raise ValueError(f"unknown class-weight mode {mode!r}")
     weights = balanced_weights([c["train"] for c in scan.class_counts()])
-    why = "setting 'balanced'" if mode == "balanced" else f"{ratio_text} (>= {IMBALANCE_THRESHOLD:g}x)"
+    why = "setting 'balanced'" if mode == "balanced" else f"{ratio_text}, at least {IMBALANCE_THRESHOLD:g}x"
     shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(scan.class_names, weights))
     return ClassWeighting(weights, ratio, f"class-weighted loss ({why}): {shown}")
 

@@ -1,0 +1,75 @@
+"""The advice card: the strategy the data suggests, why, and an Apply button.
+
+A view over engine.advisor.Advice (plain data). It never applies anything itself: Apply emits
+`apply_requested` with the advice, and whoever owns the configuration applies it (undoably) and
+calls `mark_applied`. So advice is never put over the person's own edits without their click.
+"""
+
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+
+from engine.advisor import Advice
+
+STRATEGY_NAMES = {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tune all",
+                  "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing"}
+
+
+class AdviceCard(QFrame):
+    apply_requested = Signal(object)  # Advice
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("adviceCard")
+        self.setFrameShape(QFrame.StyledPanel)
+        self.advice: Advice | None = None
+        self.title = QLabel("Advice appears after the dataset is scanned.")
+        self.title.setObjectName("adviceTitle")
+        self.reasons = QLabel()
+        self.reasons.setObjectName("adviceReasons")
+        self.reasons.setWordWrap(True)
+        self.reasons.setTextFormat(Qt.RichText)
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setObjectName("adviceApplyButton")
+        self.apply_button.setToolTip("Set the strategy and LRs the advice names (Undo takes it back)")
+        self.apply_button.setEnabled(False)
+        self.apply_button.clicked.connect(self._apply)
+        top = QHBoxLayout()
+        top.addWidget(self.title, 1)
+        top.addWidget(self.apply_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.addLayout(top)
+        layout.addWidget(self.reasons)
+
+    def show_pending(self, text: str = "Measuring the backbone on the images...") -> None:
+        self.advice = None
+        self.title.setText(text)
+        self.reasons.clear()
+        self.apply_button.setEnabled(False)
+
+    def show_failure(self, message: str) -> None:
+        self.advice = None
+        self.title.setText("No advice")
+        self.reasons.setText(html.escape(message))
+        self.apply_button.setEnabled(False)
+
+    def show_advice(self, advice: Advice, applied: bool = False) -> None:
+        self.advice = advice
+        self.title.setText(f"Advice: {STRATEGY_NAMES.get(advice.strategy, advice.strategy)}")
+        items = "".join(f"<li>{html.escape(reason)}</li>" for reason in advice.reasons)
+        flags = html.escape(" ".join(advice.flags))
+        self.reasons.setText(f"<ul style='margin:0'>{items}</ul><p style='color:#666'>train {flags}</p>")
+        self.mark_applied(applied)
+
+    def mark_applied(self, applied: bool) -> None:
+        """Applied: the button rests (the configuration is the advice's); edits re-enable it."""
+        self.apply_button.setEnabled(self.advice is not None and not applied)
+        self.apply_button.setText("Applied" if applied and self.advice is not None else "Apply")
+
+    def _apply(self) -> None:
+        if self.advice is not None:
+            self.apply_requested.emit(self.advice)
