@@ -25,6 +25,7 @@ from .data import DatasetScan, ImageDataset, Sample, eval_transform, make_loader
 from .errors import UserError
 from .features import compute_features
 from .models import ModelInfo, build_model
+from .run_setup import Stopped
 
 SMALL, MODERATE = 500, 5000  # images: the strategy table's bounds
 BASE_LR = 1e-3  # the head's LR (the reference recipe's fc LR); stages below ramp down from it
@@ -210,8 +211,6 @@ def _features(model, info, prep, samples, stages, batch_size, device, should_sto
         for handle in handles:
             handle.remove()
     if result is None:
-        from .run_setup import Stopped  # local: run_setup builds the whole data pipeline
-
         raise Stopped
     feats, labels = result
     sets = {"penultimate": (feats, labels)}

@@ -30,6 +30,7 @@ from .errors import UserError
 from .events import Callbacks, TrainingControl
 from .optimization import Optimization, ScheduleSegment
 from .plan import apply_plan
+from .run_setup import Stopped, set_up
 
 SMOOTHING = 0.98
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -246,8 +247,6 @@ def find_lr(config: RunConfig, scan: DatasetScan | None = None, *, steps: int = 
     the trainer would use (cached trunk features when the trunk is frozen). With `module`, only that
     module's LR moves and the suggestion's base_lr is its LR. Nothing is written outside a
     temporary folder, and the caller's random state is left as it was."""
-    from .run_setup import Stopped, set_up  # local: run_setup imports the data pipeline
-
     callbacks, control = callbacks or Callbacks(), control or TrainingControl()
     multipliers(start, end, steps)  # bad numbers fail before any work
     rng = random_state()
