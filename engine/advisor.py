@@ -40,6 +40,9 @@ PROBE_STEPS = 300
 KNN_K = 5
 MAX_TRAIN_IMAGES, MAX_VAL_IMAGES = 2000, 1000  # the measured pass looks at no more than these
 
+Features = tuple[torch.Tensor, torch.Tensor]  # (N, D) float features, (N,) labels
+FeatureSets = tuple[Features, Features]  # (train, held out)
+
 
 @dataclass(frozen=True)
 class Advice:
@@ -55,17 +58,24 @@ class Advice:
 
 
 def advise(scan: DatasetScan, arch: str, weights: str, *, image_size: int = 224, measure: bool = True,
-           batch_size: int = 32, device: torch.device | str = "cpu",
+           batch_size: int = 32, device: torch.device | str = "cpu", features: FeatureSets | None = None,
            should_stop: Callable[[], bool] = lambda: False) -> Advice:
     """The advice for training `arch` with `weights` on `scan`; measure=False is the table alone
-    (no model pass, no images read)."""
-    built = build_model(arch, len(scan.class_names), "none" if not measure else weights, image_size)
+    (no model pass, no images read). `features`: the trunk's (train, held-out) features already
+    at hand (the feature cache's): the probe and kNN use them and no image is read, but without
+    earlier stages' features a far domain is not judged."""
+    measure_images = measure and features is None
+    built = build_model(arch, len(scan.class_names), weights if measure_images else "none", image_size)
     figures = data_figures(scan)
     reasons = data_reasons(figures, image_size)
     far = None
     if measure:
-        figures["backbone"] = measure_backbone(scan, built.model, built.info, built.preprocessing, batch_size,
-                                               torch.device(device), should_stop)
+        if features is None:
+            figures["backbone"] = measure_backbone(scan, built.model, built.info, built.preprocessing, batch_size,
+                                                   torch.device(device), should_stop)
+        else:
+            figures["backbone"] = backbone_figures({"penultimate": features[0]}, {"penultimate": features[1]}, [],
+                                                   len(scan.class_names))
         far, why = far_domain(figures["backbone"], weights)
         reasons.append(why)
     strategy, flags, plan, why = choose(figures["images"], weights, far, built.info)
@@ -174,8 +184,14 @@ def measure_backbone(scan: DatasetScan, model: nn.Module, info: ModelInfo, prep,
     stages = [group[-1] for group in info.stage_groups if info.head not in group]
     train_sets = _features(model, info, prep, train, stages, batch_size, device, should_stop)
     val_sets = _features(model, info, prep, val, stages, batch_size, device, should_stop)
-    k = len(scan.class_names)
+    return backbone_figures(train_sets, val_sets, stages, len(scan.class_names))
+
+
+def backbone_figures(train_sets: dict, val_sets: dict, stages: list[str], k: int) -> dict:
+    """Probe and kNN on the penultimate features, the probe on each stage's: {name: (features, labels)}."""
     (train_x, train_y), (val_x, val_y) = train_sets["penultimate"], val_sets["penultimate"]
+    if not len(train_y) or not len(val_y):
+        raise UserError("no decodable image to train or hold out for the probes: advise without measuring")
     return {
         "train_images": len(train_y), "held_out_images": len(val_y),
         "linear_probe": linear_probe(train_x, train_y, val_x, val_y, k),

@@ -360,3 +360,14 @@ def test_sweeping_one_module_keeps_the_others_at_their_planned_lr(tiny_dir, caps
     assert {k: v for k, v in first.items() if k != "layer4"} == {k: v for k, v in last.items() if k != "layer4"}
     assert last["layer4"] == first["layer4"] / report["curve"][0]["multiplier"] * report["curve"][-1]["multiplier"]
     assert report["suggestion"]["base_lr"] == pytest.approx(1e-3 / 2.6 * report["suggestion"]["multiplier"])
+
+
+def test_advice_from_features_already_at_hand_reads_no_image():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(40) % 2
+    feats = torch.randn(2, 8, generator=gen)[labels] * 3 + torch.randn(40, 8, generator=gen) * 0.2
+    scan = fake_scan([20, 20])  # its files do not exist: any read would fail
+    advice = advise(scan, "resnet18", "imagenet", features=((feats[:30], labels[:30]), (feats[30:], labels[30:])))
+    backbone = advice.figures["backbone"]
+    assert backbone["linear_probe"] == 1.0 and backbone["knn"] == 1.0 and backbone["stage_probes"] == []
+    assert advice.strategy == "feature-extraction"
