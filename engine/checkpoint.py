@@ -145,11 +145,12 @@ def safe_torch_load(path: Path) -> Any:
         raise UserError(f"file not found: {path}") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses a folder with a traceback
+        os.close(fd)
+        raise UserError(f"{path} is not a file (a folder)" if stat.S_ISDIR(info.st_mode) else
+                        f"{path} is not a regular file (a pipe or a device)")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a file" if stat.S_ISDIR(info.st_mode) else
-                            f"{path} is not a regular file (a pipe or a device)")
         if info.st_size == 0:
             raise UserError(f"{path} is empty")
         head = fh.read(4)

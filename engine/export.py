@@ -223,6 +223,8 @@ def detect_format(path: Path) -> str:
 def load_any(path: str | Path, fmt: str | None = None) -> Exported:
     """Any exported file; its format is `fmt` when known, else detected from the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is not a file (a folder)")
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     fmt = fmt or detect_format(path)

@@ -390,3 +390,14 @@ def test_a_run_record_nested_too_deeply_is_one_line(checkpoint, tmp_path, capsys
     (run / "run.json").write_text('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert_refused(cli(capsys, "train", "--resume", run, "--epochs", "2"), 2, str(run / "run.json"),
                    "nested too deeply")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["export", "predict", "weights"])
+def test_a_folder_given_as_a_checkpoint_or_weights_is_one_line(command, checkpoint, data, tmp_path, capsys):
+    folder = checkpoint.parent  # the run folder, not its checkpoint.pt: an easy slip
+    argv = {"export": ["export", folder, "--format", "pt", "--out", tmp_path / "x.pt"],
+            "predict": ["predict", folder, next((data / "circle").glob("*.png"))],
+            "weights": ["train", "--data", data, *QUICK, "--weights", folder, "--out", tmp_path / "run"]}[command]
+    assert_refused(cli(capsys, *argv), 2, str(folder), "is not a file")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "run").exists()
