@@ -22,7 +22,7 @@ from torch import nn
 from .checkpoint import atomic_write_bytes
 from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, normalize_batch
 from .embeddings import MIN_POINTS, project_2d, write_embeddings
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .events import EpochEvent, SkippedFile
 from .listeners import Listener
 from .run_folder import RunFolder
@@ -127,7 +127,13 @@ class ValidationRecords(Listener):
     def on_epoch_end(self, event: EpochEvent) -> None:
         if not event.is_best:
             return
-        outputs = self.latest()
+        try:
+            self._write(self.latest())
+        except OSError as exc:  # a full or read-only disk ends the run as the checkpoint's would
+            raise RunFailed(f"could not save {exc.filename or 'the validation records'}: {exc.strerror or exc}; "
+                            f"the run is stopped and the last files written completely are kept") from None
+
+    def _write(self, outputs: ValidationOutputs | None) -> None:
         if outputs is None or outputs.samples is None:
             self.folder.predictions_path.unlink(missing_ok=True)
             self.folder.embeddings_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainC
 from engine.data import scan_dataset
 from engine.demo import write_demo_dataset
 from engine.embeddings import project_2d, read_embeddings
-from engine.errors import UserError
+from engine.errors import RunFailed, UserError
 from engine.evaluation import (PREDICTION_COLUMNS, PredictionRecord, evaluate_checkpoint, evaluate_run,
                                read_predictions, summarize)
 from engine.events import Callbacks, TrainingControl
@@ -215,6 +215,12 @@ def test_status_says_failed_or_stopped_and_in_use_while_running(isolated, tmp_pa
     stopping = RunFolder(tmp_path / "stopping")
     fit(run_config(data, stopping.path, feature_cache=True, epochs=3), _Probe(stopping, control.stop), control)
     assert stopping.read_record()["status"] == "stopped" and not stopping.in_use()
+
+    blocked = RunFolder(tmp_path / "blocked")
+    blocked.predictions_path.mkdir(parents=True)  # the records cannot be written: the run fails, in one line
+    with pytest.raises(RunFailed, match="could not save .*val_predictions.csv"):
+        fit(run_config(data, blocked.path, feature_cache=True, epochs=1))
+    assert blocked.read_record()["status"] == "failed"
 
 
 # --- Grad-CAM ----------------------------------------------------------------------------------------
