@@ -63,9 +63,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save straight into the temporary file: no second copy of a large checkpoint in memory."""
-    with atomic_file(path) as fh:
-        torch.save(obj, fh)
+    """torch.save straight into the temporary file: no second copy of a large checkpoint in memory.
+    A failed write (full disk) is an OSError naming `path`."""
+    try:
+        with atomic_file(path) as fh:
+            torch.save(obj, fh)
+    except (OSError, RuntimeError) as exc:
+        # torch's zip writer hides a failed write behind its own RuntimeError ("unexpected pos").
+        failed = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(failed, OSError):
+            raise
+        raise OSError(failed.errno, failed.strerror, str(path)) from None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -273,16 +273,40 @@ def test_export_failing_midway_keeps_the_previous_export_and_no_partial_file(fmt
     previous = out / {"pt": "checkpoint-export.pt", "safetensors": "checkpoint.safetensors",
                       "torchscript": "checkpoint.torchscript.pt", "onnx": "checkpoint.onnx"}[fmt]
     previous.write_bytes(b"an earlier export")
+    _fill_disk_midway(monkeypatch)
+    assert_refused(cli(capsys, "export", checkpoint, "--format", fmt, "--out", out), 2, str(previous),
+                   "No space left on device")
+    assert _files(out) == {previous.name} and previous.read_bytes() == b"an earlier export"
+
+
+def _fill_disk_midway(monkeypatch, room: int = 1000) -> None:
+    """Every file opened for writing by fd (atomic_file's temporary files) takes `room` bytes, then is full."""
     real_fdopen = os.fdopen
 
     def fdopen(fd, mode="r", *args, **kwargs):
         fh = real_fdopen(fd, mode, *args, **kwargs)
-        return _DiskFullMidway(fh, room=1000) if "w" in mode else fh
+        return _DiskFullMidway(fh, room) if "w" in mode else fh
 
     monkeypatch.setattr(os, "fdopen", fdopen)
-    assert_refused(cli(capsys, "export", checkpoint, "--format", fmt, "--out", out), 2, str(previous),
-                   "No space left on device")
-    assert _files(out) == {previous.name} and previous.read_bytes() == b"an earlier export"
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """torch.save hides the failed write behind its zip writer's RuntimeError ("unexpected pos")."""
+    from engine.checkpoint import atomic_torch_save
+
+    _fill_disk_midway(monkeypatch)
+    with pytest.raises(OSError) as info:
+        atomic_torch_save({"w": torch.zeros(10_000)}, tmp_path / "checkpoint.pt")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "checkpoint.pt")
+    assert _files(tmp_path) == set()
+
+
+@pytest.mark.timeout(90)
+def test_training_onto_a_full_disk_fails_in_one_line(data, small_disk, capsys):
+    line = assert_failed_run(cli(capsys, "train", "--data", data, *QUICK, "--out", small_disk / "run"),
+                             f"could not save {small_disk / 'run' / 'checkpoint.pt'}: No space left on device")
+    assert "kept" in line
+    assert not [p for p in (small_disk / "run").iterdir() if p.name.endswith(".tmp")]
 
 
 def _read_only_folder(tmp_path: Path) -> Path:
