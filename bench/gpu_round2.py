@@ -82,6 +82,41 @@ def synthetic(data: str, out: str, epochs: int, batch_size: int, device: str = "
             "epoch_seconds": [m["seconds"] for m in metrics]}
 
 
+def shutdown_diagnosis(out: Path) -> dict:
+    """fit() returning with the next epoch's batches prefetched (as before the last_epoch rule)
+    and without: the time fit takes to return after its own clock stopped. A watchdog dumps every
+    thread's stack if the first call hangs."""
+    import faulthandler
+
+    from engine import batches
+    from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
+    from engine.trainer import fit
+
+    data = Path("/tmp/ts-gpu-small")
+    if not data.exists():
+        make_dataset(data, 128, 16, 288)
+    result = {}
+    for name, last_epoch_rule in (("prefetch_past_last_epoch", False), ("last_epoch_rule", True)):
+        original = batches.ImageBatches.__init__
+
+        def init(self, *a, _rule=last_epoch_rule, **k):
+            original(self, *a, **k)
+            if not _rule:
+                self.last_epoch = None
+
+        batches.ImageBatches.__init__ = init
+        config = RunConfig(data=DataConfig(root=str(data), image_size=224, augment="standard", num_workers=8),
+                           model=ModelConfig("resnet50", "none"), plan=PlanConfig(strategy="fine-tune", base_lr=1e-3),
+                           train=TrainConfig(epochs=2, batch_size=128, device="cuda"), out_dir=str(out / name))
+        faulthandler.dump_traceback_later(45, exit=False, file=sys.stderr)
+        start = time.perf_counter()
+        found = fit(config)
+        faulthandler.cancel_dump_traceback_later()
+        batches.ImageBatches.__init__ = original
+        result[name] = {"fit_call_seconds": time.perf_counter() - start, "fit_seconds": found.seconds}
+    return result
+
+
 def _write_photo(job):
     path, seed = job
     from PIL import Image
@@ -131,10 +166,16 @@ def main() -> int:
     p.add_argument("--synthetic-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default="/tmp/ts-gpu-data", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    p.add_argument("--diagnosis-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--steps", default="plain,ours,ours_no_telemetry,synthetic,decode,checks",
+                   help="which parts to run, comma-separated (also: ours_cudnn_benchmark, shutdown)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
+    if args.diagnosis_only:
+        print(json.dumps(shutdown_diagnosis(out / "shutdown")))
+        return 0
     if args.synthetic_only:
         print(json.dumps(synthetic(str(data), str(out / "synthetic"), args.epochs, args.batch_size, args.device)))
         return 0
@@ -146,6 +187,8 @@ def main() -> int:
     print(json.dumps(result), flush=True)
 
     def step(name, fn):
+        if name not in args.steps.split(","):
+            return
         start = time.perf_counter()
         try:
             result[name] = fn()
@@ -179,6 +222,9 @@ def main() -> int:
     step("ours", lambda: ours_with_record("ours", []))
     step("ours_no_telemetry", lambda: ours_with_record("ours-no-telemetry", ["--no-telemetry"]))
     step("synthetic", synthetic_run)
+    step("ours_cudnn_benchmark", lambda: ours_with_record("ours-cudnn-benchmark", ["--cudnn-benchmark"]))
+    step("shutdown", lambda: json.loads(run([sys.executable, "bench/gpu_round2.py", "--out", str(out),
+                                             "--diagnosis-only"], out / "shutdown.log")[1]))
     step("decode", lambda: decode_bench(Path("/tmp/ts-gpu-photos"), 192, 256))
     step("checks", lambda: {"seconds": run([sys.executable, "bench/gpu_checks.py", "--out", str(out / "checks")],
                                            out / "checks.log")[0]})

@@ -46,8 +46,9 @@ class ImageBatches:
     """Batches of images from DataLoaders (decoded-image cache behind them)."""
 
     def __init__(self, train_loader, val_loader, train_samples, val_samples, prep: Preprocessing,
-                 device: torch.device, channels_last: bool, skipped: SkippedLog) -> None:
+                 device: torch.device, channels_last: bool, skipped: SkippedLog, last_epoch: int | None = None) -> None:
         self.train_loader, self.val_loader = train_loader, val_loader
+        self.last_epoch = last_epoch
         self.train_samples, self.val_samples = train_samples, val_samples
         self.prep, self.device, self.channels_last, self.skipped = prep, device, channels_last, skipped
         # On a GPU the workers assemble the next epoch's first batches while validation runs, so
@@ -67,7 +68,8 @@ class ImageBatches:
         self._next_epoch = None
         batches = started[1] if started is not None and started[0] == epoch else self._start(epoch)
         yield from _without_batches_of_one(self._batches(batches, self.train_samples), self.train_loader.batch_size)
-        if self.prefetch_next_epoch:
+        if self.prefetch_next_epoch and (self.last_epoch is None or epoch < self.last_epoch):
+            # (never past the last epoch: workers left holding batches took ~80 s to shut down on CUDA)
             self._next_epoch = (epoch + 1, self._start(epoch + 1))
 
     def _start(self, epoch: int) -> Iterator:

@@ -266,10 +266,11 @@ class _Loaders:
         self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
         self.val_loader = make_loader(val_set, bs, False, workers, seed, pin) if len(val_set) else None
         self.workers, self.batch_size, self.seed, self.pin = workers, bs, seed, pin
+        self.last_epoch = config.train.epochs
 
     def image_batches(self, channels_last: bool) -> ImageBatches:
         return ImageBatches(self.train_loader, self.val_loader, self.scan.train, self.scan.val, self.prep,
-                            self.device, channels_last, self.skipped)
+                            self.device, channels_last, self.skipped, last_epoch=self.last_epoch)
 
     def feature_loader(self, seed: int | None = None):
         """The training images in file order, for computing their trunk features once (`seed`

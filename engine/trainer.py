@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -224,9 +225,9 @@ class EpochLoop:
         self.module.train()
         epoch_start = time.perf_counter()
         data_seconds = 0.0
-        loss_sum, seen, step = 0.0, 0, 0
+        seen, step = 0, 0
         correct = torch.zeros((), dtype=torch.long, device=run.device)  # read once, at the epoch's end
-        pending_losses: list[float] = []
+        losses = _LossesReadLate(self._check_loss)
         last_event = 0.0
         min_gap = 1.0 / max(1e-6, cfg.train.max_batch_events_per_second)
         batches = run.batches.train_batches(self.epoch)
@@ -241,26 +242,29 @@ class EpochLoop:
             if self.control.stop_requested:
                 raise Stopped
             step += 1
-            loss_value, logits = self._step(x, y, step)
+            loss, logits = self._step(x, y)
             n = len(y)
-            loss_sum += loss_value * n
+            losses.add(loss, n, step)
             correct += (logits.argmax(1) == y).sum()
             seen += n
-            pending_losses.append(loss_value)
             now = time.perf_counter()
-            if now - last_event >= min_gap or step == self.steps_per_epoch:
+            last_step = step == self.steps_per_epoch
+            if last_step or step == 1:  # the epoch's first and last events show their own step
+                losses.read()
+            if (now - last_event >= min_gap or last_step) and losses.unreported:
                 elapsed = now - epoch_start
                 event = BatchEvent(
                     epoch=self.epoch, epochs=cfg.train.epochs, step=step, steps=self.steps_per_epoch,
                     global_step=self.global_step, total_steps=self.total_steps,
-                    loss=float(np.mean(pending_losses)), lrs=self.optimization.current_lrs(),
+                    loss=float(np.mean(losses.take_unreported())), lrs=self.optimization.current_lrs(),
                     images_per_second=seen / max(1e-9, elapsed),
                     eta_seconds=(self.total_steps - self.global_step) * (elapsed / step),
                     layers=self.telemetry.take_latest() if self.telemetry else {})
                 for listener in self.listeners:
                     listener.on_batch_end(event)
-                pending_losses.clear()
                 last_event = now
+        losses.read()
+        loss_sum = losses.weighted_sum
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         if seen == 0:  # every image deleted or spoiled after the scan: nothing trained, say so
@@ -276,14 +280,11 @@ class EpochLoop:
             seconds=time.perf_counter() - epoch_start, images_per_second=seen / max(1e-9, train_seconds),
             data_seconds=data_seconds, compute_seconds=train_seconds - data_seconds, newly_unfrozen=newly_unfrozen)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[float, torch.Tensor]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimization.set_lrs(self.global_step)
         with self.run.autocast():
             logits = self.module(x)
             loss = self.criterion(logits.float(), y)
-        loss_value = loss.item()  # the step's one wait for the device
-        if not math.isfinite(loss_value):
-            self._diverged(loss_value, f"epoch {self.epoch}, step {step}")
         optimizer = self.optimization.optimizer
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -294,7 +295,11 @@ class EpochLoop:
         for listener in self.listeners:
             listener.on_after_optimizer_step()
         self.global_step += 1
-        return loss_value, logits
+        return loss.detach(), logits
+
+    def _check_loss(self, value: float, step: int) -> None:
+        if not math.isfinite(value):
+            self._diverged(value, f"epoch {self.epoch}, step {step}")
 
     def _diverged(self, value: float, where: str) -> None:
         kept = f"; the last good checkpoint is kept at {self.checkpoint.path}" if self.checkpoint.path else ""
@@ -380,3 +385,33 @@ class EpochLoop:
             images_per_second=self.images_seen / max(1e-9, self.train_seconds), stopped=stopped,
             skipped=tuple(SkippedFile(p, r) for p, r in sorted(self.run.skipped.reasons.items())),
             integrity=self.integrity.last_report)
+
+
+class _LossesReadLate:
+    """The step losses, each read one step late. Reading a loss waits for the device; waiting for
+    the previous step while this one is already queued keeps a GPU busy. A non-finite loss still
+    ends the run before the epoch's weights are validated or saved."""
+
+    def __init__(self, check: Callable[[float, int], None]) -> None:
+        self.check = check
+        self.unread: tuple[torch.Tensor, int, int] | None = None  # (loss, batch size, step)
+        self.unreported: list[float] = []
+        self.weighted_sum = 0.0
+
+    def add(self, loss: torch.Tensor, batch_size: int, step: int) -> None:
+        self.read()
+        self.unread = (loss, batch_size, step)
+
+    def read(self) -> None:
+        if self.unread is None:
+            return
+        loss, batch_size, step = self.unread
+        self.unread = None
+        value = loss.item()
+        self.check(value, step)
+        self.weighted_sum += value * batch_size
+        self.unreported.append(value)
+
+    def take_unreported(self) -> list[float]:
+        values, self.unreported = self.unreported, []
+        return values

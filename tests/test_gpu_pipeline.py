@@ -35,3 +35,12 @@ def test_an_epoch_other_than_the_prefetched_one_starts_afresh(demo_dir):
     plain = _labels_of_epochs(_batches(demo_dir, prefetch=False), [0, 5])
     source = _batches(demo_dir, prefetch=True)
     assert _labels_of_epochs(source, [0, 5]) == plain  # epoch 1 was prefetched, 5 was asked for
+
+
+def test_nothing_is_prefetched_past_the_last_epoch(demo_dir):
+    source = _batches(demo_dir, prefetch=True)
+    source.last_epoch = 2
+    _labels_of_epochs(source, [1])
+    assert source._next_epoch is not None and source._next_epoch[0] == 2
+    _labels_of_epochs(source, [2])
+    assert source._next_epoch is None
