@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from engine.errors import UserError
 
@@ -85,13 +84,12 @@ def _steps_per_epoch(args) -> int:
     if not args.data:
         raise UserError("--preview needs --data DIR (with --batch-size) or --steps-per-epoch N to know an "
                         "epoch's steps")
-    from engine.data import drops_last_batch, scan_dataset
+    from engine.data import batches_per_epoch, scan_dataset
 
     scan = scan_dataset(args.data, args.val_fraction, 0)
     if len(scan.class_names) != args.classes:
         raise UserError(f"{args.data} has {len(scan.class_names)} classes but --classes says {args.classes}")
-    n, bs = len(scan.train), args.batch_size
-    return max(1, n // bs if drops_last_batch(n, bs) else math.ceil(n / bs))  # as the training loader
+    return batches_per_epoch(len(scan.train), args.batch_size)
 
 
 # --- advise -----------------------------------------------------------------------------------

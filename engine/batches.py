@@ -6,14 +6,13 @@ calls on them: the whole model for images, only the head for features.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import Preprocessing, drops_last_batch, epoch_order, normalize_batch
+from .data import Preprocessing, batches_per_epoch, drops_last_batch, epoch_order, normalize_batch
 from .models import describe, plain_model
 from .plan import build_plan
 
@@ -142,8 +141,7 @@ class FeatureBatches:
 
     @property
     def steps_per_epoch(self) -> int:
-        n, bs = len(self.train[1]), self.batch_size
-        return max(1, n // bs if drops_last_batch(n, bs) else math.ceil(n / bs))
+        return batches_per_epoch(len(self.train[1]), self.batch_size)
 
     def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
         return model.get_submodule(head)

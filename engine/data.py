@@ -8,6 +8,7 @@ its reason, at scan time or when it fails to decode in the middle of an epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -408,6 +409,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def drops_last_batch(n: int, batch_size: int) -> bool:
     # A final batch of one breaks BatchNorm in train mode; drop it only in that case.
     return n > 1 and n % batch_size == 1
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Steps in one epoch of `n` training samples, as the training loader makes them (at least one)."""
+    return max(1, n // batch_size if drops_last_batch(n, batch_size) else math.ceil(n / batch_size))
 
 
 class EpochShuffle(torch.utils.data.Sampler):

@@ -19,6 +19,7 @@ import torch
 
 from .adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
 from .batches import FeatureBatches, ImageBatches, SkippedLog
+from .class_weights import decide_class_weights
 from .config import RunConfig
 from .data import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, eval_transform, make_loader, scan_dataset,
                    train_transform)
@@ -180,7 +181,8 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
             feature_note += " (loaded from the disk cache)"
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control,
                        warm=cached is None or config.train.adapt_norm)
-    notes = tuple(built.notes)
+    class_weights_note = decide_class_weights(config.train.class_weights, scan).note
+    notes = tuple(built.notes) + ((class_weights_note,) if class_weights_note else ())  # says whether they are on
     if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
         notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,

@@ -139,8 +139,7 @@ class EpochLoop:
     def _segment(self, resume_state: dict | None) -> ScheduleSegment:
         cfg = self.run.config.train
         if resume_state is None or resume_state.get("planned_epochs", cfg.epochs) == cfg.epochs:
-            warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-            return ScheduleSegment(first_step=0, steps=self.total_steps, warmup_steps=warmup)
+            return ScheduleSegment.planned(cfg, self.steps_per_epoch)  # the schedule preview's own formula
         # More epochs than first planned: the added epochs get a schedule of their own.
         done = int(resume_state["global_step"])
         return ScheduleSegment(first_step=done, steps=self.total_steps - done, warmup_steps=0)
