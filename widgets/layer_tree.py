@@ -10,7 +10,8 @@ evidence: the freeze-integrity check on frozen modules and each stage's update r
 Big trees (resnet152 has 423 modules) must never stall the window: the model keeps what every cell
 shows and, after a change, emits dataChanged only for the cells whose content changed (contiguous
 siblings coalesced, never the Layer column); the view sizes its columns once instead of asking
-every row on each change, and repaints a changed range's rectangle.
+every row on each change, and repaints a changed range's rectangle (or the whole viewport when
+one event-loop turn brings more than MANY_CHANGES ranges).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 from dataclasses import replace
 from typing import NamedTuple
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QRect, Qt, Signal
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QAccessible, QAction, QBrush, QColor, QFont, QValidator
 from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, QInputDialog, QLineEdit, QMenu,
                                QStyledItemDelegate, QToolTip, QTreeView)
@@ -725,6 +726,9 @@ class LrDelegate(QStyledItemDelegate):
             model.setData(index, editor.entered, Qt.ItemDataRole.EditRole)
 
 
+MANY_CHANGES = 8  # changed ranges in one event-loop turn beyond which the view repaints all of itself
+
+
 class LayerTreeView(QTreeView):
     """The tree with its LR editor, a filter and a context menu for the subtree operations."""
 
@@ -744,6 +748,7 @@ class LayerTreeView(QTreeView):
         self.setToolTip("Every module of the model: tick Frozen to stop it training, double-click LR to set its learning rate.")
         self._filter = ""
         self._hidden: set[str] = set()
+        self._changes_this_turn, self._whole_viewport_due = 0, False  # dataChanged signals in this event-loop turn
 
     def setModel(self, model) -> None:  # noqa: N802 - Qt override
         super().setModel(model)
@@ -765,9 +770,23 @@ class LayerTreeView(QTreeView):
         if self.state() == QAbstractItemView.State.EditingState or QAccessible.isActive():
             super().dataChanged(top_left, bottom_right, roles)
             return
+        if self._whole_viewport_due:
+            return
+        self._changes_this_turn += 1
+        if self._changes_this_turn == 1:
+            QTimer.singleShot(0, self._end_of_turn)
+        if self._changes_this_turn > MANY_CHANGES:
+            # A preset or a big subtree: finding each range's rectangle costs more than repainting
+            # the whole viewport, which such a change covers anyway.
+            self._whole_viewport_due = True
+            self._viewport.update()
+            return
         rect = self._range_rect(top_left, bottom_right)
         if not rect.isEmpty():
             self._viewport.update(rect)
+
+    def _end_of_turn(self) -> None:
+        self._changes_this_turn, self._whole_viewport_due = 0, False
 
     def _range_rect(self, top_left, bottom_right) -> QRect:
         """The viewport rectangle of a changed range of siblings (and the rows shown between them)."""
