@@ -229,7 +229,8 @@ def _probe_files(files: list[tuple[Path, int]], should_stop: Callable[[], bool])
 
 
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    # "_excluded" (engine.dataset_edits) and other "_" folders hold set-aside images, not a class.
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "_")))
 
 
 def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int):
