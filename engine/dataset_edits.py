@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from .checkpoint import _fsync_dir
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .images import is_image_file
 
 JOURNAL_NAME = ".transfer-studio-journal.jsonl"
@@ -170,8 +170,12 @@ def _perform(root: Path, kind: str, moves: Iterable[tuple[str, PurePosixPath]], 
     journal = _journal(root)
     action = Action(_next_id(journal), kind, tuple(planned), target, of)
     _append(journal, {"state": "planned", **action.to_json()})
-    for src, dst in action.moves:
-        move_file(root / src, root / dst)
+    try:
+        for src, dst in action.moves:
+            move_file(root / src, root / dst)
+    except OSError as exc:  # the journal keeps the batch: the next repair() completes it
+        raise RunFailed(f"{kind} #{action.id} stopped half-way ({exc.filename or root}: {exc.strerror or exc}); "
+                        f"the next command on {root} completes it") from None
     _append(journal, {"state": "done", **action.to_json()})
     return action
 

@@ -1,0 +1,242 @@
+"""Suspect labels and near-duplicates: which images of a dataset most likely carry a wrong label.
+
+With a frozen trunk (weights given) every image gets an out-of-sample class probability: the
+trunk's features are computed once (the feature cache's pass and disk cache), and a logistic-
+regression head is trained K times, each time on all folds but one and asked about the fold it
+never saw. Images are ranked by self-confidence, the probability of their given label, lowest
+first (with cleanlab installed, by its `find_label_issues` ranking of the same probabilities).
+Without usable features (random weights, or a head that is no linear layer on pooled features)
+only a trained run's validation predictions can say anything, and `source` says so.
+
+Near-duplicates: pairs whose features' cosine similarity reaches a threshold while their labels
+differ or one is in training and the other in validation (a leak that flatters validation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, split_listing
+from .errors import UserError
+from .features import compute_features, feature_cache_key, load_cached_features, save_cached_features
+from .models import build_model
+from .run_setup import Stopped
+
+DUPLICATE_THRESHOLD = 0.98
+PROBE_STEPS = 300
+PROBE_L2 = 1e-3
+FEATURES = "k-fold"  # source: out-of-fold probabilities from frozen-trunk features
+VALIDATION = "validation"  # source: a trained run's validation predictions only
+
+
+@dataclass(frozen=True)
+class SuspectReport:
+    suspects: tuple[dict, ...]  # {"path", "given", "likely", "probability"}, most suspect first
+    duplicates: tuple[tuple[str, str, float], ...]  # (path, path, similarity), most similar first
+    source: str  # FEATURES or VALIDATION
+    note: str  # for the person: how the probabilities were found
+
+    def to_json(self) -> dict:
+        return {"suspects": [dict(s) for s in self.suspects],
+                "duplicates": [[a, b, round(s, 6)] for a, b, s in self.duplicates],
+                "source": self.source, "note": self.note}
+
+
+def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none", folds: int = 5, *,
+                  threshold: float = DUPLICATE_THRESHOLD, run_dir: str | os.PathLike | None = None,
+                  image_size: int = 224, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
+                  should_stop: Callable[[], bool] = lambda: False) -> SuspectReport:
+    """Rank the dataset's images by how unlikely their given label is. Paths are relative to `data_dir`."""
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    listing = list_dataset(data_dir, should_stop)
+    scan = split_listing(listing, val_fraction, seed)
+    root = Path(listing.root)
+    if weights in (None, "", "none"):
+        if run_dir is None:
+            raise UserError("no usable features with random weights: give --weights (a frozen trunk's K-fold "
+                            "probabilities) or --run RUN_DIR (its validation predictions only)")
+        return _from_validation(run_dir, root, scan.class_names)
+    built = build_model(arch, len(scan.class_names), weights, image_size)
+    if not built.info.head_is_linear:
+        if run_dir is None:
+            raise UserError(f"no usable features: {arch}'s head is a convolution before pooling; give --run RUN_DIR "
+                            f"to rank its validation predictions")
+        return _from_validation(run_dir, root, scan.class_names)
+    samples = scan.train + scan.val
+    feats, kept = _features(built, samples, weights, arch, batch_size, seed, should_stop)
+    labels = torch.tensor([s.label for s in kept])
+    probs = out_of_fold_probabilities(feats, labels, len(scan.class_names), folds, seed)
+    order = rank(probs, labels)
+    names = scan.class_names
+    suspects = tuple(_suspect(_rel(kept[i].path, root), names[labels[i]], names[int(probs[i].argmax())],
+                              float(probs[i, labels[i]])) for i in order)
+    in_val = {s.path for s in scan.val}
+    dupes = near_duplicates(feats, labels, torch.tensor([s.path in in_val for s in kept]), threshold)
+    duplicates = tuple((_rel(kept[i].path, root), _rel(kept[j].path, root), s) for i, j, s in dupes)
+    note = (f"out-of-sample probabilities: {folds}-fold logistic regression on frozen {arch} features "
+            f"of {len(kept)} image(s)")
+    return SuspectReport(suspects, duplicates, FEATURES, note)
+
+
+# --- features -------------------------------------------------------------------------------------
+
+
+def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch_size: int, seed: int,
+              should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
+    """(N, D) trunk features of the decodable samples, and those samples; from the disk cache when
+    the same files were seen with the same trunk and preprocessing."""
+    # Stored as ((features, positions of the decodable samples), None), not as a run's (train, val):
+    # the precision tag keeps the two layouts under different keys.
+    key = feature_cache_key(samples, arch=arch, weights=weights, seed=seed, head=built.info.head,
+                            prep=built.preprocessing, precision="float32 (suspects)", device_type="cpu")
+    cached = load_cached_features(key)
+    if cached is not None:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            feats, positions = cached[0]
+            return feats, [samples[i] for i in positions.tolist()]
+    failed: set[int] = set()
+    prep = built.preprocessing
+    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, seed)
+    result = compute_features(built.model, built.info.head, loader, prep, torch.device("cpu"),
+                              autocast=contextlib.nullcontext, channels_last=False,
+                              on_failures=lambda found: failed.update(i for i, _ in found), should_stop=should_stop)
+    if result is None:
+        raise Stopped
+    feats, _ = result
+    positions = [i for i in range(len(samples)) if i not in failed]
+    if len(positions) < 2:
+        raise UserError("fewer than 2 decodable images: nothing to compare")
+    save_cached_features(key, (feats, torch.tensor(positions)), None)  # an optimisation only: a failure is fine
+    return feats, [samples[i] for i in positions]
+
+
+# --- out-of-fold probabilities --------------------------------------------------------------------
+
+
+def fold_of(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """(N,) fold index of each image: each class dealt round the folds in a seeded order, so every
+    fold holds its share of every class."""
+    generator = torch.Generator().manual_seed(seed)
+    assignment = torch.empty(len(labels), dtype=torch.long)
+    offset = 0
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        assignment[members] = (torch.arange(len(members)) + offset) % folds
+        offset += len(members)  # small classes start where the last one ended: folds stay even
+    return assignment
+
+
+def out_of_fold_probabilities(feats: torch.Tensor, labels: torch.Tensor, classes: int, folds: int,
+                              seed: int, steps: int = PROBE_STEPS) -> torch.Tensor:
+    """(N, classes): each image's class probabilities from a probe that never saw it."""
+    folds = min(folds, len(labels))
+    assignment = fold_of(labels, folds, seed)
+    probs = torch.empty(len(labels), classes)
+    for fold in range(folds):
+        held = assignment == fold
+        if not held.any():
+            continue
+        probe = fit_probe(feats[~held], labels[~held], classes, steps)
+        probs[held] = probe(feats[held])
+    return probs
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = PROBE_STEPS):
+    """A multinomial logistic regression (standardised features, full-batch Adam, a little L2),
+    zero-initialised so the same data gives the same probe; returns features -> probabilities."""
+    mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-6
+    xs = (x - mean) / std
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
+    threads = torch.get_num_threads()
+    # Hundreds of steps on small matrices: a thread pool costs more than the arithmetic (see advisor).
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = nn.functional.cross_entropy(xs @ weight + bias, y) + PROBE_L2 * weight.pow(2).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    weight, bias = weight.detach(), bias.detach()
+    return lambda new: torch.softmax(((new - mean) / std) @ weight + bias, dim=1)
+
+
+def rank(probs: torch.Tensor, labels: torch.Tensor) -> list[int]:
+    """Indices, most suspect first: cleanlab's self-confidence ranking of its label issues when it
+    is installed (then the rest), else the probability of the given label, ascending."""
+    self_confidence = probs[torch.arange(len(labels)), labels]
+    ascending = sorted(range(len(labels)), key=lambda i: (float(self_confidence[i]), i))
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return ascending
+    issues = [int(i) for i in find_label_issues(labels.numpy(), probs.numpy(),
+                                                return_indices_ranked_by="self_confidence")]
+    flagged = set(issues)
+    return issues + [i for i in ascending if i not in flagged]
+
+
+# --- near-duplicates ------------------------------------------------------------------------------
+
+
+def near_duplicates(feats: torch.Tensor, labels: torch.Tensor, in_val: torch.Tensor,
+                    threshold: float = DUPLICATE_THRESHOLD, chunk: int = 1024) -> list[tuple[int, int, float]]:
+    """(i, j, similarity) with i < j, cosine similarity >= threshold, labels that differ or one image
+    in training and one in validation; most similar first. Compared a chunk of rows at a time, so
+    memory stays O(chunk x N)."""
+    unit = nn.functional.normalize(feats.float(), dim=1)
+    pairs = []
+    for start in range(0, len(unit), chunk):
+        similarity = unit[start:start + chunk] @ unit.T
+        rows = torch.arange(start, start + len(similarity))[:, None]
+        cols = torch.arange(len(unit))[None, :]
+        crosses = (labels[rows] != labels[cols]) | (in_val[rows] != in_val[cols])
+        hits = ((similarity >= threshold) & crosses & (cols > rows)).nonzero()
+        pairs += [(start + int(r), int(c), float(similarity[r, c])) for r, c in hits]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+
+
+# --- validation predictions only ------------------------------------------------------------------
+
+
+def _from_validation(run_dir: str | os.PathLike, root: Path, class_names) -> SuspectReport:
+    """A trained run's validation predictions: the probability of the given label is exp(-loss)."""
+    from .evaluation import read_predictions
+    from .run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    folder.read_record()  # one line when it is not a run folder
+    if not folder.predictions_path.is_file():
+        raise UserError(f"{folder.path} has no {folder.predictions_path.name}: no validation predictions to rank")
+    records = read_predictions(folder.predictions_path)
+    known = set(class_names)
+    ranked = sorted(records, key=lambda r: (-r.loss, r.path))
+    suspects = tuple(_suspect(r.path, r.true, r.pred, math.exp(-r.loss)) for r in ranked if r.true in known)
+    note = (f"validation images only ({len(suspects)}): no usable trunk features, so these are the run's own "
+            f"validation predictions; training images are not ranked")
+    return SuspectReport(suspects, (), VALIDATION, note)
+
+
+def _suspect(path: str, given: str, likely: str, probability: float) -> dict:
+    return {"path": path, "given": given, "likely": likely, "probability": round(probability, 6)}
+
+
+def _rel(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
