@@ -210,6 +210,8 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "lr_find.start": NumberRule("first multiplier", float, 0, low_open=True),
     "lr_find.end": NumberRule("last multiplier", float, 0, low_open=True),
     "predict.top_k": NumberRule("top-k", int, 1),
+    "suspects.folds": NumberRule("folds", int, 2, 100),
+    "suspects.threshold": NumberRule("duplicate similarity threshold", float, 0, 1, low_open=True),
 }
 
 
