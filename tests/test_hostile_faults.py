@@ -96,7 +96,8 @@ def test_batch_size_one_with_batchnorm_in_training_is_refused_in_one_line(data, 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("augment", ["none", "light"])  # none: cached features; light: images, BatchNorm frozen
-def test_batch_size_one_trains_when_no_batchnorm_trains(augment, data, tmp_path, capsys):
+def test_batch_size_one_trains_when_no_batchnorm_trains(augment, tmp_path, capsys):
+    data = write_demo_dataset(tmp_path / "D", classes=2, per_class=4, size=32, seed=0)  # 8 steps of one image
     rc, _, err = cli(capsys, "train", "--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1",
                      "--strategy", "feature-extraction", "--augment", augment, "--batch-size", "1",
                      "--out", tmp_path / "run")
@@ -183,7 +184,7 @@ CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator:
                  "you tried to allocate 400000000000 bytes.")
 
 
-def _train_step_out_of_memory(self, x, y, step):
+def _train_step_out_of_memory(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
 
 
