@@ -30,6 +30,7 @@ from engine.run_folder import RunFolder
 from widgets.data_panel import DataPanel
 from widgets.export_dialog import ExportDialog, meta_from_record
 from widgets.insight import InsightView
+from widgets.lr_finder_dialog import LrFinderDialog
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
 from widgets.runs_view import RunsView
@@ -86,6 +87,7 @@ class MainWindow(QMainWindow):
         self.runs_view = RunsView()
         self.insight_session = InsightSession(self.session.tasks, self.runs_root(), self)
         self.export_dialog: ExportDialog | None = None
+        self.lr_finder_dialog: LrFinderDialog | None = None
         self._build_layout()
         self._build_menus()
         self._build_status_bar()
@@ -176,6 +178,16 @@ class MainWindow(QMainWindow):
                                          "Classify an image with the run's best checkpoint and see where it looked."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
+        edit_menu = self.menuBar().addMenu("&Edit")
+        history = self.session.plan_history
+        self.undo_action = self._action("&Undo", self.session.undo, QKeySequence.StandardKey.Undo,
+                                        "Undo the last change of the plan (a preset, an LR, applied advice).")
+        self.redo_action = self._action("&Redo", self.session.redo, "Ctrl+Shift+Z", "Redo the change undone.")
+        for action, can, changed in ((self.undo_action, history.canUndo, history.canUndoChanged),
+                                     (self.redo_action, history.canRedo, history.canRedoChanged)):
+            action.setEnabled(can())
+            changed.connect(action.setEnabled)
+            edit_menu.addAction(action)
         train_menu = self.menuBar().addMenu("&Train")
         train_menu.addAction(self._action("&Start", self.start_training, "Ctrl+R", "Start training."))
         train_menu.addAction(self._action("&Pause / resume", self.toggle_pause, "Ctrl+P", "Pause or resume training."))
@@ -210,6 +222,8 @@ class MainWindow(QMainWindow):
         dp.folder_chosen.connect(s.open_folder)
         dp.demo_requested.connect(s.open_demo)
         dp.data_edited.connect(s.update_data)
+        dp.class_weights_edited.connect(lambda mode: s.update_train({"class_weights": mode}))
+        dp.advice_apply_requested.connect(s.apply_advice)
         mp.arch_edited.connect(s.set_arch)
         mp.weights_edited.connect(s.set_weights)
         mp.preset_requested.connect(s.apply_preset)
@@ -222,6 +236,7 @@ class MainWindow(QMainWindow):
         tp.pause_clicked.connect(s.set_paused)
         tp.stop_clicked.connect(self.stop_training)
         tp.export_clicked.connect(self.export_checkpoint)
+        tp.lr_finder_clicked.connect(self.open_lr_finder)
         # the session -> the panels
         s.dataset_changed.connect(self._show_dataset)
         s.thumbnails_ready.connect(dp.show_thumbnails)
@@ -241,6 +256,13 @@ class MainWindow(QMainWindow):
         s.notice.connect(self._show_notice)
         s.export_finished.connect(self._on_exported)
         s.export_failed.connect(self._on_export_failed)
+        s.advice_pending.connect(dp.show_advice_pending)
+        s.advice_ready.connect(dp.show_advice)
+        s.advice_failed.connect(dp.show_advice_failure)
+        s.advice_applied_changed.connect(dp.mark_advice_applied)
+        s.advice_followed.connect(dp.show_advice_note)
+        s.schedule_previewed.connect(self.plots.show_planned)
+        s.run_preview_ready.connect(self._show_run_preview)
         # the training thread's events (queued to this thread by the controller)
         c.run_started.connect(self._on_run_started)
         c.status_changed.connect(tp.show_status)
@@ -302,6 +324,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _show_train(self, train: TrainConfig) -> None:
         self.training_panel.show_train(train)
+        self.data_panel.show_class_weights(train.class_weights)
         self.model_panel.show_weight_decay(train.weight_decay)
         self._show_device(train.device, train.precision)
 
@@ -374,6 +397,7 @@ class MainWindow(QMainWindow):
         if self.session.is_running:
             return
         self.training_panel.show_error("")
+        self.model_panel.end_preview()  # the tree shows what trains
         if self.session.start():
             self._show_new_run()
 
@@ -382,6 +406,7 @@ class MainWindow(QMainWindow):
         if self.session.is_running:
             return
         self.training_panel.show_error("")
+        self.model_panel.end_preview()
         if self.session.continue_run():
             self._show_new_run()
 
@@ -404,7 +429,8 @@ class MainWindow(QMainWindow):
     def _on_run_started(self, event: RunStarted) -> None:
         self.device_label.setText(f"Device: {event.device_name}")
         self.precision_label.setText(f"Mixed precision: {'off' if event.precision == 'fp32' else event.precision}")
-        self.statusBar().showMessage(event.feature_cache)  # stays: says whether features are cached
+        weighting = [note for note in event.notes if "class weight" in note]  # whether class weights are on
+        self.statusBar().showMessage(" · ".join([event.feature_cache, *weighting]))  # stays: features cached or not
 
     @Slot(object)
     def _on_batch(self, event: BatchEvent) -> None:
@@ -452,11 +478,14 @@ class MainWindow(QMainWindow):
 
     @Slot(list)
     def _on_runs_selected(self, paths: list) -> None:
+        if len(paths) != 1 or self.session.is_running:
+            self.model_panel.end_preview()
         if len(paths) == 1:
             folder = RunFolder(paths[0])
             self.insight_session.open_insight(folder)
             if not self.session.is_running:  # live curves are never replaced by a past run's
                 self.insight_session.load_history(folder)
+                self.session.preview_run(str(folder.path))  # its plan, read-only, in the tree
             run = self.runs_view.model.run(self.runs_view.model.row_of(folder.path))
             self.runs_view.show_detail(f"{run.name}: {run.arch}, {run.strategy}, {run.status} — {run.path}")
         if len(paths) >= 2:
@@ -495,8 +524,15 @@ class MainWindow(QMainWindow):
         if self._open_run(path):
             self.export_checkpoint()
 
+    @Slot(str, object, object)
+    def _show_run_preview(self, path: str, info, plan) -> None:
+        if self.session.is_running or self.runs_view.selected_paths() != [path]:
+            return  # the selection moved on meanwhile
+        self.model_panel.show_preview(Path(path).name, info, plan)
+
     @Slot(str)
     def use_run_configuration(self, path: str) -> None:
+        self.model_panel.end_preview()
         if self._open_run(path):
             self._show_notice(f"The configuration of {Path(path).name} is shown: edit it and Start.")
 
@@ -515,6 +551,20 @@ class MainWindow(QMainWindow):
                                       f"and all its files for good?")
         if answer == QMessageBox.StandardButton.Yes:
             self.insight_session.delete_run(path)
+
+    # --- guidance -----------------------------------------------------------------------------------------
+
+    @Slot()
+    def open_lr_finder(self) -> None:
+        """The LR range test on the configuration shown; Apply scales the plan (undoably)."""
+        if self.session.is_running:
+            return
+        tasks = self.session.tasks
+        self.lr_finder_dialog = LrFinderDialog(self.session.config(), self.session.scan,
+                                               submit=lambda fn, done, error: tasks.submit("lr-find", fn, done, error),
+                                               parent=self)
+        self.lr_finder_dialog.applied.connect(self.session.adopt_scaled_plan)
+        self.lr_finder_dialog.open()
 
     # --- export -------------------------------------------------------------------------------------------
 

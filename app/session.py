@@ -18,15 +18,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from app.worker import BackgroundTasks, ExportProcess, RunFailure, TrainingController
+from engine.advisor import Advice, advise
 from engine.config import DataConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import DatasetListing, DatasetScan, list_dataset, split_listing
+from engine.data import DatasetListing, DatasetScan, batches_per_epoch, list_dataset, split_listing
 from engine.demo import ensure_demo_dataset
 from engine.errors import UserError
 from engine.events import FitResult, RunStarted, SkippedFile
 from engine.models import (ModelInfo, build_model, check_arch, check_image_size, min_image_size,
                            weights_cache_path)
+from engine.optimization import schedule_preview
 from engine.plan import build_plan
 from engine.run_folder import RunFolder, latest_run
 from widgets.data_panel import thumbnail_strip
@@ -39,6 +42,10 @@ WINDOW_DEFAULTS = RunConfig(
     train=TrainConfig(epochs=5),
 )
 SPLIT_DELAY_MS = 250  # a burst of Validation-box steps makes one split, not one per step
+SCHEDULE_DELAY_MS = 250  # a burst of edits makes one schedule preview
+ADVICE_FOLLOWED = "Presets follow the advice (Ctrl+Z undoes)"
+# Undo merges a burst of steps of one spin box (base LR, factor, interval) into one change.
+MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY = 1, 2, 3
 MAX_WEIGHTS_FILES = 5
 THUMBNAILS_PER_CLASS = 3
 
@@ -256,6 +263,52 @@ class WeightsFiles(QObject):
         self.changed.emit(list(files))
 
 
+class PlanChange(QUndoCommand):
+    """One undoable change of the plan, with the data and training fields that go with it (the
+    advice's augmentation or epochs). Only the fields it names are put back: an undo never takes
+    back an edit made elsewhere since."""
+
+    def __init__(self, put, text: str, plan: tuple[PlanConfig, PlanConfig], data: tuple[dict, dict] = ({}, {}),
+                 train: tuple[dict, dict] = ({}, {}), merge_key: int = -1):
+        super().__init__(text)
+        self._put, self._merge_key = put, merge_key
+        self.plan, self.data, self.train = plan, data, train
+
+    def redo(self) -> None:
+        self._put(self.plan[1], self.data[1], self.train[1])
+
+    def undo(self) -> None:
+        self._put(self.plan[0], self.data[0], self.train[0])
+
+    def id(self) -> int:  # noqa: A003 - Qt's name
+        return self._merge_key
+
+    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
+        if other.id() != self._merge_key or other.data != ({}, {}) or other.train != ({}, {}):
+            return False
+        self.plan = (self.plan[0], other.plan[1])
+        return True
+
+
+def advice_changes(advice: Advice) -> tuple[dict, dict]:
+    """The data and training fields the advice's flags set besides the plan (feature extraction's
+    augmentation, gradual unfreezing's epochs)."""
+    flags = dict(zip(advice.flags[::2], advice.flags[1::2]))
+    data = {"augment": flags["--augment"]} if "--augment" in flags else {}
+    train = {"epochs": int(flags["--epochs"])} if "--epochs" in flags else {}
+    return data, train
+
+
+def _pretrained_weights_at_hand(arch: str, weights: str) -> bool:
+    """Measuring the backbone needs its weights without a download: a file, or cached ImageNet ones."""
+    if weights == "none":
+        return False  # random features measure nothing the table does not already say
+    if weights != "imagenet":
+        return True
+    path = weights_cache_path(arch)
+    return path is not None and path.exists()
+
+
 class Session(QObject):
     dataset_changed = Signal(object)  # DatasetState
     thumbnails_ready = Signal(object)  # {class name: QImage strip}
@@ -275,6 +328,13 @@ class Session(QObject):
     export_failed = Signal(str)
     error_raised = Signal(str)  # one line the person must see ("" clears it)
     notice = Signal(str)  # one line for the status bar
+    advice_pending = Signal()  # the dataset or model changed: advice is being worked out
+    advice_ready = Signal(object, bool)  # Advice, whether the configuration is already the advice's
+    advice_failed = Signal(str)
+    advice_applied_changed = Signal(bool)  # after any plan edit: is the configuration still the advice's
+    advice_followed = Signal(str)  # a first dataset's presets followed the advice: the line that says so
+    schedule_previewed = Signal(list)  # schedule_preview's entries for the shown plan ([] when none)
+    run_preview_ready = Signal(str, object, object)  # a past run's folder, its ModelInfo and PlanConfig
 
     def __init__(self, runs_root: Path, parent=None):
         super().__init__(parent)
@@ -292,6 +352,14 @@ class Session(QObject):
         self._run = RunState()
         self._pending_folder: RunFolder | None = None  # a started run's folder, until the engine makes it
         self._export_folder = ""
+        self.plan_history = QUndoStack(self)  # plan changes, presets and applied advice: Ctrl+Z takes them back
+        self._plan_edited = False  # the person changed the plan: advice never follows by itself
+        self._advice: Advice | None = None
+        self._advised_folders: set[str] = set()  # datasets advice was given for: only a first one is followed
+        self._schedule_timer = QTimer(self)
+        self._schedule_timer.setSingleShot(True)
+        self._schedule_timer.setInterval(SCHEDULE_DELAY_MS)
+        self._schedule_timer.timeout.connect(self._preview_schedule)
         self.datasets.changed.connect(self._on_dataset_changed)
         self.datasets.thumbnails_ready.connect(self.thumbnails_ready)
         self.describer.changed.connect(self._on_model_info)
@@ -327,6 +395,11 @@ class Session(QObject):
     @property
     def model_info(self) -> ModelInfo | None:
         return self.describer.info
+
+    @property
+    def scan(self) -> DatasetScan | None:
+        """The split shown, when it is the one the configuration asks for (else None: read again)."""
+        return self._scan_for(self.config())
 
     @property
     def run(self) -> RunState:
@@ -428,6 +501,9 @@ class Session(QObject):
         self.dataset_changed.emit(state)
         if state.listing is not None:
             self._describe_model()  # the class count may have changed
+        if state.scan is not None:
+            self._request_advice()
+            self._schedule_timer.start()  # an epoch's steps follow the training split
 
     # --- data, model, plan and training settings ---------------------------------------------------
 
@@ -444,6 +520,8 @@ class Session(QObject):
         if new.image_size != old.image_size:
             self.image_size_problem_changed.emit(self.image_size_problem())
             self._describe_model()
+            self._request_advice()  # the advice weighs the images' size against it
+        self._configuration_edited()
 
     @Slot(dict)
     def update_train(self, changes: dict) -> None:
@@ -454,6 +532,7 @@ class Session(QObject):
         self.train_changed.emit(new)
         if new.seed != old.seed:  # the seed decides the split too
             self.datasets.split(self._split_settings())
+        self._configuration_edited()
 
     @Slot(str)
     def set_arch(self, arch: str) -> None:
@@ -464,6 +543,7 @@ class Session(QObject):
         self.image_size_rule_changed.emit(*min_image_size(arch))
         self.image_size_problem_changed.emit(self.image_size_problem())
         self._describe_model()
+        self._request_advice()
         if self._model.weights not in ("imagenet", "none"):  # a file made for one model may not fit another
             self.weights.check(self._model.weights, arch, self._classes())
 
@@ -474,6 +554,7 @@ class Session(QObject):
         self._weights_before_file = self._model.weights
         self._model = replace(self._model, weights=weights)
         self._model_changed()
+        self._request_advice()
         if weights not in ("imagenet", "none"):
             self.weights.check(weights, self._model.arch, self._classes())
 
@@ -499,34 +580,151 @@ class Session(QObject):
     @Slot(str)
     def apply_preset(self, strategy: str) -> None:
         """A strategy preset replaces the person's tree edits; the LR settings stay."""
-        self._set_plan(replace(self._plan, strategy=strategy, edits=()))
+        self._plan_edited = True  # the person chose a strategy, even the one shown: advice does not overrule it
+        self._edit_plan(replace(self._plan, strategy=strategy, edits=()), f"Preset {strategy}")
 
     @Slot(float)
     def set_base_lr(self, lr: float) -> None:
-        self._set_plan(replace(self._plan, base_lr=lr))
+        self._edit_plan(replace(self._plan, base_lr=lr), "Base LR", MERGE_BASE_LR)
 
     @Slot(float)
     def set_discriminative_factor(self, factor: float) -> None:
-        self._set_plan(replace(self._plan, discriminative_factor=factor))
+        self._edit_plan(replace(self._plan, discriminative_factor=factor), "Discriminative factor", MERGE_FACTOR)
 
     @Slot(int)
     def set_gradual_every(self, epochs: int) -> None:
-        self._set_plan(replace(self._plan, gradual_every=epochs))
+        self._edit_plan(replace(self._plan, gradual_every=epochs), "Gradual interval", MERGE_GRADUAL_EVERY)
 
     @Slot(object)
     def adopt_plan(self, plan: PlanConfig) -> None:
         """An edit made in the layer tree (a Frozen box, an LR cell), already checked by the engine."""
-        self._set_plan(plan)
+        self._edit_plan(plan, "Layer tree edit")
 
-    def _set_plan(self, plan: PlanConfig) -> None:
+    @Slot(object)
+    def adopt_scaled_plan(self, plan: PlanConfig) -> None:
+        """The LR finder's plan: every LR times one multiplier."""
+        self._edit_plan(plan, "LR finder")
+
+    def _edit_plan(self, plan: PlanConfig, text: str, merge_key: int = -1) -> None:
         if plan == self._plan:
             return
         if self._refused_while_running("change the plan"):
             self.plan_changed.emit(self._run.config.plan)  # puts the tree back to what trains
             return
+        self._plan_edited = True
+        self.plan_history.push(PlanChange(self._put, text, (self._plan, plan), merge_key=merge_key))
+
+    def _put(self, plan: PlanConfig, data: dict, train: dict) -> None:
+        """What a PlanChange does and undoes: the plan, and the data and training fields it names."""
+        if data:
+            self._data = replace(self._data, **data)
+            self.data_changed.emit(self._data)
+        if train:
+            self._train = replace(self._train, **train)
+            self.train_changed.emit(self._train)
         self._plan = plan
         self.plan_changed.emit(plan)
         self.model_warning_changed.emit(self.model_warning())
+        self._configuration_edited()
+
+    def undo(self) -> None:
+        if not self._refused_while_running("undo"):
+            self.plan_history.undo()
+
+    def redo(self) -> None:
+        if not self._refused_while_running("redo"):
+            self.plan_history.redo()
+
+    def _configuration_edited(self) -> None:
+        """What follows any edit: whether the advice still holds, and the planned LRs."""
+        self.advice_applied_changed.emit(self.advice_applied())
+        self._schedule_timer.start()
+
+    # --- advice ------------------------------------------------------------------------------------
+
+    @property
+    def advice(self) -> Advice | None:
+        return self._advice
+
+    def _request_advice(self) -> None:
+        """Advice for the shown dataset and model, worked out off the GUI thread."""
+        scan = self.dataset.scan
+        if scan is None:
+            return
+        folder, arch, weights, size = self.dataset.folder, self._model.arch, self._model.weights, self._data.image_size
+        measure = _pretrained_weights_at_hand(arch, weights)
+        self._advice = None
+        self.advice_pending.emit()
+        stop_early = self.tasks.obsolete("advice")
+        self.tasks.submit("advice", lambda: advise(scan, arch, weights, image_size=size, measure=measure,
+                                                   should_stop=stop_early),
+                          lambda advice: self._on_advice(folder, advice), self.advice_failed.emit)
+
+    def _on_advice(self, folder: str, advice: Advice) -> None:
+        self._advice = advice
+        first = folder not in self._advised_folders
+        self._advised_folders.add(folder)
+        # A dataset opened for the first time, and no plan of the person's to keep: follow the advice, undoably.
+        if first and not self._plan_edited and not self._run.running and not self.advice_applied():
+            self.apply_advice(advice)
+            self.notice.emit(ADVICE_FOLLOWED)
+            self.advice_followed.emit(ADVICE_FOLLOWED)
+        self.advice_ready.emit(advice, self.advice_applied())
+
+    def advice_applied(self) -> bool:
+        """The configuration is the advice's: its plan, and the augmentation or epochs it names."""
+        advice = self._advice
+        if advice is None:
+            return False
+        data, train = advice_changes(advice)
+        return (self._plan == advice.plan and all(getattr(self._data, k) == v for k, v in data.items())
+                and all(getattr(self._train, k) == v for k, v in train.items()))
+
+    @Slot(object)
+    def apply_advice(self, advice: Advice) -> None:
+        """The advice's plan, with its augmentation or epochs, as one undoable change."""
+        if self.advice_applied() or self._refused_while_running("apply the advice"):
+            return
+        data, train = advice_changes(advice)
+        before = ({k: getattr(self._data, k) for k in data}, {k: getattr(self._train, k) for k in train})
+        self.plan_history.push(PlanChange(self._put, f"Apply the advice ({advice.strategy})",
+                                          (self._plan, advice.plan), (before[0], data), (before[1], train)))
+
+    # --- the planned schedule ------------------------------------------------------------------------
+
+    def _preview_schedule(self) -> None:
+        """Every group's planned LR per epoch, by the trainer's own code, off the GUI thread."""
+        scan, info = self.dataset.scan, self.model_info
+        if self._run.running or scan is None or info is None:
+            return
+        config = self.config()
+        arch, classes = config.model.arch, info.num_classes
+        size = config.data.image_size if _size_shapes_parameters(arch) else 224
+        steps = batches_per_epoch(len(scan.train), config.train.batch_size)
+
+        def job():
+            built = build_model(arch, classes, "none", size)  # a model of its own: the preview sets its flags
+            plan = build_plan(config.plan, built.info)
+            return schedule_preview(built.model, built.info, plan, config.train, steps)
+
+        self.tasks.submit("schedule", job, self.schedule_previewed.emit, lambda _: self.schedule_previewed.emit([]))
+
+    # --- a past run's plan, shown read-only ------------------------------------------------------------
+
+    def preview_run(self, path: str) -> None:
+        """A past run's ModelInfo and plan for the layer tree, built off the GUI thread."""
+        def job():
+            folder = RunFolder(path)
+            config = folder.load_config()
+            classes = max(2, len(folder.read_record().get("class_names") or ()))
+            arch = config.model.arch
+            info = build_model(arch, classes, "none", config.data.image_size if _size_shapes_parameters(arch)
+                               else 224).info
+            build_plan(config.plan, info)  # a plan that does not fit its model is refused here, not in the tree
+            return info, config.plan
+
+        self.tasks.submit("run-preview", job, lambda built: self.run_preview_ready.emit(path, *built),
+                          self.notice.emit)
 
     def _emit_configuration(self, config: RunConfig) -> None:
         """Tell the views every part of `config` and what follows from it."""
@@ -552,6 +750,8 @@ class Session(QObject):
             return False
         old_weights = self._model.weights
         self._data, self._model, self._plan, self._train = config.data, config.model, config.plan, config.train
+        self.plan_history.clear()  # another configuration: undo does not reach into the one before
+        self._plan_edited = True  # a project's or run's plan is the person's: advice never replaces it by itself
         self._emit_configuration(config)
         self._forget_run_of_another_configuration()
         dataset = self.dataset
@@ -568,6 +768,7 @@ class Session(QObject):
     def reset(self) -> None:
         """Back to the window's defaults on the demo dataset."""
         if self.apply_config(WINDOW_DEFAULTS):
+            self._plan_edited = False  # the window's defaults: a first dataset's advice may replace them
             self.open_demo()
 
     def _refused_while_running(self, what: str) -> bool:
@@ -597,6 +798,7 @@ class Session(QObject):
         if info is not None:
             self.plan_changed.emit(self._plan)
             self.model_warning_changed.emit(self.model_warning())
+            self._schedule_timer.start()
 
     # --- the run --------------------------------------------------------------------------------------
 
@@ -746,6 +948,7 @@ class Session(QObject):
         self.controller.stop_and_wait()
         self.exporter.stop_and_wait()
         self.datasets.stop()
+        self._schedule_timer.stop()
         self.tasks.shutdown()
 
 

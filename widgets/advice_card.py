@@ -32,6 +32,11 @@ class AdviceCard(QFrame):
         self.reasons.setObjectName("adviceReasons")
         self.reasons.setWordWrap(True)
         self.reasons.setTextFormat(Qt.RichText)
+        self.note = QLabel()  # e.g. that the presets followed the advice, and how to take that back
+        self.note.setObjectName("adviceNote")
+        self.note.setStyleSheet("color: #2e7d32;")
+        self.note.setWordWrap(True)
+        self.note.hide()
         self.apply_button = QPushButton("Apply")
         self.apply_button.setObjectName("adviceApplyButton")
         self.apply_button.setToolTip("Set the strategy and LRs the advice names (Undo takes it back)")
@@ -44,9 +49,11 @@ class AdviceCard(QFrame):
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addLayout(top)
         layout.addWidget(self.reasons)
+        layout.addWidget(self.note)
 
     def show_pending(self, text: str = "Measuring the backbone on the images...") -> None:
         self.advice = None
+        self.show_note("")
         self.title.setText(text)
         self.reasons.clear()
         self.apply_button.setEnabled(False)
@@ -69,6 +76,12 @@ class AdviceCard(QFrame):
         """Applied: the button rests (the configuration is the advice's); edits re-enable it."""
         self.apply_button.setEnabled(self.advice is not None and not applied)
         self.apply_button.setText("Applied" if applied and self.advice is not None else "Apply")
+        if not applied:
+            self.show_note("")  # a note that the presets follow the advice no longer holds
+
+    def show_note(self, text: str) -> None:
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
 
     def _apply(self) -> None:
         if self.advice is not None:

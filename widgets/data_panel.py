@@ -1,7 +1,9 @@
 """The data panel: dataset folder, classes with counts and thumbnails, split, size, augmentation.
 
-It shows what it is given (a DataConfig, a scan summary, thumbnails) and reports what the person
-edits through `data_edited`; it never scans or decides anything itself.
+It shows what it is given (a DataConfig, a scan summary, thumbnails, the advice) and reports what
+the person edits through `data_edited` and `class_weights_edited`; it never scans or decides
+anything itself. Under the class table sits the advice card: Apply is passed on as
+`advice_apply_requested`, never applied here.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
                                QTableView, QVBoxLayout)
 
-from engine.config import AUGMENTATIONS, DataConfig
+from engine.advisor import Advice
+from engine.config import AUGMENTATIONS, CLASS_WEIGHTS, DataConfig
 from engine.images import BadImage, load_rgb
+from widgets.advice_card import AdviceCard
 
 THUMB = 24
 STRIP_WIDTH = THUMB * 3 + 8
@@ -25,6 +29,8 @@ AUGMENT_TIPS = {
     "light": "Random horizontal flips.",
     "standard": "Random resized crops and horizontal flips (torchvision's reference recipe).",
 }
+CLASS_WEIGHTS_TIP = ("Class-weighted loss, so a rare class counts as much as a common one. auto: on when the "
+                     "largest class has 3x or more the images of the smallest; balanced: always; none: never.")
 WARNING_STYLE = "color: #b26a00;"
 ERROR_STYLE = "color: #c62828;"
 
@@ -118,6 +124,8 @@ class DataPanel(QGroupBox):
     folder_chosen = Signal(str)
     demo_requested = Signal()
     data_edited = Signal(dict)  # the DataConfig fields the person changed, e.g. {"val_fraction": 0.25}
+    class_weights_edited = Signal(str)  # auto, none or balanced (a training setting shown with the data)
+    advice_apply_requested = Signal(object)  # Advice
 
     def __init__(self, parent=None):
         super().__init__("Data", parent)
@@ -201,7 +209,18 @@ class DataPanel(QGroupBox):
             form.addWidget(label, 0, 2 * column, Qt.AlignmentFlag.AlignRight if column else Qt.AlignmentFlag.AlignLeft)
             form.addWidget(widget, 0, 2 * column + 1)
             form.setColumnStretch(2 * column + 1, 1)
-        form.addWidget(self.size_problem_label, 1, 0, 1, 6)
+        self.class_weights_combo = QComboBox()
+        self.class_weights_combo.setObjectName("classWeightsCombo")
+        for name in CLASS_WEIGHTS:
+            self.class_weights_combo.addItem(name, name)
+        self.class_weights_combo.setToolTip(CLASS_WEIGHTS_TIP)
+        self.class_weights_combo.currentIndexChanged.connect(
+            lambda: self.class_weights_edited.emit(self.class_weights_combo.currentData()))
+        weights_label = QLabel("Class weights")
+        weights_label.setToolTip(CLASS_WEIGHTS_TIP)
+        form.addWidget(weights_label, 1, 0, 1, 2)
+        form.addWidget(self.class_weights_combo, 1, 2, 1, 2)
+        form.addWidget(self.size_problem_label, 2, 0, 1, 6)
 
         self.warning_label = QLabel("")
         self.warning_label.setObjectName("dataWarningLabel")
@@ -213,12 +232,15 @@ class DataPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addLayout(form)
+        self.advice_card = AdviceCard()
+        self.advice_card.apply_requested.connect(self.advice_apply_requested)
         layout.addWidget(self.class_table)
         layout.addWidget(self.warning_label)
+        layout.addWidget(self.advice_card)
         layout.addStretch(1)
         self._skipped: list[dict] = []
         self._editors = (self.folder_edit, self.browse_button, self.demo_button, self.val_spin, self.size_spin,
-                         self.augment_combo)
+                         self.augment_combo, self.class_weights_combo)
         self._given_split = False
 
     def browse(self) -> None:
@@ -237,6 +259,27 @@ class DataPanel(QGroupBox):
             self.val_spin.setValue(data.val_fraction)
             self.size_spin.setValue(data.image_size)
             self.augment_combo.setCurrentIndex(max(0, self.augment_combo.findData(data.augment)))
+
+    def show_class_weights(self, mode: str) -> None:
+        with QSignalBlocker(self.class_weights_combo):
+            self.class_weights_combo.setCurrentIndex(max(0, self.class_weights_combo.findData(mode)))
+
+    # --- the advice card: what the session says of it ------------------------------------------------
+
+    def show_advice_pending(self) -> None:
+        self.advice_card.show_pending("Working out advice for this dataset and model…")
+
+    def show_advice(self, advice: Advice, applied: bool) -> None:
+        self.advice_card.show_advice(advice, applied)
+
+    def show_advice_failure(self, message: str) -> None:
+        self.advice_card.show_failure(message)
+
+    def mark_advice_applied(self, applied: bool) -> None:
+        self.advice_card.mark_applied(applied)
+
+    def show_advice_note(self, text: str) -> None:
+        self.advice_card.show_note(text)
 
     def show_listing_in_progress(self, folder: str) -> None:
         self.folder_edit.setText(folder)
@@ -297,6 +340,7 @@ class DataPanel(QGroupBox):
         for widget in self._editors:
             widget.setEnabled(not read_only)
         self.val_spin.setEnabled(not read_only and not self._given_split)
+        self.advice_card.setEnabled(not read_only)
 
     # --- skipped files ---------------------------------------------------------------------------
 

@@ -123,6 +123,9 @@ class FilterResult(NamedTuple):
     matches: int
 
 
+PREVIEW_REFUSAL = "A past run's plan is shown read-only: press Use this configuration to edit it."
+
+
 class LayerTreeModel(QAbstractItemModel):
     plan_changed = Signal()  # after any edit or preset: read plan_config / report / summary()
     base_lr_changed = Signal(float)  # the root's LR, which is the base LR
@@ -144,6 +147,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._integrity: IntegrityReport | None = None
         self._changed_under: dict[int, tuple[str, ...]] = {}  # row -> changed frozen tensors it owns
         self._stats: dict[str, LayerStats] = {}
+        self._preview = False  # a past run's plan, shown read-only: flags() offers no editing
         self._italic = QFont()
         self._italic.setItalic(True)
         self._role_answers = {
@@ -169,6 +173,23 @@ class LayerTreeModel(QAbstractItemModel):
         self.endResetModel()
         self.plan_changed.emit()
         self._announce_base_lr(old_base)
+
+    def set_preview(self, info: ModelInfo, config: PlanConfig, weight_decay: float = 0.0) -> None:
+        """Show a past run's plan read-only until end_preview(); raises UserError when it does not fit."""
+        was, self._preview = self._preview, True  # already read-only while plan_changed is heard
+        try:
+            self.set_model_info(info, config, weight_decay)
+        except UserError:
+            self._preview = was
+            raise
+
+    def end_preview(self) -> None:
+        """Editable again (the caller then shows the plan to edit, which resets the tree)."""
+        self._preview = False
+
+    @property
+    def is_preview(self) -> bool:
+        return self._preview
 
     def _set_structure(self, info: ModelInfo) -> None:
         self._index_of = {layer.name: i for i, layer in enumerate(info.layers)}
@@ -216,6 +237,9 @@ class LayerTreeModel(QAbstractItemModel):
 
     def apply_edit(self, edit: PlanEdit) -> bool:
         """Apply one edit; False (and edit_refused says why) when the engine refuses it."""
+        if self._preview:
+            self.edit_refused.emit(PREVIEW_REFUSAL)
+            return False
         config = self._config
         if edit.module == "" and edit.lr is not None:  # the root's LR is the base LR: see set_base_lr
             config, edit = with_base_lr(config, edit.lr), replace(edit, lr=None)
@@ -434,6 +458,8 @@ class LayerTreeModel(QAbstractItemModel):
         if not index.isValid():
             return Qt.ItemFlag.NoItemFlags
         flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if self._preview:
+            return flags
         if index.column() == FROZEN and self._checks[index.internalId()] is not None:
             flags |= Qt.ItemFlag.ItemIsUserCheckable
         elif index.column() == LR:
@@ -466,6 +492,9 @@ class LayerTreeModel(QAbstractItemModel):
 
     def setData(self, index, value, role=Qt.ItemDataRole.EditRole) -> bool:
         if not index.isValid():
+            return False
+        if self._preview:
+            self.edit_refused.emit(PREVIEW_REFUSAL)
             return False
         i = index.internalId()
         if index.column() == FROZEN and role == Qt.ItemDataRole.CheckStateRole:

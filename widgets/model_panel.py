@@ -2,7 +2,8 @@
 
 It shows what it is given (a ModelConfig, a ModelInfo, a PlanConfig, training evidence) and
 reports what the person edits through its signals; the tree's own edits come out as a whole
-PlanConfig in `plan_edited`.
+PlanConfig in `plan_edited`. A past run's plan can be previewed in the tree, read-only, under a
+banner; meanwhile what the session says is kept, and shown again when the preview ends.
 """
 
 from __future__ import annotations
@@ -156,8 +157,19 @@ class ModelPanel(QGroupBox):
         self.warning_label.setStyleSheet("color: #b26a00;")
         self.warning_label.setWordWrap(True)
         self.warning_label.hide()
+        self.preview_banner = QLabel("")
+        self.preview_banner.setObjectName("planPreviewBanner")
+        self.preview_banner.setStyleSheet("background: #fff4d6; color: #5d4200; padding: 3px;")
+        self.preview_banner.setWordWrap(True)
+        self.preview_banner.hide()
+        # What the session says (the plan to edit), kept while a past run's plan is previewed.
+        self._info: ModelInfo | None = None
+        self._plan = PlanConfig()
+        self._weight_decay = 0.0
+        self._read_only = False
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.preview_banner)
         layout.addLayout(top)
         layout.addLayout(presets)
         layout.addWidget(self.summary_label)  # above the tree: seen however small the window is
@@ -194,18 +206,45 @@ class ModelPanel(QGroupBox):
         self.summary_label.setText("No model")
 
     def show_model_info(self, info: ModelInfo, plan: PlanConfig, weight_decay: float) -> None:
+        self._info, self._plan, self._weight_decay = info, plan, weight_decay
+        if self.tree_model.is_preview:
+            return  # shown when the preview ends
         self.tree_model.set_model_info(info, plan, weight_decay)
         self.tree_pages.setCurrentWidget(self.tree)
 
     def show_plan(self, plan: PlanConfig) -> None:
+        self._plan = plan
         with QSignalBlocker(self.factor_spin), QSignalBlocker(self.every_spin):
             self.factor_spin.setValue(plan.discriminative_factor)
             self.every_spin.setValue(plan.gradual_every)
-        if self.tree_model.model_info is not None:
+        if self.tree_model.model_info is not None and not self.tree_model.is_preview:
             self.tree_model.set_plan_config(plan)  # no-op when the tree made this plan itself
 
     def show_weight_decay(self, weight_decay: float) -> None:
-        self.tree_model.set_weight_decay(weight_decay)
+        self._weight_decay = weight_decay
+        if not self.tree_model.is_preview:
+            self.tree_model.set_weight_decay(weight_decay)
+
+    def show_preview(self, run_name: str, info: ModelInfo, plan: PlanConfig) -> None:
+        """A past run's plan in the tree, read-only, until end_preview()."""
+        self.tree_model.set_preview(info, plan, self._weight_decay)
+        self.tree_pages.setCurrentWidget(self.tree)
+        self.preview_banner.setText(f"Plan of run {run_name} (read-only) — Use this configuration to edit")
+        self.preview_banner.show()
+        self._enable_editors()
+
+    def end_preview(self) -> None:
+        """Back to the plan to edit, as the session last said it."""
+        if not self.tree_model.is_preview:
+            return
+        self.tree_model.end_preview()
+        self.preview_banner.hide()
+        if self._info is not None:
+            self.tree_model.set_model_info(self._info, self._plan, self._weight_decay)
+        self._enable_editors()
+
+    def is_previewing(self) -> bool:
+        return self.tree_model.is_preview
 
     def show_warning(self, text: str) -> None:
         self.warning_label.setText(text)
@@ -214,10 +253,15 @@ class ModelPanel(QGroupBox):
     def set_read_only(self, read_only: bool) -> None:
         """While a run trains, the panel shows its model and plan and takes no edits; the tree
         can still be scrolled, opened and searched."""
-        for widget in self._editors:
-            widget.setEnabled(not read_only)
+        self._read_only = read_only
+        self._enable_editors()
         self._edit_blocker.active = read_only
         self.tree.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers if read_only else self._edit_triggers)
+
+    def _enable_editors(self) -> None:
+        # A previewed plan is not the one the presets and spin boxes would change.
+        for widget in self._editors:
+            widget.setEnabled(not self._read_only and not self.tree_model.is_preview)
 
     # --- training evidence on the tree -----------------------------------------------------------------
 
@@ -234,7 +278,8 @@ class ModelPanel(QGroupBox):
 
     def _tree_plan_changed(self) -> None:
         self.summary_label.setText(self.tree_model.summary())
-        self.plan_edited.emit(self.tree_model.plan_config)
+        if not self.tree_model.is_preview:  # a previewed run's plan is not an edit
+            self.plan_edited.emit(self.tree_model.plan_config)
 
     def _fill_weights_combo(self, files: list[str]) -> None:
         with QSignalBlocker(self.weights_combo):

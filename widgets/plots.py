@@ -4,7 +4,9 @@ module's update ratio.
 Curves are created once and fed with `setData` from growing numpy buffers; clip-to-view and peak
 downsampling keep a 100,000-point run smooth. The x axis is in epochs (fractional for steps).
 Legends sit in the plot's layout, right of the data, so they never cover a curve however many
-groups there are; every curve of a plot has its own colour.
+groups there are; every curve of a plot has its own colour. Before Start the LR plot shows the
+planned LR of every group (engine.optimization.schedule_preview), dashed; the real curves draw
+over it as training runs, and a line under the plot says what trains in each gradual phase.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QFont, QFontMetricsF
-from PySide6.QtWidgets import QCheckBox, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from engine.events import BatchEvent, EpochEvent
 
@@ -281,6 +283,24 @@ class _CurveSet:
         self.plot.setToolTip("<br>".join([self.intro] + rows))
 
 
+def phases_text(schedule: list[dict]) -> str:
+    """What trains in each phase of a gradual run, from schedule_preview's entries ("" for one phase)."""
+    phases: list[tuple[int, list[str]]] = []  # (first epoch, modules that train)
+    for entry in schedule:
+        if not phases or entry["trainable"] != phases[-1][1]:
+            phases.append((entry["epoch"], entry["trainable"]))
+    if len(phases) < 2:
+        return ""
+    parts, before = [], []
+    for i, (first, trainable) in enumerate(phases):
+        last = phases[i + 1][0] - 1 if i + 1 < len(phases) else schedule[-1]["epoch"]
+        span = f"epoch {first}" if last == first else f"epochs {first}–{last}"
+        added = [m for m in trainable if m not in before]
+        parts.append(f"{span}: {', '.join(trainable) if i == 0 else '+ ' + ', '.join(added)}")
+        before = trainable
+    return "Planned phases · " + " · ".join(parts)
+
+
 class TrainingPlots(QWidget):
     def __init__(self, parent=None, smoothing: float = 0.9, refresh_ms: int = 250):
         super().__init__(parent)
@@ -303,10 +323,18 @@ class TrainingPlots(QWidget):
             "(sampled about twice a second; needs telemetry, which is on by default).")
         self.update_ratio_toggle.toggled.connect(self.set_update_ratio_visible)
         self.accuracy_plot.setYRange(0, 1)
+        self.phases_label = QLabel("")
+        self.phases_label.setObjectName("plannedPhasesLabel")
+        self.phases_label.setWordWrap(True)
+        self.phases_label.setToolTip("What trains in each phase of the planned gradual unfreezing.")
+        self.phases_label.hide()
+        self._planned: dict[str, pg.PlotDataItem] = {}  # group -> its planned LR per epoch (dashed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for plot in (self.loss_plot, self.accuracy_plot, self.lr_plot, self.update_ratio_plot):
+        for plot in (self.loss_plot, self.accuracy_plot, self.lr_plot):
             layout.addWidget(plot)
+        layout.addWidget(self.phases_label)
+        layout.addWidget(self.update_ratio_plot)
         layout.addWidget(self.update_ratio_toggle)
         pen = lambda colour, width=1, style=None: pg.mkPen(colour, width=width, style=style)  # noqa: E731
         self._curves = {
@@ -355,6 +383,30 @@ class TrainingPlots(QWidget):
             curve.setData([], [])
         self._lr.clear()
         self._ratios.clear()
+        if self._planned:  # the planned curves stay: the y range follows them
+            self.lr_plot.enableAutoRange(axis="y")
+
+    def show_planned(self, schedule: list[dict]) -> None:
+        """The planned LR of every group at the end of each epoch (schedule_preview's entries, the
+        moment metrics.jsonl records), dashed and under the real curves; [] shows none."""
+        for curve in self._planned.values():
+            self.lr_plot.removeItem(curve)
+        self._planned = {}
+        names = list(dict.fromkeys(label for entry in schedule for label in entry["lrs"]))
+        for name, colour in zip(names, distinct_colours(len(names))):
+            points = [(e["epoch"], e["lrs"][name]) for e in schedule if e["lrs"].get(name, 0.0) > 0]  # log axis
+            curve = self.lr_plot.plot(pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine))
+            curve.setZValue(-1)  # the real curve draws over it
+            curve.setData(np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float))
+            self._planned[name] = curve
+        if self._planned:
+            self.lr_plot.enableAutoRange(axis="y")
+        text = phases_text(schedule)
+        self.phases_label.setText(text)
+        self.phases_label.setVisible(bool(text))
+
+    def planned_curves(self) -> dict[str, pg.PlotDataItem]:
+        return dict(self._planned)
 
     def _plots(self) -> list[pg.PlotWidget]:
         return [self.loss_plot, self.accuracy_plot, self.lr_plot, self.update_ratio_plot]

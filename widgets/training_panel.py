@@ -33,6 +33,7 @@ class TrainingPanel(QGroupBox):
     pause_clicked = Signal(bool)  # True: pause
     stop_clicked = Signal()
     export_clicked = Signal()
+    lr_finder_clicked = Signal()
 
     def __init__(self, devices: list[tuple[str, str]], parent=None):
         super().__init__("Training", parent)
@@ -143,6 +144,11 @@ class TrainingPanel(QGroupBox):
                                   "Stop after the current batch; the best checkpoint so far is kept (Ctrl+.).")
         self.export_button = button("exportButton", "Export…", QStyle.StandardPixmap.SP_DialogSaveButton,
                                     "Export the best checkpoint: PyTorch, safetensors, TorchScript, ONNX, each checked for parity (Ctrl+E).")
+        self.lr_finder_button = QPushButton("Find LR…")
+        self.lr_finder_button.setObjectName("lrFinderButton")
+        self.lr_finder_button.setToolTip("LR range test: sweep one multiplier over every layer's LR (their ratios "
+                                         "kept) and apply the suggested one. Nothing is trained for good.")
+        self.lr_finder_button.clicked.connect(self.lr_finder_clicked)
         self.start_button.setDefault(True)
         self.start_button.clicked.connect(self.start_clicked)
         self.pause_button.clicked.connect(lambda: self.pause_clicked.emit(not self._paused))
@@ -152,6 +158,7 @@ class TrainingPanel(QGroupBox):
         for b in (self.start_button, self.pause_button, self.stop_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
+        buttons.addWidget(self.lr_finder_button)
         buttons.addWidget(self.export_button)
 
         self.progress = QProgressBar()
@@ -215,6 +222,7 @@ class TrainingPanel(QGroupBox):
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.export_button.setEnabled(can_export and not running)
+        self.lr_finder_button.setEnabled(not running)
         for widget in self._editors:
             widget.setEnabled(not running)
         if not running:
