@@ -1,13 +1,108 @@
-"""Sub-commands that mend a dataset: suspects, relabel, exclude, undo.
+"""Sub-commands that mend a dataset: suspects, relabel, exclude, undo, redo.
 
 Registered by app.cli: add_commands(sub, number) adds the parsers, HANDLERS maps a command to its
 function (args -> exit code). `number(key)` is the argparse type checked by engine.config.NUMBER_RULES.
+Every command first repairs the dataset (engine.dataset_edits.repair): an action a crash left
+half-done is completed before anything reads or moves a file.
 """
 
 from __future__ import annotations
 
-HANDLERS: dict = {}
+import json
+import sys
 
 
 def add_commands(sub, number) -> None:
     """Adds this module's sub-parsers to `sub`."""
+    suspects = sub.add_parser("suspects", help="images whose label looks wrong, most suspect first, and "
+                                               "near-duplicates across classes or the train/validation split")
+    suspects.add_argument("--data", required=True, metavar="DIR")
+    suspects.add_argument("--model", required=True, metavar="ARCH")
+    suspects.add_argument("--weights", default="imagenet",
+                          help="imagenet | none | a state dict file: the frozen trunk whose features are probed")
+    suspects.add_argument("--run", metavar="RUN_DIR", help="without usable features (--weights none): rank this "
+                                                           "run's validation predictions instead")
+    suspects.add_argument("--folds", type=number("suspects.folds"), default=5)
+    suspects.add_argument("--threshold", type=number("suspects.threshold"), default=0.98,
+                          help="cosine similarity from which two images count as near-duplicates")
+    suspects.add_argument("--image-size", type=number("data.image_size"), default=224)
+    suspects.add_argument("--batch-size", type=number("train.batch_size"), default=32)
+    suspects.add_argument("--top", type=number("predict.top_k"), default=20, metavar="N", help="suspects listed (all with --json)")
+    suspects.add_argument("--json", action="store_true")
+
+    relabel = sub.add_parser("relabel", help="move images into another class folder (undo puts them back)")
+    relabel.add_argument("data", metavar="DATA")
+    relabel.add_argument("paths", nargs="+", metavar="PATH")
+    relabel.add_argument("--to", required=True, metavar="CLASS")
+
+    exclude = sub.add_parser("exclude", help="move images to DATA/_excluded/<class>/, which training ignores")
+    exclude.add_argument("data", metavar="DATA")
+    exclude.add_argument("paths", nargs="+", metavar="PATH")
+
+    for name, what in (("undo", "reverse the last relabel or exclude"), ("redo", "do again what undo reversed")):
+        command = sub.add_parser(name, help=f"{what} (from the dataset's journal)")
+        command.add_argument("data", metavar="DATA")
+
+
+def _repaired(data: str) -> None:
+    """Complete what a crash left half-done, and say so on stderr."""
+    from engine.dataset_edits import repair
+
+    for action in repair(data):  # a folder that is not there has no journal: the command says so
+        print(f"repaired: completed {action.describe()}", file=sys.stderr)
+
+
+def _suspects(args) -> int:
+    from engine.suspects import find_suspects
+
+    _repaired(args.data)
+    report = find_suspects(args.data, args.model, args.weights, args.folds, threshold=args.threshold,
+                           run_dir=args.run, image_size=args.image_size, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    print(report.note)
+    print(f"{'probability':>11}  {'given':<14}{'likely':<14}path")
+    for s in report.suspects[:max(0, args.top)]:
+        print(f"{s['probability']:>11.4f}  {s['given']:<14}{s['likely']:<14}{s['path']}")
+    if report.duplicates:
+        print(f"\nnear-duplicates (cosine similarity >= {args.threshold})")
+    for a, b, similarity in report.duplicates:
+        print(f"  {similarity:.4f}  {a}  {b}")
+    return 0
+
+
+def _edit(action) -> int:
+    print(action.describe())
+    return 0
+
+
+def _relabel(args) -> int:
+    from engine.dataset_edits import relabel
+
+    _repaired(args.data)
+    return _edit(relabel(args.data, args.paths, args.to))
+
+
+def _exclude(args) -> int:
+    from engine.dataset_edits import exclude
+
+    _repaired(args.data)
+    return _edit(exclude(args.data, args.paths))
+
+
+def _undo(args) -> int:
+    from engine.dataset_edits import undo
+
+    _repaired(args.data)
+    return _edit(undo(args.data))
+
+
+def _redo(args) -> int:
+    from engine.dataset_edits import redo
+
+    _repaired(args.data)
+    return _edit(redo(args.data))
+
+
+HANDLERS: dict = {"suspects": _suspects, "relabel": _relabel, "exclude": _exclude, "undo": _undo, "redo": _redo}

@@ -68,7 +68,7 @@ def relabel(root: str | os.PathLike, paths: Sequence[str | os.PathLike], to_clas
     for rel in files:
         split, given = _split_and_class(rel)
         folder = PurePosixPath(*split, to_class)
-        if not (root / folder).is_dir():
+        if to_class not in _class_names(root / PurePosixPath(*split)):
             raise UserError(f"unknown class '{to_class}': {root / folder} is not a class folder")
         if given == to_class:
             raise UserError(f"{rel} is already in class {to_class}")
@@ -255,6 +255,12 @@ def _dataset_file(root: Path, path: str | os.PathLike) -> str:
         raise UserError(f"{path} is excluded already (undo brings it back)")
     _split_and_class(rel)  # must lie in a class folder
     return str(rel)
+
+
+def _class_names(folder: Path) -> set[str]:
+    """The class folders the scan sees there (engine.data: not hidden, not `_excluded`)."""
+    with os.scandir(folder) as entries:
+        return {e.name for e in entries if e.is_dir() and not e.name.startswith((".", "_"))}
 
 
 def _split_and_class(rel: str | PurePosixPath) -> tuple[tuple[str, ...], str]:
