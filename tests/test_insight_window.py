@@ -18,11 +18,13 @@ from app.main_window import window_with_private_settings
 from app.run_catalog import config_diff, list_summaries, read_summary
 from app.session import WINDOW_DEFAULTS
 from app.worker import BackgroundTasks
+from engine.config import PlanConfig, PlanEdit
 from engine.evaluation import prediction_records, read_predictions, write_predictions
 from engine.run_folder import RunFolder
 from tests.gui_helpers import wait_ready
 from widgets.gallery import THUMB_SIZE
 from widgets.insight import InsightView
+from widgets.layer_tree import FROZEN, LR
 from widgets.runs_view import RunsModel, RunsView
 
 
@@ -292,3 +294,39 @@ def test_delete_removes_only_a_run_folder_that_nothing_trains(qtbot, tmp_path):
         assert not done.path.exists() and busy.path.exists()
     finally:
         tasks.shutdown()
+
+
+def test_a_selected_past_run_shows_its_plan_read_only_until_its_configuration_is_used(qtbot, tmp_path, demo_dir):
+    root = tmp_path / "app" / "runs"
+    plan = PlanConfig("discriminative", 2e-3, edits=(PlanEdit("layer1", frozen=True),))
+    config = replace(WINDOW_DEFAULTS, data=replace(WINDOW_DEFAULTS.data, root=str(demo_dir)), plan=plan)
+    folder = RunFolder(root / "resnet18-old")
+    folder.write_record({"config": config.to_dict(), "class_names": ["a", "b", "c", "d"], "status": "finished"})
+    win = window_with_private_settings(tmp_path / "app")
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        win.open_folder(str(demo_dir))
+        wait_ready(qtbot, win, classes=4)
+        panel, tree = win.model_panel, win.model_panel.tree_model
+        own = win.session.config().plan
+        qtbot.waitUntil(lambda: win.runs_view.model.rowCount() == 1, timeout=20_000)
+        assert win.runs_view.select_run(folder.path)
+        qtbot.waitUntil(panel.is_previewing, timeout=20_000)
+        assert tree.plan_config == plan and win.session.config().plan == own  # shown, not adopted
+        banner = find(win, "planPreviewBanner")
+        assert banner.isVisible() and banner.text() == ("Plan of run resnet18-old (read-only) — Use this "
+                                                        "configuration to edit")
+        frozen, lr = tree.index_for("layer2", FROZEN), tree.index_for("layer2", LR)
+        assert not tree.flags(frozen) & Qt.ItemFlag.ItemIsUserCheckable
+        assert not tree.flags(lr) & Qt.ItemFlag.ItemIsEditable
+        assert not tree.setData(lr, "1e-4") and not tree.apply_edit(PlanEdit("layer2", frozen=True))
+        assert tree.plan_config == plan and not find(win, "presetFineTune").isEnabled()
+
+        find(win, "runUseButton").click()
+        assert not panel.is_previewing() and not banner.isVisible()
+        assert win.session.config().plan == plan and tree.plan_config == plan
+        assert tree.flags(lr) & Qt.ItemFlag.ItemIsEditable and tree.flags(frozen) & Qt.ItemFlag.ItemIsUserCheckable
+        assert tree.setData(lr, "1e-4") and win.session.config().plan.edits[-1] == PlanEdit("layer2", lr=1e-4)
+    finally:
+        win.close()
