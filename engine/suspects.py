@@ -27,7 +27,7 @@ from torch import nn
 from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, split_listing
 from .errors import UserError
 from .features import compute_features, feature_cache_key, load_cached_features, save_cached_features
-from .models import build_model
+from .models import build_model, check_arch
 from .run_setup import Stopped
 
 DUPLICATE_THRESHOLD = 0.98
@@ -57,6 +57,7 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
     """Rank the dataset's images by how unlikely their given label is. Paths are relative to `data_dir`."""
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
+    check_arch(arch)
     listing = list_dataset(data_dir, should_stop)
     scan = split_listing(listing, val_fraction, seed)
     root = Path(listing.root)
