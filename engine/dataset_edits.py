@@ -163,6 +163,8 @@ def _perform(root: Path, kind: str, moves: Iterable[tuple[str, PurePosixPath]], 
     for src, wished in moves:
         if src in seen:
             continue  # the same file given twice moves once
+        if not os.path.lexists(root / src):  # checked before the journal: a batch starts only when it can end
+            raise UserError(f"{src} is no longer in {root} (moved by hand?); nothing was moved")
         seen.add(src)
         dst = _free_name(root, wished, taken)
         taken.add(dst)

@@ -305,3 +305,12 @@ def test_cli_bad_number_and_no_traceback_in_a_real_process(colours):
                            "--folds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "folds" in lines[-1]
+
+
+def test_undo_after_a_file_was_moved_by_hand_moves_nothing(colours):
+    relabel(colours, ["red/red_1.png", "red/red_2.png"], "blue")
+    os.rename(colours / "blue" / "red_2.png", colours / "green" / "red_2.png")
+    before = tree(colours)
+    with pytest.raises(UserError, match="no longer in"):
+        undo(colours)
+    assert tree(colours) == before and repair(colours) == []
