@@ -50,22 +50,29 @@ def head_inputs(head: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def project_2d(features: torch.Tensor) -> torch.Tensor:
-    """(N, D) -> (N, 2): coordinates on the two principal axes, computed on the features' device.
+def project_2d(features: torch.Tensor) -> torch.Tensor | None:
+    """(N, D) -> (N, 2): coordinates on the two principal axes, computed on the features' device;
+    None when the features cannot be projected (non-finite or degenerate, as in a diverging run:
+    the run's own check reports that, the map must not end it first).
 
     Exact PCA by an eigendecomposition of the smaller of X^T X and X X^T (deterministic, and it
     touches no random state, unlike torch.pca_lowrank: a listener must not change training's RNG).
     Each axis' sign is fixed (its largest loading positive) so the map does not flip between epochs."""
     x = features.float()
     x = x - x.mean(dim=0, keepdim=True)
+    if not bool(torch.isfinite(x).all()):
+        return None
     n, d = x.shape
-    if d <= n:
-        _, vectors = torch.linalg.eigh(x.T @ x)
-        axes = vectors.flip(1)[:, :2]
-    else:
-        _, vectors = torch.linalg.eigh(x @ x.T)
-        axes = x.T @ vectors.flip(1)[:, :2]
-        axes = axes / axes.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    try:
+        if d <= n:
+            _, vectors = torch.linalg.eigh(x.T @ x)
+            axes = vectors.flip(1)[:, :2]
+        else:
+            _, vectors = torch.linalg.eigh(x @ x.T)
+            axes = x.T @ vectors.flip(1)[:, :2]
+            axes = axes / axes.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    except torch.linalg.LinAlgError:
+        return None
     signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
     coords = x @ (axes * torch.where(signs == 0, torch.ones_like(signs), signs))
     if coords.shape[1] < 2:  # one feature: one axis, the other is flat

@@ -142,9 +142,10 @@ class ValidationRecords(Listener):
         records = prediction_records(paths, outputs.labels, outputs.logits, self.class_names)
         write_predictions(self.folder.predictions_path, records)
         written = False
-        if outputs.features is not None and len(records) >= MIN_POINTS:
+        coords = project_2d(outputs.features) if outputs.features is not None and len(records) >= MIN_POINTS else None
+        if coords is not None:
             written = write_embeddings(self.folder.embeddings_path, paths, [r.true for r in records],
-                                       [r.pred for r in records], project_2d(outputs.features))
+                                       [r.pred for r in records], coords)
         if not written:
             self.folder.embeddings_path.unlink(missing_ok=True)
 

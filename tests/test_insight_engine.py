@@ -183,6 +183,9 @@ def test_pca_matches_numpy():
         assert np.allclose(np.abs(got), np.abs(expected), atol=1e-3)
     flat = project_2d(torch.arange(5.0)[:, None])
     assert flat.shape == (5, 2) and torch.all(flat[:, 1] == 0)
+    # A diverging run's features: no map (the run's own check reports the divergence).
+    assert project_2d(torch.tensor([[1.0, float("nan")], [2.0, 3.0], [4.0, 5.0]])) is None
+    assert project_2d(torch.full((4, 3), float("inf"))) is None
 
 
 # --- run status -------------------------------------------------------------------------------------
