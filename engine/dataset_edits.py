@@ -66,7 +66,7 @@ def relabel(root: str | os.PathLike, paths: Sequence[str | os.PathLike], to_clas
     files = [_dataset_file(root, p) for p in paths]
     moves = []
     for rel in files:
-        split, given = _split_and_class(rel)
+        split, given = _split_and_class(root, rel)
         folder = PurePosixPath(*split, to_class)
         if to_class not in _class_names(root / PurePosixPath(*split)):
             raise UserError(f"unknown class '{to_class}': {root / folder} is not a class folder")
@@ -82,7 +82,7 @@ def exclude(root: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> Acti
     repair(root)
     moves = []
     for rel in (_dataset_file(root, p) for p in paths):
-        split, given = _split_and_class(rel)
+        split, given = _split_and_class(root, rel)
         moves.append((rel, PurePosixPath(EXCLUDED, *split, given, PurePosixPath(rel).name)))
     return _perform(root, "exclude", moves)
 
@@ -255,8 +255,13 @@ def _dataset_file(root: Path, path: str | os.PathLike) -> str:
     rel = PurePosixPath(rel.as_posix())
     if rel.parts[0] == EXCLUDED:
         raise UserError(f"{path} is excluded already (undo brings it back)")
-    _split_and_class(rel)  # must lie in a class folder
+    _split_and_class(root, rel)  # must lie in a class folder
     return str(rel)
+
+
+def _has_splits(root: Path) -> bool:
+    """The "train-val" layout, by engine.data.list_dataset's rule."""
+    return (root / "train").is_dir() and (root / "val").is_dir() and bool(_class_names(root / "train"))
 
 
 def _class_names(folder: Path) -> set[str]:
@@ -265,10 +270,10 @@ def _class_names(folder: Path) -> set[str]:
         return {e.name for e in entries if e.is_dir() and not e.name.startswith((".", "_"))}
 
 
-def _split_and_class(rel: str | PurePosixPath) -> tuple[tuple[str, ...], str]:
+def _split_and_class(root: Path, rel: str | PurePosixPath) -> tuple[tuple[str, ...], str]:
     """(("train",) or ("val",) or (), class name) of a file in a class folder."""
     parts = PurePosixPath(rel).parts
-    split = parts[:1] if parts[0] in SPLITS and len(parts) >= 3 else ()
+    split = parts[:1] if _has_splits(root) and parts[0] in SPLITS else ()
     rest = parts[len(split):]
     if len(rest) < 2 or rest[0].startswith((".", "_")):
         raise UserError(f"{rel} is not in a class folder")

@@ -314,3 +314,19 @@ def test_undo_after_a_file_was_moved_by_hand_moves_nothing(colours):
     with pytest.raises(UserError, match="no longer in"):
         undo(colours)
     assert tree(colours) == before and repair(colours) == []
+
+
+def test_train_val_layout_moves_within_the_split(tmp_path):
+    root = tmp_path / "split"
+    write_colours(root / "train")
+    write_colours(root / "val", seed=1)
+    original = tree(root)
+    moved = relabel(root, ["val/red/red_1.png"], "blue")
+    excluded = exclude(root, ["train/green/green_2.png"])
+    assert moved.moves == (("val/red/red_1.png", "val/blue/red_1.png"),)
+    assert excluded.moves == (("train/green/green_2.png", "_excluded/train/green/green_2.png"),)
+    listing = list_dataset(root)
+    assert listing.layout == "train-val" and len(listing.samples) == 23 and len(listing.given_val) == 24
+    undo(root)
+    undo(root)
+    assert tree(root) == original
