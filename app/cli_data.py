@@ -27,6 +27,7 @@ def add_commands(sub, number) -> None:
                           help="cosine similarity from which two images count as near-duplicates")
     suspects.add_argument("--image-size", type=number("data.image_size"), default=224)
     suspects.add_argument("--batch-size", type=number("train.batch_size"), default=32)
+    suspects.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where the trunk runs")
     suspects.add_argument("--top", type=number("predict.top_k"), default=20, metavar="N", help="suspects listed (all with --json)")
     suspects.add_argument("--json", action="store_true")
 
@@ -57,7 +58,8 @@ def _suspects(args) -> int:
 
     _repaired(args.data)
     report = find_suspects(args.data, args.model, args.weights, args.folds, threshold=args.threshold,
-                           run_dir=args.run, image_size=args.image_size, batch_size=args.batch_size)
+                           run_dir=args.run, image_size=args.image_size, batch_size=args.batch_size,
+                           device=args.device)
     if args.json:
         print(json.dumps(report.to_json()))
         return 0

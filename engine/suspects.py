@@ -28,7 +28,7 @@ from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loade
 from .errors import UserError
 from .features import compute_features, feature_cache_key, load_cached_features, save_cached_features
 from .models import build_model, check_arch
-from .run_setup import Stopped
+from .run_setup import Stopped, select_device
 
 DUPLICATE_THRESHOLD = 0.98
 PROBE_STEPS = 300
@@ -53,11 +53,13 @@ class SuspectReport:
 def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none", folds: int = 5, *,
                   threshold: float = DUPLICATE_THRESHOLD, run_dir: str | os.PathLike | None = None,
                   image_size: int = 224, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
-                  should_stop: Callable[[], bool] = lambda: False) -> SuspectReport:
-    """Rank the dataset's images by how unlikely their given label is. Paths are relative to `data_dir`."""
+                  device: str = "auto", should_stop: Callable[[], bool] = lambda: False) -> SuspectReport:
+    """Rank the dataset's images by how unlikely their given label is. Paths are relative to `data_dir`;
+    `val_fraction` and `seed` give the split the training would use (for duplicates across it)."""
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
     check_arch(arch)
+    target = select_device(device)
     listing = list_dataset(data_dir, should_stop)
     scan = split_listing(listing, val_fraction, seed)
     root = Path(listing.root)
@@ -73,7 +75,7 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
                             f"to rank its validation predictions")
         return _from_validation(run_dir, root, scan.class_names)
     samples = scan.train + scan.val
-    feats, kept = _features(built, samples, weights, arch, batch_size, seed, should_stop)
+    feats, kept = _features(built, samples, weights, arch, batch_size, seed, target, should_stop)
     labels = torch.tensor([s.label for s in kept])
     probs = out_of_fold_probabilities(feats, labels, len(scan.class_names), folds, seed)
     order = rank(probs, labels)
@@ -92,13 +94,13 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
 
 
 def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch_size: int, seed: int,
-              should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
+              device: torch.device, should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
     """(N, D) trunk features of the decodable samples, and those samples; from the disk cache when
     the same files were seen with the same trunk and preprocessing."""
     # Stored as ((features, positions of the decodable samples), None), not as a run's (train, val):
     # the precision tag keeps the two layouts under different keys.
     key = feature_cache_key(samples, arch=arch, weights=weights, seed=seed, head=built.info.head,
-                            prep=built.preprocessing, precision="float32 (suspects)", device_type="cpu")
+                            prep=built.preprocessing, precision="float32 (suspects)", device_type=device.type)
     cached = load_cached_features(key)
     if cached is not None:
         with contextlib.suppress(TypeError, ValueError, IndexError):
@@ -107,7 +109,7 @@ def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch
     failed: set[int] = set()
     prep = built.preprocessing
     loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, seed)
-    result = compute_features(built.model, built.info.head, loader, prep, torch.device("cpu"),
+    result = compute_features(built.model.to(device), built.info.head, loader, prep, device,
                               autocast=contextlib.nullcontext, channels_last=False,
                               on_failures=lambda found: failed.update(i for i, _ in found), should_stop=should_stop)
     if result is None:

@@ -290,10 +290,12 @@ def test_cli_suspects_json(colours, resnet18_weights_file, capsys):
     (("redo", "DATA"), "nothing to redo"),
     (("suspects", "--data", "DATA", "--model", "resnet18", "--weights", "none"), "no usable features"),
     (("suspects", "--data", "DATA", "--model", "resnet19", "--weights", "none"), "unknown architecture"),
+    (("suspects", "--data", "DATA", "--model", "resnet18", "--device", "abacus"), "device 'abacus'"),
+    (("suspects", "--data", "DATA/red", "--model", "resnet18"), "at least 2 class"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(colours, capsys, args, message):
     before = tree(colours)
-    args = [str(colours) if a == "DATA" else a for a in args]
+    args = [a.replace("DATA", str(colours)) for a in args]
     code, out, err = run_cli(capsys, *args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("transfer-studio: error:") and message in lines[0]
