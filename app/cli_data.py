@@ -28,7 +28,8 @@ def add_commands(sub, number) -> None:
     suspects.add_argument("--image-size", type=number("data.image_size"), default=224)
     suspects.add_argument("--batch-size", type=number("train.batch_size"), default=32)
     suspects.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where the trunk runs")
-    suspects.add_argument("--top", type=number("predict.top_k"), default=20, metavar="N", help="suspects listed (all with --json)")
+    suspects.add_argument("--top", type=number("predict.top_k"), default=20, metavar="N",
+                          help="suspects listed (all with --json)")
     suspects.add_argument("--json", action="store_true")
 
     relabel = sub.add_parser("relabel", help="move images into another class folder (undo puts them back)")
