@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import Preprocessing, batches_per_epoch, drops_last_batch, epoch_order, normalize_batch
-from .models import describe, plain_model
+from .models import check_arch, check_image_size, describe, plain_model
 from .plan import build_plan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -115,6 +115,8 @@ def single_image_batch_problem(config: RunConfig) -> str | None:
     if config.train.batch_size > 1:
         return None
     arch, size = config.model.arch, config.data.image_size
+    check_arch(arch)  # a model that cannot be built is named as such, not by the builder's traceback
+    check_image_size(arch, size)
     with torch.device("meta"):
         model = plain_model(arch, 2, size)
     plan = build_plan(config.plan, describe(model, arch, 2, size))

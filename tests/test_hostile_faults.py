@@ -94,6 +94,18 @@ def test_batch_size_one_with_batchnorm_in_training_is_refused_in_one_line(data, 
     assert not (tmp_path / "new").exists()  # nothing left behind, not even the parents it made
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model, words", [
+    (["--model", "resnet1800"], "unknown architecture 'resnet1800'"),
+    (["--model", "vit_b_16", "--image-size", "20"], "must be a multiple of 16 px"),
+    (["--model", "inception_v3"], "too small for inception_v3"),
+])
+def test_batch_size_one_with_a_model_that_cannot_be_built_names_the_model_problem(model, words, data, tmp_path, capsys):
+    argv = ["train", "--data", data, *IMAGES, "--batch-size", "1", *model, "--out", tmp_path / "run"]
+    assert_refused(cli(capsys, *argv), 2, words)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("augment", ["none", "light"])  # none: cached features; light: images, BatchNorm frozen
 def test_batch_size_one_trains_when_no_batchnorm_trains(augment, tmp_path, capsys):
