@@ -111,13 +111,16 @@ def _without_batches_of_one(batches: Iterator[Batch], batch_size: int) -> Iterat
 def single_image_batch_problem(config: RunConfig) -> str | None:
     """Why a batch size of 1 cannot train as `config` says: a BatchNorm layer trains in some epoch
     (a frozen one is pinned to eval mode and takes any batch). Asked before a run holds anything,
-    on a model built on the meta device: no memory, no weights, milliseconds."""
+    on a model built on the meta device where it can be: no memory, no weights, milliseconds."""
     if config.train.batch_size > 1:
         return None
     arch, size = config.model.arch, config.data.image_size
     check_arch(arch)  # a model that cannot be built is named as such, not by the builder's traceback
     check_image_size(arch, size)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = plain_model(arch, 2, size)
+    except (NotImplementedError, RuntimeError):  # RegNet computes its widths with tensors: built for real
         model = plain_model(arch, 2, size)
     plan = build_plan(config.plan, describe(model, arch, 2, size))
     norms = [name for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
