@@ -239,7 +239,8 @@ def load_any(path: str | Path, fmt: str | None = None) -> Exported:
         raise
     except Exception as exc:  # a pickle named .onnx, a damaged header: the reader's own error, in one line
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise UserError(f"{path} is not a valid {fmt} file, or is damaged ({type(exc).__name__}: {detail[:200]})") from None
+        raise UserError(f"{path} is not a valid {fmt} file, or is damaged "
+                        f"({type(exc).__name__}: {detail[:200]})") from None
 
 
 def _load_torchscript(path: Path) -> Exported:

@@ -48,12 +48,12 @@ def checkpoint(tmp_path_factory) -> Path:
     return base / "run" / "checkpoint.pt"
 
 
-def config(data: Path, out: Path, *, epochs: int = 1, batch_size: int = 8, strategy: str = "fine-tune",
-           cache_mb: int = 2048) -> RunConfig:
+def config(data: Path, out: Path, *, epochs: int = 1, cache_mb: int = 2048) -> RunConfig:
+    """Images through the whole model (fine-tune), batches of 8, no validation."""
     return RunConfig(data=DataConfig(root=str(data), val_fraction=0.0, image_size=32, augment="none",
                                      num_workers=0, decoded_cache_mb=cache_mb),
-                     model=ModelConfig("resnet18", "none"), plan=PlanConfig(strategy=strategy),
-                     train=TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu"), out_dir=str(out))
+                     model=ModelConfig("resnet18", "none"), plan=PlanConfig(strategy="fine-tune"),
+                     train=TrainConfig(epochs=epochs, batch_size=8, device="cpu"), out_dir=str(out))
 
 
 def _spoil(path: Path) -> None:
@@ -108,17 +108,15 @@ def test_batch_size_one_with_a_model_that_cannot_be_built_names_the_model_proble
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("augment", ["none", "light"])  # none: cached features; light: images, BatchNorm frozen
-def test_batch_size_one_trains_when_no_batchnorm_trains(augment, tmp_path, capsys):
+@pytest.mark.parametrize("source", [[], ["--no-feature-cache"]], ids=["cached features", "images, BatchNorm frozen"])
+def test_batch_size_one_trains_when_no_batchnorm_trains(source, tmp_path, capsys):
     data = write_demo_dataset(tmp_path / "D", classes=2, per_class=4, size=32, seed=0)  # 8 steps of one image
-    rc, _, err = cli(capsys, "train", "--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1",
-                     "--strategy", "feature-extraction", "--augment", augment, "--batch-size", "1",
-                     "--out", tmp_path / "run")
+    rc, _, err = cli(capsys, "train", "--data", data, *QUICK, *source, "--batch-size", "1", "--out", tmp_path / "run")
     assert rc == 0 and "Traceback" not in err, err
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
-def _first_batch_left_with_one(data: Path, batch_size: int) -> list:
+def _first_batch_left_with_one(data: Path, batch_size: int):
     """Spoil all but one file of the first training batch of epoch 1, after the scan."""
     scan = scan_dataset(data, val_fraction=0.0, seed=0)
     first = epoch_order(len(scan.train), 0, 1)[:batch_size].tolist()
@@ -165,8 +163,8 @@ def test_a_run_whose_images_are_all_unreadable_fails_in_one_line(path, data, tmp
     for png in data.rglob("*.png"):
         _spoil(png)  # after a scan would have accepted them: the header is intact
     argv = QUICK if path == "cached features" else [*IMAGES, "--batch-size", "8"]
-    line = assert_failed_run(cli(capsys, "train", "--data", data, *argv, "--val-fraction", "0", "--out", tmp_path / "run"),
-                             "epoch 1 had no usable training image: 24 files could not be read (first: ")
+    result = cli(capsys, "train", "--data", data, *argv, "--val-fraction", "0", "--out", tmp_path / "run")
+    line = assert_failed_run(result, "epoch 1 had no usable training image: 24 files could not be read (first: ")
     assert ".png: corrupt" in line  # the first reason, with its file
 
 
@@ -232,7 +230,7 @@ def test_a_runtime_error_that_is_not_about_memory_is_not_disguised(monkeypatch):
         main(["layers", "--classes", "3", "--weights", "none"])
 
 
-# --- export: full disk, read-only folder, a folder in the way ----------------------------------------
+# --- full disks (export, checkpoints, training), read-only folders, a folder in the way ----------------
 
 
 @pytest.fixture
@@ -256,7 +254,7 @@ def test_export_onto_a_full_disk_leaves_nothing(fmt, checkpoint, small_disk, cap
 
 
 class _DiskFullMidway:
-    """A file that takes the first half of what is written to it, then reports a full disk."""
+    """A file that takes the first `room` bytes written to it, then reports a full disk."""
 
     def __init__(self, fh, room: int) -> None:
         self.fh, self.room = fh, room
@@ -278,6 +276,17 @@ class _DiskFullMidway:
         self.fh.close()
 
 
+def _fill_disk_midway(monkeypatch, room: int = 1000) -> None:
+    """Every file opened for writing by fd (atomic_file's temporary files) takes `room` bytes, then is full."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        fh = real_fdopen(fd, mode, *args, **kwargs)
+        return _DiskFullMidway(fh, room) if "w" in mode else fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_failing_midway_keeps_the_previous_export_and_no_partial_file(fmt, checkpoint, tmp_path,
@@ -291,17 +300,6 @@ def test_export_failing_midway_keeps_the_previous_export_and_no_partial_file(fmt
     assert_refused(cli(capsys, "export", checkpoint, "--format", fmt, "--out", out), 2, str(previous),
                    "No space left on device")
     assert _files(out) == {previous.name} and previous.read_bytes() == b"an earlier export"
-
-
-def _fill_disk_midway(monkeypatch, room: int = 1000) -> None:
-    """Every file opened for writing by fd (atomic_file's temporary files) takes `room` bytes, then is full."""
-    real_fdopen = os.fdopen
-
-    def fdopen(fd, mode="r", *args, **kwargs):
-        fh = real_fdopen(fd, mode, *args, **kwargs)
-        return _DiskFullMidway(fh, room) if "w" in mode else fh
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
 
 
 def test_a_checkpoint_save_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
@@ -364,7 +362,7 @@ def test_export_onto_a_folder_in_the_way_is_one_line(checkpoint, tmp_path, capsy
     assert _files(tmp_path) == {"checkpoint.onnx"}
 
 
-# --- an --out for training that cannot hold a run -----------------------------------------------------
+# --- an --out for training that cannot hold a run ----------------------------------------------------
 
 
 @pytest.mark.timeout(90)
