@@ -16,7 +16,9 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
+import torch
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
@@ -103,6 +105,23 @@ def result_from_record(record: dict) -> FitResult | None:
 def _size_shapes_parameters(arch: str) -> bool:
     # A ViT's position embedding has one entry per patch: its parameter count follows the image size.
     return arch.startswith("vit_")
+
+
+def without_random_draws(build: Callable):
+    """`build()` on the meta device: a model whose structure alone is wanted then costs no memory and
+    draws nothing from torch's global random generator, which a run training on another thread was
+    seeded with (a draw here would change that run). The few models that cannot be built there
+    (RegNets copy tensors while building) are built as usual."""
+    try:
+        with torch.device("meta"):  # thread-local: other threads keep building real tensors
+            return build()
+    except (NotImplementedError, RuntimeError):
+        return build()
+
+
+def model_structure(arch: str, classes: int, size: int):
+    """A randomly initialised model to read the structure of (layers, parameters, groups)."""
+    return without_random_draws(lambda: build_model(arch, classes, "none", size))
 
 
 class DatasetLoader(QObject):
@@ -210,7 +229,7 @@ class ModelDescriber(QObject):
             return
         self._key, self.info, self.problem = key, None, ""
         self.changed.emit(None)
-        self.tasks.submit("model", lambda: build_model(arch, classes, "none", size).info, self._on_built,
+        self.tasks.submit("model", lambda: model_structure(arch, classes, size).info, self._on_built,
                           self._on_failed)
 
     def _on_built(self, info: ModelInfo) -> None:
@@ -504,6 +523,13 @@ class Session(QObject):
         if state.scan is not None:
             self._request_advice()
             self._schedule_timer.start()  # an epoch's steps follow the training split
+        elif state.error or state.listing_in_progress:  # the last advice was for another dataset
+            self._advice = None
+            self.tasks.cancel("advice")
+            if state.error:
+                self.advice_failed.emit("No advice: the dataset folder cannot be used.")
+            else:
+                self.advice_pending.emit()
 
     # --- data, model, plan and training settings ---------------------------------------------------
 
@@ -656,9 +682,13 @@ class Session(QObject):
         self._advice = None
         self.advice_pending.emit()
         stop_early = self.tasks.obsolete("advice")
-        self.tasks.submit("advice", lambda: advise(scan, arch, weights, image_size=size, measure=measure,
-                                                   should_stop=stop_early),
-                          lambda advice: self._on_advice(folder, advice), self.advice_failed.emit)
+
+        def job():
+            if measure:  # the backbone's real weights, over the images
+                return advise(scan, arch, weights, image_size=size, should_stop=stop_early)
+            return without_random_draws(lambda: advise(scan, arch, weights, image_size=size, measure=False))
+
+        self.tasks.submit("advice", job, lambda advice: self._on_advice(folder, advice), self.advice_failed.emit)
 
     def _on_advice(self, folder: str, advice: Advice) -> None:
         self._advice = advice
@@ -703,7 +733,7 @@ class Session(QObject):
         steps = batches_per_epoch(len(scan.train), config.train.batch_size)
 
         def job():
-            built = build_model(arch, classes, "none", size)  # a model of its own: the preview sets its flags
+            built = model_structure(arch, classes, size)  # a model of its own: the preview sets its flags
             plan = build_plan(config.plan, built.info)
             return schedule_preview(built.model, built.info, plan, config.train, steps)
 
@@ -718,8 +748,7 @@ class Session(QObject):
             config = folder.load_config()
             classes = max(2, len(folder.read_record().get("class_names") or ()))
             arch = config.model.arch
-            info = build_model(arch, classes, "none", config.data.image_size if _size_shapes_parameters(arch)
-                               else 224).info
+            info = model_structure(arch, classes, config.data.image_size if _size_shapes_parameters(arch) else 224).info
             build_plan(config.plan, info)  # a plan that does not fit its model is refused here, not in the tree
             return info, config.plan
 
