@@ -5,6 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 from PySide6.QtGui import QColor
 
+from widgets.row_table import RowTableModel
+
 DIAGONAL_HUE = 0.36  # green: correct predictions
 OFF_DIAGONAL_HUE = 0.0  # red: confusions
 
@@ -69,36 +71,19 @@ class ConfusionMatrixModel(QAbstractTableModel):
         return None
 
 
-class PerClassModel(QAbstractTableModel):
+class PerClassModel(RowTableModel):
     """Precision, recall, F1 and support of each class."""
 
     HEADERS = ("Class", "Precision", "Recall", "F1", "Support")
     KEYS = ("precision", "recall", "f1", "support")
 
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._rows: list[tuple[str, dict]] = []
-
     def set_per_class(self, class_names: list[str], per_class: dict[str, dict]) -> None:
-        self.beginResetModel()
-        self._rows = [(name, per_class.get(name, {})) for name in class_names]
-        self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
+        self.set_items((name, per_class.get(name, {})) for name in class_names)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        name, figures = self._rows[index.row()]
+        name, figures = self._items[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             if index.column() == 0:
                 return name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSignalBlocker, QSize, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
@@ -20,6 +20,7 @@ from engine.advisor import Advice
 from engine.config import AUGMENTATIONS, CLASS_WEIGHTS, DataConfig
 from engine.images import BadImage, load_rgb
 from widgets.advice_card import AdviceCard
+from widgets.row_table import RowTableModel
 
 THUMB = 24
 STRIP_WIDTH = THUMB * 3 + 8
@@ -62,7 +63,7 @@ def thumbnail_strip(paths: list[str]) -> QImage | None:
     return strip
 
 
-class ClassTableModel(QAbstractTableModel):
+class ClassTableModel(RowTableModel):
     """Class name, train and val counts and a thumbnail strip per class. Rows are read when shown,
     so a dataset of a thousand classes costs nothing until it is scrolled."""
 
@@ -70,35 +71,21 @@ class ClassTableModel(QAbstractTableModel):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._classes: list[dict] = []  # {"class", "train", "val"}
         self._strips: dict[str, QImage | None] = {}
 
     def set_classes(self, classes: list[dict]) -> None:
-        self.beginResetModel()
-        self._classes = list(classes)
-        self.endResetModel()
+        self.set_items(classes)  # {"class", "train", "val"} each
 
     def set_strips(self, strips: dict[str, QImage | None]) -> None:
         self._strips = dict(strips)
-        if self._classes:
-            self.dataChanged.emit(self.index(0, 3), self.index(len(self._classes) - 1, 3),
+        if self._items:
+            self.dataChanged.emit(self.index(0, 3), self.index(len(self._items) - 1, 3),
                                   [Qt.ItemDataRole.DecorationRole])
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt's name
-        return 0 if parent.isValid() else len(self._classes)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt's name
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt's name
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        counts, column = self._classes[index.row()], index.column()
+        counts, column = self._items[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             if column == 0:
                 return counts["class"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.run_catalog import RunSummary
 from widgets.plots import distinct_colours
+from widgets.row_table import RowTableModel
 
 STATUS_COLOURS = {"finished": "#2e7d32", "stopped": "#8a6d00", "failed": "#c62828", "running": "#1565c0",
                   "interrupted": "#b26a00"}
@@ -29,44 +30,27 @@ STATUS_TIPS = {
 }
 
 
-class RunsModel(QAbstractTableModel):
+class RunsModel(RowTableModel):
     """One row per run folder, newest first."""
 
     HEADERS = ("Date", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
 
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._runs: list[RunSummary] = []
-
     def set_runs(self, runs: list[RunSummary]) -> None:
-        self.beginResetModel()
-        self._runs = list(runs)
-        self.endResetModel()
+        self.set_items(runs)
 
     def run(self, row: int) -> RunSummary:
-        return self._runs[row]
+        return self._items[row]
 
     def runs(self) -> list[RunSummary]:
-        return list(self._runs)
+        return list(self._items)
 
     def row_of(self, path: Path) -> int:
-        return next((i for i, r in enumerate(self._runs) if r.path == Path(path)), -1)
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
-        return 0 if parent.isValid() else len(self._runs)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt override
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
+        return next((i for i, r in enumerate(self._items) if r.path == Path(path)), -1)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        run, column = self._runs[index.row()], index.column()
+        run, column = self._items[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(run, column)
         if role == Qt.ItemDataRole.ToolTipRole:
