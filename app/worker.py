@@ -26,7 +26,7 @@ from PySide6.QtCore import QObject, QProcess, QThread, Signal, Slot
 
 from engine.config import RunConfig
 from engine.data import DatasetScan
-from engine.errors import FrozenTensorsChanged, UserError, WeightsUnavailable
+from engine.errors import FrozenTensorsChanged, UserError, WeightsUnavailable, out_of_memory_message
 from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
 from engine.trainer import fit
 
@@ -51,9 +51,10 @@ def describe_failure(exc: BaseException) -> str:
     """One line for the person; out-of-memory gets advice, anything unexpected its type."""
     if isinstance(exc, UserError):
         return str(exc)
+    memory = out_of_memory_message(exc, "training")
+    if memory:
+        return memory
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return f"Out of memory: {text[:200]}. Try a smaller batch size or image size."
     return f"{type(exc).__name__}: {text[:300]}"
 
 

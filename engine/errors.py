@@ -32,6 +32,7 @@ class NoUsableImages(RunFailed):
 # Where memory runs out, what to make smaller: per CLI command, and a general fallback.
 MEMORY_ADVICE = {
     "train": "try a smaller --image-size or --batch-size",
+    "training": "try a smaller image size or batch size",  # the window's words: it has no flags
     "lr-find": "try a smaller --image-size or --batch-size",
     "predict": "try fewer images at once",
     "export": "try a smaller model or another format",

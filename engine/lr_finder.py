@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batches import single_image_batch_problem
 from .class_weights import training_criterion
 from .config import PlanConfig, RunConfig
 from .data import DatasetScan
@@ -249,6 +250,9 @@ def find_lr(config: RunConfig, scan: DatasetScan | None = None, *, steps: int = 
     temporary folder, and the caller's random state is left as it was."""
     callbacks, control = callbacks or Callbacks(), control or TrainingControl()
     multipliers(start, end, steps)  # bad numbers fail before any work
+    problem = single_image_batch_problem(config)  # as train refuses it: BatchNorm cannot learn from one image
+    if problem:
+        raise UserError(problem)
     rng = random_state()
     try:
         with tempfile.TemporaryDirectory(prefix="lr-find-") as folder:

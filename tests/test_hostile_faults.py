@@ -96,6 +96,12 @@ def test_batch_size_one_with_batchnorm_in_training_is_refused_in_one_line(model,
 
 
 @pytest.mark.timeout(60)
+def test_lr_find_refuses_batch_size_one_like_train(data, capsys):
+    assert_refused(cli(capsys, "lr-find", "--data", data, *IMAGES, "--model", "resnet18", "--batch-size", "1",
+                       "--steps", "5"), 2, "batch size of 1", "BatchNorm")
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("model, words", [
     (["--model", "resnet1800"], "unknown architecture 'resnet1800'"),
     (["--model", "vit_b_16", "--image-size", "20"], "must be a multiple of 16 px"),
@@ -219,6 +225,13 @@ def test_out_of_memory_is_one_line_with_advice(command, target, words, data, tmp
             "layers": ["layers", "--classes", "3", "--weights", "none"],
             "demo-data": ["demo-data", tmp_path / "demo", "--size", "32"]}[command]
     assert_failed_run(cli(capsys, *argv), "out of memory", *words)
+
+
+def test_the_window_words_out_of_memory_without_command_line_flags():
+    from app.worker import describe_failure
+
+    line = describe_failure(RuntimeError(CPU_ALLOCATOR))
+    assert "out of memory" in line and "image size or batch size" in line and "--" not in line
 
 
 def test_a_runtime_error_that_is_not_about_memory_is_not_disguised(monkeypatch):
