@@ -27,6 +27,7 @@ from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent, RunStarted
 from engine.models import ModelInfo
 from engine.run_folder import RunFolder
+from engine.run_setup import resolve_precision
 from widgets.data_panel import DataPanel
 from widgets.export_dialog import ExportDialog, meta_from_record
 from widgets.insight import InsightView
@@ -35,6 +36,8 @@ from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
 from widgets.runs_view import RunsView
 from widgets.training_panel import TrainingPanel, result_line
+
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
@@ -367,9 +370,9 @@ class MainWindow(QMainWindow):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
-        amp = device.startswith("cuda") and precision != "off"
+        amp = resolve_precision(precision, torch.device(device))  # the rule the run will follow
         self.device_label.setText(f"Device: {name}")
-        self.precision_label.setText(f"Mixed precision: {'on' if amp else 'off'}")
+        self.precision_label.setText(f"Mixed precision: {PRECISION_NAMES.get(amp, 'off')}")
 
     # --- dataset (kept for the command line, tests and scripts) -----------------------------------------
 

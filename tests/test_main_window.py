@@ -534,3 +534,14 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
     monkeypatch.setattr(QApplication, "exec", fake_exec)
     assert main(["gui", "--data", str(demo_dir)]) == 0
     assert seen == {"folder": str(demo_dir), "classes": 4}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_status_bar_says_which_precision_a_cpu_run_will_use(qtbot, window, demo_dir, monkeypatch, native):
+    monkeypatch.setattr("engine.run_setup.cpu_has_native_bf16", lambda: native)
+    open_demo(qtbot, window, demo_dir)
+    choose(find(window, "deviceCombo"), "cpu")
+    choose(find(window, "precisionCombo"), "off")
+    assert find(window, "precisionStatusLabel").text() == "Mixed precision: off"
+    choose(find(window, "precisionCombo"), "auto")
+    assert find(window, "precisionStatusLabel").text() == f"Mixed precision: {'bf16' if native else 'off'}"
