@@ -329,6 +329,7 @@ class MainWindow(QMainWindow):
         self.training_panel.show_train(train)
         self.data_panel.show_class_weights(train.class_weights)
         self.model_panel.show_weight_decay(train.weight_decay)
+        self.model_panel.show_adapt_norm(train.adapt_norm)
         self._show_device(train.device, train.precision)
 
     @Slot(str)

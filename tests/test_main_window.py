@@ -545,3 +545,17 @@ def test_the_status_bar_says_which_precision_a_cpu_run_will_use(qtbot, window, d
     assert find(window, "precisionStatusLabel").text() == "Mixed precision: off"
     choose(find(window, "precisionCombo"), "auto")
     assert find(window, "precisionStatusLabel").text() == f"Mixed precision: {'bf16' if native else 'off'}"
+
+
+def test_adapting_normalization_statistics_shows_in_the_summary_and_the_tree(qtbot, window, demo_dir):
+    open_demo(qtbot, window, demo_dir)
+    summary = find(window, "trainableSummaryLabel")
+    tree = window.model_panel.tree_model
+    norm = next(row["name"] for row in tree.report["modules"] if row["is_norm"] and row["frozen"])
+    tip = lambda: tree.data(tree.index_for(norm, FROZEN), Qt.ItemDataRole.ToolTipRole)  # noqa: E731
+    assert "AdaBN" not in summary.text() and "exactly as loaded" in tip()
+    find(window, "adaptNormCheck").setChecked(True)
+    assert "AdaBN" in summary.text() and "adapted to this data" in tip()
+    assert window.session.config().train.adapt_norm
+    find(window, "adaptNormCheck").setChecked(False)
+    assert "AdaBN" not in summary.text()

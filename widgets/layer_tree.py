@@ -136,6 +136,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._info: ModelInfo | None = None
         self._config = PlanConfig()
         self._weight_decay = 0.0
+        self._adapt_norm = False  # AdaBN: frozen norm layers' statistics are adapted to the data first
         self._report: dict = {}
         self._rows: list[dict] = []  # describe_plan's modules, in info.layers order
         self._index_of: dict[str, int] = {}
@@ -221,6 +222,14 @@ class LayerTreeModel(QAbstractItemModel):
         if self._report:
             self._report = with_weight_decay(self._report, weight_decay)
 
+    def set_adapt_norm(self, adapt: bool) -> None:
+        """Say that the run adapts normalization statistics first (AdaBN): the summary line and the
+        norm layers' tooltips, which are read when shown; no cell repaints."""
+        if adapt != self._adapt_norm:
+            self._adapt_norm = adapt
+            if self._report:
+                self.plan_changed.emit()  # the summary line changes
+
     def base_lr(self) -> float:
         """The root's LR, which is the base LR."""
         return self._report["plan"]["base_lr"] if self._report else self._config.base_lr
@@ -265,7 +274,10 @@ class LayerTreeModel(QAbstractItemModel):
         return self._report
 
     def summary(self) -> str:
-        return summary_line(self._report) if self._report else "No model"
+        if not self._report:
+            return "No model"
+        adapted = " · norm statistics adapted to the data first (AdaBN)" if self._adapt_norm else ""
+        return summary_line(self._report) + adapted
 
     def module_row(self, name: str) -> dict:
         return self._rows[self._index_of[name]]
@@ -632,6 +644,8 @@ class LayerTreeModel(QAbstractItemModel):
             text += " (inherited)." if row["frozen_inherited"] and row["name"] else "."
         if row["is_norm"] and row["frozen"]:
             text += (" Its running statistics update in training." if row["train_norm"]
+                     else " Eval mode: running statistics adapted to this data before training (AdaBN), "
+                          "then kept." if self._adapt_norm
                      else " Eval mode: running statistics stay exactly as loaded.")
         if row["unfreeze_epoch"] is not None:
             text += f" Gradual unfreezing: trains from epoch {row['unfreeze_epoch'] + 1}."

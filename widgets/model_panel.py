@@ -225,6 +225,9 @@ class ModelPanel(QGroupBox):
         if not self.tree_model.is_preview:
             self.tree_model.set_weight_decay(weight_decay)
 
+    def show_adapt_norm(self, adapt: bool) -> None:
+        self.tree_model.set_adapt_norm(adapt)
+
     def show_preview(self, run_name: str, info: ModelInfo, plan: PlanConfig) -> None:
         """A past run's plan in the tree, read-only, until end_preview()."""
         self.tree_model.set_preview(info, plan, self._weight_decay)
