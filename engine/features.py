@@ -266,3 +266,78 @@ def _reason(exc: Exception, folder: Path) -> str:
     if isinstance(exc, OSError):
         return f"{exc.filename or folder}: {exc.strerror or exc}"
     return f"{folder}: {(str(exc).strip().splitlines() or ['write failed'])[0][:120]}"
+
+
+# --- per-file store -------------------------------------------------------------------------------
+# Features keyed per image file rather than per dataset: moving a few files into another class
+# (engine.dataset_edits) changes the dataset's key above, but not a moved file's own features, so
+# nothing needs a new trunk pass. A file is known by (device, inode, size, mtime_ns): a rename or a
+# link-and-unlink keeps all four, an edit in place changes the mtime, a copy gets a new inode.
+
+MAX_FILES_PER_STORE = 500_000  # entries kept per trunk: those of the dataset at hand first
+
+
+def file_identity(path: str | os.PathLike) -> str | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def file_store_path(trunk_key: str) -> Path:
+    """One store per trunk: `trunk_key` is feature_cache_key with no samples (model, weights,
+    preprocessing, precision, device), so it changes with anything that shapes the features."""
+    return cache_dir() / "file_features" / f"{trunk_key}.pt"
+
+
+def load_file_store(trunk_key: str) -> dict[str, torch.Tensor]:
+    """{file identity: (D,) features}; empty when there is none or it cannot be read."""
+    try:
+        stored = safe_torch_load(file_store_path(trunk_key))
+        ids, features = stored["ids"], stored["features"]
+        if not isinstance(ids, list) or len(ids) != len(features):
+            return {}
+    except (UserError, KeyError, TypeError, OSError):
+        return {}
+    return dict(zip(ids, features))
+
+
+def save_file_store(trunk_key: str, store: dict[str, torch.Tensor], first: Sequence[str]) -> str | None:
+    """Save the store (the ids in `first` kept before any other when it must shrink); None when
+    saved, else a one-line note: the store is an optimisation only."""
+    ordered = list(dict.fromkeys([i for i in first if i in store] + list(store)))[:MAX_FILES_PER_STORE]
+    path = file_store_path(trunk_key)
+    try:
+        features = torch.stack([store[i] for i in ordered]) if ordered else torch.empty(0, 0)
+        atomic_torch_save({"ids": ordered, "features": features}, path)
+    except (OSError, RuntimeError) as exc:
+        return f"per-file features not saved ({_reason(exc, path.parent)}); they are computed again next time"
+    return None
+
+
+def features_per_file(samples: Sequence[Sample], trunk_key: str,
+                      compute: Callable[[list[Sample]], tuple[torch.Tensor, set[int]] | None]):
+    """(features (N', D) of the decodable samples, their positions in `samples`, note or None), the
+    trunk run only on the files the store lacks. `compute(samples)` returns (features of those that
+    decoded, positions of those that did not) or None when stopped (then this returns None)."""
+    store = load_file_store(trunk_key)
+    ids = [file_identity(s.path) for s in samples]
+    by_position = {i: store[key] for i, key in enumerate(ids) if key is not None and key in store}
+    missing = [i for i in range(len(samples)) if i not in by_position]
+    note = None
+    if missing:
+        result = compute([samples[i] for i in missing])
+        if result is None:
+            return None
+        computed, failed = result
+        fresh = [i for n, i in enumerate(missing) if n not in failed]
+        for position, row in zip(fresh, computed):
+            by_position[position] = row
+            if ids[position] is not None:
+                store[ids[position]] = row
+        note = save_file_store(trunk_key, store, [key for key in ids if key])
+    positions = sorted(by_position)
+    if not positions:
+        return torch.empty(0, 0), [], note
+    return torch.stack([by_position[i] for i in positions]), positions, note

@@ -1,9 +1,9 @@
 """Suspect labels and near-duplicates: which images of a dataset most likely carry a wrong label.
 
 With a frozen trunk (weights given) every image gets an out-of-sample class probability: the
-trunk's features are computed once (the feature cache's pass and disk cache), and a logistic-
-regression head is trained K times, each time on all folds but one and asked about the fold it
-never saw. Images are ranked by self-confidence, the probability of their given label, lowest
+trunk's features are computed once per file (the feature cache's pass, kept in its per-file store:
+moving files between classes costs no new pass), and a logistic-regression head is trained K
+times, each time on all folds but one and asked about the fold it never saw. Images are ranked by self-confidence, the probability of their given label, lowest
 first (with cleanlab installed, by its `find_label_issues` ranking of the same probabilities).
 Without usable features (random weights, or a head that is no linear layer on pooled features)
 only a trained run's validation predictions can say anything, and `source` says so.
@@ -26,7 +26,7 @@ from torch import nn
 
 from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, split_listing
 from .errors import UserError
-from .features import compute_features, feature_cache_key, load_cached_features, save_cached_features
+from .features import compute_features, feature_cache_key, features_per_file
 from .models import build_model, check_arch
 from .run_setup import Stopped, select_device
 
@@ -95,30 +95,27 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
 
 def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch_size: int, seed: int,
               device: torch.device, should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
-    """(N, D) trunk features of the decodable samples, and those samples; from the disk cache when
-    the same files were seen with the same trunk and preprocessing."""
-    # Stored as ((features, positions of the decodable samples), None), not as a run's (train, val):
-    # the precision tag keeps the two layouts under different keys.
-    key = feature_cache_key(samples, arch=arch, weights=weights, seed=seed, head=built.info.head,
-                            prep=built.preprocessing, precision="float32 (suspects)", device_type=device.type)
-    cached = load_cached_features(key)
-    if cached is not None:
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            feats, positions = cached[0]
-            return feats, [samples[i] for i in positions.tolist()]
-    failed: set[int] = set()
+    """(N, D) trunk features of the decodable samples, and those samples. Kept per file (the
+    feature cache's per-file store): after files moved between classes, nothing is computed again."""
+    trunk_key = feature_cache_key((), arch=arch, weights=weights, seed=seed, head=built.info.head,
+                                  prep=built.preprocessing, precision="float32", device_type=device.type)
     prep = built.preprocessing
-    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, seed)
-    result = compute_features(built.model.to(device), built.info.head, loader, prep, device,
-                              autocast=contextlib.nullcontext, channels_last=False,
-                              on_failures=lambda found: failed.update(i for i, _ in found), should_stop=should_stop)
-    if result is None:
+    model = built.model.to(device)
+
+    def compute(missing: list[Sample]):
+        failed: set[int] = set()
+        loader = make_loader(ImageDataset(missing, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, seed)
+        result = compute_features(model, built.info.head, loader, prep, device, autocast=contextlib.nullcontext,
+                                  channels_last=False, on_failures=lambda found: failed.update(i for i, _ in found),
+                                  should_stop=should_stop)
+        return None if result is None else (result[0], failed)
+
+    gathered = features_per_file(samples, trunk_key, compute)  # a store that cannot be saved only costs time
+    if gathered is None:
         raise Stopped
-    feats, _ = result
-    positions = [i for i in range(len(samples)) if i not in failed]
+    feats, positions, _ = gathered
     if len(positions) < 2:
         raise UserError("fewer than 2 decodable images: nothing to compare")
-    save_cached_features(key, (feats, torch.tensor(positions)), None)  # an optimisation only: a failure is fine
     return feats, [samples[i] for i in positions]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.cli import main
 from engine import dataset_edits, suspects
-from engine.data import list_dataset
+from engine.data import list_dataset, scan_dataset
 from engine.dataset_edits import JOURNAL_NAME, exclude, history, redo, relabel, repair, undo
 from engine.errors import UserError
 from engine.evaluation import PredictionRecord, write_predictions
@@ -105,6 +105,54 @@ def test_features_come_from_the_disk_cache_the_second_time(colours, resnet18_wei
     monkeypatch.setattr(suspects, "compute_features", lambda *a, **k: calls.append(1))
     second = find_suspects(colours, "resnet18", str(resnet18_weights_file), folds=3, image_size=SIZE)
     assert calls == [] and second == first  # same features, same seeded folds: the same report
+
+
+def test_relabelling_10_files_needs_no_trunk_pass(colours, resnet18_weights_file, monkeypatch):
+    real, computed = suspects.compute_features, []
+
+    def counting(model, head, loader, *args, **kwargs):
+        computed.append(len(loader.dataset))  # images the trunk runs on
+        return real(model, head, loader, *args, **kwargs)
+
+    monkeypatch.setattr(suspects, "compute_features", counting)
+    find_suspects(colours, "resnet18", str(resnet18_weights_file), folds=3, image_size=SIZE)
+    assert sum(computed) == len(COLOURS) * PER_CLASS
+    relabel(colours, [f"red/red_{i}.png" for i in range(5)], "green")
+    relabel(colours, [f"blue/blue_{i}.png" for i in range(5)], "red")
+    counts = {c["class"]: c["train"] + c["val"] for c in scan_dataset(colours).class_counts()}
+    assert counts == {"blue": 3, "green": 13, "red": 8}  # the new scan shows the new counts
+    computed.clear()
+    report = find_suspects(colours, "resnet18", str(resnet18_weights_file), folds=3, image_size=SIZE)
+    assert computed == [] and len(report.suspects) == len(COLOURS) * PER_CLASS
+    given = {s["path"]: s["given"] for s in report.suspects}
+    assert given["green/red_0.png"] == "green" and given["red/blue_4.png"] == "red"  # the new labels
+
+
+def test_the_per_file_store_computes_only_files_it_lacks(colours):
+    import torch
+
+    from engine.data import Sample
+    from engine.features import features_per_file
+
+    asked = []
+
+    def compute(missing):  # a stand-in trunk: the feature is the file's size; "bad" files fail
+        asked.append([Path(s.path).name for s in missing])
+        failed = {n for n, s in enumerate(missing) if "bad" in s.path}
+        sizes = [[float(os.path.getsize(s.path))] for n, s in enumerate(missing) if n not in failed]
+        return torch.tensor(sizes), failed
+
+    (colours / "red" / "bad.png").write_bytes(b"x")
+    samples = [Sample(str(p), 0) for p in sorted((colours / "red").glob("*.png"))]
+    feats, positions, _ = features_per_file(samples, "trunk-a", compute)
+    assert len(asked[-1]) == PER_CLASS + 1 and len(positions) == PER_CLASS and "bad.png" in asked[-1]
+    os.rename(colours / "red" / "red_0.png", colours / "green" / "red_0.png")  # a move keeps the identity
+    os.utime(colours / "red" / "red_1.png", ns=(1, 1))  # an edit in place does not
+    moved = [Sample(str(colours / "green" / "red_0.png"), 1) if s.path.endswith("red_0.png") else s for s in samples]
+    again, positions_again, _ = features_per_file(moved, "trunk-a", compute)
+    assert asked[-1] == ["bad.png", "red_1.png"] and torch.equal(again, feats)
+    features_per_file(moved, "trunk-b", compute)  # another trunk: another store
+    assert len(asked[-1]) == PER_CLASS + 1
 
 
 def test_folds_are_seeded_and_stratified():
