@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def plain(data: Path, mode: str, epochs: int, size: int, weights: Path) -> tuple
 
 
 def ours(data: Path, out: Path, args: list[str]) -> tuple[float, dict, list[dict]]:
+    shutil.rmtree(out, ignore_errors=True)  # the previous invocation's run: train refuses a used folder
     seconds, line = timed([sys.executable, "-m", "app", "train", "--data", str(data), "--model", "resnet18",
                            "--device", "cpu", "--batch-size", "32", "--augment", "none", "--schedule", "constant",
                            "--out", str(out), "--json", *args])
