@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=1, help="plain/ours rounds, run back to back")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--views", type=int, default=6)
+    parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--no-adabn", action="store_true", help="skip the AdaBN variant")
     args = parser.parse_args()
     out = Path(args.out)

@@ -90,7 +90,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0: off
     max_batch_events_per_second: float = 20.0
     telemetry: bool = True  # per-module gradient norm and update ratio, sampled about twice a second
-    feature_views: int = 6  # frozen trunk + augmentation: cache this many augmented views per image (0: no cache)
+    feature_views: int = 4  # frozen trunk + augmentation: cache this many augmented views per image (0: no cache)
     adapt_norm: bool = False  # AdaBN: re-estimate BatchNorm statistics on the training images first
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
 
