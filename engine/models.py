@@ -13,6 +13,7 @@ Every architecture offered (`available_archs`) has a known image-size rule (`min
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import types
@@ -116,10 +117,15 @@ def check_image_size(arch: str, image_size: int) -> None:
                         f"(next valid size: {valid_image_size(arch, image_size)} px)")
 
 
+@functools.cache
+def _offered() -> frozenset[str]:
+    """available_archs() once: the window checks the architecture on every edit (5 ms a listing)."""
+    return frozenset(available_archs())
+
+
 def check_arch(arch: str) -> None:
-    names = available_archs()
-    if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=3)
+    if arch not in _offered():
+        close = difflib.get_close_matches(arch, sorted(_offered()), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(f"unknown architecture '{arch}'{hint}")
 
