@@ -63,3 +63,12 @@ def place_imagenet_weights(arch: str, source: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(source.read_bytes())
     return target
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """Tensors this small: a second intra-op thread costs more in hand-offs than it computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

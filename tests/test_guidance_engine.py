@@ -26,13 +26,7 @@ from engine.plan import apply_plan, build_plan
 from engine.trainer import fit
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Tensors this small: a second intra-op thread costs more in hand-offs than it computes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

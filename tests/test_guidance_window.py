@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 from PySide6.QtCore import Qt
 
 from app.session import ADVICE_FOLLOWED
@@ -23,12 +22,7 @@ from widgets.advice_card import AdviceCard
 from widgets.lr_finder_dialog import LrFinderDialog
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

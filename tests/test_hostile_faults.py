@@ -24,28 +24,11 @@ from engine.demo import write_demo_dataset
 from engine.errors import RunFailed
 from engine.events import Callbacks
 from engine.trainer import fit
-from tests.test_hostile import QUICK, assert_refused, cli
+from tests.test_hostile import QUICK, assert_refused, checkpoint, cli, data  # noqa: F401 - fixtures
 
 FORMATS = ["pt", "safetensors", "torchscript", "onnx"]
 # The image path: every layer trains, so BatchNorm sees every batch in train mode.
 IMAGES = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--augment", "none", "--strategy", "fine-tune"]
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    """3 classes x 8 images of 32 px, fresh for each test (tests change it)."""
-    return write_demo_dataset(tmp_path / "D", classes=3, per_class=8, size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("trained")
-    data = write_demo_dataset(base / "D", classes=3, per_class=8, size=32, seed=0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRANSFER_STUDIO_CACHE", str(base / "cache"))
-        mp.setenv("TORCH_HOME", str(base / "torch"))
-        assert main(["train", "--data", str(data), *QUICK, "--out", str(base / "run")]) == 0
-    return base / "run" / "checkpoint.pt"
 
 
 def config(data: Path, out: Path, *, epochs: int = 1, cache_mb: int = 2048) -> RunConfig:
