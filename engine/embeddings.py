@@ -7,8 +7,6 @@ the run's device (no new dependency); `embeddings.csv` holds path, true, pred, x
 
 from __future__ import annotations
 
-import csv
-import io
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
+from .csv_files import read_csv_rows, write_csv
 from .errors import UserError
 
 EMBEDDING_COLUMNS = ("path", "true", "pred", "x", "y")
@@ -85,26 +83,14 @@ def write_embeddings(path: Path, paths: Sequence[str], true: Sequence[str], pred
     """embeddings.csv, atomically; False (nothing written) for fewer than MIN_POINTS images."""
     if len(paths) < MIN_POINTS:
         return False
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(EMBEDDING_COLUMNS)
-    for row in zip(paths, true, pred, coords.cpu().tolist()):
-        writer.writerow([row[0], row[1], row[2], f"{row[3][0]:.6g}", f"{row[3][1]:.6g}"])
-    atomic_write_bytes(Path(path), text.getvalue().encode())
+    write_csv(path, EMBEDDING_COLUMNS, ([p, t, q, f"{x:.6g}", f"{y:.6g}"]
+                                        for p, t, q, (x, y) in zip(paths, true, pred, coords.cpu().tolist())))
     return True
 
 
 def read_embeddings(path: str | Path) -> list[EmbeddingPoint]:
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not rows or tuple(rows[0]) != EMBEDDING_COLUMNS:
-        raise UserError(f"{path} is not an embeddings file (expected the columns {','.join(EMBEDDING_COLUMNS)})")
     points = []
-    for number, row in enumerate(rows[1:], 2):
+    for number, row in read_csv_rows(path, EMBEDDING_COLUMNS, "an embeddings file"):
         try:
             points.append(EmbeddingPoint(row[0], row[1], row[2], float(row[3]), float(row[4])))
         except (IndexError, ValueError):

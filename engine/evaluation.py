@@ -9,8 +9,6 @@ matrix, per-class precision/recall/F1, the most-confused pairs and the highest-l
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
+from .csv_files import read_csv_rows, write_csv
 from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, normalize_batch
 from .embeddings import MIN_POINTS, project_2d, write_embeddings
 from .errors import RunFailed, UserError
@@ -78,29 +76,20 @@ def prediction_records(paths: Sequence[str], labels: torch.Tensor, logits: torch
 
 
 def write_predictions(path: Path, records: Sequence[PredictionRecord]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(PREDICTION_COLUMNS)
-    for r in records:
+    def row(r: PredictionRecord) -> list:
         top = [value for name, p in r.top for value in (name, f"{p:.6g}")]
         top += [""] * (2 * TOP_K - len(top))  # fewer than TOP_K classes: blank columns
-        writer.writerow([r.path, r.true, r.pred, f"{r.loss:.6g}", f"{r.confidence:.6g}", *top])
-    atomic_write_bytes(Path(path), text.getvalue().encode())
+        return [r.path, r.true, r.pred, f"{r.loss:.6g}", f"{r.confidence:.6g}", *top]
+
+    write_csv(path, PREDICTION_COLUMNS, (row(r) for r in records))
 
 
 def read_predictions(csv_path: str | Path) -> list[PredictionRecord]:
     """The records of a val_predictions.csv; one-line UserError for a missing or malformed file."""
     path = Path(csv_path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not rows or tuple(rows[0]) != PREDICTION_COLUMNS:
-        raise UserError(f"{path} is not a predictions file (expected the columns {','.join(PREDICTION_COLUMNS[:5])}, "
-                        f"top1..top{TOP_K})")
+    rows = read_csv_rows(path, PREDICTION_COLUMNS, "a predictions file")
     records = []
-    for number, row in enumerate(rows[1:], 2):
+    for number, row in rows:
         try:
             if len(row) != len(PREDICTION_COLUMNS) or not row[0]:
                 raise ValueError
