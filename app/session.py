@@ -691,7 +691,8 @@ class Session(QObject):
         if scan is None:
             return
         folder, arch, weights, size = self.dataset.folder, self._model.arch, self._model.weights, self._data.image_size
-        measure = _pretrained_weights_at_hand(arch, weights)
+        # Measuring builds a real model, which draws from torch's global RNG: never beside a run.
+        measure = _pretrained_weights_at_hand(arch, weights) and not self._run.running
         self._advice = None
         stop_early = self.tasks.obsolete("advice")
 
