@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
-                           CLASS_WEIGHTS, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
+                           CLASS_WEIGHTS, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
 from engine.errors import RunFailed, UserError, out_of_memory_message
 from engine.export import ParityError
 

@@ -16,25 +16,23 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-import torch
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
-from PySide6.QtGui import QUndoCommand, QUndoStack
+from PySide6.QtGui import QUndoStack
 
+from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange, advice_changes
+from app.session_tasks import (DatasetLoader, DatasetState, ModelDescriber, WeightsFiles, size_shapes_parameters,
+                               model_structure, without_random_draws)
 from app.worker import BackgroundTasks, ExportProcess, RunFailure, TrainingController
 from engine.advisor import Advice, advise
 from engine.config import DataConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import DatasetListing, DatasetScan, batches_per_epoch, list_dataset, split_listing
-from engine.demo import ensure_demo_dataset
+from engine.data import DatasetScan, batches_per_epoch
 from engine.errors import UserError
 from engine.events import FitResult, RunStarted, SkippedFile
-from engine.models import (ModelInfo, build_model, check_arch, check_image_size, min_image_size,
-                           weights_cache_path)
+from engine.models import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
 from engine.optimization import schedule_preview
 from engine.plan import build_plan
 from engine.run_folder import RunFolder, latest_run
-from widgets.data_panel import thumbnail_strip
 
 # What the window starts with: the guide's choice for a small dataset like the 240-image demo
 # (feature extraction below 500 images), at a size that trains in seconds on a CPU.
@@ -43,32 +41,11 @@ WINDOW_DEFAULTS = RunConfig(
     plan=PlanConfig(strategy="feature-extraction"),
     train=TrainConfig(epochs=5),
 )
-SPLIT_DELAY_MS = 250  # a burst of Validation-box steps makes one split, not one per step
 SCHEDULE_DELAY_MS = 250  # a burst of edits makes one schedule preview
 # Advice waits until the window has laid out and painted what changed: a model built on a background
 # thread meanwhile takes the GIL from the painting GUI thread (a first paint of 50 ms instead of 25).
 ADVICE_DELAY_MS = 250
 ADVICE_FOLLOWED = "Presets follow the advice (Ctrl+Z undoes)"
-# Undo merges a burst of steps of one spin box (base LR, factor, interval) into one change.
-MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY = 1, 2, 3
-MAX_WEIGHTS_FILES = 5
-THUMBNAILS_PER_CLASS = 3
-
-
-@dataclass(frozen=True)
-class DatasetState:
-    """The dataset folder and what is known of it so far."""
-
-    folder: str = ""
-    listing: DatasetListing | None = None
-    scan: DatasetScan | None = None  # the listing split as the settings say
-    summary: dict | None = None  # scan.summary(): class counts, warnings, skipped files
-    split: tuple[float, int] | None = None  # the (validation share, seed) the scan was split with
-    error: str = ""
-
-    @property
-    def listing_in_progress(self) -> bool:
-        return bool(self.folder) and self.listing is None and not self.error
 
 
 @dataclass(frozen=True)
@@ -103,222 +80,6 @@ def result_from_record(record: dict) -> FitResult | None:
             skipped=tuple(SkippedFile(s["path"], s["reason"]) for s in raw.get("skipped", [])))
     except (KeyError, TypeError):
         return None
-
-
-def _size_shapes_parameters(arch: str) -> bool:
-    # A ViT's position embedding has one entry per patch: its parameter count follows the image size.
-    return arch.startswith("vit_")
-
-
-def without_random_draws(build: Callable):
-    """`build()` on the meta device: a model whose structure alone is wanted then costs no memory and
-    draws nothing from torch's global random generator, which a run training on another thread was
-    seeded with (a draw here would change that run). The few models that cannot be built there
-    (RegNets copy tensors while building) are built as usual."""
-    try:
-        with torch.device("meta"):  # thread-local: other threads keep building real tensors
-            return build()
-    except (NotImplementedError, RuntimeError):
-        return build()
-
-
-def model_structure(arch: str, classes: int, size: int):
-    """A randomly initialised model to read the structure of (layers, parameters, groups)."""
-    return without_random_draws(lambda: build_model(arch, classes, "none", size))
-
-
-class DatasetLoader(QObject):
-    """Lists a dataset folder once, off the GUI thread, and splits the listing as often as asked
-    (a burst of changes makes one split). Thumbnails follow the listing."""
-
-    changed = Signal(object)  # DatasetState
-    thumbnails_ready = Signal(object)  # {class name: QImage strip}
-
-    def __init__(self, tasks: BackgroundTasks, parent=None):
-        super().__init__(parent)
-        self.tasks = tasks
-        self.state = DatasetState()
-        self._wanted_split: tuple[float, int] = (0.0, 0)
-        self._split_timer = QTimer(self)
-        self._split_timer.setSingleShot(True)
-        self._split_timer.setInterval(SPLIT_DELAY_MS)
-        self._split_timer.timeout.connect(self._split)
-
-    def open(self, folder: str, split: tuple[float, int]) -> None:
-        self._wanted_split = split
-        self._set(DatasetState(folder=folder))
-        self._split_timer.stop()
-        self.tasks.cancel("split")
-        stop_early = self.tasks.obsolete("listing")
-
-        def job():
-            listing = list_dataset(folder, should_stop=stop_early)
-            scan = split_listing(listing, *split)
-            return listing, scan, scan.summary(), split
-
-        self.tasks.submit("listing", job, self._on_listed, self._on_failed)
-
-    def open_demo(self, on_made) -> None:
-        """Make the demo dataset (first time only), then hand its folder to `on_made`."""
-        self._set(DatasetState(folder="(making the demo dataset…)"))
-        self.tasks.submit("demo", lambda: str(ensure_demo_dataset()), on_made, self._on_failed)
-
-    def split(self, split: tuple[float, int]) -> None:
-        """Split again (no file is read), shortly: only the last of a burst of changes splits."""
-        self._wanted_split = split
-        if self.state.listing is not None:
-            self._split_timer.start()
-
-    def stop(self) -> None:
-        self._split_timer.stop()
-
-    def _on_listed(self, result) -> None:
-        listing, scan, summary, split = result
-        self._set(replace(self.state, listing=listing, scan=scan, summary=summary, split=split, error=""))
-        stop_early = self.tasks.obsolete("thumbnails")
-        self.tasks.submit("thumbnails", lambda: _thumbnails(listing, stop_early), self.thumbnails_ready.emit,
-                          lambda _: None)
-        if split != self._wanted_split:  # changed while the folder was read
-            self._split_timer.start()
-
-    def _split(self) -> None:
-        listing, split = self.state.listing, self._wanted_split
-        if listing is None:
-            return
-
-        def job():
-            scan = split_listing(listing, *split)
-            return listing, scan, scan.summary(), split
-
-        self.tasks.submit("split", job, self._on_split, self._on_failed)
-
-    def _on_split(self, result) -> None:
-        listing, scan, summary, split = result
-        if listing is self.state.listing:  # not a split of a folder since replaced
-            self._set(replace(self.state, scan=scan, summary=summary, split=split))
-
-    def _on_failed(self, message: str) -> None:
-        self._set(replace(self.state, listing=None, scan=None, summary=None, error=message))
-
-    def _set(self, state: DatasetState) -> None:
-        self.state = state
-        self.changed.emit(state)
-
-
-class ModelDescriber(QObject):
-    """Builds the layer tree's ModelInfo off the GUI thread, again only when what it depends on
-    changes: the architecture, the class count and, for a ViT, the image size."""
-
-    changed = Signal(object)  # ModelInfo, or None while it is being built
-    failed = Signal(str)
-
-    def __init__(self, tasks: BackgroundTasks, parent=None):
-        super().__init__(parent)
-        self.tasks = tasks
-        self.info: ModelInfo | None = None
-        self.problem = ""  # why the last request could not be built
-        self._key: tuple | None = None
-
-    def request(self, arch: str, classes: int, image_size: int) -> None:
-        size = image_size if _size_shapes_parameters(arch) else 224
-        key = (arch, classes, size)
-        if key == self._key:
-            return
-        try:
-            check_image_size(arch, size)
-        except UserError as exc:  # a ViT is only built for a size it accepts
-            self._key, self.info, self.problem = None, None, str(exc)
-            self.failed.emit(self.problem)
-            return
-        self._key, self.info, self.problem = key, None, ""
-        self.changed.emit(None)
-        self.tasks.submit("model", lambda: model_structure(arch, classes, size).info, self._on_built,
-                          self._on_failed)
-
-    def _on_built(self, info: ModelInfo) -> None:
-        self.info = info
-        self.changed.emit(info)
-
-    def _on_failed(self, message: str) -> None:
-        self.info, self.problem = None, message
-        self.failed.emit(message)
-
-
-class WeightsFiles(QObject):
-    """The weights files on offer: each is loaded once when chosen (a file that does not fit is
-    refused now, not at Start), and only the few most recent that loaded stay offered."""
-
-    changed = Signal(list)  # the files on offer, newest first
-    passed = Signal(str, list)  # the file, what loading it said
-    refused = Signal(str, str)  # the file, why in one line
-
-    def __init__(self, tasks: BackgroundTasks, parent=None):
-        super().__init__(parent)
-        self.tasks = tasks
-        self.files: list[str] = []
-
-    def check(self, path: str, arch: str, classes: int) -> None:
-        if path not in self.files:
-            self._offer([path] + self.files)  # offered while it is checked
-
-        def job():
-            try:
-                return build_model(arch, classes, path).notes
-            except UserError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a file torch cannot parse raises anything
-                raise UserError(f"{Path(path).name} is not a weights file that can be read "
-                                f"({type(exc).__name__}: {str(exc)[:80]})") from None
-
-        def passed(notes: list[str]) -> None:
-            self._offer(([path] + [f for f in self.files if f != path])[:MAX_WEIGHTS_FILES])
-            self.passed.emit(path, notes)
-
-        def refused(message: str) -> None:
-            self._offer([f for f in self.files if f != path])
-            self.refused.emit(path, message)
-
-        self.tasks.submit("weights", job, passed, refused)
-
-    def _offer(self, files: list[str]) -> None:
-        self.files = files
-        self.changed.emit(list(files))
-
-
-class PlanChange(QUndoCommand):
-    """One undoable change of the plan, with the data and training fields that go with it (the
-    advice's augmentation or epochs). Only the fields it names are put back: an undo never takes
-    back an edit made elsewhere since."""
-
-    def __init__(self, put, text: str, plan: tuple[PlanConfig, PlanConfig], data: tuple[dict, dict] = ({}, {}),
-                 train: tuple[dict, dict] = ({}, {}), merge_key: int = -1):
-        super().__init__(text)
-        self._put, self._merge_key = put, merge_key
-        self.plan, self.data, self.train = plan, data, train
-
-    def redo(self) -> None:
-        self._put(self.plan[1], self.data[1], self.train[1])
-
-    def undo(self) -> None:
-        self._put(self.plan[0], self.data[0], self.train[0])
-
-    def id(self) -> int:  # noqa: A003 - Qt's name
-        return self._merge_key
-
-    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
-        if other.id() != self._merge_key or other.data != ({}, {}) or other.train != ({}, {}):
-            return False
-        self.plan = (self.plan[0], other.plan[1])
-        return True
-
-
-def advice_changes(advice: Advice) -> tuple[dict, dict]:
-    """The data and training fields the advice's flags set besides the plan (feature extraction's
-    augmentation, gradual unfreezing's epochs)."""
-    flags = dict(zip(advice.flags[::2], advice.flags[1::2]))
-    data = {"augment": flags["--augment"]} if "--augment" in flags else {}
-    train = {"epochs": int(flags["--epochs"])} if "--epochs" in flags else {}
-    return data, train
 
 
 def _pretrained_weights_at_hand(arch: str, weights: str) -> bool:
@@ -742,7 +503,7 @@ class Session(QObject):
             return
         config = self.config()
         arch, classes = config.model.arch, info.num_classes
-        size = config.data.image_size if _size_shapes_parameters(arch) else 224
+        size = config.data.image_size if size_shapes_parameters(arch) else 224
         steps = batches_per_epoch(len(scan.train), config.train.batch_size)
 
         def job():
@@ -761,7 +522,7 @@ class Session(QObject):
             config = folder.load_config()
             classes = max(2, len(folder.read_record().get("class_names") or ()))
             arch = config.model.arch
-            info = model_structure(arch, classes, config.data.image_size if _size_shapes_parameters(arch) else 224).info
+            info = model_structure(arch, classes, config.data.image_size if size_shapes_parameters(arch) else 224).info
             build_plan(config.plan, info)  # a plan that does not fit its model is refused here, not in the tree
             return info, config.plan
 
@@ -993,19 +754,4 @@ class Session(QObject):
         self._schedule_timer.stop()
         self.tasks.shutdown()
 
-
-def _thumbnails(listing: DatasetListing, should_stop) -> dict:
-    """The first few images of each class as one strip per class (QImages: made off the GUI thread);
-    a dataset opened meanwhile stops the work."""
-    first: dict[int, list[str]] = {}
-    for sample in listing.samples:
-        paths = first.setdefault(sample.label, [])
-        if len(paths) < THUMBNAILS_PER_CLASS:
-            paths.append(sample.path)
-    strips = {}
-    for label, name in enumerate(listing.class_names):
-        if should_stop():
-            break
-        strips[name] = thumbnail_strip(first.get(label, []))
-    return strips
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-import app.session as session_module
+import app.session_tasks as session_tasks
 import app.worker as worker_module
 from app.session import WINDOW_DEFAULTS, Session
 from engine.config import PlanConfig, PlanEdit, RunConfig, TrainConfig
@@ -34,8 +34,8 @@ def test_a_split_of_a_listing_is_the_scan(demo_dir):
 
 def test_a_change_of_split_does_not_list_the_folder_again(qtbot, session, demo_dir, monkeypatch):
     listings, splits = [], []
-    monkeypatch.setattr(session_module, "list_dataset", lambda *a, **k: listings.append(a) or list_dataset(*a, **k))
-    monkeypatch.setattr(session_module, "split_listing", lambda *a: splits.append(a[1:]) or split_listing(*a))
+    monkeypatch.setattr(session_tasks, "list_dataset", lambda *a, **k: listings.append(a) or list_dataset(*a, **k))
+    monkeypatch.setattr(session_tasks, "split_listing", lambda *a: splits.append(a[1:]) or split_listing(*a))
     open_and_wait(qtbot, session, demo_dir)
     assert len(listings) == 1 and len(splits) == 1
     for step in range(1, 6):  # five quick steps of the Validation box
@@ -106,12 +106,12 @@ def test_good_weights_files_are_kept_few(qtbot, session, demo_dir, tmp_path, res
     state = torch.load(resnet18_weights_file, weights_only=True)
     checked, paths = [], []
     session.notice.connect(checked.append)
-    for i in range(session_module.MAX_WEIGHTS_FILES + 2):
+    for i in range(session_tasks.MAX_WEIGHTS_FILES + 2):
         paths.append(str(tmp_path / f"w{i}.pt"))
         torch.save(state, paths[-1])
         session.set_weights(paths[-1])
         qtbot.waitUntil(lambda: len(checked) == len(paths), timeout=30_000)
-    assert session.weights_files == paths[::-1][:session_module.MAX_WEIGHTS_FILES]
+    assert session.weights_files == paths[::-1][:session_tasks.MAX_WEIGHTS_FILES]
     assert session.config().model.weights == paths[-1]
 
 
