@@ -6,7 +6,7 @@ calls on them: the whole model for images, only the head for features.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -152,13 +152,19 @@ class FeatureBatches:
         return model.get_submodule(head)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        feats, labels = self.train
+        labels = self.train[1]
         order = epoch_order(len(labels), self.seed, epoch)
+        rows = self._epoch_rows(epoch)
         bs = self.batch_size
         end = len(order) - 1 if drops_last_batch(len(order), bs) else len(order)
         for start in range(0, end, bs):
             idx = order[start:min(start + bs, end)]
-            yield feats[idx].to(self.device), labels[idx].to(self.device)
+            yield rows(idx).to(self.device), labels[idx].to(self.device)
+
+    def _epoch_rows(self, epoch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How an epoch gathers the features of a batch's images (AugmentedFeatureBatches picks views)."""
+        feats = self.train[0]
+        return lambda idx: feats[idx]
 
     def val_batches(self) -> Iterator[Batch]:
         if self.val is None:

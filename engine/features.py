@@ -15,7 +15,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -161,14 +161,18 @@ def compute_feature_views(views: int, seed: int, loader_for_seed: Callable[[int]
     return stacked, labels, note
 
 
-def draw_views(views: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    """(N, D): one of the V cached views for each image, a function of (seed, epoch) alone, so a
-    resumed run draws what the uninterrupted one would have."""
-    count, n = views.shape[0], views.shape[1]
+def view_choice(count: int, n: int, seed: int, epoch: int) -> torch.Tensor:
+    """(N,): which of the `count` cached views each image uses this epoch, a function of (seed,
+    epoch) alone, so a resumed run draws what the uninterrupted one would have."""
     # A different stream from epoch_order's (seed * 100_003 + epoch), so order and views are independent.
     generator = torch.Generator().manual_seed(seed * 100_019 + epoch + 1_000_003)
-    pick = torch.randint(count, (n,), generator=generator)
-    return views[pick, torch.arange(n)]
+    return torch.randint(count, (n,), generator=generator)
+
+
+def draw_views(views: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """(N, D): the epoch's view of every image (view_choice), gathered at once."""
+    n = views.shape[1]
+    return views[view_choice(views.shape[0], n, seed, epoch), torch.arange(n)]
 
 
 class AugmentedFeatureBatches(FeatureBatches):
@@ -180,10 +184,10 @@ class AugmentedFeatureBatches(FeatureBatches):
         super().__init__((views[0], labels), val, batch_size, seed, device)
         self.views = views
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        drawn = FeatureBatches((draw_views(self.views, self.seed, epoch), self.train[1]), None,
-                               self.batch_size, self.seed, self.device)
-        return drawn.train_batches(epoch)
+    def _epoch_rows(self, epoch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        # Gathered batch by batch: no copy of all N x D features per epoch.
+        pick = view_choice(self.views.shape[0], self.views.shape[1], self.seed, epoch)
+        return lambda idx: self.views[pick[idx], idx]
 
 
 # --- the disk cache ---------------------------------------------------------------------------
