@@ -17,9 +17,10 @@ import torch
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from app.run_catalog import (EmbeddingPoint, config_diff, is_deletable_run, list_summaries, read_embeddings,
+from app.run_catalog import (config_diff, is_deletable_run, list_summaries,
                              val_accuracy_curve)
 from app.worker import BackgroundTasks, describe_failure
+from engine.embeddings import EmbeddingPoint, read_embeddings
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent
 from engine.run_folder import RunFolder
@@ -52,7 +53,8 @@ def read_insight(folder: RunFolder) -> RunInsight:
     from engine.evaluation import evaluate_run
 
     evaluation = evaluate_run(folder.path)
-    return RunInsight(folder, evaluation, evaluation.data_root, read_embeddings(folder.embeddings_path))
+    points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
+    return RunInsight(folder, evaluation, evaluation.data_root, points)
 
 
 def history_events(lines: list[dict], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:

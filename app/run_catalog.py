@@ -136,29 +136,3 @@ def is_deletable_run(path: Path, runs_root: Path) -> str:
     if folder.in_use():
         return f"{path.name} is training now: stop it first"
     return ""
-
-
-@dataclass(frozen=True)
-class EmbeddingPoint:
-    """One validation image on the 2-D map of its penultimate features."""
-
-    path: str  # relative to the dataset root
-    true: str
-    pred: str
-    x: float
-    y: float
-
-
-def read_embeddings(path: Path) -> list[EmbeddingPoint]:
-    """embeddings.csv (path,true,pred,x,y); [] when the run has none. A malformed file is refused
-    with one line, not half-read."""
-    import csv
-
-    if not Path(path).is_file():
-        return []
-    try:
-        with open(path, newline="") as fh:
-            return [EmbeddingPoint(row["path"], row["true"], row["pred"], float(row["x"]), float(row["y"]))
-                    for row in csv.DictReader(fh)]
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None

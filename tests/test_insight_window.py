@@ -330,3 +330,21 @@ def test_a_selected_past_run_shows_its_plan_read_only_until_its_configuration_is
         assert tree.setData(lr, "1e-4") and win.session.config().plan.edits[-1] == PlanEdit("layer2", lr=1e-4)
     finally:
         win.close()
+
+
+def test_refreshing_the_runs_list_keeps_the_selection_without_announcing_it_again(qtbot, tmp_path):
+    from app.run_catalog import RunSummary
+    from widgets.runs_view import RunsView
+
+    runs = [RunSummary(tmp_path / name, f"2026-11-28 0{i}:00", "resnet18", "fine-tune", 1, 1, 0.5, "finished")
+            for i, name in enumerate(["a", "b", "c"])]
+    view = RunsView()
+    qtbot.addWidget(view)
+    view.show_runs(runs)
+    announced = []
+    view.selection_changed.connect(announced.append)
+    assert view.select_run(tmp_path / "b") and announced == [[str(tmp_path / "b")]]
+    view.show_runs(runs)  # a refresh (a run started or ended): the same selection, no new one
+    assert view.selected_paths() == [str(tmp_path / "b")] and len(announced) == 1
+    view.show_runs(runs[:1])  # the selected run is gone: that is news
+    assert announced[-1] == [] and len(announced) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -157,11 +157,14 @@ class RunsView(QWidget):
         selected = self.selected_paths()
         self.model.set_runs(runs)
         selection = self.table.selectionModel()
-        for path in selected:
-            row = self.model.row_of(Path(path))
-            if row >= 0:
-                selection.select(self.model.index(row, 0), QItemSelectionModel.SelectionFlag.Select
-                                 | QItemSelectionModel.SelectionFlag.Rows)
+        with QSignalBlocker(selection):  # putting back the selection is not a new selection
+            for path in selected:
+                row = self.model.row_of(Path(path))
+                if row >= 0:
+                    selection.select(self.model.index(row, 0), QItemSelectionModel.SelectionFlag.Select
+                                     | QItemSelectionModel.SelectionFlag.Rows)
+        if self.selected_paths() != selected:  # a selected run is gone
+            self.selection_changed.emit(self.selected_paths())
         if not runs:
             self.detail.setText("No runs yet: the runs you train are listed here.")
         self._update_buttons()
