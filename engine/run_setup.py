@@ -9,7 +9,6 @@ through the trunk takes effect at once.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 import random
@@ -111,7 +110,6 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-@functools.cache  # the CPU does not change while the program runs; the window asks on every edit
 def cpu_has_native_bf16() -> bool:
     """oneDNN's own check (bf16 kernels usable) and a bf16 instruction set (AVX512-BF16, AMX or
     Arm's BF16): oneDNN also accepts plain AVX-512, where it emulates bf16 and gains nothing."""
