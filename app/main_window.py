@@ -490,8 +490,6 @@ class MainWindow(QMainWindow):
             if not self.session.is_running:  # live curves are never replaced by a past run's
                 self.insight_session.load_history(folder)
                 self.session.preview_run(str(folder.path))  # its plan, read-only, in the tree
-            run = self.runs_view.model.run(self.runs_view.model.row_of(folder.path))
-            self.runs_view.show_detail(f"{run.name}: {run.arch}, {run.strategy}, {run.status} — {run.path}")
         if len(paths) >= 2:
             self.insight_session.compare(paths)
 
@@ -499,11 +497,7 @@ class MainWindow(QMainWindow):
     def _show_history(self, path: str, events: list) -> None:
         if self.session.is_running or path not in self.runs_view.selected_paths():
             return
-        self.plots.clear()
-        for batch, epoch in events:
-            self.plots.add_batch(batch)
-            self.plots.add_epoch(epoch)
-        self.plots.redraw()
+        self.plots.show_history(events)
 
     def _open_run(self, path: str) -> bool:
         """Make a listed run the session's run (its configuration shown), so its actions work."""

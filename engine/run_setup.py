@@ -181,8 +181,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
             feature_note += " (loaded from the disk cache)"
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control,
                        warm=cached is None or config.train.adapt_norm)
-    class_weights_note = decide_class_weights(config.train.class_weights, scan).note
-    notes = tuple(built.notes) + ((class_weights_note,) if class_weights_note else ())  # says whether they are on
+    notes = (*built.notes, decide_class_weights(config.train.class_weights, scan).note)  # whether they are on
     if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
         notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,

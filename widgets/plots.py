@@ -440,12 +440,23 @@ class TrainingPlots(QWidget):
         self._schedule_redraw()
 
     def add_epoch(self, event: EpochEvent) -> None:
+        self._append_epoch(event)
+        self.redraw()  # epochs are rare: show them at once
+
+    def show_history(self, events: list[tuple[BatchEvent, EpochEvent]]) -> None:
+        """A past run's curves from its recorded epochs, drawn once."""
+        self.clear()
+        for batch, epoch in events:
+            self.add_batch(batch)
+            self._append_epoch(epoch)
+        self.redraw()
+
+    def _append_epoch(self, event: EpochEvent) -> None:
         x = float(event.epoch)
         self._series["train_acc"].append(x, event.train_accuracy)
         if event.val_loss is not None and math.isfinite(event.val_loss):
             self._series["val_loss"].append(x, event.val_loss)
             self._series["val_acc"].append(x, event.val_accuracy)
-        self.redraw()  # epochs are rare: show them at once
 
     def set_update_ratio_visible(self, visible: bool) -> None:
         self.update_ratio_plot.setVisible(visible)

@@ -176,9 +176,6 @@ class RunsView(QWidget):
         self.table.selectRow(row)
         return True
 
-    def show_detail(self, text: str) -> None:
-        self.detail.setText(text)
-
     def show_comparison(self, curves: dict[str, tuple[list[int], list[float]]],
                         diff: list[tuple[str, list[str]]], names: list[str]) -> None:
         """Overlay each run's validation accuracy; list the keys that differ (one column per run)."""
@@ -204,6 +201,10 @@ class RunsView(QWidget):
 
     def _on_selection(self, *_) -> None:
         self._update_buttons()
+        rows = self.table.selectionModel().selectedRows()
+        if len(rows) == 1:
+            run = self.model.run(rows[0].row())
+            self.detail.setText(f"{run.name}: {run.arch}, {run.strategy}, {run.status} — {run.path}")
         self.selection_changed.emit(self.selected_paths())
 
     def _update_buttons(self) -> None:
