@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .class_weights import IMBALANCE_THRESHOLD, imbalance_ratio
+from .class_weights import IMBALANCE_THRESHOLD
 from .config import PlanConfig
 from .data import DatasetScan, ImageDataset, Sample, eval_transform, make_loader, stratified_split
 from .errors import UserError
@@ -90,7 +90,7 @@ def data_figures(scan: DatasetScan) -> dict:
     smallest = min(counts, key=counts.get)
     return {"images": scan.total, "classes": len(counts), "smallest_class": {"class": smallest,
                                                                                "images": counts[smallest]},
-            "imbalance": round(imbalance_ratio(scan), 3), "image_sizes": scan.image_sizes}
+            "imbalance": round(scan.imbalance(), 3), "image_sizes": scan.image_sizes}
 
 
 def data_reasons(figures: dict, image_size: int) -> list[str]:

@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from .config import CLASS_WEIGHTS
-from .data import DatasetScan
-
-IMBALANCE_THRESHOLD = 3.0  # largest / smallest class, over the whole dataset (as DatasetScan.warnings)
+from .data import IMBALANCE_WARNING as IMBALANCE_THRESHOLD, DatasetScan
 
 
 @dataclass(frozen=True)
@@ -31,12 +29,6 @@ class ClassWeighting:
         return self.weights is not None
 
 
-def imbalance_ratio(scan: DatasetScan) -> float:
-    totals = [c["train"] + c["val"] for c in scan.class_counts()]
-    smallest = min(totals)
-    return float("inf") if smallest == 0 else max(totals) / smallest
-
-
 def balanced_weights(train_counts: Sequence[int]) -> tuple[float, ...]:
     """n / (K * n_c); a class absent from the training split gets weight 0 (it has no loss terms)."""
     n, k = sum(train_counts), len(train_counts)
@@ -44,7 +36,7 @@ def balanced_weights(train_counts: Sequence[int]) -> tuple[float, ...]:
 
 
 def decide_class_weights(mode: str, scan: DatasetScan) -> ClassWeighting:
-    ratio = imbalance_ratio(scan)
+    ratio = scan.imbalance()
     ratio_text = f"largest class {ratio:.1f}x the smallest"
     if mode == "none":
         return ClassWeighting(None, ratio, f"class weights off (setting); {ratio_text}")

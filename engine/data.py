@@ -25,6 +25,7 @@ from .errors import UserError
 from .events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
 from .images import BadImage, decode_resized, is_image_file, probe
 
+IMBALANCE_WARNING = 3.0  # largest / smallest class from which a scan warns (and auto class weights switch on)
 
 @dataclass(frozen=True)
 class Sample:
@@ -53,6 +54,11 @@ class DatasetScan:
                 counts[sample.label][split] += 1
         return counts
 
+    def imbalance(self) -> float:
+        """Largest over smallest class, over train and val together (inf with an empty class)."""
+        totals = [c["train"] + c["val"] for c in self.class_counts()]
+        return float("inf") if min(totals) == 0 else max(totals) / min(totals)
+
     def warnings(self) -> list[str]:
         """Problems worth a person's attention before training."""
         notes = []
@@ -60,8 +66,8 @@ class DatasetScan:
         tiny = [n for n, t in zip(self.class_names, totals) if t < 10]
         if tiny:
             notes.append(f"{len(tiny)} class(es) with fewer than 10 images: {', '.join(tiny[:5])}")
-        if min(totals) > 0 and max(totals) / min(totals) >= 3:
-            notes.append(f"class imbalance: largest class has {max(totals) / min(totals):.1f}x the smallest")
+        if math.isfinite(self.imbalance()) and self.imbalance() >= IMBALANCE_WARNING:
+            notes.append(f"class imbalance: largest class has {self.imbalance():.1f}x the smallest")
         if self.skipped:
             notes.append(f"{len(self.skipped)} file(s) skipped")
         return notes
@@ -112,9 +118,9 @@ def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lamb
         raise UserError(f"dataset folder not found: {root}")
     train_dir, val_dir = root_path / "train", root_path / "val"
     given_val: list[Sample] = []
-    if train_dir.is_dir() and val_dir.is_dir() and _class_dirs(train_dir):
-        class_names = _class_dirs(train_dir)
-        unknown = sorted(set(_class_dirs(val_dir)) - set(class_names))
+    if has_train_val_split(root_path):
+        class_names = class_dirs(train_dir)
+        unknown = sorted(set(class_dirs(val_dir)) - set(class_names))
         if unknown:
             raise UserError(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
         seen = _Seen()  # a file reached through train/ and val/ counts once
@@ -123,7 +129,7 @@ def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lamb
                                                      should_stop)
         layout, skipped, sizes = "train-val", skipped + skipped_v, sizes + sizes_v
     else:
-        class_names = _class_dirs(root_path)
+        class_names = class_dirs(root_path)
         samples, skipped, sizes = _probe_files(_image_files(root_path, class_names, _Seen(), should_stop),
                                                should_stop)
         layout = "folders"
@@ -228,7 +234,12 @@ def _probe_files(files: list[tuple[Path, int]], should_stop: Callable[[], bool])
     return samples, skipped, sizes
 
 
-def _class_dirs(folder: Path) -> list[str]:
+def has_train_val_split(root: Path) -> bool:
+    """The "root/train/<class>/ + root/val/<class>/" layout, used as given instead of split here."""
+    return (root / "train").is_dir() and (root / "val").is_dir() and bool(class_dirs(root / "train"))
+
+
+def class_dirs(folder: Path) -> list[str]:
     # "_excluded" (engine.dataset_edits) and other "_" folders hold set-aside images, not a class.
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "_")))
 

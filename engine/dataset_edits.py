@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from .checkpoint import _fsync_dir
+from .data import class_dirs, has_train_val_split
 from .errors import RunFailed, UserError
 from .images import is_image_file
 
@@ -68,7 +69,7 @@ def relabel(root: str | os.PathLike, paths: Sequence[str | os.PathLike], to_clas
     for rel in files:
         split, given = _split_and_class(root, rel)
         folder = PurePosixPath(*split, to_class)
-        if to_class not in _class_names(root / PurePosixPath(*split)):
+        if to_class not in class_dirs(root / PurePosixPath(*split)):
             raise UserError(f"unknown class '{to_class}': {root / folder} is not a class folder")
         if given == to_class:
             raise UserError(f"{rel} is already in class {to_class}")
@@ -259,21 +260,10 @@ def _dataset_file(root: Path, path: str | os.PathLike) -> str:
     return str(rel)
 
 
-def _has_splits(root: Path) -> bool:
-    """The "train-val" layout, by engine.data.list_dataset's rule."""
-    return (root / "train").is_dir() and (root / "val").is_dir() and bool(_class_names(root / "train"))
-
-
-def _class_names(folder: Path) -> set[str]:
-    """The class folders the scan sees there (engine.data: not hidden, not `_excluded`)."""
-    with os.scandir(folder) as entries:
-        return {e.name for e in entries if e.is_dir() and not e.name.startswith((".", "_"))}
-
-
 def _split_and_class(root: Path, rel: str | PurePosixPath) -> tuple[tuple[str, ...], str]:
     """(("train",) or ("val",) or (), class name) of a file in a class folder."""
     parts = PurePosixPath(rel).parts
-    split = parts[:1] if _has_splits(root) and parts[0] in SPLITS else ()
+    split = parts[:1] if has_train_val_split(root) and parts[0] in SPLITS else ()
     rest = parts[len(split):]
     if len(rest) < 2 or rest[0].startswith((".", "_")):
         raise UserError(f"{rel} is not in a class folder")
