@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .class_weights import IMBALANCE_THRESHOLD
+from .probe import PROBE_STEPS, fit_probe
 from .config import PlanConfig
 from .data import DatasetScan, ImageDataset, Sample, eval_transform, make_loader, stratified_split
 from .errors import UserError
@@ -36,7 +37,6 @@ EPOCHS_AFTER_THAW = 3  # gradual: epochs every stage trains together after the l
 # the last stage's probe leaves room (below CLEAR_PROBE).
 FAR_DOMAIN_MARGIN = 0.02
 CLEAR_PROBE = 0.95
-PROBE_STEPS = 300
 KNN_K = 5
 MAX_TRAIN_IMAGES, MAX_VAL_IMAGES = 2000, 1000  # the measured pass looks at no more than these
 
@@ -244,35 +244,12 @@ def _global_pool(output: torch.Tensor) -> torch.Tensor:
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                  classes: int, steps: int = PROBE_STEPS) -> float:
-    """Held-out accuracy of a multinomial logistic regression (standardised features, full-batch
-    Adam, a little L2), deterministic: zero initialisation, no random draws."""
+    """Held-out accuracy of engine.probe's logistic regression."""
     if len(val_y) == 0:
         return float("nan")
-    mean, std = train_x.mean(0), train_x.std(0, unbiased=False) + 1e-6
-    xt, xv = (train_x - mean) / std, (val_x - mean) / std
-    weight = torch.zeros(xt.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
-    with torch.enable_grad(), _one_thread():
-        for _ in range(steps):
-            loss = nn.functional.cross_entropy(xt @ weight + bias, train_y) + 1e-3 * weight.pow(2).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    probabilities = fit_probe(train_x, train_y, classes, steps)
     with torch.no_grad():
-        return float(((xv @ weight + bias).argmax(1) == val_y).float().mean())
-
-
-@contextlib.contextmanager
-def _one_thread():
-    # Hundreds of steps on matrices this small: handing each op to a thread pool costs more than
-    # the arithmetic (about 5x slower with 2 threads on 2 busy cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+        return float((probabilities(val_x).argmax(1) == val_y).float().mean())
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,

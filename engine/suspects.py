@@ -28,11 +28,10 @@ from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loade
 from .errors import UserError
 from .features import compute_features, feature_cache_key, features_per_file
 from .models import build_model, check_arch
+from .probe import PROBE_STEPS, fit_probe
 from .run_setup import Stopped, select_device
 
 DUPLICATE_THRESHOLD = 0.98
-PROBE_STEPS = 300
-PROBE_L2 = 1e-3
 FEATURES = "k-fold"  # source: out-of-fold probabilities from frozen-trunk features
 VALIDATION = "validation"  # source: a trained run's validation predictions only
 
@@ -149,30 +148,6 @@ def out_of_fold_probabilities(feats: torch.Tensor, labels: torch.Tensor, classes
         probe = fit_probe(feats[~held], labels[~held], classes, steps)
         probs[held] = probe(feats[held])
     return probs
-
-
-def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = PROBE_STEPS):
-    """A multinomial logistic regression (standardised features, full-batch Adam, a little L2),
-    zero-initialised so the same data gives the same probe; returns features -> probabilities."""
-    mean, std = x.mean(0), x.std(0, unbiased=False) + 1e-6
-    xs = (x - mean) / std
-    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
-    threads = torch.get_num_threads()
-    # Hundreds of steps on small matrices: a thread pool costs more than the arithmetic (see advisor).
-    torch.set_num_threads(1)
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                loss = nn.functional.cross_entropy(xs @ weight + bias, y) + PROBE_L2 * weight.pow(2).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    weight, bias = weight.detach(), bias.detach()
-    return lambda new: torch.softmax(((new - mean) / std) @ weight + bias, dim=1)
 
 
 def rank(probs: torch.Tensor, labels: torch.Tensor) -> list[int]:
