@@ -9,6 +9,9 @@ Offscreen, on CPU. One JSON line per scenario:
   model     switch the architecture to efficientnet_v2_s and wait for its layer tree
   training  the demo dataset, resnet18 at 64 px, 3 epochs, random init
   export    export the run's checkpoint to .pt and ONNX, parity checked
+  insight   on the 5,000-image folder, a 1-epoch feature-extraction run (not timed), then its Insight
+            tab filled: 1,000 validation records, the worst cell's gallery with thumbnails, then the
+            embeddings map of 1,000 points
   idle      two seconds of nothing: the machine's own noise floor (other processes, the OS)
 A gap is the time between two ticks of a 10 ms QTimer: anything well above 10 ms is time the
 window could not react. The goal is a longest gap under 50 ms on 2 cores; on a machine shared
@@ -33,7 +36,7 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("idle", "scan", "split", "model", "training", "export")
+SCENARIOS = ("idle", "scan", "split", "model", "insight", "training", "export")
 
 
 class StallMeter:
@@ -160,6 +163,35 @@ def main() -> int:
             results.append(measure(meter, "model", lambda: combo.setCurrentIndex(combo.findData("efficientnet_v2_s")),
                                    built, arch="efficientnet_v2_s"))
 
+    if "insight" in wanted:
+        folder = large_folder()
+        session = window.session
+        session.open_folder(str(folder))
+        session.set_arch("resnet18")
+        wait_until(lambda: window.is_ready and summary()["total"] >= 5000
+                   and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "large folder")
+        session.set_weights("none")
+        session.apply_preset("feature-extraction")
+        session.update_data({"image_size": 32})
+        session.update_train({"epochs": 1, "device": "cpu"})
+        ended = []
+        window.controller.run_finished.connect(ended.append)
+        window.start_training()
+        wait_until(lambda: bool(ended), 600, "the run for the insight scenario")
+        settle()
+        insight = window.insight
+        window.right_tabs.setCurrentWidget(insight)
+        settle()
+
+        def filled():
+            return insight.matrix_model.total() >= 900 and insight.gallery_model.rowCount() > 0
+
+        results.append(measure(meter, "insight", lambda: window.insight_session.open_insight(session.run.folder),
+                               filled, pause_s=1.5))  # the thumbnails decode and show in that time
+        results[-1]["records"] = insight.matrix_model.total()
+        results[-1]["map_points"] = insight.embeddings.point_count()
+        results.append(measure(meter, "insight embeddings tab", lambda: insight.tabs.setCurrentIndex(1),
+                               lambda: True, pause_s=1.0))
     if wanted & {"training", "export"}:
         session = window.session
         session.open_demo()
