@@ -177,7 +177,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Export checkpoint…", self.export_checkpoint, "Ctrl+E",
                                          "Export the run's best checkpoint to PyTorch, safetensors, TorchScript or ONNX."))
-        file_menu.addAction(self._action("Try an &image…", self.insight.try_panel.choose_image, "Ctrl+I",
+        file_menu.addAction(self._action("Try an &image…", self.insight.choose_try_image, "Ctrl+I",
                                          "Classify an image with the run's best checkpoint and see where it looked."))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
@@ -285,8 +285,8 @@ class MainWindow(QMainWindow):
         ins.insight_missing.connect(view.show_missing)
         ins.thumbnails_ready.connect(view.add_thumbnails)
         ins.preview_ready.connect(view.show_preview)
-        ins.prediction_ready.connect(view.try_panel.show_prediction)
-        ins.prediction_failed.connect(view.try_panel.show_error)
+        ins.prediction_ready.connect(view.show_prediction)
+        ins.prediction_failed.connect(view.show_try_error)
         ins.runs_listed.connect(runs.show_runs)
         ins.history_ready.connect(self._show_history)
         ins.comparison_ready.connect(runs.show_comparison)
@@ -464,7 +464,7 @@ class MainWindow(QMainWindow):
     def _show_insight(self, insight: RunInsight) -> None:
         self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name)
         self.insight.show_embeddings(insight.points)
-        self.insight.try_panel.show_model(self._try_model_text())
+        self.insight.show_try_model(self._try_model_text())
 
     def _try_model_text(self) -> str:
         path = self.insight_session.try_model_path()
@@ -472,13 +472,13 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def try_image(self, image: str) -> None:
-        self.insight.try_panel.show_busy(image)
+        self.insight.show_try_busy(image)
         self.insight_session.try_image(image)
 
     @Slot(str)
     def _choose_try_model(self, path: str) -> None:
         self.insight_session.set_try_model(path)
-        self.insight.try_panel.show_model(self._try_model_text())
+        self.insight.show_try_model(self._try_model_text())
 
     @Slot(list)
     def _on_runs_selected(self, paths: list) -> None:

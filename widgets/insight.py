@@ -166,6 +166,21 @@ class InsightView(QWidget):
         self.pairs.setText("")
         self.summary.setText(message or EMPTY_TEXT)
 
+    def choose_try_image(self) -> None:
+        self.try_panel.choose_image()
+
+    def show_try_model(self, text: str) -> None:
+        self.try_panel.show_model(text)
+
+    def show_try_busy(self, image: str) -> None:
+        self.try_panel.show_busy(image)
+
+    def show_prediction(self, image: str, top: list, overlay: QImage | None, note: str = "") -> None:
+        self.try_panel.show_prediction(image, top, overlay, note)
+
+    def show_try_error(self, message: str) -> None:
+        self.try_panel.show_error(message)
+
     def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
         self.gallery_model.add_thumbnails(images)
 
