@@ -348,3 +348,15 @@ def test_refreshing_the_runs_list_keeps_the_selection_without_announcing_it_agai
     assert view.selected_paths() == [str(tmp_path / "b")] and len(announced) == 1
     view.show_runs(runs[:1])  # the selected run is gone: that is news
     assert announced[-1] == [] and len(announced) == 2
+
+
+def test_the_runs_list_stops_saying_there_are_no_runs_once_there_are(qtbot, tmp_path):
+    from app.run_catalog import RunSummary
+    from widgets.runs_view import RunsView
+
+    view = RunsView()
+    qtbot.addWidget(view)
+    view.show_runs([])
+    assert "No runs yet" in view.detail.text()
+    view.show_runs([RunSummary(tmp_path / "a", "2026-11-28 04:00", "resnet18", "fine-tune", 1, 1, 0.5, "finished")])
+    assert "No runs yet" not in view.detail.text() and "Select a run" in view.detail.text()

@@ -167,6 +167,8 @@ class RunsView(QWidget):
             self.selection_changed.emit(self.selected_paths())
         if not runs:
             self.detail.setText("No runs yet: the runs you train are listed here.")
+        elif not self.selected_paths():
+            self.detail.setText("Select a run to see its curves, plan and insight; select two or more to compare them.")
         self._update_buttons()
 
     def select_run(self, path: str | Path) -> bool:
