@@ -41,6 +41,7 @@ class LrFinderDialog(QDialog):
         self.plot.setObjectName("lrFinderPlot")
         self.plot.setLogMode(x=True)
         self.plot.setLabel("bottom", "base LR (every group keeps its ratio to it)")
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)  # "(x0.001)" beside LRs read as a scale
         self.plot.setLabel("left", "smoothed loss")
         self.plot.setMinimumSize(420, 240)
         self.curve = self.plot.plot(pen=pg.mkPen(CURVE_COLOUR, width=1))
@@ -54,6 +55,7 @@ class LrFinderDialog(QDialog):
         self.status.setWordWrap(True)
         self.choice = QComboBox()
         self.choice.setObjectName("lrFinderChoice")
+        self.choice.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # "valley: 1.3e-04" whole
         self.choice.currentIndexChanged.connect(self._show_choice)
         self.start_button = QPushButton("Run")
         self.start_button.setObjectName("lrFinderStart")
