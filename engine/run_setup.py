@@ -21,15 +21,18 @@ from .adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
 from .batches import FeatureBatches, ImageBatches, SkippedLog
 from .class_weights import decide_class_weights
 from .config import RunConfig
-from .data import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, eval_transform, make_loader, scan_dataset,
-                   train_transform)
+from .data import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, batches_per_epoch, eval_transform,
+                   make_loader, scan_dataset, train_transform)
+from .distributed import SINGLE, ProcessGroup
 from .errors import UserError
 from .events import Callbacks, TrainingControl
 from .features import (AugmentedFeatureBatches, augmented_views_note, compute_feature_views, compute_features,
-                       feature_cache_decision, feature_cache_key, load_cached_features, save_cached_features)
+                       feature_cache_decision, feature_cache_key, features_per_file, load_cached_features,
+                       save_cached_features)
 from .models import ModelInfo, build_model
 from .plan import Plan, build_plan
 from .run_folder import RunFolder
+from .sharding import rank_loader
 
 
 class Stopped(Exception):
@@ -52,6 +55,7 @@ class Run:
     batches: ImageBatches | FeatureBatches
     feature_note: str
     skipped: SkippedLog
+    group: ProcessGroup = SINGLE  # the processes training this run together (engine.distributed)
 
     @property
     def precision_name(self) -> str:
@@ -71,6 +75,7 @@ class Run:
             "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names),
             "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
             "precision": self.precision_name, "feature_cache": self.feature_note,
+            **({"processes": self.group.world_size} if self.group.is_distributed else {}),
         }
 
 
@@ -138,8 +143,9 @@ def default_workers(device: torch.device, cache_complete: bool) -> int:
 
 
 def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, control: TrainingControl,
-           fresh: bool) -> Run:
-    """A fully formed Run; with fresh=True the run folder's metrics start empty."""
+           fresh: bool, group: ProcessGroup = SINGLE) -> Run:
+    """A fully formed Run; with fresh=True the run folder's metrics start empty. With several
+    processes (`group`) each trains on its share of every batch and rank 0 alone writes."""
     config.validate()
     if not config.out_dir:
         raise UserError("no output folder given for the run")
@@ -153,10 +159,15 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     skipped = SkippedLog()
     for s in scan.skipped:
         skipped.add(s.path, s.reason)
-    device = select_device(config.train.device)
+    device = group.device(select_device(config.train.device))
+    if config.train.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation); leave it out on CPU")
     callbacks.on_status("Building model")
     built = build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size)
     model, info, prep = built.model, built.info, built.preprocessing
+    if config.train.sync_bn and group.is_distributed:
+        # Before the plan is applied: the conversion builds new norm modules, which would lose a pinned eval mode.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     plan = build_plan(config.plan, info)
     amp_dtype = resolve_precision(config.train.precision, device)
     if device.type == "cuda":
@@ -167,8 +178,13 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     if channels_last:
         model.to(memory_format=torch.channels_last)
     views = config.train.feature_views if config.data.augment != "none" else 0
+    if group.is_distributed:
+        views = 0  # augmented views are not sharded between ranks: augmented images pass the trunk each epoch
     use_features, feature_note = feature_cache_decision(info, plan, config.data.augment, config.data.feature_cache,
                                                         views)
+    # Plain views of a trunk whose statistics are not adapted depend on each file alone: kept per file
+    # too, so files moved between classes (engine.dataset_edits) need no new trunk pass.
+    per_file = use_features and not views and not config.train.adapt_norm
     feature_key = cached = None
     if use_features:
         feature_key = feature_cache_key(
@@ -179,21 +195,27 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
         cached = load_cached_features(feature_key)
         if cached is not None:
             feature_note += " (loaded from the disk cache)"
-    loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control,
-                       warm=cached is None or config.train.adapt_norm)
+    # Per-file features decode only the files their store lacks, as they are computed: no warming first.
+    loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control, group,
+                       warm=(cached is None and not per_file) or config.train.adapt_norm)
     notes = (*built.notes, decide_class_weights(config.train.class_weights, scan).note)  # whether they are on
     if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
         notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,
               notes=notes, plan=plan, amp_dtype=amp_dtype, channels_last=channels_last,
-              batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped)
-    if fresh:
-        folder.start_metrics()
-    folder.write_record(run.record())
+              batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped, group=group)
+    if group.is_main:
+        if fresh:
+            folder.start_metrics()
+        folder.write_record(run.record())
     if not use_features:
         return run
     if cached is not None:
         train, val = cached
+    elif per_file:
+        train, val, notes = _gather_per_file_features(run, loaders, callbacks, control, feature_key)
+        if notes:
+            feature_note += f" ({notes})"
     else:
         train, val, notes = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views)
         if notes:
@@ -206,7 +228,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
                                                 augmented_views_note(len(stored_views), config.data.augment))
         batches = AugmentedFeatureBatches(stored_views, labels, val, bs, seed, device)
     else:
-        batches = FeatureBatches(train, val, bs, seed, device)
+        batches = FeatureBatches(train, val, bs, seed, device, rank=group.rank, world_size=group.world_size)
     return replace(run, batches=batches, feature_note=feature_note)
 
 
@@ -240,7 +262,7 @@ class _Loaders:
 
     def __init__(self, config: RunConfig, scan: DatasetScan, prep: Preprocessing, device: torch.device,
                  use_features: bool, skipped: SkippedLog, callbacks: Callbacks, control: TrainingControl,
-                 warm: bool) -> None:
+                 group: ProcessGroup, warm: bool) -> None:
         self.scan, self.prep, self.device, self.skipped = scan, prep, device, skipped
         budget = config.data.decoded_cache_mb * 2**20
         total = max(1, scan.total)
@@ -264,14 +286,21 @@ class _Loaders:
         self.plain_train_set = ImageDataset(scan.train, prep.resize, eval_transform(prep.crop), train_cache)
         val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), val_cache)
         bs, seed = config.train.batch_size, config.train.seed
-        self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
-        self.val_loader = make_loader(val_set, bs, False, workers, seed, pin) if len(val_set) else None
+        if group.is_distributed:  # this rank's share of each global batch and of the validation images
+            self.train_loader = rank_loader(self.train_set, bs, True, workers, seed, pin, group.rank, group.world_size)
+            self.val_loader = (rank_loader(val_set, bs, False, workers, seed, pin, group.rank, group.world_size)
+                               if len(val_set) else None)
+        else:
+            self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
+            self.val_loader = make_loader(val_set, bs, False, workers, seed, pin) if len(val_set) else None
+        self.global_steps = batches_per_epoch(len(scan.train), bs) if group.is_distributed else None
         self.workers, self.batch_size, self.seed, self.pin = workers, bs, seed, pin
         self.last_epoch = config.train.epochs
 
     def image_batches(self, channels_last: bool) -> ImageBatches:
         return ImageBatches(self.train_loader, self.val_loader, self.scan.train, self.scan.val, self.prep,
-                            self.device, channels_last, self.skipped, last_epoch=self.last_epoch)
+                            self.device, channels_last, self.skipped, last_epoch=self.last_epoch,
+                            global_steps=self.global_steps)
 
     def feature_loader(self, seed: int | None = None):
         """The training images in file order, for computing their trunk features once (`seed`
@@ -319,3 +348,52 @@ def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, c
     callbacks.on_status("Saving trunk features to the disk cache")
     unsaved = save_cached_features(key, train, val)  # a note when the cache folder cannot take them
     return train, val, "; ".join(note for note in (reduced, unsaved) if note)
+
+
+def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
+                              key: str):
+    """(train, val, note): plain trunk features from the per-file store, the trunk run only on the
+    files it lacks (all of them the first time); labels from the scan, so a file moved to another
+    class keeps its features under its new label. Also saved under the dataset's key, as the
+    other paths do."""
+    config = run.config
+    # fp32 named as engine.suspects names it: suspects found at the training's image size share the store.
+    precision = "float32" if run.amp_dtype is None else str(run.amp_dtype)
+    trunk_key = feature_cache_key((), arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
+                                  head=run.info.head, prep=run.prep, precision=precision, device_type=run.device.type)
+    callbacks.on_status("Computing trunk features (once)")
+    computed = 0
+
+    def gather(samples, name: str):
+        def compute(missing):
+            nonlocal computed
+            failed: set[int] = set()
+
+            def on_failures(failures):
+                failed.update(index for index, _ in failures)
+                run.skipped.add_failures(failures, missing)
+
+            loader = make_loader(ImageDataset(missing, run.prep.resize, eval_transform(run.prep.crop)),
+                                 loaders.batch_size, False, loaders.workers, loaders.seed, loaders.pin)
+            result = compute_features(run.model, run.info.head, loader, run.prep, run.device, run.autocast,
+                                      run.channels_last,
+                                      progress=lambda d, t: callbacks.on_status(f"Computing {name} features", d, t),
+                                      on_failures=on_failures, should_stop=lambda: control.stop_requested)
+            if result is None:
+                return None
+            computed += len(missing) - len(failed)
+            return result[0], failed
+
+        gathered = features_per_file(samples, trunk_key, compute)
+        if gathered is None:
+            raise Stopped
+        features, positions, unsaved = gathered
+        return (features, torch.tensor([samples[i].label for i in positions], dtype=torch.long)), unsaved
+
+    train, train_unsaved = gather(run.scan.train, "training")
+    val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)
+    callbacks.on_status("Saving trunk features to the disk cache")
+    unsaved = save_cached_features(key, train, val)
+    total = len(run.scan.train) + len(run.scan.val)
+    reused = f"per-file features: trunk run on {computed} of {total} image(s)"
+    return train, val, "; ".join(n for n in (reused, train_unsaved or val_unsaved, unsaved) if n)
