@@ -170,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a classifier on a folder of images")
     _add_train_args(train)
 
-    export = sub.add_parser("export", help="export a checkpoint (pt, safetensors, torchscript, onnx) with a parity check")
+    export = sub.add_parser("export", help="export a checkpoint (pt, safetensors, torchscript, onnx, pt2) with a "
+                                           "parity check")
     export.add_argument("checkpoint")
-    export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx"),
-                        help="repeat for several; default: all four")
+    export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx", "pt2"),
+                        help="repeat for several; default: all but pt2 (torch.export, which needs --format pt2)")
     export.add_argument("--out", help="output file (one format) or folder (several)")
     export.add_argument("--tolerance", type=_number("export.tolerance"), default=1e-4, help="largest allowed fp32 logit difference")
     export.add_argument("--parity-images", type=_number("export.parity_images"), default=32, help="validation images to compare on")
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("checkpoint")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=_number("predict.top_k"), default=5)
+    predict.add_argument("--trust", action="store_true",
+                         help="load a .pt2 this installation did not export (loading it unpickles, which can run code)")
     predict.add_argument("--json", action="store_true")
     for commands in COMMAND_MODULES:
         commands.add_commands(sub, _number)
@@ -360,9 +363,9 @@ def _train(args, argv: list[str]) -> int:
 
 
 def _export(args) -> int:
-    from engine.export import FORMATS, default_path, export, parity_batch
+    from engine.export import DEFAULT_FORMATS, default_path, export, parity_batch
 
-    formats = args.format or list(FORMATS)
+    formats = args.format or list(DEFAULT_FORMATS)
     checkpoint = Path(args.checkpoint)
     batch = parity_batch(checkpoint, args.parity_images)
     reports = []
@@ -388,7 +391,7 @@ def _predict(args) -> int:
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
-    model = load_any(args.checkpoint)
+    model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
     results = top_k(model.logits(batch), model.class_names, args.top_k)

@@ -2,15 +2,18 @@
 
 Formats: pt (the checkpoint itself), safetensors (weights + metadata + a JSON sidecar),
 torchscript (a module taking a preprocessed float batch), onnx (opset 17, dynamic batch axis,
-metadata_props). After writing, the file is loaded back by its own runtime and its logits are
-compared with the in-memory model's on real images; the report is saved beside the file, and an
-export past the tolerance fails loudly.
+metadata_props), pt2 (a torch.export ExportedProgram with a dynamic batch dimension; its SHA-256 is
+recorded in engine.trust, since loading it unpickles). After writing, the file is loaded back by its
+own runtime and its logits are compared with the in-memory model's on real images, as a batch and
+one image alone; the report is saved beside the file, and an export past the tolerance fails loudly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,9 +26,12 @@ from .errors import UserError
 from .models import plain_model
 from .predict import LoadedClassifier, load_classifier
 
-FORMATS = ("pt", "safetensors", "torchscript", "onnx")
+FORMATS = ("pt", "safetensors", "torchscript", "onnx", "pt2")
+# pt2 only when asked for: loading it anywhere but this installation needs explicit trust (it unpickles).
+DEFAULT_FORMATS = ("pt", "safetensors", "torchscript", "onnx")
 # "-export.pt" so that exporting pt next to checkpoint.pt never overwrites the checkpoint itself.
-SUFFIXES = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+SUFFIXES = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx",
+            "pt2": ".pt2"}
 DEFAULT_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 # A single .onnx file is one protobuf message, which cannot exceed 2 GiB.
@@ -80,13 +86,16 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     if out.is_dir():
         raise UserError(f"cannot export to {out}: it is a folder; name a file, or a folder to export into")
     writer = {"pt": _write_pt, "safetensors": _write_safetensors, "torchscript": _write_torchscript,
-              "onnx": _write_onnx}[fmt]
+              "onnx": _write_onnx, "pt2": _write_pt2}[fmt]
     with torch.no_grad():
         expected = classifier.model(parity_batch).float()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         writer(checkpoint, classifier, out)
-        actual = load_any(out, fmt).logits(parity_batch)  # by the format written, whatever the file's name
+        loaded = load_any(out, fmt)  # by the format written, whatever the file's name
+        actual = loaded.logits(parity_batch)
+        # A batch of one too: exported batch dimensions are dynamic, and must hold at 1 as at N.
+        single = loaded.logits(parity_batch[:1]) if len(parity_batch) > 1 else actual[:0]
     except UserError:
         raise
     except OSError as exc:  # full disk, read-only folder: every write is atomic, so nothing partial is left
@@ -99,6 +108,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
         raise UserError(f"{classifier.arch} cannot be exported to {fmt} ({type(exc).__name__}: {detail[:300]}); "
                         f"pt and safetensors work for every architecture") from exc
     diff = float((actual - expected).abs().max()) if len(expected) else 0.0
+    if len(single):
+        diff = max(diff, float((single - expected[:1]).abs().max()))
     agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
     report = ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, diff <= tolerance)
     report_path = Path(str(out) + ".parity.json")
@@ -169,6 +180,20 @@ def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> No
     atomic_write_bytes(out, model.SerializeToString())
 
 
+def _write_pt2(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
+    from .trust import record_export
+
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(classifier.model, (_example(classifier),), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"transfer_studio.json": json.dumps(metadata(classifier))})
+    data = buffer.getvalue()
+    atomic_write_bytes(out, data)
+    record_export(data, out)  # loading a .pt2 unpickles: only bytes this installation wrote load without --trust
+
+
 def onnx_pooling_problem(model: torch.nn.Module, example: torch.Tensor) -> str | None:
     """ONNX exports adaptive average pooling only where the output size divides the input size; AlexNet
     and VGG pool to 6x6 / 7x7, so at small image sizes they would upsample a 1x1 map. Found here, before
@@ -217,11 +242,14 @@ def detect_format(path: Path) -> str:
         return "safetensors"
     if name.endswith((".torchscript.pt", ".torchscript", ".ts")):
         return "torchscript"
+    if name.endswith(".pt2"):
+        return "pt2"
     return "pt"
 
 
-def load_any(path: str | Path, fmt: str | None = None) -> Exported:
-    """Any exported file; its format is `fmt` when known, else detected from the file."""
+def load_any(path: str | Path, fmt: str | None = None, trust: bool = False) -> Exported:
+    """Any exported file; its format is `fmt` when known, else detected from the file. A .pt2 loads
+    only if this installation exported it (engine.trust) or `trust` is given."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is not a file (a folder)")
@@ -232,6 +260,8 @@ def load_any(path: str | Path, fmt: str | None = None) -> Exported:
         classifier = load_classifier(path)
         return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),
                         _torch_runner(classifier.model))
+    if fmt == "pt2":
+        return _load_pt2(path, trust)
     loader = {"safetensors": _load_safetensors, "torchscript": _load_torchscript, "onnx": _load_onnx}[fmt]
     try:
         return loader(path)
@@ -250,6 +280,39 @@ def _load_torchscript(path: Path) -> Exported:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     meta = _parse_meta(json.loads(extra["transfer_studio.json"] or "{}"), path)
     return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
+
+
+def _load_pt2(path: Path, trust: bool) -> Exported:
+    from .trust import check_trusted
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    check_trusted(data, path, trust)  # before anything unpickles; the bytes checked are the bytes loaded
+    extra = {"transfer_studio.json": ""}
+    try:
+        with warnings.catch_warnings(), _quiet_logger("torch.export"):
+            warnings.simplefilter("ignore")
+            module = torch.export.load(io.BytesIO(data), extra_files=extra).module()
+        meta = json.loads(extra["transfer_studio.json"] or "{}")
+    except Exception as exc:  # a damaged or foreign file: the reader's own error, in one line
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise UserError(f"{path} is not a valid pt2 file, or is damaged ({type(exc).__name__}: {detail[:200]})") from None
+    meta = _parse_meta(meta if isinstance(meta, dict) else {}, path)
+    return Exported("pt2", meta["class_names"], meta["preprocessing"], _torch_runner(module))
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """torch.export.load logs a whole traceback before it tries an older layout; the error we raise says it once."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _torch_runner(module):

@@ -17,6 +17,8 @@ FORMAT_LABELS = (
     ("safetensors", "safetensors (.safetensors + .json)", "Weights only, nothing executes on load; metadata inside and beside."),
     ("torchscript", "TorchScript (.torchscript.pt)", "Runs with torch.jit.load, without this project installed."),
     ("onnx", "ONNX (.onnx, opset 17)", "For onnxruntime and other runtimes; dynamic batch size."),
+    ("pt2", "torch.export (.pt2)", "An ExportedProgram for torch.export.load; dynamic batch size. Loading it "
+                                   "unpickles: this installation records it as its own; elsewhere, load only if trusted."),
 )
 
 
@@ -39,6 +41,9 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
                 f"model.load_state_dict(load_file({path!r}))\nlogits = model.eval()(x)\n")
     elif fmt == "torchscript":
         body = f"model = torch.jit.load({path!r})\nlogits = model(x)\n"
+    elif fmt == "pt2":
+        body = (f"# loading unpickles: only a file you trust\nmodel = torch.export.load({path!r}).module()\n"
+                "logits = model(x)\n")
     else:
         body = ("import onnxruntime as ort\n"
                 f"session = ort.InferenceSession({path!r})\n"

@@ -17,7 +17,7 @@ from engine.images import IMAGE_EXTENSIONS
 BAR_HEIGHT = 18
 BAR_COLOUR = QColor(52, 120, 246)
 OVERLAY_SIDE = 180
-MODEL_FILTER = ("Models (*.pt *.pth *.safetensors *.onnx *.torchscript *.ts);;All files (*)")
+MODEL_FILTER = ("Models (*.pt *.pth *.safetensors *.onnx *.torchscript *.ts *.pt2);;All files (*)")
 
 
 def image_filter() -> str:
