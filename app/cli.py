@@ -117,7 +117,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=t.class_weights,
                    help="auto: a class-weighted loss when the largest class has 3x the smallest or more")
     p.add_argument("--epochs", type=_number("train.epochs"), default=None, help=f"number of epochs (default {t.epochs})")
-    p.add_argument("--batch-size", type=_number("train.batch_size"), default=t.batch_size)
+    p.add_argument("--batch-size", type=_number("train.batch_size"), default=t.batch_size,
+                   help="images per step, over all processes: with --nproc N each process takes batch-size / N")
     p.add_argument("--image-size", type=_number("data.image_size"), default=DataConfig().image_size)
     p.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
     p.add_argument("--val-fraction", type=_number("data.val_fraction"), default=DataConfig().val_fraction)
@@ -140,6 +141,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="skip the per-layer gradient norms and update ratios (sampled about twice a second)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    p.add_argument("--events-jsonl", action="store_true",
+                   help="print every event (status, started, batch, epoch, result or failed) as one JSON line on stdout")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train as N local processes through torchrun (DistributedDataParallel; gloo on CPU, one GPU "
+                        "each on CUDA); under torchrun itself, rank and world size come from its environment")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="several CUDA processes: trainable BatchNorm layers share batch statistics (SyncBatchNorm)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +291,7 @@ _TRAIN_FLAGS = {
     "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
     "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
     "feature_views": ("train", "feature_views"), "adapt_norm": ("train", "adapt_norm"),
-    "class_weights": ("train", "class_weights"),
+    "class_weights": ("train", "class_weights"), "sync_bn": ("train", "sync_bn"),
 }
 _NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off
 RESUMABLE = {"epochs", "device", "workers"}  # what may differ when a run continues
@@ -346,20 +354,60 @@ def _with_flags(config: RunConfig, given: dict) -> RunConfig:
 
 def _train(args, argv: list[str]) -> int:
     from app.progress import ProgressPrinter
+    from engine.distributed import ProcessGroup
+    from engine.event_lines import EventLines
+    from engine.events import Callbacks
+    from engine.run_setup import select_device
     from engine.trainer import fit
 
     config = train_config_from_args(args, given_train_flags(argv))
     config.validate()
-    progress = ProgressPrinter(sys.stderr)
-    result = fit(config, progress, resume=bool(args.resume))
-    progress.close()
+    if args.nproc is not None and args.nproc != 1:
+        return _train_as_processes(args, argv, config)
+    group = ProcessGroup.from_env()
+    progress = ProgressPrinter(sys.stderr) if group.is_main else Callbacks()  # rank 0 alone prints
+    events = EventLines(sys.stdout, progress) if args.events_jsonl and group.is_main else None
+    try:
+        with group.started(select_device(config.train.device).type):
+            result = fit(config, events or progress, resume=bool(args.resume), group=group)
+    except (UserError, RunFailed) as exc:
+        if events:
+            events.on_failed(str(exc))
+        raise
+    if not group.is_main:
+        return 0
+    if isinstance(progress, ProgressPrinter):
+        progress.close()
     for s in result.skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
     print(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}", file=sys.stderr)
+    if events:
+        events.on_result(result)
     if args.json:
         print(json.dumps(result.summary()))
     return 0
+
+
+def _train_as_processes(args, argv: list[str], config: RunConfig) -> int:
+    """`train --nproc N`: what can be refused is refused here, once, before N processes start;
+    then the same command without --nproc runs under torchrun, with the run folder (and the
+    dataset) this process resolved, so every rank trains the same run."""
+    from engine.distributed import ProcessGroup
+    from engine.launch import launch_local, without_option
+    from engine.run_folder import RunFolder
+    from engine.trainer import processes_problem
+
+    if args.nproc < 2:
+        raise UserError(f"--nproc {args.nproc}: give 2 or more processes (or leave --nproc out)")
+    problem = processes_problem(config, ProcessGroup(world_size=args.nproc))
+    if problem:
+        raise UserError(problem)
+    rest = without_option(argv[argv.index("train") + 1:], "--nproc")
+    if not args.resume:
+        RunFolder(config.out_dir).refuse_if_used()
+        rest += ["--out", config.out_dir, "--data", config.data.root]
+    return launch_local(args.nproc, "app.cli", ["train", *rest])
 
 
 def _export(args) -> int:

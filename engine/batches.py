@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import Preprocessing, batches_per_epoch, drops_last_batch, epoch_order, normalize_batch
+from .data import Preprocessing, batches_per_epoch, epoch_order, normalize_batch
 from .models import check_arch, check_image_size, describe, plain_model
 from .plan import build_plan
+from .sharding import rank_batches, validation_share
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,8 +46,11 @@ class ImageBatches:
     """Batches of images from DataLoaders (decoded-image cache behind them)."""
 
     def __init__(self, train_loader, val_loader, train_samples, val_samples, prep: Preprocessing,
-                 device: torch.device, channels_last: bool, skipped: SkippedLog, last_epoch: int | None = None) -> None:
+                 device: torch.device, channels_last: bool, skipped: SkippedLog, last_epoch: int | None = None,
+                 global_steps: int | None = None) -> None:
         self.train_loader, self.val_loader = train_loader, val_loader
+        # One rank of several: the global batches of an epoch, which a rank's share may fall short of by one.
+        self.global_steps = global_steps
         self.last_epoch = last_epoch
         self.train_samples, self.val_samples = train_samples, val_samples
         self.prep, self.device, self.channels_last, self.skipped = prep, device, channels_last, skipped
@@ -57,7 +61,7 @@ class ImageBatches:
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.train_loader))
+        return self.global_steps or max(1, len(self.train_loader))
 
     def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
         return model
@@ -140,9 +144,10 @@ class FeatureBatches:
     """Batches of cached trunk features: the head alone trains, an epoch costs milliseconds."""
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
-                 batch_size: int, seed: int, device: torch.device) -> None:
+                 batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         self.train, self.val = train, val
         self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.rank, self.world_size = rank, world_size  # this process's share (engine.sharding)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -155,10 +160,7 @@ class FeatureBatches:
         labels = self.train[1]
         order = epoch_order(len(labels), self.seed, epoch)
         rows = self._epoch_rows(epoch)
-        bs = self.batch_size
-        end = len(order) - 1 if drops_last_batch(len(order), bs) else len(order)
-        for start in range(0, end, bs):
-            idx = order[start:min(start + bs, end)]
+        for idx in rank_batches(order, self.batch_size, self.rank, self.world_size):
             yield rows(idx).to(self.device), labels[idx].to(self.device)
 
     def _epoch_rows(self, epoch: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -170,7 +172,9 @@ class FeatureBatches:
         if self.val is None:
             return
         feats, labels = self.val
+        share = torch.arange(len(labels))[validation_share(len(labels), self.rank, self.world_size)]
         bs = self.batch_size * 4
-        for start in range(0, len(labels), bs):
-            yield feats[start:start + bs].to(self.device), labels[start:start + bs].to(self.device)
+        for start in range(0, len(share), bs):
+            idx = share[start:start + bs]
+            yield feats[idx].to(self.device), labels[idx].to(self.device)
 

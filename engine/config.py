@@ -93,6 +93,7 @@ class TrainConfig:
     feature_views: int = 4  # frozen trunk + augmentation: cache this many augmented views per image (0: no cache)
     adapt_norm: bool = False  # AdaBN: re-estimate BatchNorm statistics on the training images first
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
+    sync_bn: bool = False  # several CUDA processes: trainable BatchNorm layers share their batch statistics
 
 
 @dataclass(frozen=True)

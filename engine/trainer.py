@@ -9,8 +9,10 @@ early stopping, freeze integrity and per-layer telemetry. No widget, no print: p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -19,9 +21,11 @@ from torch import nn
 
 from .batches import FeatureBatches, single_image_batch_problem
 from .checkpoint import BackgroundSaver
+from .across_ranks import ProcessesRecord, combine_validation, epoch_totals, integrity_across_ranks
 from .class_weights import training_criterion
 from .config import RunConfig
 from .data import DatasetScan
+from .distributed import SINGLE, ProcessGroup
 from .embeddings import head_inputs
 from .errors import NoUsableImages, TrainingDiverged, UserError
 from .evaluation import ValidationOutputs, ValidationRecords
@@ -33,43 +37,70 @@ from .optimization import Optimization, ScheduleSegment
 from .plan import apply_plan
 from .run_folder import RunFolder
 from .run_setup import Run, Stopped, device_name, set_up
+from .sharding import per_rank_batch_size
 from .telemetry import Telemetry
 
 
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
-        scan: DatasetScan | None = None, resume: bool = False) -> FitResult:
+        scan: DatasetScan | None = None, resume: bool = False, group: ProcessGroup = SINGLE) -> FitResult:
     """Train as `config` says. With resume=True, continue the run in config.out_dir from its last
     completed epoch (model, optimizer, scaler, schedule position, RNG, best-so-far and the
-    integrity fingerprints restored)."""
+    integrity fingerprints restored). With several processes (`group`, its process group
+    started) every rank calls fit; rank 0 alone writes the run folder."""
     callbacks = callbacks or Callbacks()
     control = control or TrainingControl()
     started = time.perf_counter()
     if not config.out_dir:
         raise UserError("no output folder given for the run")
-    problem = single_image_batch_problem(config)  # before the run folder is touched
+    problem = single_image_batch_problem(config) or processes_problem(config, group)  # before the folder is touched
     if problem:
         raise UserError(problem)
     folder = RunFolder(config.out_dir)
-    with folder.locked():
-        resume_state = _resume_state(config) if resume else None
-        if resume_state is None:
-            folder.refuse_if_used()
-        else:
-            folder.keep_metrics_through(int(resume_state["epoch"]))
+    with folder.locked() if group.is_main else contextlib.nullcontext():
+        resume_state = _start_state(folder, config, resume, group)
         saver = BackgroundSaver()
         try:
             try:
-                run = set_up(config, scan, callbacks, control, fresh=resume_state is None)
+                run = set_up(config, scan, callbacks, control, fresh=resume_state is None, group=group)
                 loop = EpochLoop(run, callbacks, control, saver, resume_state)
             except Stopped:
-                return _stopped_in_setup(config, resume_state is not None, started)
+                return _stopped_in_setup(config, resume_state is not None, started, group)
             except Exception as exc:
-                if resume_state is None:  # a continued run keeps its status when it cannot start again
+                if resume_state is None and group.is_main:  # a continued run keeps its status when it cannot start again
                     record_failure(folder, exc)
                 raise
-            return loop.train(started)
+            result = loop.train(started)
         finally:
             saver.close()  # every checkpoint is on disk before fit returns or raises
+    group.barrier()  # the other ranks end once rank 0's files are complete
+    return result
+
+
+def _start_state(folder: RunFolder, config: RunConfig, resume: bool, group: ProcessGroup) -> dict | None:
+    """The resume state (None for a new run), after rank 0 checked the folder; every rank ends
+    with the same one-line error when any of them cannot start."""
+    error, state = None, None
+    try:
+        state = _resume_state(config) if resume else None
+        if group.is_main and state is None:
+            folder.refuse_if_used()
+        elif group.is_main:
+            folder.keep_metrics_through(int(state["epoch"]))
+    except UserError as exc:
+        error = exc
+    group.raise_if_any_failed(error)
+    return state
+
+
+def processes_problem(config: RunConfig, group: ProcessGroup) -> str | None:
+    """Why `config` cannot train on the processes of `group`."""
+    if not group.is_distributed:
+        return None
+    if config.train.compile:
+        return "--compile is not available with several processes; leave it out"
+    share = per_rank_batch_size(config.train.batch_size, group.world_size)
+    problem = single_image_batch_problem(replace(config, train=replace(config.train, batch_size=share)))
+    return f"{problem} (each of the {group.world_size} processes takes 1 image of a batch)" if problem else None
 
 
 def _resume_state(config: RunConfig) -> dict:
@@ -80,10 +111,10 @@ def _resume_state(config: RunConfig) -> dict:
     return state
 
 
-def _stopped_in_setup(config: RunConfig, resumed: bool, started: float) -> FitResult:
+def _stopped_in_setup(config: RunConfig, resumed: bool, started: float, group: ProcessGroup) -> FitResult:
     folder = RunFolder(config.out_dir)
     checkpoint = str(folder.checkpoint_path) if resumed and folder.has_checkpoint() else None
-    if not resumed and folder.exists():
+    if not resumed and folder.exists() and group.is_main:
         folder.update_record(status="stopped")
     return FitResult(run_dir=config.out_dir, checkpoint=checkpoint, best_epoch=None, best_val_accuracy=None,
                      epochs_run=0, seconds=time.perf_counter() - started, images_per_second=0.0, stopped="user")
@@ -93,8 +124,9 @@ class EpochLoop:
     def __init__(self, run: Run, callbacks: Callbacks, control: TrainingControl, saver: BackgroundSaver,
                  resume_state: dict | None) -> None:
         cfg = run.config
-        self.run, self.control = run, control
-        self.module = run.batches.module_to_train(run.model, run.info.head)
+        self.run, self.control, self.group = run, control, run.group
+        self.trained = run.batches.module_to_train(run.model, run.info.head)  # under DDP with several processes
+        self.module = self.trained
         self.uses_features = isinstance(run.batches, FeatureBatches)
         if cfg.train.compile and not self.uses_features:
             # Compiled lazily by the first batch; checkpoints still come from the plain module.
@@ -114,6 +146,9 @@ class EpochLoop:
         self.plan_in_force = run.plan.at_epoch(0)
         run.model.train()
         apply_plan(run.model, self.plan_in_force)  # requires_grad is set before the optimizer sees it
+        # After the plan: DDP registers only what trains, so frozen parameters stay outside its reducer.
+        self.module = self.group.wrap(self.module, run.device)
+        self.rank_integrity: list[dict] = []  # each rank's integrity after the last epoch
         self.optimization = Optimization(run.model, run.info, self.plan_in_force, cfg.train,
                                          self._segment(resume_state))
         self.integrity = FreezeIntegrity(run.model, resume_state.get("integrity") if resume_state else None)
@@ -128,6 +163,10 @@ class EpochLoop:
                                           ValidationRecords(run.folder, run.scan.class_names, run.scan.root,
                                                             lambda: self.validation),
                                           ResumeState(run.folder, saver, self._resume_payload)]
+        if self.group.is_distributed:
+            self.listeners.insert(2, ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity))
+        if not self.group.is_main:  # rank 0 alone writes the run folder
+            self.listeners = [x for x in self.listeners if isinstance(x, (CallbackRelay, FreezeIntegrity))]
         if self.telemetry is not None:
             self.listeners.insert(0, self.telemetry)
         if cfg.train.early_stopping_patience:
@@ -180,6 +219,9 @@ class EpochLoop:
             apply_plan(self.run.model, plan_now)
             self.plan_in_force = plan_now
             added = self.optimization.add_unfrozen(plan_now, epoch)
+            if self.group.is_distributed:  # what trains changed: DDP's reducer must be built anew, on every rank
+                self.module = self.trained  # the old wrapper (and its gradient hooks) goes first
+                self.module = self.group.wrap(self.trained, self.run.device)
         if notify:
             for listener in self.listeners:
                 listener.on_epoch_start(epoch, plan_now)
@@ -230,40 +272,44 @@ class EpochLoop:
         last_event = 0.0
         min_gap = 1.0 / max(1e-6, cfg.train.max_batch_events_per_second)
         batches = run.batches.train_batches(self.epoch)
-        while True:
-            wait_start = time.perf_counter()
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                break
-            data_seconds += time.perf_counter() - wait_start
-            self.control.wait_while_paused()
-            if self.control.stop_requested:
-                raise Stopped
-            step += 1
-            loss, logits = self._step(x, y)
-            n = len(y)
-            losses.add(loss, n, step)
-            correct += (logits.argmax(1) == y).sum()
-            seen += n
-            now = time.perf_counter()
-            last_step = step == self.steps_per_epoch
-            if last_step or step == 1:  # the epoch's first and last events show their own step
-                losses.read()
-            if (now - last_event >= min_gap or last_step) and losses.unreported:
-                elapsed = now - epoch_start
-                event = BatchEvent(
-                    epoch=self.epoch, epochs=cfg.train.epochs, step=step, steps=self.steps_per_epoch,
-                    global_step=self.global_step, total_steps=self.total_steps,
-                    loss=float(np.mean(losses.take_unreported())), lrs=self.optimization.current_lrs(),
-                    images_per_second=seen / max(1e-9, elapsed),
-                    eta_seconds=(self.total_steps - self.global_step) * (elapsed / step),
-                    layers=self.telemetry.take_latest() if self.telemetry else {})
-                for listener in self.listeners:
-                    listener.on_batch_end(event)
-                last_event = now
+        # A rank whose share runs out first (uneven last batches) shadows the others' gradient all-reduces.
+        with self.group.uneven_steps(self.module):
+            while True:
+                wait_start = time.perf_counter()
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    break
+                data_seconds += time.perf_counter() - wait_start
+                self.control.wait_while_paused()
+                if self.control.stop_requested:
+                    raise Stopped
+                step += 1
+                loss, logits = self._step(x, y)
+                n = len(y)
+                losses.add(loss, n, step)
+                correct += (logits.argmax(1) == y).sum()
+                seen += n
+                now = time.perf_counter()
+                last_step = step == self.steps_per_epoch
+                if last_step or step == 1:  # the epoch's first and last events show their own step
+                    losses.read()
+                if (now - last_event >= min_gap or last_step) and losses.unreported:
+                    elapsed = now - epoch_start
+                    event = BatchEvent(
+                        epoch=self.epoch, epochs=cfg.train.epochs, step=step, steps=self.steps_per_epoch,
+                        global_step=self.global_step, total_steps=self.total_steps,
+                        loss=float(np.mean(losses.take_unreported())), lrs=self.optimization.current_lrs(),
+                        images_per_second=seen / max(1e-9, elapsed),
+                        eta_seconds=(self.total_steps - self.global_step) * (elapsed / step),
+                        layers=self.telemetry.take_latest() if self.telemetry else {})
+                    for listener in self.listeners:
+                        listener.on_batch_end(event)
+                    last_event = now
         losses.read()
         loss_sum = losses.weighted_sum
+        if self.group.is_distributed:  # the epoch's figures over every rank's share
+            loss_sum, correct, seen = epoch_totals(self.group, loss_sum, correct, seen, run.device)
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         if seen == 0:  # every image deleted or spoiled after the scan: nothing trained, say so
@@ -312,6 +358,9 @@ class EpochLoop:
         run = self.run
         k = len(run.scan.class_names)
         labels, logits = [], []
+        # Several processes: each rank evaluates rank 0's model (its running statistics included) outside
+        # DDP, whose forward would wait for the other ranks at every batch of an uneven share.
+        module = self.group.with_main_buffers(self.trained) if self.group.is_distributed else self.module
         self.module.eval()
         try:
             with head_inputs(run.model.get_submodule(run.info.head)) as features:
@@ -319,12 +368,28 @@ class EpochLoop:
                     if self.control.stop_requested:
                         raise Stopped
                     with run.autocast():
-                        logits.append(self.module(x).float())
+                        logits.append(module(x).float())
                     labels.append(y)
         finally:
             self.module.train()
-        if not labels:
+        combine = self._across_ranks if run.group.is_distributed else self._on_this_process
+        totals = combine(labels, logits, features, k)
+        if totals is None:
             self.validation = None
+            return None
+        seen, loss_sum, confusion = totals
+        per_class = {}
+        for i, name in enumerate(run.scan.class_names):
+            total = int(confusion[i].sum())
+            per_class[name] = int(confusion[i, i]) / total if total else None
+        recalls = [r for r in per_class.values() if r is not None]
+        return {"loss": loss_sum / seen, "accuracy": int(confusion.diag().sum()) / seen,
+                "balanced_accuracy": sum(recalls) / len(recalls), "per_class": per_class,
+                "confusion": confusion.tolist()}
+
+    def _on_this_process(self, labels, logits, features, k: int) -> tuple[int, float, torch.Tensor] | None:
+        """(images, loss sum, confusion) of the validation pass; None without validation images."""
+        if not labels:
             return None
         y, out = torch.cat(labels), torch.cat(logits)
         seen = len(y)
@@ -335,14 +400,20 @@ class EpochLoop:
         self.validation = ValidationOutputs(
             samples=self._validation_samples(seen), labels=y, logits=out,
             features=torch.cat(features) if sum(len(f) for f in features) == seen else None)
-        per_class = {}
-        for i, name in enumerate(run.scan.class_names):
-            total = int(confusion[i].sum())
-            per_class[name] = int(confusion[i, i]) / total if total else None
-        recalls = [r for r in per_class.values() if r is not None]
-        return {"loss": loss_sum / seen, "accuracy": int(confusion.diag().sum()) / seen,
-                "balanced_accuracy": sum(recalls) / len(recalls), "per_class": per_class,
-                "confusion": confusion.tolist()}
+        return seen, loss_sum, confusion
+
+    def _across_ranks(self, labels, logits, features, k: int) -> tuple[int, float, torch.Tensor] | None:
+        """The same over every rank's share: sums all-reduced, per-image outputs on rank 0."""
+        run = self.run
+        combined = combine_validation(run.group, labels, logits, features, k, len(run.scan.val), run.device)
+        if not combined.seen:
+            return None
+        if not math.isfinite(combined.loss_sum):
+            self._diverged(combined.loss_sum, f"epoch {self.epoch}, validation")
+        self.validation = None if combined.labels is None else ValidationOutputs(
+            samples=self._validation_samples(combined.seen), labels=combined.labels, logits=combined.logits,
+            features=combined.features)
+        return combined.seen, combined.loss_sum, combined.confusion
 
     def _validation_samples(self, seen: int) -> tuple | None:
         """The validation images in the order the pass saw them: scan.val without those that could
@@ -357,6 +428,8 @@ class EpochLoop:
         score = (val["accuracy"], -val["loss"]) if val else (train_accuracy, -train_loss)
         is_best = self.best_score is None or score > self.best_score
         integrity = self.integrity.check(self.epoch)
+        if self.group.is_distributed:  # checked on every rank's copy; a difference on any of them fails all
+            integrity, self.rank_integrity = integrity_across_ranks(self.group, integrity, self.integrity.fingerprints)
         if is_best and integrity.intact:
             self.best_score, self.best_epoch = score, self.epoch
             self.best_accuracy = val["accuracy"] if val else None
