@@ -18,6 +18,7 @@ from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSplitter, QStyle, QTabWidget, QWidget)
 
+from app.data_edit_session import SuspectFinder
 from app.insight_session import InsightSession, RunInsight
 from app.session import RunState, Session
 from app.gc_guard import GuiThreadCollector
@@ -35,6 +36,7 @@ from widgets.lr_finder_dialog import LrFinderDialog
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
 from widgets.runs_view import RunsView
+from widgets.suspects_view import SuspectsView
 from widgets.training_panel import TrainingPanel, result_line
 
 PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -89,6 +91,8 @@ class MainWindow(QMainWindow):
         self.insight = InsightView()
         self.runs_view = RunsView()
         self.insight_session = InsightSession(self.session.tasks, self.runs_root(), self)
+        self.suspects_view = SuspectsView()
+        self.suspect_finder = SuspectFinder(self.session.tasks, self)
         self.export_dialog: ExportDialog | None = None
         self.lr_finder_dialog: LrFinderDialog | None = None
         self._build_layout()
@@ -96,6 +100,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._connect()
         self._connect_insight()
+        self._connect_mending()
         self.session.announce()
         self.insight_session.refresh_runs()
         self.setAcceptDrops(True)
@@ -137,6 +142,7 @@ class MainWindow(QMainWindow):
         self.right_tabs.addTab(PanelScrollArea(self.plots), "Curves")
         self.right_tabs.addTab(self.insight, "Insight")
         self.right_tabs.addTab(self.runs_view, "Runs")
+        self.right_tabs.addTab(self.suspects_view, "Suspects")
         right.addWidget(self.right_tabs)
         right.setStretchFactor(0, 0)
         right.setStretchFactor(1, 1)
@@ -184,7 +190,8 @@ class MainWindow(QMainWindow):
         edit_menu = self.menuBar().addMenu("&Edit")
         history = self.session.plan_history
         self.undo_action = self._action("&Undo", self.session.undo, QKeySequence.StandardKey.Undo,
-                                        "Undo the last change of the plan (a preset, an LR, applied advice).")
+                                        "Undo the last change: of the plan (a preset, an LR, applied advice) or a "
+                                        "move of the dataset's images.")
         self.redo_action = self._action("&Redo", self.session.redo, "Ctrl+Shift+Z", "Redo the change undone.")
         for action, can, changed in ((self.undo_action, history.canUndo, history.canUndoChanged),
                                      (self.redo_action, history.canRedo, history.canRedoChanged)):
@@ -198,7 +205,8 @@ class MainWindow(QMainWindow):
         train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
                                           "Resume the run shown from its last completed epoch up to the Epochs total."))
         view_menu = self.menuBar().addMenu("&View")
-        for i, (name, key) in enumerate((("&Curves", "Alt+1"), ("&Insight", "Alt+2"), ("&Runs", "Alt+3"))):
+        for i, (name, key) in enumerate((("&Curves", "Alt+1"), ("&Insight", "Alt+2"), ("&Runs", "Alt+3"),
+                                         ("&Suspects", "Alt+4"))):
             view_menu.addAction(self._action(name, lambda _=False, i=i: self.right_tabs.setCurrentIndex(i), key,
                                              f"Show the {name.strip('&').lower()} tab."))
         help_menu = self.menuBar().addMenu("&Help")
@@ -299,10 +307,45 @@ class MainWindow(QMainWindow):
         runs.delete_requested.connect(self.delete_run)
         self.controller.run_started.connect(lambda _: ins.refresh_runs())
 
+    def _connect_mending(self) -> None:
+        s, finder, suspects = self.session, self.suspect_finder, self.suspects_view
+        for view in (self.insight, suspects.mend):
+            view.move_requested.connect(s.relabel_images)
+            view.exclude_requested.connect(s.exclude_images)
+        s.data_edited.connect(self._show_data_edit)
+        suspects.find_requested.connect(self.find_suspects)
+        suspects.stop_requested.connect(finder.stop)
+        suspects.thumbnails_wanted.connect(finder.want_thumbnails)
+        finder.found.connect(suspects.show_report)
+        finder.failed.connect(suspects.show_failure)
+        finder.thumbnails_ready.connect(suspects.add_thumbnails)
+
+    @Slot()
+    def find_suspects(self) -> None:
+        """Rank the open dataset's images with the model shown (the shown run's predictions when its
+        trunk gives no usable features), in the background."""
+        if self.session.is_running:  # a model built beside a run would draw from the random numbers it was seeded with
+            self.suspects_view.show_failure("A run is in progress: find suspects when it has ended.")
+            return
+        folder = self.session.dataset.folder
+        run = self.session.run.folder
+        self.suspects_view.show_busy(f"Finding suspects in {Path(folder).name or 'the dataset'}…")
+        self.suspect_finder.find(self.session.config(), folder, str(run.path) if run is not None else None)
+
+    @Slot(str, object)
+    def _show_data_edit(self, root: str, action) -> None:
+        moves = [tuple(move) for move in action.moves]
+        self.insight.apply_moves(root, moves)
+        self.suspects_view.apply_moves(root, moves)
+
     # --- showing the session's state -------------------------------------------------------------------
 
     @Slot(object)
     def _show_dataset(self, state) -> None:
+        if state.listing is not None:  # where "Move to class" can move images
+            names = list(state.listing.class_names)
+            self.insight.set_class_names(names)
+            self.suspects_view.set_class_names(names)
         if state.error:
             self.data_panel.show_error(state.error)
         elif state.summary is not None:

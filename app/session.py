@@ -20,6 +20,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtGui import QUndoStack
 
+from app.data_edit_session import DataEdits
 from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange, advice_changes
 from app.session_tasks import (DatasetLoader, DatasetState, ModelDescriber, WeightsFiles, size_shapes_parameters,
                                model_structure, without_random_draws)
@@ -118,6 +119,7 @@ class Session(QObject):
     advice_followed = Signal(str)  # a first dataset's presets followed the advice: the line that says so
     schedule_previewed = Signal(list)  # schedule_preview's entries for the shown plan ([] when none)
     run_preview_ready = Signal(str, object, object)  # a past run's folder, its ModelInfo and PlanConfig
+    data_edited = Signal(str, object)  # a dataset folder, the engine's Action: the files it moved (or back)
 
     def __init__(self, runs_root: Path, parent=None):
         super().__init__(parent)
@@ -136,6 +138,8 @@ class Session(QObject):
         self._pending_folder: RunFolder | None = None  # a started run's folder, until the engine makes it
         self._export_folder = ""
         self.plan_history = QUndoStack(self)  # plan changes, presets and applied advice: Ctrl+Z takes them back
+        # Moves of the dataset's files share the one stack: Ctrl+Z takes back the last thing done, whichever it was.
+        self.data_edits = DataEdits(self.tasks, self.plan_history, self)
         self._plan_edited = False  # the person changed the plan: advice never follows by itself
         self._advice: Advice | None = None
         self._advised_folders: set[str] = set()  # datasets advice was given for: only a first one is followed
@@ -159,6 +163,9 @@ class Session(QObject):
         self.controller.run_failed.connect(self._on_run_failed)
         self.exporter.finished.connect(self._on_exported)
         self.exporter.failed.connect(self.export_failed)
+        self.data_edits.edited.connect(self._on_data_edited)
+        self.data_edits.repaired.connect(self.notice)
+        self.data_edits.failed.connect(self.notice)
 
     def announce(self) -> None:
         """Emit every signal once, so views connected just now show the whole state."""
@@ -216,6 +223,8 @@ class Session(QObject):
             return f"The dataset folder cannot be used: {dataset.error}"
         if dataset.scan is None:
             return f"Still reading {dataset.folder}…"
+        if self.data_edits.busy:
+            return "The dataset's files are being moved: start when that is done."
         size_problem = self.image_size_problem()
         if size_problem:
             return size_problem
@@ -273,7 +282,11 @@ class Session(QObject):
         self._data = replace(self._data, root=folder)
         self.data_changed.emit(self._data)
         self._forget_run_of_another_configuration()
-        self.datasets.open(folder, self._split_settings())
+        self._open_dataset(folder)
+
+    def _open_dataset(self, folder: str) -> None:
+        """List the folder, once what a crash left half-done in its journal of edits is completed."""
+        self.data_edits.repair(folder, lambda: self.datasets.open(folder, self._split_settings()))
 
     @Slot()
     def open_demo(self) -> None:
@@ -422,12 +435,38 @@ class Session(QObject):
         self._configuration_edited()
 
     def undo(self) -> None:
-        if not self._refused_while_running("undo"):
+        if not self._refused_while_running("undo") and not self._refused_while_editing_files():
             self.plan_history.undo()
 
     def redo(self) -> None:
-        if not self._refused_while_running("redo"):
+        if not self._refused_while_running("redo") and not self._refused_while_editing_files():
             self.plan_history.redo()
+
+    # --- mending the dataset's files -----------------------------------------------------------------
+
+    def relabel_images(self, paths: list[str], class_name: str) -> None:
+        """Move images of the open dataset into another class folder (journalled, undoable)."""
+        if not self._refused_while_running("move images") and not self._refused_while_editing_files():
+            self.data_edits.relabel(self.dataset.folder, paths, class_name)
+
+    def exclude_images(self, paths: list[str]) -> None:
+        """Set images of the open dataset aside in its _excluded folder (journalled, undoable)."""
+        if not self._refused_while_running("exclude images") and not self._refused_while_editing_files():
+            self.data_edits.exclude(self.dataset.folder, paths)
+
+    def _refused_while_editing_files(self) -> bool:
+        if self.data_edits.busy:
+            self.notice.emit("The dataset's files are being moved: try again in a moment.")
+            return True
+        return False
+
+    @Slot(str, object)
+    def _on_data_edited(self, root: str, action) -> None:
+        """The files moved: the views follow them, and the class table is listed again from the folder."""
+        self.notice.emit(action.describe())
+        self.data_edited.emit(root, action)
+        if root == self.dataset.folder:
+            self.datasets.open(root, self._split_settings())
 
     def _configuration_edited(self) -> None:
         """What follows any edit: whether the advice still holds, and the planned LRs."""
@@ -559,7 +598,7 @@ class Session(QObject):
         self._forget_run_of_another_configuration()
         dataset = self.dataset
         if self._data.root and (self._data.root != dataset.folder or dataset.error):
-            self.datasets.open(self._data.root, self._split_settings())
+            self._open_dataset(self._data.root)
         elif self._data.root:
             self.datasets.split(self._split_settings())
         self._describe_model()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from engine import run_setup
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
 from engine.data import scan_dataset
@@ -82,3 +84,140 @@ def test_after_relabelling_ten_files_the_head_retrains_with_no_trunk_pass(tmp_pa
     assert through_trunk == [] and "trunk run on 0 of 24" in second.note
     recorded = RunFolder(result.run_dir).read_record()["dataset"]["classes"]  # what the run trained on
     assert totals(recorded) == {"circle": 3, "square": 3, "triangle": 18}
+
+
+# --- the window ----------------------------------------------------------------------------------
+
+
+def table_counts(win) -> list[dict]:
+    """The data panel's class table as the scan's class_counts() rows."""
+    model = win.data_panel.class_model
+    return [{"class": model.index(r, 0).data(), "train": int(model.index(r, 1).data().replace(",", "")),
+             "val": int(model.index(r, 2).data().replace(",", ""))} for r in range(model.rowCount())]
+
+
+def fresh_scan_counts(win, data: Path) -> list[dict]:
+    config = win.session.config()
+    return scan_dataset(data, config.data.val_fraction, config.train.seed).class_counts()
+
+
+def wait_listed(qtbot, win, data: Path, expected: dict[str, int]) -> None:
+    """Until the class table shows `expected` totals; then it must be what a fresh scan of the folder says."""
+    qtbot.waitUntil(lambda: win.session.dataset.scan is not None and totals(table_counts(win)) == expected,
+                    timeout=30_000)
+    assert table_counts(win) == fresh_scan_counts(win, data)
+
+
+def a_run_that_predicted_every_image(win, data: Path) -> RunFolder:
+    """A run folder (no training) whose validation predictions are every image, each predicted right."""
+    import torch
+
+    from app.session import WINDOW_DEFAULTS
+    from dataclasses import replace
+    from engine.evaluation import prediction_records, write_predictions
+
+    scan = scan_dataset(data, 0.0, 0)
+    paths = [Path(s.path).relative_to(data).as_posix() for s in scan.train]
+    labels = torch.tensor([s.label for s in scan.train])
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 4 + torch.rand(len(labels), 3)
+    folder = RunFolder(win.runs_root() / "predicted")
+    config = replace(WINDOW_DEFAULTS, data=replace(WINDOW_DEFAULTS.data, root=str(data))).to_dict()
+    folder.write_record({"config": config, "class_names": list(scan.class_names), "status": "finished"})
+    write_predictions(folder.predictions_path, prediction_records(paths, labels, logits, list(scan.class_names)))
+    return folder
+
+
+def menu_action(menu, text: str):
+    return next(action for action in menu.actions() if action.text() == text)
+
+
+def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, window, tmp_path):
+    from PySide6.QtCore import QItemSelectionModel
+
+    data = tiny_dataset(tmp_path / "data")
+    original = tree(data)
+    window.open_folder(str(data))
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    window.insight_session.open_insight(a_run_that_predicted_every_image(window, data))
+    insight, gallery = window.insight, window.insight.gallery
+    qtbot.waitUntil(lambda: insight.matrix_model.rowCount() == 3, timeout=20_000)
+    insight.show_cell(0, 0)  # circle predicted as circle: its 8 images
+    assert gallery.model().rowCount() == 8
+    for row in (0, 2, 5):
+        gallery.selectionModel().select(gallery.model().index(row), QItemSelectionModel.SelectionFlag.Select)
+    chosen = [Path(p).relative_to(data.resolve()).as_posix() for p in gallery.selected_paths()]
+    assert len(chosen) == 3
+
+    menu_action(insight.mend.move_menu, "triangle").trigger()
+    wait_listed(qtbot, window, data, {"circle": 5, "square": 8, "triangle": 11})
+    moved = {**{p: h for p, h in original.items() if p not in chosen},
+             **{f"triangle/{Path(p).name}": original[p] for p in chosen}}
+    assert tree(data) == moved  # the same bytes, under their new class
+    assert sorted(r.true for r in gallery.model().records()).count("triangle") == 3  # rows follow their files
+    assert window.undo_action.isEnabled() and "Move 3 image(s) to triangle" in window.session.plan_history.undoText()
+
+    window.undo_action.trigger()
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    assert tree(data) == original
+    assert {r.true for r in gallery.model().records()} == {"circle"}
+
+    window.redo_action.trigger()
+    wait_listed(qtbot, window, data, {"circle": 5, "square": 8, "triangle": 11})
+    assert tree(data) == moved
+
+
+def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, window, tmp_path,
+                                                                         resnet18_weights_file):
+    data = tiny_dataset(tmp_path / "data")
+    original = tree(data)
+    session = window.session
+    session.set_arch("resnet18")
+    session.set_weights(str(resnet18_weights_file))
+    session.update_data({"image_size": 32})
+    session.update_train({"device": "cpu"})
+    window.open_folder(str(data))
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    view = window.suspects_view
+    with qtbot.waitSignal(window.suspect_finder.found, timeout=60_000):
+        view.find_button.click()
+        assert not view.find_button.isEnabled() and view.stop_button.isEnabled()  # busy, off the GUI thread
+    model = view.model
+    assert model.rowCount() == 24 and "out-of-sample" in view.note.text()  # the source is said
+    probabilities = [model.suspect(r)["probability"] for r in range(24)]
+    assert probabilities == sorted(probabilities)  # most suspect first
+    qtbot.waitUntil(lambda: model.cache.get(model.absolute_path(0)) is not None, timeout=20_000)
+
+    view.table.selectRow(0)
+    view.table.selectionModel().select(model.index(1, 0), view.table.selectionModel().SelectionFlag.Select
+                                       | view.table.selectionModel().SelectionFlag.Rows)
+    chosen = [model.suspect(r) for r in (0, 1)]
+    view.mend.exclude_button.click()
+    expected = {name: 8 - sum(s["given"] == name for s in chosen) for name in ("circle", "square", "triangle")}
+    wait_listed(qtbot, window, data, expected)
+    excluded = {f"_excluded/{s['given']}/{Path(s['path']).name}": original[s["path"]] for s in chosen}
+    assert tree(data) == {**{p: h for p, h in original.items() if p not in {s["path"] for s in chosen}}, **excluded}
+    assert [model.suspect(r)["given"] for r in (0, 1)] == ["excluded", "excluded"]  # rows follow their files
+
+    window.undo_action.trigger()
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    assert tree(data) == original and [model.suspect(r)["path"] for r in (0, 1)] == [s["path"] for s in chosen]
+
+
+def test_opening_a_dataset_completes_what_a_crash_left_half_done(qtbot, window, tmp_path, monkeypatch):
+    from engine import dataset_edits
+
+    data = tiny_dataset(tmp_path / "data")
+    original = tree(data)
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # the process dies after the journal entry, before any file moves
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(dataset_edits, "move_file", crash)
+        relabel(data, ["circle/circle_0000.png", "circle/circle_0001.png"], "square")
+    assert tree(data) == original  # half-done: planned, nothing moved yet
+
+    window.open_folder(str(data))
+    wait_listed(qtbot, window, data, {"circle": 6, "square": 10, "triangle": 8})  # completed before listing
+    assert "half-done" in window.statusBar().currentMessage()
+    assert set(tree(data).values()) == set(original.values())  # nothing lost

@@ -8,6 +8,7 @@ recent ones in a small cache, so clicking back and forth between cells decodes n
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, Qt, Signal
@@ -79,6 +80,23 @@ class GalleryModel(QAbstractListModel):
     def records(self) -> list:
         return list(self._records)
 
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def apply_moves(self, moves: list[tuple[str, str]], class_of) -> None:
+        """Rows follow their files after a move ((from, to) relative to the root): the new path, and
+        as true class `class_of(new path)`, so the row shows the label it has now."""
+        destination = dict(moves)
+        for row, record in enumerate(self._records):
+            if record.path in destination:
+                new = destination[record.path]
+                self._records[row] = replace(record, path=new, true=class_of(new))
+                self.dataChanged.emit(self.index(row), self.index(row))
+        missing = [p for p in map(self.absolute_path, range(len(self._records))) if p not in self.cache]
+        if missing:
+            self.thumbnails_wanted.emit(missing)
+
     def record(self, row: int):
         return self._records[row]
 
@@ -122,8 +140,9 @@ class GalleryView(QListView):
         self.setMovement(QListView.Movement.Static)
         self.setUniformItemSizes(True)
         self.setWordWrap(True)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.setToolTip("The images of the chosen cell, highest loss first. Right-click one for its Grad-CAM.")
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)  # move or exclude several at once
+        self.setToolTip("The images of the chosen cell, highest loss first. Right-click for Grad-CAM, or to move "
+                        "the selected images to another class or exclude them.")
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         explain = QAction("Show Grad-CAM", self)
         explain.triggered.connect(self.explain_current)
@@ -133,6 +152,9 @@ class GalleryView(QListView):
     def current_path(self) -> str:
         index = self.currentIndex()
         return index.data(GalleryModel.PathRole) if index.isValid() else ""
+
+    def selected_paths(self) -> list[str]:
+        return [index.data(GalleryModel.PathRole) for index in sorted(self.selectedIndexes(), key=QModelIndex.row)]
 
     def explain_current(self) -> None:
         path = self.current_path()

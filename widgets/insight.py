@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 from widgets.confusion import ConfusionMatrixModel, PerClassModel, confused_pairs_text
 from widgets.embedding_plot import EmbeddingPlot
 from widgets.gallery import GalleryModel, GalleryView
+from widgets.suspects_view import MendActions, class_of, same_folder
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
 
 CELL_SIDE = 34
@@ -40,6 +41,8 @@ class InsightView(QWidget):
     image_wanted = Signal(str)  # absolute image path: show it (a point of the embeddings map)
     try_image_requested = Signal(str)
     try_model_chosen = Signal(str)
+    move_requested = Signal(list, str)  # absolute paths of gallery images, the class to move them to
+    exclude_requested = Signal(list)  # absolute paths of gallery images
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -79,6 +82,9 @@ class InsightView(QWidget):
         self.cam_button.setToolTip("Where the model looked for the selected image's prediction (computed in the "
                                    "background from the run's best checkpoint).")
         self.cam_button.clicked.connect(self.gallery.explain_current)
+        self.mend = MendActions(self.gallery, self.gallery.selected_paths, "gallery")
+        self.mend.move_requested.connect(self.move_requested)
+        self.mend.exclude_requested.connect(self.exclude_requested)
         self.preview = QLabel()
         self.preview.setObjectName("camOverlayLabel")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -111,6 +117,10 @@ class InsightView(QWidget):
         images_layout.addLayout(left, 2)
         right = QVBoxLayout()
         right.addWidget(self.cam_button)
+        mending = QHBoxLayout()
+        mending.addWidget(self.mend.move_button)
+        mending.addWidget(self.mend.exclude_button)
+        right.addLayout(mending)
         right.addWidget(self.preview, 1)
         right.addWidget(self.preview_caption)
         images_layout.addLayout(right, 1)
@@ -183,6 +193,15 @@ class InsightView(QWidget):
 
     def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
         self.gallery_model.add_thumbnails(images)
+
+    def set_class_names(self, names: list[str]) -> None:
+        """The open dataset's classes: where "Move to class" can move gallery images."""
+        self.mend.set_class_names(names)
+
+    def apply_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
+        """Files of `root` moved ((from, to) relative to it): the gallery's rows follow them."""
+        if same_folder(root, self.gallery_model.root):
+            self.gallery_model.apply_moves(moves, class_of)
 
     def show_preview(self, image: QImage | None, caption: str) -> None:
         show_image(self.preview, image)

@@ -1,0 +1,152 @@
+"""The window's side of mending the data: relabel, exclude, undo and redo of the dataset's files,
+the repair of a half-done action when a dataset is opened, and finding suspects, all off the GUI
+thread as background tasks.
+
+The files' journal (engine.dataset_edits, in the dataset folder) is the record of what was done;
+the window's undo stack only holds one DataEdit per action, whose undo()/redo() ask the journal to
+undo or redo it. Edits run one at a time: a second asked for while one runs is refused, so the
+journal never sees two at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from app.worker import BackgroundTasks
+from engine import dataset_edits
+from engine.config import RunConfig
+from engine.dataset_edits import Action
+from widgets.gallery import thumbnails
+
+BUSY = "A change of the dataset's files is still being made: try again in a moment."
+
+
+class DataEdit(QUndoCommand):
+    """One journal action on the undo stack. Pushed after the action was done, so its first
+    redo() (QUndoStack.push calls it) does nothing; later ones redo it through the journal."""
+
+    def __init__(self, edits: DataEdits, root: str, text: str):
+        super().__init__(text)
+        self._edits, self._root = edits, root
+        self._pushed = False
+
+    def redo(self) -> None:
+        if self._pushed:
+            self._edits.run_journal(self._root, dataset_edits.redo)
+        self._pushed = True
+
+    def undo(self) -> None:
+        self._edits.run_journal(self._root, dataset_edits.undo)
+
+
+def action_text(action: Action) -> str:
+    """The undo stack's name for an action (Edit ▸ Undo says it)."""
+    n = len(action.moves)
+    return f"Move {n} image(s) to {action.target}" if action.kind == "relabel" else f"Exclude {n} image(s)"
+
+
+class DataEdits(QObject):
+    """Moves of the dataset's files, journalled and undoable, done off the GUI thread."""
+
+    edited = Signal(str, object)  # the dataset folder, the engine's Action (its moves relative to the folder)
+    repaired = Signal(str)  # one line: what a crash had left half-done and was completed
+    failed = Signal(str)  # one line
+
+    def __init__(self, tasks: BackgroundTasks, history: QUndoStack, parent=None):
+        super().__init__(parent)
+        self.tasks, self.history = tasks, history
+        self.busy = False
+
+    def relabel(self, root: str, paths: list[str], class_name: str) -> None:
+        self._run(lambda: dataset_edits.relabel(root, paths, class_name), lambda action: self._done(root, action))
+
+    def exclude(self, root: str, paths: list[str]) -> None:
+        self._run(lambda: dataset_edits.exclude(root, paths), lambda action: self._done(root, action))
+
+    def run_journal(self, root: str, step: Callable[[str], Action]) -> None:
+        """Undo or redo the journal's last action (the undo stack's commands call this)."""
+        self._run(lambda: step(root), lambda action: self.edited.emit(root, action))
+
+    def repair(self, root: str, then: Callable[[], None]) -> None:
+        """Complete what a crash left half-done in `root`'s journal, then call `then` (which lists
+        the folder); a folder without a journal costs one look."""
+        def done(actions: list[Action]) -> None:
+            if actions:
+                self.repaired.emit(f"Completed what an interrupted edit left half-done in {Path(root).name}: "
+                                   + "; ".join(a.describe() for a in actions))
+            then()
+
+        def failed(message: str) -> None:
+            self.failed.emit(f"Could not check {Path(root).name}'s journal of edits: {message}")
+            then()
+
+        self.tasks.submit("data-repair", lambda: dataset_edits.repair(root) if Path(root).is_dir() else [],
+                          done, failed)
+
+    def _run(self, job: Callable[[], Action], on_done: Callable[[Action], None]) -> None:
+        if self.busy:
+            self.failed.emit(BUSY)
+            return
+        self.busy = True
+
+        def done(action: Action) -> None:
+            self.busy = False
+            on_done(action)
+
+        def failed(message: str) -> None:
+            self.busy = False
+            self.failed.emit(message)
+
+        self.tasks.submit("data-edit", job, done, failed)
+
+    def _done(self, root: str, action: Action) -> None:
+        self.history.push(DataEdit(self, root, action_text(action)))
+        self.edited.emit(root, action)
+
+
+class SuspectFinder(QObject):
+    """engine.suspects.find_suspects for the shown configuration, off the GUI thread; Stop ends it
+    between images."""
+
+    found = Signal(object, str)  # SuspectReport, the dataset folder its paths are relative to
+    failed = Signal(str)
+    thumbnails_ready = Signal(dict)
+
+    def __init__(self, tasks: BackgroundTasks, parent=None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self._stop = threading.Event()
+
+    def find(self, config: RunConfig, root: str, run_dir: str | None) -> None:
+        from engine.suspects import find_suspects
+
+        if not root:
+            self.failed.emit("Open a dataset first.")
+            return
+        self._stop = stop = threading.Event()  # a fresh flag per search: a Stop ends only the one it was for
+        replaced = self.tasks.obsolete("suspects")
+        data, model, train = config.data, config.model, config.train
+
+        def job():
+            return find_suspects(root, model.arch, model.weights, run_dir=run_dir, image_size=data.image_size,
+                                 batch_size=train.batch_size, val_fraction=data.val_fraction, seed=train.seed,
+                                 device=train.device, should_stop=lambda: stop.is_set() or replaced())
+
+        self.tasks.submit("suspects", job, lambda report: self.found.emit(report, root), self._failed)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _failed(self, message: str) -> None:
+        self.failed.emit("Stopped." if self._stop.is_set() else message)
+
+    def want_thumbnails(self, paths: list[str]) -> None:
+        stop_early = self.tasks.obsolete("suspect-thumbnails")
+        self.tasks.submit("suspect-thumbnails", lambda: thumbnails(paths, stop_early), self.thumbnails_ready.emit,
+                          lambda _: None)
+

@@ -1,0 +1,242 @@
+"""The Suspects tab (images most likely labelled wrong, most suspect first) and the mending actions
+it shares with the gallery: "Move to class …" and "Exclude" for the selected images.
+
+Views only: they show a report and ask for work through signals (find, stop, move, exclude,
+thumbnails); app.data_edit_session does the work off the GUI thread. After a move the rows follow
+their files (`apply_moves`), so the person sees the new label in place and Undo brings the old one back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from PySide6.QtCore import QModelIndex, QObject, QSize, Qt, Signal
+from PySide6.QtGui import QAction, QColor, QImage
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMenu, QPushButton, QTableView,
+                               QToolButton, QVBoxLayout, QWidget)
+
+from engine.dataset_edits import EXCLUDED
+from widgets.gallery import THUMB_SIZE, ThumbnailCache
+from widgets.row_table import RowTableModel
+
+EXCLUDED_LABEL = "excluded"
+MAX_SHOWN = 200  # the most suspect rows shown (and thumbnailed); a whole ranked dataset helps no one
+IDLE_TEXT = ("Find suspects ranks every image by how unlikely its label is, from the frozen trunk's features "
+             "(K-fold) or, without usable features, the shown run's validation predictions.")
+
+
+def class_of(rel: str) -> str:
+    """The class a dataset file now belongs to, from its path: its folder, or "excluded"."""
+    path = PurePosixPath(rel)
+    return EXCLUDED_LABEL if path.parts and path.parts[0] == EXCLUDED else path.parent.name
+
+
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    return bool(str(a)) and bool(str(b)) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+class MendActions(QObject):
+    """"Move to class …" (a submenu of the class names) and "Exclude" for the images a view has
+    selected: added to the view's context menu, and as two buttons to place beside it."""
+
+    move_requested = Signal(list, str)  # absolute image paths, the class to move them to
+    exclude_requested = Signal(list)  # absolute image paths
+
+    def __init__(self, view: QAbstractItemView, selected_paths: Callable[[], list[str]], name: str):
+        super().__init__(view)
+        self._selected_paths = selected_paths
+        self.move_menu = QMenu("Move to class", view)
+        self.move_menu.setObjectName(f"{name}MoveMenu")
+        move = QAction("Move to class", view)
+        move.setMenu(self.move_menu)
+        exclude = QAction("Exclude", view)
+        exclude.setObjectName(f"{name}ExcludeAction")
+        exclude.triggered.connect(self.exclude_selected)
+        view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        view.addAction(move)
+        view.addAction(exclude)
+        self.move_button = QToolButton()
+        self.move_button.setObjectName(f"{name}MoveButton")
+        self.move_button.setText("Move to class")
+        self.move_button.setMenu(self.move_menu)
+        self.move_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.move_button.setToolTip("Move the selected images into another class folder (Ctrl+Z undoes).")
+        self.exclude_button = QPushButton("Exclude")
+        self.exclude_button.setObjectName(f"{name}ExcludeButton")
+        self.exclude_button.setToolTip("Set the selected images aside in the dataset's _excluded folder, which "
+                                       "training ignores; nothing is deleted (Ctrl+Z undoes).")
+        self.exclude_button.clicked.connect(self.exclude_selected)
+        self.set_class_names([])
+
+    def set_class_names(self, names: list[str]) -> None:
+        self.move_menu.clear()
+        for name in names:
+            self.move_menu.addAction(name).triggered.connect(lambda _=False, n=name: self.move_selected(n))
+        self.move_menu.setEnabled(bool(names))
+        self.move_button.setEnabled(bool(names))
+
+    def move_selected(self, class_name: str) -> None:
+        paths = self._selected_paths()
+        if paths:
+            self.move_requested.emit(paths, class_name)
+
+    def exclude_selected(self) -> None:
+        paths = self._selected_paths()
+        if paths:
+            self.exclude_requested.emit(paths)
+
+
+class SuspectsModel(RowTableModel):
+    """One row per suspect: thumbnail, path, given class, likely class, probability of the given one."""
+
+    HEADERS = ("Image", "Path", "Given", "Likely", "Probability")
+    thumbnails_wanted = Signal(list)  # absolute paths not in the cache
+    PathRole = Qt.ItemDataRole.UserRole
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.root = ""
+        self.cache = ThumbnailCache()
+        self._placeholder = QImage(THUMB_SIZE, THUMB_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
+        self._placeholder.fill(QColor(220, 222, 226))
+
+    def set_suspects(self, suspects: list[dict], root: str) -> None:
+        """`suspects`: engine.suspects' rows ({"path", "given", "likely", "probability"}), paths relative to `root`."""
+        self.root = root
+        self.set_items(dict(s) for s in suspects)
+        missing = [p for p in map(self.absolute_path, range(self.rowCount())) if p not in self.cache]
+        if missing:
+            self.thumbnails_wanted.emit(missing)
+
+    def suspect(self, row: int) -> dict:
+        return dict(self._items[row])
+
+    def absolute_path(self, row: int) -> str:
+        return str(Path(self.root) / self._items[row]["path"])
+
+    def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
+        for path, image in images.items():
+            self.cache.put(path, image)
+        if self._items:
+            self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, 0),
+                                  [Qt.ItemDataRole.DecorationRole])
+
+    def apply_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
+        """Rows follow their files: (from, to) paths relative to `root`, as the journal records them."""
+        if not same_folder(root, self.root):
+            return
+        destination = dict(moves)
+        for row, item in enumerate(self._items):
+            if item["path"] in destination:
+                item["path"] = destination[item["path"]]
+                item["given"] = class_of(item["path"])
+                self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+        missing = [p for p in map(self.absolute_path, range(self.rowCount())) if p not in self.cache]
+        if missing:
+            self.thumbnails_wanted.emit(missing)
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        item, column = self._items[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole and column:
+            if column == 4:
+                return f"{item['probability']:.1%}"
+            return item[("path", "given", "likely")[column - 1]]
+        if role == Qt.ItemDataRole.DecorationRole and column == 0:
+            return self.cache.get(self.absolute_path(index.row())) or self._placeholder
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return (f"{item['path']}\ngiven: {item['given']}, likely: {item['likely']}\n"
+                    f"probability of the given class: {item['probability']:.1%}")
+        if role == self.PathRole:
+            return self.absolute_path(index.row())
+        return None
+
+
+class SuspectsView(QWidget):
+    find_requested = Signal()
+    stop_requested = Signal()
+    thumbnails_wanted = Signal(list)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("suspectsPanel")
+        self.model = SuspectsModel(self)
+        self.model.thumbnails_wanted.connect(self.thumbnails_wanted)
+        self.table = QTableView()
+        self.table.setObjectName("suspectsView")
+        self.table.setModel(self.model)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(THUMB_SIZE + 4)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.mend = MendActions(self.table, self.selected_paths, "suspects")
+        self.find_button = QPushButton("Find suspects")
+        self.find_button.setObjectName("findSuspectsButton")
+        self.find_button.setToolTip("Rank the open dataset's images by how unlikely their label is (in the "
+                                    "background; the model and weights chosen on the left).")
+        self.find_button.clicked.connect(self.find_requested)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopSuspectsButton")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.note = QLabel(IDLE_TEXT)
+        self.note.setObjectName("suspectsNoteLabel")
+        self.note.setWordWrap(True)
+        top = QHBoxLayout()
+        top.addWidget(self.find_button)
+        top.addWidget(self.stop_button)
+        top.addStretch(1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.mend.move_button)
+        bottom.addWidget(self.mend.exclude_button)
+        bottom.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.note)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(bottom)
+
+    def selected_paths(self) -> list[str]:
+        rows = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        return [self.model.absolute_path(row) for row in rows]
+
+    def set_class_names(self, names: list[str]) -> None:
+        self.mend.set_class_names(names)
+
+    def show_busy(self, text: str) -> None:
+        self.find_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.note.setText(text)
+
+    def show_report(self, report, root: str) -> None:
+        """An engine.suspects.SuspectReport of the dataset at `root`: its source note says how it was found."""
+        self.find_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        shown = list(report.suspects[:MAX_SHOWN])
+        self.model.set_suspects(shown, root)
+        lines = [report.note]
+        if len(report.suspects) > len(shown):
+            lines.append(f"the {len(shown)} most suspect of {len(report.suspects)} shown")
+        if report.duplicates:
+            first = report.duplicates[0]
+            lines.append(f"{len(report.duplicates)} near-duplicate pair(s) across classes or splits, e.g. "
+                         f"{first[0]} and {first[1]} ({first[2]:.3f})")
+        self.note.setText("; ".join(lines))
+
+    def show_failure(self, message: str) -> None:
+        self.find_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.note.setText(message)
+
+    def add_thumbnails(self, images: dict) -> None:
+        self.model.add_thumbnails(images)
+
+    def apply_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
+        self.model.apply_moves(root, moves)
