@@ -18,10 +18,10 @@ from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, 
 from engine.errors import RunFailed, UserError, out_of_memory_message
 from engine.export import ParityError
 
-from app import cli_data, cli_guidance, cli_insight
+from app import cli_cluster, cli_data, cli_guidance, cli_insight
 
 # Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
-COMMAND_MODULES = (cli_insight, cli_guidance, cli_data)
+COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster)
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -183,6 +183,9 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Export checkpoint…", self.export_checkpoint, "Ctrl+E",
                                          "Export the run's best checkpoint to PyTorch, safetensors, TorchScript or ONNX."))
+        file_menu.addAction(self._action("Export c&luster job…", self.export_cluster_job, None,
+                                         "Save the configuration as a project and write a SLURM job script that "
+                                         "trains it on several nodes (srun + torchrun)."))
         file_menu.addAction(self._action("Try an &image…", self.insight.choose_try_image, "Ctrl+I",
                                          "Classify an image with the run's best checkpoint and see where it looked."))
         file_menu.addSeparator()
@@ -627,6 +630,14 @@ class MainWindow(QMainWindow):
         self.export_dialog = ExportDialog(str(checkpoint), meta, folder, self)
         self.export_dialog.export_requested.connect(self.session.export)
         self.export_dialog.open()
+
+    @Slot()
+    def export_cluster_job(self) -> None:
+        """File > Export cluster job…: the dialog saves the shown configuration as a project, then its script."""
+        from widgets.cluster_dialog import ClusterDialog
+
+        folder = Path(self.settings.value("paths/last_project_dir", str(Path.home())))
+        ClusterDialog(str(folder / "cluster-job.tsproj.json"), self.save_project, self).open()  # deletes itself on close
 
     @Slot(str, list)
     def _on_exported(self, folder: str, reports: list) -> None:
