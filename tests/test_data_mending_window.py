@@ -221,3 +221,67 @@ def test_opening_a_dataset_completes_what_a_crash_left_half_done(qtbot, window, 
     wait_listed(qtbot, window, data, {"circle": 6, "square": 10, "triangle": 8})  # completed before listing
     assert "half-done" in window.statusBar().currentMessage()
     assert set(tree(data).values()) == set(original.values())  # nothing lost
+
+
+# --- train --folds -------------------------------------------------------------------------------
+
+
+def test_fold_scans_hold_every_image_out_once_with_every_class_in_every_fold(tmp_path):
+    from engine.folds import fold_scans
+
+    scan = scan_dataset(tiny_dataset(tmp_path / "data"), 0.25, 0)
+    scans = fold_scans(scan, 3, seed=0)
+    held = [s.path for fold in scans for s in fold.val]
+    assert sorted(held) == sorted(s.path for s in scan.train + scan.val)  # each image exactly once
+    for fold in scans:
+        assert {s.label for s in fold.val} == {0, 1, 2} and not {s.path for s in fold.val} & {s.path for s in fold.train}
+        assert len(fold.train) + len(fold.val) == 24
+
+
+def test_train_folds_reports_each_fold_and_mean_and_std_with_one_trunk_pass(tmp_path, resnet18_weights_file,
+                                                                           monkeypatch, capsys, one_intra_op_thread):
+    import json
+    import statistics
+
+    from app.cli import main
+
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "data")
+    through_trunk: list[str] = []
+    real_compute = run_setup.compute_features
+
+    def counting(model, head, loader, *args, **kwargs):
+        through_trunk.extend(sample.path for sample in loader.dataset.samples)
+        return real_compute(model, head, loader, *args, **kwargs)
+
+    monkeypatch.setattr(run_setup, "compute_features", counting)
+    out = tmp_path / "cv"
+    code = main(["train", "--data", str(data), "--weights", str(resnet18_weights_file), "--strategy",
+                 "feature-extraction", "--augment", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+                 "--device", "cpu", "--precision", "off", "--base-lr", "0.01", "--folds", "3", "--out", str(out),
+                 "--json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    report = json.loads(lines[-1])
+    assert [f["fold"] for f in report["folds"]] == [1, 2, 3] and report["complete"]
+    assert sum(f["val_images"] for f in report["folds"]) == 24
+    accuracies = [f["val_accuracy"] for f in report["folds"]]
+    assert all(0 <= a <= 1 for a in accuracies)
+    assert report["mean_val_accuracy"] == pytest.approx(statistics.fmean(accuracies))
+    assert report["std_val_accuracy"] == pytest.approx(statistics.stdev(accuracies))
+    assert [line.split(":")[0] for line in lines[:3]] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    assert "mean ± standard deviation over 3 folds" in lines[3]
+    assert sorted(through_trunk) == sorted(str(p) for p in data.rglob("*.png"))  # the trunk ran once per image
+    assert json.loads((out / "folds.json").read_text()) == report
+    assert all((out / f"fold-{k}" / "run.json").is_file() for k in (1, 2, 3))
+
+
+@pytest.mark.parametrize("flags, said", [(["--folds", "9"], "smallest class has 8"),
+                                         (["--folds", "3", "--resume", "x"], "cannot continue")])
+def test_train_folds_refuses_what_cannot_work_in_one_line(tmp_path, capsys, flags, said):
+    from app.cli import main
+
+    data = tiny_dataset(tmp_path / "data")
+    code = main(["train", "--data", str(data), "--weights", "none", "--device", "cpu", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and said in err[0] and err[0].startswith("transfer-studio: error:")
