@@ -155,6 +155,8 @@ def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, win
     assert tree(data) == moved  # the same bytes, under their new class
     assert sorted(r.true for r in gallery.model().records()).count("triangle") == 3  # rows follow their files
     assert window.undo_action.isEnabled() and "Move 3 image(s) to triangle" in window.session.plan_history.undoText()
+    insight.show_cell(0, 0)  # the cell again: what the run saw, its images found where they are now
+    assert sorted(Path(r.path).parent.name for r in gallery.model().records()).count("triangle") == 3
 
     window.undo_action.trigger()
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})

@@ -8,6 +8,7 @@ points, images made elsewhere) and asks for the rest through signals; it reads n
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -200,8 +201,13 @@ class InsightView(QWidget):
 
     def apply_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
         """Files of `root` moved ((from, to) relative to it): the gallery's rows follow them."""
-        if same_folder(root, self.gallery_model.root):
-            self.gallery_model.apply_moves(moves, class_of)
+        if not same_folder(root, self._root) or self._evaluation is None:
+            return
+        self.gallery_model.apply_moves(moves, class_of)
+        # The cells count what the run saw; their images are found where they are now.
+        destination = dict(moves)
+        records = [replace(r, path=destination.get(r.path, r.path)) for r in self._evaluation.records]
+        self._evaluation = replace(self._evaluation, records=records)
 
     def show_preview(self, image: QImage | None, caption: str) -> None:
         show_image(self.preview, image)
