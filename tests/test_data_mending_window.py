@@ -287,3 +287,72 @@ def test_train_folds_refuses_what_cannot_work_in_one_line(tmp_path, capsys, flag
     code = main(["train", "--data", str(data), "--weights", "none", "--device", "cpu", *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and said in err[0] and err[0].startswith("transfer-studio: error:")
+
+
+# --- the views and the finder on their own -------------------------------------------------------
+
+
+def test_the_suspects_model_passes_the_model_tester_and_rows_follow_their_files(qtmodeltester, tmp_path):
+    from widgets.suspects_view import SuspectsModel
+
+    model = SuspectsModel()
+    rows = [{"path": "cat/a.png", "given": "cat", "likely": "dog", "probability": 0.1},
+            {"path": "dog/b.png", "given": "dog", "likely": "dog", "probability": 0.9}]
+    model.set_suspects(rows, str(tmp_path))
+    qtmodeltester.check(model)
+    model.apply_moves(str(tmp_path), [("cat/a.png", "dog/a.png"), ("dog/b.png", "_excluded/dog/b.png")])
+    assert [(model.suspect(r)["path"], model.suspect(r)["given"]) for r in (0, 1)] == [
+        ("dog/a.png", "dog"), ("_excluded/dog/b.png", "excluded")]
+    model.apply_moves(str(tmp_path / "elsewhere"), [("dog/a.png", "cat/a.png")])  # another dataset's files
+    assert model.suspect(0)["path"] == "dog/a.png"
+
+
+def test_stop_ends_a_suspects_search_in_progress(qtbot, monkeypatch, tmp_path):
+    import threading
+
+    from app.data_edit_session import SuspectFinder
+    from app.worker import BackgroundTasks
+    from engine import suspects
+    from engine.run_setup import Stopped
+
+    searching = threading.Event()
+
+    def endless(*args, should_stop, **kwargs):
+        searching.set()
+        while not should_stop():
+            searching.wait(0.01)
+        raise Stopped
+
+    monkeypatch.setattr(suspects, "find_suspects", endless)
+    tasks = BackgroundTasks()
+    finder = SuspectFinder(tasks)
+    try:
+        with qtbot.waitSignal(finder.failed, timeout=10_000) as failed:
+            finder.find(RunConfig(), str(tmp_path), None)
+            qtbot.waitUntil(searching.is_set, timeout=5_000)
+            finder.stop()
+        assert failed.args == ["Stopped."]
+    finally:
+        tasks.shutdown()
+
+
+def test_images_are_not_moved_while_a_run_trains(qtbot, window, tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    original = tree(data)
+    session = window.session
+    session.set_weights("none")
+    session.update_data({"image_size": 32})
+    session.update_train({"epochs": 200, "batch_size": 8, "device": "cpu"})
+    session.apply_preset("feature-extraction")
+    window.open_folder(str(data))
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    qtbot.waitUntil(lambda: window.is_ready, timeout=30_000)
+    with qtbot.waitSignal(window.controller.run_started, timeout=60_000):
+        window.start_training()
+    session.relabel_images([str(data / "circle" / "circle_0000.png")], "square")
+    assert "A run is in progress" in window.statusBar().currentMessage()
+    session.exclude_images([str(data / "circle" / "circle_0001.png")])
+    assert "A run is in progress" in window.statusBar().currentMessage()
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
+        window.stop_training()
+    assert tree(data) == original and not (data / JOURNAL_NAME).exists()
