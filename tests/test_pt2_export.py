@@ -100,7 +100,14 @@ def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp
     changed = tmp_path / "changed.pt2"
     torch.export.save(program, str(changed), extra_files={"transfer_studio.json": json.dumps(meta)})
     with pytest.raises(UntrustedFileError):
-        load_any(changed)  # the window's loader (app.insight_session) refuses it the same way
+        load_any(changed)
+    # The window's Try an image loads through the same check (in a background task; its error is shown).
+    from app.insight_session import LoadedModels, classify_image
+
+    with pytest.raises(UntrustedFileError):
+        classify_image(LoadedModels(), changed, image)
+    top, overlay, note = classify_image(LoadedModels(), mine, image)
+    assert top[0][0] in load_classifier(trained).class_names and overlay is None and "exported" in note
     assert main(["predict", str(changed), image]) == 2
     _one_error_line(capsys.readouterr().err)
     assert main(["predict", str(changed), image, "--trust", "--json"]) == 0
