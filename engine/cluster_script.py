@@ -93,7 +93,10 @@ def cluster_job(project: str | Path, nodes: int, gpus_per_node: int, *, run_dir:
     if time_limit is not None:
         parse_time_limit(time_limit)
     stem = project.name.split(".")[0] or "project"
-    run_dir = Path(run_dir).expanduser().absolute() if run_dir else project.parent / "runs" / f"{stem}-cluster"
+    if not run_dir:  # the project's own output folder when it names one absolutely, else one beside the project
+        named = Path(config.out_dir).expanduser() if config.out_dir else None
+        run_dir = named if named and named.is_absolute() else project.parent / "runs" / f"{stem}-cluster"
+    run_dir = Path(run_dir).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"the run folder {run_dir} is a file")
     job_name = "ts-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "project")

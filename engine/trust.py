@@ -71,7 +71,7 @@ def check_trusted(data: bytes, path: Path, trust: bool) -> None:
         return
     raise UntrustedFileError(
         f"{path} was not exported by this installation (its SHA-256 is not in {registry_path()}), and "
-        f"loading a .pt2 file unpickles, which can run code; if you trust its source, pass --trust")
+        f"loading a .pt2 file unpickles, which can run code; if you trust its source: transfer-studio predict --trust")
 
 
 @contextlib.contextmanager

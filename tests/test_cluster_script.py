@@ -42,6 +42,11 @@ def test_the_script_passes_bash_n_and_names_srun_torchrun_nodes_and_project(proj
     assert main(["cluster-script", "--project", str(project), "--nodes", "1", "--gpus-per-node", "1"]) == 0
     printed = capsys.readouterr().out
     assert "--partition" not in printed and "--time" not in printed and "--nodes=1" in printed
+    assert f"RUN_DIR={shlex.quote(str(project.parent / 'runs' / 'birds-cluster'))}" in printed
+    # A project that names its output folder: the run goes there.
+    save_project(project, RunConfig(data=DataConfig(root=str(tmp_path / "data")), out_dir=str(tmp_path / "out")))
+    assert main(["cluster-script", "--project", str(project), "--nodes", "1", "--gpus-per-node", "1"]) == 0
+    assert f"RUN_DIR={shlex.quote(str(tmp_path / 'out'))} " in capsys.readouterr().out
 
 
 def _fake_slurm(tmp_path) -> dict:
