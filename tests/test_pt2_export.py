@@ -75,6 +75,21 @@ def test_pt2_passes_the_parity_gate_and_loads_in_a_fresh_interpreter(trained, re
     assert result["classes"] == classifier.class_names and result["crop"] == classifier.preprocessing.crop
 
 
+def test_the_export_dialogs_pt2_snippet_runs(trained, data, registry, tmp_path):
+    from widgets.export_dialog import loading_snippet
+
+    out = export(trained, "pt2", tmp_path / "model.pt2", parity_batch(trained, 2)).path
+    classifier = load_classifier(trained)
+    meta = {"arch": classifier.arch, "class_names": classifier.class_names,
+            "preprocessing": classifier.preprocessing.to_dict()}
+    (tmp_path / "image.jpg").write_bytes(next(data.glob("*/*.png")).read_bytes())  # PIL reads it by its content
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", loading_snippet("pt2", out, meta)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in classifier.class_names
+
+
 def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp_path, monkeypatch, capsys):
     image = str(next(data.glob("*/*.png")))
     # Exported while the registry was elsewhere: this installation's registry never saw it.
