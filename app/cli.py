@@ -147,6 +147,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
     p.add_argument("--events-jsonl", action="store_true",
                    help="print every event (status, started, batch, epoch, result or failed) as one JSON line on stdout")
+    p.add_argument("--control-file", metavar="FILE",
+                   help="pause, continue or stop the run by writing 'pause', 'run' or 'stop' into FILE "
+                        "(every process reads it; they act at the same step)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train as N local processes through torchrun (DistributedDataParallel; gloo on CPU, one GPU "
                         "each on CUDA); under torchrun itself, rank and world size come from its environment")
@@ -361,6 +364,7 @@ def _train(args, argv: list[str]) -> int:
     from engine.distributed import ProcessGroup
     from engine.event_lines import EventLines
     from engine.events import Callbacks
+    from engine.remote_control import FileControl
     from engine.run_setup import select_device
     from engine.trainer import fit
 
@@ -375,9 +379,10 @@ def _train(args, argv: list[str]) -> int:
     group = ProcessGroup.from_env()
     progress = ProgressPrinter(sys.stderr) if group.is_main else Callbacks()  # rank 0 alone prints
     events = EventLines(sys.stdout, progress) if args.events_jsonl and group.is_main else None
+    control = FileControl(args.control_file, group) if args.control_file else None
     try:
         with group.started(select_device(config.train.device).type):
-            result = fit(config, events or progress, resume=bool(args.resume), group=group)
+            result = fit(config, events or progress, control, resume=bool(args.resume), group=group)
     except (UserError, RunFailed) as exc:
         if events:
             events.on_failed(str(exc))

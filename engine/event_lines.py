@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import IO
 
-from .events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
+from .events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted, SkippedFile
 
 
 class EventLines(Callbacks):
@@ -44,3 +44,47 @@ class EventLines(Callbacks):
 
     def on_failed(self, message: str) -> None:
         self.write("failed", {"error": message})
+
+
+def _layers(raw: dict) -> dict[str, LayerStats]:
+    return {name: LayerStats(**stats) for name, stats in (raw or {}).items()}
+
+
+def _fit_result(raw: dict) -> FitResult:
+    integrity = raw.get("integrity")
+    return FitResult(
+        run_dir=raw["run_dir"], checkpoint=raw["checkpoint"], best_epoch=raw["best_epoch"],
+        best_val_accuracy=raw["best_val_accuracy"], epochs_run=raw["epochs_run"], seconds=raw["seconds"],
+        images_per_second=raw["images_per_second"], stopped=raw["stopped"],
+        skipped=tuple(SkippedFile(**s) for s in raw.get("skipped", ())),
+        integrity=None if integrity is None else IntegrityReport(
+            epoch=integrity["last_checked_epoch"], checked=integrity["checked"], changed=tuple(integrity["changed"])))
+
+
+def _epoch_event(raw: dict) -> EpochEvent:
+    integrity = raw.get("integrity")
+    return EpochEvent(**{**raw, "newly_unfrozen": tuple(raw.get("newly_unfrozen", ())), "layers": _layers(raw.get("layers")),
+                         "integrity": None if integrity is None else IntegrityReport(
+                             **{**integrity, "changed": tuple(integrity["changed"])})})
+
+
+_READERS = {
+    "status": lambda raw: (raw["text"], raw["done"], raw["total"]),
+    "started": lambda raw: RunStarted(**{**raw, "class_names": tuple(raw["class_names"]), "notes": tuple(raw["notes"])}),
+    "batch": lambda raw: BatchEvent(**{**raw, "layers": _layers(raw.get("layers"))}),
+    "epoch": _epoch_event,
+    "result": _fit_result,
+    "failed": lambda raw: raw["error"],
+}
+
+
+def read_event_line(line: str) -> tuple[str, object] | None:
+    """The (kind, value) an EventLines line carries: the event's dataclass (a status is its
+    (text, done, total), a failure its message); None for a line that is not one (a rank's stray
+    print, a version mismatch)."""
+    try:
+        raw = json.loads(line)
+        kind = raw.pop("event")
+        return kind, _READERS[kind](raw)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

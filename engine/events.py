@@ -176,3 +176,8 @@ class TrainingControl:
     def wait_while_paused(self) -> None:
         while not self._running.wait(timeout=0.1):
             pass
+
+    def check_step(self, step: int, steps: int) -> bool:
+        """Called before each training step (1-based, of `steps`): waits while paused; True: stop now."""
+        self.wait_while_paused()
+        return self.stop_requested

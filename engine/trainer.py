@@ -281,8 +281,7 @@ class EpochLoop:
                 except StopIteration:
                     break
                 data_seconds += time.perf_counter() - wait_start
-                self.control.wait_while_paused()
-                if self.control.stop_requested:
+                if self.control.check_step(step + 1, self.steps_per_epoch):
                     raise Stopped
                 step += 1
                 loss, logits = self._step(x, y)
