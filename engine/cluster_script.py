@@ -77,7 +77,7 @@ def cluster_job(project: str | Path, nodes: int, gpus_per_node: int, *, run_dir:
     config = load_project(project)  # one line naming the file and the field when it is not a valid project
     root = config.data.root
     if root and not Path(root).expanduser().is_absolute():
-        raise UserError(f"{project.name}: the dataset folder '{root}' is relative; on a cluster give an absolute "
+        raise UserError(f"{project.name}: the dataset folder {root!r} is relative; on a cluster give an absolute "
                         f"path on storage every node sees")
     if not 1 <= nodes <= MAX_NODES:
         raise UserError(f"--nodes must be between 1 and {MAX_NODES:,}, got {nodes}")
