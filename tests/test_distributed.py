@@ -1,0 +1,327 @@
+"""Distributed training: 2 CPU ranks (gloo), tiny generated data, few multi-process runs.
+
+Two ranks are started twice: once by torch.multiprocessing (`two_rank_runs`, which records what
+each rank sampled, opened for writing and ended with), once by `train --nproc 2` through
+torchrun's launcher (`cli_runs`, with a 1-process run of the same recipe and a resume in one
+process). Each of these runs is asserted on by several tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
+from engine.distributed import SINGLE, ProcessGroup
+from engine.errors import UserError
+from engine.integrity import fingerprint
+from engine.launch import without_option
+from engine.sharding import interleaved, per_rank_batch_size, rank_batches, validation_share
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.01", "--lr", "conv1=1e-5", "--lr", "layer1=1e-5",
+                    "--lr", "layer2=5e-5", "--lr", "layer3=1e-4", "--lr", "layer4=5e-4", "--lr", "fc=1e-3"]
+
+
+# --- sharding, without processes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, batch, world", [(30, 8, 2), (31, 8, 2), (33, 8, 2), (29, 12, 3), (7, 8, 4), (2, 4, 2)])
+def test_every_sample_of_an_epoch_goes_to_exactly_one_rank(n, batch, world):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    shares = [rank_batches(order, batch, rank, world) for rank in range(world)]
+    seen = torch.cat([idx for share in shares for idx in share]).tolist()
+    one_process = torch.cat(rank_batches(order, batch, 0, 1)).tolist()
+    assert sorted(seen) == sorted(one_process)  # nothing repeated, nothing padded, nothing else left out
+    assert len(seen) == len(set(seen))
+    steps = len(rank_batches(order, batch, 0, 1))
+    assert len(shares[0]) == steps  # rank 0 takes part in every global batch
+    for step in range(len(shares[-1])):  # each step trains on one process's global batch
+        together = sorted(torch.cat([share[step] for share in shares if step < len(share)]).tolist())
+        assert together == sorted(rank_batches(order, batch, 0, 1)[step].tolist())
+
+
+def test_validation_shares_put_back_in_order():
+    n, world = 11, 3
+    outputs = torch.arange(n * 2).view(n, 2) * 10
+    shares = [outputs[list(validation_share(n, rank, world))] for rank in range(world)]
+    assert sum(len(s) for s in shares) == n
+    assert torch.equal(interleaved(shares), outputs)
+
+
+def test_process_group_from_environment():
+    assert ProcessGroup.from_env({}) is SINGLE
+    group = ProcessGroup.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (group.world_size, group.rank, group.local_rank, group.is_main, group.is_distributed) == (4, 3, 1, False, True)
+    with pytest.raises(UserError, match="inconsistent"):
+        ProcessGroup.from_env({"WORLD_SIZE": "2", "RANK": "2"})
+    with pytest.raises(UserError, match="whole numbers"):
+        ProcessGroup.from_env({"WORLD_SIZE": "two"})
+    # One process: no process group, no wrapper, no collective.
+    module = torch.nn.Linear(2, 2)
+    assert SINGLE.wrap(module, torch.device("cpu")) is module
+    assert SINGLE.gather_objects("x") == ["x"]
+    with SINGLE.started("cpu"):
+        assert not torch.distributed.is_initialized()
+
+
+def test_batch_size_is_global_and_split_evenly():
+    assert per_rank_batch_size(32, 2) == 16
+    with pytest.raises(UserError, match="multiple of 3"):
+        per_rank_batch_size(32, 3)
+
+
+def test_nproc_is_taken_out_of_the_command_for_the_ranks():
+    assert without_option(["--data", "d", "--nproc", "2", "--nproc=3", "--epochs", "1"], "--nproc") == \
+        ["--data", "d", "--epochs", "1"]
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def _colour_dataset(root: Path, per_class: int = 16) -> Path:
+    """3 classes told apart by colour under heavy noise: learnable in two short epochs."""
+    rng = np.random.default_rng(0)
+    for c, rgb in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    return _colour_dataset(tmp_path_factory.mktemp("colours") / "data")
+
+
+@pytest.fixture(scope="module")
+def isolated_env(tmp_path_factory) -> dict[str, str]:
+    """The caches of the processes these tests start (the autouse fixture sets them per test only)."""
+    base = tmp_path_factory.mktemp("distributed_caches")
+    return {"TORCH_HOME": str(base / "torch_home"), "TRANSFER_STUDIO_CACHE": str(base / "ts_cache"),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- two ranks in torch.multiprocessing, recorded ----------------------------------------------------
+
+def _written_path(event: str, args: tuple) -> str | None:
+    if event == "open" and args[0] is not None and not isinstance(args[0], int):
+        mode, flags = args[1], args[2]
+        writes = (mode and any(c in mode for c in "wax+")) or (
+            mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
+        return str(args[0]) if writes else None
+    if event in ("os.rename", "os.remove", "os.mkdir"):
+        return str(args[0 if event != "os.rename" else 1])
+    return None
+
+
+def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], report_dir: str, env: dict) -> None:
+    """One rank: train every config in turn, recording the batches it sampled, the files it
+    opened for writing and the fingerprint of every tensor its model ended with."""
+    os.environ.update(env)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import engine.batches
+    import engine.sharding
+    import engine.trainer
+
+    written: list[str] = []
+    sys.addaudithook(lambda event, args: written.append(p) if (p := _written_path(event, args)) else None)
+    sampled: list[list[list[int]]] = []  # one list per call: the epoch's batches of this rank
+
+    def recording(order, batch_size, r, w, original=engine.sharding.rank_batches):
+        parts = original(order, batch_size, r, w)
+        sampled.append([p.tolist() for p in parts])
+        return parts
+
+    engine.sharding.rank_batches = recording  # the image loader's sampler (RankEpochShuffle)
+    engine.batches.rank_batches = recording  # cached features (FeatureBatches)
+    models = []
+    original_set_up = engine.trainer.set_up
+
+    def keeping_model(*args, **kwargs):
+        run = original_set_up(*args, **kwargs)
+        models.append(run.model)
+        return run
+
+    engine.trainer.set_up = keeping_model
+    group = ProcessGroup.from_env()
+    report = {"rank": rank, "runs": []}
+    with group.started("cpu"):
+        for config in configs:
+            sampled.clear()
+            result = engine.trainer.fit(config, group=group)
+            report["runs"].append({
+                "result": result.summary(), "sampled": list(sampled),
+                "fingerprints": {k: fingerprint(v) for k, v in models[-1].state_dict().items()}})
+    report["written"] = written
+    Path(report_dir, f"rank{rank}.json").write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated_env):
+    """Gradual unfreezing (layer4 joins at epoch 2) on images, then feature extraction on cached
+    features, both from a weights file, in the same two ranks."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    base = RunConfig(
+        data=DataConfig(root=str(colour_data), image_size=32, augment="none", num_workers=0, val_fraction=0.25),
+        model=ModelConfig(arch="resnet18", weights=str(resnet18_weights_file)),
+        plan=PlanConfig(strategy="gradual", gradual_every=1),
+        train=TrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", schedule="constant"))
+    configs = [replace(base, out_dir=str(out / "gradual")),
+               replace(base, plan=PlanConfig(strategy="feature-extraction"),
+                       train=replace(base.train, epochs=1), out_dir=str(out / "features"))]
+    port = _free_port()
+    torch.multiprocessing.spawn(_rank_main, args=(2, port, configs, str(out), isolated_env), nprocs=2, join=True)
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return configs, reports
+
+
+def _one_process_batches(n: int, batch: int, seed: int, epoch: int) -> list[int]:
+    from engine.data import epoch_order
+
+    return sorted(torch.cat(rank_batches(epoch_order(n, seed, epoch), batch, 0, 1)).tolist())
+
+
+def test_each_epoch_of_a_recorded_run_sees_every_sample_once(two_rank_runs, colour_data):
+    configs, reports = two_rank_runs
+    train_images = 36  # 48 images, a quarter of them validation
+    for run in range(len(configs)):
+        epochs = configs[run].train.epochs
+        per_rank = [report["runs"][run]["sampled"] for report in reports]
+        assert all(len(calls) == epochs for calls in per_rank)  # one sampling per epoch and rank
+        for epoch in range(epochs):
+            seen = [i for calls in per_rank for batch in calls[epoch] for i in batch]
+            assert len(seen) == len(set(seen)) == train_images
+            assert sorted(seen) == _one_process_batches(train_images, 8, 0, epoch + 1)
+            halves = [(len(b) + 1) // 2 for b in rank_batches(torch.arange(train_images), 8, 0, 1)]
+            assert [len(b) for b in per_rank[0][epoch]] == halves  # half of every global batch
+
+
+def test_only_rank_0_writes_the_run_folder(two_rank_runs):
+    configs, reports = two_rank_runs
+    folders = [c.out_dir for c in configs]
+    in_folders = [[p for p in r["written"] if any(p.startswith(f) for f in folders)] for r in reports]
+    assert in_folders[1] == []
+    for folder in folders:
+        assert any(p.startswith(folder) and "checkpoint" in p for p in in_folders[0])
+        assert any(p.startswith(folder) and "resume" in p for p in in_folders[0])
+        assert any(p.startswith(folder) and "metrics.jsonl" in p for p in in_folders[0])
+        record = json.loads(Path(folder, "run.json").read_text())
+        assert record["status"] == "finished" and record["processes"]["world_size"] == 2
+
+
+def test_feature_extraction_leaves_every_frozen_tensor_bit_identical_on_both_ranks(two_rank_runs,
+                                                                                   resnet18_weights_file):
+    configs, reports = two_rank_runs
+    loaded = torch.load(resnet18_weights_file, weights_only=True)
+    trunk = {k: fingerprint(v) for k, v in loaded.items() if not k.startswith("fc.")}
+    for report in reports:
+        ended = report["runs"][1]["fingerprints"]
+        assert {k: ended[k] for k in trunk} == trunk  # BatchNorm statistics included
+        assert report["runs"][1]["result"]["integrity"]["changed"] == []
+    assert reports[0]["runs"][1]["fingerprints"] == reports[1]["runs"][1]["fingerprints"]  # the head too
+    record = json.loads(Path(configs[1].out_dir, "run.json").read_text())
+    ranks = record["processes"]["integrity"]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["checked"] == len(trunk)
+    assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[1]["changed"] == []
+
+
+def test_gradual_unfreezing_trains_what_it_unfreezes_after_the_ddp_rewrap(two_rank_runs, resnet18_weights_file):
+    configs, reports = two_rank_runs
+    loaded = {k: fingerprint(v) for k, v in torch.load(resnet18_weights_file, weights_only=True).items()}
+    lines = [json.loads(x) for x in Path(configs[0].out_dir, "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["newly_unfrozen"] and "layer4" in lines[1]["newly_unfrozen"][0]
+    ended = [r["runs"][0]["fingerprints"] for r in reports]
+    assert ended[0] == ended[1]  # the rebuilt wrapper kept both ranks' weights the same
+    layer4 = [k for k in loaded if k.startswith("layer4.") and k.endswith((".weight", ".bias"))]
+    assert all(ended[0][k] != loaded[k] for k in layer4)  # every unfrozen parameter trained
+    assert all(ended[0][k] == loaded[k] for k in loaded if k.startswith(("conv1.", "layer1.", "layer3.")))
+
+
+# --- train --nproc 2 through torchrun -------------------------------------------------------------------
+
+def _train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "app", "train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated_env):
+    """The reference recipe as 2 processes and as 1 (same global batch), then the 2-process run
+    continued in 1 process for a third epoch."""
+    out = tmp_path_factory.mktemp("cli")
+    common = ["--data", str(colour_data), "--model", "resnet18", "--weights", str(resnet18_weights_file),
+              "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu", "--augment", "none",
+              "--val-fraction", "0.5", "--schedule", "constant", "--adapt-norm", "--no-telemetry", *REFERENCE_RECIPE]
+    two = _train([*common, "--nproc", "2", "--events-jsonl", "--out", str(out / "two")], isolated_env)
+    one = _train([*common, "--out", str(out / "one"), "--json"], isolated_env)
+    resumed = _train(["--resume", str(out / "two"), "--epochs", "3", "--json"], isolated_env)
+    return out, two, one, resumed
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_reach_the_accuracy_of_one(cli_runs):
+    out, two, one, _ = cli_runs
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert one.returncode == 0, one.stderr[-2000:]
+    acc_two, acc_one = _metrics(out / "two")[1]["val_accuracy"], _metrics(out / "one")[-1]["val_accuracy"]
+    assert acc_one >= 0.9  # the comparison means something: both learned
+    assert abs(acc_two - acc_one) <= 0.02
+    confusion = _metrics(out / "two")[1]["confusion_matrix"]
+    assert sum(map(sum, confusion)) == 24  # every validation image counted once over both ranks
+
+
+def test_rank_0_alone_streams_events_as_json_lines(cli_runs):
+    _, two, _, _ = cli_runs
+    events = [json.loads(line) for line in two.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("started") == 1 and kinds.count("result") == 1 and kinds[-1] == "result"
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    assert "batch" in kinds and events[-1]["epochs_run"] == 2
+    assert two.stderr.count("best val accuracy") == 1  # progress from rank 0 only
+    assert "Traceback" not in two.stderr
+
+
+def test_a_two_process_run_continues_in_one_process(cli_runs):
+    out, two, _, resumed = cli_runs
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = _metrics(out / "two")
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert json.loads(resumed.stdout.splitlines()[-1])["epochs_run"] == 3
+    # run.json describes the run as last started: one process now.
+    assert "processes" not in json.loads((out / "two" / "run.json").read_text())
+    events = [json.loads(line) for line in two.stdout.splitlines()]
+    assert events[-1]["epochs_run"] == 2  # the two processes' part
+
+
+def test_bad_distributed_input_is_one_line_before_any_process_starts(tmp_path, colour_data, isolated_env):
+    for args, message in ((["--nproc", "2", "--batch-size", "7"], "multiple of 2"),
+                          (["--sync-bn", "--device", "cpu", "--epochs", "1"], "--sync-bn needs CUDA"),
+                          (["--nproc", "2", "--compile"], "--compile")):
+        proc = _train(["--data", str(colour_data), "--weights", "none", "--out", str(tmp_path / "r"), *args],
+                      isolated_env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("transfer-studio: error:")
+        assert message in proc.stderr and "Traceback" not in proc.stderr
