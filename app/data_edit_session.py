@@ -21,6 +21,7 @@ from app.worker import BackgroundTasks
 from engine import dataset_edits
 from engine.config import RunConfig
 from engine.dataset_edits import Action
+from engine.errors import UserError
 from widgets.gallery import thumbnails
 
 BUSY = "A change of the dataset's files is still being made: try again in a moment."
@@ -30,24 +31,38 @@ class DataEdit(QUndoCommand):
     """One journal action on the undo stack. Pushed after the action was done, so its first
     redo() (QUndoStack.push calls it) does nothing; later ones redo it through the journal."""
 
-    def __init__(self, edits: DataEdits, root: str, text: str):
-        super().__init__(text)
-        self._edits, self._root = edits, root
+    def __init__(self, edits: DataEdits, root: str, action: Action):
+        super().__init__(action_text(action))
+        self._edits, self._root, self._action_id = edits, root, action.id
         self._pushed = False
 
     def redo(self) -> None:
         if self._pushed:
-            self._edits.run_journal(self._root, dataset_edits.redo)
+            self._edits.run_journal(self._root, dataset_edits.redo, self._action_id)
         self._pushed = True
 
     def undo(self) -> None:
-        self._edits.run_journal(self._root, dataset_edits.undo)
+        self._edits.run_journal(self._root, dataset_edits.undo, self._action_id)
 
 
 def action_text(action: Action) -> str:
     """The undo stack's name for an action (Edit ▸ Undo says it)."""
     n = len(action.moves)
     return f"Move {n} image(s) to {action.target}" if action.kind == "relabel" else f"Exclude {n} image(s)"
+
+
+def journal_step(root: str, step: Callable[[str], Action], action_id: int) -> Action:
+    """`step` (the journal's undo or redo) when what it would take back or do again is the action
+    `action_id`; a UserError when the journal moved on without the window (the command line, another
+    window), so the window's Undo never takes back someone else's action."""
+    undoable, redoable = dataset_edits.history(root)
+    entries = undoable if step is dataset_edits.undo else redoable
+    last = entries[-1] if entries else None
+    original = None if last is None else (last.of if last.kind in ("undo", "redo") else last.id)
+    if original != action_id:
+        raise UserError(f"the edits of {Path(root).name} changed outside this window since; its journal is the "
+                        f"record: see `transfer-studio undo {root}`")
+    return step(root)
 
 
 class DataEdits(QObject):
@@ -68,9 +83,9 @@ class DataEdits(QObject):
     def exclude(self, root: str, paths: list[str]) -> None:
         self._run(lambda: dataset_edits.exclude(root, paths), lambda action: self._done(root, action))
 
-    def run_journal(self, root: str, step: Callable[[str], Action]) -> None:
-        """Undo or redo the journal's last action (the undo stack's commands call this)."""
-        self._run(lambda: step(root), lambda action: self.edited.emit(root, action))
+    def run_journal(self, root: str, step: Callable[[str], Action], action_id: int) -> None:
+        """Undo or redo the action `action_id` through the journal (the undo stack's commands call this)."""
+        self._run(lambda: journal_step(root, step, action_id), lambda action: self.edited.emit(root, action))
 
     def repair(self, root: str, then: Callable[[], None]) -> None:
         """Complete what a crash left half-done in `root`'s journal, then call `then` (which lists
@@ -105,7 +120,7 @@ class DataEdits(QObject):
         self.tasks.submit("data-edit", job, done, failed)
 
     def _done(self, root: str, action: Action) -> None:
-        self.history.push(DataEdit(self, root, action_text(action)))
+        self.history.push(DataEdit(self, root, action))
         self.edited.emit(root, action)
 
 

@@ -356,3 +356,25 @@ def test_images_are_not_moved_while_a_run_trains(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
         window.stop_training()
     assert tree(data) == original and not (data / JOURNAL_NAME).exists()
+
+
+def test_undo_never_takes_back_an_edit_made_outside_the_window(qtbot, tmp_path):
+    from PySide6.QtGui import QUndoStack
+
+    from app.data_edit_session import DataEdits
+    from app.worker import BackgroundTasks
+
+    data = tiny_dataset(tmp_path / "data")
+    tasks = BackgroundTasks()
+    stack = QUndoStack()
+    edits = DataEdits(tasks, stack)
+    try:
+        with qtbot.waitSignal(edits.edited, timeout=10_000):
+            edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")
+        relabel(data, ["circle/circle_0001.png"], "triangle")  # the command line, meanwhile
+        after_both = tree(data)
+        with qtbot.waitSignal(edits.failed, timeout=10_000) as failed:
+            stack.undo()
+        assert "changed outside this window" in failed.args[0] and tree(data) == after_both
+    finally:
+        tasks.shutdown()
