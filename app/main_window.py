@@ -9,6 +9,7 @@ frozen dataclasses.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +48,16 @@ MAX_RECENT = 8
 DEFAULT_SIZE = (1400, 900)
 
 
-def available_devices() -> list[tuple[str, str]]:
-    devices = [("Auto", "auto"), ("CPU", "cpu")]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            devices.append((f"cuda:{i} — {torch.cuda.get_device_name(i)}", f"cuda:{i}"))
+def available_devices() -> list[tuple[str, str, int]]:
+    """(label, device, processes): this process's devices, then runs of several processes (DDP)."""
+    devices = [("Auto", "auto", 1), ("CPU", "cpu", 1)]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i in range(gpus):
+        devices.append((f"cuda:{i} — {torch.cuda.get_device_name(i)}", f"cuda:{i}", 1))
+    if (os.cpu_count() or 1) >= 2:
+        devices.append(("CPU — 2 processes (DDP)", "cpu", 2))
+    if gpus >= 2:
+        devices.append((f"{gpus} GPUs — a process each (DDP)", "cuda", gpus))
     return devices
 
 

@@ -672,7 +672,8 @@ class Session(QObject):
         except UserError as exc:
             self.error_raised.emit(str(exc))
             return False
-        config = replace(saved, train=replace(saved.train, epochs=self._train.epochs))
+        # the Epochs box and the device choice apply; a run continues with any number of processes
+        config = replace(saved, train=replace(saved.train, epochs=self._train.epochs, processes=self._train.processes))
         if not self.apply_config(replace(config, out_dir="")):
             return False
         self._launch(replace(config, out_dir=str(run.folder.path)), run.folder, resume=True)
@@ -681,7 +682,8 @@ class Session(QObject):
     def _launch(self, config: RunConfig, folder: RunFolder, resume: bool) -> None:
         self._pending_folder = folder
         self._set_run(RunState(folder=folder if resume else None, config=config, running=True))
-        self.controller.start(config, resume=resume, scan=None if resume else self._scan_for(config))
+        self.controller.start(config, resume=resume, scan=None if resume else self._scan_for(config),
+                              processes=config.train.processes)
 
     def _scan_for(self, config: RunConfig) -> DatasetScan | None:
         """The split shown, when it is the one the run asks for: the run need not list the folder

@@ -142,15 +142,21 @@ class TrainingController(QObject):
         super().__init__(parent)
         self._thread: QThread | None = None
         self._worker: TrainingWorker | None = None
+        self._processes = None  # a TrainingProcess while a run of several processes is in progress
         self.control = TrainingControl()
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._processes is not None
 
-    def start(self, config: RunConfig, resume: bool = False, scan: DatasetScan | None = None) -> None:
+    def start(self, config: RunConfig, resume: bool = False, scan: DatasetScan | None = None,
+              processes: int = 1) -> None:
+        """Train `config` on a thread of this process, or as `processes` processes (DDP)."""
         if self.is_running:
             raise RuntimeError("a run is already in progress")
+        if processes > 1:
+            self._start_processes(config, resume, processes)
+            return
         self.control = TrainingControl()
         thread = QThread()
         thread.setObjectName("TransferStudioTraining")
@@ -167,6 +173,19 @@ class TrainingController(QObject):
         self._thread, self._worker = thread, worker
         STARTED_THREADS.add(thread)
         thread.start()
+        self.running_changed.emit(True)
+
+    def _start_processes(self, config: RunConfig, resume: bool, processes: int) -> None:
+        from .training_process import TrainingProcess  # it builds on this module
+
+        runner = TrainingProcess(config, processes, resume, self)
+        self.control = runner.control
+        for signal in ("run_started", "status_changed", "batch_finished", "epoch_finished"):
+            getattr(runner, signal).connect(getattr(self, signal))
+        runner.finished.connect(self._on_worker_finished)
+        runner.failed.connect(self._on_worker_failed)
+        self._processes = runner
+        runner.start()
         self.running_changed.emit(True)
 
     @property
@@ -190,6 +209,10 @@ class TrainingController(QObject):
         if not self.is_running:
             return True
         self.control.stop()
+        if self._processes is not None:
+            ended = self._processes.wait(timeout_ms)
+            self._cleanup()
+            return ended
         self._thread.quit()  # the thread's event loop ends as soon as the worker's run() returns
         ended = self._thread.wait(timeout_ms)
         self._cleanup()
@@ -206,6 +229,10 @@ class TrainingController(QObject):
         self.run_failed.emit(failure)
 
     def _cleanup(self) -> None:
+        if self._processes is not None:
+            self._processes.deleteLater()
+            self._processes = None
+            self.running_changed.emit(False)
         if self._thread is None:
             return
         self._thread.quit()

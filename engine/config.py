@@ -94,6 +94,7 @@ class TrainConfig:
     adapt_norm: bool = False  # AdaBN: re-estimate BatchNorm statistics on the training images first
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
     sync_bn: bool = False  # several CUDA processes: trainable BatchNorm layers share their batch statistics
+    processes: int = 1  # DDP processes on this machine (gloo on CPU, a GPU each on CUDA); torchrun's own count wins
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "train.early_stopping_patience": NumberRule("early-stopping patience (0: off)", int, 0),
     "train.max_batch_events_per_second": NumberRule("batch events per second", float, 0, low_open=True),
     "train.feature_views": NumberRule("feature views", int, 0, 64),
+    "train.processes": NumberRule("processes", int, 1, 256),
     "lr": NumberRule("LR", float, 0, low_open=True),
     "export.tolerance": NumberRule("tolerance", float, 0),
     "export.parity_images": NumberRule("parity images", int, 1),

@@ -262,7 +262,7 @@ def test_cli_flags_and_project_values_for_views_and_adabn(capsys):
 def test_training_panel_shows_and_reports_feature_views_and_adabn(qtbot):
     from widgets.training_panel import TrainingPanel
 
-    panel = TrainingPanel([("CPU", "cpu")])
+    panel = TrainingPanel([("CPU", "cpu", 1)])
     qtbot.addWidget(panel)
     edits = []
     panel.train_edited.connect(edits.append)

@@ -6,7 +6,7 @@ person's edits and clicks through its signals.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSignalBlocker, Signal
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QStyle, QVBoxLayout)
 
@@ -26,6 +26,9 @@ def result_line(result: FitResult) -> str:
     return f"{HOW_IT_ENDED.get(result.stopped, 'Ended')} after {result.epochs_run} epoch(s){best_text}{skipped}"
 
 
+PROCESSES_ROLE = Qt.ItemDataRole.UserRole + 1  # a device entry's process count, beside its device
+
+
 class TrainingPanel(QGroupBox):
     train_edited = Signal(dict)  # the TrainConfig fields the person changed, e.g. {"epochs": 7}
     base_lr_edited = Signal(float)
@@ -35,7 +38,8 @@ class TrainingPanel(QGroupBox):
     export_clicked = Signal()
     lr_finder_clicked = Signal()
 
-    def __init__(self, devices: list[tuple[str, str]], parent=None):
+    def __init__(self, devices: list[tuple[str, str, int]], parent=None):
+        """`devices`: (label, device, processes) per entry, e.g. ("CPU — 2 processes", "cpu", 2)."""
         super().__init__("Training", parent)
         t = TrainConfig()
 
@@ -84,7 +88,16 @@ class TrainingPanel(QGroupBox):
         self.warmup_spin.setSuffix(" ep")
         self.warmup_spin.setToolTip("Linear LR warm-up at the start, in epochs.")
         self.warmup_spin.valueChanged.connect(lambda v: self.train_edited.emit({"warmup_epochs": v}))
-        self.device_combo = combo("deviceCombo", devices, "Where training runs.", "device")
+        self.device_combo = QComboBox()
+        self.device_combo.setObjectName("deviceCombo")
+        for text, device, processes in devices:
+            self.device_combo.addItem(text, device)
+            self.device_combo.setItemData(self.device_combo.count() - 1, processes, PROCESSES_ROLE)
+        self.device_combo.setToolTip(
+            "Where training runs. Several processes train one model with DistributedDataParallel (each takes its "
+            "share of every batch), started as child processes: the window stays free, Pause and Stop still work.")
+        self.device_combo.currentIndexChanged.connect(lambda: self.train_edited.emit(
+            {"device": self.device_combo.currentData(), "processes": self.device_combo.currentData(PROCESSES_ROLE)}))
         self.precision_combo = combo("precisionCombo", PRECISION_CHOICES,
                                      "Mixed precision. Auto: on CUDA bf16 where supported, else fp16 with loss scaling; "
                                      "on a CPU with native bf16 (AVX512-BF16, AMX) bf16, elsewhere fp32. "
@@ -202,7 +215,7 @@ class TrainingPanel(QGroupBox):
             self.weight_decay_spin.setValue(t.weight_decay)
             self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(t.schedule)))
             self.warmup_spin.setValue(t.warmup_epochs)
-            self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(t.device)))
+            self.device_combo.setCurrentIndex(max(0, self._device_index(t.device, t.processes)))
             self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(t.precision)))
             self.seed_spin.setValue(t.seed)
             self.compile_check.setChecked(t.compile)
@@ -211,6 +224,12 @@ class TrainingPanel(QGroupBox):
         finally:
             for widget in self._editors:
                 widget.blockSignals(False)
+
+    def _device_index(self, device: str, processes: int) -> int:
+        for i in range(self.device_combo.count()):
+            if self.device_combo.itemData(i) == device and self.device_combo.itemData(i, PROCESSES_ROLE) == processes:
+                return i
+        return self.device_combo.findData(device)  # a process count not offered here: that device alone
 
     def show_base_lr(self, lr: float) -> None:
         with QSignalBlocker(self.base_lr_spin):
