@@ -55,6 +55,7 @@ def journal_step(root: str, step: Callable[[str], Action], action_id: int) -> Ac
     """`step` (the journal's undo or redo) when what it would take back or do again is the action
     `action_id`; a UserError when the journal moved on without the window (the command line, another
     window), so the window's Undo never takes back someone else's action."""
+    dataset_edits.repair(root)  # as undo and redo do first: the history read here is the one they act on
     undoable, redoable = dataset_edits.history(root)
     entries = undoable if step is dataset_edits.undo else redoable
     last = entries[-1] if entries else None

@@ -20,7 +20,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtGui import QUndoStack
 
-from app.data_edit_session import DataEdits
+from app.data_edit_session import BUSY as DATA_EDIT_BUSY, DataEdits
 from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange, advice_changes
 from app.session_tasks import (DatasetLoader, DatasetState, ModelDescriber, WeightsFiles, size_shapes_parameters,
                                model_structure, without_random_draws)
@@ -446,17 +446,17 @@ class Session(QObject):
 
     def relabel_images(self, paths: list[str], class_name: str) -> None:
         """Move images of the open dataset into another class folder (journalled, undoable)."""
-        if not self._refused_while_running("move images") and not self._refused_while_editing_files():
+        if not self._refused_while_running("move images"):  # one edit at a time: data_edits refuses a second
             self.data_edits.relabel(self.dataset.folder, paths, class_name)
 
     def exclude_images(self, paths: list[str]) -> None:
         """Set images of the open dataset aside in its _excluded folder (journalled, undoable)."""
-        if not self._refused_while_running("exclude images") and not self._refused_while_editing_files():
+        if not self._refused_while_running("exclude images"):
             self.data_edits.exclude(self.dataset.folder, paths)
 
     def _refused_while_editing_files(self) -> bool:
         if self.data_edits.busy:
-            self.notice.emit("The dataset's files are being moved: try again in a moment.")
+            self.notice.emit(DATA_EDIT_BUSY)
             return True
         return False
 

@@ -378,3 +378,32 @@ def test_undo_never_takes_back_an_edit_made_outside_the_window(qtbot, tmp_path):
         assert "changed outside this window" in failed.args[0] and tree(data) == after_both
     finally:
         tasks.shutdown()
+
+
+def test_a_second_edit_asked_for_while_one_is_made_is_refused(qtbot, tmp_path, monkeypatch):
+    import threading
+
+    from PySide6.QtGui import QUndoStack
+
+    from app.data_edit_session import BUSY, DataEdits
+    from app.worker import BackgroundTasks
+    from engine import dataset_edits
+
+    data = tiny_dataset(tmp_path / "data")
+    gate = threading.Event()
+    real_relabel = dataset_edits.relabel
+    monkeypatch.setattr(dataset_edits, "relabel", lambda *args: gate.wait(10) and real_relabel(*args))
+    tasks = BackgroundTasks()
+    stack = QUndoStack()
+    edits = DataEdits(tasks, stack)
+    try:
+        edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")  # held at the gate
+        with qtbot.waitSignal(edits.failed, timeout=5_000) as failed:
+            edits.exclude(str(data), [str(data / "circle" / "circle_0001.png")])
+        assert failed.args == [BUSY]
+        with qtbot.waitSignal(edits.edited, timeout=10_000):
+            gate.set()
+        assert [a.kind for a in dataset_edits.history(data)[0]] == ["relabel"] and stack.count() == 1
+        assert (data / "circle" / "circle_0001.png").is_file()
+    finally:
+        tasks.shutdown()
