@@ -272,7 +272,8 @@ class EpochLoop:
         last_event = 0.0
         min_gap = 1.0 / max(1e-6, cfg.train.max_batch_events_per_second)
         batches = run.batches.train_batches(self.epoch)
-        # A rank whose share runs out first (uneven last batches) shadows the others' gradient all-reduces.
+        last_batch = None
+        # A rank left without any batch (every file of its share failed) shadows the others' all-reduces.
         with self.group.uneven_steps(self.module):
             while True:
                 wait_start = time.perf_counter()
@@ -284,6 +285,7 @@ class EpochLoop:
                 if self.control.check_step(step + 1, self.steps_per_epoch):
                     raise Stopped
                 step += 1
+                last_batch = (x, y)
                 loss, logits = self._step(x, y)
                 n = len(y)
                 losses.add(loss, n, step)
@@ -305,6 +307,12 @@ class EpochLoop:
                     for listener in self.listeners:
                         listener.on_batch_end(event)
                     last_event = now
+            # A rank whose share ran out early (an empty or a held-back one-image part of the last global
+            # batch) takes the epoch's remaining steps with a zero loss: every rank's optimizer steps alike,
+            # so its state, the step count and the LR stay those of rank 0.
+            while self.group.is_distributed and step < self.steps_per_epoch and last_batch is not None:
+                step += 1
+                self._step(*last_batch, weight=0.0)
         losses.read()
         loss_sum = losses.weighted_sum
         if self.group.is_distributed:  # the epoch's figures over every rank's share
@@ -324,11 +332,13 @@ class EpochLoop:
             seconds=time.perf_counter() - epoch_start, images_per_second=seen / max(1e-9, train_seconds),
             data_seconds=data_seconds, compute_seconds=train_seconds - data_seconds, newly_unfrozen=newly_unfrozen)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimization.set_lrs(self.global_step)
         with self.run.autocast():
             logits = self.module(x)
             loss = self.criterion(logits.float(), y)
+            if weight is not None:
+                loss = loss * weight
         optimizer = self.optimization.optimizer
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -87,13 +87,14 @@ def test_nproc_is_taken_out_of_the_command_for_the_ranks():
 
 # --- data ---------------------------------------------------------------------------------------------
 
-def _colour_dataset(root: Path, per_class: int = 16) -> Path:
-    """3 classes told apart by colour under heavy noise: learnable in two short epochs."""
+def _colour_dataset(root: Path, per_class: tuple[int, ...] = (16, 16, 15)) -> Path:
+    """3 classes told apart by colour under heavy noise: learnable in two short epochs. 35 training
+    images at a validation fraction of 0.25: the last batch of 8 is 3, split 2 + 1 between two ranks."""
     rng = np.random.default_rng(0)
     for c, rgb in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
         folder = root / f"class{c}"
         folder.mkdir(parents=True)
-        for i in range(per_class):
+        for i in range(per_class[c]):
             pixels = np.clip(np.array(rgb) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:02d}.png")
     return root
@@ -153,24 +154,25 @@ def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], repor
 
     engine.sharding.rank_batches = recording  # the image loader's sampler (RankEpochShuffle)
     engine.batches.rank_batches = recording  # cached features (FeatureBatches)
-    models = []
-    original_set_up = engine.trainer.set_up
+    loops = []
 
-    def keeping_model(*args, **kwargs):
-        run = original_set_up(*args, **kwargs)
-        models.append(run.model)
-        return run
+    class KeptLoop(engine.trainer.EpochLoop):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            loops.append(self)
 
-    engine.trainer.set_up = keeping_model
+    engine.trainer.EpochLoop = KeptLoop
     group = ProcessGroup.from_env()
     report = {"rank": rank, "runs": []}
     with group.started("cpu"):
         for config in configs:
             sampled.clear()
             result = engine.trainer.fit(config, group=group)
+            optimizer = loops[-1].optimization.optimizer.state_dict()["state"]
             report["runs"].append({
-                "result": result.summary(), "sampled": list(sampled),
-                "fingerprints": {k: fingerprint(v) for k, v in models[-1].state_dict().items()}})
+                "result": result.summary(), "sampled": list(sampled), "global_step": loops[-1].global_step,
+                "fingerprints": {k: fingerprint(v) for k, v in loops[-1].run.model.state_dict().items()},
+                "optimizer": [fingerprint(t) for i in sorted(optimizer) for _, t in sorted(optimizer[i].items())]})
     report["written"] = written
     Path(report_dir, f"rank{rank}.json").write_text(json.dumps(report))
 
@@ -202,7 +204,7 @@ def _one_process_batches(n: int, batch: int, seed: int, epoch: int) -> list[int]
 
 def test_each_epoch_of_a_recorded_run_sees_every_sample_once(two_rank_runs, colour_data):
     configs, reports = two_rank_runs
-    train_images = 36  # 48 images, a quarter of them validation
+    train_images = 35  # 47 images, 12 of them validation
     for run in range(len(configs)):
         epochs = configs[run].train.epochs
         per_rank = [report["runs"][run]["sampled"] for report in reports]
@@ -251,6 +253,10 @@ def test_gradual_unfreezing_trains_what_it_unfreezes_after_the_ddp_rewrap(two_ra
     assert lines[1]["newly_unfrozen"] and "layer4" in lines[1]["newly_unfrozen"][0]
     ended = [r["runs"][0]["fingerprints"] for r in reports]
     assert ended[0] == ended[1]  # the rebuilt wrapper kept both ranks' weights the same
+    # Rank 1's one-image part of each last batch is held back; it still steps (with a zero loss), so
+    # both ranks took 2 x 5 steps and hold the same optimizer state.
+    assert [r["runs"][0]["global_step"] for r in reports] == [10, 10]
+    assert reports[0]["runs"][0]["optimizer"] == reports[1]["runs"][0]["optimizer"]
     layer4 = [k for k in loaded if k.startswith("layer4.") and k.endswith((".weight", ".bias"))]
     assert all(ended[0][k] != loaded[k] for k in layer4)  # every unfrozen parameter trained
     assert all(ended[0][k] == loaded[k] for k in loaded if k.startswith(("conv1.", "layer1.", "layer3.")))
