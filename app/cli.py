@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
+from typing import NoReturn
 import sys
 import time
 from pathlib import Path
@@ -486,5 +488,20 @@ def _predict(args) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The command's entry point: main(), then exit with its code.
+
+    After `train` the interpreter's teardown is skipped (os._exit, once stdout and stderr are
+    flushed): unloading torch alone takes 0.7 s here, a tenth of a short fine-tuning run's
+    overhead, and by then every file of the run has been written, fsynced and closed."""
+    argv = sys.argv[1:] if argv is None else argv
+    code = main(argv)
+    if argv[:1] == ["train"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

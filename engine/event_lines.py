@@ -8,6 +8,7 @@ One object per line, flushed at once, each with an "event" key: "status", "start
 from __future__ import annotations
 
 import json
+import time
 from typing import IO
 
 from .events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted, SkippedFile
@@ -16,15 +17,23 @@ from .events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityRepor
 class EventLines(Callbacks):
     """Writes each event to `stream` and passes it on to `inner` (e.g. the progress printer)."""
 
+    STATUS_GAP_S = 0.1  # a status per decoded image would be thousands of lines for the reader to parse
+
     def __init__(self, stream: IO[str], inner: Callbacks | None = None) -> None:
         self.stream, self.inner = stream, inner or Callbacks()
+        self._last_status = ("", 0.0)  # text, when written
 
     def write(self, event: str, fields: dict) -> None:
         self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
         self.stream.flush()  # a reader sees each event as it happens, not when a buffer fills
 
     def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
-        self.write("status", {"text": text, "done": done, "total": total})
+        """Written when the text changes, when the work is done, and at most ten times a second between."""
+        now = time.monotonic()
+        last_text, last_time = self._last_status
+        if text != last_text or done >= total or now - last_time >= self.STATUS_GAP_S:
+            self._last_status = (text, now)
+            self.write("status", {"text": text, "done": done, "total": total})
         self.inner.on_status(text, done, total)
 
     def on_run_started(self, event: RunStarted) -> None:

@@ -92,3 +92,22 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_train_exits_without_the_interpreter_teardown_other_commands_normally(monkeypatch, capsys):
+    import app.cli as cli
+
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", lambda argv: print("last line", end="") or 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        cli.run(["train", "--epochs", "1"])
+    assert exits == [3] and capsys.readouterr().out == "last line"  # flushed before leaving
+    with pytest.raises(SystemExit) as normal:
+        cli.run(["layers", "resnet18"])
+    assert normal.value.code == 3 and exits == [3]
