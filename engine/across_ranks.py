@@ -1,4 +1,5 @@
-"""What the processes of a run combine after each epoch: training sums, validation, integrity.
+"""What the processes of a run combine: trunk features, and after each epoch training sums,
+validation and integrity.
 
 Each rank trains and validates on its own share (engine.sharding); the figures a person reads are
 those of all shares together. Sums (losses, correct counts, the confusion matrix) are all-reduced,
@@ -6,12 +7,15 @@ so the reported validation accuracy is exactly that of one process evaluating th
 Rank 0 also receives every rank's per-image outputs, put back in the validation set's order, for
 the records it writes. Freeze integrity is checked by every rank on its own copy of the model
 and the verdicts compared: a frozen tensor that differs on any rank fails the run on all of them.
+Trunk features missing from the cache are computed once over all ranks: each its share of the
+files, then gathered.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +25,35 @@ from .events import IntegrityReport
 from .listeners import Listener
 from .run_folder import RunFolder
 from .sharding import interleaved, validation_share
+
+
+def features_shared_between_ranks(group: ProcessGroup, compute: Callable[[list], tuple[torch.Tensor, set[int]] | None]):
+    """`compute(samples) -> (features of those that decoded, positions of those that did not)`, run
+    by each rank on every W-th sample and the results gathered back into the samples' order. When
+    the ranks were not asked for the same samples (a cache changed under one of them), each
+    computes all of them itself rather than mixing up rows."""
+    if not group.is_distributed:
+        return compute
+
+    def shared(samples: Sequence) -> tuple[torch.Tensor, set[int]] | None:
+        asked = group.gather_objects([s.path for s in samples])
+        if any(paths != asked[0] for paths in asked):
+            return compute(list(samples))
+        mine = compute(list(samples[group.rank::group.world_size]))
+        results = group.gather_objects(None if mine is None else (mine[0].cpu(), sorted(mine[1])))
+        if any(result is None for result in results):
+            return None  # stopped
+        rows: dict[int, torch.Tensor] = {}
+        failed: set[int] = set()
+        for rank, (features, rank_failed) in enumerate(results):
+            positions = range(rank, len(samples), group.world_size)  # this rank's share, as it computed it
+            not_decoded = set(rank_failed)
+            failed.update(positions[i] for i in not_decoded)
+            rows.update(zip((p for i, p in enumerate(positions) if i not in not_decoded), features))
+        ordered = [rows[i] for i in sorted(rows)]
+        return (torch.stack(ordered) if ordered else torch.empty(0, 0)), failed
+
+    return shared
 
 
 def epoch_totals(group: ProcessGroup, loss_sum: float, correct: torch.Tensor, seen: int,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .across_ranks import features_shared_between_ranks
 from .adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
 from .batches import FeatureBatches, ImageBatches, SkippedLog
 from .class_weights import decide_class_weights
@@ -384,7 +385,7 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
             computed += len(missing) - len(failed)
             return result[0], failed
 
-        gathered = features_per_file(samples, trunk_key, compute)
+        gathered = features_per_file(samples, trunk_key, features_shared_between_ranks(run.group, compute))
         if gathered is None:
             raise Stopped
         features, positions, unsaved = gathered

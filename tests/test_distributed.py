@@ -24,6 +24,7 @@ from PIL import Image
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
 from engine.distributed import SINGLE, ProcessGroup
 from engine.errors import UserError
+from engine.events import Callbacks
 from engine.integrity import fingerprint
 from engine.launch import without_option
 from engine.sharding import interleaved, per_rank_batch_size, rank_batches, validation_share
@@ -132,6 +133,14 @@ def _written_path(event: str, args: tuple) -> str | None:
     return None
 
 
+class StartRecorder(Callbacks):
+    def __init__(self, started: list) -> None:
+        self.started = started
+
+    def on_run_started(self, event) -> None:
+        self.started.append(event)
+
+
 def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], report_dir: str, env: dict) -> None:
     """One rank: train every config in turn, recording the batches it sampled, the files it
     opened for writing and the fingerprint of every tensor its model ended with."""
@@ -167,10 +176,12 @@ def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], repor
     with group.started("cpu"):
         for config in configs:
             sampled.clear()
-            result = engine.trainer.fit(config, group=group)
+            started = []
+            result = engine.trainer.fit(config, StartRecorder(started), group=group)
             optimizer = loops[-1].optimization.optimizer.state_dict()["state"]
             report["runs"].append({
                 "result": result.summary(), "sampled": list(sampled), "global_step": loops[-1].global_step,
+                "feature_note": started[0].feature_cache,
                 "fingerprints": {k: fingerprint(v) for k, v in loops[-1].run.model.state_dict().items()},
                 "optimizer": [fingerprint(t) for i in sorted(optimizer) for _, t in sorted(optimizer[i].items())]})
     report["written"] = written
@@ -240,6 +251,9 @@ def test_feature_extraction_leaves_every_frozen_tensor_bit_identical_on_both_ran
         assert {k: ended[k] for k in trunk} == trunk  # BatchNorm statistics included
         assert report["runs"][1]["result"]["integrity"]["changed"] == []
     assert reports[0]["runs"][1]["fingerprints"] == reports[1]["runs"][1]["fingerprints"]  # the head too
+    # The trunk ran once per image over both ranks: rank 0 on 18 + 6 of the 35 + 12 images, rank 1 on the rest.
+    notes = [r["runs"][1]["feature_note"] for r in reports]
+    assert "trunk run on 24 of 47 image(s)" in notes[0] and "trunk run on 23 of 47 image(s)" in notes[1]
     record = json.loads(Path(configs[1].out_dir, "run.json").read_text())
     ranks = record["processes"]["integrity"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["checked"] == len(trunk)
