@@ -1,17 +1,23 @@
 """`train --nproc N`: the same command again as N local processes, started by torchrun's launcher.
 
 torch.distributed.run is called in this process (not as a subprocess), so its failure report
-arrives as an exception: its multi-line summary is left out and the exit code of the rank that
-failed (rank 0's when it failed: 2 for bad input, 1 for a failed run) becomes ours. Each rank
-prints its own one-line error; the launcher's logging is kept quiet.
+arrives as an exception: its multi-line summary and its logging are left out, and the exit code
+of the rank that failed first (2 for bad input, 1 for a failed run) becomes ours. Rank 0 writes
+to this terminal; the other ranks' output goes to log files, and when one of them failed where
+rank 0 did not, its one-line error is printed here, naming the rank. So an error is one line,
+not one per process.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from .errors import UserError
+
+ERROR_PREFIX = "transfer-studio: error: "
 
 
 def without_option(argv: list[str], option: str) -> list[str]:
@@ -35,16 +41,36 @@ def launch_local(nproc: int, module: str, args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # its INFO/WARNING notes are not for the person
-    launcher_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
-                                "-m", module, *args])
-    try:
-        run(launcher_args)
-    except ChildFailedError as exc:
-        failures = exc.failures
-        first = failures.get(0) or failures[min(failures)]
-        code = first.exitcode
-        return code if code > 0 else 1  # a rank killed by a signal: a failed run
-    finally:
-        sys.stdout.flush()
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its notes are not for the person
+    quiet_ranks = ",".join(f"{rank}:3" for rank in range(1, nproc))  # stdout and stderr into log files
+    with tempfile.TemporaryDirectory(prefix="transfer-studio-ranks-") as logs:
+        launcher_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
+                                    "--log-dir", logs, "--redirects", quiet_ranks, "-m", module, *args])
+        try:
+            run(launcher_args)
+        except ChildFailedError as exc:
+            return _failure_code(exc.failures, Path(logs))
+        finally:
+            sys.stdout.flush()
     return 0
+
+
+def _failure_code(failures: dict, logs: Path) -> int:
+    """The exit code of the lowest rank that exited with an error (not killed after another
+    failed); its one-line error printed here unless it was rank 0's, already on the terminal."""
+    exited = sorted(rank for rank, failure in failures.items() if failure.exitcode > 0)
+    if not exited:
+        return 1  # killed by a signal: a failed run
+    rank = exited[0]
+    if rank != 0:
+        line = _last_error_line(logs, failures[rank].local_rank)
+        print(f"{ERROR_PREFIX}rank {rank}: {line or f'exited with code {failures[rank].exitcode}'}", file=sys.stderr)
+    return failures[rank].exitcode
+
+
+def _last_error_line(logs: Path, local_rank: int) -> str | None:
+    for log in sorted(logs.glob(f"**/{local_rank}/stderr.log")):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(ERROR_PREFIX)]
+        if errors:
+            return errors[-1][len(ERROR_PREFIX):]
+    return None

@@ -459,6 +459,10 @@ class EpochLoop:
         return sum(p.numel() for p in self.run.model.parameters() if p.requires_grad)
 
     def _result(self, started: float, epochs_run: int, stopped: str) -> FitResult:
+        if self.group.is_distributed:  # the files that could not be read on any rank, not only this one's
+            for reasons in self.group.gather_objects(self.run.skipped.reasons):
+                for path, reason in reasons.items():
+                    self.run.skipped.add(path, reason)
         return FitResult(
             run_dir=str(self.run.folder.path), checkpoint=self.checkpoint.path, best_epoch=self.best_epoch,
             best_val_accuracy=self.best_accuracy, epochs_run=epochs_run,

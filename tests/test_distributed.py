@@ -287,7 +287,7 @@ def _train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated_env):
     """The reference recipe as 2 processes and as 1 (same global batch), then the 2-process run
-    continued in 1 process for a third epoch."""
+    continued in 1 process for a third epoch, and the 1-process run in 2 processes."""
     out = tmp_path_factory.mktemp("cli")
     common = ["--data", str(colour_data), "--model", "resnet18", "--weights", str(resnet18_weights_file),
               "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu", "--augment", "none",
@@ -295,7 +295,8 @@ def cli_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated_env)
     two = _train([*common, "--nproc", "2", "--events-jsonl", "--out", str(out / "two")], isolated_env)
     one = _train([*common, "--out", str(out / "one"), "--json"], isolated_env)
     resumed = _train(["--resume", str(out / "two"), "--epochs", "3", "--json"], isolated_env)
-    return out, two, one, resumed
+    resumed_in_two = _train(["--resume", str(out / "one"), "--epochs", "3", "--nproc", "2", "--json"], isolated_env)
+    return out, two, one, resumed, resumed_in_two
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -303,7 +304,7 @@ def _metrics(folder: Path) -> list[dict]:
 
 
 def test_two_processes_reach_the_accuracy_of_one(cli_runs):
-    out, two, one, _ = cli_runs
+    out, two, one, _, _ = cli_runs
     assert two.returncode == 0, two.stderr[-2000:]
     assert one.returncode == 0, one.stderr[-2000:]
     acc_two, acc_one = _metrics(out / "two")[1]["val_accuracy"], _metrics(out / "one")[-1]["val_accuracy"]
@@ -311,10 +312,20 @@ def test_two_processes_reach_the_accuracy_of_one(cli_runs):
     assert abs(acc_two - acc_one) <= 0.02
     confusion = _metrics(out / "two")[1]["confusion_matrix"]
     assert sum(map(sum, confusion)) == 24  # every validation image counted once over both ranks
+    # Rank 0 wrote every validation image's prediction, in the validation set's order, as one process does.
+    assert _predicted_paths(out / "two") == _predicted_paths(out / "one")
+    assert len(_predicted_paths(out / "two")) == 24
+
+
+def _predicted_paths(folder: Path) -> list[str]:
+    import csv
+
+    with open(folder / "val_predictions.csv", newline="") as fh:
+        return sorted(row["path"] for row in csv.DictReader(fh))
 
 
 def test_rank_0_alone_streams_events_as_json_lines(cli_runs):
-    _, two, _, _ = cli_runs
+    _, two, _, _, _ = cli_runs
     events = [json.loads(line) for line in two.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds.count("started") == 1 and kinds.count("result") == 1 and kinds[-1] == "result"
@@ -325,7 +336,7 @@ def test_rank_0_alone_streams_events_as_json_lines(cli_runs):
 
 
 def test_a_two_process_run_continues_in_one_process(cli_runs):
-    out, two, _, resumed = cli_runs
+    out, two, _, resumed, _ = cli_runs
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lines = _metrics(out / "two")
     assert [m["epoch"] for m in lines] == [1, 2, 3]
@@ -336,12 +347,37 @@ def test_a_two_process_run_continues_in_one_process(cli_runs):
     assert events[-1]["epochs_run"] == 2  # the two processes' part
 
 
-def test_bad_distributed_input_is_one_line_before_any_process_starts(tmp_path, colour_data, isolated_env):
+def test_a_one_process_run_continues_in_two(cli_runs):
+    out, _, one, _, resumed_in_two = cli_runs
+    assert resumed_in_two.returncode == 0, resumed_in_two.stderr[-2000:]
+    assert [m["epoch"] for m in _metrics(out / "one")] == [1, 2, 3]
+    assert json.loads(resumed_in_two.stdout.splitlines()[-1])["epochs_run"] == 3
+    assert json.loads((out / "one" / "run.json").read_text())["processes"]["world_size"] == 2
+
+
+def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from engine.launch import _failure_code
+
+    log = tmp_path / "job_1" / "attempt_0" / "1" / "stderr.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("a warning\ntransfer-studio: error: no cuda:1: this machine has 1 CUDA device(s)\n")
+    failures = {0: SimpleNamespace(local_rank=0, exitcode=-15), 1: SimpleNamespace(local_rank=1, exitcode=2)}
+    assert _failure_code(failures, tmp_path) == 2
+    assert capsys.readouterr().err == "transfer-studio: error: rank 1: no cuda:1: this machine has 1 CUDA device(s)\n"
+    assert _failure_code({0: SimpleNamespace(local_rank=0, exitcode=1)}, tmp_path) == 1
+    assert capsys.readouterr().err == ""  # rank 0 printed its own line on the terminal
+    assert _failure_code({1: SimpleNamespace(local_rank=1, exitcode=-9)}, tmp_path) == 1
+
+
+def test_bad_distributed_input_is_one_line_and_exit_2(tmp_path, colour_data, isolated_env):
     for args, message in ((["--nproc", "2", "--batch-size", "7"], "multiple of 2"),
+                          (["--nproc", "2", "--weights", str(tmp_path / "missing.pth")], "missing.pth"),
                           (["--sync-bn", "--device", "cpu", "--epochs", "1"], "--sync-bn needs CUDA"),
                           (["--nproc", "2", "--compile"], "--compile")):
         proc = _train(["--data", str(colour_data), "--weights", "none", "--out", str(tmp_path / "r"), *args],
                       isolated_env)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip().splitlines()[-1].startswith("transfer-studio: error:")
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("transfer-studio: error:")
         assert message in proc.stderr and "Traceback" not in proc.stderr
