@@ -374,10 +374,13 @@ def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
 def test_bad_distributed_input_is_one_line_and_exit_2(tmp_path, colour_data, isolated_env):
     for args, message in ((["--nproc", "2", "--batch-size", "7"], "multiple of 2"),
                           (["--nproc", "2", "--weights", str(tmp_path / "missing.pth")], "missing.pth"),
-                          (["--sync-bn", "--device", "cpu", "--epochs", "1"], "--sync-bn needs CUDA"),
+                          (["--sync-bn", "--device", "cpu", "--epochs", "1", "--events-jsonl"], "--sync-bn needs CUDA"),
                           (["--nproc", "2", "--compile"], "--compile")):
         proc = _train(["--data", str(colour_data), "--weights", "none", "--out", str(tmp_path / "r"), *args],
                       isolated_env)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("transfer-studio: error:")
         assert message in proc.stderr and "Traceback" not in proc.stderr
+        if "--events-jsonl" in args:  # a reader of the event stream learns it too
+            last = json.loads(proc.stdout.splitlines()[-1])
+            assert last["event"] == "failed" and message in last["error"]
