@@ -17,12 +17,12 @@ import sys
 import threading
 import traceback
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QProcess, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QProcess, QThread, Qt, Signal, Slot
 
 from engine.config import RunConfig
 from engine.data import DatasetScan
@@ -243,12 +243,20 @@ class TrainingController(QObject):
         self.running_changed.emit(False)
 
 
+_START_JOBS = QEvent.Type(QEvent.registerEventType())
+
+
 class BackgroundTasks(QObject):
     """Short jobs off the GUI thread.
 
     The result comes back through a queued signal, so the callbacks run on the GUI thread.
     A newer job of the same kind makes an older one's result obsolete; `is_current(kind,
     generation)` lets a long job notice that and stop early.
+
+    A job starts once the GUI thread has laid out and painted what its caller just changed (an
+    event posted at the paint's own low priority, so it is handled after it): a Python job started
+    at once took the GIL from that paint, and a scan's listing stalled the window for 40-60 ms.
+    A job replaced before it started never starts.
     """
 
     _done = Signal(object, object, int, str)  # callback, its argument, generation, kind
@@ -257,13 +265,14 @@ class BackgroundTasks(QObject):
         super().__init__(parent)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ts-task")
         self._generation: dict[str, int] = {}
+        self._waiting: list[tuple[str, int, Callable[[], None]]] = []
         self._closed = False
         self._done.connect(self._deliver)
 
     def submit(self, kind: str, fn: Callable[[], Any], on_done: Callable[[Any], None],
-               on_error: Callable[[str], None]) -> Future | None:
+               on_error: Callable[[str], None]) -> None:
         if self._closed:
-            return None  # the window is closing: nothing new starts
+            return  # the window is closing: nothing new starts
         generation = self._generation.get(kind, 0) + 1
         self._generation[kind] = generation
 
@@ -273,7 +282,18 @@ class BackgroundTasks(QObject):
             except BaseException as exc:  # noqa: BLE001 - reported to the person
                 self._done.emit(on_error, describe_failure(exc), generation, kind)
 
-        return self._pool.submit(job)
+        self._waiting.append((kind, generation, job))
+        if len(self._waiting) == 1:
+            QCoreApplication.postEvent(self, QEvent(_START_JOBS), Qt.EventPriority.LowEventPriority.value)
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() != _START_JOBS:
+            return super().event(event)
+        waiting, self._waiting = self._waiting, []
+        for kind, generation, job in waiting:
+            if not self._closed and self._generation.get(kind) == generation:
+                self._pool.submit(job)
+        return True
 
     def obsolete(self, kind: str) -> Callable[[], bool]:
         """For the job about to be submitted: a test that says when a newer one replaced it."""
