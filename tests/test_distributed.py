@@ -384,3 +384,31 @@ def test_bad_distributed_input_is_one_line_and_exit_2(tmp_path, colour_data, iso
         if "--events-jsonl" in args:  # a reader of the event stream learns it too
             last = json.loads(proc.stdout.splitlines()[-1])
             assert last["event"] == "failed" and message in last["error"]
+
+
+def test_ranks_holding_different_frozen_tensors_fail_the_run():
+    """Rank 1 reports its own check intact, but its frozen tensors are not rank 0's: every rank
+    gets a report that names it, and the integrity listener ends the run."""
+    from types import SimpleNamespace
+
+    from engine.across_ranks import fingerprints_digest, integrity_across_ranks
+    from engine.errors import FrozenTensorsChanged
+    from engine.events import IntegrityReport
+    from engine.integrity import FreezeIntegrity
+
+    class RankZeroOfTwo(ProcessGroup):
+        def gather_objects(self, value):
+            other = {**value, "rank": 1, "digest": fingerprints_digest({"conv1.weight": "0" * 32})}
+            return [value, other]
+
+    group = RankZeroOfTwo(world_size=2, rank=0)
+    mine = {"conv1.weight": fingerprint(torch.ones(3))}
+    report, ranks = integrity_across_ranks(group, IntegrityReport(epoch=1, checked=1), mine)
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["digest"] == fingerprints_digest(mine)
+    assert report.changed == ("(rank 1 holds other frozen tensors than rank 0)",) and not report.intact
+    listener = FreezeIntegrity(torch.nn.Linear(1, 1))
+    with pytest.raises(FrozenTensorsChanged, match="rank 1"):
+        listener.on_epoch_end(SimpleNamespace(integrity=report))
+    same, _ = integrity_across_ranks(RankZeroOfTwo(world_size=2, rank=0), IntegrityReport(epoch=1, checked=1),
+                                     {"conv1.weight": "0" * 32})
+    assert same.intact
