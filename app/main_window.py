@@ -382,7 +382,7 @@ class MainWindow(QMainWindow):
         self.data_panel.show_class_weights(train.class_weights)
         self.model_panel.show_weight_decay(train.weight_decay)
         self.model_panel.show_adapt_norm(train.adapt_norm)
-        self._show_device(train.device, train.precision)
+        self._show_device(train.device, train.precision, train.processes)
 
     @Slot(str)
     def _show_weights_note(self, note: str) -> None:
@@ -419,12 +419,12 @@ class MainWindow(QMainWindow):
             self.model_panel.clear_evidence()
             self.training_panel.reset_progress("Ready")
 
-    def _show_device(self, device: str, precision: str) -> None:
+    def _show_device(self, device: str, precision: str, processes: int) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
         amp = resolve_precision(precision, torch.device(device))  # the rule the run will follow
-        self.device_label.setText(f"Device: {name}")
+        self.device_label.setText(f"Device: {name}" + (f" × {processes} processes (DDP)" if processes > 1 else ""))
         self.precision_label.setText(f"Mixed precision: {PRECISION_NAMES.get(amp, 'off')}")
 
     # --- dataset (kept for the command line, tests and scripts) -----------------------------------------
