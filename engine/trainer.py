@@ -301,7 +301,7 @@ class EpochLoop:
                         epoch=self.epoch, epochs=cfg.train.epochs, step=step, steps=self.steps_per_epoch,
                         global_step=self.global_step, total_steps=self.total_steps,
                         loss=float(np.mean(losses.take_unreported())), lrs=self.optimization.current_lrs(),
-                        images_per_second=seen / max(1e-9, elapsed),
+                        images_per_second=seen * self.group.world_size / max(1e-9, elapsed),  # all ranks
                         eta_seconds=(self.total_steps - self.global_step) * (elapsed / step),
                         layers=self.telemetry.take_latest() if self.telemetry else {})
                     for listener in self.listeners:
@@ -311,6 +311,8 @@ class EpochLoop:
             # batch) takes the epoch's remaining steps with a zero loss: every rank's optimizer steps alike,
             # so its state, the step count and the LR stay those of rank 0.
             while self.group.is_distributed and step < self.steps_per_epoch and last_batch is not None:
+                if self.control.check_step(step + 1, self.steps_per_epoch):  # as the other ranks do at this step
+                    raise Stopped
                 step += 1
                 self._step(*last_batch, weight=0.0)
         losses.read()
