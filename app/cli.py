@@ -376,9 +376,11 @@ def _train(args, argv: list[str]) -> int:
     config.validate()
     if args.folds is not None:
         return _cross_validate(args, config)
-    if args.nproc is not None and args.nproc != 1:
-        return _train_as_processes(args, argv, config)
     group = ProcessGroup.from_env()
+    # --nproc, else the project's train.processes; under torchrun, its own world size decides
+    processes = args.nproc if args.nproc is not None else 1 if group.is_distributed else config.train.processes
+    if processes != 1:
+        return _train_as_processes(args, argv, config, processes)
     progress = ProgressPrinter(sys.stderr) if group.is_main else Callbacks()  # rank 0 alone prints
     events = EventLines(sys.stdout, progress) if args.events_jsonl and group.is_main else None
     control = FileControl(args.control_file, group) if args.control_file else None
@@ -426,7 +428,7 @@ def _cross_validate(args, config: RunConfig) -> int:
     return 0
 
 
-def _train_as_processes(args, argv: list[str], config: RunConfig) -> int:
+def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int) -> int:
     """`train --nproc N`: what can be refused is refused here, once, before N processes start;
     then the same command without --nproc runs under torchrun, with the run folder (and the
     dataset) this process resolved, so every rank trains the same run."""
@@ -435,16 +437,16 @@ def _train_as_processes(args, argv: list[str], config: RunConfig) -> int:
     from engine.run_folder import RunFolder
     from engine.trainer import processes_problem
 
-    if args.nproc < 2:
-        raise UserError(f"--nproc {args.nproc}: give 2 or more processes (or leave --nproc out)")
-    problem = processes_problem(config, ProcessGroup(world_size=args.nproc))
+    if processes < 2:
+        raise UserError(f"--nproc {processes}: give 2 or more processes (or leave --nproc out)")
+    problem = processes_problem(config, ProcessGroup(world_size=processes))
     if problem:
         raise UserError(problem)
     rest = without_option(argv[argv.index("train") + 1:], "--nproc")
     if not args.resume:
         RunFolder(config.out_dir).refuse_if_used()
         rest += ["--out", config.out_dir, "--data", config.data.root]
-    return launch_local(args.nproc, "app.cli", ["train", *rest])
+    return launch_local(processes, "app.cli", ["train", *rest])
 
 
 def _export(args) -> int:

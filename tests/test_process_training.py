@@ -101,3 +101,34 @@ def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, 
     assert result.epochs_run >= 1 and (window.session.run.folder.path / "checkpoint.pt").is_file()
     assert epochs and epochs[0].trainable_params > 0  # the plots had the same events as a thread's run
     assert not window.controller.is_running
+
+
+def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path, demo_dir, monkeypatch):
+    from dataclasses import replace
+
+    import engine.launch
+    from app.cli import main
+    from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig, save_project
+
+    launched = []
+    monkeypatch.setattr(engine.launch, "launch_local", lambda n, module, args: launched.append((n, args)) or 0)
+    config = RunConfig(data=DataConfig(root=str(demo_dir), image_size=32), model=ModelConfig(weights="none"),
+                       train=TrainConfig(epochs=1, batch_size=8, device="cpu", processes=2))
+    project = tmp_path / "two.json"
+    save_project(project, replace(config, out_dir=str(tmp_path / "run")))
+    assert main(["train", "--project", str(project)]) == 0
+    assert [n for n, _ in launched] == [2] and "--nproc" not in launched[0][1]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a rank torchrun started: it trains, it does not launch again
+    monkeypatch.setattr("engine.distributed.ProcessGroup.started", lambda self, device_type: _Refused())
+    assert main(["train", "--project", str(project), "--out", str(tmp_path / "rank")]) == 2
+    assert len(launched) == 1
+
+
+class _Refused:
+    def __enter__(self):
+        from engine.errors import UserError
+
+        raise UserError("stand-in: the process group would start here")
+
+    def __exit__(self, *exc):
+        return False
