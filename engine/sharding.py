@@ -29,8 +29,24 @@ def rank_batches(order: torch.Tensor, batch_size: int, rank: int, world_size: in
     """This rank's part of each global batch of `order` (a last global batch of one is left out,
     as one process leaves it out: see drops_last_batch). Empty parts are left out."""
     end = len(order) - 1 if drops_last_batch(len(order), batch_size) else len(order)
-    parts = (order[start:min(start + batch_size, end)][rank::world_size] for start in range(0, end, batch_size))
+    share = batch_size // world_size
+    parts = (_part(order[start:min(start + batch_size, end)], rank, world_size, share)
+             for start in range(0, end, batch_size))
     return [part for part in parts if len(part)]
+
+
+def _part(batch: torch.Tensor, rank: int, world_size: int, share: int) -> torch.Tensor:
+    """Positions rank, rank+W, ... of `batch`. A short last batch that would leave some rank a
+    single image (BatchNorm cannot normalise one image by its own statistics, so that rank would
+    hold it back untrained) goes to fewer ranks instead, 2 or 3 images each, where a rank's batch
+    takes 3; the ranks left without a part take that step with a zero loss (engine.trainer)."""
+    k = len(batch)
+    if not 2 <= k < 2 * world_size or share < 3:
+        return batch[rank::world_size]
+    pairs = k // 2
+    if rank >= pairs:
+        return batch[:0]
+    return batch[2 * rank:k if rank == pairs - 1 else 2 * rank + 2]
 
 
 def validation_share(n: int, rank: int, world_size: int) -> range:

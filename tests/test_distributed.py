@@ -36,7 +36,8 @@ REFERENCE_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.01", "--lr", "c
 
 # --- sharding, without processes --------------------------------------------------------------------
 
-@pytest.mark.parametrize("n, batch, world", [(30, 8, 2), (31, 8, 2), (33, 8, 2), (29, 12, 3), (7, 8, 4), (2, 4, 2)])
+@pytest.mark.parametrize("n, batch, world", [(30, 8, 2), (31, 8, 2), (35, 8, 2), (33, 8, 2), (29, 12, 3), (7, 8, 4),
+                                             (2, 4, 2), (38, 12, 4), (13, 4, 2)])
 def test_every_sample_of_an_epoch_goes_to_exactly_one_rank(n, batch, world):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
     shares = [rank_batches(order, batch, rank, world) for rank in range(world)]
@@ -49,6 +50,8 @@ def test_every_sample_of_an_epoch_goes_to_exactly_one_rank(n, batch, world):
     for step in range(len(shares[-1])):  # each step trains on one process's global batch
         together = sorted(torch.cat([share[step] for share in shares if step < len(share)]).tolist())
         assert together == sorted(rank_batches(order, batch, 0, 1)[step].tolist())
+    if batch // world >= 3:  # no rank is left a single image that BatchNorm would make it hold back
+        assert all(len(part) >= 2 for share in shares for part in share)
 
 
 def test_validation_shares_put_back_in_order():
@@ -90,7 +93,7 @@ def test_nproc_is_taken_out_of_the_command_for_the_ranks():
 
 def _colour_dataset(root: Path, per_class: tuple[int, ...] = (16, 16, 15)) -> Path:
     """3 classes told apart by colour under heavy noise: learnable in two short epochs. 35 training
-    images at a validation fraction of 0.25: the last batch of 8 is 3, split 2 + 1 between two ranks."""
+    images at a validation fraction of 0.25: the last batch of 8 is 3 images, all for rank 0."""
     rng = np.random.default_rng(0)
     for c, rgb in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
         folder = root / f"class{c}"
@@ -224,8 +227,9 @@ def test_each_epoch_of_a_recorded_run_sees_every_sample_once(two_rank_runs, colo
             seen = [i for calls in per_rank for batch in calls[epoch] for i in batch]
             assert len(seen) == len(set(seen)) == train_images
             assert sorted(seen) == _one_process_batches(train_images, 8, 0, epoch + 1)
-            halves = [(len(b) + 1) // 2 for b in rank_batches(torch.arange(train_images), 8, 0, 1)]
-            assert [len(b) for b in per_rank[0][epoch]] == halves  # half of every global batch
+            # Half of every global batch; the last (3 images) whole: a part of one would not train.
+            assert [len(b) for b in per_rank[0][epoch]] == [4, 4, 4, 4, 3]
+            assert [len(b) for b in per_rank[1][epoch]] == [4, 4, 4, 4]
 
 
 def test_only_rank_0_writes_the_run_folder(two_rank_runs):
@@ -267,8 +271,8 @@ def test_gradual_unfreezing_trains_what_it_unfreezes_after_the_ddp_rewrap(two_ra
     assert lines[1]["newly_unfrozen"] and "layer4" in lines[1]["newly_unfrozen"][0]
     ended = [r["runs"][0]["fingerprints"] for r in reports]
     assert ended[0] == ended[1]  # the rebuilt wrapper kept both ranks' weights the same
-    # Rank 1's one-image part of each last batch is held back; it still steps (with a zero loss), so
-    # both ranks took 2 x 5 steps and hold the same optimizer state.
+    # Rank 1 has no part of each epoch's last batch; it still steps (with a zero loss), so both
+    # ranks took 2 x 5 steps and hold the same optimizer state.
     assert [r["runs"][0]["global_step"] for r in reports] == [10, 10]
     assert reports[0]["runs"][0]["optimizer"] == reports[1]["runs"][0]["optimizer"]
     layer4 = [k for k in loaded if k.startswith("layer4.") and k.endswith((".weight", ".bias"))]
