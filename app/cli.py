@@ -411,8 +411,13 @@ def _cross_validate(args, config: RunConfig) -> int:
     from app.progress import ProgressPrinter
     from engine.folds import cross_validate
 
-    if args.nproc is not None and args.nproc != 1:
-        raise UserError("--folds trains its folds one after another in one process: leave --nproc out")
+    from engine.distributed import ProcessGroup
+
+    if (args.nproc is not None and args.nproc != 1) or ProcessGroup.from_env().is_distributed:
+        raise UserError("--folds trains its folds one after another in one process: leave --nproc out "
+                        "and start it without torchrun")
+    if args.events_jsonl or args.control_file:
+        raise UserError("--folds prints one line per fold: --events-jsonl and --control-file are for single runs")
     progress = ProgressPrinter(sys.stderr)
 
     def on_fold(fold) -> None:

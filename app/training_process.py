@@ -87,13 +87,16 @@ class TrainingProcess(QObject):
         self._process.start(sys.executable, self._arguments)
 
     def wait(self, timeout_ms: int) -> bool:
-        """Wait for the process group to end (after a stop); kill it when it takes longer."""
+        """Wait for the process group to end (after a stop); when it takes longer, SIGTERM, which
+        torchrun's launcher passes on to its ranks (a SIGKILL would leave them running), then kill."""
         if self._process.state() == QProcess.ProcessState.NotRunning:
             return True
         if self._process.waitForFinished(timeout_ms):
             return True
-        self._process.kill()
-        self._process.waitForFinished(5_000)
+        self._process.terminate()
+        if not self._process.waitForFinished(10_000):
+            self._process.kill()
+            self._process.waitForFinished(5_000)
         return False
 
     @Slot()

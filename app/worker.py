@@ -202,7 +202,8 @@ class TrainingController(QObject):
         self.paused_changed.emit(paused)
 
     def stop(self) -> None:
-        self.control.stop()
+        if self.is_running:  # a run of several processes is steered through a file that ends with it
+            self.control.stop()
 
     def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
         """Stop and join the thread (used when the window closes). True when it ended in time."""
@@ -256,7 +257,6 @@ class BackgroundTasks(QObject):
     A job starts once the GUI thread has laid out and painted what its caller just changed (an
     event posted at the paint's own low priority, so it is handled after it): a Python job started
     at once took the GIL from that paint, and a scan's listing stalled the window for 40-60 ms.
-    A job replaced before it started never starts.
     """
 
     _done = Signal(object, object, int, str)  # callback, its argument, generation, kind
@@ -265,7 +265,7 @@ class BackgroundTasks(QObject):
         super().__init__(parent)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ts-task")
         self._generation: dict[str, int] = {}
-        self._waiting: list[tuple[str, int, Callable[[], None]]] = []
+        self._waiting: list[Callable[[], None]] = []
         self._closed = False
         self._done.connect(self._deliver)
 
@@ -282,7 +282,7 @@ class BackgroundTasks(QObject):
             except BaseException as exc:  # noqa: BLE001 - reported to the person
                 self._done.emit(on_error, describe_failure(exc), generation, kind)
 
-        self._waiting.append((kind, generation, job))
+        self._waiting.append(job)
         if len(self._waiting) == 1:
             QCoreApplication.postEvent(self, QEvent(_START_JOBS), Qt.EventPriority.LowEventPriority.value)
 
@@ -290,9 +290,9 @@ class BackgroundTasks(QObject):
         if event.type() != _START_JOBS:
             return super().event(event)
         waiting, self._waiting = self._waiting, []
-        for kind, generation, job in waiting:
-            if not self._closed and self._generation.get(kind) == generation:
-                self._pool.submit(job)
+        for job in waiting:
+            if not self._closed:
+                self._pool.submit(job)  # even one replaced meanwhile: a job may move or delete files
         return True
 
     def obsolete(self, kind: str) -> Callable[[], bool]:

@@ -101,6 +101,8 @@ def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, 
     assert result.epochs_run >= 1 and (window.session.run.folder.path / "checkpoint.pt").is_file()
     assert epochs and epochs[0].trainable_params > 0  # the plots had the same events as a thread's run
     assert not window.controller.is_running
+    window.controller.stop()  # its control file is gone with the run: a late Stop or Pause does nothing
+    window.controller.set_paused(True)
 
 
 def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path, demo_dir, monkeypatch):
@@ -132,3 +134,11 @@ class _Refused:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_folds_refuse_the_flags_of_single_runs(demo_dir, capsys):
+    from app.cli import main
+
+    for flag in (["--events-jsonl"], ["--control-file", "ctl"]):
+        assert main(["train", "--data", str(demo_dir), "--folds", "2", *flag]) == 2
+        assert "--folds prints one line per fold" in capsys.readouterr().err
