@@ -4,8 +4,8 @@ thread as background tasks.
 
 The files' journal (engine.dataset_edits, in the dataset folder) is the record of what was done;
 the window's undo stack only holds one DataEdit per action, whose undo()/redo() ask the journal to
-undo or redo it. Edits run one at a time: a second asked for while one runs is refused, so the
-journal never sees two at once.
+undo or redo it. Edits run one at a time: a second asked for while one runs is refused, and the
+repair on opening a dataset waits for a running edit, so the journal never sees two jobs at once.
 """
 
 from __future__ import annotations
@@ -66,6 +66,31 @@ def journal_step(root: str, step: Callable[[str], Action], action_id: int) -> Ac
     return step(root)
 
 
+class JobsUnderWay:
+    """How many jobs handed to the worker threads have not ended: counted up on the GUI thread when
+    submitted, down on the worker thread when the job ends, since the result of a job replaced by a
+    newer one of its kind never comes back to the GUI thread to say so."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def counted(self, job: Callable[[], object]) -> Callable[[], object]:
+        with self._lock:
+            self._count += 1
+
+        def run():
+            try:
+                return job()
+            finally:
+                with self._lock:
+                    self._count -= 1
+        return run
+
+
 class DataEdits(QObject):
     """Moves of the dataset's files, journalled and undoable, done off the GUI thread."""
 
@@ -76,7 +101,16 @@ class DataEdits(QObject):
     def __init__(self, tasks: BackgroundTasks, history: QUndoStack, parent=None):
         super().__init__(parent)
         self.tasks, self.history = tasks, history
-        self.busy = False
+        # One journal job at a time, edit or repair: the tasks have two worker threads, and a repair
+        # run beside a move would "complete" the move's planned entry while its files are moving.
+        self._journal_lock = threading.Lock()
+        self._editing = False  # an edit, undo or redo asked for and not yet reported back (GUI thread only)
+        self._repairs = JobsUnderWay()
+
+    @property
+    def busy(self) -> bool:
+        """An edit, undo, redo or repair of a journal is asked for or under way."""
+        return self._editing or bool(self._repairs)
 
     def relabel(self, root: str, paths: list[str], class_name: str) -> None:
         self._run(lambda: dataset_edits.relabel(root, paths, class_name), lambda action: self._done(root, action))
@@ -101,24 +135,30 @@ class DataEdits(QObject):
             self.failed.emit(f"Could not check {Path(root).name}'s journal of edits: {message}")
             then()
 
-        self.tasks.submit("data-repair", lambda: dataset_edits.repair(root) if Path(root).is_dir() else [],
-                          done, failed)
+        job = self._repairs.counted(self._locked(lambda: dataset_edits.repair(root) if Path(root).is_dir() else []))
+        self.tasks.submit("data-repair", job, done, failed)
 
     def _run(self, job: Callable[[], Action], on_done: Callable[[Action], None]) -> None:
         if self.busy:
             self.failed.emit(BUSY)
             return
-        self.busy = True
+        self._editing = True
 
         def done(action: Action) -> None:
-            self.busy = False
+            self._editing = False
             on_done(action)
 
         def failed(message: str) -> None:
-            self.busy = False
+            self._editing = False
             self.failed.emit(message)
 
-        self.tasks.submit("data-edit", job, done, failed)
+        self.tasks.submit("data-edit", self._locked(job), done, failed)
+
+    def _locked(self, job: Callable[[], object]) -> Callable[[], object]:
+        def run():
+            with self._journal_lock:
+                return job()
+        return run
 
     def _done(self, root: str, action: Action) -> None:
         self.history.push(DataEdit(self, root, action))

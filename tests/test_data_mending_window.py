@@ -407,3 +407,86 @@ def test_a_second_edit_asked_for_while_one_is_made_is_refused(qtbot, tmp_path, m
         assert (data / "circle" / "circle_0001.png").is_file()
     finally:
         tasks.shutdown()
+
+
+def held_moves(monkeypatch):
+    """Patch the journal's file moves to wait at a gate: (the event set once a move waits, the gate)."""
+    import threading
+
+    from engine import dataset_edits
+
+    moving, gate = threading.Event(), threading.Event()
+    real_move = dataset_edits.move_file
+
+    def held(src, dst):
+        moving.set()
+        gate.wait(10)
+        real_move(src, dst)
+
+    monkeypatch.setattr(dataset_edits, "move_file", held)
+    return moving, gate
+
+
+def test_reopening_a_dataset_while_its_files_move_repairs_nothing_until_the_move_is_done(qtbot, tmp_path,
+                                                                                        monkeypatch):
+    import json
+
+    from PySide6.QtGui import QUndoStack
+
+    from app.data_edit_session import DataEdits
+    from app.worker import BackgroundTasks
+
+    data = tiny_dataset(tmp_path / "data")
+    moving, gate = held_moves(monkeypatch)
+    tasks = BackgroundTasks()
+    edits = DataEdits(tasks, QUndoStack())
+    listed, notices = [], []
+    edits.repaired.connect(notices.append)
+    edits.failed.connect(notices.append)
+    try:
+        edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")
+        qtbot.waitUntil(moving.is_set, timeout=5_000)  # the planned entry is written, the file not moved yet
+        edits.repair(str(data), lambda: listed.append(True))  # the same dataset opened again, meanwhile
+        assert edits.busy
+        qtbot.wait(300)  # time enough for a repair beside the move to go wrong
+        assert not listed  # the repair waits for the move
+        with qtbot.waitSignal(edits.edited, timeout=10_000):
+            gate.set()
+        qtbot.waitUntil(lambda: listed == [True], timeout=10_000)
+        assert notices == [] and not edits.busy
+        entries = [json.loads(line) for line in (data / JOURNAL_NAME).read_text().splitlines()]
+        assert [(e["id"], e["state"]) for e in entries] == [(1, "planned"), (1, "done")]
+        assert (data / "square" / "circle_0000.png").is_file()
+    finally:
+        gate.set()
+        tasks.shutdown()
+
+
+def test_a_repair_under_way_refuses_an_edit_and_counts_as_busy(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtGui import QUndoStack
+
+    from app.data_edit_session import BUSY, DataEdits
+    from app.worker import BackgroundTasks
+    from engine import dataset_edits
+
+    data = tiny_dataset(tmp_path / "data")
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(dataset_edits, "move_file", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt))
+        relabel(data, ["circle/circle_0000.png"], "square")  # a crash left it half-done
+    moving, gate = held_moves(monkeypatch)
+    tasks = BackgroundTasks()
+    edits = DataEdits(tasks, QUndoStack())
+    listed = []
+    try:
+        edits.repair(str(data), lambda: listed.append(True))
+        qtbot.waitUntil(moving.is_set, timeout=5_000)
+        assert edits.busy  # Start is refused meanwhile (Session.start_problem)
+        with qtbot.waitSignal(edits.failed, timeout=5_000) as failed:
+            edits.exclude(str(data), [str(data / "circle" / "circle_0001.png")])
+        assert failed.args == [BUSY]
+        with qtbot.waitSignal(edits.repaired, timeout=10_000):
+            gate.set()
+        assert listed == [True] and not edits.busy
+    finally:
+        gate.set()
+        tasks.shutdown()
