@@ -15,14 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QProcess, Signal, Slot
+from PySide6.QtCore import QProcess, Slot
 
 from engine.config import RunConfig, save_project
 from engine.event_lines import read_event_line
 from engine.events import TrainingControl
 from engine.remote_control import write_control
 
-from .worker import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunFailure
+from .worker import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure
 
 
 class ProcessControl(TrainingControl):
@@ -55,15 +55,8 @@ def train_command(project: Path, control: Path, config: RunConfig, processes: in
     return arguments + ["--project", str(project)]
 
 
-class TrainingProcess(QObject):
-    """Signals as TrainingWorker's, from a child process group instead of a thread."""
-
-    run_started = Signal(object)  # RunStarted
-    status_changed = Signal(str, int, int)
-    batch_finished = Signal(object)  # BatchEvent
-    epoch_finished = Signal(object)  # EpochEvent
-    finished = Signal(object)  # FitResult
-    failed = Signal(object)  # RunFailure
+class TrainingProcess(RunEvents):
+    """A run's events from a child process group instead of a thread."""
 
     def __init__(self, config: RunConfig, processes: int, resume: bool, parent=None):
         super().__init__(parent)

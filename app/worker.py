@@ -94,7 +94,10 @@ class _SignalCallbacks(Callbacks):
         self.worker.epoch_finished.emit(event)
 
 
-class TrainingWorker(QObject):
+class RunEvents(QObject):
+    """What a run says while it trains, whoever runs it: a thread of this process (TrainingWorker)
+    or child processes (app.training_process.TrainingProcess)."""
+
     run_started = Signal(object)  # RunStarted
     status_changed = Signal(str, int, int)
     batch_finished = Signal(object)  # BatchEvent
@@ -102,6 +105,8 @@ class TrainingWorker(QObject):
     finished = Signal(object)  # FitResult
     failed = Signal(object)  # RunFailure
 
+
+class TrainingWorker(RunEvents):
     def __init__(self, config: RunConfig, control: TrainingControl, resume: bool, scan: DatasetScan | None):
         super().__init__()
         self.config = config
