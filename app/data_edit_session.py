@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from app.worker import BackgroundTasks
@@ -37,12 +37,13 @@ class DataEdit(QUndoCommand):
         self._pushed = False
 
     def redo(self) -> None:
-        if self._pushed:
+        if self._pushed and not self._edits.putting_back:
             self._edits.run_journal(self._root, dataset_edits.redo, self._action_id)
         self._pushed = True
 
     def undo(self) -> None:
-        self._edits.run_journal(self._root, dataset_edits.undo, self._action_id)
+        if not self._edits.putting_back:
+            self._edits.run_journal(self._root, dataset_edits.undo, self._action_id)
 
 
 def action_text(action: Action) -> str:
@@ -106,6 +107,7 @@ class DataEdits(QObject):
         self._journal_lock = threading.Lock()
         self._editing = False  # an edit, undo or redo asked for and not yet reported back (GUI thread only)
         self._repairs = JobsUnderWay()
+        self.putting_back = False  # the stack's index is being put back: its commands' undo()/redo() do nothing
 
     @property
     def busy(self) -> bool:
@@ -119,8 +121,23 @@ class DataEdits(QObject):
         self._run(lambda: dataset_edits.exclude(root, paths), lambda action: self._done(root, action))
 
     def run_journal(self, root: str, step: Callable[[str], Action], action_id: int) -> None:
-        """Undo or redo the action `action_id` through the journal (the undo stack's commands call this)."""
-        self._run(lambda: journal_step(root, step, action_id), lambda action: self.edited.emit(root, action))
+        """Undo or redo the action `action_id` through the journal (the undo stack's commands call this).
+
+        The stack moves its index once this returns, before the journal has done anything: when the
+        step is refused or fails, the index is put back, so Edit ▸ Undo names what is really undoable."""
+        before = self.history.index()
+        after = before - 1 if step is dataset_edits.undo else before + 1
+        self._run(lambda: journal_step(root, step, action_id), lambda action: self.edited.emit(root, action),
+                  lambda: QTimer.singleShot(0, self, lambda: self._put_back(before, after)))
+
+    def _put_back(self, before: int, after: int) -> None:
+        if self.history.index() != after:
+            return  # the stack moved on since (a change of the plan): left as it is
+        self.putting_back = True
+        try:
+            self.history.setIndex(before)
+        finally:
+            self.putting_back = False
 
     def repair(self, root: str, then: Callable[[], None]) -> None:
         """Complete what a crash left half-done in `root`'s journal, then call `then` (which lists
@@ -138,9 +155,11 @@ class DataEdits(QObject):
         job = self._repairs.counted(self._locked(lambda: dataset_edits.repair(root) if Path(root).is_dir() else []))
         self.tasks.submit("data-repair", job, done, failed)
 
-    def _run(self, job: Callable[[], Action], on_done: Callable[[Action], None]) -> None:
+    def _run(self, job: Callable[[], Action], on_done: Callable[[Action], None],
+             on_failed: Callable[[], None] = lambda: None) -> None:
         if self.busy:
             self.failed.emit(BUSY)
+            on_failed()
             return
         self._editing = True
 
@@ -151,6 +170,7 @@ class DataEdits(QObject):
         def failed(message: str) -> None:
             self._editing = False
             self.failed.emit(message)
+            on_failed()
 
         self.tasks.submit("data-edit", self._locked(job), done, failed)
 
