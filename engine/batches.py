@@ -63,6 +63,11 @@ class ImageBatches:
     def steps_per_epoch(self) -> int:
         return self.global_steps or max(1, len(self.train_loader))
 
+    @property
+    def train_count(self) -> int:
+        """Training images an epoch's order is made of (of all ranks)."""
+        return len(self.train_samples)
+
     def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
         return model
 
@@ -152,6 +157,10 @@ class FeatureBatches:
     @property
     def steps_per_epoch(self) -> int:
         return batches_per_epoch(len(self.train[1]), self.batch_size)
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train[1])
 
     def module_to_train(self, model: nn.Module, head: str) -> nn.Module:
         return model.get_submodule(head)

@@ -35,6 +35,12 @@ def rank_batches(order: torch.Tensor, batch_size: int, rank: int, world_size: in
     return [part for part in parts if len(part)]
 
 
+def global_batch_size(n: int, batch_size: int, step: int) -> int:
+    """Images in global batch `step` (1-based) of an epoch of `n` (as rank_batches cuts it)."""
+    end = n - 1 if drops_last_batch(n, batch_size) else n
+    return max(1, min(batch_size, end - (step - 1) * batch_size))
+
+
 def _part(batch: torch.Tensor, rank: int, world_size: int, share: int) -> torch.Tensor:
     """Positions rank, rank+W, ... of `batch`. A short last batch that would leave some rank a
     single image (BatchNorm cannot normalise one image by its own statistics, so that rank would

@@ -37,7 +37,7 @@ from .optimization import Optimization, ScheduleSegment
 from .plan import apply_plan
 from .run_folder import RunFolder
 from .run_setup import Run, Stopped, device_name, set_up
-from .sharding import per_rank_batch_size
+from .sharding import global_batch_size, per_rank_batch_size
 from .telemetry import Telemetry
 
 
@@ -286,7 +286,7 @@ class EpochLoop:
                     raise Stopped
                 step += 1
                 last_batch = (x, y)
-                loss, logits = self._step(x, y)
+                loss, logits = self._step(x, y, self._rank_weight(len(y), step))
                 n = len(y)
                 losses.add(loss, n, step)
                 correct += (logits.argmax(1) == y).sum()
@@ -335,15 +335,14 @@ class EpochLoop:
             data_seconds=data_seconds, compute_seconds=train_seconds - data_seconds, newly_unfrozen=newly_unfrozen)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; `weight` scales the loss that is backpropagated (not the one returned)."""
         self.optimization.set_lrs(self.global_step)
         with self.run.autocast():
             logits = self.module(x)
             loss = self.criterion(logits.float(), y)
-            if weight is not None:
-                loss = loss * weight
         optimizer = self.optimization.optimizer
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss if weight is None else loss * weight).backward()
         for listener in self.listeners:
             listener.on_before_optimizer_step()
         self.scaler.step(optimizer)
@@ -352,6 +351,15 @@ class EpochLoop:
             listener.on_after_optimizer_step()
         self.global_step += 1
         return loss.detach(), logits
+
+    def _rank_weight(self, images: int, step: int) -> float | None:
+        """With several processes: this rank's share of the step's global batch, times the ranks, so
+        that DDP's mean over the ranks of each rank's mean loss is the mean over the global batch,
+        as one process computes it (the ranks' parts of a short last batch differ in size)."""
+        if not self.group.is_distributed:
+            return None
+        planned = global_batch_size(self.run.batches.train_count, self.run.config.train.batch_size, step)
+        return images * self.group.world_size / planned
 
     def _check_loss(self, value: float, step: int) -> None:
         if not math.isfinite(value):

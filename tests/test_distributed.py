@@ -416,3 +416,34 @@ def test_ranks_holding_different_frozen_tensors_fail_the_run():
     same, _ = integrity_across_ranks(RankZeroOfTwo(world_size=2, rank=0), IntegrityReport(epoch=1, checked=1),
                                      {"conv1.weight": "0" * 32})
     assert same.intact
+
+
+def test_rank_weights_make_the_ddp_mean_the_global_batch_mean():
+    """DDP averages the ranks' gradients; each rank's loss is weighted by its part of the global
+    batch, so a short last batch split 3 + 0 (or 2 + 1) counts as one process's mean over it."""
+    from engine.sharding import global_batch_size
+
+    n, batch, world = 35, 8, 2
+    order = torch.arange(n)
+    assert [global_batch_size(n, batch, s) for s in range(1, 6)] == [8, 8, 8, 8, 3]
+    losses = torch.rand(n)
+    for step in range(5):
+        parts = [rank_batches(order, batch, r, world) for r in range(world)]
+        means = [losses[p[step]].mean() * len(p[step]) * world / global_batch_size(n, batch, step + 1)
+                 if step < len(p) else torch.zeros(()) for p in parts]
+        global_mean = losses[rank_batches(order, batch, 0, 1)[step]].mean()
+        assert torch.allclose(sum(means) / world, global_mean)
+
+
+def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
+    """On cached features (no BatchNorm in play, fp32) two ranks and one process take the same
+    steps: the same losses, up to float summation order."""
+    from engine.trainer import fit
+
+    configs, _ = two_rank_runs
+    fit(replace(configs[1], out_dir=str(tmp_path / "one")))
+    one, two = _metrics(tmp_path / "one"), _metrics(Path(configs[1].out_dir))
+    for a, b in zip(one, two, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["confusion_matrix"] == b["confusion_matrix"]
