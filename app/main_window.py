@@ -318,7 +318,7 @@ class MainWindow(QMainWindow):
 
     def _connect_mending(self) -> None:
         s, finder, suspects = self.session, self.suspect_finder, self.suspects_view
-        for view in (self.insight, suspects.mend):
+        for view in (self.insight, suspects):
             view.move_requested.connect(s.relabel_images)
             view.exclude_requested.connect(s.exclude_images)
         s.data_edited.connect(self._show_data_edit)

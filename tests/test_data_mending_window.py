@@ -523,3 +523,22 @@ def test_a_refused_redo_leaves_the_edit_undone_on_the_stack(qtbot, tmp_path):
         assert (data / "circle" / "circle_0000.png").is_file()
     finally:
         tasks.shutdown()
+
+
+def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(qtbot, tmp_path):
+    from types import SimpleNamespace
+
+    from widgets.suspects_view import SuspectsView
+
+    view = SuspectsView()
+    qtbot.addWidget(view)
+    rows = [{"path": f"cat/{n}.png", "given": "cat", "likely": "dog", "probability": 0.1} for n in "ab"]
+    view.show_report(SimpleNamespace(suspects=rows, note="found", duplicates=[]), str(tmp_path))
+    view.set_class_names(["cat", "dog"])
+    view.table.selectRow(1)
+    with qtbot.waitSignal(view.move_requested, timeout=1_000) as moved:
+        menu_action(view.mend.move_menu, "dog").trigger()
+    assert moved.args == [[str(tmp_path / "cat" / "b.png")], "dog"]
+    with qtbot.waitSignal(view.exclude_requested, timeout=1_000) as excluded:
+        view.mend.exclude_button.click()
+    assert excluded.args == [[str(tmp_path / "cat" / "b.png")]]

@@ -158,6 +158,8 @@ class SuspectsView(QWidget):
     find_requested = Signal()
     stop_requested = Signal()
     thumbnails_wanted = Signal(list)
+    move_requested = Signal(list, str)  # absolute image paths, the class to move them to
+    exclude_requested = Signal(list)  # absolute image paths
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -177,6 +179,8 @@ class SuspectsView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.mend = MendActions(self.table, self.selected_paths, "suspects")
+        self.mend.move_requested.connect(self.move_requested)
+        self.mend.exclude_requested.connect(self.exclude_requested)
         self.find_button = QPushButton("Find suspects")
         self.find_button.setObjectName("findSuspectsButton")
         self.find_button.setToolTip("Rank the open dataset's images by how unlikely their label is (in the "
