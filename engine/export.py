@@ -2,8 +2,8 @@
 
 Formats: pt (the checkpoint itself), safetensors (weights + metadata + a JSON sidecar),
 torchscript (a module taking a preprocessed float batch), onnx (opset 17, dynamic batch axis,
-metadata_props), pt2 (a torch.export ExportedProgram with a dynamic batch dimension; its SHA-256 is
-recorded in engine.trust, since loading it unpickles). After writing, the file is loaded back by its
+metadata_props), pt2 (a torch.export ExportedProgram with a dynamic batch dimension; loading it unpickles,
+so its SHA-256 is recorded in engine.trust, once it has passed the gate). After writing, the file is loaded back by its
 own runtime and its logits are compared with the in-memory model's on real images, as a batch and
 one image alone; the report is saved beside the file, and an export past the tolerance fails loudly.
 """
@@ -91,8 +91,9 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
         expected = classifier.model(parity_batch).float()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        writer(checkpoint, classifier, out)
-        loaded = load_any(out, fmt)  # by the format written, whatever the file's name
+        written = writer(checkpoint, classifier, out)
+        # By the format written, whatever the file's name; a pt2 is not trusted yet: its own bytes load back.
+        loaded = _load_pt2(out, trust=False, written=written) if fmt == "pt2" else load_any(out, fmt)
         actual = loaded.logits(parity_batch)
         # A batch of one too: exported batch dimensions are dynamic, and must hold at 1 as at N.
         single = loaded.logits(parity_batch[:1]) if len(parity_batch) > 1 else actual[:0]
@@ -120,6 +121,10 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
     if not report.passed:
         raise ParityError(f"{fmt} export {out} differs from the model: largest logit difference {diff:.3g} > "
                           f"{tolerance:g} (top-1 agreement {agreement:.1%}); see {out}.parity.json")
+    if fmt == "pt2":  # only a file that passed: one that failed must not load later without --trust
+        from .trust import record_export
+
+        record_export(written, out)
     return report
 
 
@@ -180,9 +185,8 @@ def _write_onnx(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> No
     atomic_write_bytes(out, model.SerializeToString())
 
 
-def _write_pt2(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
-    from .trust import record_export
-
+def _write_pt2(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> bytes:
+    """The bytes written, for export() to trust once they pass the parity gate."""
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -191,7 +195,7 @@ def _write_pt2(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> Non
     torch.export.save(program, buffer, extra_files={"transfer_studio.json": json.dumps(metadata(classifier))})
     data = buffer.getvalue()
     atomic_write_bytes(out, data)
-    record_export(data, out)  # loading a .pt2 unpickles: only bytes this installation wrote load without --trust
+    return data
 
 
 def onnx_pooling_problem(model: torch.nn.Module, example: torch.Tensor) -> str | None:
@@ -282,14 +286,19 @@ def _load_torchscript(path: Path) -> Exported:
     return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
 
 
-def _load_pt2(path: Path, trust: bool) -> Exported:
+def _load_pt2(path: Path, trust: bool, written: bytes | None = None) -> Exported:
+    """`written`: the bytes export() just wrote to `path`, loaded back before the parity gate trusts them."""
     from .trust import check_trusted
 
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    check_trusted(data, path, trust)  # before anything unpickles; the bytes checked are the bytes loaded
+    # Before anything unpickles; the bytes checked are the bytes loaded.
+    if written is None:
+        check_trusted(data, path, trust)
+    elif data != written:
+        raise UserError(f"{path} changed while it was being exported; export it again")
     extra = {"transfer_studio.json": ""}
     try:
         with warnings.catch_warnings(), _quiet_logger("torch.export"):

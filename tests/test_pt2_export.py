@@ -11,7 +11,7 @@ import torch
 
 from app.cli import main
 from engine.demo import write_demo_dataset
-from engine.export import export, load_any, parity_batch
+from engine.export import ParityError, export, load_any, parity_batch
 from engine.predict import load_classifier
 from engine.trainer import fit
 from engine.trust import TRUST_FILE_ENV, UntrustedFileError, recorded_digests
@@ -127,6 +127,21 @@ def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp
     _one_error_line(capsys.readouterr().err)
     assert main(["predict", str(changed), image, "--trust", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["top_k"][0]["class"] in ("x", "y", "z")
+
+
+def test_a_pt2_that_fails_the_parity_gate_is_not_trusted(trained, registry, tmp_path):
+    out = tmp_path / "model.pt2"
+    # A negative tolerance: no file can pass, so the gate fails after the file was written and loaded back.
+    with pytest.raises(ParityError, match="differs from the model"):
+        export(trained, "pt2", out, parity_batch(trained, 2), tolerance=-1.0)
+    assert out.is_file() and not json.loads((tmp_path / "model.pt2.parity.json").read_text())["passed"]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() not in recorded_digests()
+    with pytest.raises(UntrustedFileError):
+        load_any(out)
+    # The same export past the gate is trusted.
+    export(trained, "pt2", out, parity_batch(trained, 2))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in recorded_digests()
+    assert load_any(out).format == "pt2"
 
 
 def test_an_architecture_torch_export_cannot_handle_is_one_line(trained, registry, tmp_path, monkeypatch, capsys):
