@@ -22,7 +22,7 @@ from engine import dataset_edits
 from engine.config import RunConfig
 from engine.dataset_edits import Action
 from engine.errors import UserError
-from widgets.gallery import thumbnails
+from widgets.gallery import submit_thumbnails
 
 BUSY = "A change of the dataset's files is still being made: try again in a moment."
 
@@ -222,7 +222,5 @@ class SuspectFinder(QObject):
         self.failed.emit("Stopped." if self._stop.is_set() else message)
 
     def want_thumbnails(self, paths: list[str]) -> None:
-        stop_early = self.tasks.obsolete("suspect-thumbnails")
-        self.tasks.submit("suspect-thumbnails", lambda: thumbnails(paths, stop_early), self.thumbnails_ready.emit,
-                          lambda _: None)
+        submit_thumbnails(self.tasks, "suspect-thumbnails", paths, self.thumbnails_ready.emit, lambda _: None)
 

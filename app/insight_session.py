@@ -24,7 +24,7 @@ from engine.embeddings import EmbeddingPoint, read_embeddings
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent
 from engine.run_folder import RunFolder
-from widgets.gallery import thumbnails
+from widgets.gallery import submit_thumbnails
 
 PREVIEW_SIDE = 256
 TOP_K = 5
@@ -193,9 +193,7 @@ class InsightSession(QObject):
         self.tasks.submit("history", job, lambda r: self.history_ready.emit(*r), self.failed.emit)
 
     def want_thumbnails(self, paths: list[str]) -> None:
-        stop_early = self.tasks.obsolete("gallery")
-        self.tasks.submit("gallery", lambda: thumbnails(paths, stop_early), self.thumbnails_ready.emit,
-                          self.failed.emit)
+        submit_thumbnails(self.tasks, "gallery", paths, self.thumbnails_ready.emit, self.failed.emit)
 
     def show_image(self, path: str) -> None:
         self.tasks.submit("preview", lambda: preview_image(path),

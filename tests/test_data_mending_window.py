@@ -187,7 +187,7 @@ def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, w
     assert model.rowCount() == 24 and "out-of-sample" in view.note.text()  # the source is said
     probabilities = [model.suspect(r)["probability"] for r in range(24)]
     assert probabilities == sorted(probabilities)  # most suspect first
-    qtbot.waitUntil(lambda: model.cache.get(model.absolute_path(0)) is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: model.thumbnails.cache.get(model.absolute_path(0)) is not None, timeout=20_000)
 
     view.table.selectRow(0)
     view.table.selectionModel().select(model.index(1, 0), view.table.selectionModel().SelectionFlag.Select
@@ -293,16 +293,30 @@ def test_train_folds_refuses_what_cannot_work_in_one_line(tmp_path, capsys, flag
 
 
 def test_the_suspects_model_passes_the_model_tester_and_rows_follow_their_files(qtmodeltester, tmp_path):
+    from PySide6.QtCore import Qt
+
     from widgets.suspects_view import SuspectsModel
 
+    from PySide6.QtGui import QImage
+
     model = SuspectsModel()
+    wanted = []
+    model.thumbnails_wanted.connect(wanted.append)
     rows = [{"path": "cat/a.png", "given": "cat", "likely": "dog", "probability": 0.1},
             {"path": "dog/b.png", "given": "dog", "likely": "dog", "probability": 0.9}]
     model.set_suspects(rows, str(tmp_path))
     qtmodeltester.check(model)
+    assert wanted == [[str(tmp_path / "cat/a.png"), str(tmp_path / "dog/b.png")]]
+    decoded = QImage(4, 4, QImage.Format.Format_RGB32)
+    model.add_thumbnails({str(tmp_path / "cat/a.png"): decoded, str(tmp_path / "dog/b.png"): None})
+    assert model.index(0, 0).data(Qt.ItemDataRole.DecorationRole) == decoded
+    placeholder = model.index(1, 0).data(Qt.ItemDataRole.DecorationRole)  # did not decode: the placeholder
+    assert placeholder is not None and placeholder.width() > 4
+    wanted.clear()
     model.apply_moves(str(tmp_path), [("cat/a.png", "dog/a.png"), ("dog/b.png", "_excluded/dog/b.png")])
     assert [(model.suspect(r)["path"], model.suspect(r)["given"]) for r in (0, 1)] == [
         ("dog/a.png", "dog"), ("_excluded/dog/b.png", "excluded")]
+    assert wanted == [[str(tmp_path / "dog/a.png"), str(tmp_path / "_excluded/dog/b.png")]]  # new names
     model.apply_moves(str(tmp_path / "elsewhere"), [("dog/a.png", "cat/a.png")])  # another dataset's files
     assert model.suspect(0)["path"] == "dog/a.png"
 

@@ -3,6 +3,8 @@
 The model holds the records and whatever thumbnails have arrived; it asks for the missing ones
 through `thumbnails_wanted` (decoded off the GUI thread by whoever listens) and keeps the most
 recent ones in a small cache, so clicking back and forth between cells decodes nothing twice.
+The thumbnails' part (ThumbnailRows) and the rows following their moved files (follow_moves) serve
+the Suspects tab's model as well.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterable
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractItemModel, QAbstractListModel, QModelIndex, QSize, Qt, Signal, SignalInstance
 from PySide6.QtGui import QAction, QColor, QImage
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
@@ -42,6 +45,42 @@ class ThumbnailCache:
             self._images.popitem(last=False)
 
 
+class ThumbnailRows:
+    """The thumbnails of a model's rows: the cache, the image shown until one arrives, and asking
+    (through the model's `wanted` signal) for those not decoded yet."""
+
+    def __init__(self, model: QAbstractItemModel, wanted: SignalInstance):
+        self._model, self._wanted = model, wanted
+        self.cache = ThumbnailCache()
+        # Shown until the thumbnail arrives (or for a file that does not decode): every row keeps
+        # the thumbnail's size, so the view is laid out once and never jumps.
+        self._placeholder = QImage(THUMB_SIZE, THUMB_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
+        self._placeholder.fill(QColor(220, 222, 226))
+
+    def image(self, path: str) -> QImage:
+        return self.cache.get(path) or self._placeholder
+
+    def want_missing(self, paths: Iterable[str]) -> None:
+        missing = [path for path in paths if path not in self.cache]
+        if missing:
+            self._wanted.emit(missing)
+
+    def add(self, images: dict[str, QImage | None]) -> None:
+        for path, image in images.items():
+            self.cache.put(path, image)
+        rows = self._model.rowCount()
+        if rows:
+            self._model.dataChanged.emit(self._model.index(0, 0), self._model.index(rows - 1, 0),
+                                         [Qt.ItemDataRole.DecorationRole])
+
+
+def follow_moves(paths: Iterable[str], moves: Iterable[tuple[str, str]]) -> list[tuple[int, str]]:
+    """(row, new path) for each of `paths` whose file moved; `moves` are (from, to) as the journal
+    records them, relative to the same folder as `paths`."""
+    destination = dict(moves)
+    return [(row, destination[path]) for row, path in enumerate(paths) if path in destination]
+
+
 class GalleryModel(QAbstractListModel):
     """One row per image (records with path, true, pred, loss, confidence; paths relative to `root`)."""
 
@@ -52,30 +91,20 @@ class GalleryModel(QAbstractListModel):
         super().__init__(parent)
         self._records: list = []
         self._root = Path()
-        self.cache = ThumbnailCache()
-        # Shown until the thumbnail arrives (or for a file that does not decode): every item keeps
-        # the thumbnail's size, so the grid is laid out once and never jumps.
-        self._placeholder = QImage(THUMB_SIZE, THUMB_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
-        self._placeholder.fill(QColor(220, 222, 226))
+        self.thumbnails = ThumbnailRows(self, self.thumbnails_wanted)
 
     def set_records(self, records: list, root: str | Path) -> None:
         self.beginResetModel()
         self._records = sorted(records, key=lambda r: r.loss, reverse=True)
         self._root = Path(root)
         self.endResetModel()
-        missing = [p for p in map(self.absolute_path, range(len(self._records))) if p not in self.cache]
-        if missing:
-            self.thumbnails_wanted.emit(missing)
+        self.thumbnails.want_missing(map(self.absolute_path, range(len(self._records))))
 
     def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
-        for path, image in images.items():
-            self.cache.put(path, image)
-        if self._records:
-            self.dataChanged.emit(self.index(0), self.index(len(self._records) - 1),
-                                  [Qt.ItemDataRole.DecorationRole])
+        self.thumbnails.add(images)
 
     def has_thumbnail(self, row: int) -> bool:
-        return self.cache.get(self.absolute_path(row)) is not None
+        return self.thumbnails.cache.get(self.absolute_path(row)) is not None
 
     def records(self) -> list:
         return list(self._records)
@@ -87,15 +116,10 @@ class GalleryModel(QAbstractListModel):
     def apply_moves(self, moves: list[tuple[str, str]], class_of) -> None:
         """Rows follow their files after a move ((from, to) relative to the root): the new path, and
         as true class `class_of(new path)`, so the row shows the label it has now."""
-        destination = dict(moves)
-        for row, record in enumerate(self._records):
-            if record.path in destination:
-                new = destination[record.path]
-                self._records[row] = replace(record, path=new, true=class_of(new))
-                self.dataChanged.emit(self.index(row), self.index(row))
-        missing = [p for p in map(self.absolute_path, range(len(self._records))) if p not in self.cache]
-        if missing:
-            self.thumbnails_wanted.emit(missing)
+        for row, new in follow_moves((record.path for record in self._records), moves):
+            self._records[row] = replace(self._records[row], path=new, true=class_of(new))
+            self.dataChanged.emit(self.index(row), self.index(row))
+        self.thumbnails.want_missing(map(self.absolute_path, range(len(self._records))))
 
     def record(self, row: int):
         return self._records[row]
@@ -113,7 +137,7 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return f"{record.true} → {record.pred}\n{record.confidence:.0%}"
         if role == Qt.ItemDataRole.DecorationRole:
-            return self.cache.get(self.absolute_path(index.row())) or self._placeholder
+            return self.thumbnails.image(self.absolute_path(index.row()))
         if role == Qt.ItemDataRole.ToolTipRole:
             ranked = ", ".join(f"{name} {p:.0%}" for name, p in record.top)
             return (f"{record.path}\ntrue: {record.true}, predicted: {record.pred} ({record.confidence:.1%})\n"
@@ -160,6 +184,14 @@ class GalleryView(QListView):
         path = self.current_path()
         if path:
             self.explain_requested.emit(path)
+
+
+def submit_thumbnails(tasks, kind: str, paths: list[str], on_done: Callable[[dict], None],
+                      on_error: Callable[[str], None]) -> None:
+    """Decode `paths` off the GUI thread with `tasks` (app.worker.BackgroundTasks); a newer request
+    of the same `kind` ends this one early."""
+    stop_early = tasks.obsolete(kind)
+    tasks.submit(kind, lambda: thumbnails(paths, stop_early), on_done, on_error)
 
 
 def thumbnails(paths: list[str], should_stop) -> dict[str, QImage | None]:

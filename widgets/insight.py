@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from widgets.confusion import ConfusionMatrixModel, PerClassModel, confused_pairs_text
 from widgets.embedding_plot import EmbeddingPlot
-from widgets.gallery import GalleryModel, GalleryView
+from widgets.gallery import GalleryModel, GalleryView, follow_moves
 from widgets.suspects_view import MendActions, class_of, same_folder
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
 
@@ -205,8 +205,9 @@ class InsightView(QWidget):
             return
         self.gallery_model.apply_moves(moves, class_of)
         # The cells count what the run saw; their images are found where they are now.
-        destination = dict(moves)
-        records = [replace(r, path=destination.get(r.path, r.path)) for r in self._evaluation.records]
+        records = list(self._evaluation.records)
+        for row, new in follow_moves((r.path for r in records), moves):
+            records[row] = replace(records[row], path=new)
         self._evaluation = replace(self._evaluation, records=records)
 
     def show_preview(self, image: QImage | None, caption: str) -> None:

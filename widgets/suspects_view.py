@@ -12,12 +12,12 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from PySide6.QtCore import QModelIndex, QObject, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QImage
+from PySide6.QtGui import QAction, QImage
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMenu, QPushButton, QTableView,
                                QToolButton, QVBoxLayout, QWidget)
 
 from engine.dataset_edits import EXCLUDED
-from widgets.gallery import THUMB_SIZE, ThumbnailCache
+from widgets.gallery import THUMB_SIZE, ThumbnailRows, follow_moves
 from widgets.row_table import RowTableModel
 
 EXCLUDED_LABEL = "excluded"
@@ -97,17 +97,13 @@ class SuspectsModel(RowTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.root = ""
-        self.cache = ThumbnailCache()
-        self._placeholder = QImage(THUMB_SIZE, THUMB_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
-        self._placeholder.fill(QColor(220, 222, 226))
+        self.thumbnails = ThumbnailRows(self, self.thumbnails_wanted)
 
     def set_suspects(self, suspects: list[dict], root: str) -> None:
         """`suspects`: engine.suspects' rows ({"path", "given", "likely", "probability"}), paths relative to `root`."""
         self.root = root
         self.set_items(dict(s) for s in suspects)
-        missing = [p for p in map(self.absolute_path, range(self.rowCount())) if p not in self.cache]
-        if missing:
-            self.thumbnails_wanted.emit(missing)
+        self.thumbnails.want_missing(map(self.absolute_path, range(self.rowCount())))
 
     def suspect(self, row: int) -> dict:
         return dict(self._items[row])
@@ -116,25 +112,16 @@ class SuspectsModel(RowTableModel):
         return str(Path(self.root) / self._items[row]["path"])
 
     def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
-        for path, image in images.items():
-            self.cache.put(path, image)
-        if self._items:
-            self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, 0),
-                                  [Qt.ItemDataRole.DecorationRole])
+        self.thumbnails.add(images)
 
     def apply_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
         """Rows follow their files: (from, to) paths relative to `root`, as the journal records them."""
         if not same_folder(root, self.root):
             return
-        destination = dict(moves)
-        for row, item in enumerate(self._items):
-            if item["path"] in destination:
-                item["path"] = destination[item["path"]]
-                item["given"] = class_of(item["path"])
-                self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
-        missing = [p for p in map(self.absolute_path, range(self.rowCount())) if p not in self.cache]
-        if missing:
-            self.thumbnails_wanted.emit(missing)
+        for row, new in follow_moves((item["path"] for item in self._items), moves):
+            self._items[row].update(path=new, given=class_of(new))
+            self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
+        self.thumbnails.want_missing(map(self.absolute_path, range(self.rowCount())))
 
     def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
@@ -145,7 +132,7 @@ class SuspectsModel(RowTableModel):
                 return f"{item['probability']:.1%}"
             return item[("path", "given", "likely")[column - 1]]
         if role == Qt.ItemDataRole.DecorationRole and column == 0:
-            return self.cache.get(self.absolute_path(index.row())) or self._placeholder
+            return self.thumbnails.image(self.absolute_path(index.row()))
         if role == Qt.ItemDataRole.ToolTipRole:
             return (f"{item['path']}\ngiven: {item['given']}, likely: {item['likely']}\n"
                     f"probability of the given class: {item['probability']:.1%}")
