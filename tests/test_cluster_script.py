@@ -161,3 +161,71 @@ def test_the_window_saves_the_project_and_writes_the_script(window, qtbot, tmp_p
     assert "#SBATCH --nodes=4" in text and "--nproc-per-node 8" in text and "#SBATCH --time=1-00:00:00" in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     dialog.close()
+
+
+def _dialog(qtbot, project, script, config):
+    from widgets.cluster_dialog import ClusterDialog
+
+    saved = []
+
+    def save(path):
+        saved.append(path)
+        save_project(path, config)
+
+    dialog = ClusterDialog(str(project), save, config=lambda: config)
+    qtbot.addWidget(dialog)
+    dialog.script_edit.setText(str(script))
+    return dialog, saved
+
+
+def test_a_refused_job_leaves_the_project_and_script_as_they_were(qtbot, tmp_path):
+    project, script = tmp_path / "birds.tsproj.json", tmp_path / "birds.sbatch"
+    project.write_text("my own project\n")
+    script.write_text("my own script\n")
+    dialog, saved = _dialog(qtbot, project, script, RunConfig(data=DataConfig(root=str(tmp_path / "data"))))
+    assert "output folder" in dialog.result.text()  # the rule of commit 5d96b96, not runs/<project>-cluster only
+    dialog.time_edit.setText("1:00")
+    dialog.write_button.click()
+    assert "is not HH:MM:SS" in dialog.result.text()
+    relative, _ = _dialog(qtbot, project, script, RunConfig(data=DataConfig(root="data/birds")))
+    relative.write_button.click()
+    message = relative.result.text()
+    assert "is relative" in message and "birds.tsproj.json" in message and "checking" not in message, message
+    assert saved == [] and project.read_text() == "my own project\n" and script.read_text() == "my own script\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["birds.sbatch", "birds.tsproj.json"]  # no check file left
+
+
+def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from engine.config import load_project
+
+    project, script = tmp_path / "birds.tsproj.json", tmp_path / "birds.sbatch"
+    project.write_text("my own project\n")
+    config = RunConfig(data=DataConfig(root=str(tmp_path / "data")))
+    dialog, saved = _dialog(qtbot, project, script, config)
+    asked = []
+
+    def answer(choice):
+        def question(parent, title, text, *args):
+            asked.append(text)
+            return choice
+        return question
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    dialog.write_button.click()
+    assert "Nothing written" in dialog.result.text() and str(project) in asked[0] and str(script) not in asked[0]
+    assert saved == [] and project.read_text() == "my own project\n" and not script.exists()
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    dialog.write_button.click()
+    assert "Wrote" in dialog.result.text(), dialog.result.text()
+    assert saved == [str(project)] and load_project(project).data.root == config.data.root
+    text = script.read_text()
+    assert f"PROJECT={shlex.quote(str(project))}" in text  # the project, not the copy it was checked as
+    assert f"RUN_DIR={shlex.quote(str(tmp_path / 'runs' / 'birds-cluster'))}" in text and "ts-birds" in text
+    # Nothing existed for this pair: no question.
+    asked.clear()
+    dialog.project_edit.setText(str(tmp_path / "new.tsproj.json"))
+    dialog.script_edit.setText(str(tmp_path / "new.sbatch"))
+    dialog.write_button.click()
+    assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "new.sbatch").is_file()

@@ -1,17 +1,22 @@
-"""File > Export cluster job…: nodes, GPUs per node, partition, time limit and where to save; writes
-the shown configuration as a project and a SLURM job script that trains it (engine.cluster_script)."""
+"""File > Export cluster job…: nodes, GPUs per node, partition, time limit and where to save; checks
+the job, then writes the shown configuration as a project and a SLURM job script that trains it
+(engine.cluster_script)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                               QSpinBox, QVBoxLayout)
+from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                               QPushButton, QSpinBox, QVBoxLayout)
 
 from engine.checkpoint import atomic_write_bytes
-from engine.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, cluster_job, render
+from engine.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, ClusterJob, cluster_job, render
+from engine.config import RunConfig, save_project
 from engine.errors import UserError
 
 DEFAULT_TIME = "04:00:00"
@@ -23,14 +28,42 @@ def script_path_for(project: str) -> str:
     return str(path.with_name((path.name.split(".")[0] or "job") + ".sbatch"))
 
 
+def job_for_config(config: RunConfig, project: Path, nodes: int, gpus_per_node: int, **options) -> ClusterJob:
+    """The job `cluster_job` builds for `config` saved as `project`, without writing `project`: the
+    configuration goes to a temporary file beside it whose name starts with the same stem (the stem
+    names the run folder and the job), removed again."""
+    project = project.expanduser().absolute()
+    try:
+        project.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=project.name.split(".")[0] + ".", suffix=".checking", dir=project.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(project)) from None
+    os.close(fd)
+    copy = Path(name)
+    try:
+        save_project(copy, config)
+        job = cluster_job(copy, nodes, gpus_per_node, **options)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(project)) from None
+    except UserError as exc:  # its message names the file checked: name the project instead
+        raise UserError(str(exc).replace(str(copy), str(project)).replace(copy.name, project.name)) from None
+    finally:
+        copy.unlink(missing_ok=True)
+    return replace(job, project=project)
+
+
 class ClusterDialog(QDialog):
-    def __init__(self, project: str, save_project: Callable[[str], None], parent=None):
-        """`save_project(path)` writes the configuration shown to `path` (the window's Save project)."""
+    def __init__(self, project: str, save_project: Callable[[str], None], parent=None,
+                 config: Callable[[], RunConfig] | None = None):
+        """`save_project(path)` writes the configuration shown to `path` (the window's Save project);
+        `config()` returns that configuration, checked as a job before anything is written (by default the
+        parent window's session's)."""
         super().__init__(parent)
         self.setObjectName("clusterDialog")
         self.setWindowTitle("Export cluster job")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # the window keeps no reference to it
         self._save_project = save_project
+        self._config = config if config is not None else parent.session.config
         self.project_edit = self._path_edit("clusterProjectEdit", project,
                                             "The configuration shown is saved to this project file first.")
         self.script_edit = self._path_edit("clusterScriptEdit", script_path_for(project), "The SLURM job script.")
@@ -43,8 +76,8 @@ class ClusterDialog(QDialog):
         self.time_edit.setObjectName("clusterTime")
         self.time_edit.setToolTip("Time limit, HH:MM:SS (or D-HH:MM:SS); empty: the partition's default. Near "
                                   "it the job requeues itself and continues from its last completed epoch.")
-        self.result = QLabel("The run folder is runs/<project>-cluster beside the project: keep both on storage "
-                             "every node sees.")
+        self.result = QLabel("The run folder is the project's output folder when it names an absolute one, "
+                             "else runs/<project>-cluster beside the project: keep both on storage every node sees.")
         self.result.setObjectName("clusterResult")
         self.result.setWordWrap(True)
         self.write_button = QPushButton("Write script")
@@ -71,15 +104,25 @@ class ClusterDialog(QDialog):
         self.setMinimumWidth(560)
 
     def write(self) -> None:
-        """Save the project, then the script; either problem is one line in the dialog."""
+        """Check the job, ask before replacing a file, then save the project and the script; a problem is
+        one line in the dialog, and a refused job writes nothing."""
         project, script = self.project_edit.text().strip(), self.script_edit.text().strip()
         try:
             if not project or not script:
                 raise UserError("name both the project file and the script file")
+            paths = [Path(project).expanduser().absolute(), Path(script).expanduser().absolute()]
+            if paths[0] == paths[1]:
+                raise UserError("the project and the script must be different files")
+            for path in paths:
+                if path.is_dir():
+                    raise UserError(f"{path} is a folder; name a file")
+            job = job_for_config(self._config(), paths[0], self.nodes.value(), self.gpus.value(),
+                                 partition=self.partition_edit.text().strip() or None,
+                                 time_limit=self.time_edit.text().strip() or None)
+            if not self._may_replace([path for path in paths if path.exists()]):
+                self.result.setText("Nothing written: choose other file names, or replace the files.")
+                return
             self._save_project(project)
-            job = cluster_job(project, self.nodes.value(), self.gpus.value(),
-                              partition=self.partition_edit.text().strip() or None,
-                              time_limit=self.time_edit.text().strip() or None)
             atomic_write_bytes(Path(script), render(job).encode())
         except UserError as exc:
             self.result.setText(f"✘ {exc}")
@@ -89,6 +132,15 @@ class ClusterDialog(QDialog):
             return
         self.result.setText(f"✔ Wrote {script} for {Path(project).name}: {job.nodes} node(s) × {job.gpus_per_node} "
                             f"GPU(s), run folder {job.run_dir}. Submit it with: sbatch {script}")
+
+    def _may_replace(self, existing: list[Path]) -> bool:
+        if not existing:
+            return True
+        names = "\n".join(str(path) for path in existing)
+        answer = QMessageBox.question(self, "Replace files", f"Replace these files?\n{names}",
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def _spin(self, name: str, maximum: int, tip: str) -> QSpinBox:
         box = QSpinBox()
@@ -113,13 +165,15 @@ class ClusterDialog(QDialog):
 
     def _browse_project(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save project as", self.project_edit.text(),
-                                              "Transfer Studio project (*.tsproj.json *.json)")
+                                              "Transfer Studio project (*.tsproj.json *.json)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)  # Write asks
         if path:
             self.project_edit.setText(path)
             self.script_edit.setText(script_path_for(path))
 
     def _browse_script(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save job script as", self.script_edit.text(),
-                                              "SLURM job script (*.sbatch *.sh);;All files (*)")
+                                              "SLURM job script (*.sbatch *.sh);;All files (*)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)  # Write asks
         if path:
             self.script_edit.setText(path)
