@@ -386,6 +386,8 @@ def _train(args, argv: list[str]) -> int:
     control = FileControl(args.control_file, group) if args.control_file else None
     try:
         with group.started(select_device(config.train.device).type):
+            # Started by torchrun without --out: every rank trains in rank 0's default run folder.
+            config = replace(config, out_dir=group.gather_objects(config.out_dir)[0])
             result = fit(config, events or progress, control, resume=bool(args.resume), group=group)
     except (UserError, RunFailed) as exc:
         if events:
