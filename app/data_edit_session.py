@@ -197,6 +197,7 @@ class SuspectFinder(QObject):
         super().__init__(parent)
         self.tasks = tasks
         self._stop = threading.Event()
+        self.searching = False  # a search asked for and not reported back yet: no run starts beside it
 
     def find(self, config: RunConfig, root: str, run_dir: str | None) -> None:
         from engine.suspects import find_suspects
@@ -213,12 +214,18 @@ class SuspectFinder(QObject):
                                  batch_size=train.batch_size, val_fraction=data.val_fraction, seed=train.seed,
                                  device=train.device, should_stop=lambda: stop.is_set() or replaced())
 
-        self.tasks.submit("suspects", job, lambda report: self.found.emit(report, root), self._failed)
+        def found(report) -> None:
+            self.searching = False
+            self.found.emit(report, root)
+
+        self.searching = True
+        self.tasks.submit("suspects", job, found, self._failed)
 
     def stop(self) -> None:
         self._stop.set()
 
     def _failed(self, message: str) -> None:
+        self.searching = False
         self.failed.emit("Stopped." if self._stop.is_set() else message)
 
     def want_thumbnails(self, paths: list[str]) -> None:

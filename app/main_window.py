@@ -19,7 +19,6 @@ from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSplitter, QStyle, QTabWidget, QWidget)
 
-from app.data_edit_session import SuspectFinder
 from app.insight_session import InsightSession, RunInsight
 from app.session import RunState, Session
 from app.gc_guard import GuiThreadCollector
@@ -98,7 +97,6 @@ class MainWindow(QMainWindow):
         self.runs_view = RunsView()
         self.insight_session = InsightSession(self.session.tasks, self.runs_root(), self)
         self.suspects_view = SuspectsView()
-        self.suspect_finder = SuspectFinder(self.session.tasks, self)
         self.export_dialog: ExportDialog | None = None
         self.lr_finder_dialog: LrFinderDialog | None = None
         self._build_layout()
@@ -317,7 +315,7 @@ class MainWindow(QMainWindow):
         self.controller.run_started.connect(lambda _: ins.refresh_runs())
 
     def _connect_mending(self) -> None:
-        s, finder, suspects = self.session, self.suspect_finder, self.suspects_view
+        s, finder, suspects = self.session, self.session.suspect_finder, self.suspects_view
         for view in (self.insight, suspects):
             view.move_requested.connect(s.relabel_images)
             view.exclude_requested.connect(s.exclude_images)
@@ -339,7 +337,7 @@ class MainWindow(QMainWindow):
         folder = self.session.dataset.folder
         run = self.session.run.folder
         self.suspects_view.show_busy(f"Finding suspects in {Path(folder).name or 'the dataset'}…")
-        self.suspect_finder.find(self.session.config(), folder, str(run.path) if run is not None else None)
+        self.session.suspect_finder.find(self.session.config(), folder, str(run.path) if run is not None else None)
 
     @Slot(str, object)
     def _show_data_edit(self, root: str, action) -> None:

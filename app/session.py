@@ -20,7 +20,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from PySide6.QtGui import QUndoStack
 
-from app.data_edit_session import BUSY as DATA_EDIT_BUSY, DataEdits
+from app.data_edit_session import BUSY as DATA_EDIT_BUSY, DataEdits, SuspectFinder
 from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange, advice_changes
 from app.session_tasks import (DatasetLoader, DatasetState, ModelDescriber, WeightsFiles, size_shapes_parameters,
                                model_structure, without_random_draws)
@@ -47,6 +47,7 @@ SCHEDULE_DELAY_MS = 250  # a burst of edits makes one schedule preview
 # thread meanwhile takes the GIL from the painting GUI thread (a first paint of 50 ms instead of 25).
 ADVICE_DELAY_MS = 250
 ADVICE_FOLLOWED = "Presets follow the advice (Ctrl+Z undoes)"
+SEARCHING = "Suspects are being found: start when that is done (or Stop it)."
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Session(QObject):
         self.plan_history = QUndoStack(self)  # plan changes, presets and applied advice: Ctrl+Z takes them back
         # Moves of the dataset's files share the one stack: Ctrl+Z takes back the last thing done, whichever it was.
         self.data_edits = DataEdits(self.tasks, self.plan_history, self)
+        # Its model would draw from the random numbers a run is seeded with: one never runs beside a run.
+        self.suspect_finder = SuspectFinder(self.tasks, self)
         self._plan_edited = False  # the person changed the plan: advice never follows by itself
         self._advice: Advice | None = None
         self._advised_folders: set[str] = set()  # datasets advice was given for: only a first one is followed
@@ -225,6 +228,8 @@ class Session(QObject):
             return f"Still reading {dataset.folder}…"
         if self.data_edits.busy:
             return "The dataset's files are being moved: start when that is done."
+        if self.suspect_finder.searching:
+            return SEARCHING
         size_problem = self.image_size_problem()
         if size_problem:
             return size_problem
@@ -663,6 +668,9 @@ class Session(QObject):
         """Resume the shown run from its last completed epoch up to the Epochs setting."""
         run = self._run
         if run.running:
+            return False
+        if self.suspect_finder.searching:
+            self.error_raised.emit(SEARCHING)
             return False
         if not run.can_continue:
             self.error_raised.emit("No run to continue: a run saves its state after each completed epoch.")

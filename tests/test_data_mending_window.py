@@ -180,7 +180,7 @@ def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, w
     window.open_folder(str(data))
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
     view = window.suspects_view
-    with qtbot.waitSignal(window.suspect_finder.found, timeout=60_000):
+    with qtbot.waitSignal(window.session.suspect_finder.found, timeout=60_000):
         view.find_button.click()
         assert not view.find_button.isEnabled() and view.stop_button.isEnabled()  # busy, off the GUI thread
     model = view.model
@@ -556,3 +556,38 @@ def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(q
     with qtbot.waitSignal(view.exclude_requested, timeout=1_000) as excluded:
         view.mend.exclude_button.click()
     assert excluded.args == [[str(tmp_path / "cat" / "b.png")]]
+
+
+def test_no_run_starts_while_suspects_are_being_found(qtbot, window, tmp_path, monkeypatch):
+    import threading
+
+    from app.session import SEARCHING
+    from engine import suspects
+    from engine.run_setup import Stopped
+
+    searching = threading.Event()
+
+    def endless(*args, should_stop, **kwargs):
+        searching.set()
+        while not should_stop():
+            searching.wait(0.01)
+        raise Stopped
+
+    monkeypatch.setattr(suspects, "find_suspects", endless)
+    data = tiny_dataset(tmp_path / "data")
+    session = window.session
+    session.set_weights("none")
+    session.update_data({"image_size": 32})
+    session.update_train({"epochs": 1, "batch_size": 8, "device": "cpu"})
+    window.open_folder(str(data))
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
+    qtbot.waitUntil(lambda: window.is_ready, timeout=30_000)
+    window.suspects_view.find_button.click()
+    qtbot.waitUntil(searching.is_set, timeout=5_000)
+    assert session.start_problem() == SEARCHING
+    with qtbot.waitSignal(session.error_raised, timeout=5_000) as refused:
+        window.start_training()
+    assert refused.args == [SEARCHING] and not session.is_running
+    with qtbot.waitSignal(session.suspect_finder.failed, timeout=10_000):
+        window.suspects_view.stop_button.click()
+    assert session.start_problem() != SEARCHING and window.suspects_view.note.text() == "Stopped."
