@@ -125,7 +125,7 @@ class DataEdits(QObject):
 
         The stack moves its index once this returns, before the journal has done anything: when the
         step is refused or fails, the index is put back, so Edit ▸ Undo names what is really undoable."""
-        before = self.history.index()
+        before = self.history.index()  # QUndoStack's undo(), redo() and setIndex() call a command, then move
         after = before - 1 if step is dataset_edits.undo else before + 1
         self._run(lambda: journal_step(root, step, action_id), lambda action: self.edited.emit(root, action),
                   lambda: QTimer.singleShot(0, self, lambda: self._put_back(before, after)))
