@@ -10,6 +10,7 @@ the plain view). V forward passes instead of one per epoch, and the head still s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from torch import nn
 
 from .batches import FeatureBatches
 from .checkpoint import atomic_torch_save, safe_torch_load
-from .data import Preprocessing, Sample, normalize_batch
+from .data import ImageDataset, Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from .errors import UserError
 from .models import ModelInfo, weights_cache_path
 from .paths import cache_dir
@@ -345,3 +346,47 @@ def features_per_file(samples: Sequence[Sample], trunk_key: str,
     if not positions:
         return torch.empty(0, 0), [], note
     return torch.stack([by_position[i] for i in positions]), positions, note
+
+
+def trunk_store_key(*, arch: str, weights: str, seed: int, head: str, prep: Preprocessing,
+                    amp_dtype: torch.dtype | None, device_type: str) -> str:
+    """The per-file store's key for one trunk (feature_cache_key of no samples). Every caller builds it
+    here, so a training and a suspects search at the same settings share one store."""
+    precision = "float32" if amp_dtype is None else str(amp_dtype)
+    return feature_cache_key((), arch=arch, weights=weights, seed=seed, head=head, prep=prep, precision=precision,
+                             device_type=device_type)
+
+
+def per_file_trunk_features(model: nn.Module, head: str, prep: Preprocessing, device: torch.device,
+                            samples: Sequence[Sample], trunk_key: str, *, batch_size: int, seed: int,
+                            workers: int = 0, pin: bool = False, autocast: Callable = contextlib.nullcontext,
+                            channels_last: bool = False, progress: Callable[[int, int], None] | None = None,
+                            on_failures: Callable[[list, list[Sample]], None] | None = None,
+                            on_computed: Callable[[int], None] | None = None,
+                            should_stop: Callable[[], bool] = lambda: False,
+                            share: Callable[[Callable], Callable] = lambda compute: compute,
+                            trunk_pass: Callable = compute_features):
+    """features_per_file's result for `samples` (None when stopped), the trunk run on the plain view
+    of the files the store lacks. `on_failures(failures, batch)`: images that did not decode, indexed
+    into the samples `batch` the trunk ran on; `on_computed(n)`: n images went through the trunk;
+    `share(compute)`: how that work is split (engine.across_ranks), by default not at all;
+    `trunk_pass`: compute_features, as the caller names it (its tests count the passes through that name)."""
+    def compute(missing: list[Sample]):
+        failed: set[int] = set()
+
+        def failures_found(failures) -> None:
+            failed.update(index for index, _ in failures)
+            if on_failures:
+                on_failures(failures, missing)
+
+        loader = make_loader(ImageDataset(missing, prep.resize, eval_transform(prep.crop)), batch_size, False,
+                             workers, seed, pin)
+        result = trunk_pass(model, head, loader, prep, device, autocast, channels_last, progress=progress,
+                            on_failures=failures_found, should_stop=should_stop)
+        if result is None:
+            return None
+        if on_computed:
+            on_computed(len(missing) - len(failed))
+        return result[0], failed
+
+    return features_per_file(samples, trunk_key, share(compute))

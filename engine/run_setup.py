@@ -28,8 +28,8 @@ from .distributed import SINGLE, ProcessGroup
 from .errors import UserError
 from .events import Callbacks, TrainingControl
 from .features import (AugmentedFeatureBatches, augmented_views_note, compute_feature_views, compute_features,
-                       feature_cache_decision, feature_cache_key, features_per_file, load_cached_features,
-                       save_cached_features)
+                       feature_cache_decision, feature_cache_key, load_cached_features, per_file_trunk_features,
+                       save_cached_features, trunk_store_key)
 from .models import ModelInfo, build_model
 from .plan import Plan, build_plan
 from .run_folder import RunFolder
@@ -358,34 +358,24 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
     class keeps its features under its new label. Also saved under the dataset's key, as the
     other paths do."""
     config = run.config
-    # fp32 named as engine.suspects names it: suspects found at the training's image size share the store.
-    precision = "float32" if run.amp_dtype is None else str(run.amp_dtype)
-    trunk_key = feature_cache_key((), arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
-                                  head=run.info.head, prep=run.prep, precision=precision, device_type=run.device.type)
+    trunk_key = trunk_store_key(arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
+                                head=run.info.head, prep=run.prep, amp_dtype=run.amp_dtype,
+                                device_type=run.device.type)
     callbacks.on_status("Computing trunk features (once)")
     computed = 0
 
+    def count(n: int) -> None:
+        nonlocal computed
+        computed += n
+
     def gather(samples, name: str):
-        def compute(missing):
-            nonlocal computed
-            failed: set[int] = set()
-
-            def on_failures(failures):
-                failed.update(index for index, _ in failures)
-                run.skipped.add_failures(failures, missing)
-
-            loader = make_loader(ImageDataset(missing, run.prep.resize, eval_transform(run.prep.crop)),
-                                 loaders.batch_size, False, loaders.workers, loaders.seed, loaders.pin)
-            result = compute_features(run.model, run.info.head, loader, run.prep, run.device, run.autocast,
-                                      run.channels_last,
-                                      progress=lambda d, t: callbacks.on_status(f"Computing {name} features", d, t),
-                                      on_failures=on_failures, should_stop=lambda: control.stop_requested)
-            if result is None:
-                return None
-            computed += len(missing) - len(failed)
-            return result[0], failed
-
-        gathered = features_per_file(samples, trunk_key, features_shared_between_ranks(run.group, compute))
+        gathered = per_file_trunk_features(
+            run.model, run.info.head, run.prep, run.device, samples, trunk_key, batch_size=loaders.batch_size,
+            seed=loaders.seed, workers=loaders.workers, pin=loaders.pin, autocast=run.autocast,
+            channels_last=run.channels_last,
+            progress=lambda d, t: callbacks.on_status(f"Computing {name} features", d, t),
+            on_failures=run.skipped.add_failures, on_computed=count, should_stop=lambda: control.stop_requested,
+            share=lambda compute: features_shared_between_ranks(run.group, compute), trunk_pass=compute_features)
         if gathered is None:
             raise Stopped
         features, positions, unsaved = gathered

@@ -14,7 +14,6 @@ differ or one is in training and the other in validation (a leak that flatters v
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data import ImageDataset, Sample, eval_transform, list_dataset, make_loader, split_listing
+from .data import Sample, list_dataset, split_listing
 from .errors import UserError
-from .features import compute_features, feature_cache_key, features_per_file
+from .features import compute_features, per_file_trunk_features, trunk_store_key
 from .models import build_model, check_arch
 from .probe import PROBE_STEPS, fit_probe
 from .run_setup import Stopped, select_device
@@ -96,23 +95,14 @@ def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch
               device: torch.device, should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
     """(N, D) trunk features of the decodable samples, and those samples. Kept per file (the
     feature cache's per-file store): after files moved between classes, nothing is computed again."""
-    trunk_key = feature_cache_key((), arch=arch, weights=weights, seed=seed, head=built.info.head,
-                                  prep=built.preprocessing, precision="float32", device_type=device.type)
-    prep = built.preprocessing
-    model = built.model.to(device)
-
-    def compute(missing: list[Sample]):
-        failed: set[int] = set()
-        loader = make_loader(ImageDataset(missing, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, seed)
-        result = compute_features(model, built.info.head, loader, prep, device, autocast=contextlib.nullcontext,
-                                  channels_last=False, on_failures=lambda found: failed.update(i for i, _ in found),
-                                  should_stop=should_stop)
-        return None if result is None else (result[0], failed)
-
-    gathered = features_per_file(samples, trunk_key, compute)  # a store that cannot be saved only costs time
+    trunk_key = trunk_store_key(arch=arch, weights=weights, seed=seed, head=built.info.head,
+                                prep=built.preprocessing, amp_dtype=None, device_type=device.type)
+    gathered = per_file_trunk_features(built.model.to(device), built.info.head, built.preprocessing, device, samples,
+                                       trunk_key, batch_size=batch_size, seed=seed, should_stop=should_stop,
+                                       trunk_pass=compute_features)
     if gathered is None:
         raise Stopped
-    feats, positions, _ = gathered
+    feats, positions, _ = gathered  # a store that cannot be saved only costs time: its note is not shown
     if len(positions) < 2:
         raise UserError("fewer than 2 decodable images: nothing to compare")
     return feats, [samples[i] for i in positions]
