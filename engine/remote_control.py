@@ -90,8 +90,9 @@ class FileControl(TrainingControl):
     def check_step(self, step: int, steps: int) -> bool:
         """Called before each training step; True: stop now. Waits while paused.
 
-        The last step of an epoch is not agreed on: with more ranks than images in the last global
-        batch, some rank does not take that step, and a collective only some ranks enter hangs."""
+        Every rank takes every step (a rank whose share ran out takes zero-loss steps), yet the last
+        step of an epoch is not agreed on: should a rank ever skip it, a collective only some ranks
+        entered would hang, and a stop one step later costs nothing."""
         if step >= steps and self._agreed is not None:
             return self._agreed == "stop"
         while True:
