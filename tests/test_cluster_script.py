@@ -193,6 +193,10 @@ def test_a_refused_job_leaves_the_project_and_script_as_they_were(qtbot, tmp_pat
     assert "is relative" in message and "birds.tsproj.json" in message and "checking" not in message, message
     assert saved == [] and project.read_text() == "my own project\n" and script.read_text() == "my own script\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["birds.sbatch", "birds.tsproj.json"]  # no check file left
+    # A project in folders that do not exist yet: a refused job leaves none of them behind.
+    relative.project_edit.setText(str(tmp_path / "new" / "deeper" / "birds.tsproj.json"))
+    relative.write_button.click()
+    assert "is relative" in relative.result.text() and not (tmp_path / "new").exists()
 
 
 def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkeypatch):
@@ -223,9 +227,10 @@ def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkey
     text = script.read_text()
     assert f"PROJECT={shlex.quote(str(project))}" in text  # the project, not the copy it was checked as
     assert f"RUN_DIR={shlex.quote(str(tmp_path / 'runs' / 'birds-cluster'))}" in text and "ts-birds" in text
-    # Nothing existed for this pair: no question.
+    # Nothing existed for this pair (not even the folder): no question.
     asked.clear()
-    dialog.project_edit.setText(str(tmp_path / "new.tsproj.json"))
-    dialog.script_edit.setText(str(tmp_path / "new.sbatch"))
+    dialog.project_edit.setText(str(tmp_path / "fresh" / "new.tsproj.json"))
+    dialog.script_edit.setText(str(tmp_path / "fresh" / "new.sbatch"))
     dialog.write_button.click()
-    assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "new.sbatch").is_file()
+    assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "fresh" / "new.sbatch").is_file()
+    assert load_project(tmp_path / "fresh" / "new.tsproj.json").data.root == config.data.root

@@ -4,6 +4,7 @@ the job, then writes the shown configuration as a project and a SLURM job script
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import replace
@@ -31,8 +32,9 @@ def script_path_for(project: str) -> str:
 def job_for_config(config: RunConfig, project: Path, nodes: int, gpus_per_node: int, **options) -> ClusterJob:
     """The job `cluster_job` builds for `config` saved as `project`, without writing `project`: the
     configuration goes to a temporary file beside it whose name starts with the same stem (the stem
-    names the run folder and the job), removed again."""
+    names the run folder and the job), removed again, with any folder made for it."""
     project = project.expanduser().absolute()
+    made = [folder for folder in (project.parent, *project.parent.parents) if not folder.exists()]
     try:
         project.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=project.name.split(".")[0] + ".", suffix=".checking", dir=project.parent)
@@ -49,6 +51,9 @@ def job_for_config(config: RunConfig, project: Path, nodes: int, gpus_per_node: 
         raise UserError(str(exc).replace(str(copy), str(project)).replace(copy.name, project.name)) from None
     finally:
         copy.unlink(missing_ok=True)
+        for folder in made:  # deepest first; saving the project makes them again
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return replace(job, project=project)
 
 
