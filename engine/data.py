@@ -12,6 +12,7 @@ import math
 import os
 import random
 import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,10 @@ def normalize_batch(images: torch.Tensor, prep: Preprocessing, dtype=torch.float
 # --- decoded-image cache and the dataset --------------------------------------------------------
 
 
+TIMED_DECODES = 16  # images decoded in one thread first, to time them
+THREADS_PAY_FROM_S = 0.0005  # per image: below this, two decoding threads mostly wait for the GIL
+
+
 class DecodedCache:
     """Decoded, resized uint8 images kept in RAM within a byte budget.
 
@@ -340,27 +345,52 @@ class DecodedCache:
 
     def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Decode every sample into the cache (threads); returns early when `should_stop()`, so a
-        Stop pressed while thousands of images decode takes effect within one image per thread."""
+        """Decode every sample into the cache; returns early when `should_stop()`, so a Stop pressed
+        while thousands of images decode takes effect within one image per thread.
+
+        The first images are decoded in this thread and timed. Threads pay only when an image takes
+        long enough to decode (Pillow releases the GIL while it decodes): for tiny images, such as
+        the digits' PNGs at 0.4 ms each, two threads handing the GIL back and forth took 0.6 s for
+        1,437 where one took 0.4-0.5 s; from 160x120 JPEGs (0.5 ms) on, two threads are faster."""
         def decode(index: int):
             try:
                 return index, decode_resized(Path(samples[index].path), side), None
             except BadImage as exc:
                 return index, None, str(exc)
 
+        first = range(min(len(samples), TIMED_DECODES))
+        seconds: list[float] = []
+
+        def timed(index: int):
+            started = time.perf_counter()
+            decoded = decode(index)
+            seconds.append(time.perf_counter() - started)
+            return decoded
+
+        if not self._keep(map(timed, first), 0, len(samples), progress, should_stop):
+            return
+        rest = range(len(first), len(samples))
+        if statistics.median(seconds or [0.0]) < THREADS_PAY_FROM_S:  # the median: the first open loads Pillow's plugins
+            self._keep(map(decode, rest), len(first), len(samples), progress, should_stop)
+            return
         pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
         try:
-            for done, (index, image, error) in enumerate(pool.map(decode, range(len(samples))), 1):
-                if should_stop():
-                    break
-                if error is not None:
-                    self.failures[index] = error
-                elif not self.put(index, image):
-                    break  # budget spent: the rest is decoded on the fly, during the epochs
-                if progress is not None:
-                    progress(done, len(samples))
+            self._keep(pool.map(decode, rest), len(first), len(samples), progress, should_stop)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # don't decode what will not be kept
+
+    def _keep(self, decoded, done: int, total: int, progress, should_stop) -> bool:
+        """Put decoded images into the cache; False when it stopped early (asked to, or the budget spent)."""
+        for done, (index, image, error) in enumerate(decoded, done + 1):
+            if should_stop():
+                return False
+            if error is not None:
+                self.failures[index] = error
+            elif not self.put(index, image):
+                return False  # budget spent: the rest is decoded on the fly, during the epochs
+            if progress is not None:
+                progress(done, total)
+        return True
 
     @property
     def complete_for(self) -> int:

@@ -87,6 +87,25 @@ def test_decoded_cache_respects_its_budget(demo_dir):
     assert len(cache.images) == 5 and cache.used_bytes <= 5 * one_image
 
 
+@pytest.mark.parametrize("pays_from, threads_used", [(10.0, False), (0.0, True)])
+def test_decoding_threads_only_for_images_slow_enough_to_pay_for_them(demo_dir, monkeypatch, pays_from, threads_used):
+    import threading
+
+    import engine.data
+
+    scan = scan_dataset(demo_dir)
+    decoded_on, decode = [], engine.data.decode_resized
+    monkeypatch.setattr(engine.data, "decode_resized",
+                        lambda path, side: decoded_on.append(threading.current_thread()) or decode(path, side))
+    monkeypatch.setattr(engine.data, "THREADS_PAY_FROM_S", pays_from)
+    cache = DecodedCache(budget_bytes=10**9)
+    cache.warm(scan.train, 44)
+    assert len(cache.images) == len(scan.train)  # every image, whichever way
+    first = engine.data.TIMED_DECODES
+    assert set(decoded_on[:first]) == {threading.current_thread()}  # timed in the calling thread
+    assert (threading.current_thread() not in decoded_on[first:]) is threads_used
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda p: None, "dataset folder not found"),
     (lambda p: _image(p / "only" / "a.png"), "at least 2 class"),
