@@ -12,6 +12,9 @@ Offscreen, on CPU. One JSON line per scenario:
   insight   on the 5,000-image folder, a 1-epoch feature-extraction run (not timed), then its Insight
             tab filled: 1,000 validation records, the worst cell's gallery with thumbnails, then the
             embeddings map of 1,000 points
+  suspects  after insight: Find suspects on that folder (5-fold head training on the trunk's features,
+            in the background) and the Suspects tab filled, thumbnails included
+  processes the training scenario again as 2 processes (DDP, the window's child process group)
   idle      two seconds of nothing: the machine's own noise floor (other processes, the OS)
 A gap is the time between two ticks of a 10 ms QTimer: anything well above 10 ms is time the
 window could not react. The goal is a longest gap under 50 ms on 2 cores; on a machine shared
@@ -36,7 +39,7 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("idle", "scan", "split", "model", "insight", "training", "export")
+SCENARIOS = ("idle", "scan", "split", "model", "insight", "suspects", "training", "export", "processes")
 
 
 class StallMeter:
@@ -192,6 +195,13 @@ def main() -> int:
         results[-1]["map_points"] = insight.embeddings.point_count()
         results.append(measure(meter, "insight embeddings tab", lambda: insight.tabs.setCurrentIndex(1),
                                lambda: True, pause_s=1.0))
+    if "suspects" in wanted and "insight" in wanted:
+        suspects = window.suspects_view
+        window.right_tabs.setCurrentWidget(suspects)
+        settle()
+        results.append(measure(meter, "suspects", window.find_suspects,
+                               lambda: suspects.model.rowCount() > 0, pause_s=1.5))  # thumbnails included
+        results[-1]["rows"] = suspects.model.rowCount()
     if wanted & {"training", "export"}:
         session = window.session
         session.open_demo()
@@ -216,6 +226,12 @@ def main() -> int:
             settle()
             results.append(measure(meter, "export", lambda: session.export(str(out), ["pt", "onnx"]),
                                    lambda: bool(reports), formats=["pt", "onnx"], process=True))
+        if "processes" in wanted:
+            session.update_train({"processes": 2})
+            finished.clear()
+            settle()
+            results.append(measure(meter, "processes", window.start_training, lambda: bool(finished),
+                                   arch="resnet18", image_size=64, epochs=3, strategy="fine-tune", processes=2))
     window.close()
     for line in results:
         print(json.dumps(line), flush=True)

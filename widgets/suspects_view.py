@@ -163,8 +163,12 @@ class SuspectsView(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         self.table.verticalHeader().setDefaultSectionSize(THUMB_SIZE + 4)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # Widths come from the texts (_fit_columns): ResizeToContents would ask the model for every
+        # cell's size hint, a 51 ms stall of the GUI thread when 200 suspects arrive.
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # the path takes the room left
+        header.resizeSection(0, THUMB_SIZE + 8)
         self.mend = MendActions(self.table, self.selected_paths, "suspects")
         self.mend.move_requested.connect(self.move_requested)
         self.mend.exclude_requested.connect(self.exclude_requested)
@@ -212,6 +216,7 @@ class SuspectsView(QWidget):
         self.stop_button.setEnabled(False)
         shown = list(report.suspects[:MAX_SHOWN])
         self.model.set_suspects(shown, root)
+        self._fit_columns(shown)
         lines = [report.note]
         if len(report.suspects) > len(shown):
             lines.append(f"the {len(shown)} most suspect of {len(report.suspects)} shown")
@@ -220,6 +225,14 @@ class SuspectsView(QWidget):
             lines.append(f"{len(report.duplicates)} near-duplicate pair(s) across classes or splits, e.g. "
                          f"{first[0]} and {first[1]} ({first[2]:.3f})")
         self.note.setText("; ".join(lines))
+
+    def _fit_columns(self, rows: list[dict]) -> None:
+        """Class and probability columns as wide as their widest text, measured once."""
+        metrics, header, padding = self.table.fontMetrics(), self.table.horizontalHeader(), 24
+        for column, key in ((2, "given"), (3, "likely")):
+            texts = [SuspectsModel.HEADERS[column], *(row[key] for row in rows)]
+            header.resizeSection(column, max(map(metrics.horizontalAdvance, texts)) + padding)
+        header.resizeSection(4, metrics.horizontalAdvance(SuspectsModel.HEADERS[4]) + padding)
 
     def show_failure(self, message: str) -> None:
         self.find_button.setEnabled(True)
