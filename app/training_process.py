@@ -117,8 +117,8 @@ class TrainingProcess(RunEvents):
     @Slot(int, QProcess.ExitStatus)
     def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self._read_events()
-        if self._result is not None and code == 0 and status == QProcess.ExitStatus.NormalExit:
-            self._end(self.finished, self._result)
+        if self._result is not None:  # rank 0 finished its run (a Stop while the ranks were still
+            self._end(self.finished, self._result)  # setting up can leave another rank to fail after it)
             return
         errors = bytes(self._process.readAllStandardError().data()).decode(errors="replace").strip().splitlines()
         said = [line[len(CLI_ERROR_PREFIX):] for line in errors if line.startswith(CLI_ERROR_PREFIX)]
