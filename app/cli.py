@@ -377,8 +377,10 @@ def _train(args, argv: list[str]) -> int:
     if args.folds is not None:
         return _cross_validate(args, config)
     group = ProcessGroup.from_env()
+    if group.is_distributed and args.nproc not in (None, 1):
+        raise UserError("--nproc starts torchrun itself: under torchrun, leave it out")
     # --nproc, else the project's train.processes; under torchrun, its own world size decides
-    processes = args.nproc if args.nproc is not None else 1 if group.is_distributed else config.train.processes
+    processes = 1 if group.is_distributed else args.nproc if args.nproc is not None else config.train.processes
     if processes != 1:
         return _train_as_processes(args, argv, config, processes)
     progress = ProgressPrinter(sys.stderr) if group.is_main else Callbacks()  # rank 0 alone prints
@@ -439,9 +441,12 @@ def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int
     """`train --nproc N`: what can be refused is refused here, once, before N processes start;
     then the same command without --nproc runs under torchrun, with the run folder (and the
     dataset) this process resolved, so every rank trains the same run."""
+    import torch
+
     from engine.distributed import ProcessGroup
     from engine.launch import launch_local, without_option
     from engine.run_folder import RunFolder
+    from engine.run_setup import select_device
     from engine.trainer import processes_problem
 
     if processes < 2:
@@ -449,6 +454,9 @@ def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int
     problem = processes_problem(config, ProcessGroup(world_size=processes))
     if problem:
         raise UserError(problem)
+    device = select_device(config.train.device)
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise UserError(f"{processes} processes need a GPU each; this machine has {torch.cuda.device_count()}")
     rest = without_option(argv[argv.index("train") + 1:], "--nproc")
     if not args.resume:
         RunFolder(config.out_dir).refuse_if_used()

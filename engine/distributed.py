@@ -74,7 +74,7 @@ class ProcessGroup:
 
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(self.local_rank)
+            torch.cuda.set_device(self.device(torch.device("cuda")))  # one line, not a traceback, when GPUs are too few
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         try:
             yield self

@@ -11,6 +11,7 @@ not one per process.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -46,12 +47,17 @@ def launch_local(nproc: int, module: str, args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="transfer-studio-ranks-") as logs:
         launcher_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
                                     "--log-dir", logs, "--redirects", quiet_ranks, "-m", module, *args])
+        # torchrun gives each rank one thread unless told otherwise: CPU ranks get their share of the cores
+        given_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = given_threads or str(max(1, (os.cpu_count() or 1) // nproc))
         try:
             run(launcher_args)
         except ChildFailedError as exc:
             return _failure_code(exc.failures, Path(logs))
         finally:
             sys.stdout.flush()
+            if given_threads is None:
+                del os.environ["OMP_NUM_THREADS"]
     return 0
 
 

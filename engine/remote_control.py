@@ -67,7 +67,9 @@ class FileControl(TrainingControl):
         super().__init__()
         self.file = ControlFile(path)
         self.group = group
-        self._agreed: str | None = None  # set once the step loop has started
+        self._in_loop = False  # once steps have begun, only what every rank agreed on counts
+        self._agreed = "run"  # the word the ranks agreed on at the last step
+        self._votes_group = None  # with nccl: a gloo group, so a vote never waits for the GPU
 
     def _local_word(self) -> str:
         word = self.file.read()
@@ -79,7 +81,7 @@ class FileControl(TrainingControl):
 
     @property
     def stop_requested(self) -> bool:
-        if self._agreed is not None:  # in the loop: only what every rank agreed on counts
+        if self._in_loop:
             return self._agreed == "stop"
         return self._local_word() == "stop"
 
@@ -88,13 +90,9 @@ class FileControl(TrainingControl):
         return self._local_word() == "pause"
 
     def check_step(self, step: int, steps: int) -> bool:
-        """Called before each training step; True: stop now. Waits while paused.
-
-        Every rank takes every step (a rank whose share ran out takes zero-loss steps), yet the last
-        step of an epoch is not agreed on: should a rank ever skip it, a collective only some ranks
-        entered would hang, and a stop one step later costs nothing."""
-        if step >= steps and self._agreed is not None:
-            return self._agreed == "stop"
+        """Called before each training step on every rank (a rank whose share ran out takes
+        zero-loss steps, so all call it equally often); True: stop now. Waits while paused."""
+        self._in_loop = True
         while True:
             self._agreed = self._agree(self._local_word())
             if self._agreed != "pause":
@@ -106,8 +104,9 @@ class FileControl(TrainingControl):
             return word
         import torch.distributed as dist
 
-        on_gpu = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
-        votes = torch.zeros(len(WORDS), device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+        if self._votes_group is None and dist.get_backend() != "gloo":  # every rank gets here at its first step
+            self._votes_group = dist.new_group(backend="gloo")
+        votes = torch.zeros(len(WORDS))
         votes[WORDS.index(word)] = 1
-        votes = self.group.sum(votes)
+        dist.all_reduce(votes, group=self._votes_group)  # None: the default (gloo) group
         return "stop" if votes[2] else "pause" if votes[1] else "run"

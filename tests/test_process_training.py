@@ -63,6 +63,12 @@ def test_the_control_file_pauses_and_stops(tmp_path):
     assert time.monotonic() - started >= 0.4
     assert control.stop_requested
 
+    one_step_epochs = FileControl(path)  # every step is an epoch's last: each is still agreed on
+    write_control(path, "run")
+    assert one_step_epochs.check_step(1, 1) is False
+    write_control(path, "stop")
+    assert one_step_epochs.check_step(1, 1) is True and one_step_epochs.stop_requested
+
 
 def _find(win, name):
     widget = win.findChild(QWidget, name)
@@ -105,7 +111,7 @@ def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, 
     window.controller.set_paused(True)
 
 
-def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path, demo_dir, monkeypatch):
+def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path, demo_dir, monkeypatch, capsys):
     from dataclasses import replace
 
     import engine.launch
@@ -124,6 +130,9 @@ def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path,
     monkeypatch.setattr("engine.distributed.ProcessGroup.started", lambda self, device_type: _Refused())
     assert main(["train", "--project", str(project), "--out", str(tmp_path / "rank")]) == 2
     assert len(launched) == 1
+    capsys.readouterr()
+    assert main(["train", "--project", str(project), "--nproc", "2"]) == 2  # no torchrun inside torchrun
+    assert "under torchrun, leave it out" in capsys.readouterr().err and len(launched) == 1
 
 
 class _Refused:
