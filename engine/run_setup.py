@@ -285,7 +285,7 @@ class _Loaders:
         augment = config.data.augment
         self.train_set = ImageDataset(scan.train, prep.resize, train_transform(augment, prep.crop), train_cache)
         self.plain_train_set = ImageDataset(scan.train, prep.resize, eval_transform(prep.crop), train_cache)
-        val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), val_cache)
+        val_set = self.val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), val_cache)
         bs, seed = config.train.batch_size, config.train.seed
         if group.is_distributed:  # this rank's share of each global batch and of the validation images
             self.train_loader = rank_loader(self.train_set, bs, True, workers, seed, pin, group.rank, group.world_size)
@@ -312,6 +312,11 @@ class _Loaders:
     def plain_train_loader(self):
         """The training images in file order without augmentation: what AdaBN averages over."""
         return make_loader(self.plain_train_set, self.batch_size, False, self.workers, self.seed, self.pin)
+
+    def all_val_loader(self):
+        """Every validation image in file order, on every rank (val_loader is this rank's share):
+        features computed for the whole set, of which FeatureBatches then takes this rank's share."""
+        return make_loader(self.val_set, self.batch_size, False, self.workers, self.seed, self.pin)
 
 
 def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
@@ -340,15 +345,22 @@ def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, c
     if train is None:
         raise Stopped
     val = None
-    if loaders.val_loader is not None:
-        val = compute_features(run.model, run.info.head, loaders.val_loader,
+    if run.scan.val:
+        val = compute_features(run.model, run.info.head, loaders.all_val_loader(),
                                progress=lambda d, t: callbacks.on_status("Computing validation features", d, t),
                                on_failures=lambda f: run.skipped.add_failures(f, run.scan.val), **common)
         if val is None:
             raise Stopped
-    callbacks.on_status("Saving trunk features to the disk cache")
-    unsaved = save_cached_features(key, train, val)  # a note when the cache folder cannot take them
+    unsaved = _save_features(run, key, train, val, callbacks)  # a note when the cache folder cannot take them
     return train, val, "; ".join(note for note in (reduced, unsaved) if note)
+
+
+def _save_features(run: Run, key: str, train, val, callbacks: Callbacks) -> str | None:
+    """The whole dataset's features under its key, saved by rank 0 alone (every rank holds the same)."""
+    if not run.group.is_main:
+        return None
+    callbacks.on_status("Saving trunk features to the disk cache")
+    return save_cached_features(key, train, val)
 
 
 def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
@@ -383,8 +395,7 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
 
     train, train_unsaved = gather(run.scan.train, "training")
     val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)
-    callbacks.on_status("Saving trunk features to the disk cache")
-    unsaved = save_cached_features(key, train, val)
+    unsaved = _save_features(run, key, train, val, callbacks)
     total = len(run.scan.train) + len(run.scan.val)
     reused = f"per-file features: trunk run on {computed} of {total} image(s)"
     return train, val, "; ".join(n for n in (reused, train_unsaved or val_unsaved, unsaved) if n)

@@ -194,7 +194,8 @@ def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], repor
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated_env):
     """Gradual unfreezing (layer4 joins at epoch 2) on images, then feature extraction on cached
-    features, both from a weights file, in the same two ranks."""
+    features, and again after AdaBN (features not kept per file), all from a weights file, in the
+    same two ranks."""
     out = tmp_path_factory.mktemp("two_ranks")
     base = RunConfig(
         data=DataConfig(root=str(colour_data), image_size=32, augment="none", num_workers=0, val_fraction=0.25),
@@ -203,7 +204,9 @@ def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated
         train=TrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", schedule="constant"))
     configs = [replace(base, out_dir=str(out / "gradual")),
                replace(base, plan=PlanConfig(strategy="feature-extraction"),
-                       train=replace(base.train, epochs=1), out_dir=str(out / "features"))]
+                       train=replace(base.train, epochs=1), out_dir=str(out / "features")),
+               replace(base, plan=PlanConfig(strategy="feature-extraction"),
+                       train=replace(base.train, epochs=1, adapt_norm=True), out_dir=str(out / "adapted"))]
     port = _free_port()
     torch.multiprocessing.spawn(_rank_main, args=(2, port, configs, str(out), isolated_env), nprocs=2, join=True)
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
@@ -433,6 +436,26 @@ def test_rank_weights_make_the_ddp_mean_the_global_batch_mean():
                  if step < len(p) else torch.zeros(()) for p in parts]
         global_mean = losses[rank_batches(order, batch, 0, 1)[step]].mean()
         assert torch.allclose(sum(means) / world, global_mean)
+
+
+def test_adapted_trunk_features_validate_every_image_once(two_rank_runs, isolated_env, tmp_path):
+    """After AdaBN each rank computes the whole validation set's features and takes its share of
+    them: all 12 images counted, as one process counts them; rank 0 alone saves the feature set
+    under the dataset's key, and saves all of it (a later one-process run loads it)."""
+    from engine.trainer import fit
+
+    configs, reports = two_rank_runs
+    two = _metrics(Path(configs[2].out_dir))
+    assert sum(map(sum, two[0]["confusion_matrix"])) == 12
+    assert len(_predicted_paths(Path(configs[2].out_dir))) == 12
+    fit(replace(configs[2], out_dir=str(tmp_path / "one")))
+    one = _metrics(tmp_path / "one")
+    assert two[0]["confusion_matrix"] == one[0]["confusion_matrix"]
+    assert two[0]["val_loss"] == pytest.approx(one[0]["val_loss"], rel=1e-4)
+    features = Path(isolated_env["TRANSFER_STUDIO_CACHE"]) / "features"
+    assert [p for p in reports[1]["written"] if p.startswith(str(features))] == []
+    saved = [torch.load(path, weights_only=True) for path in features.glob("*.pt")]
+    assert len(saved) == 2 and all(len(s["val"][1]) == 12 and len(s["train"][1]) == 35 for s in saved)
 
 
 def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
