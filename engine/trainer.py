@@ -61,7 +61,7 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
         saver = BackgroundSaver()
         try:
             try:
-                run = set_up(config, scan, callbacks, control, fresh=resume_state is None, group=group)
+                run = _set_up_on_every_rank(config, scan, callbacks, control, resume_state is None, group)
                 loop = EpochLoop(run, callbacks, control, saver, resume_state)
             except Stopped:
                 return _stopped_in_setup(config, resume_state is not None, started, group)
@@ -74,6 +74,20 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
             saver.close()  # every checkpoint is on disk before fit returns or raises
     group.barrier()  # the other ranks end once rank 0's files are complete
     return result
+
+
+def _set_up_on_every_rank(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks,
+                          control: TrainingControl, fresh: bool, group: ProcessGroup) -> Run:
+    """set_up, then Stopped on every rank when any rank stopped during it. Each rank reads the
+    control file on its own while it decodes and adapts: one that saw Stop would wait in the last
+    barrier while another, set up already, waited in DDP's first collectives."""
+    try:
+        run = set_up(config, scan, callbacks, control, fresh=fresh, group=group)
+    except Stopped:
+        run = None
+    if any(group.gather_objects(run is None)):
+        raise Stopped
+    return run
 
 
 def _start_state(folder: RunFolder, config: RunConfig, resume: bool, group: ProcessGroup) -> dict | None:

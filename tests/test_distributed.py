@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -419,6 +419,49 @@ def test_ranks_holding_different_frozen_tensors_fail_the_run():
     same, _ = integrity_across_ranks(RankZeroOfTwo(world_size=2, rank=0), IntegrityReport(epoch=1, checked=1),
                                      {"conv1.weight": "0" * 32})
     assert same.intact
+
+
+@dataclass(frozen=True)
+class _RankOfTwo(ProcessGroup):
+    """One rank of two, without processes: the other rank's answers are given (whether it
+    stopped during set-up; no error to start with), and every value gathered is recorded."""
+
+    other_stopped: bool = False
+    gathered: list = field(default_factory=list)
+
+    def gather_objects(self, value):
+        self.gathered.append(value)
+        other = self.other_stopped if isinstance(value, bool) else None
+        return [value, other] if self.is_main else [other, value]
+
+    def barrier(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("stopped_here", [False, True])
+def test_a_stop_during_set_up_on_one_rank_stops_every_rank_before_ddp(monkeypatch, tmp_path, rank, stopped_here):
+    """A rank that saw Stop in the control file while it decoded, and one that had finished setting
+    up, both learn it before the DDP wrapper (whose constructor waits for every rank) is built."""
+    import engine.trainer
+    from engine.run_setup import Stopped
+
+    def set_up(*args, **kwargs):
+        if stopped_here:
+            raise Stopped
+        return object()
+
+    def no_loop(*args, **kwargs):
+        raise AssertionError("the epoch loop and its DDP wrapper were built although a rank stopped")
+
+    monkeypatch.setattr(engine.trainer, "set_up", set_up)
+    monkeypatch.setattr(engine.trainer, "EpochLoop", no_loop)
+    group = _RankOfTwo(world_size=2, rank=rank, other_stopped=not stopped_here)
+    config = RunConfig(data=DataConfig(root=str(tmp_path / "data")), model=ModelConfig(arch="resnet18", weights="none"),
+                       train=TrainConfig(epochs=1, batch_size=8, device="cpu"), out_dir=str(tmp_path / "run"))
+    result = engine.trainer.fit(config, group=group)
+    assert result.stopped == "user" and result.epochs_run == 0
+    assert group.gathered[-1] is stopped_here  # this rank told the other whether it stopped
 
 
 def test_rank_weights_make_the_ddp_mean_the_global_batch_mean():
