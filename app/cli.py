@@ -221,12 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         for commands in COMMAND_MODULES:
             handlers.update(commands.HANDLERS)
         return handlers[command](args)
-    except (RunFailed, ParityError) as exc:
-        print(f"transfer-studio: error: {exc}", file=sys.stderr)
-        return 1
-    except UserError as exc:
-        print(f"transfer-studio: error: {exc}", file=sys.stderr)
-        return 2
+    except (RunFailed, ParityError, UserError) as exc:  # a failed run 1, bad input 2
+        from engine.launch import report_error  # under torchrun also for the launcher to read
+
+        report_error(str(exc))
+        return 1 if isinstance(exc, (RunFailed, ParityError)) else 2
     except KeyboardInterrupt:
         print("\ntransfer-studio: interrupted", file=sys.stderr)
         return 130
@@ -234,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         message = out_of_memory_message(exc, command)
         if message is None:
             raise  # not about memory: a bug, and its traceback is needed
-        print(f"transfer-studio: error: {message}", file=sys.stderr)
+        from engine.launch import report_error
+
+        report_error(message)
         return 1
 
 
@@ -363,7 +364,7 @@ def _with_flags(config: RunConfig, given: dict) -> RunConfig:
 
 def _train(args, argv: list[str]) -> int:
     from app.progress import ProgressPrinter
-    from engine.distributed import ProcessGroup
+    from engine.distributed import ProcessGroup, lost_processes_fail_the_run
     from engine.event_lines import EventLines
     from engine.events import Callbacks
     from engine.remote_control import FileControl
@@ -387,7 +388,8 @@ def _train(args, argv: list[str]) -> int:
     events = EventLines(sys.stdout, progress) if args.events_jsonl and group.is_main else None
     control = FileControl(args.control_file, group) if args.control_file else None
     try:
-        with group.started(select_device(config.train.device).type):
+        # A collective failing because another rank failed first: one line here, that rank's error the cause.
+        with group.started(select_device(config.train.device).type), lost_processes_fail_the_run(group):
             # Started by torchrun without --out: every rank trains in rank 0's default run folder.
             config = replace(config, out_dir=group.gather_objects(config.out_dir)[0])
             result = fit(config, events or progress, control, resume=bool(args.resume), group=group)

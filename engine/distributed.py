@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import RunFailed, UserError
+from .launch import ANOTHER_PROCESS_FAILED
 from .plan import is_pinned_eval
 
 ENV_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -167,3 +169,26 @@ class ProcessGroup:
 
 SINGLE = ProcessGroup()
 
+
+# --- another rank gone -------------------------------------------------------------------------------
+
+def lost_another_process(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank is gone: gloo raises a plain
+    RuntimeError from its transport ("Connection closed by peer"), nccl a DistBackendError."""
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and "gloo" in str(exc).lower())
+
+
+@contextlib.contextmanager
+def lost_processes_fail_the_run(group: ProcessGroup):
+    """Inside: a collective that fails because another rank failed first (its own error is that
+    rank's to report) ends this rank with one line, RunFailed, instead of the backend's traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not group.is_distributed or not lost_another_process(exc):
+            raise
+        first = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).strip().splitlines() or [""])[0])  # no gloo source line
+        detail = first.split(". ")[0] or type(exc).__name__
+        raise RunFailed(f"{ANOTHER_PROCESS_FAILED} ({detail})") from None

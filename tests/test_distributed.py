@@ -362,20 +362,116 @@ def test_a_one_process_run_continues_in_two(cli_runs):
     assert json.loads((out / "one" / "run.json").read_text())["processes"]["world_size"] == 2
 
 
-def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
-    from types import SimpleNamespace
+def _failure(folder: Path, rank: int, exitcode: int, line: str | None = None, monkeypatch=None):
+    """torchrun's record of a failed rank; `line`: the error the rank reported (engine.launch.report_error)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+    from engine.launch import report_error
+
+    error_file = folder / f"error_{rank}.json"
+    if line is not None:
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        report_error(line)
+        monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
+
+
+def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
     from engine.launch import _failure_code
 
     log = tmp_path / "job_1" / "attempt_0" / "1" / "stderr.log"
     log.parent.mkdir(parents=True)
     log.write_text("a warning\ntransfer-studio: error: no cuda:1: this machine has 1 CUDA device(s)\n")
-    failures = {0: SimpleNamespace(local_rank=0, exitcode=-15), 1: SimpleNamespace(local_rank=1, exitcode=2)}
+    failures = {0: _failure(tmp_path, 0, -15), 1: _failure(tmp_path, 1, 2)}
     assert _failure_code(failures, tmp_path) == 2
     assert capsys.readouterr().err == "transfer-studio: error: rank 1: no cuda:1: this machine has 1 CUDA device(s)\n"
-    assert _failure_code({0: SimpleNamespace(local_rank=0, exitcode=1)}, tmp_path) == 1
+    assert _failure_code({0: _failure(tmp_path, 0, 1)}, tmp_path) == 1
     assert capsys.readouterr().err == ""  # rank 0 printed its own line on the terminal
-    assert _failure_code({1: SimpleNamespace(local_rank=1, exitcode=-9)}, tmp_path) == 1
+
+
+def test_the_launcher_names_the_rank_whose_failure_came_first(tmp_path, capsys, monkeypatch):
+    """A rank-local failure makes the others fail in their next collective ("another process of
+    this run failed"): the launcher shows the rank with an error of its own, else a signal."""
+    from engine.launch import ANOTHER_PROCESS_FAILED, _failure_code
+
+    lost = f"{ANOTHER_PROCESS_FAILED} (Connection closed by peer [127.0.0.1]:8576)"
+    nan = "the loss became nan at epoch 1, step 3 (try a lower LR)"
+    folder = tmp_path / "errors"
+    folder.mkdir()
+    capsys.readouterr()
+    # Rank 0's line is on the terminal already; the launcher reads it back from its error file.
+    failures = {0: _failure(folder, 0, 1, lost, monkeypatch), 1: _failure(folder, 1, 1, nan, monkeypatch)}
+    capsys.readouterr()
+    assert _failure_code(failures, tmp_path) == 1
+    assert capsys.readouterr().err == f"transfer-studio: error: rank 1: {nan}\n"
+    # Rank 0 failed first: its line is the one, nothing more printed (rank 1's only names rank 0's).
+    failures = {0: _failure(folder, 0, 2, "no such folder", monkeypatch),
+                1: _failure(folder, 1, 2, "rank 0: no such folder", monkeypatch)}
+    capsys.readouterr()
+    assert _failure_code(failures, tmp_path) == 2
+    assert capsys.readouterr().err == ""
+    # Killed by the OOM killer: that is all there is to say, and more than rank 0's lost connection.
+    failures = {0: _failure(folder, 0, 1, lost, monkeypatch), 1: _failure(folder, 1, -9)}
+    capsys.readouterr()
+    assert _failure_code(failures, tmp_path) == 1
+    assert capsys.readouterr().err == "transfer-studio: error: rank 1: killed by signal 9 (SIGKILL)\n"
+    # Every rank killed: the launcher's own SIGTERMs come after the signal that started it.
+    assert _failure_code({0: _failure(folder, 0, -15), 1: _failure(folder, 1, -9)}, tmp_path) == 1
+    assert capsys.readouterr().err == "transfer-studio: error: rank 1: killed by signal 9 (SIGKILL)\n"
+    assert _failure_code({0: _failure(folder, 0, -15), 1: _failure(folder, 1, -15)}, tmp_path) == 1
+    assert capsys.readouterr().err == "transfer-studio: error: rank 0: killed by signal 15 (SIGTERM)\n"
+    # Rank 0 ended with a traceback (no line): that, not the SIGTERM the launcher then sent rank 1.
+    assert _failure_code({0: _failure(tmp_path, 0, 1), 1: _failure(folder, 1, -15)}, tmp_path) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_a_collective_failing_because_another_rank_is_gone_is_one_line():
+    from engine.distributed import lost_processes_fail_the_run
+    from engine.errors import RunFailed
+
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:8576. This is typically caused by a remote worker crashing. GLHF!")
+    with pytest.raises(RunFailed) as failed:
+        with lost_processes_fail_the_run(ProcessGroup(world_size=2, rank=0)):
+            raise gloo
+    assert str(failed.value) == "another process of this run failed (Connection closed by peer [127.0.0.1]:8576)"
+    for group, error in ((SINGLE, gloo), (ProcessGroup(world_size=2, rank=0), RuntimeError("a bug"))):
+        with pytest.raises(RuntimeError) as kept:  # one process, or not the backend: the traceback is needed
+            with lost_processes_fail_the_run(group):
+                raise error
+        assert kept.value is error
+
+
+NAN_ON_RANK_1 = "the loss became nan at epoch 1, step 1 (try a lower LR)"
+
+
+def _train_where_rank_1_fails_alone() -> int:
+    """A rank of `python -m tests.test_distributed train ...`: the CLI, its fit replaced by one that
+    fails on rank 1 alone while rank 0 waits for it in a collective."""
+    import app.cli
+    import engine.trainer
+    from engine.errors import TrainingDiverged
+
+    def fit(config, callbacks, control, resume, group):
+        if group.rank == 1:
+            raise TrainingDiverged(NAN_ON_RANK_1)
+        group.barrier()  # rank 1 is gone: gloo's "Connection closed by peer" (or the launcher's SIGTERM)
+        raise AssertionError("rank 0 passed a barrier rank 1 never reached")
+
+    engine.trainer.fit = fit
+    return app.cli.main(sys.argv[1:])
+
+
+def test_train_nproc_names_the_rank_that_failed_alone(tmp_path, colour_data, isolated_env):
+    args = ["train", "--data", str(colour_data), "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "r")]
+    code = f"import sys; from engine.launch import launch_local; sys.exit(launch_local(2, 'tests.test_distributed', {args!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **isolated_env})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and all(line.startswith("transfer-studio: error: ") for line in lines)
+    assert lines[-1] == f"transfer-studio: error: rank 1: {NAN_ON_RANK_1}"
+    assert len(lines) == 1 or lines[0].startswith("transfer-studio: error: another process of this run failed (")
 
 
 def test_bad_distributed_input_is_one_line_and_exit_2(tmp_path, colour_data, isolated_env):
@@ -513,3 +609,7 @@ def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
         assert a["confusion_matrix"] == b["confusion_matrix"]
+
+
+if __name__ == "__main__":  # a rank of test_train_nproc_names_the_rank_that_failed_alone
+    sys.exit(_train_where_rank_1_fails_alone())
