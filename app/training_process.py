@@ -20,6 +20,7 @@ from PySide6.QtCore import QProcess, Slot
 from engine.config import RunConfig, save_project
 from engine.event_lines import read_event_line
 from engine.events import TrainingControl
+from engine.launch import ANOTHER_PROCESS_FAILED
 from engine.remote_control import write_control
 
 from .worker import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure
@@ -122,8 +123,10 @@ class TrainingProcess(RunEvents):
             return
         errors = bytes(self._process.readAllStandardError().data()).decode(errors="replace").strip().splitlines()
         said = [line[len(CLI_ERROR_PREFIX):] for line in errors if line.startswith(CLI_ERROR_PREFIX)]
-        message = self._failure or (said[-1] if said else
-                                    f"the training processes stopped unexpectedly ({errors[-1] if errors else f'exit code {code}'})")
+        if said and (not self._failure or self._failure.startswith(ANOTHER_PROCESS_FAILED)):
+            message = said[-1]  # the launcher names the rank that failed first; rank 0 may only have lost it
+        else:
+            message = self._failure or f"the training processes stopped unexpectedly ({errors[-1] if errors else f'exit code {code}'})"
         self._end(self.failed, RunFailure(message))
 
     @Slot(QProcess.ProcessError)
