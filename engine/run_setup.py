@@ -154,6 +154,9 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     callbacks.on_status("Scanning dataset")
     if scan is None:
         scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed)
+    if len(scan.train) < 2 * group.world_size:  # a rank with no image at all would leave the others waiting
+        raise UserError(f"{group.world_size} processes need at least {2 * group.world_size} training images; "
+                        f"this dataset has {len(scan.train)}")
     folder = RunFolder(config.out_dir)
     if not fresh:
         _check_same_classes(folder, scan)

@@ -613,3 +613,21 @@ def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
 
 if __name__ == "__main__":  # a rank of test_train_nproc_names_the_rank_that_failed_alone
     sys.exit(_train_where_rank_1_fails_alone())
+
+
+def test_fewer_training_images_than_two_per_process_are_refused(tmp_path):
+    """A rank left without any image takes no step at all, and a collective the others enter
+    (the control file's vote) would wait for it forever: refused in one line instead."""
+    from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from engine.demo import write_demo_dataset
+    from engine.distributed import ProcessGroup
+    from engine.errors import UserError
+    from engine.events import Callbacks, TrainingControl
+    from engine.run_setup import set_up
+
+    data = write_demo_dataset(tmp_path / "data", classes=2, per_class=2, size=32, seed=0)
+    config = RunConfig(data=DataConfig(root=str(data), image_size=32, val_fraction=0.25),
+                       model=ModelConfig(weights="none"), train=TrainConfig(device="cpu", batch_size=4),
+                       out_dir=str(tmp_path / "run"))
+    with pytest.raises(UserError, match="2 processes need at least 4 training images; this dataset has 2"):
+        set_up(config, None, Callbacks(), TrainingControl(), fresh=True, group=ProcessGroup(world_size=2, rank=0))
