@@ -372,7 +372,9 @@ def test_images_are_not_moved_while_a_run_trains(qtbot, window, tmp_path):
     assert tree(data) == original and not (data / JOURNAL_NAME).exists()
 
 
-def test_undo_never_takes_back_an_edit_made_outside_the_window(qtbot, tmp_path):
+@pytest.fixture
+def one_window_move(qtbot, tmp_path):
+    """A tiny dataset, the window's data edits on their own undo stack, and one image moved there."""
     from PySide6.QtGui import QUndoStack
 
     from app.data_edit_session import DataEdits
@@ -385,20 +387,25 @@ def test_undo_never_takes_back_an_edit_made_outside_the_window(qtbot, tmp_path):
     try:
         with qtbot.waitSignal(edits.edited, timeout=10_000):
             edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")
-        relabel(data, ["circle/circle_0001.png"], "triangle")  # the command line, meanwhile
-        after_both = tree(data)
-        index = stack.index()
-        notices = []
-        edits.failed.connect(notices.append)
-        with qtbot.waitSignal(edits.failed, timeout=10_000) as failed:
-            stack.undo()
-        assert "changed outside this window" in failed.args[0] and tree(data) == after_both
-        qtbot.waitUntil(lambda: stack.index() == index, timeout=5_000)  # the stack back in step: nothing undone
-        assert stack.canUndo() and not stack.canRedo() and "Move 1 image(s) to square" in stack.undoText()
-        qtbot.wait(200)
-        assert len(notices) == 1 and tree(data) == after_both  # putting the index back redid nothing
+        yield data, stack, edits
     finally:
         tasks.shutdown()
+
+
+def test_undo_never_takes_back_an_edit_made_outside_the_window(qtbot, one_window_move):
+    data, stack, edits = one_window_move
+    relabel(data, ["circle/circle_0001.png"], "triangle")  # the command line, meanwhile
+    after_both = tree(data)
+    index = stack.index()
+    notices = []
+    edits.failed.connect(notices.append)
+    with qtbot.waitSignal(edits.failed, timeout=10_000) as failed:
+        stack.undo()
+    assert "changed outside this window" in failed.args[0] and tree(data) == after_both
+    qtbot.waitUntil(lambda: stack.index() == index, timeout=5_000)  # the stack back in step: nothing undone
+    assert stack.canUndo() and not stack.canRedo() and "Move 1 image(s) to square" in stack.undoText()
+    qtbot.wait(200)
+    assert len(notices) == 1 and tree(data) == after_both  # putting the index back redid nothing
 
 
 def test_a_second_edit_asked_for_while_one_is_made_is_refused(qtbot, tmp_path, monkeypatch):
@@ -513,30 +520,18 @@ def test_a_repair_under_way_refuses_an_edit_and_counts_as_busy(qtbot, tmp_path, 
         tasks.shutdown()
 
 
-def test_a_refused_redo_leaves_the_edit_undone_on_the_stack(qtbot, tmp_path):
-    from PySide6.QtGui import QUndoStack
-
-    from app.data_edit_session import DataEdits
-    from app.worker import BackgroundTasks
+def test_a_refused_redo_leaves_the_edit_undone_on_the_stack(qtbot, one_window_move):
     from engine.dataset_edits import exclude
 
-    data = tiny_dataset(tmp_path / "data")
-    tasks = BackgroundTasks()
-    stack = QUndoStack()
-    edits = DataEdits(tasks, stack)
-    try:
-        with qtbot.waitSignal(edits.edited, timeout=10_000):
-            edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")
-        with qtbot.waitSignal(edits.edited, timeout=10_000):
-            stack.undo()
-        exclude(data, ["square/square_0000.png"])  # the command line: a new action ends the redo chain
-        with qtbot.waitSignal(edits.failed, timeout=10_000):
-            stack.redo()
-        qtbot.waitUntil(lambda: stack.index() == 0, timeout=5_000)
-        assert stack.canRedo() and "Move 1 image(s) to square" in stack.redoText()
-        assert (data / "circle" / "circle_0000.png").is_file()
-    finally:
-        tasks.shutdown()
+    data, stack, edits = one_window_move
+    with qtbot.waitSignal(edits.edited, timeout=10_000):
+        stack.undo()
+    exclude(data, ["square/square_0000.png"])  # the command line: a new action ends the redo chain
+    with qtbot.waitSignal(edits.failed, timeout=10_000):
+        stack.redo()
+    qtbot.waitUntil(lambda: stack.index() == 0, timeout=5_000)
+    assert stack.canRedo() and "Move 1 image(s) to square" in stack.redoText()
+    assert (data / "circle" / "circle_0000.png").is_file()
 
 
 def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(qtbot, tmp_path):
