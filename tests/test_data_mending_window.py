@@ -58,10 +58,8 @@ def head_only(data: Path, out: Path, weights: Path) -> RunConfig:
 # --- training on the per-file store --------------------------------------------------------------
 
 
-def test_after_relabelling_ten_files_the_head_retrains_with_no_trunk_pass(tmp_path, resnet18_weights_file,
-                                                                         monkeypatch, one_intra_op_thread):
-    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests
-    data = tiny_dataset(tmp_path / "data")
+def count_trunk_passes(monkeypatch) -> list[str]:
+    """The image paths training sends through the trunk, from now on (a list that fills as it runs)."""
     through_trunk: list[str] = []
     real_compute = run_setup.compute_features
 
@@ -70,6 +68,14 @@ def test_after_relabelling_ten_files_the_head_retrains_with_no_trunk_pass(tmp_pa
         return real_compute(model, head, loader, *args, **kwargs)
 
     monkeypatch.setattr(run_setup, "compute_features", counting)
+    return through_trunk
+
+
+def test_after_relabelling_ten_files_the_head_retrains_with_no_trunk_pass(tmp_path, resnet18_weights_file,
+                                                                         monkeypatch, one_intra_op_thread):
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests
+    data = tiny_dataset(tmp_path / "data")
+    through_trunk = count_trunk_passes(monkeypatch)
     first = FeatureNote()
     fit(head_only(data, tmp_path / "first", resnet18_weights_file), first)
     assert len(through_trunk) == 24 and "trunk run on 24 of 24" in first.note
@@ -249,14 +255,7 @@ def test_train_folds_reports_each_fold_and_mean_and_std_with_one_trunk_pass(tmp_
 
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "data")
-    through_trunk: list[str] = []
-    real_compute = run_setup.compute_features
-
-    def counting(model, head, loader, *args, **kwargs):
-        through_trunk.extend(sample.path for sample in loader.dataset.samples)
-        return real_compute(model, head, loader, *args, **kwargs)
-
-    monkeypatch.setattr(run_setup, "compute_features", counting)
+    through_trunk = count_trunk_passes(monkeypatch)
     out = tmp_path / "cv"
     code = main(["train", "--data", str(data), "--weights", str(resnet18_weights_file), "--strategy",
                  "feature-extraction", "--augment", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
