@@ -398,7 +398,10 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
 
     train, train_unsaved = gather(run.scan.train, "training")
     val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)
-    unsaved = _save_features(run, key, train, val, callbacks)
     total = len(run.scan.train) + len(run.scan.val)
     reused = f"per-file features: trunk run on {computed} of {total} image(s)"
+    if run.group.is_distributed:  # each rank ran the trunk on its share: the note counts them all
+        reused = (f"per-file features: trunk run on {sum(run.group.gather_objects(computed))} of {total} image(s), "
+                  f"{computed} of them by this process")
+    unsaved = _save_features(run, key, train, val, callbacks)
     return train, val, "; ".join(n for n in (reused, train_unsaved or val_unsaved, unsaved) if n)

@@ -166,7 +166,9 @@ class EpochLoop:
         self.optimization = Optimization(run.model, run.info, self.plan_in_force, cfg.train,
                                          self._segment(resume_state))
         self.integrity = FreezeIntegrity(run.model, resume_state.get("integrity") if resume_state else None)
-        self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch) if cfg.train.telemetry else None)
+        # Rank 0 alone samples telemetry: it alone shows it, and a sample on another rank would hold every rank up.
+        self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch)
+                          if cfg.train.telemetry and self.group.is_main else None)
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
             preprocessing=run.prep.to_dict(), config=cfg.to_dict(),

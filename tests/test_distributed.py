@@ -260,7 +260,8 @@ def test_feature_extraction_leaves_every_frozen_tensor_bit_identical_on_both_ran
     assert reports[0]["runs"][1]["fingerprints"] == reports[1]["runs"][1]["fingerprints"]  # the head too
     # The trunk ran once per image over both ranks: rank 0 on 18 + 6 of the 35 + 12 images, rank 1 on the rest.
     notes = [r["runs"][1]["feature_note"] for r in reports]
-    assert "trunk run on 24 of 47 image(s)" in notes[0] and "trunk run on 23 of 47 image(s)" in notes[1]
+    assert "trunk run on 47 of 47 image(s), 24 of them by this process" in notes[0]
+    assert "trunk run on 47 of 47 image(s), 23 of them by this process" in notes[1]
     record = json.loads(Path(configs[1].out_dir, "run.json").read_text())
     ranks = record["processes"]["integrity"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["checked"] == len(trunk)
