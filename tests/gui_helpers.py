@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
 from app.main_window import window_with_private_settings
 from app.worker import STARTED_THREADS
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_gui_thread(request):
+    """What the window does (app/gc_guard.py) for every test with Qt objects, window or not: no
+    automatic garbage collection while the test's background threads may run. A widget left in a
+    reference cycle by an earlier test, collected on a worker thread that happened to allocate,
+    has its C++ destructor run there; Qt crashed in the GUI thread's event loop (seen once in CI:
+    an LR finder dialog test, its sweep allocating on a worker thread). The GUI thread collects at
+    the start and at the end instead."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def _python_threads() -> set:
