@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_project
+from .config import RunConfig, load_project
 from .errors import UserError
 from .run_folder import RunFolder
 
@@ -66,15 +66,23 @@ def active_venv() -> Path | None:
     return Path(sys.prefix) if sys.prefix != sys.base_prefix else None
 
 
-def cluster_job(project: str | Path, nodes: int, gpus_per_node: int, *, run_dir: str | Path | None = None,
-                partition: str | None = None, time_limit: str | None = None, cpus_per_task: int | None = None,
-                port: int = DEFAULT_PORT, code_root: Path | None = None, venv: Path | None = None) -> ClusterJob:
-    """A checked job: the project loads, counts are in range, the time limit and names are well formed.
-    The code and the environment default to this installation's (the cluster sees the same paths)."""
+def cluster_job(project: str | Path, nodes: int, gpus_per_node: int, **options) -> ClusterJob:
+    """A checked job for a project file: it loads, and job_for_project's checks hold."""
     project = Path(project).expanduser().absolute()
     if not project.is_file():
         raise UserError(f"project file not found: {project}" if not project.exists() else f"{project} is not a file")
     config = load_project(project)  # one line naming the file and the field when it is not a valid project
+    return job_for_project(config, project, nodes, gpus_per_node, **options)
+
+
+def job_for_project(config: RunConfig, project: Path, nodes: int, gpus_per_node: int, *,
+                    run_dir: str | Path | None = None, partition: str | None = None, time_limit: str | None = None,
+                    cpus_per_task: int | None = None, port: int = DEFAULT_PORT, code_root: Path | None = None,
+                    venv: Path | None = None) -> ClusterJob:
+    """A checked job for `config` as saved (or about to be saved) at `project`: counts are in range, the
+    time limit and names are well formed. The code and the environment default to this installation's
+    (the cluster sees the same paths)."""
+    project = Path(project).expanduser().absolute()
     root = config.data.root
     if root and not Path(root).expanduser().is_absolute():
         raise UserError(f"{project.name}: the dataset folder {root!r} is relative; on a cluster give an absolute "

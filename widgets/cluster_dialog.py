@@ -4,10 +4,6 @@ the job, then writes the shown configuration as a project and a SLURM job script
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +12,8 @@ from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QHBoxLayout, Q
                                QPushButton, QSpinBox, QVBoxLayout)
 
 from engine.checkpoint import atomic_write_bytes
-from engine.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, ClusterJob, cluster_job, render
-from engine.config import RunConfig, save_project
+from engine.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, job_for_project, render
+from engine.config import RunConfig, validate_project
 from engine.errors import UserError
 
 DEFAULT_TIME = "04:00:00"
@@ -27,34 +23,6 @@ def script_path_for(project: str) -> str:
     """project.tsproj.json -> project.sbatch beside it."""
     path = Path(project)
     return str(path.with_name((path.name.split(".")[0] or "job") + ".sbatch"))
-
-
-def job_for_config(config: RunConfig, project: Path, nodes: int, gpus_per_node: int, **options) -> ClusterJob:
-    """The job `cluster_job` builds for `config` saved as `project`, without writing `project`: the
-    configuration goes to a temporary file beside it whose name starts with the same stem (the stem
-    names the run folder and the job), removed again, with any folder made for it."""
-    project = project.expanduser().absolute()
-    made = [folder for folder in (project.parent, *project.parent.parents) if not folder.exists()]
-    try:
-        project.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=project.name.split(".")[0] + ".", suffix=".checking", dir=project.parent)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(project)) from None
-    os.close(fd)
-    copy = Path(name)
-    try:
-        save_project(copy, config)
-        job = cluster_job(copy, nodes, gpus_per_node, **options)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(project)) from None
-    except UserError as exc:  # its message names the file checked: name the project instead
-        raise UserError(str(exc).replace(str(copy), str(project)).replace(copy.name, project.name)) from None
-    finally:
-        copy.unlink(missing_ok=True)
-        for folder in made:  # deepest first; saving the project makes them again
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-    return replace(job, project=project)
 
 
 class ClusterDialog(QDialog):
@@ -121,9 +89,11 @@ class ClusterDialog(QDialog):
             for path in paths:
                 if path.is_dir():
                     raise UserError(f"{path} is a folder; name a file")
-            job = job_for_config(self._config(), paths[0], self.nodes.value(), self.gpus.value(),
-                                 partition=self.partition_edit.text().strip() or None,
-                                 time_limit=self.time_edit.text().strip() or None)
+            config = self._config()
+            validate_project(config)  # what loading the saved project would check
+            job = job_for_project(config, paths[0], self.nodes.value(), self.gpus.value(),
+                                  partition=self.partition_edit.text().strip() or None,
+                                  time_limit=self.time_edit.text().strip() or None)
             if not self._may_replace([path for path in paths if path.exists()]):
                 self.result.setText("Nothing written: choose other file names, or replace the files.")
                 return
