@@ -58,6 +58,25 @@ def head_only(data: Path, out: Path, weights: Path) -> RunConfig:
 # --- training on the per-file store --------------------------------------------------------------
 
 
+def endless_suspects_search(monkeypatch):
+    """find_suspects replaced by a search that runs until told to stop; the event it sets says it started."""
+    import threading
+
+    from engine import suspects
+    from engine.run_setup import Stopped
+
+    searching = threading.Event()
+
+    def endless(*args, should_stop, **kwargs):
+        searching.set()
+        while not should_stop():
+            searching.wait(0.01)
+        raise Stopped
+
+    monkeypatch.setattr(suspects, "find_suspects", endless)
+    return searching
+
+
 def count_trunk_passes(monkeypatch) -> list[str]:
     """The image paths training sends through the trunk, from now on (a list that fills as it runs)."""
     through_trunk: list[str] = []
@@ -321,22 +340,10 @@ def test_the_suspects_model_passes_the_model_tester_and_rows_follow_their_files(
 
 
 def test_stop_ends_a_suspects_search_in_progress(qtbot, monkeypatch, tmp_path):
-    import threading
-
     from app.data_edit_session import SuspectFinder
     from app.worker import BackgroundTasks
-    from engine import suspects
-    from engine.run_setup import Stopped
 
-    searching = threading.Event()
-
-    def endless(*args, should_stop, **kwargs):
-        searching.set()
-        while not should_stop():
-            searching.wait(0.01)
-        raise Stopped
-
-    monkeypatch.setattr(suspects, "find_suspects", endless)
+    searching = endless_suspects_search(monkeypatch)
     tasks = BackgroundTasks()
     finder = SuspectFinder(tasks)
     try:
@@ -553,21 +560,9 @@ def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(q
 
 
 def test_no_run_starts_while_suspects_are_being_found(qtbot, window, tmp_path, monkeypatch):
-    import threading
-
     from app.session import SEARCHING
-    from engine import suspects
-    from engine.run_setup import Stopped
 
-    searching = threading.Event()
-
-    def endless(*args, should_stop, **kwargs):
-        searching.set()
-        while not should_stop():
-            searching.wait(0.01)
-        raise Stopped
-
-    monkeypatch.setattr(suspects, "find_suspects", endless)
+    searching = endless_suspects_search(monkeypatch)
     data = tiny_dataset(tmp_path / "data")
     session = window.session
     session.set_weights("none")
