@@ -641,7 +641,8 @@ class MainWindow(QMainWindow):
         from widgets.cluster_dialog import ClusterDialog
 
         folder = Path(self.settings.value("paths/last_project_dir", str(Path.home())))
-        ClusterDialog(str(folder / "cluster-job.tsproj.json"), self.save_project, self).open()  # deletes itself on close
+        ClusterDialog(str(folder / "cluster-job.tsproj.json"), self.save_project, self.session.config,
+                      self).open()  # deletes itself on close
 
     @Slot(str, list)
     def _on_exported(self, folder: str, reports: list) -> None:

@@ -48,11 +48,11 @@ def parse_time_limit(text: str) -> int:
     """Seconds of a SLURM time limit written [D-]HH:MM:SS; UserError otherwise."""
     match = _TIME.match(text)
     if not match:
-        raise UserError(f"--time {text!r} is not HH:MM:SS (or D-HH:MM:SS), e.g. 04:00:00")
+        raise UserError(f"time limit {text!r} is not HH:MM:SS (or D-HH:MM:SS), e.g. 04:00:00")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
-        raise UserError(f"--time {text!r} is no time at all")
+        raise UserError(f"time limit {text!r} is no time at all")
     return total
 
 
@@ -97,7 +97,7 @@ def job_for_project(config: RunConfig, project: Path, nodes: int, gpus_per_node:
     if not 1024 <= port <= 65535:
         raise UserError(f"--port must be between 1024 and 65535, got {port}")
     if partition is not None and not _SLURM_NAME.match(partition):
-        raise UserError(f"--partition {partition!r} is not a SLURM partition name (letters, digits, _ . , + -)")
+        raise UserError(f"partition {partition!r} is not a SLURM partition name (letters, digits, _ . , + -)")
     if time_limit is not None:
         parse_time_limit(time_limit)
     stem = project.name.split(".")[0] or "project"

@@ -26,17 +26,16 @@ def script_path_for(project: str) -> str:
 
 
 class ClusterDialog(QDialog):
-    def __init__(self, project: str, save_project: Callable[[str], None], parent=None,
-                 config: Callable[[], RunConfig] | None = None):
+    def __init__(self, project: str, save_project: Callable[[str], None], config: Callable[[], RunConfig],
+                 parent=None):
         """`save_project(path)` writes the configuration shown to `path` (the window's Save project);
-        `config()` returns that configuration, checked as a job before anything is written (by default the
-        parent window's session's)."""
+        `config()` returns that configuration, checked as a job before anything is written."""
         super().__init__(parent)
         self.setObjectName("clusterDialog")
         self.setWindowTitle("Export cluster job")
         self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # the window keeps no reference to it
         self._save_project = save_project
-        self._config = config if config is not None else parent.session.config
+        self._config = config
         self.project_edit = self._path_edit("clusterProjectEdit", project,
                                             "The configuration shown is saved to this project file first.")
         self.script_edit = self._path_edit("clusterScriptEdit", script_path_for(project), "The SLURM job script.")
