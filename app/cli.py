@@ -12,157 +12,24 @@ import os
 from dataclasses import replace
 from typing import NoReturn
 import sys
-import time
 from pathlib import Path
 
-from engine.config import (AUGMENTATIONS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DataConfig,
-                           CLASS_WEIGHTS, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project, number_problem)
+from engine.config import RunConfig
 from engine.errors import RunFailed, UserError, out_of_memory_message
-from engine.export import ParityError
+from engine.deploy.export import ParityError
 
 from app import cli_cluster, cli_data, cli_guidance, cli_insight
+from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
+                          plan_config, train_config_from_args)
 
 # Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
 COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem (and exit code 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _PlanEditAction(argparse.Action):
-    """Collects --freeze/--unfreeze/--lr/--train-norm into one list, in the order given."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        edits = list(getattr(namespace, "edits", None) or [])
-        if option_string == "--freeze":
-            edits.append(PlanEdit(value, frozen=True))
-        elif option_string == "--unfreeze":
-            edits.append(PlanEdit(value, frozen=False))
-        elif option_string == "--train-norm":
-            edits.append(PlanEdit(value, train_norm=True))
-        else:
-            module, sep, lr_text = value.rpartition("=")
-            if not sep:
-                parser.error(f"--lr expects MODULE=LR, got '{value}'")
-            try:
-                lr = float(lr_text)
-            except ValueError:
-                parser.error(f"--lr {value}: '{lr_text}' is not a number")
-            problem = number_problem("lr", lr)
-            if problem:
-                parser.error(f"--lr {value}: {problem}")
-            edits.append(PlanEdit(module, lr=lr))
-        namespace.edits = edits
-
-
-def _number(key: str):
-    """An argparse type for the setting `key`, checked by the rules project files and the window
-    use too (engine.config.NUMBER_RULES): a bad value is one usage line, exit 2."""
-    rule = NUMBER_RULES[key]
-
-    def parse(text: str):
-        try:
-            value = int(text) if rule.kind is int else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"'{text}' is not a {'whole ' if rule.kind is int else ''}number") from None
-        problem = number_problem(key, value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-
-    parse.__name__ = key
-    return parse
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="resnet18", help="torchvision architecture, e.g. resnet50, efficientnet_b0")
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors)")
-
-
-def _add_plan_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("plan (what is frozen, at what LR); flags apply after the strategy, in order")
-    g.add_argument("--strategy", choices=STRATEGIES, default="fine-tune")
-    g.add_argument("--base-lr", type=_number("plan.base_lr"), default=1e-3, help="LR of every module without its own")
-    g.add_argument("--discriminative-factor", type=_number("plan.discriminative_factor"), default=2.6, help="LR ratio between neighbouring stages")
-    g.add_argument("--gradual-every", type=_number("plan.gradual_every"), default=1, help="gradual: epochs between unfreezing stages")
-    g.add_argument("--freeze", action=_PlanEditAction, metavar="MODULE", help="freeze a module and its subtree")
-    g.add_argument("--unfreeze", action=_PlanEditAction, metavar="MODULE", help="unfreeze a module and its subtree")
-    g.add_argument("--lr", action=_PlanEditAction, metavar="MODULE=LR", help="LR of a module and its subtree")
-    g.add_argument("--train-norm", action=_PlanEditAction, metavar="MODULE",
-                   help="let a frozen module's norm layers update their running statistics")
-
-
-def _plan_config(args) -> PlanConfig:
-    return PlanConfig(strategy=args.strategy, base_lr=args.base_lr, discriminative_factor=args.discriminative_factor,
-                      gradual_every=args.gradual_every, edits=tuple(getattr(args, "edits", ())))
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
-    p.add_argument("--project", help="project file with every setting; flags given here override its values")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue a run from its last completed epoch with its own settings "
-                            "(--epochs sets the new total; --device and --workers may change)")
-    _add_model_args(p)
-    _add_plan_args(p)
-    t = TrainConfig()
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
-    p.add_argument("--weight-decay", type=_number("train.weight_decay"), default=t.weight_decay)
-    p.add_argument("--schedule", choices=SCHEDULES, default=t.schedule)
-    p.add_argument("--warmup-epochs", type=_number("train.warmup_epochs"), default=t.warmup_epochs)
-    p.add_argument("--label-smoothing", type=_number("train.label_smoothing"), default=t.label_smoothing)
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=t.class_weights,
-                   help="auto: a class-weighted loss when the largest class has 3x the smallest or more")
-    p.add_argument("--epochs", type=_number("train.epochs"), default=None, help=f"number of epochs (default {t.epochs})")
-    p.add_argument("--batch-size", type=_number("train.batch_size"), default=t.batch_size,
-                   help="images per step, over all processes: with --nproc N each process takes batch-size / N")
-    p.add_argument("--image-size", type=_number("data.image_size"), default=DataConfig().image_size)
-    p.add_argument("--augment", choices=AUGMENTATIONS, default=DataConfig().augment)
-    p.add_argument("--val-fraction", type=_number("data.val_fraction"), default=DataConfig().val_fraction)
-    p.add_argument("--workers", type=_number("data.num_workers"), default=None, help="data loader workers (default: automatic)")
-    p.add_argument("--no-feature-cache", action="store_true", help="never train the head on cached features")
-    p.add_argument("--feature-views", type=_number("train.feature_views"), default=t.feature_views,
-                   help="frozen trunk with augmentation: cache the trunk features of this many augmented views "
-                        "per image, one drawn per epoch (0: augmented images through the trunk every epoch)")
-    p.add_argument("--adapt-norm", action="store_true",
-                   help="adapt normalization statistics (AdaBN): re-estimate BatchNorm statistics on the training "
-                        "images before training; for data far from the weights' (e.g. digits vs ImageNet)")
-    p.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
-    p.add_argument("--precision", choices=PRECISIONS, default=t.precision)
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="let cuDNN autotune convolutions (slow first epoch, may pay off on long runs)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    p.add_argument("--patience", type=_number("train.early_stopping_patience"), default=0, help="early stopping after N epochs without improvement")
-    p.add_argument("--seed", type=_number("train.seed"), default=t.seed)
-    p.add_argument("--no-telemetry", action="store_true",
-                   help="skip the per-layer gradient norms and update ratios (sampled about twice a second)")
-    p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
-    p.add_argument("--folds", type=_number("suspects.folds"), default=None, metavar="K",
-                   help="K-fold cross-validation: train K times, each fold held out once (runs in OUT/fold-k); "
-                        "prints each fold's val accuracy and their mean ± standard deviation (seconds per fold with "
-                        "a frozen trunk: its features are computed once)")
-    p.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
-    p.add_argument("--events-jsonl", action="store_true",
-                   help="print every event (status, started, batch, epoch, result or failed) as one JSON line on stdout")
-    p.add_argument("--control-file", metavar="FILE",
-                   help="pause, continue or stop the run by writing 'pause', 'run' or 'stop' into FILE "
-                        "(every process reads it; they act at the same step)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="train as N local processes through torchrun (DistributedDataParallel; gloo on CPU, one GPU "
-                        "each on CUDA); under torchrun itself, rank and world size come from its environment")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="several CUDA processes: trainable BatchNorm layers share batch statistics (SyncBatchNorm)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="transfer-studio",
+    parser = OneLineParser(prog="transfer-studio",
                             description="Point-and-click transfer learning of image classifiers.")
-    sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
     gui = sub.add_parser("gui", help="open the window (the default)")
     gui.add_argument("--data", help="dataset folder to open (default: the built-in demo dataset)")
@@ -170,22 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo-data", help="write a synthetic ImageFolder dataset")
     demo.add_argument("dir")
-    demo.add_argument("--classes", type=_number("demo.classes"), default=4)
-    demo.add_argument("--per-class", type=_number("demo.per_class"), default=60)
-    demo.add_argument("--size", type=_number("demo.size"), default=96)
-    demo.add_argument("--seed", type=_number("demo.seed"), default=0)
+    demo.add_argument("--classes", type=number_arg("demo.classes"), default=4)
+    demo.add_argument("--per-class", type=number_arg("demo.per_class"), default=60)
+    demo.add_argument("--size", type=number_arg("demo.size"), default=96)
+    demo.add_argument("--seed", type=number_arg("demo.seed"), default=0)
 
     layers = sub.add_parser("layers", help="print the layer tree with frozen flags, parameter counts and LRs")
-    _add_model_args(layers)
-    layers.add_argument("--classes", type=_number("layers.classes"), required=True, help="number of classes of the new head")
-    layers.add_argument("--weight-decay", type=_number("train.weight_decay"), default=0.01)
-    layers.add_argument("--depth", type=_number("layers.depth"), default=None, help="show modules down to this depth")
+    add_model_args(layers)
+    layers.add_argument("--classes", type=number_arg("layers.classes"), required=True, help="number of classes of the new head")
+    layers.add_argument("--weight-decay", type=number_arg("train.weight_decay"), default=0.01)
+    layers.add_argument("--depth", type=number_arg("layers.depth"), default=None, help="show modules down to this depth")
     layers.add_argument("--json", action="store_true")
-    _add_plan_args(layers)
-    cli_guidance.add_preview_args(layers, _number)
+    add_plan_args(layers)
+    cli_guidance.add_preview_args(layers, number_arg)
 
     train = sub.add_parser("train", help="train a classifier on a folder of images")
-    _add_train_args(train)
+    add_train_args(train)
 
     export = sub.add_parser("export", help="export a checkpoint (pt, safetensors, torchscript, onnx, pt2) with a "
                                            "parity check")
@@ -193,19 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx", "pt2"),
                         help="repeat for several; default: all but pt2 (torch.export, which needs --format pt2)")
     export.add_argument("--out", help="output file (one format) or folder (several)")
-    export.add_argument("--tolerance", type=_number("export.tolerance"), default=1e-4, help="largest allowed fp32 logit difference")
-    export.add_argument("--parity-images", type=_number("export.parity_images"), default=32, help="validation images to compare on")
+    export.add_argument("--tolerance", type=number_arg("export.tolerance"), default=1e-4, help="largest allowed fp32 logit difference")
+    export.add_argument("--parity-images", type=number_arg("export.parity_images"), default=32, help="validation images to compare on")
     export.add_argument("--json", action="store_true")
 
     predict = sub.add_parser("predict", help="classify images with a checkpoint or an exported file (any format)")
     predict.add_argument("checkpoint")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=_number("predict.top_k"), default=5)
+    predict.add_argument("--top-k", type=number_arg("predict.top_k"), default=5)
     predict.add_argument("--trust", action="store_true",
                          help="load a .pt2 this installation did not export (loading it unpickles, which can run code)")
     predict.add_argument("--json", action="store_true")
     for commands in COMMAND_MODULES:
-        commands.add_commands(sub, _number)
+        commands.add_commands(sub, number_arg)
     return parser
 
 
@@ -222,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             handlers.update(commands.HANDLERS)
         return handlers[command](args)
     except (RunFailed, ParityError, UserError) as exc:  # a failed run 1, bad input 2
-        from engine.launch import report_error  # under torchrun also for the launcher to read
+        from engine.distributed.launch import report_error  # under torchrun also for the launcher to read
 
         report_error(str(exc))
         return 1 if isinstance(exc, (RunFailed, ParityError)) else 2
@@ -233,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         message = out_of_memory_message(exc, command)
         if message is None:
             raise  # not about memory: a bug, and its traceback is needed
-        from engine.launch import report_error
+        from engine.distributed.launch import report_error
 
         report_error(message)
         return 1
@@ -246,7 +113,7 @@ def _gui(data: str | None, project: str | None) -> int:
 
 
 def _demo_data(args) -> int:
-    from engine.demo import write_demo_dataset
+    from engine.data.demo import write_demo_dataset
 
     if not 2 <= args.classes <= 8 or args.per_class < 1 or args.size < 16:
         raise UserError("demo-data needs 2..8 classes, --per-class >= 1 and --size >= 16")
@@ -256,11 +123,11 @@ def _demo_data(args) -> int:
 
 
 def _layers(args) -> int:
-    from engine.models import build_model
-    from engine.plan import build_plan, describe_plan, summary_line
+    from engine.model.architectures import build_model
+    from engine.plan.plan import build_plan, describe_plan, summary_line
 
     built = build_model(args.model, args.classes, args.weights)
-    plan = build_plan(_plan_config(args), built.info)
+    plan = build_plan(plan_config(args), built.info)
     report = describe_plan(built.info, plan, args.weight_decay)
     if args.preview:
         report.update(cli_guidance.layers_schedule(args, built, plan))
@@ -287,89 +154,14 @@ def _layers(args) -> int:
     return 0
 
 
-# train flag (argparse dest) -> (config section, field); a flag given on the command line wins over
-# the project file, and on --resume only the flags in RESUMABLE may change.
-_TRAIN_FLAGS = {
-    "data": ("data", "root"), "val_fraction": ("data", "val_fraction"), "image_size": ("data", "image_size"),
-    "augment": ("data", "augment"), "workers": ("data", "num_workers"), "model": ("model", "arch"),
-    "weights": ("model", "weights"), "strategy": ("plan", "strategy"), "base_lr": ("plan", "base_lr"),
-    "discriminative_factor": ("plan", "discriminative_factor"), "gradual_every": ("plan", "gradual_every"),
-    "optimizer": ("train", "optimizer"), "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
-    "warmup_epochs": ("train", "warmup_epochs"), "label_smoothing": ("train", "label_smoothing"),
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "device": ("train", "device"),
-    "precision": ("train", "precision"), "cudnn_benchmark": ("train", "cudnn_benchmark"),
-    "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
-    "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
-    "feature_views": ("train", "feature_views"), "adapt_norm": ("train", "adapt_norm"),
-    "class_weights": ("train", "class_weights"), "sync_bn": ("train", "sync_bn"),
-}
-_NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off
-RESUMABLE = {"epochs", "device", "workers"}  # what may differ when a run continues
-
-
-def given_train_flags(argv: list[str]) -> dict:
-    """The train flags actually typed (dest -> value), without argparse's defaults."""
-    parser = _OneLineParser(prog="transfer-studio train")
-    _add_train_args(parser)
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public way to drop defaults
-        action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv[argv.index("train") + 1:]))
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def train_config_from_args(args, given: dict) -> RunConfig:
-    from engine.demo import demo_note, ensure_demo_dataset
-
-    if args.resume and args.project:
-        raise UserError("--resume continues a run with its own settings; it cannot take --project as well")
-    if args.resume:
-        from engine.run_folder import RunFolder
-
-        refused = [_flag(d) for d in sorted(given) if (d in _TRAIN_FLAGS or d == "out") and d not in RESUMABLE]
-        if given.get("edits"):
-            refused.append("--freeze/--unfreeze/--lr/--train-norm")
-        if refused:
-            flags = ", ".join(refused)
-            raise UserError(f"{flags}: a continued run keeps the settings it started with (only --epochs, "
-                            f"--device and --workers may change); start a new run to change them")
-        base = RunFolder(args.resume).load_config()
-        return replace(_with_flags(base, given), out_dir=args.resume)
-    base = load_project(args.project) if args.project else RunConfig(data=DataConfig(root=""))
-    config = _with_flags(base, given)
-    if not config.data.root:
-        config = replace(config, data=replace(config.data, root=str(ensure_demo_dataset())))
-        if demo_note():
-            print(f"transfer-studio: note: {demo_note()}", file=sys.stderr)
-    out = args.out or config.out_dir or f"runs/{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(config, out_dir=out)
-
-
-def _with_flags(config: RunConfig, given: dict) -> RunConfig:
-    """`config` with every flag the person typed applied; plan edits are added after the file's."""
-    sections = {name: {} for name in ("data", "model", "plan", "train")}
-    for dest, value in given.items():
-        if dest in _TRAIN_FLAGS:
-            section, field_name = _TRAIN_FLAGS[dest]
-            sections[section][field_name] = (not value) if dest in _NEGATED else value
-    plan = replace(config.plan, **sections["plan"])
-    if given.get("edits"):
-        plan = replace(plan, edits=plan.edits + tuple(given["edits"]))
-    return replace(config, data=replace(config.data, **sections["data"]),
-                   model=replace(config.model, **sections["model"]), plan=plan,
-                   train=replace(config.train, **sections["train"]))
-
-
 def _train(args, argv: list[str]) -> int:
     from app.progress import ProgressPrinter
-    from engine.distributed import ProcessGroup, lost_processes_fail_the_run
-    from engine.event_lines import EventLines
+    from engine.distributed.process_group import ProcessGroup, lost_processes_fail_the_run
+    from engine.runs.event_lines import EventLines
     from engine.events import Callbacks
-    from engine.remote_control import FileControl
-    from engine.run_setup import select_device
-    from engine.trainer import fit
+    from engine.distributed.remote_control import FileControl
+    from engine.model.devices import select_device
+    from engine.training.trainer import fit
 
     if args.folds is not None and args.resume:
         raise UserError("--folds trains new runs; it cannot continue one (--resume)")
@@ -415,9 +207,9 @@ def _train(args, argv: list[str]) -> int:
 def _cross_validate(args, config: RunConfig) -> int:
     """`train --folds K`: one run per fold, then each fold's accuracy and the mean ± standard deviation."""
     from app.progress import ProgressPrinter
-    from engine.folds import cross_validate
+    from engine.training.folds import cross_validate
 
-    from engine.distributed import ProcessGroup
+    from engine.distributed.process_group import ProcessGroup
 
     if (args.nproc is not None and args.nproc != 1) or ProcessGroup.from_env().is_distributed:
         raise UserError("--folds trains its folds one after another in one process: leave --nproc out "
@@ -445,11 +237,11 @@ def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int
     dataset) this process resolved, so every rank trains the same run."""
     import torch
 
-    from engine.distributed import ProcessGroup
-    from engine.launch import launch_local, without_option
-    from engine.run_folder import RunFolder
-    from engine.run_setup import select_device
-    from engine.trainer import processes_problem
+    from engine.distributed.process_group import ProcessGroup
+    from engine.distributed.launch import launch_local, without_option
+    from engine.runs.run_folder import RunFolder
+    from engine.model.devices import select_device
+    from engine.training.trainer import processes_problem
 
     if processes < 2:
         raise UserError(f"--nproc {processes}: give 2 or more processes (or leave --nproc out)")
@@ -467,7 +259,7 @@ def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int
 
 
 def _export(args) -> int:
-    from engine.export import DEFAULT_FORMATS, default_path, export, parity_batch
+    from engine.deploy.export import DEFAULT_FORMATS, default_path, export, parity_batch
 
     formats = args.format or list(DEFAULT_FORMATS)
     checkpoint = Path(args.checkpoint)
@@ -489,9 +281,9 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from engine.data import Preprocessing
-    from engine.export import load_any
-    from engine.predict import preprocess, top_k
+    from engine.data.dataset import Preprocessing
+    from engine.deploy.export import load_any
+    from engine.deploy.predict import preprocess, top_k
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")

@@ -1,7 +1,7 @@
 """Sub-command cluster-script: a SLURM job script that trains a project with srun + torchrun.
 
 Registered by app.cli: add_commands(sub, number) adds the parser, HANDLERS maps the command to its
-function (args -> exit code). The script text comes from engine.cluster_script, which the window's
+function (args -> exit code). The script text comes from engine.distributed.cluster_script, which the window's
 File > Export cluster job... uses too.
 """
 
@@ -15,7 +15,7 @@ from engine.errors import UserError
 
 def add_commands(sub, number) -> None:
     """Adds this module's sub-parser to `sub`."""
-    from engine.cluster_script import DEFAULT_PORT
+    from engine.distributed.cluster_script import DEFAULT_PORT
 
     script = sub.add_parser("cluster-script", help="write a SLURM job script: srun + torchrun on N nodes x G GPUs, "
                                                    "resumed when requeued")
@@ -32,8 +32,8 @@ def add_commands(sub, number) -> None:
 
 
 def _cluster_script(args) -> int:
-    from engine.checkpoint import atomic_write_bytes
-    from engine.cluster_script import cluster_job, render
+    from engine.atomic import atomic_write_bytes
+    from engine.distributed.cluster_script import cluster_job, render
 
     job = cluster_job(args.project, args.nodes, args.gpus_per_node, run_dir=args.run_dir, partition=args.partition,
                       time_limit=args.time, cpus_per_task=args.cpus_per_task, port=args.port)

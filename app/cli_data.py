@@ -2,7 +2,7 @@
 
 Registered by app.cli: add_commands(sub, number) adds the parsers, HANDLERS maps a command to its
 function (args -> exit code). `number(key)` is the argparse type checked by engine.config.NUMBER_RULES.
-Every command first repairs the dataset (engine.dataset_edits.repair): an action a crash left
+Every command first repairs the dataset (engine.curation.dataset_edits.repair): an action a crash left
 half-done is completed before anything reads or moves a file.
 """
 
@@ -48,14 +48,14 @@ def add_commands(sub, number) -> None:
 
 def _repaired(data: str) -> None:
     """Complete what a crash left half-done, and say so on stderr."""
-    from engine.dataset_edits import repair
+    from engine.curation.dataset_edits import repair
 
     for action in repair(data):  # a folder that is not there has no journal: the command says so
         print(f"repaired: completed {action.describe()}", file=sys.stderr)
 
 
 def _suspects(args) -> int:
-    from engine.suspects import find_suspects
+    from engine.curation.suspects import find_suspects
 
     _repaired(args.data)
     report = find_suspects(args.data, args.model, args.weights, args.folds, threshold=args.threshold,
@@ -81,28 +81,28 @@ def _edit(action) -> int:
 
 
 def _relabel(args) -> int:
-    from engine.dataset_edits import relabel
+    from engine.curation.dataset_edits import relabel
 
     _repaired(args.data)
     return _edit(relabel(args.data, args.paths, args.to))
 
 
 def _exclude(args) -> int:
-    from engine.dataset_edits import exclude
+    from engine.curation.dataset_edits import exclude
 
     _repaired(args.data)
     return _edit(exclude(args.data, args.paths))
 
 
 def _undo(args) -> int:
-    from engine.dataset_edits import undo
+    from engine.curation.dataset_edits import undo
 
     _repaired(args.data)
     return _edit(undo(args.data))
 
 
 def _redo(args) -> int:
-    from engine.dataset_edits import redo
+    from engine.curation.dataset_edits import redo
 
     _repaired(args.data)
     return _edit(redo(args.data))

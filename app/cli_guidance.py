@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from app.cli_args import add_model_args, add_train_args, train_config_from_args
 from engine.errors import UserError
 
 
 def add_commands(sub, number) -> None:
     """Adds this module's sub-parsers to `sub`."""
-    from app.cli import _add_model_args, _add_train_args  # app.cli imports this module first
-
     advise = sub.add_parser("advise", help="advise a strategy (and its train flags) from the data and the model")
     advise.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
-    _add_model_args(advise)
+    add_model_args(advise)
     advise.add_argument("--image-size", type=number("data.image_size"), default=224)
     advise.add_argument("--val-fraction", type=number("data.val_fraction"), default=0.2,
                         help="share held out for the probes (as train's split)")
@@ -32,8 +31,8 @@ def add_commands(sub, number) -> None:
     advise.add_argument("--json", action="store_true")
 
     lr_find = sub.add_parser("lr-find", help="LR range test: one multiplier over the whole plan (ratios kept)")
-    _add_train_args(lr_find)
-    for action in lr_find._actions:  # noqa: SLF001 - as app.cli.given_train_flags: only typed flags count
+    add_train_args(lr_find)
+    for action in lr_find._actions:  # noqa: SLF001 - as app.cli_args.given_train_flags: only typed flags count
         action.default = argparse.SUPPRESS
     lr_find.add_argument("--steps", type=number("lr_find.steps"), default=100, help="steps of the sweep")
     lr_find.add_argument("--start", type=number("lr_find.start"), default=1e-4, help="first multiplier of the plan's LRs")
@@ -62,7 +61,7 @@ def add_preview_args(layers: argparse.ArgumentParser, number) -> None:
 def layers_schedule(args, built, plan) -> dict:
     """{"steps_per_epoch", "schedule": [{"epoch", "lrs", "trainable"}]} for `layers --preview`."""
     from engine.config import TrainConfig
-    from engine.optimization import schedule_preview
+    from engine.plan.optimization import schedule_preview
 
     steps = _steps_per_epoch(args)
     train = TrainConfig(epochs=args.epochs, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
@@ -84,7 +83,7 @@ def _steps_per_epoch(args) -> int:
     if not args.data:
         raise UserError("--preview needs --data DIR (with --batch-size) or --steps-per-epoch N to know an "
                         "epoch's steps")
-    from engine.data import batches_per_epoch, scan_dataset
+    from engine.data.dataset import batches_per_epoch, scan_dataset
 
     scan = scan_dataset(args.data, args.val_fraction, 0)
     if len(scan.class_names) != args.classes:
@@ -96,10 +95,10 @@ def _steps_per_epoch(args) -> int:
 
 
 def _advise(args) -> int:
-    from engine.advisor import advise
-    from engine.data import scan_dataset
-    from engine.demo import ensure_demo_dataset
-    from engine.run_setup import select_device
+    from engine.insight.advisor import advise
+    from engine.data.dataset import scan_dataset
+    from engine.data.demo import ensure_demo_dataset
+    from engine.model.devices import select_device
 
     root = args.data or str(ensure_demo_dataset())
     scan = scan_dataset(root, args.val_fraction, args.seed)
@@ -130,9 +129,8 @@ _OWN = {"steps", "start", "end", "module", "json", "command"}
 def _lr_find(args) -> int:
     import sys
 
-    from app.cli import train_config_from_args
     from app.progress import ProgressPrinter
-    from engine.lr_finder import find_lr
+    from engine.insight.lr_finder import find_lr
 
     given = {k: v for k, v in vars(args).items() if k not in _OWN}
     if "resume" in given or "out" in given:

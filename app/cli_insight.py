@@ -53,8 +53,8 @@ def _count(text: str) -> int:
 
 
 def _evaluate(args) -> int:
-    from engine.evaluation import evaluate_checkpoint, evaluate_run
-    from engine.run_folder import RunFolder
+    from engine.insight.evaluation import evaluate_checkpoint, evaluate_run
+    from engine.runs.run_folder import RunFolder
 
     source = Path(args.source)
     if not source.exists():
@@ -121,9 +121,9 @@ def format_evaluation(evaluation) -> str:
 def _explain(args) -> int:
     import numpy as np
 
-    from engine.checkpoint import atomic_write_bytes
-    from engine.gradcam import default_layer, explain, is_experimental, overlay
-    from engine.predict import load_classifier
+    from engine.atomic import atomic_write_bytes
+    from engine.insight.gradcam import default_layer, explain, is_experimental, overlay
+    from engine.deploy.predict import load_classifier
 
     images = [Path(p) for p in args.images]
     missing = [str(p) for p in images if not p.is_file()]

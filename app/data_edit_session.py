@@ -2,7 +2,7 @@
 the repair of a half-done action when a dataset is opened, and finding suspects, all off the GUI
 thread as background tasks.
 
-The files' journal (engine.dataset_edits, in the dataset folder) is the record of what was done;
+The files' journal (engine.curation.dataset_edits, in the dataset folder) is the record of what was done;
 the window's undo stack only holds one DataEdit per action, whose undo()/redo() ask the journal to
 undo or redo it. Edits run one at a time: a second asked for while one runs is refused, and the
 repair on opening a dataset waits for a running edit, so the journal never sees two jobs at once.
@@ -18,9 +18,9 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from app.worker import BackgroundTasks
-from engine import dataset_edits
+from engine.curation import dataset_edits
 from engine.config import RunConfig
-from engine.dataset_edits import Action
+from engine.curation.dataset_edits import Action
 from engine.errors import UserError
 from widgets.gallery import submit_thumbnails
 
@@ -186,7 +186,7 @@ class DataEdits(QObject):
 
 
 class SuspectFinder(QObject):
-    """engine.suspects.find_suspects for the shown configuration, off the GUI thread; Stop ends it
+    """engine.curation.suspects.find_suspects for the shown configuration, off the GUI thread; Stop ends it
     between images."""
 
     found = Signal(object, str)  # SuspectReport, the dataset folder its paths are relative to
@@ -200,7 +200,7 @@ class SuspectFinder(QObject):
         self.searching = False  # a search asked for and not reported back yet: no run starts beside it
 
     def find(self, config: RunConfig, root: str, run_dir: str | None) -> None:
-        from engine.suspects import find_suspects
+        from engine.curation.suspects import find_suspects
 
         if not root:
             self.failed.emit("Open a dataset first.")

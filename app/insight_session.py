@@ -1,8 +1,8 @@
 """The window's side of insight: every file read and every model run for the Insight and Runs
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
-It lists the runs, reads a run's evaluation (engine.evaluation, from val_predictions.csv) and
-embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.gradcam) and classifies
+It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv) and
+embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
 tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
 """
 
@@ -17,13 +17,14 @@ import torch
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from app.run_catalog import (config_diff, is_deletable_run, list_summaries,
+from engine.runs.catalog import (config_diff, is_deletable_run, list_summaries,
                              val_accuracy_curve)
-from app.worker import BackgroundTasks, describe_failure
-from engine.embeddings import EmbeddingPoint, read_embeddings
+from app.worker import BackgroundTasks
+from app.run_events import describe_failure
+from engine.runs.embeddings import EmbeddingPoint, read_embeddings
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent
-from engine.run_folder import RunFolder
+from engine.runs.run_folder import RunFolder
 from widgets.gallery import submit_thumbnails
 
 PREVIEW_SIDE = 256
@@ -35,7 +36,7 @@ class RunInsight:
     """What the Insight tab shows of one run."""
 
     folder: RunFolder
-    evaluation: object  # engine.evaluation.Evaluation
+    evaluation: object  # engine.insight.evaluation.Evaluation
     dataset_root: str
     points: list[EmbeddingPoint] = field(default_factory=list)
 
@@ -50,7 +51,7 @@ def qimage_from_pil(image) -> QImage:
 def read_insight(folder: RunFolder) -> RunInsight:
     """The run's evaluation (from its val_predictions.csv) and embeddings; a UserError says in one
     line why there are none."""
-    from engine.evaluation import evaluate_run
+    from engine.insight.evaluation import evaluate_run
 
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
@@ -88,12 +89,12 @@ class LoadedModels:
 
     def classifier(self, path: Path):
         """A checkpoint's LoadedClassifier (call with the lock held)."""
-        from engine.predict import load_classifier
+        from engine.deploy.predict import load_classifier
 
         return self._load(path, load_classifier)
 
     def exported(self, path: Path):
-        from engine.export import load_any
+        from engine.deploy.export import load_any
 
         return self._load(path, load_any)
 
@@ -109,7 +110,7 @@ class LoadedModels:
 
 def explain_image(models: LoadedModels, checkpoint: Path, image: str) -> tuple[QImage, str, list[tuple[str, float]]]:
     """The Grad-CAM overlay of `image` for the checkpoint's predicted class, a caption, the top classes."""
-    from engine.gradcam import explain, overlay
+    from engine.insight.gradcam import explain, overlay
 
     with models.lock:
         result = explain(models.classifier(checkpoint), image)
@@ -122,9 +123,9 @@ def classify_image(models: LoadedModels, model_path: Path, image: str) -> tuple[
     """Top classes of `image`, and for a checkpoint its Grad-CAM overlay; exported files
     (TorchScript, ONNX, safetensors) give predictions only. A Grad-CAM that fails leaves the
     prediction standing and says why in the note."""
-    from engine.data import Preprocessing
-    from engine.export import detect_format
-    from engine.predict import preprocess, top_k
+    from engine.data.dataset import Preprocessing
+    from engine.deploy.export import detect_format
+    from engine.deploy.predict import preprocess, top_k
 
     classifier = None
     with models.lock, torch.no_grad():

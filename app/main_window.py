@@ -22,13 +22,14 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainW
 from app.insight_session import InsightSession, RunInsight
 from app.session import RunState, Session
 from app.gc_guard import GuiThreadCollector
-from app.worker import RunFailure
-from engine.config import TrainConfig, load_project, save_project
+from app.run_events import RunFailure
+from engine.config import TrainConfig, save_project
+from engine.model.project import load_project
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent, RunStarted
-from engine.models import ModelInfo
-from engine.run_folder import RunFolder
-from engine.run_setup import resolve_precision
+from engine.model.architectures import ModelInfo
+from engine.runs.run_folder import RunFolder
+from engine.model.devices import resolve_precision
 from widgets.data_panel import DataPanel
 from widgets.export_dialog import ExportDialog, meta_from_record
 from widgets.insight import InsightView

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtGui import QUndoCommand
 
-from engine.advisor import Advice
+from engine.insight.advisor import Advice
 from engine.config import PlanConfig
 
 

@@ -24,16 +24,17 @@ from app.data_edit_session import BUSY as DATA_EDIT_BUSY, DataEdits, SuspectFind
 from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange, advice_changes
 from app.session_tasks import (DatasetLoader, DatasetState, ModelDescriber, WeightsFiles, size_shapes_parameters,
                                model_structure, without_random_draws)
-from app.worker import BackgroundTasks, ExportProcess, RunFailure, TrainingController
-from engine.advisor import Advice, advise
+from app.worker import BackgroundTasks, ExportProcess, TrainingController
+from app.run_events import RunFailure
+from engine.insight.advisor import Advice, advise
 from engine.config import DataConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import DatasetScan, batches_per_epoch
+from engine.data.dataset import DatasetScan, batches_per_epoch
 from engine.errors import UserError
 from engine.events import FitResult, RunStarted, SkippedFile
-from engine.models import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
-from engine.optimization import schedule_preview
-from engine.plan import build_plan
-from engine.run_folder import RunFolder, latest_run
+from engine.model.architectures import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
+from engine.plan.optimization import schedule_preview
+from engine.plan.plan import build_plan
+from engine.runs.run_folder import RunFolder, latest_run
 
 # What the window starts with: the guide's choice for a small dataset like the 240-image demo
 # (feature extraction below 500 images), at a size that trains in seconds on a CPU.

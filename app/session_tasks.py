@@ -12,10 +12,10 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.worker import BackgroundTasks
-from engine.data import DatasetListing, DatasetScan, list_dataset, split_listing
-from engine.demo import ensure_demo_dataset
+from engine.data.dataset import DatasetListing, DatasetScan, list_dataset, split_listing
+from engine.data.demo import ensure_demo_dataset
 from engine.errors import UserError
-from engine.models import ModelInfo, build_model, check_image_size
+from engine.model.architectures import ModelInfo, build_model, check_image_size
 from widgets.data_panel import thumbnail_strip
 
 

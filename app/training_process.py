@@ -4,7 +4,7 @@ torchrun's ranks are processes, so the window cannot run them on a QThread: it s
 line's `train --nproc N --events-jsonl` as a child (QProcess) and reads rank 0's events back
 from its stdout, one JSON line each, as the same dataclasses the in-process trainer emits. The
 plots, progress and results cannot tell the difference. Pause and Stop write a word into a
-control file that every rank reads (engine.remote_control), so a stop is clean: the ranks agree
+control file that every rank reads (engine.distributed.remote_control), so a stop is clean: the ranks agree
 on the step, and rank 0 keeps the last checkpoint.
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 from PySide6.QtCore import QProcess, Slot
 
 from engine.config import RunConfig, save_project
-from engine.event_lines import read_event_line
+from engine.runs.event_lines import read_event_line
 from engine.events import TrainingControl
-from engine.launch import ANOTHER_PROCESS_FAILED
-from engine.remote_control import write_control
+from engine.distributed.launch import ANOTHER_PROCESS_FAILED
+from engine.distributed.remote_control import write_control
 
-from .worker import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure
+from app.run_events import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure
 
 
 class ProcessControl(TrainingControl):

@@ -1,6 +1,6 @@
 """Work off the GUI thread.
 
-`TrainingController` owns a QThread whose worker calls `engine.trainer.fit` and re-emits the
+`TrainingController` owns a QThread whose worker calls `engine.training.trainer.fit` and re-emits the
 engine's callbacks as Qt signals carrying the engine's own frozen dataclasses (RunStarted,
 BatchEvent, EpochEvent, FitResult): plain data, so nothing of the model crosses the thread.
 Stop and Pause set flags the engine checks every batch, so stopping never needs
@@ -18,44 +18,18 @@ import threading
 import traceback
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, QProcess, QThread, Qt, Signal, Slot
 
+from app.run_events import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure, describe_failure
+from app.training_process import TrainingProcess
 from engine.config import RunConfig
-from engine.data import DatasetScan
-from engine.errors import FrozenTensorsChanged, UserError, WeightsUnavailable, out_of_memory_message
+from engine.data.dataset import DatasetScan
+from engine.errors import UserError
 from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, TrainingControl
-from engine.trainer import fit
-
-
-@dataclass(frozen=True)
-class RunFailure:
-    """Why a run ended without a result, in one line, and what kind of failure it was."""
-
-    message: str
-    kind: str = "error"  # "error" | "weights-unavailable" | "frozen-tensors-changed"
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> RunFailure:
-        if isinstance(exc, WeightsUnavailable):
-            return cls(describe_failure(exc), "weights-unavailable")
-        if isinstance(exc, FrozenTensorsChanged):
-            return cls(describe_failure(exc), "frozen-tensors-changed")
-        return cls(describe_failure(exc))
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line for the person; out-of-memory gets advice, anything unexpected its type."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    memory = out_of_memory_message(exc, "training")
-    if memory:
-        return memory
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
+from engine.training.trainer import fit
 
 
 def lower_this_threads_priority(increment: int = 10) -> None:
@@ -92,18 +66,6 @@ class _SignalCallbacks(Callbacks):
 
     def on_epoch_end(self, event: EpochEvent) -> None:
         self.worker.epoch_finished.emit(event)
-
-
-class RunEvents(QObject):
-    """What a run says while it trains, whoever runs it: a thread of this process (TrainingWorker)
-    or child processes (app.training_process.TrainingProcess)."""
-
-    run_started = Signal(object)  # RunStarted
-    status_changed = Signal(str, int, int)
-    batch_finished = Signal(object)  # BatchEvent
-    epoch_finished = Signal(object)  # EpochEvent
-    finished = Signal(object)  # FitResult
-    failed = Signal(object)  # RunFailure
 
 
 class TrainingWorker(RunEvents):
@@ -181,8 +143,6 @@ class TrainingController(QObject):
         self.running_changed.emit(True)
 
     def _start_processes(self, config: RunConfig, resume: bool, processes: int) -> None:
-        from .training_process import TrainingProcess  # it builds on this module
-
         runner = TrainingProcess(config, processes, resume, self)
         self.control = runner.control
         for signal in ("run_started", "status_changed", "batch_finished", "epoch_finished"):
@@ -318,10 +278,6 @@ class BackgroundTasks(QObject):
         """Finish running jobs, drop queued ones, and ignore results still on their way."""
         self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding app/ and engine/
-CLI_ERROR_PREFIX = "transfer-studio: error: "
 
 
 class ExportProcess(QObject):

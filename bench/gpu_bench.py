@@ -32,7 +32,7 @@ RECIPE = ["--lr", "conv1=1e-5", "--lr", "layer1=1e-5", "--lr", "layer2=5e-5", "-
 
 def _write_class(job):
     root, label, shape, train_n, val_n, size = job
-    from engine.demo import _draw
+    from engine.data.demo import _draw
 
     rng = np.random.default_rng(label)
     for i in range(train_n + val_n):
@@ -43,7 +43,7 @@ def _write_class(job):
 
 
 def make_dataset(root: Path, train_n: int, val_n: int, size: int) -> None:
-    from engine.demo import SHAPES
+    from engine.data.demo import SHAPES
 
     with Pool(8) as pool:
         pool.map(_write_class, [(str(root), i, s, train_n, val_n, size) for i, s in enumerate(SHAPES)])

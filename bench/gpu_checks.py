@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig  # noqa: E402
-from engine.export import FORMATS, default_path, export, parity_batch  # noqa: E402
-from engine.trainer import fit  # noqa: E402
+from engine.deploy.export import FORMATS, default_path, export, parity_batch  # noqa: E402
+from engine.training.trainer import fit  # noqa: E402
 
 
 def config(data: str, out: Path, strategy: str, precision: str, epochs: int, augment: str = "standard",

@@ -7,7 +7,7 @@
    freeze integrity on), the same with telemetry off, and the same epoch loop fed with synthetic
    tensors already on the GPU (how much of the loop's speed the real input pipeline keeps);
 2. large JPEGs (4032x3024) decoded for the cache: Pillow on all CPU cores (draft mode) against
-   nvJPEG on the GPU (engine/gpu_decode.py), with the pixel difference between the two;
+   nvJPEG on the GPU (engine/data/gpu_decode.py), with the pixel difference between the two;
 3. bench/gpu_checks.py: fp16 + gradual unfreezing, feature extraction, resume, export parity.
 """
 
@@ -37,11 +37,11 @@ from gpu_bench import make_dataset, ours, run  # noqa: E402
 def synthetic(data: str, out: str, epochs: int, batch_size: int, device: str = "cuda") -> dict:
     """The training run `ours` makes, with the batch source swapped for tensors on the GPU."""
     from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-    from engine.data import normalize_batch
+    from engine.data.dataset import normalize_batch
     from engine.events import Callbacks, TrainingControl
-    from engine.checkpoint import BackgroundSaver
-    from engine.run_setup import set_up
-    from engine.trainer import EpochLoop
+    from engine.model.checkpoint import BackgroundSaver
+    from engine.training.setup import set_up
+    from engine.training.trainer import EpochLoop
 
     config = RunConfig(data=DataConfig(root=data, image_size=224, augment="standard", num_workers=8),
                        model=ModelConfig("resnet50", "none"), plan=PlanConfig(strategy="fine-tune", base_lr=1e-3),
@@ -88,9 +88,9 @@ def shutdown_diagnosis(out: Path) -> dict:
     thread's stack if the first call hangs."""
     import faulthandler
 
-    from engine import batches
+    from engine.training import batches
     from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-    from engine.trainer import fit
+    from engine.training.trainer import fit
 
     data = Path("/tmp/ts-gpu-small")
     if not data.exists():
@@ -129,8 +129,8 @@ def _write_photo(job):
 
 
 def decode_bench(folder: Path, count: int, side: int, device: str = "cuda") -> dict:
-    from engine.gpu_decode import decode_jpegs_resized
-    from engine.images import decode_resized
+    from engine.data.gpu_decode import decode_jpegs_resized
+    from engine.data.images import decode_resized
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:04d}.jpg" for i in range(count)]

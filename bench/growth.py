@@ -4,8 +4,8 @@
     .venv/bin/python bench/growth.py [--sizes 1000,10000,50000] [--out bench/out/growth]
     .venv/bin/python bench/growth.py --sizes 60,120 --epochs 2      # a smoke run
 
-For each size, a synthetic ImageFolder (engine.demo's shapes, 8 classes, 32 px PNGs) and three
-processes, each timed whole and run alone: a scan (engine.data.scan_dataset), feature extraction
+For each size, a synthetic ImageFolder (engine.data.demo's shapes, 8 classes, 32 px PNGs) and three
+processes, each timed whole and run alone: a scan (engine.data.dataset.scan_dataset), feature extraction
 (frozen resnet18, augmentation 'standard', cached views) and fine-tuning (augmentation
 'standard'), both `transfer-studio train` at 32 px on CPU from random weights (timings do not depend
 on the weights). Recorded: scan time; time before the first epoch (imports, scan, decoding, trunk
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.demo import SHAPES, write_demo_dataset  # noqa: E402
+from engine.data.demo import SHAPES, write_demo_dataset  # noqa: E402
 
 IMAGE_SIZE = 32
 TRAIN = ["--model", "resnet18", "--weights", "none", "--device", "cpu", "--batch-size", "64", "--image-size",
@@ -72,7 +72,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def scan_case(data: Path, work: Path) -> dict:
-    code = ("import json, time; from engine.data import scan_dataset; t = time.perf_counter(); "
+    code = ("import json, time; from engine.data.dataset import scan_dataset; t = time.perf_counter(); "
             f"s = scan_dataset({str(data)!r}, 0.2, 0); print(json.dumps([time.perf_counter() - t, s.total]))")
     _, rss, line = measured([sys.executable, "-c", code], work / "cache-scan")
     seconds, total = json.loads(line)

@@ -92,7 +92,7 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 def large_folder(images: int = 5000, classes: int = 8) -> Path:
     """5,000 small PNGs in 8 classes, made once and reused."""
-    from engine.demo import write_demo_dataset
+    from engine.data.demo import write_demo_dataset
 
     folder = Path(tempfile.gettempdir()) / f"ts-bench-{images}"
     if not (folder / ".complete").exists():

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.gc_guard import GuiThreadCollector  # noqa: E402
 from engine.config import PlanConfig  # noqa: E402
-from engine.models import build_model  # noqa: E402
+from engine.model.architectures import build_model  # noqa: E402
 from widgets.layer_tree import FROZEN, LR, LayerTreeModel, LayerTreeView  # noqa: E402
 
 ARCHS = ("resnet152", "efficientnet_b0", "convnext_tiny")

@@ -65,7 +65,7 @@ def large_jpeg_dataset(root: Path, per_class: int = 32) -> Path:
     """2048x1536 JPEG photos-to-be: demo shapes scaled up with sensor-like noise (~1 MB each)."""
     if (root / ".done").exists():
         return root
-    from engine.demo import SHAPES, _draw
+    from engine.data.demo import SHAPES, _draw
 
     rng = np.random.default_rng(0)
     for shape in SHAPES[:4]:
@@ -88,10 +88,10 @@ def weights_file(path: Path) -> Path:
     with the benchmark's dataset.
     """
     if not path.exists():
-        from engine.data import normalize_batch, scan_dataset
-        from engine.demo import write_demo_dataset
-        from engine.images import decode_resized
-        from engine.models import preprocessing_for
+        from engine.data.dataset import normalize_batch, scan_dataset
+        from engine.data.demo import write_demo_dataset
+        from engine.data.images import decode_resized
+        from engine.model.architectures import preprocessing_for
 
         torch.manual_seed(0)
         model = torchvision.models.resnet18()

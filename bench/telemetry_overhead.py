@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig  # noqa: E402
-from engine.demo import ensure_demo_dataset  # noqa: E402
+from engine.data.demo import ensure_demo_dataset  # noqa: E402
 from engine.events import Callbacks  # noqa: E402
-from engine.trainer import fit  # noqa: E402
+from engine.training.trainer import fit  # noqa: E402
 
 
 class TelemetryCounter(Callbacks):

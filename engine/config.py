@@ -17,14 +17,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass,
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from engine.errors import UserError
 
 AUGMENTATIONS = ("none", "light", "standard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual")
 PRECISIONS = ("auto", "off", "fp32", "bf16", "fp16")  # "fp32" is another name for "off"
-CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/class_weights.py decides what auto means
+CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/training/class_weights.py decides what auto means
 PROJECT_FORMAT_VERSION = 1
 
 
@@ -245,7 +245,7 @@ def _field_types(cls) -> dict[str, Any]:
 def _build(cls, raw: Any, where: str):
     """An instance of the dataclass `cls` from JSON data, checked field by field."""
     if not isinstance(raw, dict):
-        raise UserError(f"{where or 'the configuration'} must be an object ({{...}}), got {_show(raw)}")
+        raise UserError(f"{where or 'the configuration'} must be an object ({{...}}), got {shown_value(raw)}")
     names = [f.name for f in fields(cls)]
     unknown = [key for key in raw if key not in names]
     if unknown:
@@ -270,7 +270,7 @@ def _check(value: Any, kind: Any, where: str, or_null: str = "") -> Any:
         return _check(value, inner, where, " or null")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list{or_null}, got {_show(value)}")
+            raise UserError(f"{where} must be a list{or_null}, got {shown_value(value)}")
         return tuple(_check(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
     if is_dataclass(kind):
         return _build(kind, value, where)
@@ -287,7 +287,7 @@ def _check(value: Any, kind: Any, where: str, or_null: str = "") -> Any:
     else:  # a field type this checker does not know: a programming error, not the person's
         raise TypeError(f"cannot check {where} of type {kind}")
     if not ok:
-        raise UserError(f"{where} must be {expected}{or_null}, got {_show(value)}")
+        raise UserError(f"{where} must be {expected}{or_null}, got {shown_value(value)}")
     return value
 
 
@@ -295,7 +295,7 @@ def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _show(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """A value as the person wrote it in JSON, short enough for one line."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
@@ -308,7 +308,7 @@ def _show(value: Any) -> str:
 
 
 def save_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    from .checkpoint import atomic_write_bytes  # local import keeps config importable alone
+    from engine.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
 
@@ -318,40 +318,3 @@ def save_project(path: str | os.PathLike, config: RunConfig) -> None:
     save_json_atomic(path, {"transfer_studio_project": PROJECT_FORMAT_VERSION, **config.to_dict()})
 
 
-def validate_project(config: RunConfig) -> None:
-    """Everything a project file can get wrong without training: ranges and the architecture.
-    Raise UserError naming the first problem."""
-    from .models import check_arch, check_image_size  # local import: config stays importable without torch
-
-    config.validate()
-    check_arch(config.model.arch)
-    check_image_size(config.model.arch, config.data.image_size)
-
-
-def load_project(path: str | os.PathLike) -> RunConfig:
-    """A fully valid RunConfig (see validate_project), or UserError in one line that names the
-    file and the field: a window can apply the result all or nothing."""
-    name = Path(path).name
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"project file not found: {path}") from None
-    except RecursionError:  # json's decoder recurses once per bracket
-        raise UserError(f"cannot read project file {path}: nested too deeply") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read project file {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} is not a Transfer Studio project file")
-    version = raw.pop("transfer_studio_project", None)
-    if version is None:
-        raise UserError(f"{path} is not a Transfer Studio project file")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UserError(f"{name}: transfer_studio_project must be a format version (1, 2, ...), got {_show(version)}")
-    if version > PROJECT_FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer Transfer Studio (format {version})")
-    try:
-        config = RunConfig.from_dict(raw)
-        validate_project(config)
-    except UserError as exc:
-        raise UserError(f"{name}: {exc}") from None
-    return config

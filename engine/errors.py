@@ -52,3 +52,7 @@ def out_of_memory_message(exc: BaseException, command: str) -> str | None:
     detail = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     advice = MEMORY_ADVICE.get(command, "try smaller sizes")
     return f"out of memory in {command} ({detail[:200]}); {advice}"
+
+
+class Stopped(Exception):
+    """The person asked to stop; unwinds set-up or the epoch in progress."""

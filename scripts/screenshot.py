@@ -32,7 +32,7 @@ def place_stand_in_weights(arch: str = "resnet18") -> None:
     import torch
     import torchvision
 
-    from engine.models import weights_cache_path
+    from engine.model.architectures import weights_cache_path
 
     target = weights_cache_path(arch)
     target.parent.mkdir(parents=True, exist_ok=True)

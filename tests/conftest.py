@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.demo import write_demo_dataset  # noqa: E402
+from engine.data.demo import write_demo_dataset  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -57,7 +57,7 @@ def resnet18_weights_file(tmp_path_factory) -> Path:
 
 def place_imagenet_weights(arch: str, source: Path) -> Path:
     """Put a state dict where torchvision's weights API looks for the arch's DEFAULT weights."""
-    from engine.models import weights_cache_path
+    from engine.model.architectures import weights_cache_path
 
     target = weights_cache_path(arch)
     target.parent.mkdir(parents=True, exist_ok=True)

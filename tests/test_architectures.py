@@ -9,10 +9,10 @@ import torch
 import torchvision
 from torchvision.models import regnet
 
-from engine.checkpoint import atomic_torch_save, make_checkpoint
+from engine.model.checkpoint import atomic_torch_save, make_checkpoint
 from engine.errors import UserError
-from engine.export import export
-from engine.models import (FEATURED_ARCHS, available_archs, build_model, check_image_size, image_size_step,
+from engine.deploy.export import export
+from engine.model.architectures import (FEATURED_ARCHS, available_archs, build_model, check_image_size, image_size_step,
                            load_backbone_weights, min_image_size, plain_model, valid_image_size)
 from tests.conftest import place_imagenet_weights
 
@@ -305,7 +305,7 @@ def test_a_format_an_architecture_cannot_take_fails_in_one_line(tmp_path, capfd)
 
 
 def test_exporter_failures_and_oversized_onnx_are_one_line_user_errors(tmp_path, monkeypatch):
-    import engine.export as ex
+    import engine.deploy.export as ex
 
     checkpoint = save_checkpoint(build_model("squeezenet1_1", K, "none", 17), tmp_path)
     batch = torch.randn(2, 3, 17, 17)

@@ -138,7 +138,7 @@ def test_bad_projects_and_outputs_are_one_line(project, tmp_path, capsys):
 def test_the_window_saves_the_project_and_writes_the_script(window, qtbot, tmp_path):
     from PySide6.QtWidgets import QDialog
 
-    from engine.config import load_project
+    from engine.model.project import load_project
 
     action = next(a for a in window.menuBar().actions()[0].menu().actions() if "cluster job" in a.text().replace("&", ""))
     action.trigger()
@@ -202,7 +202,7 @@ def test_a_refused_job_leaves_the_project_and_script_as_they_were(qtbot, tmp_pat
 def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QMessageBox
 
-    from engine.config import load_project
+    from engine.model.project import load_project
 
     project, script = tmp_path / "birds.tsproj.json", tmp_path / "birds.sbatch"
     project.write_text("my own project\n")

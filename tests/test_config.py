@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engine.config import (DataConfig, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, load_project,
-                           save_project, validate_project)
+from engine.config import DataConfig, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, save_project
+from engine.model.project import load_project, validate_project
 from engine.errors import UserError
 
 

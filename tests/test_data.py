@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from engine.data import DecodedCache, ImageDataset, collate, eval_transform, scan_dataset
-from engine.demo import write_demo_dataset
+from engine.data.dataset import DecodedCache, ImageDataset, collate, eval_transform, scan_dataset
+from engine.data.demo import write_demo_dataset
 from engine.errors import UserError
 
 
@@ -91,17 +91,17 @@ def test_decoded_cache_respects_its_budget(demo_dir):
 def test_decoding_threads_only_for_images_slow_enough_to_pay_for_them(demo_dir, monkeypatch, pays_from, threads_used):
     import threading
 
-    import engine.data
+    import engine.data.dataset
 
     scan = scan_dataset(demo_dir)
-    decoded_on, decode = [], engine.data.decode_resized
-    monkeypatch.setattr(engine.data, "decode_resized",
+    decoded_on, decode = [], engine.data.dataset.decode_resized
+    monkeypatch.setattr(engine.data.dataset, "decode_resized",
                         lambda path, side: decoded_on.append(threading.current_thread()) or decode(path, side))
-    monkeypatch.setattr(engine.data, "THREADS_PAY_FROM_S", pays_from)
+    monkeypatch.setattr(engine.data.dataset, "THREADS_PAY_FROM_S", pays_from)
     cache = DecodedCache(budget_bytes=10**9)
     cache.warm(scan.train, 44)
     assert len(cache.images) == len(scan.train)  # every image, whichever way
-    first = engine.data.TIMED_DECODES
+    first = engine.data.dataset.TIMED_DECODES
     assert set(decoded_on[:first]) == {threading.current_thread()}  # timed in the calling thread
     assert (threading.current_thread() not in decoded_on[first:]) is threads_used
 

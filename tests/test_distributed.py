@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-from engine.distributed import SINGLE, ProcessGroup
+from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
 from engine.events import Callbacks
-from engine.integrity import fingerprint
-from engine.launch import without_option
-from engine.sharding import interleaved, per_rank_batch_size, rank_batches, validation_share
+from engine.training.integrity import fingerprint
+from engine.distributed.launch import without_option
+from engine.distributed.sharding import interleaved, per_rank_batch_size, rank_batches, validation_share
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_RECIPE = ["--optimizer", "adamw", "--weight-decay", "0.01", "--lr", "conv1=1e-5", "--lr", "layer1=1e-5",
@@ -151,36 +151,36 @@ def _rank_main(rank: int, world: int, port: int, configs: list[RunConfig], repor
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import engine.batches
-    import engine.sharding
-    import engine.trainer
+    import engine.training.batches
+    import engine.distributed.sharding
+    import engine.training.trainer
 
     written: list[str] = []
     sys.addaudithook(lambda event, args: written.append(p) if (p := _written_path(event, args)) else None)
     sampled: list[list[list[int]]] = []  # one list per call: the epoch's batches of this rank
 
-    def recording(order, batch_size, r, w, original=engine.sharding.rank_batches):
+    def recording(order, batch_size, r, w, original=engine.distributed.sharding.rank_batches):
         parts = original(order, batch_size, r, w)
         sampled.append([p.tolist() for p in parts])
         return parts
 
-    engine.sharding.rank_batches = recording  # the image loader's sampler (RankEpochShuffle)
-    engine.batches.rank_batches = recording  # cached features (FeatureBatches)
+    engine.distributed.sharding.rank_batches = recording  # the image loader's sampler (RankEpochShuffle)
+    engine.training.batches.rank_batches = recording  # cached features (FeatureBatches)
     loops = []
 
-    class KeptLoop(engine.trainer.EpochLoop):
+    class KeptLoop(engine.training.trainer.EpochLoop):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             loops.append(self)
 
-    engine.trainer.EpochLoop = KeptLoop
+    engine.training.trainer.EpochLoop = KeptLoop
     group = ProcessGroup.from_env()
     report = {"rank": rank, "runs": []}
     with group.started("cpu"):
         for config in configs:
             sampled.clear()
             started = []
-            result = engine.trainer.fit(config, StartRecorder(started), group=group)
+            result = engine.training.trainer.fit(config, StartRecorder(started), group=group)
             optimizer = loops[-1].optimization.optimizer.state_dict()["state"]
             report["runs"].append({
                 "result": result.summary(), "sampled": list(sampled), "global_step": loops[-1].global_step,
@@ -214,7 +214,7 @@ def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated
 
 
 def _one_process_batches(n: int, batch: int, seed: int, epoch: int) -> list[int]:
-    from engine.data import epoch_order
+    from engine.data.dataset import epoch_order
 
     return sorted(torch.cat(rank_batches(epoch_order(n, seed, epoch), batch, 0, 1)).tolist())
 
@@ -364,10 +364,10 @@ def test_a_one_process_run_continues_in_two(cli_runs):
 
 
 def _failure(folder: Path, rank: int, exitcode: int, line: str | None = None, monkeypatch=None):
-    """torchrun's record of a failed rank; `line`: the error the rank reported (engine.launch.report_error)."""
+    """torchrun's record of a failed rank; `line`: the error the rank reported (engine.distributed.launch.report_error)."""
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    from engine.launch import report_error
+    from engine.distributed.launch import report_error
 
     error_file = folder / f"error_{rank}.json"
     if line is not None:
@@ -378,7 +378,7 @@ def _failure(folder: Path, rank: int, exitcode: int, line: str | None = None, mo
 
 
 def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
-    from engine.launch import _failure_code
+    from engine.distributed.launch import _failure_code
 
     log = tmp_path / "job_1" / "attempt_0" / "1" / "stderr.log"
     log.parent.mkdir(parents=True)
@@ -393,7 +393,7 @@ def test_a_failure_on_another_rank_is_one_line_naming_it(tmp_path, capsys):
 def test_the_launcher_names_the_rank_whose_failure_came_first(tmp_path, capsys, monkeypatch):
     """A rank-local failure makes the others fail in their next collective ("another process of
     this run failed"): the launcher shows the rank with an error of its own, else a signal."""
-    from engine.launch import ANOTHER_PROCESS_FAILED, _failure_code
+    from engine.distributed.launch import ANOTHER_PROCESS_FAILED, _failure_code
 
     lost = f"{ANOTHER_PROCESS_FAILED} (Connection closed by peer [127.0.0.1]:8576)"
     nan = "the loss became nan at epoch 1, step 3 (try a lower LR)"
@@ -427,7 +427,7 @@ def test_the_launcher_names_the_rank_whose_failure_came_first(tmp_path, capsys, 
 
 
 def test_a_collective_failing_because_another_rank_is_gone_is_one_line():
-    from engine.distributed import lost_processes_fail_the_run
+    from engine.distributed.process_group import lost_processes_fail_the_run
     from engine.errors import RunFailed
 
     gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
@@ -450,7 +450,7 @@ def _train_where_rank_1_fails_alone() -> int:
     """A rank of `python -m tests.test_distributed train ...`: the CLI, its fit replaced by one that
     fails on rank 1 alone while rank 0 waits for it in a collective."""
     import app.cli
-    import engine.trainer
+    import engine.training.trainer
     from engine.errors import TrainingDiverged
 
     def fit(config, callbacks, control, resume, group):
@@ -459,13 +459,13 @@ def _train_where_rank_1_fails_alone() -> int:
         group.barrier()  # rank 1 is gone: gloo's "Connection closed by peer" (or the launcher's SIGTERM)
         raise AssertionError("rank 0 passed a barrier rank 1 never reached")
 
-    engine.trainer.fit = fit
+    engine.training.trainer.fit = fit
     return app.cli.main(sys.argv[1:])
 
 
 def test_train_nproc_names_the_rank_that_failed_alone(tmp_path, colour_data, isolated_env):
     args = ["train", "--data", str(colour_data), "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "r")]
-    code = f"import sys; from engine.launch import launch_local; sys.exit(launch_local(2, 'tests.test_distributed', {args!r}))"
+    code = f"import sys; from engine.distributed.launch import launch_local; sys.exit(launch_local(2, 'tests.test_distributed', {args!r}))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **isolated_env})
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -495,10 +495,10 @@ def test_ranks_holding_different_frozen_tensors_fail_the_run():
     gets a report that names it, and the integrity listener ends the run."""
     from types import SimpleNamespace
 
-    from engine.across_ranks import fingerprints_digest, integrity_across_ranks
+    from engine.distributed.across_ranks import fingerprints_digest, integrity_across_ranks
     from engine.errors import FrozenTensorsChanged
     from engine.events import IntegrityReport
-    from engine.integrity import FreezeIntegrity
+    from engine.training.integrity import FreezeIntegrity
 
     class RankZeroOfTwo(ProcessGroup):
         def gather_objects(self, value):
@@ -540,8 +540,8 @@ class _RankOfTwo(ProcessGroup):
 def test_a_stop_during_set_up_on_one_rank_stops_every_rank_before_ddp(monkeypatch, tmp_path, rank, stopped_here):
     """A rank that saw Stop in the control file while it decoded, and one that had finished setting
     up, both learn it before the DDP wrapper (whose constructor waits for every rank) is built."""
-    import engine.trainer
-    from engine.run_setup import Stopped
+    import engine.training.trainer
+    from engine.errors import Stopped
 
     def set_up(*args, **kwargs):
         if stopped_here:
@@ -551,12 +551,12 @@ def test_a_stop_during_set_up_on_one_rank_stops_every_rank_before_ddp(monkeypatc
     def no_loop(*args, **kwargs):
         raise AssertionError("the epoch loop and its DDP wrapper were built although a rank stopped")
 
-    monkeypatch.setattr(engine.trainer, "set_up", set_up)
-    monkeypatch.setattr(engine.trainer, "EpochLoop", no_loop)
+    monkeypatch.setattr(engine.training.trainer, "set_up", set_up)
+    monkeypatch.setattr(engine.training.trainer, "EpochLoop", no_loop)
     group = _RankOfTwo(world_size=2, rank=rank, other_stopped=not stopped_here)
     config = RunConfig(data=DataConfig(root=str(tmp_path / "data")), model=ModelConfig(arch="resnet18", weights="none"),
                        train=TrainConfig(epochs=1, batch_size=8, device="cpu"), out_dir=str(tmp_path / "run"))
-    result = engine.trainer.fit(config, group=group)
+    result = engine.training.trainer.fit(config, group=group)
     assert result.stopped == "user" and result.epochs_run == 0
     assert group.gathered[-1] is stopped_here  # this rank told the other whether it stopped
 
@@ -564,7 +564,7 @@ def test_a_stop_during_set_up_on_one_rank_stops_every_rank_before_ddp(monkeypatc
 def test_rank_weights_make_the_ddp_mean_the_global_batch_mean():
     """DDP averages the ranks' gradients; each rank's loss is weighted by its part of the global
     batch, so a short last batch split 3 + 0 (or 2 + 1) counts as one process's mean over it."""
-    from engine.sharding import global_batch_size
+    from engine.distributed.sharding import global_batch_size
 
     n, batch, world = 35, 8, 2
     order = torch.arange(n)
@@ -582,7 +582,7 @@ def test_adapted_trunk_features_validate_every_image_once(two_rank_runs, isolate
     """After AdaBN each rank computes the whole validation set's features and takes its share of
     them: all 12 images counted, as one process counts them; rank 0 alone saves the feature set
     under the dataset's key, and saves all of it (a later one-process run loads it)."""
-    from engine.trainer import fit
+    from engine.training.trainer import fit
 
     configs, reports = two_rank_runs
     two = _metrics(Path(configs[2].out_dir))
@@ -601,7 +601,7 @@ def test_adapted_trunk_features_validate_every_image_once(two_rank_runs, isolate
 def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
     """On cached features (no BatchNorm in play, fp32) two ranks and one process take the same
     steps: the same losses, up to float summation order."""
-    from engine.trainer import fit
+    from engine.training.trainer import fit
 
     configs, _ = two_rank_runs
     fit(replace(configs[1], out_dir=str(tmp_path / "one")))
@@ -620,11 +620,11 @@ def test_fewer_training_images_than_two_per_process_are_refused(tmp_path):
     """A rank left without any image takes no step at all, and a collective the others enter
     (the control file's vote) would wait for it forever: refused in one line instead."""
     from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from engine.demo import write_demo_dataset
-    from engine.distributed import ProcessGroup
+    from engine.data.demo import write_demo_dataset
+    from engine.distributed.process_group import ProcessGroup
     from engine.errors import UserError
     from engine.events import Callbacks, TrainingControl
-    from engine.run_setup import set_up
+    from engine.training.setup import set_up
 
     data = write_demo_dataset(tmp_path / "data", classes=2, per_class=2, size=32, seed=0)
     config = RunConfig(data=DataConfig(root=str(data), image_size=32, val_fraction=0.25),

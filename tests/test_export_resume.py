@@ -13,10 +13,10 @@ from app.cli import main
 from engine.config import PlanConfig, RunConfig
 from engine.errors import UnsafeFileError
 from engine.events import Callbacks, TrainingControl
-from engine.export import FORMATS, ParityError, export, load_any, parity_batch
-from engine.trainer import fit
+from engine.deploy.export import FORMATS, ParityError, export, load_any, parity_batch
+from engine.training.trainer import fit
 from tests.conftest import ROOT
-from tests.test_trainer import make_config
+from tests.helpers import make_config
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_torchscript_runs_without_this_project(trained, tmp_path):
 
 
 def test_parity_gate_fails_loudly(trained, tmp_path, monkeypatch):
-    import engine.export as ex
+    import engine.deploy.export as ex
 
     original = ex.load_any
 

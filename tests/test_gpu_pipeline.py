@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.batches import ImageBatches, SkippedLog
-from engine.data import ImageDataset, Preprocessing, eval_transform, make_loader, scan_dataset
+from engine.training.batches import ImageBatches, SkippedLog
+from engine.data.dataset import ImageDataset, Preprocessing, eval_transform, make_loader, scan_dataset
 
 
 def _batches(demo_dir, prefetch: bool) -> ImageBatches:

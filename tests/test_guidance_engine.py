@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import given_train_flags, main, train_config_from_args
-from engine.advisor import advise, far_domain, knn_accuracy, linear_probe
-from engine.class_weights import decide_class_weights, training_criterion
+from app.cli import main
+from app.cli_args import given_train_flags, train_config_from_args
+from engine.insight.advisor import advise, far_domain, knn_accuracy, linear_probe
+from engine.training.class_weights import decide_class_weights, training_criterion
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import DatasetScan, Sample, scan_dataset
-from engine.demo import write_demo_dataset
+from engine.data.dataset import DatasetScan, Sample, scan_dataset
+from engine.data.demo import write_demo_dataset
 from engine.errors import UserError
-from engine.lr_finder import multipliers, range_test, scale_plan, valley_index
-from engine.models import build_model
-from engine.optimization import Optimization, ScheduleSegment, schedule_preview
-from engine.plan import apply_plan, build_plan
-from engine.trainer import fit
+from engine.insight.lr_finder import multipliers, range_test, scale_plan, valley_index
+from engine.model.architectures import build_model
+from engine.plan.optimization import Optimization, ScheduleSegment, schedule_preview
+from engine.plan.plan import apply_plan, build_plan
+from engine.training.trainer import fit
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -138,7 +139,7 @@ def test_far_domain_rule_and_its_threshold():
 
 
 def test_far_domain_with_enough_images_advises_fine_tuning_from_the_early_layers(tmp_path):
-    from engine.advisor import choose
+    from engine.insight.advisor import choose
 
     info = build_model("resnet18", 4, "none").info
     strategy, flags, plan, _ = choose(2400, "imagenet", True, info)
@@ -182,7 +183,7 @@ def _bitwise_equal(a, b) -> bool:
 
 def tiny_cnn():
     """A CNN with a stem, two stages, BatchNorm and a Linear head: four LR groups, milliseconds a step."""
-    from engine.models import describe
+    from engine.model.architectures import describe
 
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),

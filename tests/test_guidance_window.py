@@ -9,14 +9,14 @@ from PySide6.QtCore import Qt
 
 from app.session import ADVICE_FOLLOWED
 from app.worker import BackgroundTasks
-from engine.advisor import Advice, advise
+from engine.insight.advisor import Advice, advise
 from engine.config import DataConfig, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig
-from engine.data import scan_dataset
-from engine.demo import write_demo_dataset
-from engine.lr_finder import RangePoint, RangeTest, Suggestion, scale_plan
-from engine.models import build_model
-from engine.optimization import schedule_preview
-from engine.plan import build_plan
+from engine.data.dataset import scan_dataset
+from engine.data.demo import write_demo_dataset
+from engine.insight.lr_finder import RangePoint, RangeTest, Suggestion, scale_plan
+from engine.model.architectures import build_model
+from engine.plan.optimization import schedule_preview
+from engine.plan.plan import build_plan
 from tests.gui_helpers import wait_ready
 from widgets.advice_card import AdviceCard
 from widgets.lr_finder_dialog import LrFinderDialog

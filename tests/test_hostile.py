@@ -8,62 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from app.cli import main
-from engine.data import ImageDataset, eval_transform, make_loader, scan_dataset
-from engine.demo import write_demo_dataset
-
-# A tiny, quick run: random weights, 32 px, one epoch, head on cached features.
-QUICK = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-         "--strategy", "feature-extraction", "--augment", "none"]
-
-needs_posix = pytest.mark.skipif(sys.platform == "win32", reason="symlinks and named pipes of POSIX")
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `transfer-studio ARGV`, run in this process."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_refused(result, code: int, *words: str) -> str:
-    """Exit `code`, exactly one line on stderr naming the problem, no traceback."""
-    rc, _, err = result
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err, err
-    assert rc == code, err
-    assert len(lines) == 1, err
-    for word in words:
-        assert word.lower() in lines[0].lower(), lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    """3 classes x 8 images of 32 px, fresh for each test (tests change it)."""
-    return write_demo_dataset(tmp_path / "D", classes=3, per_class=8, size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of a quick run, trained once for the module (its own caches, like every test's)."""
-    base = tmp_path_factory.mktemp("trained")
-    data = write_demo_dataset(base / "D", classes=3, per_class=8, size=32, seed=0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRANSFER_STUDIO_CACHE", str(base / "cache"))
-        mp.setenv("TORCH_HOME", str(base / "torch"))
-        assert main(["train", "--data", str(data), *QUICK, "--out", str(base / "run")]) == 0
-    return base / "run" / "checkpoint.pt"
+from engine.data.dataset import ImageDataset, eval_transform, make_loader, scan_dataset
+from engine.data.demo import write_demo_dataset
+from tests.helpers import QUICK, assert_refused, checkpoint, cli, data, needs_posix  # noqa: F401 - fixtures
 
 
 def _strip(path: Path, width: int = 1, height: int = 2_000_000) -> Path:
@@ -146,7 +99,7 @@ def test_an_aspect_ratio_bomb_is_skipped_at_scan_and_at_decode_time(data):
 
 @pytest.mark.timeout(60)
 def test_an_image_too_big_once_resized_is_refused(tmp_path, monkeypatch):
-    from engine.images import BadImage, decode_resized
+    from engine.data.images import BadImage, decode_resized
 
     _strip(tmp_path / "wide.png", 400, 10)  # 40:1 is allowed, but at 1,000 px it is 40 million pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
@@ -192,8 +145,8 @@ def _unwritable_cache(kind: str, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["a file in its place", "under /proc", "read-only"])
 def test_an_unwritable_cache_folder_is_done_without(kind, tmp_path, monkeypatch):
     """Demo dataset and cached features are only conveniences: without a cache, say so and go on."""
-    from engine.demo import demo_note, ensure_demo_dataset
-    from engine.features import load_cached_features, save_cached_features
+    from engine.data.demo import demo_note, ensure_demo_dataset
+    from engine.model.features import load_cached_features, save_cached_features
 
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(_unwritable_cache(kind, tmp_path)))
     note = save_cached_features("k" * 32, (torch.zeros(2, 3), torch.zeros(2)), None)
@@ -246,7 +199,7 @@ def test_a_checkpoint_with_changed_weight_bytes_is_refused(command, checkpoint, 
 
 
 def test_a_checkpoint_saved_before_hashes_still_loads(checkpoint, tmp_path):
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
 
     old = torch.load(checkpoint, weights_only=True)
     assert isinstance(old.pop("weights_sha256"), str)
@@ -270,7 +223,7 @@ BAD_FILES = {
 def test_a_bad_pytorch_file_is_one_line(role, content, checkpoint, data, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from engine.models import weights_cache_path
+    from engine.model.architectures import weights_cache_path
 
     make, words = BAD_FILES[content]
     bytes_ = make(checkpoint.read_bytes())

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from app.cli import main
-from engine.batches import ImageBatches, SkippedLog
+from engine.training.batches import ImageBatches, SkippedLog
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import ImageDataset, Preprocessing, epoch_order, make_loader, scan_dataset, train_transform
-from engine.demo import write_demo_dataset
+from engine.data.dataset import ImageDataset, Preprocessing, epoch_order, make_loader, scan_dataset, train_transform
+from engine.data.demo import write_demo_dataset
 from engine.errors import RunFailed
 from engine.events import Callbacks
-from engine.trainer import fit
-from tests.test_hostile import QUICK, assert_refused, checkpoint, cli, data  # noqa: F401 - fixtures
+from engine.training.trainer import fit
+from tests.helpers import QUICK, assert_refused, checkpoint, cli, data  # noqa: F401 - fixtures
 
 FORMATS = ["pt", "safetensors", "torchscript", "onnx"]
 # The image path: every layer trains, so BatchNorm sees every batch in train mode.
@@ -169,7 +169,7 @@ class _DeleteEveryImageAfterEpoch1(Callbacks):
 
 @pytest.mark.timeout(90)
 def test_images_deleted_after_an_epoch_fail_the_run_and_keep_its_checkpoint(data, tmp_path):
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     with pytest.raises(RunFailed, match=r"epoch 2 had no usable training image: 24 files could not be read") as info:
@@ -198,9 +198,9 @@ def _draw_out_of_memory(*args, **kwargs):
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("command, target, words", [
-    ("train", ("engine.trainer.EpochLoop._step", _train_step_out_of_memory), ["--image-size", "--batch-size"]),
-    ("layers", ("engine.models.build_model", _build_model_out_of_memory), ["--classes"]),
-    ("demo-data", ("engine.demo._draw", _draw_out_of_memory), ["--size"]),
+    ("train", ("engine.training.trainer.EpochLoop._step", _train_step_out_of_memory), ["--image-size", "--batch-size"]),
+    ("layers", ("engine.model.architectures.build_model", _build_model_out_of_memory), ["--classes"]),
+    ("demo-data", ("engine.data.demo._draw", _draw_out_of_memory), ["--size"]),
 ])
 def test_out_of_memory_is_one_line_with_advice(command, target, words, data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(*target)
@@ -211,7 +211,7 @@ def test_out_of_memory_is_one_line_with_advice(command, target, words, data, tmp
 
 
 def test_the_window_words_out_of_memory_without_command_line_flags():
-    from app.worker import describe_failure
+    from app.run_events import describe_failure
 
     line = describe_failure(RuntimeError(CPU_ALLOCATOR))
     assert "out of memory" in line and "image size or batch size" in line and "--" not in line
@@ -221,7 +221,7 @@ def test_a_runtime_error_that_is_not_about_memory_is_not_disguised(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr("engine.models.build_model", broken)
+    monkeypatch.setattr("engine.model.architectures.build_model", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main(["layers", "--classes", "3", "--weights", "none"])
 
@@ -300,7 +300,7 @@ def test_export_failing_midway_keeps_the_previous_export_and_no_partial_file(fmt
 
 def test_a_checkpoint_save_on_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
     """torch.save hides the failed write behind its zip writer's RuntimeError ("unexpected pos")."""
-    from engine.checkpoint import atomic_torch_save
+    from engine.model.checkpoint import atomic_torch_save
 
     _fill_disk_midway(monkeypatch)
     with pytest.raises(OSError) as info:

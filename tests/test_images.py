@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import BadImage, decode_resized, load_rgb, probe
+from engine.data.images import BadImage, decode_resized, load_rgb, probe
 
 
 def test_grayscale_palette_cmyk_become_rgb(tmp_path):

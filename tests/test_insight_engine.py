@@ -15,20 +15,20 @@ from PIL import Image
 from torchvision.models import regnet
 
 from app.cli import main
-from engine.checkpoint import atomic_torch_save, make_checkpoint
+from engine.model.checkpoint import atomic_torch_save, make_checkpoint
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
-from engine.data import scan_dataset
-from engine.demo import write_demo_dataset
-from engine.embeddings import project_2d, read_embeddings
+from engine.data.dataset import scan_dataset
+from engine.data.demo import write_demo_dataset
+from engine.runs.embeddings import project_2d, read_embeddings
 from engine.errors import RunFailed, UserError
-from engine.evaluation import (PREDICTION_COLUMNS, PredictionRecord, evaluate_checkpoint, evaluate_run,
-                               read_predictions, summarize)
+from engine.insight.evaluation import evaluate_checkpoint, evaluate_run, summarize
+from engine.runs.predictions import PREDICTION_COLUMNS, PredictionRecord, read_predictions
 from engine.events import Callbacks, TrainingControl
-from engine.gradcam import _as_grid, default_layer, explain, overlay
-from engine.models import available_archs, build_model, plain_model
-from engine.predict import load_classifier, preprocess
-from engine.run_folder import RunFolder
-from engine.trainer import fit
+from engine.insight.gradcam import _as_grid, default_layer, explain, overlay
+from engine.model.architectures import available_archs, build_model, plain_model
+from engine.deploy.predict import load_classifier, preprocess
+from engine.runs.run_folder import RunFolder
+from engine.training.trainer import fit
 
 JSON_KEYS = {"accuracy", "balanced_accuracy", "class_names", "confusion_matrix", "per_class", "most_confused",
              "top_losses"}

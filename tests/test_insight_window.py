@@ -15,12 +15,12 @@ from PySide6.QtWidgets import QWidget
 
 from app.insight_session import InsightSession
 from app.main_window import window_with_private_settings
-from app.run_catalog import config_diff, list_summaries, read_summary
+from engine.runs.catalog import config_diff, list_summaries, read_summary
 from app.session import WINDOW_DEFAULTS
 from app.worker import BackgroundTasks
 from engine.config import PlanConfig, PlanEdit
-from engine.evaluation import prediction_records, read_predictions, write_predictions
-from engine.run_folder import RunFolder
+from engine.runs.predictions import prediction_records, read_predictions, write_predictions
+from engine.runs.run_folder import RunFolder
 from tests.gui_helpers import wait_ready
 from widgets.gallery import THUMB_SIZE
 from widgets.insight import InsightView
@@ -333,7 +333,7 @@ def test_a_selected_past_run_shows_its_plan_read_only_until_its_configuration_is
 
 
 def test_refreshing_the_runs_list_keeps_the_selection_without_announcing_it_again(qtbot, tmp_path):
-    from app.run_catalog import RunSummary
+    from engine.runs.catalog import RunSummary
     from widgets.runs_view import RunsView
 
     runs = [RunSummary(tmp_path / name, f"2026-11-28 0{i}:00", "resnet18", "fine-tune", 1, 1, 0.5, "finished")
@@ -351,7 +351,7 @@ def test_refreshing_the_runs_list_keeps_the_selection_without_announcing_it_agai
 
 
 def test_the_runs_list_stops_saying_there_are_no_runs_once_there_are(qtbot, tmp_path):
-    from app.run_catalog import RunSummary
+    from engine.runs.catalog import RunSummary
     from widgets.runs_view import RunsView
 
     view = RunsView()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.run_folder import RunFolder
+from engine.runs.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 MOMENTS = int(os.environ.get("TS_KILL_MOMENTS", "3"))

@@ -8,8 +8,8 @@ from PySide6.QtWidgets import QApplication, QStyleOptionViewItem
 
 from engine.config import PlanConfig, PlanEdit
 from engine.events import IntegrityReport, LayerStats
-from engine.models import build_model
-from engine.plan import build_plan, describe_plan
+from engine.model.architectures import build_model
+from engine.plan.plan import build_plan, describe_plan
 from widgets.layer_tree import (FROZEN, HEADERS, HEALTH, LR, NAME_ROLE, PARAMS, RATIO, LayerFilterEdit, LayerTreeModel,
                                 LayerTreeView, LrDelegate, LrEditor, ScientificSpinBox, format_lr, ratio_health)
 

@@ -11,7 +11,7 @@ from PySide6.QtCore import QElapsedTimer, QSize, Qt, QTimer
 from PySide6.QtWidgets import QProgressBar, QWidget
 
 from app.main_window import window_with_private_settings
-from engine.demo import write_demo_dataset
+from engine.data.demo import write_demo_dataset
 from engine.events import BatchEvent, IntegrityReport, LayerStats
 from tests.gui_helpers import wait_ready
 from widgets.layer_tree import FROZEN, LR, RATIO
@@ -290,7 +290,7 @@ def test_feature_extraction_on_random_weights_is_warned(qtbot, window, demo_dir)
 
 
 def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir, monkeypatch):
-    from engine.integrity import FreezeIntegrity
+    from engine.training.integrity import FreezeIntegrity
 
     def a_frozen_statistic_moved(self, epoch):  # as if something outside the plan had changed it
         return IntegrityReport(epoch=epoch, checked=len(self._tensors), changed=("layer1.0.bn1.running_mean",))
@@ -481,7 +481,7 @@ def test_the_weights_combo_offers_only_files_that_load(qtbot, window, demo_dir, 
 
 
 def test_the_image_size_is_checked_for_the_architecture(qtbot, window, demo_dir):
-    from engine.models import min_image_size
+    from engine.model.architectures import min_image_size
 
     open_demo(qtbot, window, demo_dir, size=64)
     choose(find(window, "modelCombo"), "inception_v3")
@@ -538,7 +538,7 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_status_bar_says_which_precision_a_cpu_run_will_use(qtbot, window, demo_dir, monkeypatch, native):
-    monkeypatch.setattr("engine.run_setup.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("engine.model.devices.cpu_has_native_bf16", lambda: native)
     open_demo(qtbot, window, demo_dir)
     choose(find(window, "deviceCombo"), "cpu")
     choose(find(window, "precisionCombo"), "off")

@@ -6,7 +6,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from engine.errors import UnsafeFileError, UserError, WeightsUnavailable
-from engine.models import FEATURED_ARCHS, build_model, weights_cache_path
+from engine.model.architectures import FEATURED_ARCHS, build_model, weights_cache_path
 from tests.conftest import place_imagenet_weights
 
 

@@ -5,8 +5,8 @@ import torch
 
 from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
-from engine.models import build_model
-from engine.plan import (apply_plan, audit_optimizer, build_plan, describe_plan, group_specs,
+from engine.model.architectures import build_model
+from engine.plan.plan import (apply_plan, audit_optimizer, build_plan, describe_plan, group_specs,
                          is_pinned_eval, param_groups, summary_line, with_base_lr, with_weight_decay)
 
 REFERENCE_RECIPE = (("conv1", 1e-5), ("layer1", 1e-5), ("layer2", 5e-5), ("layer3", 1e-4),

@@ -7,10 +7,10 @@ import time
 
 from PySide6.QtWidgets import QWidget
 
-from engine.event_lines import EventLines, read_event_line
+from engine.runs.event_lines import EventLines, read_event_line
 from engine.events import (BatchEvent, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted,
                            SkippedFile)
-from engine.remote_control import ControlFile, FileControl, write_control
+from engine.distributed.remote_control import ControlFile, FileControl, write_control
 from tests.gui_helpers import wait_ready
 
 
@@ -114,12 +114,12 @@ def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, 
 def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path, demo_dir, monkeypatch, capsys):
     from dataclasses import replace
 
-    import engine.launch
+    import engine.distributed.launch
     from app.cli import main
     from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig, save_project
 
     launched = []
-    monkeypatch.setattr(engine.launch, "launch_local", lambda n, module, args: launched.append((n, args)) or 0)
+    monkeypatch.setattr(engine.distributed.launch, "launch_local", lambda n, module, args: launched.append((n, args)) or 0)
     config = RunConfig(data=DataConfig(root=str(demo_dir), image_size=32), model=ModelConfig(weights="none"),
                        train=TrainConfig(epochs=1, batch_size=8, device="cpu", processes=2))
     project = tmp_path / "two.json"
@@ -127,7 +127,7 @@ def test_a_project_with_two_processes_starts_two_unless_told_otherwise(tmp_path,
     assert main(["train", "--project", str(project)]) == 0
     assert [n for n, _ in launched] == [2] and "--nproc" not in launched[0][1]
     monkeypatch.setenv("WORLD_SIZE", "2")  # a rank torchrun started: it trains, it does not launch again
-    monkeypatch.setattr("engine.distributed.ProcessGroup.started", lambda self, device_type: _Refused())
+    monkeypatch.setattr("engine.distributed.process_group.ProcessGroup.started", lambda self, device_type: _Refused())
     assert main(["train", "--project", str(project), "--out", str(tmp_path / "rank")]) == 2
     assert len(launched) == 1
     capsys.readouterr()

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from app.cli import main
-from engine.demo import write_demo_dataset
-from engine.export import ParityError, export, load_any, parity_batch
-from engine.predict import load_classifier
-from engine.trainer import fit
-from engine.trust import TRUST_FILE_ENV, UntrustedFileError, recorded_digests
-from tests.test_trainer import make_config
+from engine.data.demo import write_demo_dataset
+from engine.deploy.export import ParityError, export, load_any, parity_batch
+from engine.deploy.predict import load_classifier
+from engine.training.trainer import fit
+from engine.deploy.trust import TRUST_FILE_ENV, UntrustedFileError, recorded_digests
+from tests.helpers import make_config
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import engine.checkpoint as checkpoint
+import engine.model.checkpoint as checkpoint
 from app.cli import main
 from engine.config import PlanConfig
 from engine.errors import RunFailed, TrainingDiverged, UserError
-from engine.run_folder import RunFolder
-from engine.trainer import fit
-from tests.test_trainer import Recorder, make_config
+from engine.runs.run_folder import RunFolder
+from engine.training.trainer import fit
+from tests.helpers import Recorder, make_config
 
 
 def test_a_second_run_into_a_finished_run_folder_is_refused_and_changes_nothing(demo_dir, tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_the_first_failed_save_stops_the_run_with_one_line(demo_dir, tmp_path, m
 
 
 def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
-    import engine.run_setup as run_setup
+    import engine.training.setup as run_setup
 
     build = run_setup.build_model
 

@@ -11,7 +11,7 @@ import app.session_tasks as session_tasks
 import app.worker as worker_module
 from app.session import WINDOW_DEFAULTS, Session
 from engine.config import PlanConfig, PlanEdit, RunConfig, TrainConfig
-from engine.data import list_dataset, scan_dataset, split_listing
+from engine.data.dataset import list_dataset, scan_dataset, split_listing
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_the_training_thread_is_lowered_relative_to_the_process(monkeypatch):
 
 
 def test_the_latest_run_is_found_again(qtbot, tmp_path, demo_dir):
-    from engine.run_folder import RunFolder
+    from engine.runs.run_folder import RunFolder
 
     config = RunConfig(data=replace(WINDOW_DEFAULTS.data, root=str(demo_dir)),
                        plan=PlanConfig(strategy="fine-tune"), train=TrainConfig(epochs=3))

@@ -7,34 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from engine.config import DataConfig, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig
+from engine.config import PlanConfig, PlanEdit
 from engine.errors import TrainingDiverged
 from engine.events import Callbacks, TrainingControl
-from engine.trainer import fit
-
-
-def make_config(data, out, **overrides) -> RunConfig:
-    plan = overrides.pop("plan", PlanConfig(strategy="fine-tune"))
-    weights = overrides.pop("weights", "none")
-    data_cfg = DataConfig(root=str(data), image_size=32, augment=overrides.pop("augment", "light"),
-                          feature_cache=overrides.pop("feature_cache", True))
-    train = TrainConfig(epochs=overrides.pop("epochs", 2), batch_size=16, device="cpu", seed=overrides.pop("seed", 0),
-                        **overrides)
-    return RunConfig(data=data_cfg, model=ModelConfig("resnet18", weights), plan=plan, train=train, out_dir=str(out))
-
-
-class Recorder(Callbacks):
-    def __init__(self):
-        self.batches, self.epochs, self.started = [], [], []
-
-    def on_run_started(self, event):
-        self.started.append(event)
-
-    def on_batch_end(self, event):
-        self.batches.append(event)
-
-    def on_epoch_end(self, event):
-        self.epochs.append(event)
+from engine.training.trainer import fit
+from tests.helpers import Recorder, make_config
 
 
 def test_two_epochs_write_a_plain_torchvision_checkpoint_and_metrics(demo_dir, tmp_path):

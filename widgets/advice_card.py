@@ -1,6 +1,6 @@
 """The advice card: the strategy the data suggests, why, and an Apply button.
 
-A view over engine.advisor.Advice (plain data). It never applies anything itself: Apply emits
+A view over engine.insight.advisor.Advice (plain data). It never applies anything itself: Apply emits
 `apply_requested` with the advice, and whoever owns the configuration applies it (undoably) and
 calls `mark_applied`. So advice is never put over the person's own edits without their click.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from engine.advisor import Advice
+from engine.insight.advisor import Advice
 
 STRATEGY_NAMES = {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tune all",
                   "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing"}

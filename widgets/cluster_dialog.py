@@ -1,6 +1,6 @@
 """File > Export cluster job…: nodes, GPUs per node, partition, time limit and where to save; checks
 the job, then writes the shown configuration as a project and a SLURM job script that trains it
-(engine.cluster_script)."""
+(engine.distributed.cluster_script)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QPushButton, QSpinBox, QVBoxLayout)
 
-from engine.checkpoint import atomic_write_bytes
-from engine.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, job_for_project, render
-from engine.config import RunConfig, validate_project
+from engine.atomic import atomic_write_bytes
+from engine.distributed.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, job_for_project, render
+from engine.config import RunConfig
+from engine.model.project import validate_project
 from engine.errors import UserError
 
 DEFAULT_TIME = "04:00:00"

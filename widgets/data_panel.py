@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
                                QTableView, QVBoxLayout)
 
-from engine.advisor import Advice
+from engine.insight.advisor import Advice
 from engine.config import AUGMENTATIONS, CLASS_WEIGHTS, DataConfig
-from engine.images import BadImage, load_rgb
+from engine.data.images import BadImage, load_rgb
 from widgets.advice_card import AdviceCard
 from widgets.row_table import RowTableModel
 
@@ -283,7 +283,7 @@ class DataPanel(QGroupBox):
         self._skipped = []
 
     def show_summary(self, summary: dict) -> None:
-        """Class counts, image sizes and warnings of a scan (engine.data.DatasetScan.summary())."""
+        """Class counts, image sizes and warnings of a scan (engine.data.dataset.DatasetScan.summary())."""
         self._skipped = summary["skipped"]
         self.class_model.set_classes(summary["classes"])
         self._fit_table_height(min(len(summary["classes"]), VISIBLE_CLASS_ROWS))

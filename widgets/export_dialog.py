@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QForm
                                QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
 
 from engine.errors import UserError
-from engine.export import default_path
+from engine.deploy.export import default_path
 
 FORMAT_LABELS = (
     ("pt", "PyTorch checkpoint (.pt)", "The checkpoint dict with plain torchvision keys; torch.load(weights_only=True)."),

@@ -143,7 +143,7 @@ class InsightView(QWidget):
     # --- what the window tells it ------------------------------------------------------------------
 
     def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
-        """An engine.evaluation.Evaluation of a run's validation set (paths relative to the root)."""
+        """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root)."""
         self._evaluation, self._root = evaluation, Path(dataset_root)
         names = list(evaluation.class_names)
         self.matrix_model.set_matrix(names, evaluation.confusion_matrix)

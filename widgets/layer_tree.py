@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, Q
 from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
 from engine.events import IntegrityReport, LayerStats
-from engine.models import ModelInfo
-from engine.plan import build_plan, describe_plan, summary_line, with_base_lr, with_weight_decay
+from engine.model.architectures import ModelInfo
+from engine.plan.plan import build_plan, describe_plan, summary_line, with_base_lr, with_weight_decay
 
 HEADERS = ("Layer", "Type", "Params", "Frozen", "LR", "Update ratio")
 LAYER, TYPE, PARAMS, FROZEN, LR, RATIO = range(len(HEADERS))

@@ -2,7 +2,7 @@
 
 The sweep runs through `submit(fn, on_done, on_error)` (the window's BackgroundTasks: off the GUI
 thread, results back on it); Stop sets the TrainingControl the engine polls every step. Apply
-emits the plan with every LR times the chosen multiplier (engine.lr_finder.scale_plan), so the
+emits the plan with every LR times the chosen multiplier (engine.insight.lr_finder.scale_plan), so the
 ratios between layers stay exactly as they were.
 """
 
@@ -16,9 +16,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from engine.config import PlanConfig, RunConfig
-from engine.data import DatasetScan
+from engine.data.dataset import DatasetScan
 from engine.events import TrainingControl
-from engine.lr_finder import DEFAULT_STEPS, RangeTest, find_lr, scale_plan
+from engine.insight.lr_finder import DEFAULT_STEPS, RangeTest, find_lr, scale_plan
 
 CURVE_COLOUR = (31, 119, 180)
 MARK_COLOURS = {"valley": (44, 160, 44), "steepest": (255, 127, 14), "minimum/10": (148, 103, 189)}

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
 
 from engine.config import ModelConfig, PlanConfig
 from engine.events import IntegrityReport, LayerStats
-from engine.models import FEATURED_ARCHS, ModelInfo, available_archs
+from engine.model.architectures import FEATURED_ARCHS, ModelInfo, available_archs
 from widgets.layer_tree import FROZEN, LR, LayerFilterEdit, LayerTreeModel, LayerTreeView
 
 WEIGHT_CHOICES = (("ImageNet", "imagenet"), ("None (random init)", "none"))

@@ -5,7 +5,7 @@ Curves are created once and fed with `setData` from growing numpy buffers; clip-
 downsampling keep a 100,000-point run smooth. The x axis is in epochs (fractional for steps).
 Legends sit in the plot's layout, right of the data, so they never cover a curve however many
 groups there are; every curve of a plot has its own colour. Before Start the LR plot shows the
-planned LR of every group (engine.optimization.schedule_preview), dashed; the real curves draw
+planned LR of every group (engine.plan.optimization.schedule_preview), dashed; the real curves draw
 over it as training runs, and a line under the plot says what trains in each gradual phase.
 """
 

@@ -14,7 +14,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from app.run_catalog import RunSummary
+from engine.runs.catalog import RunSummary
 from widgets.plots import distinct_colours
 from widgets.row_table import RowTableModel
 

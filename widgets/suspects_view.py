@@ -16,7 +16,7 @@ from PySide6.QtGui import QAction, QImage
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMenu, QPushButton, QTableView,
                                QToolButton, QVBoxLayout, QWidget)
 
-from engine.dataset_edits import EXCLUDED
+from engine.curation.dataset_edits import EXCLUDED
 from widgets.gallery import THUMB_SIZE, ThumbnailRows, follow_moves
 from widgets.row_table import RowTableModel
 
@@ -100,7 +100,7 @@ class SuspectsModel(RowTableModel):
         self.thumbnails = ThumbnailRows(self, self.thumbnails_wanted)
 
     def set_suspects(self, suspects: list[dict], root: str) -> None:
-        """`suspects`: engine.suspects' rows ({"path", "given", "likely", "probability"}), paths relative to `root`."""
+        """`suspects`: engine.curation.suspects' rows ({"path", "given", "likely", "probability"}), paths relative to `root`."""
         self.root = root
         self.set_items(dict(s) for s in suspects)
         self.thumbnails.want_missing(map(self.absolute_path, range(self.rowCount())))
@@ -211,7 +211,7 @@ class SuspectsView(QWidget):
         self.note.setText(text)
 
     def show_report(self, report, root: str) -> None:
-        """An engine.suspects.SuspectReport of the dataset at `root`: its source note says how it was found."""
+        """An engine.curation.suspects.SuspectReport of the dataset at `root`: its source note says how it was found."""
         self.find_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         shown = list(report.suspects[:MAX_SHOWN])

@@ -12,7 +12,7 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from engine.images import IMAGE_EXTENSIONS
+from engine.data.images import IMAGE_EXTENSIONS
 
 BAR_HEIGHT = 18
 BAR_COLOUR = QColor(52, 120, 246)

@@ -1,0 +1,1 @@
+"""Curation: suspect labels and journaled relabel/exclude with undo."""

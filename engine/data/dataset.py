@@ -1,0 +1,508 @@
+"""Datasets: scan a folder, split it, decode robustly, transform, batch, cache decoded images.
+
+Two layouts: `root/<class>/<image>` (split here, stratified and seeded) or
+`root/train/<class>` + `root/val/<class>` (used as given). Class order is sorted like torchvision's
+ImageFolder, so label indices match it. A file that cannot be used is skipped and listed with
+its reason, at scan time or when it fails to decode in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from engine.errors import UserError
+from engine.events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
+from engine.data.images import BadImage, decode_resized, is_image_file, probe
+
+IMBALANCE_WARNING = 3.0  # largest / smallest class from which a scan warns (and auto class weights switch on)
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    root: str
+    layout: str  # "folders" (split here) or "train-val" (given)
+    class_names: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    skipped: tuple[SkippedFile, ...]
+    image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+
+    @property
+    def total(self) -> int:
+        return len(self.train) + len(self.val)
+
+    def class_counts(self) -> list[dict]:
+        counts = [{"class": name, "train": 0, "val": 0} for name in self.class_names]
+        for split in ("train", "val"):
+            for sample in getattr(self, split):
+                counts[sample.label][split] += 1
+        return counts
+
+    def imbalance(self) -> float:
+        """Largest over smallest class, over train and val together (inf with an empty class)."""
+        totals = [c["train"] + c["val"] for c in self.class_counts()]
+        return float("inf") if min(totals) == 0 else max(totals) / min(totals)
+
+    def warnings(self) -> list[str]:
+        """Problems worth a person's attention before training."""
+        notes = []
+        totals = [c["train"] + c["val"] for c in self.class_counts()]
+        tiny = [n for n, t in zip(self.class_names, totals) if t < 10]
+        if tiny:
+            notes.append(f"{len(tiny)} class(es) with fewer than 10 images: {', '.join(tiny[:5])}")
+        if math.isfinite(self.imbalance()) and self.imbalance() >= IMBALANCE_WARNING:
+            notes.append(f"class imbalance: largest class has {self.imbalance():.1f}x the smallest")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} file(s) skipped")
+        return notes
+
+    def summary(self) -> dict:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.class_counts(),
+            "total": self.total,
+            "image_sizes": self.image_sizes,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "warnings": self.warnings(),
+        }
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetScan:
+    return split_listing(list_dataset(root), val_fraction, seed)
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    """A dataset folder's usable files, found and probed once.
+
+    Splitting a listing touches no file, so a new validation share or seed does not rescan the
+    folder (the window re-splits on every step of its Validation box).
+    """
+
+    root: str
+    layout: str  # "folders" (split here) or "train-val" (given)
+    class_names: tuple[str, ...]
+    samples: tuple[Sample, ...]  # every usable file; in the "train-val" layout those of train/
+    given_val: tuple[Sample, ...]  # the usable files of val/ in the "train-val" layout, else empty
+    skipped: tuple[SkippedFile, ...]
+    image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+
+    @property
+    def total(self) -> int:
+        return len(self.samples) + len(self.given_val)
+
+
+def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lambda: False) -> DatasetListing:
+    """Find and probe every image of a dataset folder; raises UserError for a folder that cannot
+    be a dataset. `should_stop()` abandons a listing nobody waits for any more (returns what was
+    probed so far)."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    train_dir, val_dir = root_path / "train", root_path / "val"
+    given_val: list[Sample] = []
+    if has_train_val_split(root_path):
+        class_names = class_dirs(train_dir)
+        unknown = sorted(set(class_dirs(val_dir)) - set(class_names))
+        if unknown:
+            raise UserError(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
+        seen = _Seen()  # a file reached through train/ and val/ counts once
+        samples, skipped, sizes = _probe_files(_image_files(train_dir, class_names, seen, should_stop), should_stop)
+        given_val, skipped_v, sizes_v = _probe_files(_image_files(val_dir, class_names, seen, should_stop),
+                                                     should_stop)
+        layout, skipped, sizes = "train-val", skipped + skipped_v, sizes + sizes_v
+    else:
+        class_names = class_dirs(root_path)
+        samples, skipped, sizes = _probe_files(_image_files(root_path, class_names, _Seen(), should_stop),
+                                               should_stop)
+        layout = "folders"
+    if len(class_names) < 2:
+        raise UserError(f"{root} needs at least 2 class sub-folders, found {len(class_names)}")
+    present = {s.label for s in samples} | {s.label for s in given_val}
+    empty = [name for i, name in enumerate(class_names) if i not in present]
+    if empty:
+        raise UserError(f"class folder(s) without a usable image: {', '.join(empty)}")
+    return DatasetListing(str(root_path), layout, tuple(class_names), tuple(samples), tuple(given_val),
+                          tuple(skipped), _size_stats(sizes))
+
+
+def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> DatasetScan:
+    """The scan for one split of a listing: stratified and seeded, or train/ and val/ as given."""
+    if listing.layout == "train-val":
+        train, val = listing.samples, listing.given_val
+    else:
+        train, val = stratified_split(listing.samples, val_fraction, seed)
+    return DatasetScan(root=listing.root, layout=listing.layout, class_names=listing.class_names,
+                       train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes)
+
+
+class _Seen:
+    """The real folders and files a dataset walk has met, by (device, inode)."""
+
+    def __init__(self) -> None:
+        self.dirs: set[tuple[int, int]] = set()
+        self.files: set[tuple[int, int]] = set()
+
+
+def _identity(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _image_files(folder: Path, class_names: Sequence[str], seen: _Seen | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> list[tuple[Path, int]]:
+    """(path, label) of every file with an image extension under the class folders, sorted
+    (each folder's files, then its sub-folders in name order, like os.walk).
+
+    Links to folders are followed, but each real folder is walked once and a link back to a
+    folder enclosing the dataset is not followed at all: `ln -s . loop` or a link to `/` would
+    otherwise make the walk count every file many times or never end. A file reached twice
+    (through a link, or hard-linked) counts once."""
+    seen = _Seen() if seen is None else seen
+    enclosing = {i for i in map(_identity, (folder, *Path(os.path.abspath(folder)).parents)) if i}
+    found: list[tuple[Path, int]] = []
+    for label, name in enumerate(class_names):
+        stack = [folder / name]
+        while stack and not should_stop():
+            directory = stack.pop()
+            ident = _identity(directory)
+            if ident is None or ident in seen.dirs or ident in enclosing:
+                continue
+            seen.dirs.add(ident)
+            try:
+                with os.scandir(directory) as entries:
+                    listed = [(e.name, _is_dir(e)) for e in entries]
+            except OSError:
+                continue  # unreadable folder: nothing found in it (os.walk did the same)
+            for fname in sorted(n for n, is_dir in listed if not is_dir):
+                path = directory / fname
+                if not is_image_file(path):
+                    continue
+                file_ident = _identity(path)
+                if file_ident is not None:
+                    if file_ident in seen.files:
+                        continue
+                    seen.files.add(file_ident)
+                found.append((path, label))
+            subdirs = sorted(n for n, is_dir in listed if is_dir and not n.startswith("."))
+            stack.extend(directory / d for d in reversed(subdirs))
+    return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def _probe_files(files: list[tuple[Path, int]], should_stop: Callable[[], bool]):
+    """Probe the files one after another. A thread pool here made the window stall for up to
+    0.8 s: thousands of tiny hand-overs of the GIL starve the GUI thread; one thread does not,
+    and on a local disk it is faster too (a probe reads a header, not the image)."""
+    samples: list[Sample] = []
+    skipped: list[SkippedFile] = []
+    sizes: list[tuple[int, int]] = []
+    for path, label in files:
+        if should_stop():
+            break
+        try:
+            sizes.append(probe(path))
+            samples.append(Sample(str(path), label))
+        except BadImage as exc:
+            skipped.append(SkippedFile(str(path), str(exc)))
+    return samples, skipped, sizes
+
+
+def has_train_val_split(root: Path) -> bool:
+    """The "root/train/<class>/ + root/val/<class>/" layout, used as given instead of split here."""
+    return (root / "train").is_dir() and (root / "val").is_dir() and bool(class_dirs(root / "train"))
+
+
+def class_dirs(folder: Path) -> list[str]:
+    # "_excluded" (engine.curation.dataset_edits) and other "_" folders hold set-aside images, not a class.
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "_")))
+
+
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int):
+    """Per class, a seeded shuffle; round(n * fraction) go to validation (at least one when n >= 2)."""
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    train, val = [], []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        items = list(by_class[label])
+        rng.shuffle(items)
+        n_val = round(len(items) * val_fraction) if val_fraction > 0 else 0
+        if val_fraction > 0 and len(items) >= 2:
+            n_val = min(max(n_val, 1), len(items) - 1)
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    key = lambda s: (s.label, s.path)  # noqa: E731 - stable order independent of the shuffle
+    return sorted(train, key=key), sorted(val, key=key)
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> dict:
+    if not sizes:
+        return {}
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+    return {
+        "width": {"min": min(widths), "median": int(statistics.median(widths)), "max": max(widths)},
+        "height": {"min": min(heights), "median": int(statistics.median(heights)), "max": max(heights)},
+    }
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the model: resize (shorter side), centre crop, normalize."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Preprocessing:
+        return cls(int(raw["resize"]), int(raw["crop"]), tuple(raw["mean"]), tuple(raw["std"]))
+
+
+def train_transform(augment: str, crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Augmentation on uint8 tensors that are already resized (shorter side = preprocessing.resize)."""
+    if augment == "standard":
+        return v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
+    if augment == "light":
+        return v2.Compose([v2.CenterCrop(crop), v2.RandomHorizontalFlip()])
+    return v2.CenterCrop(crop)
+
+
+def eval_transform(crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return v2.CenterCrop(crop)
+
+
+def normalize_batch(images: torch.Tensor, prep: Preprocessing, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (N,3,H,W) on any device -> normalized float. Done per batch, on the model's device."""
+    mean = torch.tensor(prep.mean, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(prep.std, device=images.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (images.to(dtype) - mean) / std
+
+
+# --- decoded-image cache and the dataset --------------------------------------------------------
+
+
+TIMED_DECODES = 16  # images decoded in one thread first, to time them
+THREADS_PAY_FROM_S = 0.0005  # per image: below this, two decoding threads mostly wait for the GIL
+
+
+class DecodedCache:
+    """Decoded, resized uint8 images kept in RAM within a byte budget.
+
+    Decoding a JPEG costs milliseconds; augmenting a small uint8 tensor costs microseconds. So
+    every image is decoded once (threads: Pillow releases the GIL while decoding) and epochs
+    after that only augment. Bad files are remembered too, so they are not retried every epoch.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self.images: dict[int, torch.Tensor] = {}
+        self.failures: dict[int, str] = {}
+
+    def put(self, index: int, image: torch.Tensor) -> bool:
+        size = image.numel() * image.element_size()
+        if self.used_bytes + size > self.budget_bytes:
+            return False
+        self.images[index] = image
+        self.used_bytes += size
+        return True
+
+    def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Decode every sample into the cache; returns early when `should_stop()`, so a Stop pressed
+        while thousands of images decode takes effect within one image per thread.
+
+        The first images are decoded in this thread and timed. Threads pay only when an image takes
+        long enough to decode (Pillow releases the GIL while it decodes): for tiny images, such as
+        the digits' PNGs at 0.4 ms each, two threads handing the GIL back and forth took 0.6 s for
+        1,437 where one took 0.4-0.5 s; from 160x120 JPEGs (0.5 ms) on, two threads are faster."""
+        def decode(index: int):
+            try:
+                return index, decode_resized(Path(samples[index].path), side), None
+            except BadImage as exc:
+                return index, None, str(exc)
+
+        first = range(min(len(samples), TIMED_DECODES))
+        seconds: list[float] = []
+
+        def timed(index: int):
+            started = time.perf_counter()
+            decoded = decode(index)
+            seconds.append(time.perf_counter() - started)
+            return decoded
+
+        if not self._keep(map(timed, first), 0, len(samples), progress, should_stop):
+            return
+        rest = range(len(first), len(samples))
+        if statistics.median(seconds or [0.0]) < THREADS_PAY_FROM_S:  # the median: the first open loads Pillow's plugins
+            self._keep(map(decode, rest), len(first), len(samples), progress, should_stop)
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+        try:
+            self._keep(pool.map(decode, rest), len(first), len(samples), progress, should_stop)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # don't decode what will not be kept
+
+    def _keep(self, decoded, done: int, total: int, progress, should_stop) -> bool:
+        """Put decoded images into the cache; False when it stopped early (asked to, or the budget spent)."""
+        for done, (index, image, error) in enumerate(decoded, done + 1):
+            if should_stop():
+                return False
+            if error is not None:
+                self.failures[index] = error
+            elif not self.put(index, image):
+                return False  # budget spent: the rest is decoded on the fly, during the epochs
+            if progress is not None:
+                progress(done, total)
+        return True
+
+    @property
+    def complete_for(self) -> int:
+        return len(self.images) + len(self.failures)
+
+
+class ImageDataset(Dataset):
+    """Returns (uint8 image or None, label, index, failure reason)."""
+
+    def __init__(self, samples: Sequence[Sample], side: int, transform, cache: DecodedCache | None = None):
+        self.samples = list(samples)
+        self.side = side
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        label = self.samples[index].label
+        image = self.cache.images.get(index) if self.cache else None
+        if image is None:
+            if self.cache and index in self.cache.failures:
+                return None, label, index, self.cache.failures[index]
+            try:
+                image = decode_resized(Path(self.samples[index].path), self.side)
+            except BadImage as exc:
+                return None, label, index, str(exc)
+        return self.transform(image), label, index, ""
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 (N,3,H,W)
+    labels: torch.Tensor
+    failures: list[tuple[int, str]]  # dataset indices that could not be decoded, with reasons
+
+    def pin_memory(self):
+        self.images = self.images.pin_memory()
+        self.labels = self.labels.pin_memory()
+        return self
+
+
+def collate(items) -> Batch:
+    good = [(img, label) for img, label, _, reason in items if img is not None]
+    failures = [(index, reason) for img, _, index, reason in items if img is None]
+    if not good:
+        return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failures)
+    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), failures)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of an epoch: a function of (seed, epoch) alone, so the cached-feature
+    path, the image path and a resumed run all see the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def drops_last_batch(n: int, batch_size: int) -> bool:
+    # A final batch of one breaks BatchNorm in train mode; drop it only in that case.
+    return n > 1 and n % batch_size == 1
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Steps in one epoch of `n` training samples, as the training loader makes them (at least one)."""
+    return max(1, n // batch_size if drops_last_batch(n, batch_size) else math.ceil(n / batch_size))
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(epoch_order(self.n, self.seed, self.epoch).tolist())
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int,
+                pin_memory: bool = False) -> DataLoader:
+    num_workers = max_workers(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffle(len(dataset), seed) if train else None,
+        drop_last=train and drops_last_batch(len(dataset), batch_size),
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
+        persistent_workers=num_workers > 0,
+    )
+
+
+def max_workers(requested: int) -> int:
+    """Loader worker processes, at most one per CPU: `--workers 100000` must not try to start them
+    all (a project file written on a bigger machine still runs here)."""
+    return max(0, min(requested, os.cpu_count() or 1))
+
+
+def fold_of(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """(N,) fold index of each image: each class dealt round the folds in a seeded order, so every
+    fold holds its share of every class."""
+    generator = torch.Generator().manual_seed(seed)
+    assignment = torch.empty(len(labels), dtype=torch.long)
+    offset = 0
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        assignment[members] = (torch.arange(len(members)) + offset) % folds
+        offset += len(members)  # small classes start where the last one ended: folds stay even
+    return assignment

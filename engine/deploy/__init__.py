@@ -1,0 +1,1 @@
+"""Deployment: export formats with the parity gate, prediction, the trust registry."""

@@ -1,0 +1,64 @@
+"""Load a trained checkpoint back into plain torchvision and classify images with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.model.checkpoint import load_checkpoint
+from engine.data.dataset import Preprocessing, eval_transform, normalize_batch
+from engine.errors import UserError
+from engine.data.images import BadImage, decode_resized
+from engine.model.architectures import plain_model
+
+
+@dataclass
+class LoadedClassifier:
+    model: nn.Module
+    arch: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    from engine.model.architectures import check_arch
+
+    ckpt = load_checkpoint(Path(path))
+    arch, class_names = ckpt["arch"], list(ckpt["class_names"])
+    try:
+        check_arch(arch)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    model = plain_model(arch, len(class_names), int(ckpt["preprocessing"]["crop"]))
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "")
+        raise UserError(f"{path}: its weights do not fit {arch} with {len(class_names)} classes "
+                        f"({detail[:160] or 'different tensors'})") from None
+    model.eval()
+    return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))
+
+
+def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
+    crop = eval_transform(prep.crop)
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"image not found: {path}")
+        try:
+            images.append(crop(decode_resized(Path(path), prep.resize)))
+        except BadImage as exc:
+            raise UserError(f"cannot use {path}: {exc}") from None
+    return normalize_batch(torch.stack(images), prep)
+
+
+def top_k(logits: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
+    probs = logits.softmax(dim=1)
+    k = min(k, len(class_names))
+    values, indices = probs.topk(k, dim=1)
+    return [[{"class": class_names[int(i)], "index": int(i), "probability": float(v)} for v, i in zip(vs, ix)]
+            for vs, ix in zip(values, indices)]

@@ -1,0 +1,1 @@
+"""Insight: evaluation, Grad-CAM, the advisor, the LR range test."""

@@ -1,0 +1,196 @@
+"""Grad-CAM: where in the image the evidence for a class was.
+
+The activation of one layer (by default the last stage before the head) is kept by a forward
+hook, and its gradient for the target class is taken with torch.autograd.grad. The input tensor
+requires grad, so every activation carries a gradient even through a frozen backbone: no
+parameter's requires_grad changes, no .grad is written, and the model runs in eval mode (norm
+statistics untouched) and is put back as it was. The map is mapped back through the model's
+resize and centre crop onto the image's own pixels; outside the crop it is 0.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from engine.data.dataset import eval_transform, normalize_batch
+from engine.errors import UserError
+from engine.data.images import BadImage, decode_resized, load_rgb
+
+# The last stage before the head, per family (longest matching prefix wins); ViT, Swin and MaxViT
+# are experimental: attention spreads evidence across tokens, so their maps are coarser guides.
+_DEFAULT_LAYERS = {
+    "resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4", "densenet": "features",
+    "efficientnet_": "features", "mobilenet_": "features", "mnasnet": "layers", "regnet_": "trunk_output",
+    "shufflenet_v2_": "conv5", "googlenet": "inception5b", "inception_v3": "Mixed_7c", "convnext_": "features",
+    "vgg": "features", "alexnet": "features", "squeezenet": "features", "swin_": "features.7",
+    "maxvit_": "blocks.3",
+}
+# ViT: the last encoder block's first LayerNorm. The block's output reaches the head through the
+# class token alone (the patch tokens' gradient is zero there); its attention input does not.
+_VIT_DEPTH = {"vit_b_": 12, "vit_l_": 24, "vit_h_": 32}
+EXPERIMENTAL_FAMILIES = ("vit_", "swin_", "maxvit_")
+
+
+def default_layer(arch: str) -> str:
+    """The module whose activation Grad-CAM uses unless told otherwise."""
+    for prefix, depth in _VIT_DEPTH.items():
+        if arch.startswith(prefix):
+            return f"encoder.layers.encoder_layer_{depth - 1}.ln_1"
+    matches = [prefix for prefix in _DEFAULT_LAYERS if arch.startswith(prefix)]
+    if not matches:
+        raise UserError(f"no Grad-CAM layer is known for {arch}; name one with --layer")
+    return _DEFAULT_LAYERS[max(matches, key=len)]
+
+
+def is_experimental(arch: str) -> bool:
+    return arch.startswith(EXPERIMENTAL_FAMILIES)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    cam: np.ndarray  # float32, the image's own height x width, values in [0, 1]
+    target: str  # the class explained
+    probabilities: dict[str, float]  # every class, most probable first
+    layer: str  # the module whose activation was used
+
+
+def explain(classifier, image_path: str | Path, layer: str | None = None, target: str | None = None) -> CamResult:
+    """Grad-CAM of `target` (default: the predicted class) for one image. `classifier` is an
+    engine.deploy.predict.LoadedClassifier."""
+    model, prep, names = classifier.model, classifier.preprocessing, list(classifier.class_names)
+    layer = layer or default_layer(classifier.arch)
+    module = _module(model, layer, classifier.arch)
+    if target is not None and target not in names:
+        raise UserError(f"unknown class '{target}' (choose from {_brief(names)})")
+    path = Path(image_path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        resized = decode_resized(path, prep.resize)
+        width, height = load_rgb(path).size  # the image's own size (EXIF-rotated), which the map must fit
+    except BadImage as exc:
+        raise UserError(f"cannot use {path}: {exc}") from None
+    device = next(model.parameters()).device
+    x = normalize_batch(eval_transform(prep.crop)(resized)[None].to(device), prep)
+    logits, activation, gradient, target_index = _activation_and_gradient(model, module, x, names, target, layer)
+    grid = _as_grid(activation, classifier.arch, layer)
+    weights = _as_grid(gradient, classifier.arch, layer).mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * grid).sum(dim=1))[0].float()
+    peak = cam.max()
+    cam = cam / peak if peak > 0 else torch.zeros_like(cam)
+    image_cam = _onto_image(cam.cpu(), tuple(resized.shape[1:]), prep.crop, (height, width))
+    probs = logits.softmax(dim=1)[0].tolist()
+    ranked = sorted(zip(names, probs), key=lambda pair: -pair[1])
+    return CamResult(image_cam, names[target_index], dict(ranked), layer)
+
+
+def _activation_and_gradient(model: nn.Module, module: nn.Module, x: torch.Tensor, names: list[str],
+                             target: str | None, layer: str):
+    kept: list = []
+
+    def keep(_module, _inputs, output):
+        kept.append(output)
+
+    was_training = model.training
+    handle = module.register_forward_hook(keep)
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x.requires_grad_(True)  # gradients reach every activation without touching a parameter
+            logits = model(x).float()
+            activation = kept[-1] if kept else None
+            if isinstance(activation, (tuple, list)):
+                activation = next((t for t in activation if isinstance(t, torch.Tensor)), None)
+            if not isinstance(activation, torch.Tensor) or not activation.requires_grad:
+                raise UserError(f"layer '{layer}' gives no activation a gradient can reach; choose another --layer")
+            index = names.index(target) if target is not None else int(logits[0].argmax())
+            # autograd.grad, not backward(): no parameter's .grad is written
+            (gradient,) = torch.autograd.grad(logits[0, index], activation)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return logits.detach(), activation.detach(), gradient.detach(), index
+
+
+def _as_grid(t: torch.Tensor, arch: str, layer: str) -> torch.Tensor:
+    """An activation as (1, C, h, w): convolutional maps as they are, Swin's channels-last maps
+    permuted, ViT tokens without the class token laid out on the patch grid."""
+    if t.dim() == 4:
+        return t.permute(0, 3, 1, 2) if arch.startswith("swin_") else t
+    if t.dim() == 3:
+        tokens = t.shape[1]
+        for extra in (1, 0):  # with or without a class token
+            side = int(round((tokens - extra) ** 0.5))
+            if side > 0 and side * side == tokens - extra:
+                return t[:, extra:].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+    raise UserError(f"layer '{layer}' gives no spatial map (shape {tuple(t.shape)}); choose a convolutional stage")
+
+
+def _onto_image(cam: torch.Tensor, resized_hw: tuple[int, int], crop: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """The crop-aligned map on the image's own pixels: bilinear (as F.interpolate with
+    align_corners=False), separable, so a large photo costs two small matrices and its output."""
+    rows = _interpolation(image_hw[0], resized_hw[0], crop, cam.shape[0])
+    cols = _interpolation(image_hw[1], resized_hw[1], crop, cam.shape[1])
+    return (rows @ cam @ cols.T).clamp_(0, 1).numpy().astype(np.float32)
+
+
+def _interpolation(size: int, resized: int, crop: int, cells: int) -> torch.Tensor:
+    """(size, cells): row i holds the weights of the map's cells for the image's pixel i; zero rows
+    for pixels outside the centre crop."""
+    offset = int(round((resized - crop) / 2.0))  # torchvision's CenterCrop
+    in_crop = (torch.arange(size, dtype=torch.float64) + 0.5) * (resized / size) - offset  # crop px, 0..crop
+    position = (in_crop / crop * cells - 0.5).clamp(0, cells - 1)  # map cell coordinates
+    low = position.floor().long()
+    high = (low + 1).clamp(max=cells - 1)
+    frac = position - low
+    weights = torch.zeros(size, cells, dtype=torch.float64)
+    weights.scatter_add_(1, low[:, None], (1 - frac)[:, None])
+    weights.scatter_add_(1, high[:, None], frac[:, None])
+    weights[(in_crop < 0) | (in_crop > crop)] = 0
+    return weights.float()
+
+
+def _module(model: nn.Module, layer: str, arch: str) -> nn.Module:
+    names = [name for name, _ in model.named_modules() if name]
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"{arch} has no module '{layer}' ({hint}the default is {default_layer(arch)}; "
+                        f"`transfer-studio layers --model {arch}` lists them)")
+    return model.get_submodule(layer)
+
+
+def _brief(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} classes)" if len(names) > limit else "")
+
+
+# --- the picture ------------------------------------------------------------------------------------
+
+
+def heat_colours(cam: np.ndarray) -> np.ndarray:
+    """A jet-like colour map (blue, cyan, yellow, red) of values in [0, 1]: (H, W, 3) floats in [0, 1]."""
+    v = np.clip(cam, 0, 1)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # where red, green and blue peak
+    return np.clip(1.5 - np.abs(4 * (v - centres)), 0, 1)
+
+
+def overlay(image_path: str | Path, cam: np.ndarray) -> Image.Image:
+    """The image with the map blended over it: hot places strongly, cold ones lightly tinted."""
+    path = Path(image_path)
+    try:
+        image = load_rgb(path)
+    except BadImage as exc:
+        raise UserError(f"cannot use {path}: {exc}") from None
+    if cam.shape != (image.height, image.width):
+        raise UserError(f"the map is {cam.shape[1]}x{cam.shape[0]} but {path} is {image.width}x{image.height}")
+    base = np.asarray(image, dtype=np.float32) / 255
+    alpha = (0.2 + 0.45 * np.clip(cam, 0, 1))[..., None]
+    blended = base * (1 - alpha) + heat_colours(cam) * alpha
+    return Image.fromarray(np.round(blended * 255).astype(np.uint8), "RGB")

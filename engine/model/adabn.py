@@ -1,0 +1,81 @@
+"""AdaBN: adapt the BatchNorm running statistics to the training images, on request only.
+
+Pretrained BatchNorm layers normalise with the mean and variance of the data they were trained
+on. On a far domain (digits or X-rays against ImageNet photos) those statistics are wrong for
+every image, and a frozen trunk keeps them wrong. One pass over the training images in train
+mode re-estimates them (Li et al., "Revisiting Batch Normalization for Practical Domain
+Adaptation"): no gradient, no weight changes, every other module in eval mode (dropout off).
+It runs before trunk features are cached, so the cache and the checkpoint both carry the adapted
+statistics, and before the integrity fingerprints are taken, so the adapted values are what
+"frozen" then promises.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from engine.data.dataset import Preprocessing, normalize_batch
+
+
+def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The norm layers that keep running statistics (GroupNorm and LayerNorm keep none)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def adapt_batch_norm(model: nn.Module, loader, prep: Preprocessing, device: torch.device, channels_last: bool,
+                     progress: Callable[[int, int], None] | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> int | None:
+    """Replace every BatchNorm layer's running mean and variance by their average over `loader`'s
+    batches (plain views, in file order: the result is the same on every run). Returns the number
+    of images seen (0: nothing could be adapted, the loaded statistics are kept), or None when
+    stopped. Runs in fp32: statistics estimated in bf16 would lose digits."""
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = {layer: layer.momentum for layer in layers}
+    loaded = {layer: [b.clone() for b in (layer.running_mean, layer.running_var, layer.num_batches_tracked)]
+              for layer in layers}
+    seen, finished = 0, False
+    try:
+        # Set each module's flag directly: model.train() would recurse through the plan's
+        # eval-pinned norm layers, and everything but BatchNorm must stay in eval mode.
+        for m in modes:
+            m.training = m in momenta
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # a cumulative average over all batches, not an exponential one
+        for i, batch in enumerate(loader, 1):
+            if should_stop():
+                return None
+            if len(batch.labels) > 1:  # batch statistics of one image are no statistics
+                x = normalize_batch(batch.images.to(device, non_blocking=True), prep)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                model(x)
+                seen += len(batch.labels)
+            if progress:
+                progress(i, len(loader))
+        finished = True
+    finally:
+        if not (finished and seen):  # stopped, failed, or no batch of two: keep what was loaded
+            for layer, buffers in loaded.items():
+                for buffer, value in zip((layer.running_mean, layer.running_var, layer.num_batches_tracked), buffers):
+                    buffer.copy_(value)
+        for m, mode in modes.items():
+            m.training = mode
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+    return seen
+
+
+def adaptation_note(layers: int, images: int) -> str:
+    if not layers:
+        return "adapt normalization statistics: nothing to adapt (this model has no BatchNorm layers)"
+    return (f"normalization statistics adapted to the training images (AdaBN: {layers} BatchNorm layers, "
+            f"{images:,} images)")

@@ -1,0 +1,163 @@
+"""Everything that watches or records a run is a listener; none of them changes training.
+
+The epoch loop calls each hook on every listener, in the order given. A listener may read the
+model (the checkpoint writer must), may ask the loop to end after an epoch (`stop_reason`), and
+may raise to end a run that became unsound (freeze integrity); it never alters weights, LRs,
+batches or random state. Anchors: Lightning's Callback, Keras' Callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from engine.model.checkpoint import BackgroundSaver, make_checkpoint, snapshot
+from engine.errors import TrainingDiverged, UserError
+from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
+from engine.listener import Listener
+from engine.plan.plan import Plan
+from engine.runs.run_folder import RunFolder
+
+
+def metrics_line(event: EpochEvent) -> dict[str, Any]:
+    """One line of metrics.jsonl."""
+    line = {
+        "epoch": event.epoch, "train_loss": event.train_loss, "train_accuracy": event.train_accuracy,
+        "val_loss": event.val_loss, "val_accuracy": event.val_accuracy,
+        "val_balanced_accuracy": event.val_balanced_accuracy, "seconds": round(event.seconds, 4),
+        "images_per_second": round(event.images_per_second, 2), "data_seconds": round(event.data_seconds, 4),
+        "compute_seconds": round(event.compute_seconds, 4), "lr": event.lr,
+        "trainable_params": event.trainable_params, "per_class_accuracy": event.per_class_accuracy,
+        "confusion_matrix": event.confusion_matrix, "newly_unfrozen": list(event.newly_unfrozen),
+        "is_best": event.is_best,
+    }
+    if event.integrity is not None:
+        line["integrity"] = {"checked": event.integrity.checked, "changed": list(event.integrity.changed)}
+    if event.layers:
+        line["layers"] = {name: {"grad_norm": s.grad_norm, "update_ratio": s.update_ratio,
+                                 "zero_grad_fraction": s.zero_grad_fraction} for name, s in event.layers.items()}
+    return line
+
+
+class CallbackRelay(Listener):
+    """Passes the events on to the caller's Callbacks (the window's worker, the CLI's printer)."""
+
+    def __init__(self, callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+
+    def on_fit_start(self, started: RunStarted) -> None:
+        self.callbacks.on_run_started(started)
+
+    def on_batch_end(self, event: BatchEvent) -> None:
+        self.callbacks.on_batch_end(event)
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.callbacks.on_epoch_end(event)
+
+
+class MetricsLog(Listener):
+    """metrics.jsonl: one fsynced line per epoch, so a crash loses at most the epoch in progress."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.folder.append_metrics(metrics_line(event))
+
+
+class RunRecord(Listener):
+    """run.json's outcome: the status ("running", then "finished", "stopped" or "failed"), the
+    integrity verdict after every epoch, the result at the end. A killed process leaves "running";
+    readers tell it from a live run by RunFolder.in_use()."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_fit_start(self, started: RunStarted) -> None:
+        self.folder.update_record(status="running")
+
+    def on_fit_failed(self, error: Exception) -> None:
+        record_failure(self.folder, error)
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        report = event.integrity
+        if report is not None:
+            self.folder.update_record(integrity={
+                "verdict": "unchanged" if report.intact else "changed", "checked": report.checked,
+                "changed": list(report.changed), "last_checked_epoch": report.epoch})
+
+    def on_fit_end(self, result: FitResult) -> None:
+        status = "finished" if result.stopped == "completed" else "stopped"  # by the person or early stopping
+        self.folder.update_record(result=result.summary(), status=status)
+
+
+def record_failure(folder: RunFolder, error: Exception) -> None:
+    """run.json says "failed" and why. Best effort: the error being raised matters more than this
+    note, so a folder that cannot be written now does not replace it."""
+    if not folder.exists():
+        return
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    try:
+        folder.update_record(status="failed", error=reason)
+    except (OSError, UserError):
+        pass
+
+
+class BestCheckpoint(Listener):
+    """checkpoint.pt: the weights of the best epoch so far, written in the background."""
+
+    def __init__(self, folder: RunFolder, saver: BackgroundSaver, model: nn.Module, *, arch: str,
+                 class_names, preprocessing: dict, config: dict, path_known: bool = False) -> None:
+        self.folder, self.saver, self.model = folder, saver, model
+        self.arch, self.class_names, self.preprocessing, self.config = arch, class_names, preprocessing, config
+        self.plan_in_force: Plan | None = None
+        self.written = path_known  # a resumed run keeps the checkpoint it already has
+
+    @property
+    def path(self) -> str | None:
+        return str(self.folder.checkpoint_path) if self.written else None
+
+    def on_epoch_start(self, epoch: int, plan: Plan) -> None:
+        self.plan_in_force = plan
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        if not event.is_best:
+            return
+        broken = non_finite_tensors(self.model)
+        if broken:
+            kept = f"; the last good checkpoint is kept at {self.path}" if self.path else "; no checkpoint was saved"
+            raise TrainingDiverged(f"{len(broken)} weight tensor(s) became NaN or infinite in epoch {event.epoch} "
+                                   f"(first: {broken[0]}; try a lower LR){kept}")
+        self.saver.save(make_checkpoint(
+            self.model, arch=self.arch, class_names=self.class_names, preprocessing=self.preprocessing,
+            plan=self.plan_in_force.to_dict(), metrics=metrics_line(event), epoch=event.epoch,
+            config=self.config), self.folder.checkpoint_path)
+        self.written = True
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+class ResumeState(Listener):
+    """resume.pt: after every epoch, everything needed to continue exactly as if never stopped."""
+
+    def __init__(self, folder: RunFolder, saver: BackgroundSaver, capture: Callable[[], dict]) -> None:
+        self.folder, self.saver, self.capture = folder, saver, capture
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.saver.save(snapshot(self.folder.resume_payload(self.capture())), self.folder.resume_path)
+
+
+class EarlyStopping(Listener):
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.epochs_since_best = 0
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.epochs_since_best = 0 if event.is_best else self.epochs_since_best + 1
+        if self.epochs_since_best >= self.patience:
+            self.stop_reason = "early-stopping"

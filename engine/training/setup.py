@@ -1,0 +1,356 @@
+"""Setting a run up: everything the epoch loop needs, built once into one fully formed `Run`.
+
+Scan, device, model and plan, precision, decoded-image cache and loaders, and, when the trunk is
+frozen, its features computed once (or loaded from the disk cache). Stop works here too: set_up
+raises Stopped between images, so a Stop pressed while thousands of images decode or pass
+through the trunk takes effect at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from engine.distributed.across_ranks import features_shared_between_ranks
+from engine.model.adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
+from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
+from engine.training.class_weights import decide_class_weights
+from engine.config import RunConfig
+from engine.data.dataset import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, batches_per_epoch, eval_transform,
+                   make_loader, scan_dataset, train_transform)
+from engine.distributed.process_group import SINGLE, ProcessGroup
+from engine.errors import UserError
+from engine.errors import Stopped
+from engine.model.devices import resolve_precision, select_device
+from engine.events import Callbacks, TrainingControl
+from engine.model.features import compute_feature_views, compute_features, feature_cache_key, load_cached_features, per_file_trunk_features, save_cached_features, trunk_store_key
+from engine.training.feature_cache import augmented_views_note, feature_cache_decision
+from engine.training.batches import AugmentedFeatureBatches
+from engine.model.architectures import ModelInfo, build_model
+from engine.plan.plan import Plan, build_plan
+from engine.runs.run_folder import RunFolder
+from engine.distributed.sharding import rank_loader
+
+
+@dataclass(frozen=True)
+class Run:
+    config: RunConfig
+    folder: RunFolder
+    scan: DatasetScan
+    device: torch.device
+    model: torch.nn.Module
+    info: ModelInfo
+    prep: Preprocessing
+    notes: tuple[str, ...]
+    plan: Plan
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    batches: ImageBatches | FeatureBatches
+    feature_note: str
+    skipped: SkippedLog
+    group: ProcessGroup = SINGLE  # the processes training this run together (engine.distributed.process_group)
+
+    @property
+    def precision_name(self) -> str:
+        return str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def record(self) -> dict:
+        """run.json's description of the run (the outcome is added as it happens)."""
+        from engine import __version__
+
+        return {
+            "transfer_studio": __version__, "torch": torch.__version__, "config": self.config.to_dict(),
+            "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names),
+            "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
+            "precision": self.precision_name, "feature_cache": self.feature_note,
+            **({"processes": self.group.world_size} if self.group.is_distributed else {}),
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_workers(device: torch.device, cache_complete: bool) -> int:
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        # On CPU the model needs the cores; with every image decoded already, augmenting a small
+        # uint8 tensor in the main process is cheaper than feeding worker processes.
+        return 0 if cache_complete else min(2, max(0, cpus - 1))
+    return min(8, cpus)
+
+
+def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, control: TrainingControl,
+           fresh: bool, group: ProcessGroup = SINGLE) -> Run:
+    """A fully formed Run; with fresh=True the run folder's metrics start empty. With several
+    processes (`group`) each trains on its share of every batch and rank 0 alone writes."""
+    config.validate()
+    if not config.out_dir:
+        raise UserError("no output folder given for the run")
+    seed_everything(config.train.seed)
+    callbacks.on_status("Scanning dataset")
+    if scan is None:
+        scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed)
+    if len(scan.train) < 2 * group.world_size:  # a rank with no image at all would leave the others waiting
+        raise UserError(f"{group.world_size} processes need at least {2 * group.world_size} training images; "
+                        f"this dataset has {len(scan.train)}")
+    folder = RunFolder(config.out_dir)
+    if not fresh:
+        _check_same_classes(folder, scan)
+    skipped = SkippedLog()
+    for s in scan.skipped:
+        skipped.add(s.path, s.reason)
+    device = group.device(select_device(config.train.device))
+    if config.train.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation); leave it out on CPU")
+    callbacks.on_status("Building model")
+    built = build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size)
+    model, info, prep = built.model, built.info, built.preprocessing
+    if config.train.sync_bn and group.is_distributed:
+        # Before the plan is applied: the conversion builds new norm modules, which would lose a pinned eval mode.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    plan = build_plan(config.plan, info)
+    amp_dtype = resolve_precision(config.train.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
+    model.to(device)
+    # channels_last also helps oneDNN's CPU convolutions (~7 % per step for resnet18 at 64 px).
+    channels_last = config.train.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    views = config.train.feature_views if config.data.augment != "none" else 0
+    if group.is_distributed:
+        views = 0  # augmented views are not sharded between ranks: augmented images pass the trunk each epoch
+    use_features, feature_note = feature_cache_decision(info, plan, config.data.augment, config.data.feature_cache,
+                                                        views)
+    # Plain views of a trunk whose statistics are not adapted depend on each file alone: kept per file
+    # too, so files moved between classes (engine.curation.dataset_edits) need no new trunk pass.
+    per_file = use_features and not views and not config.train.adapt_norm
+    feature_key = cached = None
+    if use_features:
+        feature_key = feature_cache_key(
+            scan.train + scan.val, arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
+            head=info.head, prep=prep, precision=str(amp_dtype), device_type=device.type,
+            augment=config.data.augment, views=views,
+            adapt_norm_batch=config.train.batch_size if config.train.adapt_norm else 0)
+        cached = load_cached_features(feature_key)
+        if cached is not None:
+            feature_note += " (loaded from the disk cache)"
+    # Per-file features decode only the files their store lacks, as they are computed: no warming first.
+    loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control, group,
+                       warm=(cached is None and not per_file) or config.train.adapt_norm)
+    notes = (*built.notes, decide_class_weights(config.train.class_weights, scan).note)  # whether they are on
+    if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
+        notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
+    run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,
+              notes=notes, plan=plan, amp_dtype=amp_dtype, channels_last=channels_last,
+              batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped, group=group)
+    if group.is_main:
+        if fresh:
+            folder.start_metrics()
+        folder.write_record(run.record())
+    if not use_features:
+        return run
+    if cached is not None:
+        train, val = cached
+    elif per_file:
+        train, val, notes = _gather_per_file_features(run, loaders, callbacks, control, feature_key)
+        if notes:
+            feature_note += f" ({notes})"
+    else:
+        train, val, notes = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views)
+        if notes:
+            feature_note += f" ({notes})"
+    bs, seed = config.train.batch_size, config.train.seed
+    if views:
+        stored_views, labels = train
+        if len(stored_views) != views:  # fewer views fitted the memory budget
+            feature_note = feature_note.replace(augmented_views_note(views, config.data.augment),
+                                                augmented_views_note(len(stored_views), config.data.augment))
+        batches = AugmentedFeatureBatches(stored_views, labels, val, bs, seed, device)
+    else:
+        batches = FeatureBatches(train, val, bs, seed, device, rank=group.rank, world_size=group.world_size)
+    return replace(run, batches=batches, feature_note=feature_note)
+
+
+def _adapt_norm(model, loaders: _Loaders, prep: Preprocessing, device: torch.device, channels_last: bool,
+                callbacks: Callbacks, control: TrainingControl) -> str:
+    callbacks.on_status("Adapting normalization statistics")
+    images = adapt_batch_norm(model, loaders.plain_train_loader(), prep, device, channels_last,
+                              progress=lambda d, t: callbacks.on_status("Adapting normalization statistics", d, t),
+                              should_stop=lambda: control.stop_requested)
+    if images is None:
+        raise Stopped
+    layers = len(batch_norm_layers(model))
+    if layers and not images:
+        return "normalization statistics not adapted: no training batch of two or more images"
+    return adaptation_note(layers, images)
+
+
+def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
+    then = folder.read_record().get("class_names")
+    if then is not None and list(then) != list(scan.class_names):
+        added = sorted(set(scan.class_names) - set(then))
+        removed = sorted(set(then) - set(scan.class_names))
+        change = "; ".join(filter(None, [f"added {', '.join(added)}" if added else "",
+                                         f"removed {', '.join(removed)}" if removed else ""])) or "reordered"
+        raise UserError(f"the dataset's classes changed since {folder.path} started ({change}); a run cannot "
+                        f"continue with other classes: start a new run")
+
+
+class _Loaders:
+    """The decoded-image caches and DataLoaders of one run."""
+
+    def __init__(self, config: RunConfig, scan: DatasetScan, prep: Preprocessing, device: torch.device,
+                 use_features: bool, skipped: SkippedLog, callbacks: Callbacks, control: TrainingControl,
+                 group: ProcessGroup, warm: bool) -> None:
+        self.scan, self.prep, self.device, self.skipped = scan, prep, device, skipped
+        budget = config.data.decoded_cache_mb * 2**20
+        total = max(1, scan.total)
+        train_cache = DecodedCache(budget * len(scan.train) // total) if budget else None
+        val_cache = DecodedCache(budget * len(scan.val) // total) if budget else None
+        for name, cache, samples in (("training", train_cache, scan.train), ("validation", val_cache, scan.val)):
+            if warm and cache is not None and samples:
+                cache.warm(samples, prep.resize,
+                           lambda d, t, n=name: callbacks.on_status(f"Decoding {n} images", d, t),
+                           should_stop=lambda: control.stop_requested)
+                if control.stop_requested:
+                    raise Stopped
+                skipped.add_failures(cache.failures.items(), samples)
+        complete = budget > 0 and all(c is None or c.complete_for == len(s) for c, s in
+                                      ((train_cache, scan.train), (val_cache, scan.val)))
+        workers = config.data.num_workers if config.data.num_workers is not None else default_workers(device, complete)
+        pin = device.type == "cuda"
+        # With cached features the training set's augmentation makes the augmented views.
+        augment = config.data.augment
+        self.train_set = ImageDataset(scan.train, prep.resize, train_transform(augment, prep.crop), train_cache)
+        self.plain_train_set = ImageDataset(scan.train, prep.resize, eval_transform(prep.crop), train_cache)
+        val_set = self.val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), val_cache)
+        bs, seed = config.train.batch_size, config.train.seed
+        if group.is_distributed:  # this rank's share of each global batch and of the validation images
+            self.train_loader = rank_loader(self.train_set, bs, True, workers, seed, pin, group.rank, group.world_size)
+            self.val_loader = (rank_loader(val_set, bs, False, workers, seed, pin, group.rank, group.world_size)
+                               if len(val_set) else None)
+        else:
+            self.train_loader = make_loader(self.train_set, bs, True, workers, seed, pin)
+            self.val_loader = make_loader(val_set, bs, False, workers, seed, pin) if len(val_set) else None
+        self.global_steps = batches_per_epoch(len(scan.train), bs) if group.is_distributed else None
+        self.workers, self.batch_size, self.seed, self.pin = workers, bs, seed, pin
+        self.last_epoch = config.train.epochs
+
+    def image_batches(self, channels_last: bool) -> ImageBatches:
+        return ImageBatches(self.train_loader, self.val_loader, self.scan.train, self.scan.val, self.prep,
+                            self.device, channels_last, self.skipped, last_epoch=self.last_epoch,
+                            global_steps=self.global_steps)
+
+    def feature_loader(self, seed: int | None = None):
+        """The training images in file order, for computing their trunk features once (`seed`
+        seeds the loader workers' augmentation, one per augmented view)."""
+        return make_loader(self.train_set, self.batch_size, False, self.workers,
+                           self.seed if seed is None else seed, self.pin)
+
+    def plain_train_loader(self):
+        """The training images in file order without augmentation: what AdaBN averages over."""
+        return make_loader(self.plain_train_set, self.batch_size, False, self.workers, self.seed, self.pin)
+
+    def all_val_loader(self):
+        """Every validation image in file order, on every rank (val_loader is this rank's share):
+        features computed for the whole set, of which FeatureBatches then takes this rank's share."""
+        return make_loader(self.val_set, self.batch_size, False, self.workers, self.seed, self.pin)
+
+
+def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
+                            key: str, views: int):
+    common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
+                  should_stop=lambda: control.stop_requested)
+    callbacks.on_status("Computing trunk features (once)")
+    reduced = None
+
+    def on_failures(failures):
+        run.skipped.add_failures(failures, run.scan.train)
+
+    if views:
+        computed = compute_feature_views(
+            views, run.config.train.seed, loaders.feature_loader,
+            progress=lambda v, d, t: callbacks.on_status(f"Computing training features, view {v}/{views}", d, t),
+            model=run.model, head=run.info.head, on_failures=on_failures, **common)
+        if computed is None:
+            raise Stopped
+        stacked, labels, reduced = computed  # reduced: a note when fewer views fitted in memory
+        train = stacked, labels
+    else:
+        train = compute_features(run.model, run.info.head, loaders.feature_loader(),
+                                 progress=lambda d, t: callbacks.on_status("Computing training features", d, t),
+                                 on_failures=on_failures, **common)
+    if train is None:
+        raise Stopped
+    val = None
+    if run.scan.val:
+        val = compute_features(run.model, run.info.head, loaders.all_val_loader(),
+                               progress=lambda d, t: callbacks.on_status("Computing validation features", d, t),
+                               on_failures=lambda f: run.skipped.add_failures(f, run.scan.val), **common)
+        if val is None:
+            raise Stopped
+    unsaved = _save_features(run, key, train, val, callbacks)  # a note when the cache folder cannot take them
+    return train, val, "; ".join(note for note in (reduced, unsaved) if note)
+
+
+def _save_features(run: Run, key: str, train, val, callbacks: Callbacks) -> str | None:
+    """The whole dataset's features under its key, saved by rank 0 alone (every rank holds the same)."""
+    if not run.group.is_main:
+        return None
+    callbacks.on_status("Saving trunk features to the disk cache")
+    return save_cached_features(key, train, val)
+
+
+def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
+                              key: str):
+    """(train, val, note): plain trunk features from the per-file store, the trunk run only on the
+    files it lacks (all of them the first time); labels from the scan, so a file moved to another
+    class keeps its features under its new label. Also saved under the dataset's key, as the
+    other paths do."""
+    config = run.config
+    trunk_key = trunk_store_key(arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
+                                head=run.info.head, prep=run.prep, amp_dtype=run.amp_dtype,
+                                device_type=run.device.type)
+    callbacks.on_status("Computing trunk features (once)")
+    computed = 0
+
+    def count(n: int) -> None:
+        nonlocal computed
+        computed += n
+
+    def gather(samples, name: str):
+        gathered = per_file_trunk_features(
+            run.model, run.info.head, run.prep, run.device, samples, trunk_key, batch_size=loaders.batch_size,
+            seed=loaders.seed, workers=loaders.workers, pin=loaders.pin, autocast=run.autocast,
+            channels_last=run.channels_last,
+            progress=lambda d, t: callbacks.on_status(f"Computing {name} features", d, t),
+            on_failures=run.skipped.add_failures, on_computed=count, should_stop=lambda: control.stop_requested,
+            share=lambda compute: features_shared_between_ranks(run.group, compute), trunk_pass=compute_features)
+        if gathered is None:
+            raise Stopped
+        features, positions, unsaved = gathered
+        return (features, torch.tensor([samples[i].label for i in positions], dtype=torch.long)), unsaved
+
+    train, train_unsaved = gather(run.scan.train, "training")
+    val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)
+    total = len(run.scan.train) + len(run.scan.val)
+    reused = f"per-file features: trunk run on {computed} of {total} image(s)"
+    if run.group.is_distributed:  # each rank ran the trunk on its share: the note counts them all
+        reused = (f"per-file features: trunk run on {sum(run.group.gather_objects(computed))} of {total} image(s), "
+                  f"{computed} of them by this process")
+    unsaved = _save_features(run, key, train, val, callbacks)
+    return train, val, "; ".join(n for n in (reused, train_unsaved or val_unsaved, unsaved) if n)

@@ -1,0 +1,85 @@
+"""Builders shared by several test modules (no test module imports another)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
+from engine.data.demo import write_demo_dataset
+from engine.events import Callbacks
+
+
+def make_config(data, out, **overrides) -> RunConfig:
+    plan = overrides.pop("plan", PlanConfig(strategy="fine-tune"))
+    weights = overrides.pop("weights", "none")
+    data_cfg = DataConfig(root=str(data), image_size=32, augment=overrides.pop("augment", "light"),
+                          feature_cache=overrides.pop("feature_cache", True))
+    train = TrainConfig(epochs=overrides.pop("epochs", 2), batch_size=16, device="cpu", seed=overrides.pop("seed", 0),
+                        **overrides)
+    return RunConfig(data=data_cfg, model=ModelConfig("resnet18", weights), plan=plan, train=train, out_dir=str(out))
+
+
+class Recorder(Callbacks):
+    def __init__(self):
+        self.batches, self.epochs, self.started = [], [], []
+
+    def on_run_started(self, event):
+        self.started.append(event)
+
+    def on_batch_end(self, event):
+        self.batches.append(event)
+
+    def on_epoch_end(self, event):
+        self.epochs.append(event)
+
+
+# A tiny, quick run: random weights, 32 px, one epoch, head on cached features.
+QUICK = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+         "--strategy", "feature-extraction", "--augment", "none"]
+
+
+needs_posix = pytest.mark.skipif(sys.platform == "win32", reason="symlinks and named pipes of POSIX")
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `transfer-studio ARGV`, run in this process."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_refused(result, code: int, *words: str) -> str:
+    """Exit `code`, exactly one line on stderr naming the problem, no traceback."""
+    rc, _, err = result
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert rc == code, err
+    assert len(lines) == 1, err
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """3 classes x 8 images of 32 px, fresh for each test (tests change it)."""
+    return write_demo_dataset(tmp_path / "D", classes=3, per_class=8, size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a quick run, trained once for the module (its own caches, like every test's)."""
+    base = tmp_path_factory.mktemp("trained")
+    data = write_demo_dataset(base / "D", classes=3, per_class=8, size=32, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSFER_STUDIO_CACHE", str(base / "cache"))
+        mp.setenv("TORCH_HOME", str(base / "torch"))
+        assert main(["train", "--data", str(data), *QUICK, "--out", str(base / "run")]) == 0
+    return base / "run" / "checkpoint.pt"
