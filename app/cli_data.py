@@ -2,14 +2,16 @@
 
 Registered by app.cli: add_commands(sub, number) adds the parsers, HANDLERS maps a command to its
 function (args -> exit code). `number(key)` is the argparse type checked by engine.config.NUMBER_RULES.
-Every command first repairs the dataset (engine.curation.dataset_edits.repair): an action a crash left
-half-done is completed before anything reads or moves a file.
+Every editing command first repairs the dataset (engine.curation.dataset_edits.repair): an action a
+crash left half-done is completed before anything moves a file. `suspects` only reads: it notes a
+half-done action and leaves it to the next edit.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def add_commands(sub, number) -> None:
@@ -54,10 +56,19 @@ def _repaired(data: str) -> None:
         print(f"repaired: completed {action.describe()}", file=sys.stderr)
 
 
+def _note_pending(data: str) -> None:
+    from engine.curation.dataset_edits import pending
+
+    for action in pending(data):
+        print(f"transfer-studio: note: {action.kind} #{action.id} was left half-done by a crash; the next relabel, "
+              f"exclude, undo or redo on this dataset completes it", file=sys.stderr)
+
+
 def _suspects(args) -> int:
     from engine.curation.suspects import find_suspects
 
-    _repaired(args.data)
+    if Path(args.data).is_dir():
+        _note_pending(args.data)
     report = find_suspects(args.data, args.model, args.weights, args.folds, threshold=args.threshold,
                            run_dir=args.run, image_size=args.image_size, batch_size=args.batch_size,
                            device=args.device)

@@ -3,12 +3,10 @@ undo / redo journalled so that a crash is repaired and no file is ever lost."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +23,11 @@ from engine.runs.predictions import PredictionRecord, write_predictions
 from engine.runs.run_folder import RunFolder
 from engine.curation.suspects import find_suspects, near_duplicates
 from engine.data.dataset import fold_of
+from tests.helpers import COLOURS, PER_CLASS, SIZE, Crash, contents, tree, write_colours
 
 ROOT = Path(__file__).resolve().parents[1]
-COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-PER_CLASS, SIZE = 8, 32
 # Planted mistakes: (file's true class, folder it is put in, index).
 FLIPS = (("red", "green", 0), ("green", "blue", 1), ("blue", "red", 2))
-
-
-def write_colours(root: Path, seed: int = 0) -> Path:
-    """3 classes x 8 noisy solid-colour images of 32 px: a random-ish frozen trunk separates them
-    well, so a probe's doubts fall on the planted mistakes, not on the classes themselves."""
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(PER_CLASS):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
-    return root
 
 
 def flip_labels(root: Path) -> set[str]:
@@ -53,24 +38,9 @@ def flip_labels(root: Path) -> set[str]:
     return flipped
 
 
-def tree(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every dataset file (the journal aside)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != JOURNAL_NAME}
-
-
-def contents(root: Path) -> Counter:
-    """The multiset of file contents: it never shrinks if no file is deleted."""
-    return Counter(tree(root).values())
-
-
 @pytest.fixture
 def colours(tmp_path) -> Path:
     return write_colours(tmp_path / "colours")
-
-
-class Crash(BaseException):
-    """A power cut: not an error any code path catches."""
 
 
 # --- suspects ---------------------------------------------------------------------------------------
