@@ -8,7 +8,6 @@ File > Export cluster job... uses too.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from engine.errors import UserError
 
@@ -33,7 +32,7 @@ def add_commands(sub, number) -> None:
 
 def _cluster_script(args) -> int:
     from engine.atomic import atomic_write_bytes
-    from engine.distributed.cluster_script import cluster_job, render
+    from engine.distributed.cluster_script import check_script_path, cluster_job, render
 
     job = cluster_job(args.project, args.nodes, args.gpus_per_node, run_dir=args.run_dir, partition=args.partition,
                       time_limit=args.time, cpus_per_task=args.cpus_per_task, port=args.port)
@@ -41,9 +40,7 @@ def _cluster_script(args) -> int:
     if not args.out:
         sys.stdout.write(text)
         return 0
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; name the script file, e.g. {out / 'job.sbatch'}")
+    out = check_script_path(args.out, args.project)
     try:
         atomic_write_bytes(out, text.encode())
     except OSError as exc:

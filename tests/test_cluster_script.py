@@ -234,3 +234,30 @@ def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkey
     dialog.write_button.click()
     assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "fresh" / "new.sbatch").is_file()
     assert load_project(tmp_path / "fresh" / "new.tsproj.json").data.root == config.data.root
+
+
+def test_a_newline_in_the_project_name_starts_no_line_bash_runs(tmp_path, capsys):
+    """The script's comment names the project; a file name with a newline used to end the comment."""
+    project = tmp_path / "evil\ntouch PWNED\n#.json"
+    save_project(project, RunConfig(data=DataConfig(root=str(tmp_path / "data"))))
+    assert main(["cluster-script", "--project", str(project), "--nodes", "1", "--gpus-per-node", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("# Transfer Studio: train ") and "evil\\ntouch PWNED" in lines[1]
+    # sbatch reads #SBATCH lines up to the first line that is not a comment: all of them come first.
+    first_command = next(i for i, line in enumerate(lines[1:], 1) if not line.startswith("#"))
+    assert not any(line.startswith("#SBATCH") for line in lines[first_command:])
+    assert f"cd {Path(__file__).resolve().parents[1]}  #" in "\n".join(lines)  # the folder holding app/
+
+
+def test_the_script_never_replaces_its_project_and_cpus_have_a_ceiling(project, tmp_path, capsys):
+    before = project.read_bytes()
+    link = tmp_path / "link.sbatch"
+    link.symlink_to(project)
+    for out in (project, link):
+        assert main(["cluster-script", "--project", str(project), "--nodes", "1", "--gpus-per-node", "1",
+                     "--out", str(out)]) == 2
+        assert "is the project file itself" in capsys.readouterr().err
+    assert project.read_bytes() == before
+    assert main(["cluster-script", "--project", str(project), "--nodes", "1", "--gpus-per-node", "1",
+                 "--cpus-per-task", "99999999"]) == 2
+    assert "--cpus-per-task must be at most" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QHBoxLayout, Q
                                QPushButton, QSpinBox, QVBoxLayout)
 
 from engine.atomic import atomic_write_bytes
-from engine.distributed.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, job_for_project, render
+from engine.distributed.cluster_script import MAX_GPUS_PER_NODE, MAX_NODES, check_script_path, job_for_project, render
 from engine.config import RunConfig
 from engine.model.project import validate_project
 from engine.errors import UserError
@@ -83,12 +83,9 @@ class ClusterDialog(QDialog):
         try:
             if not project or not script:
                 raise UserError("name both the project file and the script file")
-            paths = [Path(project).expanduser().absolute(), Path(script).expanduser().absolute()]
-            if paths[0] == paths[1]:
-                raise UserError("the project and the script must be different files")
-            for path in paths:
-                if path.is_dir():
-                    raise UserError(f"{path} is a folder; name a file")
+            paths = [Path(project).expanduser().absolute(), check_script_path(script, project).absolute()]
+            if paths[0].is_dir():
+                raise UserError(f"{paths[0]} is a folder; name a file")
             config = self._config()
             validate_project(config)  # what loading the saved project would check
             job = job_for_project(config, paths[0], self.nodes.value(), self.gpus.value(),

@@ -9,6 +9,8 @@ UserError); `render` only formats.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import sys
@@ -24,6 +26,7 @@ DEFAULT_PORT = 29500
 DEFAULT_CPUS_PER_GPU = 8
 MAX_NODES = 10_000
 MAX_GPUS_PER_NODE = 64
+MAX_CPUS_PER_TASK = 4096  # above the largest nodes built; a typo of a few digits is refused
 REQUEUE_LEAD_S = 300  # how long before the time limit SLURM warns the job: time to requeue cleanly
 # SLURM names (partition, job name): a line of #SBATCH must not be able to carry a second option.
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,+-]+$")
@@ -59,7 +62,7 @@ def parse_time_limit(text: str) -> int:
 
 def installation_root() -> Path:
     """The folder holding this installation's packages (engine/, app/): `python -m app.cli` runs from there."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]  # engine/distributed/ -> the folder holding app/ and engine/
 
 
 def active_venv() -> Path | None:
@@ -95,6 +98,8 @@ def job_for_project(config: RunConfig, project: Path, nodes: int, gpus_per_node:
     cpus = DEFAULT_CPUS_PER_GPU * gpus_per_node if cpus_per_task is None else cpus_per_task
     if cpus < 1:
         raise UserError(f"--cpus-per-task must be at least 1, got {cpus}")
+    if cpus > MAX_CPUS_PER_TASK:
+        raise UserError(f"--cpus-per-task must be at most {MAX_CPUS_PER_TASK}, got {cpus}")
     if not 1024 <= port <= 65535:
         raise UserError(f"--port must be between 1024 and 65535, got {port}")
     if partition is not None and not _SLURM_NAME.match(partition):
@@ -135,7 +140,8 @@ def render(job: ClusterJob) -> str:
         sbatch.append(f"--partition={job.partition}")
     sbatch += ["--requeue", f"--signal=B:USR1@{requeue_lead(job)}"]
     lines = ["#!/bin/bash",
-             f"# Transfer Studio: train {job.project.name} on {job.nodes} node(s) x {job.gpus_per_node} GPU(s).",
+             # The name as a JSON string: a newline in a file name must not start a line bash runs.
+             f"# Transfer Studio: train {json.dumps(job.project.name)} on {job.nodes} node(s) x {job.gpus_per_node} GPU(s).",
              "# Written by `transfer-studio cluster-script`; submit with: sbatch THIS_FILE",
              *(f"#SBATCH {option}" for option in sbatch),
              "set -euo pipefail",
@@ -167,3 +173,13 @@ def render(job: ClusterJob) -> str:
               "wait \"$TRAINING\"  # waited for in the background, so the USR1 trap runs during training",
               ""]
     return "\n".join(lines)
+
+
+def check_script_path(script: str | os.PathLike, project: str | os.PathLike) -> Path:
+    """Where the job script may be written: a file name, and not the project it trains."""
+    out = Path(script).expanduser()
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name the script file, e.g. {out / 'job.sbatch'}")
+    if os.path.realpath(out) == os.path.realpath(Path(project).expanduser()):
+        raise UserError(f"{out} is the project file itself; write the job script to another file")
+    return out
