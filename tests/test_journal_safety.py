@@ -197,3 +197,16 @@ def test_edits_started_at_the_same_instant_take_turns(dataset):
     assert [e["state"] for e in entries] == ["planned", "done"] * 4
     assert contents(dataset) == every_file
     assert all((dataset / "green" / Path(f).name).exists() for f in files)
+
+
+def test_an_excluded_folder_that_is_a_file_is_one_line_now_and_later(dataset, monkeypatch):
+    (dataset / "_excluded").write_text("not a folder")
+    with pytest.raises(UserError, match="is not a folder"):
+        dataset_edits.exclude(dataset, ["red/red_1.png"])
+    assert (dataset / "red/red_1.png").exists()
+    # A journal planned before `_excluded` became a file: the repair says why it cannot finish, every time.
+    journal_with(dataset, planned([["red/red_1.png", "_excluded/red/red_1.png"]], kind="exclude", target=""))
+    for _ in range(2):
+        with pytest.raises(UserError, match="cannot complete exclude #1"):
+            repair(dataset)
+    assert (dataset / "red/red_1.png").exists() and [a.id for a in pending(dataset)] == [1]

@@ -102,6 +102,8 @@ def relabel(root: str | os.PathLike, paths: Sequence[str | os.PathLike], to_clas
 def exclude(root: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> Action:
     """Move each image to `_excluded/<class>/` (`_excluded/<split>/<class>/` in the train/val layout)."""
     root = _dataset_root(root)
+    if os.path.lexists(root / EXCLUDED) and not (root / EXCLUDED).is_dir():
+        raise UserError(f"{root / EXCLUDED} is not a folder; move it away so that excluded images can go there")
     moves = []
     for rel in (_dataset_file(root, p) for p in paths):
         split, given = _split_and_class(root, rel)
@@ -190,7 +192,12 @@ def _repair(root: Path, journal: _Journal) -> list[Action]:
         files = action.files or (None,) * len(action.moves)
         done, kept = [], []
         for (src, dst), file_id in zip(action.moves, files):
-            if _finish_move(root, src, dst, file_id):
+            try:
+                finished_move = _finish_move(root, src, dst, file_id)
+            except OSError as exc:  # e.g. _excluded/ became a file: say so, and keep the plan for later
+                raise UserError(f"cannot complete {action.kind} #{action.id}, left half-done by a crash: "
+                                f"{exc.filename or dst}: {exc.strerror or exc}") from None
+            if finished_move:
                 done.append((src, dst))
                 kept.append(file_id)
         completed = Action(action.id, action.kind, tuple(done), action.target, action.of,
