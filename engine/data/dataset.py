@@ -8,10 +8,15 @@ its reason, at scan time or when it fails to decode in the middle of an epoch.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import multiprocessing
 import os
 import random
 import statistics
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from engine.errors import UserError
+from engine.errors import RunFailed, UserError, worker_death_message
 from engine.events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
 from engine.data.images import BadImage, decode_resized, is_image_file, probe
 
@@ -334,6 +339,7 @@ class DecodedCache:
         self.used_bytes = 0
         self.images: dict[int, torch.Tensor] = {}
         self.failures: dict[int, str] = {}
+        self._packed: PackedImages | None = None  # self.images in one block, made when first pickled
 
     def put(self, index: int, image: torch.Tensor) -> bool:
         size = image.numel() * image.element_size()
@@ -341,7 +347,23 @@ class DecodedCache:
             return False
         self.images[index] = image
         self.used_bytes += size
+        self._packed = None
         return True
+
+    def __getstate__(self) -> dict:
+        """What a worker started by spawn or forkserver receives. The images go as one block of
+        shared memory, which every worker maps: pickled one by one, each of thousands of images
+        would be a shared-memory file (and a file descriptor) of its own."""
+        if self._packed is None:
+            self._packed = PackedImages.of(self.images)
+            self.images = self._packed.unpacked()  # views into the block: the cache is not held twice
+        state = dict(self.__dict__)
+        state["images"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.images = self._packed.unpacked()
 
     def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None,
              should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -395,6 +417,31 @@ class DecodedCache:
     @property
     def complete_for(self) -> int:
         return len(self.images) + len(self.failures)
+
+
+@dataclass(frozen=True)
+class PackedImages:
+    """Images laid end to end in one flat uint8 tensor, in shared memory when there is any."""
+
+    block: torch.Tensor
+    places: tuple[tuple[int, int, tuple[int, ...]], ...]  # (index, offset into the block, shape)
+
+    @classmethod
+    def of(cls, images: dict[int, torch.Tensor]) -> PackedImages:
+        total = sum(image.numel() for image in images.values())
+        block = torch.empty(total, dtype=torch.uint8)
+        if total:
+            block.share_memory_()  # before filling: moving a full block there would copy it again
+        places, offset = [], 0
+        for index, image in images.items():
+            block[offset:offset + image.numel()].copy_(image.reshape(-1))
+            places.append((index, offset, tuple(image.shape)))
+            offset += image.numel()
+        return cls(block, tuple(places))
+
+    def unpacked(self) -> dict[int, torch.Tensor]:
+        return {index: self.block[offset:offset + math.prod(shape)].view(shape)
+                for index, offset, shape in self.places}
 
 
 class ImageDataset(Dataset):
@@ -474,24 +521,160 @@ class EpochShuffle(torch.utils.data.Sampler):
 
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int,
                 pin_memory: bool = False) -> DataLoader:
-    num_workers = max_workers(num_workers)
-    return DataLoader(
+    return worker_loader(
         dataset,
         batch_size=batch_size,
         sampler=EpochShuffle(len(dataset), seed) if train else None,
         drop_last=train and drops_last_batch(len(dataset), batch_size),
         num_workers=num_workers,
-        collate_fn=collate,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
-        persistent_workers=num_workers > 0,
     )
+
+
+def worker_loader(dataset: Dataset, *, batch_size: int, sampler, drop_last: bool, num_workers: int,
+                  pin_memory: bool, generator: torch.Generator) -> DataLoader:
+    """Every DataLoader of the engine is built here: its workers start the way worker_start_method
+    says, and stay up for the loader's lifetime (the training loaders are iterated every epoch, so
+    a spawned worker's start is paid once, not per epoch)."""
+    num_workers = max_workers(num_workers)
+    return WorkerLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                        num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory, generator=generator,
+                        multiprocessing_context=worker_context() if num_workers else None,
+                        persistent_workers=num_workers > 0)
 
 
 def max_workers(requested: int) -> int:
     """Loader worker processes, at most one per CPU: `--workers 100000` must not try to start them
     all (a project file written on a bigger machine still runs here)."""
     return max(0, min(requested, os.cpu_count() or 1))
+
+
+# --- loader worker processes -------------------------------------------------------------------
+
+QT_MODULES = ("PySide6.QtCore", "PySide2.QtCore", "PyQt6.QtCore", "PyQt5.QtCore")
+
+
+def worker_start_method() -> str:
+    """How loader worker processes start in this process, now.
+
+    Forking copies a process with the locks its other threads hold at that instant; a worker
+    forked from a process with Qt's threads (the window, its LR finder, suspects, evaluation) can
+    deadlock or die (issue 28). So "fork" (the fastest start, see docs/benchmarks.md) only where
+    it is safe: a platform where fork is sound, no Qt loaded, no other thread. Elsewhere the
+    forkserver (a clean single-threaded process that forks the workers), else "spawn"."""
+    if fork_is_safe():
+        return "fork"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def fork_is_safe() -> bool:
+    # macOS lists fork, but its system libraries are not fork-safe once threads ran.
+    fork_sound = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+    return fork_sound and not qt_is_loaded() and not other_threads()
+
+
+# A running loader's worker queues each have a feeder thread: it holds only that queue's own locks,
+# which a worker of another loader never takes. Counted, they would make a run's second loader (the
+# validation one) wait seconds for a forkserver where forking takes 0.1 s.
+HARMLESS_THREADS = ("QueueFeederThread",)
+
+
+def other_threads() -> list[threading.Thread]:
+    """The Python threads, besides this one, that a fork would copy mid-work."""
+    current = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not current and t.name not in HARMLESS_THREADS]
+
+
+def qt_is_loaded() -> bool:
+    """Whether this process runs Qt, asked without importing it. Qt's threads are not Python
+    threads, so threading.active_count() does not see them."""
+    return any(name in sys.modules for name in QT_MODULES)
+
+
+# The forkserver imports these once; each worker it forks then starts with torch and this module
+# already imported, instead of importing them anew as a spawned worker does.
+FORKSERVER_PRELOAD = ["__main__", __name__]
+
+
+def worker_context(method: str | None = None) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context loader workers start with (worker_start_method by default)."""
+    context = multiprocessing.get_context(method or worker_start_method())
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once the server runs
+    return context
+
+
+def start_worker_server() -> str:
+    """Start the forkserver now, where loader workers will start from it, so that the first
+    loader does not wait for the server's imports (seconds: docs/benchmarks.md). For a process
+    that knows early it will load images from a thread, such as the window. Returns the method."""
+    method = worker_start_method()
+    if method == "forkserver":
+        import multiprocessing.forkserver  # not on every platform
+
+        worker_context(method)  # its preload first
+        multiprocessing.forkserver.ensure_running()
+    return method
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader that picks its workers' start method when it starts them, not only when it is
+    built (threads or Qt may have started in between), and reports a worker that died as one line
+    (RunFailed) where its batches are read, instead of torch's RuntimeError."""
+
+    def _get_iterator(self):
+        # torch calls this each time it starts workers (once, as they persist).
+        if self.num_workers > 0:
+            self.multiprocessing_context = worker_context()
+            # Relative image paths mean what they mean here: a forkserver's workers would
+            # otherwise start in the folder the server started in.
+            self.worker_init_fn = functools.partial(_work_in, os.getcwd())
+        return super()._get_iterator()
+
+    def __iter__(self):
+        batches = super().__iter__()
+        return _WorkerDeathsReported(batches) if self.num_workers > 0 else batches
+
+
+def _work_in(folder: str, worker_id: int) -> None:
+    os.chdir(folder)
+
+
+class _WorkerDeathsReported:
+    """A loader's batches, with a worker's death raised as RunFailed naming its cause."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __next__(self):
+        with worker_deaths_reported(lambda: _worker_exit_codes(self.batches)):
+            return next(self.batches)
+
+
+@contextlib.contextmanager
+def worker_deaths_reported(exit_codes: Callable[[], Sequence[int]] = tuple):
+    """Raise torch's RuntimeError about a dead loader worker as RunFailed in one line (see
+    engine.errors.worker_death_message); any other error as it is."""
+    try:
+        yield
+    except RuntimeError as exc:
+        message = worker_death_message(exc, exit_codes())
+        if message is None:
+            raise
+        raise RunFailed(message) from exc
+
+
+def _worker_exit_codes(batches) -> list[int]:
+    """Exit codes of the loader's workers that ended (negative: the signal that killed one)."""
+    workers = getattr(batches, "_workers", [])  # torch's iterator keeps its worker Processes there
+    return [w.exitcode for w in workers if w.exitcode not in (None, 0)]
 
 
 def fold_of(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from engine.data.dataset import ImageDataset, collate, drops_last_batch, epoch_order, max_workers
+from engine.data.dataset import ImageDataset, drops_last_batch, epoch_order, worker_loader
 from engine.errors import UserError
 
 
@@ -94,11 +94,9 @@ def rank_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers
     """engine.data.dataset.make_loader for one rank of `world_size`; `batch_size` is the global batch.
     The loader's batches of batch_size // W are exactly the rank's parts of the global batches,
     as each full global batch gives every rank the same number of images."""
-    num_workers = max_workers(num_workers)
     share = per_rank_batch_size(batch_size, world_size)
     sampler = (RankEpochShuffle(len(dataset), seed, batch_size, rank, world_size) if train
                else list(validation_share(len(dataset), rank, world_size)))
-    return DataLoader(dataset, batch_size=share, sampler=sampler, drop_last=False, num_workers=num_workers,
-                      collate_fn=collate, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed + rank),  # each rank augments its own images
-                      persistent_workers=num_workers > 0)
+    return worker_loader(dataset, batch_size=share, sampler=sampler, drop_last=False, num_workers=num_workers,
+                         pin_memory=pin_memory,
+                         generator=torch.Generator().manual_seed(seed + rank))  # each rank augments its own images

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from engine.config import RunConfig
-from engine.data.dataset import Preprocessing, batches_per_epoch, epoch_order, normalize_batch
+from engine.data.dataset import (Preprocessing, batches_per_epoch, epoch_order, normalize_batch,
+                                 worker_deaths_reported)
 from engine.model.architectures import check_arch, check_image_size, describe, plain_model
 from engine.plan.plan import build_plan
 from engine.distributed.sharding import rank_batches, validation_share
@@ -89,11 +90,14 @@ class ImageBatches:
             yield from self._batches(self.val_loader, self.val_samples)
 
     def _batches(self, loader, samples) -> Iterator[Batch]:
-        for batch in loader:
-            if batch.failures:
-                self.skipped.add_failures(batch.failures, samples)
-            if len(batch.labels):
-                yield self._to_device(batch.images), batch.labels.to(self.device, non_blocking=True)
+        # The loader reports a worker's death (engine.data.dataset.WorkerLoader); torch's SIGCHLD
+        # handler may also raise it in this code, between two batches.
+        with worker_deaths_reported():
+            for batch in loader:
+                if batch.failures:
+                    self.skipped.add_failures(batch.failures, samples)
+                if len(batch.labels):
+                    yield self._to_device(batch.images), batch.labels.to(self.device, non_blocking=True)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize_batch(images.to(self.device, non_blocking=True), self.prep)

@@ -22,7 +22,7 @@ from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.class_weights import decide_class_weights
 from engine.config import RunConfig
 from engine.data.dataset import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, batches_per_epoch, eval_transform,
-                   make_loader, scan_dataset, train_transform)
+                   make_loader, scan_dataset, train_transform, worker_start_method)
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
 from engine.errors import Stopped
@@ -65,11 +65,14 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def record(self) -> dict:
-        """run.json's description of the run (the outcome is added as it happens)."""
+        """run.json's description of the run (the outcome is added as it happens). "started" is
+        the run's first start: a continued run keeps the one its folder recorded."""
         from engine import __version__
+        from engine.runs.records import started_now
 
         return {
-            "transfer_studio": __version__, "torch": torch.__version__, "config": self.config.to_dict(),
+            "transfer_studio": __version__, "torch": torch.__version__,
+            "started": self.folder.recorded_start() or started_now(), "config": self.config.to_dict(),
             "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names),
             "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
             "precision": self.precision_name, "feature_cache": self.feature_note,
@@ -87,8 +90,12 @@ def default_workers(device: torch.device, cache_complete: bool) -> int:
     cpus = os.cpu_count() or 1
     if device.type == "cpu":
         # On CPU the model needs the cores; with every image decoded already, augmenting a small
-        # uint8 tensor in the main process is cheaper than feeding worker processes.
-        return 0 if cache_complete else min(2, max(0, cpus - 1))
+        # uint8 tensor in the main process is cheaper than feeding worker processes. So is decoding
+        # where workers must be spawned: each imports torch anew, for every loader (10-16 s on the
+        # 2-core machine, docs/benchmarks.md "Loader worker start").
+        if cache_complete or worker_start_method() == "spawn":
+            return 0
+        return min(2, max(0, cpus - 1))
     return min(8, cpus)
 
 
@@ -200,7 +207,7 @@ def _adapt_norm(model, loaders: _Loaders, prep: Preprocessing, device: torch.dev
 
 
 def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
-    then = folder.read_record().get("class_names")
+    then = folder.read_run().class_names
     if then is not None and list(then) != list(scan.class_names):
         added = sorted(set(scan.class_names) - set(then))
         removed = sorted(set(then) - set(scan.class_names))
