@@ -61,7 +61,7 @@ def _evaluate(args) -> int:
         raise UserError(f"not found: {source}")
     if source.is_dir():
         folder = RunFolder(source)
-        folder.read_record()  # one line when it is not a run folder
+        folder.read_run()  # one line when it is not a run folder
         if args.data:
             if not folder.has_checkpoint():
                 raise UserError(f"{source} has no checkpoint yet (stopped before its first epoch ended)")

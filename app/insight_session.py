@@ -24,6 +24,7 @@ from app.run_events import describe_failure
 from engine.runs.embeddings import EmbeddingPoint, read_embeddings
 from engine.errors import UserError
 from engine.events import BatchEvent, EpochEvent
+from engine.runs.records import EpochRecord
 from engine.runs.run_folder import RunFolder
 from widgets.gallery import submit_thumbnails
 
@@ -58,23 +59,21 @@ def read_insight(folder: RunFolder) -> RunInsight:
     return RunInsight(folder, evaluation, evaluation.data_root, points)
 
 
-def history_events(lines: list[dict], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:
-    """metrics.jsonl lines as the events the live plots take: one batch point (the epoch's mean
+def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:
+    """metrics.jsonl's epochs as the events the live plots take: one batch point (the epoch's mean
     training loss and its LRs) and one epoch point each."""
     events = []
-    for i, line in enumerate(lines):
-        try:
-            epoch = int(line["epoch"])
-            batch = BatchEvent(epoch=epoch, epochs=epochs, step=1, steps=1, global_step=i + 1, total_steps=len(lines),
-                               loss=float(line["train_loss"]), lrs=dict(line.get("lr") or {}),
-                               images_per_second=float(line.get("images_per_second", 0.0)), eta_seconds=0.0)
-            end = EpochEvent(epoch=epoch, epochs=epochs, train_loss=float(line["train_loss"]),
-                             train_accuracy=float(line["train_accuracy"]), val_loss=line.get("val_loss"),
-                             val_accuracy=line.get("val_accuracy"), per_class_accuracy={}, confusion_matrix=[],
-                             seconds=0.0, images_per_second=0.0, data_seconds=0.0, compute_seconds=0.0,
-                             lr=dict(line.get("lr") or {}), trainable_params=0, is_best=bool(line.get("is_best")))
-        except (KeyError, TypeError, ValueError):
-            break  # a line this version cannot read ends the history shown
+    for i, record in enumerate(history):
+        if record.train_loss is None or record.train_accuracy is None:
+            break  # an epoch without its training figures ends the history shown
+        batch = BatchEvent(epoch=record.epoch, epochs=epochs, step=1, steps=1, global_step=i + 1,
+                           total_steps=len(history), loss=record.train_loss, lrs=dict(record.lr),
+                           images_per_second=record.images_per_second or 0.0, eta_seconds=0.0)
+        end = EpochEvent(epoch=record.epoch, epochs=epochs, train_loss=record.train_loss,
+                         train_accuracy=record.train_accuracy, val_loss=record.val_loss,
+                         val_accuracy=record.val_accuracy, per_class_accuracy={}, confusion_matrix=[], seconds=0.0,
+                         images_per_second=0.0, data_seconds=0.0, compute_seconds=0.0, lr=dict(record.lr),
+                         trainable_params=0, is_best=record.is_best)
         events.append((batch, end))
     return events
 
@@ -186,10 +185,25 @@ class InsightSession(QObject):
         self.shown = folder
         self.tasks.submit("insight", lambda: read_insight(folder), self.insight_ready.emit, self.insight_missing.emit)
 
+    def forget_shown(self) -> None:
+        """Show no run's insight (another dataset is open): its matrix and gallery go, and a
+        reading still on its way is dropped."""
+        self.shown = None
+        self.tasks.cancel("insight")
+        self.tasks.cancel("gallery")
+        self.insight_missing.emit("")
+
+    def forget_run(self, path: str) -> None:
+        """A run folder was deleted: nothing of it is shown or tried any more."""
+        if self.try_model is not None and Path(path) in self.try_model.parents:
+            self.try_model = None
+        if self.shown is not None and self.shown.path == Path(path):
+            self.forget_shown()
+
     def load_history(self, folder: RunFolder) -> None:
         def job():
             epochs = folder.load_config().train.epochs
-            return str(folder.path), history_events(folder.read_metrics(), epochs)
+            return str(folder.path), history_events(folder.read_epochs(), epochs)
 
         self.tasks.submit("history", job, lambda r: self.history_ready.emit(*r), self.failed.emit)
 
@@ -233,7 +247,7 @@ class InsightSession(QObject):
         def job():
             folders = [RunFolder(p) for p in paths]
             curves = {f.path.name: val_accuracy_curve(f) for f in folders}
-            diff = config_diff([f.read_record()["config"] for f in folders])
+            diff = config_diff([f.read_run().config for f in folders])
             return curves, diff, [f.path.name for f in folders]
 
         self.tasks.submit("compare", job, lambda r: self.comparison_ready.emit(*r), self.failed.emit)

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as rb  # noqa: E402 - the round-1 pieces: data, weights file, whole-process timing
+from engine.runs.run_folder import RunFolder  # noqa: E402 - importable once run_benchmarks added the root
 
 FE_ARGS = ["--strategy", "feature-extraction", "--optimizer", "adam", "--weight-decay", "0"]  # as round 1's fe case
 
@@ -42,11 +43,11 @@ def ours_run(data: Path, weights: Path, out: Path, args, adapt_norm: bool) -> di
     seconds, summary, metrics = rb.ours(data, out, ["--weights", str(weights), *FE_ARGS, "--augment", "standard",
                                                     "--feature-views", str(args.views), "--epochs", str(args.epochs),
                                                     "--image-size", str(args.size), *extra])
-    record = json.loads((out / "run.json").read_text())
+    record = RunFolder(out).read_run()
     side = f"Transfer Studio, {args.views} views" + (" + AdaBN" if adapt_norm else "")
-    return {"side": side, "seconds": seconds, "val_accuracy": metrics[-1]["val_accuracy"],
-            "best_val_accuracy": summary["best_val_accuracy"], "feature_cache": record.get("feature_cache"),
-            "precision": record.get("precision")}
+    return {"side": side, "seconds": seconds, "val_accuracy": metrics[-1].val_accuracy,
+            "best_val_accuracy": summary["best_val_accuracy"], "feature_cache": record.feature_cache,
+            "precision": record.precision}
 
 
 def table(runs: list[dict]) -> str:

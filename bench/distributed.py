@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.runs.run_folder import RunFolder  # noqa: E402
 
 
 def one_run(args, nproc: int, out: Path) -> dict:
@@ -44,9 +47,9 @@ def one_run(args, nproc: int, out: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"bench/distributed.py: {nproc} process(es) failed: {proc.stderr.strip().splitlines()[-1:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    last = RunFolder(out).read_epochs()[-1]
     return {"processes": nproc, "images_per_second": summary["images_per_second"], "wall_seconds": round(wall, 2),
-            "val_accuracy": last["val_accuracy"]}
+            "val_accuracy": last.val_accuracy}
 
 
 def main() -> int:

@@ -26,6 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from engine.runs.run_folder import RunFolder  # noqa: E402
+
 RECIPE = ["--lr", "conv1=1e-5", "--lr", "layer1=1e-5", "--lr", "layer2=5e-5", "--lr", "layer3=1e-4",
           "--lr", "layer4=5e-4", "--lr", "fc=1e-3"]
 
@@ -66,12 +69,12 @@ def ours(data: Path, out: Path, name: str, extra: list[str], epochs: int, bs: in
                          "0.01", "--augment", "standard", "--image-size", "224", "--epochs", str(epochs),
                          "--batch-size", str(bs), "--workers", "8", "--device", "cuda", "--schedule", "constant",
                          "--out", str(run_dir), "--json", *RECIPE, *extra], out / f"{name}.log")
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    record = json.loads((run_dir / "run.json").read_text())
-    return {"wall_seconds": seconds, "epoch_seconds": [m["seconds"] for m in metrics], "images_per_second_after_first": float(np.mean([m["images_per_second"] for m in metrics[1:]])),
-            "first_epoch_images_per_second": metrics[0]["images_per_second"],
-            "data_seconds_per_epoch": float(np.mean([m["data_seconds"] for m in metrics[1:]])),
-            "val_accuracy": metrics[-1]["val_accuracy"], "precision": record["precision"], "summary": json.loads(line)}
+    metrics = RunFolder(run_dir).read_epochs()
+    record = RunFolder(run_dir).read_run()
+    return {"wall_seconds": seconds, "epoch_seconds": [m.seconds for m in metrics], "images_per_second_after_first": float(np.mean([m.images_per_second for m in metrics[1:]])),
+            "first_epoch_images_per_second": metrics[0].images_per_second,
+            "data_seconds_per_epoch": float(np.mean([m.data_seconds for m in metrics[1:]])),
+            "val_accuracy": metrics[-1].val_accuracy, "precision": record.precision, "summary": json.loads(line)}
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig  # noqa: E402
 from engine.deploy.export import FORMATS, default_path, export, parity_batch  # noqa: E402
+from engine.runs.run_folder import RunFolder  # noqa: E402
 from engine.training.trainer import fit  # noqa: E402
 
 
@@ -49,12 +50,12 @@ def main() -> int:
     ):
         start = time.perf_counter()
         result = fit(cfg)
-        metrics = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+        metrics = RunFolder(cfg.out_dir).read_epochs()
         results[name] = {"seconds": time.perf_counter() - start, "epochs": result.epochs_run,
-                         "val_accuracy": [round(m["val_accuracy"], 4) for m in metrics],
-                         "trainable_params": [m["trainable_params"] for m in metrics],
-                         "epoch_seconds": [m["seconds"] for m in metrics],
-                         "finite_losses": all(m["train_loss"] == m["train_loss"] for m in metrics)}
+                         "val_accuracy": [round(m.val_accuracy, 4) for m in metrics],
+                         "trainable_params": [m.trainable_params for m in metrics],
+                         "epoch_seconds": [m.seconds for m in metrics],
+                         "finite_losses": all(m.train_loss == m.train_loss for m in metrics)}
         print(json.dumps({name: results[name]}), flush=True)
     resumed = fit(config(args.data, out / "fp16", "gradual", "fp16", 4), resume=True)
     results["fp16_resume_to_4"] = {"epochs_run": resumed.epochs_run}

@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from engine.runs.run_folder import RunFolder  # noqa: E402
 
 
 def main() -> int:
@@ -37,11 +40,11 @@ def main() -> int:
         if proc.returncode != 0:
             print(proc.stderr[-3000:])
             return 1
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics = RunFolder(out).read_epochs()
         results[name] = {"wall_seconds": round(time.perf_counter() - start, 1),
-                         "epoch_seconds": [m["seconds"] for m in metrics],
-                         "images_per_second": [m["images_per_second"] for m in metrics],
-                         "val_accuracy": metrics[-1]["val_accuracy"]}
+                         "epoch_seconds": [m.seconds for m in metrics],
+                         "images_per_second": [m.images_per_second for m in metrics],
+                         "val_accuracy": metrics[-1].val_accuracy}
         print(json.dumps({name: results[name]}), flush=True)
     (Path(args.out) / "gpu_compile.json").write_text(json.dumps(results, indent=2))
     return 0

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from engine.runs.run_folder import RunFolder  # noqa: E402
 from gpu_bench import make_dataset, ours, run  # noqa: E402
 
 
@@ -77,9 +78,9 @@ def synthetic(data: str, out: str, epochs: int, batch_size: int, device: str = "
             time.perf_counter())
     finally:
         saver.close()
-    metrics = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return {"images_per_second_after_first": float(np.mean([m["images_per_second"] for m in metrics[1:]])),
-            "epoch_seconds": [m["seconds"] for m in metrics]}
+    metrics = RunFolder(out).read_epochs()
+    return {"images_per_second_after_first": float(np.mean([m.images_per_second for m in metrics[1:]])),
+            "epoch_seconds": [m.seconds for m in metrics]}
 
 
 def shutdown_diagnosis(out: Path) -> dict:
@@ -209,8 +210,8 @@ def main() -> int:
 
     def ours_with_record(name, extra):
         found = ours(data, out, name, extra, args.epochs, args.batch_size)
-        record = json.loads((out / name / "run.json").read_text())
-        found["integrity"] = record.get("integrity")
+        integrity = RunFolder(out / name).read_run().integrity
+        found["integrity"] = None if integrity is None else {**asdict(integrity), "intact": integrity.intact}
         return found
 
     def synthetic_run():

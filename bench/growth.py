@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.data.demo import SHAPES, write_demo_dataset  # noqa: E402
+from engine.runs.run_folder import RunFolder  # noqa: E402
 
 IMAGE_SIZE = 32
 TRAIN = ["--model", "resnet18", "--weights", "none", "--device", "cpu", "--batch-size", "64", "--image-size",
@@ -83,15 +84,15 @@ def train_case(name: str, data: Path, work: Path, epochs: int) -> dict:
     out, cache = work / f"run-{name.replace(' ', '-')}", work / f"cache-{name.replace(' ', '-')}"
     seconds, rss, line = measured([sys.executable, "-m", "app", "train", "--data", str(data), *TRAIN, *CASES[name],
                                    "--epochs", str(epochs), "--out", str(out)], cache)
-    epochs_seen = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    epoch_seconds = [m["seconds"] for m in epochs_seen]
+    epochs_seen = RunFolder(out).read_epochs()
+    epoch_seconds = [m.seconds for m in epochs_seen]
     later = epoch_seconds[1:]
-    record = json.loads((out / "run.json").read_text())
+    record = RunFolder(out).read_run()
     return {"seconds": seconds, "before_first_epoch": seconds - sum(epoch_seconds),
             "first_epoch": epoch_seconds[0], "later_epoch": sum(later) / len(later) if later else None,
             "peak_rss": rss, "feature_cache_bytes": folder_bytes(cache / "features"),
-            "val_accuracy": epochs_seen[-1]["val_accuracy"], "precision": record.get("precision"),
-            "feature_note": record.get("feature_cache"), "summary": json.loads(line)}
+            "val_accuracy": epochs_seen[-1].val_accuracy, "precision": record.precision,
+            "feature_note": record.feature_cache, "summary": json.loads(line)}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -169,17 +169,17 @@ def main() -> int:
     if "insight" in wanted:
         folder = large_folder()
         session = window.session
-        session.open_folder(str(folder))
-        session.set_arch("resnet18")
+        session.datasets.open_folder(str(folder))
+        session.settings.set_arch("resnet18")
         wait_until(lambda: window.is_ready and summary()["total"] >= 5000
                    and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "large folder")
-        session.set_weights("none")
-        session.apply_preset("feature-extraction")
-        session.update_data({"image_size": 32})
-        session.update_train({"epochs": 1, "device": "cpu"})
+        session.settings.set_weights("none")
+        session.plan.apply_preset("feature-extraction")
+        session.settings.update_data({"image_size": 32})
+        session.settings.update_train({"epochs": 1, "device": "cpu"})
         ended = []
         window.controller.run_finished.connect(ended.append)
-        window.start_training()
+        window.session.runs.start()
         wait_until(lambda: bool(ended), 600, "the run for the insight scenario")
         settle()
         insight = window.insight
@@ -189,7 +189,7 @@ def main() -> int:
         def filled():
             return insight.matrix_model.total() >= 900 and insight.gallery_model.rowCount() > 0
 
-        results.append(measure(meter, "insight", lambda: window.insight_session.open_insight(session.run.folder),
+        results.append(measure(meter, "insight", lambda: window.session.insight.open_insight(session.run.folder),
                                filled, pause_s=1.5))  # the thumbnails decode and show in that time
         results[-1]["records"] = insight.matrix_model.total()
         results[-1]["map_points"] = insight.embeddings.point_count()
@@ -199,38 +199,38 @@ def main() -> int:
         suspects = window.suspects_view
         window.right_tabs.setCurrentWidget(suspects)
         settle()
-        results.append(measure(meter, "suspects", window.find_suspects,
+        results.append(measure(meter, "suspects", window.session.mending.find_suspects,
                                lambda: suspects.model.rowCount() > 0, pause_s=1.5))  # thumbnails included
         results[-1]["rows"] = suspects.model.rowCount()
     if wanted & {"training", "export"}:
         session = window.session
-        session.open_demo()
-        session.set_arch("resnet18")
+        session.datasets.open_demo()
+        session.settings.set_arch("resnet18")
         wait_until(lambda: window.is_ready and summary()["total"] < 5000
                    and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "demo")
-        session.set_weights("none")
-        session.apply_preset("fine-tune")  # every layer trains: the heaviest case for the window
-        session.update_data({"image_size": 64})
-        session.update_train({"epochs": 3, "device": "cpu"})
+        session.settings.set_weights("none")
+        session.plan.apply_preset("fine-tune")  # every layer trains: the heaviest case for the window
+        session.settings.update_data({"image_size": 64})
+        session.settings.update_train({"epochs": 3, "device": "cpu"})
         finished = []
         window.controller.run_finished.connect(finished.append)
         window.controller.run_failed.connect(finished.append)
         settle()
-        results.append(measure(meter, "training", window.start_training, lambda: bool(finished),
+        results.append(measure(meter, "training", window.session.runs.start, lambda: bool(finished),
                                arch="resnet18", image_size=64, epochs=3, strategy="fine-tune"))
         if "export" in wanted:
             reports = []
             out = Path(tempfile.mkdtemp(prefix="ts-export-"))
-            session.export_finished.connect(lambda folder, done: reports.append(done))
-            session.export_failed.connect(reports.append)
+            session.exports.finished.connect(lambda folder, done: reports.append(done))
+            session.exports.failed.connect(reports.append)
             settle()
-            results.append(measure(meter, "export", lambda: session.export(str(out), ["pt", "onnx"]),
+            results.append(measure(meter, "export", lambda: session.exports.start(str(out), ["pt", "onnx"]),
                                    lambda: bool(reports), formats=["pt", "onnx"], process=True))
         if "processes" in wanted:
-            session.update_train({"processes": 2})
+            session.settings.update_train({"processes": 2})
             finished.clear()
             settle()
-            results.append(measure(meter, "processes", window.start_training, lambda: bool(finished),
+            results.append(measure(meter, "processes", window.session.runs.start, lambda: bool(finished),
                                    arch="resnet18", image_size=64, epochs=3, strategy="fine-tune", processes=2))
     window.close()
     for line in results:

@@ -34,6 +34,11 @@ import torchvision
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.runs.records import EpochRecord  # noqa: E402
+from engine.runs.run_folder import RunFolder  # noqa: E402
+
 RECIPE = ["--lr", "conv1=1e-5", "--lr", "layer1=1e-5", "--lr", "layer2=5e-5", "--lr", "layer3=1e-4",
           "--lr", "layer4=5e-4", "--lr", "fc=1e-3"]
 
@@ -128,24 +133,23 @@ def plain(data: Path, mode: str, epochs: int, size: int, weights: Path) -> tuple
     return seconds, json.loads(line)
 
 
-def ours(data: Path, out: Path, args: list[str]) -> tuple[float, dict, list[dict]]:
+def ours(data: Path, out: Path, args: list[str]) -> tuple[float, dict, list[EpochRecord]]:
     shutil.rmtree(out, ignore_errors=True)  # the previous invocation's run: train refuses a used folder
     seconds, line = timed([sys.executable, "-m", "app", "train", "--data", str(data), "--model", "resnet18",
                            "--device", "cpu", "--batch-size", "32", "--augment", "none", "--schedule", "constant",
                            "--out", str(out), "--json", *args])
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return seconds, json.loads(line), metrics
+    return seconds, json.loads(line), RunFolder(out).read_epochs()
 
 
 def case_fe(out: Path, digits: Path, weights: Path) -> dict:
     p_sec, p = plain(digits, "fe", 10, 96, weights)
-    o_sec, o, _ = ours(digits, out / "run-fe", ["--weights", str(weights), "--strategy", "feature-extraction",
+    o_sec, o, metrics = ours(digits, out / "run-fe", ["--weights", str(weights), "--strategy", "feature-extraction",
                                                 "--optimizer", "adam", "--weight-decay", "0", "--epochs", "10",
                                                 "--image-size", "96"])
     return {"case": "feature extraction, 10 epochs, 96 px (digits, 1,437 train / 360 val)",
             "plain_seconds": p_sec, "ours_seconds": o_sec, "speedup": p_sec / o_sec,
             "plain_val_accuracy": p["val_accuracy"], "ours_val_accuracy": o["best_val_accuracy"],
-            "ours_final_val_accuracy": json.loads((out / "run-fe" / "metrics.jsonl").read_text().splitlines()[-1])["val_accuracy"]}
+            "ours_final_val_accuracy": metrics[-1].val_accuracy}
 
 
 def case_ft(out: Path, digits: Path, weights: Path) -> dict:
@@ -155,7 +159,7 @@ def case_ft(out: Path, digits: Path, weights: Path) -> dict:
                                                       "--epochs", "3", "--image-size", "64", *RECIPE])
     return {"case": "fine-tuning, reference recipe, 3 epochs, 64 px (digits)",
             "plain_seconds": p_sec, "ours_seconds": o_sec, "time_ratio": o_sec / p_sec,
-            "plain_val_accuracy": p["val_accuracy"], "ours_val_accuracy": metrics[-1]["val_accuracy"]}
+            "plain_val_accuracy": p["val_accuracy"], "ours_val_accuracy": metrics[-1].val_accuracy}
 
 
 def case_jpeg(out: Path, jpegs: Path, weights: Path) -> dict:
@@ -164,11 +168,11 @@ def case_jpeg(out: Path, jpegs: Path, weights: Path) -> dict:
                                                        "--optimizer", "adamw", "--weight-decay", "0.01",
                                                        "--epochs", "4", "--image-size", "64", *RECIPE])
     plain_later = float(np.mean([e["seconds"] for e in p["epochs"][1:]]))
-    ours_later = float(np.mean([m["seconds"] for m in metrics[1:]]))
+    ours_later = float(np.mean([m.seconds for m in metrics[1:]]))
     return {"case": "fine-tuning on 2048x1536 JPEGs at 64 px (96 train / 32 val), epochs 2-4",
             "plain_epoch_seconds": plain_later, "ours_epoch_seconds": ours_later,
             "speedup_after_first_epoch": plain_later / ours_later,
-            "plain_first_epoch_seconds": p["epochs"][0]["seconds"], "ours_first_epoch_seconds": metrics[0]["seconds"],
+            "plain_first_epoch_seconds": p["epochs"][0]["seconds"], "ours_first_epoch_seconds": metrics[0].seconds,
             "plain_seconds": p_sec, "ours_seconds": o_sec}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 
+from engine.json_values import integer, mapping, number, objects, text, texts
+
 
 @dataclass(frozen=True)
 class LayerStats:
@@ -127,6 +129,27 @@ class FitResult:
                 "checked": self.integrity.checked, "changed": list(self.integrity.changed),
                 "last_checked_epoch": self.integrity.epoch},
         }
+
+    @classmethod
+    def from_summary(cls, raw: object) -> FitResult:
+        """The FitResult `summary()` wrote (its inverse, up to its rounding): the one way run.json's
+        "result" and an event line's are read back. A field of the wrong type reads as missing;
+        ValueError when a field every result has is missing, as `raw` is then no summary."""
+        summary = mapping(raw) or {}
+        values = {key: read(summary.get(key)) for key, read in (
+            ("run_dir", text), ("epochs_run", integer), ("seconds", number), ("images_per_second", number),
+            ("stopped", text), ("checkpoint", text), ("best_epoch", integer), ("best_val_accuracy", number))}
+        missing = [key for key in ("run_dir", "epochs_run", "seconds", "images_per_second", "stopped")
+                   if values[key] is None]
+        if missing:
+            raise ValueError(f"not a run result: {', '.join(missing)} missing or of the wrong type")
+        skipped = tuple(SkippedFile(s["path"], s["reason"]) for s in objects(summary.get("skipped"))
+                        if text(s.get("path")) is not None and text(s.get("reason")) is not None)
+        integrity = mapping(summary.get("integrity")) or {}
+        checked, changed, epoch = (integer(integrity.get("checked")), texts(integrity.get("changed")),
+                                   integer(integrity.get("last_checked_epoch")))
+        return cls(**values, skipped=skipped,
+                   integrity=None if None in (checked, changed, epoch) else IntegrityReport(epoch, checked, changed))
 
 
 class Callbacks:

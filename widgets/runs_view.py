@@ -33,7 +33,7 @@ STATUS_TIPS = {
 class RunsModel(RowTableModel):
     """One row per run folder, newest first."""
 
-    HEADERS = ("Date", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
+    HEADERS = ("Started", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
 
     def set_runs(self, runs: list[RunSummary]) -> None:
         self.set_items(runs)

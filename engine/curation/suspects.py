@@ -172,7 +172,7 @@ def _from_validation(run_dir: str | os.PathLike, root: Path, class_names) -> Sus
     from engine.runs.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
-    folder.read_record()  # one line when it is not a run folder
+    folder.read_run()  # one line when it is not a run folder
     if not folder.predictions_path.is_file():
         raise UserError(f"{folder.path} has no {folder.predictions_path.name}: no validation predictions to rank")
     records = read_predictions(folder.predictions_path)

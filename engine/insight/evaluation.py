@@ -86,17 +86,17 @@ def summarize(records: Sequence[PredictionRecord], class_names: Sequence[str], t
 def evaluate_run(run_dir: str | os.PathLike, top_losses: int = TOP_LOSSES) -> Evaluation:
     """The run's best epoch, from its val_predictions.csv (nothing is predicted again)."""
     folder = RunFolder(run_dir)
-    record = folder.read_record()
+    record = folder.read_run()
     if not folder.predictions_path.is_file():
         raise UserError(f"{folder.path} has no {folder.predictions_path.name} (a run without validation images, "
                         f"one from an older Transfer Studio, or one stopped before its first epoch ended)")
-    class_names = record.get("class_names")
-    if not isinstance(class_names, list) or len(class_names) < 2:
+    class_names = list(record.class_names or ())
+    if len(class_names) < 2:
         from engine.model.checkpoint import load_checkpoint
 
         class_names = list(load_checkpoint(folder.checkpoint_path)["class_names"])
-    root = (record.get("dataset") or {}).get("root") or record["config"].get("data", {}).get("root", "")
-    return summarize(read_predictions(folder.predictions_path), class_names, top_losses, data_root=str(root))
+    return summarize(read_predictions(folder.predictions_path), class_names, top_losses,
+                     data_root=record.data_root or "")
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.events import FitResult
+from engine.runs.records import RunRecord
 from engine.runs.run_folder import RunFolder, list_runs
 
 STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
@@ -32,20 +34,20 @@ class RunSummary:
     best_val_accuracy: float | None
     status: str  # one of STATUSES
     config: dict = field(default_factory=dict, compare=False)
+    result: FitResult | None = field(default=None, compare=False)  # run.json's, as every reader reads it
 
     @property
     def name(self) -> str:
         return self.path.name
 
 
-def run_status(folder: RunFolder, record: dict) -> str:
+def run_status(folder: RunFolder, record: RunRecord) -> str:
     """finished / stopped / failed / running, or interrupted for a run marked running (or without
     any outcome) that no process holds any more."""
-    status = record.get("status")
-    result = record.get("result") if isinstance(record.get("result"), dict) else None
+    status = record.status
     if status not in ("running", "finished", "stopped", "failed"):  # a folder from before statuses
-        if result is not None:
-            status = "stopped" if result.get("stopped") == "user" else "finished"
+        if record.result is not None:
+            status = "stopped" if record.result.stopped == "user" else "finished"
         else:
             status = "running"
     if status == "running" and not folder.in_use():
@@ -53,10 +55,10 @@ def run_status(folder: RunFolder, record: dict) -> str:
     return status
 
 
-def _started(folder: RunFolder, record: dict) -> str:
-    stamp = record.get("started")
-    if isinstance(stamp, str) and stamp:
-        return stamp.replace("T", " ")[:16]
+def _started(folder: RunFolder, record: RunRecord) -> str:
+    """The recorded start; for a folder from before run.json recorded it, when run.json was last written."""
+    if record.started is not None:
+        return record.started.replace("T", " ")[:16]
     try:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(folder.record_path.stat().st_mtime))
     except OSError:
@@ -66,23 +68,19 @@ def _started(folder: RunFolder, record: dict) -> str:
 def read_summary(folder: RunFolder) -> RunSummary | None:
     """The folder's row, or None when its run.json cannot be read (it is left out, not guessed)."""
     try:
-        record = folder.read_record()
+        record = folder.read_run()
     except UserError:
         return None
-    config = record["config"]
-    model, plan, train = (config.get(key) if isinstance(config.get(key), dict) else {}
-                          for key in ("model", "plan", "train"))
-    result = record.get("result") if isinstance(record.get("result"), dict) else {}
-    metrics = folder.read_metrics()
-    accuracies = [m["val_accuracy"] for m in metrics if isinstance(m.get("val_accuracy"), (int, float))]
-    best = result.get("best_val_accuracy")
-    if not isinstance(best, (int, float)):
+    result = record.result
+    epochs = folder.read_epochs()
+    accuracies = [e.val_accuracy for e in epochs if e.val_accuracy is not None]
+    best = result.best_val_accuracy if result is not None else None
+    if best is None:
         best = max(accuracies) if accuracies else None
     return RunSummary(
-        path=folder.path, started=_started(folder, record), arch=str(model.get("arch", "?")),
-        strategy=str(plan.get("strategy", "?")), epochs_run=int(result.get("epochs_run", len(metrics)) or 0),
-        epochs_planned=int(train.get("epochs", 0) or 0), best_val_accuracy=best,
-        status=run_status(folder, record), config=config)
+        path=folder.path, started=_started(folder, record), arch=record.arch or "?", strategy=record.strategy or "?",
+        epochs_run=result.epochs_run if result is not None else len(epochs), epochs_planned=record.epochs_planned or 0,
+        best_val_accuracy=best, status=run_status(folder, record), config=record.config, result=result)
 
 
 def list_summaries(runs_root: Path) -> list[RunSummary]:
@@ -117,12 +115,8 @@ def config_diff(configs: list[dict]) -> list[tuple[str, list[str]]]:
 
 def val_accuracy_curve(folder: RunFolder) -> tuple[list[int], list[float]]:
     """Epoch numbers and validation accuracies from metrics.jsonl (epochs without one skipped)."""
-    epochs, values = [], []
-    for line in folder.read_metrics():
-        if isinstance(line.get("epoch"), int) and isinstance(line.get("val_accuracy"), (int, float)):
-            epochs.append(line["epoch"])
-            values.append(float(line["val_accuracy"]))
-    return epochs, values
+    measured = [e for e in folder.read_epochs() if e.val_accuracy is not None]
+    return [e.epoch for e in measured], [e.val_accuracy for e in measured]
 
 
 def is_deletable_run(path: Path, runs_root: Path) -> str:

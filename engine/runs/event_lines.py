@@ -11,21 +11,30 @@ import json
 import time
 from typing import IO
 
-from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted, SkippedFile
+from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted
 
 
 class EventLines(Callbacks):
-    """Writes each event to `stream` and passes it on to `inner` (e.g. the progress printer)."""
+    """Writes each event to `stream` and passes it on to `inner` (e.g. the progress printer).
+    A stream that cannot be written (a reader that left, a full device, a closed or missing
+    stdout) ends the writing at its first failure, never the run: `lost` says so afterwards."""
 
     STATUS_GAP_S = 0.1  # a status per decoded image would be thousands of lines for the reader to parse
 
     def __init__(self, stream: IO[str], inner: Callbacks | None = None) -> None:
         self.stream, self.inner = stream, inner or Callbacks()
+        self.lost: str | None = None if stream is not None else "no stream to write to"
         self._last_status = ("", 0.0)  # text, when written
 
     def write(self, event: str, fields: dict) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-        self.stream.flush()  # a reader sees each event as it happens, not when a buffer fills
+        if self.lost:
+            return
+        line = json.dumps({"event": event, **fields}, default=str) + "\n"
+        try:
+            self.stream.write(line)
+            self.stream.flush()  # a reader sees each event as it happens, not when a buffer fills
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+            self.lost = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
     def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
         """Written when the text changes, when the work is done, and at most ten times a second between."""
@@ -59,17 +68,6 @@ def _layers(raw: dict) -> dict[str, LayerStats]:
     return {name: LayerStats(**stats) for name, stats in (raw or {}).items()}
 
 
-def _fit_result(raw: dict) -> FitResult:
-    integrity = raw.get("integrity")
-    return FitResult(
-        run_dir=raw["run_dir"], checkpoint=raw["checkpoint"], best_epoch=raw["best_epoch"],
-        best_val_accuracy=raw["best_val_accuracy"], epochs_run=raw["epochs_run"], seconds=raw["seconds"],
-        images_per_second=raw["images_per_second"], stopped=raw["stopped"],
-        skipped=tuple(SkippedFile(**s) for s in raw.get("skipped", ())),
-        integrity=None if integrity is None else IntegrityReport(
-            epoch=integrity["last_checked_epoch"], checked=integrity["checked"], changed=tuple(integrity["changed"])))
-
-
 def _epoch_event(raw: dict) -> EpochEvent:
     integrity = raw.get("integrity")
     return EpochEvent(**{**raw, "newly_unfrozen": tuple(raw.get("newly_unfrozen", ())), "layers": _layers(raw.get("layers")),
@@ -82,7 +80,7 @@ _READERS = {
     "started": lambda raw: RunStarted(**{**raw, "class_names": tuple(raw["class_names"]), "notes": tuple(raw["notes"])}),
     "batch": lambda raw: BatchEvent(**{**raw, "layers": _layers(raw.get("layers"))}),
     "epoch": _epoch_event,
-    "result": _fit_result,
+    "result": FitResult.from_summary,
     "failed": lambda raw: raw["error"],
 }
 

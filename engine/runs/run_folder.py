@@ -8,7 +8,10 @@
     embeddings.csv  the same images' penultimate features projected to 2-D (engine.runs.embeddings)
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
-line, never half-read. `RunFolder.load_config` gives a run's configuration; `latest_run` finds
+line, never half-read. run.json and metrics.jsonl are read as typed records (engine.runs.records):
+`read_run` and `read_epochs` are how anything reads them; `read_record` and `read_metrics` give
+the same files' raw JSON, for what rewrites them or copies them verbatim.
+`RunFolder.load_config` gives a run's configuration; `latest_run` finds
 the most recent run under a runs folder, so the window and the CLI can continue or export it
 after a restart. While a run trains its folder is locked (`.lock`).
 """
@@ -26,9 +29,12 @@ from engine.model.checkpoint import safe_torch_load
 from engine.atomic import atomic_write_bytes
 from engine.config import RunConfig
 from engine.errors import UserError
+from engine.runs.records import EpochRecord, RunRecord
 
 RUN_RECORD_VERSION = 1
-RESUME_VERSION = 2  # 2: adds the freeze-integrity fingerprints; 1 (round 1) is still read
+# 2: adds the freeze-integrity fingerprints, later kept with the other listeners' states under
+# "listeners" (a key older readers of 2 ignore, as they did); 1 (round 1) is still read.
+RESUME_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,21 @@ class RunFolder:
         body = {"run_format": RUN_RECORD_VERSION, **record}
         atomic_write_bytes(self.record_path, (json.dumps(body, indent=2) + "\n").encode())
 
+    def read_run(self) -> RunRecord:
+        """run.json as a typed record; UserError (one line) when the folder holds no readable run."""
+        return RunRecord.from_dict(self.read_record())
+
+    def recorded_start(self) -> str | None:
+        """When the run in this folder first started (a continued run keeps that start); None for
+        a folder without a readable one."""
+        try:
+            return self.read_run().started if self.exists() else None
+        except UserError:
+            return None
+
     def read_record(self) -> dict[str, Any]:
+        """run.json's raw JSON (checked to be a run record of a known version): for update_record;
+        readers use read_run."""
         if not self.record_path.is_file():
             raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
         try:
@@ -155,7 +175,7 @@ class RunFolder:
         self.write_record(record)
 
     def load_config(self) -> RunConfig:
-        return RunConfig.from_dict(self.read_record()["config"])
+        return RunConfig.from_dict(self.read_run().config)
 
     # --- metrics.jsonl -----------------------------------------------------------------------------
 
@@ -172,7 +192,7 @@ class RunFolder:
     def keep_metrics_through(self, epoch: int) -> None:
         """On resume: drop lines of epochs after the resume state (a kill after the metrics line was
         written but before resume.pt was), so each epoch appears once."""
-        kept = [line for line in self.read_metrics() if line.get("epoch", 0) <= epoch]
+        kept = [line.raw for line in self.read_epochs() if line.epoch <= epoch]
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept).encode())
 
     def remove_partial_files(self) -> None:
@@ -180,33 +200,68 @@ class RunFolder:
         for partial in self.path.glob(".*.tmp"):
             partial.unlink(missing_ok=True)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
+    def read_epochs(self) -> list[EpochRecord]:
+        """metrics.jsonl's epochs in order. A line cut by a crash, or one that is no epoch line,
+        ends the readable history; a file that cannot be read is an empty one."""
+        try:
+            text = self.metrics_path.read_text() if self.metrics_path.is_file() else ""
+        except (OSError, ValueError):  # unreadable, or not UTF-8
             return []
-        lines = []
-        for text in self.metrics_path.read_text().splitlines():
+        epochs = []
+        for line in text.splitlines():
             try:
-                lines.append(json.loads(text))
-            except ValueError:
-                break  # a line cut by a crash ends the readable history
-        return lines
+                record = EpochRecord.from_dict(json.loads(line))
+            except (ValueError, RecursionError):
+                record = None
+            if record is None:
+                break
+            epochs.append(record)
+        return epochs
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The epoch lines' raw JSON, as written (read_epochs decides which lines are epochs)."""
+        return [epoch.raw for epoch in self.read_epochs()]
 
     # --- resume.pt ---------------------------------------------------------------------------------
 
-    def resume_payload(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {"format_version": RESUME_VERSION, **state}
+    def resume_payload(self, loop_state: dict[str, Any], listener_states: dict[str, dict]) -> dict[str, Any]:
+        """resume.pt's content: the epoch loop's state (epoch, step, model, optimizer, ...) at the
+        top, each listener's own state under "listeners" by its state key."""
+        return {"format_version": RESUME_VERSION, **loop_state, "listeners": listener_states}
 
     def read_resume_state(self) -> dict[str, Any]:
         if not self.can_resume():
-            if self.exists():
-                raise UserError(f"{self.path} was stopped before its first epoch ended, so there is nothing to "
-                                f"continue; start a new run with the same settings instead")
-            raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
+            raise UserError(self._why_not_resumable())
         state = safe_torch_load(self.resume_path)
         if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
             raise UserError(f"{self.resume_path} is not a Transfer Studio resume file")
         _check_version(state.get("format_version"), RESUME_VERSION, self.resume_path)
-        return state
+        return _with_listener_states(state)
+
+    def _why_not_resumable(self) -> str:
+        """The true reason a folder without resume.pt cannot continue. resume.pt is the last file
+        of an epoch (written after its metrics line and checkpoint): a process that ended in
+        between leaves an epoch recorded whose optimizer, schedule and RNG state are lost."""
+        if not self.exists():
+            return f"{self.path} is not a run folder (no {self.record_path.name})"
+        recorded = self.read_epochs()
+        if not recorded:
+            return (f"{self.path} was stopped before its first epoch ended, so there is nothing to "
+                    f"continue; start a new run with the same settings instead")
+        kept = f"; its {self.checkpoint_path.name} is kept" if self.has_checkpoint() else ""
+        return (f"{self.path}: epoch {recorded[-1].epoch} finished but the state to continue from "
+                f"({self.resume_path.name}) was not saved (the run ended before it was written), so it "
+                f"cannot continue exactly; start a new run with the same settings in another folder{kept}")
+
+
+def _with_listener_states(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with "listeners" as written now. Older files have none (a listener without a state
+    starts fresh) or kept the freeze-integrity fingerprints at the top."""
+    listeners = dict(state.get("listeners") or {})
+    legacy_fingerprints = state.pop("integrity", None)
+    if legacy_fingerprints is not None:
+        listeners.setdefault("FreezeIntegrity", {"fingerprints": legacy_fingerprints})
+    return {**state, "listeners": listeners}
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -122,6 +122,6 @@ def cross_validate(config: RunConfig, folds: int, callbacks: Callbacks | None = 
 
 
 def _last_val_accuracy(run_dir: str) -> float | None:
-    lines = RunFolder(run_dir).read_metrics()
-    value = lines[-1].get("val_accuracy") if lines else None
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    epochs = RunFolder(run_dir).read_epochs()
+    value = epochs[-1].val_accuracy if epochs else None
+    return value if value is not None and math.isfinite(value) else None

@@ -57,12 +57,18 @@ def promised_tensors(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
 class FreezeIntegrity(Listener):
     """Fingerprints the promised tensors once; checks them after every epoch; stops a broken run."""
 
-    def __init__(self, model: nn.Module, fingerprints: dict[str, str] | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        # Kept across a resume, so a continued run is checked against the weights first loaded.
-        self.fingerprints: dict[str, str] = dict(fingerprints or {})
+        self.fingerprints: dict[str, str] = {}
         self._tensors: dict[str, torch.Tensor] = {}
         self.last_report: IntegrityReport | None = None
+
+    # Kept across a resume, so a continued run is checked against the weights first loaded.
+    def state_dict(self) -> dict:
+        return {"fingerprints": dict(self.fingerprints)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fingerprints = dict(state["fingerprints"])
 
     def on_epoch_start(self, epoch: int, plan: Plan) -> None:
         """Track exactly what `plan` promises: gradual unfreezing releases tensors, and tensors

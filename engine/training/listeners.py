@@ -1,9 +1,10 @@
 """Everything that watches or records a run is a listener; none of them changes training.
 
-The epoch loop calls each hook on every listener, in the order given. A listener may read the
-model (the checkpoint writer must), may ask the loop to end after an epoch (`stop_reason`), and
-may raise to end a run that became unsound (freeze integrity); it never alters weights, LRs,
-batches or random state. Anchors: Lightning's Callback, Keras' Callback.
+The epoch loop calls each hook on every listener, in the order it declares (EpochLoop._listeners).
+A listener may read the model (the checkpoint writer must), may ask the loop to end after an epoch
+(`stop_reason`), may raise to end a run that became unsound (freeze integrity), and keeps what a
+resumed run needs in its own state_dict; it never alters weights, LRs, batches or random state.
+Anchors: Lightning's Callback, Keras' Callback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from engine.model.checkpoint import BackgroundSaver, make_checkpoint, snapshot
 from engine.errors import TrainingDiverged, UserError
 from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
-from engine.listener import Listener
+from engine.listener import Listener, listener_states
 from engine.plan.plan import Plan
 from engine.runs.run_folder import RunFolder
 
@@ -67,7 +68,7 @@ class MetricsLog(Listener):
         self.folder.append_metrics(metrics_line(event))
 
 
-class RunRecord(Listener):
+class RunOutcome(Listener):
     """run.json's outcome: the status ("running", then "finished", "stopped" or "failed"), the
     integrity verdict after every epoch, the result at the end. A killed process leaves "running";
     readers tell it from a live run by RunFolder.in_use()."""
@@ -109,11 +110,13 @@ class BestCheckpoint(Listener):
     """checkpoint.pt: the weights of the best epoch so far, written in the background."""
 
     def __init__(self, folder: RunFolder, saver: BackgroundSaver, model: nn.Module, *, arch: str,
-                 class_names, preprocessing: dict, config: dict, path_known: bool = False) -> None:
+                 class_names, preprocessing: dict, config: dict) -> None:
         self.folder, self.saver, self.model = folder, saver, model
         self.arch, self.class_names, self.preprocessing, self.config = arch, class_names, preprocessing, config
         self.plan_in_force: Plan | None = None
-        self.written = path_known  # a resumed run keeps the checkpoint it already has
+        # What it wrote is on disk, not in resume.pt: a new run's folder holds no checkpoint (refused
+        # otherwise), a resumed run keeps the one it has.
+        self.written = folder.has_checkpoint()
 
     @property
     def path(self) -> str | None:
@@ -143,16 +146,24 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
 
 
 class ResumeState(Listener):
-    """resume.pt: after every epoch, everything needed to continue exactly as if never stopped."""
+    """resume.pt: after every epoch, everything needed to continue exactly as if never stopped: the
+    loop's own state (`capture`) and every listener's (`listeners`, called after the others' epoch
+    end, so their states are this epoch's)."""
 
-    def __init__(self, folder: RunFolder, saver: BackgroundSaver, capture: Callable[[], dict]) -> None:
-        self.folder, self.saver, self.capture = folder, saver, capture
+    def __init__(self, folder: RunFolder, saver: BackgroundSaver, capture: Callable[[], dict],
+                 listeners: Callable[[], list[Listener]]) -> None:
+        self.folder, self.saver, self.capture, self.listeners = folder, saver, capture, listeners
 
     def on_epoch_end(self, event: EpochEvent) -> None:
-        self.saver.save(snapshot(self.folder.resume_payload(self.capture())), self.folder.resume_path)
+        payload = self.folder.resume_payload(self.capture(), listener_states(self.listeners()))
+        self.saver.save(snapshot(payload), self.folder.resume_path)
 
 
 class EarlyStopping(Listener):
+    """Ends the run after `patience` epochs in a row without a new best. "Best" is the loop's
+    verdict (event.is_best, which also writes the checkpoint; its best score is the loop's state in
+    resume.pt), so only the count is this listener's, and a resumed run carries it on."""
+
     def __init__(self, patience: int) -> None:
         self.patience = patience
         self.epochs_since_best = 0
@@ -161,3 +172,9 @@ class EarlyStopping(Listener):
         self.epochs_since_best = 0 if event.is_best else self.epochs_since_best + 1
         if self.epochs_since_best >= self.patience:
             self.stop_reason = "early-stopping"
+
+    def state_dict(self) -> dict:
+        return {"epochs_since_best": self.epochs_since_best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs_since_best = int(state["epochs_since_best"])

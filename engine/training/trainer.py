@@ -31,8 +31,8 @@ from engine.errors import NoUsableImages, TrainingDiverged, UserError
 from engine.training.validation_records import ValidationOutputs, ValidationRecords
 from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted, SkippedFile, TrainingControl
 from engine.training.integrity import FreezeIntegrity
-from engine.training.listeners import BestCheckpoint, CallbackRelay, EarlyStopping, MetricsLog, ResumeState, RunRecord, record_failure
-from engine.listener import Listener
+from engine.training.listeners import BestCheckpoint, CallbackRelay, EarlyStopping, MetricsLog, ResumeState, RunOutcome, record_failure
+from engine.listener import Listener, load_listener_states
 from engine.plan.optimization import Optimization, ScheduleSegment
 from engine.plan.plan import apply_plan
 from engine.runs.run_folder import RunFolder
@@ -46,9 +46,10 @@ from engine.training.telemetry import Telemetry
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
         scan: DatasetScan | None = None, resume: bool = False, group: ProcessGroup = SINGLE) -> FitResult:
     """Train as `config` says. With resume=True, continue the run in config.out_dir from its last
-    completed epoch (model, optimizer, scaler, schedule position, RNG, best-so-far and the
-    integrity fingerprints restored). With several processes (`group`, its process group
-    started) every rank calls fit; rank 0 alone writes the run folder."""
+    completed epoch (model, optimizer, scaler, schedule position, RNG, best-so-far, and each
+    listener's own state: the integrity fingerprints, early stopping's count). With several
+    processes (`group`, its process group started) every rank calls fit; rank 0 alone writes the
+    run folder."""
     callbacks = callbacks or Callbacks()
     control = control or TrainingControl()
     started = time.perf_counter()
@@ -167,29 +168,46 @@ class EpochLoop:
         self.rank_integrity: list[dict] = []  # each rank's integrity after the last epoch
         self.optimization = Optimization(run.model, run.info, self.plan_in_force, cfg.train,
                                          self._segment(resume_state))
-        self.integrity = FreezeIntegrity(run.model, resume_state.get("integrity") if resume_state else None)
+        self.integrity = FreezeIntegrity(run.model)
         # Rank 0 alone samples telemetry: it alone shows it, and a sample on another rank would hold every rank up.
         self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch)
                           if cfg.train.telemetry and self.group.is_main else None)
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
-            preprocessing=run.prep.to_dict(), config=cfg.to_dict(),
-            path_known=resume_state is not None and run.folder.has_checkpoint())
-        # Order matters: what is recorded is on disk, and shown, before integrity can end the run.
-        self.listeners: list[Listener] = [MetricsLog(run.folder), RunRecord(run.folder), CallbackRelay(callbacks),
-                                          self.integrity, self.checkpoint,
-                                          ValidationRecords(run.folder, run.scan.class_names, run.scan.root,
-                                                            lambda: self.validation),
-                                          ResumeState(run.folder, saver, self._resume_payload)]
-        if self.group.is_distributed:
-            self.listeners.insert(2, ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity))
-        if not self.group.is_main:  # rank 0 alone writes the run folder
-            self.listeners = [x for x in self.listeners if isinstance(x, (CallbackRelay, FreezeIntegrity))]
-        if self.telemetry is not None:
-            self.listeners.insert(0, self.telemetry)
-        if cfg.train.early_stopping_patience:
-            self.listeners.append(EarlyStopping(cfg.train.early_stopping_patience))
+            preprocessing=run.prep.to_dict(), config=cfg.to_dict())
+        self.listeners = self._listeners(callbacks, saver)
         self.first_epoch = 1 if resume_state is None else self._restore(resume_state) + 1
+
+    def _listeners(self, callbacks: Callbacks, saver: BackgroundSaver) -> list[Listener]:
+        """Every listener of the run, in the order each hook calls them. The order is the point:
+        - the records (metrics line, run.json, the caller's display) come before integrity, which
+          may end the run: the epoch that broke it is on disk, and shown;
+        - integrity comes before the checkpoint and the validation records, so a broken epoch saves neither;
+        - the checkpoint before its validation records: weights that diverged end the run before
+          records of them replace those of the last good checkpoint;
+        - early stopping before the resume state, and the resume state last: it saves every listener's
+          state as this epoch left it, and once resume.pt names the epoch, all its files are written
+          (a kill before that repeats the epoch).
+        Telemetry acts around the optimizer step, where no other listener does: first or last is the same.
+        Rank 0 alone writes the run folder; every rank checks its own copy's integrity and counts the
+        patience, so all ranks end at the same epoch."""
+        run, patience = self.run, self.run.config.train.early_stopping_patience
+        main = self.group.is_main
+        ordered = [
+            self.telemetry,
+            MetricsLog(run.folder) if main else None,
+            RunOutcome(run.folder) if main else None,
+            ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity)
+            if main and self.group.is_distributed else None,
+            CallbackRelay(callbacks),
+            self.integrity,
+            self.checkpoint if main else None,
+            ValidationRecords(run.folder, run.scan.class_names, run.scan.root, lambda: self.validation)
+            if main else None,
+            EarlyStopping(patience) if patience else None,
+            ResumeState(run.folder, saver, self._loop_state, lambda: self.listeners) if main else None,
+        ]
+        return [listener for listener in ordered if listener is not None]
 
     # --- schedule, resume ---------------------------------------------------------------------
 
@@ -201,7 +219,8 @@ class EpochLoop:
         done = int(resume_state["global_step"])
         return ScheduleSegment(first_step=done, steps=self.total_steps - done, warmup_steps=0)
 
-    def _resume_payload(self) -> dict:
+    def _loop_state(self) -> dict:
+        """The loop's part of resume.pt; the listeners keep theirs (ResumeState)."""
         return {
             "epoch": self.epoch, "global_step": self.global_step,
             "planned_epochs": self.run.config.train.epochs,
@@ -211,7 +230,6 @@ class EpochLoop:
             "torch_rng": torch.get_rng_state(),
             "best": list(self.best_score) if self.best_score else None,
             "best_epoch": self.best_epoch, "best_accuracy": self.best_accuracy,
-            "integrity": dict(self.integrity.fingerprints),
         }
 
     def _restore(self, state: dict) -> int:
@@ -226,6 +244,7 @@ class EpochLoop:
         self.global_step = int(state["global_step"])
         self.best_score = tuple(state["best"]) if state["best"] else None
         self.best_epoch, self.best_accuracy = state["best_epoch"], state["best_accuracy"]
+        load_listener_states(self.listeners, state["listeners"])
         return done
 
     def _enter_epoch(self, epoch: int, notify: bool = True) -> tuple[str, ...]:
@@ -249,15 +268,15 @@ class EpochLoop:
 
     def train(self, started: float) -> FitResult:
         run, cfg = self.run, self.run.config
-        for listener in self.listeners:
-            listener.on_fit_start(RunStarted(
-                run_dir=str(run.folder.path), device=str(run.device), device_name=device_name(run.device),
-                precision=run.precision_name, class_names=run.scan.class_names,
-                train_images=len(run.scan.train), val_images=len(run.scan.val),
-                trainable_params=self._trainable_params(), total_params=run.info.total_params,
-                feature_cache=run.feature_note, notes=run.notes))
         epochs_run, stopped = self.first_epoch - 1, "completed"
-        try:
+        try:  # a listener failing at the start (run.json unwritable) still leaves the run "failed", not "running"
+            for listener in self.listeners:
+                listener.on_fit_start(RunStarted(
+                    run_dir=str(run.folder.path), device=str(run.device), device_name=device_name(run.device),
+                    precision=run.precision_name, class_names=run.scan.class_names,
+                    train_images=len(run.scan.train), val_images=len(run.scan.val),
+                    trainable_params=self._trainable_params(), total_params=run.info.total_params,
+                    feature_cache=run.feature_note, notes=run.notes))
             for epoch in range(self.first_epoch, cfg.train.epochs + 1):
                 newly = self._enter_epoch(epoch)
                 event = self._one_epoch(newly)
