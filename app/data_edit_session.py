@@ -1,11 +1,12 @@
 """The window's side of mending the data: relabel, exclude, undo and redo of the dataset's files,
-the repair of a half-done action when a dataset is opened, and finding suspects, all off the GUI
-thread as background tasks.
+a look at the journal when a dataset is opened, and finding suspects, all off the GUI thread as
+background tasks.
 
 The files' journal (engine.curation.dataset_edits, in the dataset folder) is the record of what was done;
 the window's undo stack only holds one DataEdit per action, whose undo()/redo() ask the journal to
 undo or redo it. Edits run one at a time: a second asked for while one runs is refused, and the
-repair on opening a dataset waits for a running edit, so the journal never sees two jobs at once.
+look at the journal on opening a dataset waits for a running edit. Opening only reads: an edit a
+crash left half-done is noted, and completed by the next edit (never by merely opening a folder).
 """
 
 from __future__ import annotations
@@ -96,23 +97,23 @@ class DataEdits(QObject):
     """Moves of the dataset's files, journalled and undoable, done off the GUI thread."""
 
     edited = Signal(str, object)  # the dataset folder, the engine's Action (its moves relative to the folder)
-    repaired = Signal(str)  # one line: what a crash had left half-done and was completed
+    noted = Signal(str)  # one line: an edit a crash left half-done, which the next edit completes
     failed = Signal(str)  # one line
 
     def __init__(self, tasks: BackgroundTasks, history: QUndoStack, parent=None):
         super().__init__(parent)
         self.tasks, self.history = tasks, history
-        # One journal job at a time, edit or repair: the tasks have two worker threads, and a repair
-        # run beside a move would "complete" the move's planned entry while its files are moving.
+        # One journal job at a time, edit or look: the tasks have two worker threads, and a look beside
+        # a move would list the dataset while its files are moving.
         self._journal_lock = threading.Lock()
         self._editing = False  # an edit, undo or redo asked for and not yet reported back (GUI thread only)
-        self._repairs = JobsUnderWay()
+        self._looks = JobsUnderWay()
         self.putting_back = False  # the stack's index is being put back: its commands' undo()/redo() do nothing
 
     @property
     def busy(self) -> bool:
-        """An edit, undo, redo or repair of a journal is asked for or under way."""
-        return self._editing or bool(self._repairs)
+        """An edit, undo or redo, or a look at a journal, is asked for or under way."""
+        return self._editing or bool(self._looks)
 
     def relabel(self, root: str, paths: list[str], class_name: str) -> None:
         self._run(lambda: dataset_edits.relabel(root, paths, class_name), lambda action: self._done(root, action))
@@ -139,21 +140,22 @@ class DataEdits(QObject):
         finally:
             self.putting_back = False
 
-    def repair(self, root: str, then: Callable[[], None]) -> None:
-        """Complete what a crash left half-done in `root`'s journal, then call `then` (which lists
-        the folder); a folder without a journal costs one look."""
+    def check_journal(self, root: str, then: Callable[[], None]) -> None:
+        """Look at `root`'s journal (moving nothing), note an edit a crash left half-done, then call
+        `then` (which lists the folder); a folder without a journal costs one look."""
         def done(actions: list[Action]) -> None:
             if actions:
-                self.repaired.emit(f"Completed what an interrupted edit left half-done in {Path(root).name}: "
-                                   + "; ".join(a.describe() for a in actions))
+                self.noted.emit(f"An edit of {Path(root).name} was left half-done by a crash ("
+                                + "; ".join(f"{a.kind} #{a.id}" for a in actions)
+                                + "); the next relabel, exclude, undo or redo completes it")
             then()
 
         def failed(message: str) -> None:
             self.failed.emit(f"Could not check {Path(root).name}'s journal of edits: {message}")
             then()
 
-        job = self._repairs.counted(self._locked(lambda: dataset_edits.repair(root) if Path(root).is_dir() else []))
-        self.tasks.submit("data-repair", job, done, failed)
+        job = self._looks.counted(self._locked(lambda: dataset_edits.pending(root) if Path(root).is_dir() else []))
+        self.tasks.submit("data-journal", job, done, failed)
 
     def _run(self, job: Callable[[], Action], on_done: Callable[[Action], None],
              on_failed: Callable[[], None] = lambda: None) -> None:

@@ -2,36 +2,29 @@
 
 Data and model panels on the left, training controls and live plots on the right, each side
 in splitters with scrolling panels so the window fits a 1024×700 screen. What the window shows
-comes from one `Session` (app/session.py): panels hand it the person's edits and show what its
-signals say; training events come from the session's TrainingController as the engine's own
-frozen dataclasses.
+comes from one `Session` (app/session.py) and its controllers, one per job: panels hand them the
+person's edits and show what their signals say; training events come from the runs controller's
+TrainingController as the engine's own frozen dataclasses. The window owns only what is its own:
+the layout, the menus, its dialogs and its settings (geometry, recent projects, last folders).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PySide6.QtCore import QFile, QSettings, QSize, Qt, QUrl, Slot
+from PySide6.QtCore import QSettings, QSize, Qt, QUrl, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
                                QSplitter, QStyle, QTabWidget, QWidget)
 
-from app.insight_session import InsightSession, RunInsight
-from app.session import RunState, Session
 from app.gc_guard import GuiThreadCollector
-from app.run_events import RunFailure
-from engine.config import TrainConfig, save_project
-from engine.model.project import load_project
-from engine.errors import UserError
-from engine.events import BatchEvent, EpochEvent, RunStarted
-from engine.model.architectures import ModelInfo
-from engine.runs.run_folder import RunFolder
-from engine.model.devices import resolve_precision
+from app.session import Session
+from app.session_devices import available_devices, device_status
+from app.session_state import RunState
 from widgets.data_panel import DataPanel
-from widgets.export_dialog import ExportDialog, meta_from_record
+from widgets.export_dialog import ExportDialog
 from widgets.insight import InsightView
 from widgets.lr_finder_dialog import LrFinderDialog
 from widgets.model_panel import ModelPanel
@@ -40,25 +33,17 @@ from widgets.runs_view import RunsView
 from widgets.suspects_view import SuspectsView
 from widgets.training_panel import TrainingPanel, result_line
 
-PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+if TYPE_CHECKING:  # the types the slots take; the window calls nothing of the engine
+    from app.insight_session import RunInsight
+    from app.run_events import RunFailure
+    from engine.config import TrainConfig
+    from engine.events import BatchEvent, EpochEvent, RunStarted
+    from engine.model.architectures import ModelInfo
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
 MAX_RECENT = 8
 DEFAULT_SIZE = (1400, 900)
-
-
-def available_devices() -> list[tuple[str, str, int]]:
-    """(label, device, processes): this process's devices, then runs of several processes (DDP)."""
-    devices = [("Auto", "auto", 1), ("CPU", "cpu", 1)]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for i in range(gpus):
-        devices.append((f"cuda:{i} — {torch.cuda.get_device_name(i)}", f"cuda:{i}", 1))
-    if (os.cpu_count() or 1) >= 2:
-        devices.append(("CPU — 2 processes (DDP)", "cpu", 2))
-    if gpus >= 2:
-        devices.append((f"{gpus} GPUs — a process each (DDP)", "cuda", gpus))
-    return devices
 
 
 class PanelScrollArea(QScrollArea):
@@ -96,18 +81,20 @@ class MainWindow(QMainWindow):
         self.plots = TrainingPlots()
         self.insight = InsightView()
         self.runs_view = RunsView()
-        self.insight_session = InsightSession(self.session.tasks, self.runs_root(), self)
         self.suspects_view = SuspectsView()
         self.export_dialog: ExportDialog | None = None
         self.lr_finder_dialog: LrFinderDialog | None = None
         self._build_layout()
         self._build_menus()
         self._build_status_bar()
-        self._connect()
+        self._connect_edits()
+        self._connect_views()
+        self._connect_training()
         self._connect_insight()
+        self._connect_runs()
         self._connect_mending()
         self.session.announce()
-        self.insight_session.refresh_runs()
+        self.session.insight.refresh_runs()
         self.setAcceptDrops(True)
         geometry = self.settings.value("window/geometry")
         if geometry is not None:
@@ -119,7 +106,8 @@ class MainWindow(QMainWindow):
 
     @property
     def controller(self):
-        return self.session.controller
+        """The training thread's controller (app.worker.TrainingController)."""
+        return self.session.runs.controller
 
     @property
     def is_ready(self) -> bool:
@@ -196,21 +184,22 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
         edit_menu = self.menuBar().addMenu("&Edit")
-        history = self.session.plan_history
-        self.undo_action = self._action("&Undo", self.session.undo, QKeySequence.StandardKey.Undo,
+        history = self.session.history
+        self.undo_action = self._action("&Undo", self.session.plan.undo, QKeySequence.StandardKey.Undo,
                                         "Undo the last change: of the plan (a preset, an LR, applied advice) or a "
                                         "move of the dataset's images.")
-        self.redo_action = self._action("&Redo", self.session.redo, "Ctrl+Shift+Z", "Redo the change undone.")
+        self.redo_action = self._action("&Redo", self.session.plan.redo, "Ctrl+Shift+Z", "Redo the change undone.")
         for action, can, changed in ((self.undo_action, history.canUndo, history.canUndoChanged),
                                      (self.redo_action, history.canRedo, history.canRedoChanged)):
             action.setEnabled(can())
             changed.connect(action.setEnabled)
             edit_menu.addAction(action)
         train_menu = self.menuBar().addMenu("&Train")
-        train_menu.addAction(self._action("&Start", self.start_training, "Ctrl+R", "Start training."))
-        train_menu.addAction(self._action("&Pause / resume", self.toggle_pause, "Ctrl+P", "Pause or resume training."))
-        train_menu.addAction(self._action("S&top", self.stop_training, "Ctrl+.", "Stop training after this batch."))
-        train_menu.addAction(self._action("&Continue training", self.continue_training, "Ctrl+Shift+R",
+        runs = self.session.runs
+        train_menu.addAction(self._action("&Start", runs.start, "Ctrl+R", "Start training."))
+        train_menu.addAction(self._action("&Pause / resume", runs.toggle_pause, "Ctrl+P", "Pause or resume training."))
+        train_menu.addAction(self._action("S&top", runs.stop, "Ctrl+.", "Stop training after this batch."))
+        train_menu.addAction(self._action("&Continue training", runs.continue_run, "Ctrl+Shift+R",
                                           "Resume the run shown from its last completed epoch up to the Epochs total."))
         view_menu = self.menuBar().addMenu("&View")
         for i, (name, key) in enumerate((("&Curves", "Alt+1"), ("&Insight", "Alt+2"), ("&Runs", "Alt+3"),
@@ -235,53 +224,65 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.precision_label)
         bar.addPermanentWidget(self.run_label)
 
-    def _connect(self) -> None:
-        s, dp, mp, tp, c = self.session, self.data_panel, self.model_panel, self.training_panel, self.session.controller
-        # the person's edits -> the session
-        dp.folder_chosen.connect(s.open_folder)
-        dp.demo_requested.connect(s.open_demo)
-        dp.data_edited.connect(s.update_data)
-        dp.class_weights_edited.connect(lambda mode: s.update_train({"class_weights": mode}))
-        dp.advice_apply_requested.connect(s.apply_advice)
-        mp.arch_edited.connect(s.set_arch)
-        mp.weights_edited.connect(s.set_weights)
-        mp.preset_requested.connect(s.apply_preset)
-        mp.discriminative_factor_edited.connect(s.set_discriminative_factor)
-        mp.gradual_every_edited.connect(s.set_gradual_every)
-        mp.plan_edited.connect(s.adopt_plan)
-        tp.train_edited.connect(s.update_train)
-        tp.base_lr_edited.connect(s.set_base_lr)
-        tp.start_clicked.connect(self.start_training)
-        tp.pause_clicked.connect(s.set_paused)
-        tp.stop_clicked.connect(self.stop_training)
+    # --- wiring: the person's edits -> the session, the session -> the panels -----------------------------
+
+    def _connect_edits(self) -> None:
+        s, dp, mp, tp = self.session, self.data_panel, self.model_panel, self.training_panel
+        dp.folder_chosen.connect(s.datasets.open_folder)
+        dp.demo_requested.connect(s.datasets.open_demo)
+        dp.data_edited.connect(s.settings.update_data)
+        dp.class_weights_edited.connect(lambda mode: s.settings.update_train({"class_weights": mode}))
+        dp.advice_apply_requested.connect(s.advisor.apply)
+        mp.arch_edited.connect(s.settings.set_arch)
+        mp.weights_edited.connect(s.settings.set_weights)
+        mp.preset_requested.connect(s.plan.apply_preset)
+        mp.discriminative_factor_edited.connect(s.plan.set_discriminative_factor)
+        mp.gradual_every_edited.connect(s.plan.set_gradual_every)
+        mp.plan_edited.connect(s.plan.adopt_plan)
+        tp.train_edited.connect(s.settings.update_train)
+        tp.base_lr_edited.connect(s.plan.set_base_lr)
+        tp.start_clicked.connect(s.runs.start)
+        tp.pause_clicked.connect(s.runs.set_paused)
+        tp.stop_clicked.connect(s.runs.stop)
         tp.export_clicked.connect(self.export_checkpoint)
         tp.lr_finder_clicked.connect(self.open_lr_finder)
-        # the session -> the panels
-        s.dataset_changed.connect(self._show_dataset)
-        s.thumbnails_ready.connect(dp.show_thumbnails)
-        s.data_changed.connect(dp.show_data)
-        s.image_size_rule_changed.connect(dp.set_image_size_rule)
-        s.image_size_problem_changed.connect(dp.show_image_size_problem)
-        s.model_changed.connect(mp.show_model)
-        s.weights_files_changed.connect(mp.show_weights_files)
-        s.weights_note_changed.connect(self._show_weights_note)
-        s.model_info_changed.connect(self._show_model_info)
-        s.model_failed.connect(mp.show_model_failure)
-        s.model_warning_changed.connect(mp.show_warning)
-        s.plan_changed.connect(self._show_plan)
-        s.train_changed.connect(self._show_train)
-        s.run_changed.connect(self._show_run)
-        s.error_raised.connect(tp.show_error)
-        s.notice.connect(self._show_notice)
-        s.export_finished.connect(self._on_exported)
-        s.export_failed.connect(self._on_export_failed)
-        s.advice_pending.connect(dp.show_advice_pending)
-        s.advice_ready.connect(dp.show_advice)
-        s.advice_failed.connect(dp.show_advice_failure)
-        s.advice_applied_changed.connect(dp.mark_advice_applied)
-        s.advice_followed.connect(dp.show_advice_note)
-        s.schedule_previewed.connect(self.plots.show_planned)
-        s.run_preview_ready.connect(self._show_run_preview)
+
+    def _connect_views(self) -> None:
+        s, dp, mp, tp = self.session, self.data_panel, self.model_panel, self.training_panel
+        configuration, settings, advisor = s.configuration, s.settings, s.advisor
+        configuration.data_changed.connect(dp.show_data)
+        configuration.model_changed.connect(mp.show_model)
+        configuration.plan_changed.connect(self._show_plan)
+        configuration.train_changed.connect(self._show_train)
+        s.datasets.changed.connect(self._show_dataset)
+        s.datasets.thumbnails_ready.connect(dp.show_thumbnails)
+        settings.image_size_rule_changed.connect(dp.set_image_size_rule)
+        settings.image_size_problem_changed.connect(dp.show_image_size_problem)
+        settings.weights_files_changed.connect(mp.show_weights_files)
+        settings.weights_note_changed.connect(self._show_weights_note)
+        settings.model_info_changed.connect(self._show_model_info)
+        settings.model_failed.connect(mp.show_model_failure)
+        settings.model_warning_changed.connect(mp.show_warning)
+        advisor.pending.connect(dp.show_advice_pending)
+        advisor.ready.connect(dp.show_advice)
+        advisor.failed.connect(dp.show_advice_failure)
+        advisor.applied_changed.connect(dp.mark_advice_applied)
+        advisor.followed.connect(dp.show_advice_note)
+        s.previews.schedule_previewed.connect(self.plots.show_planned)
+        s.shown_run.changed.connect(self._show_run)
+        s.messages.error_raised.connect(tp.show_error)
+        s.messages.notice.connect(self._show_notice)
+        s.exports.finished.connect(self._on_exported)
+        s.exports.failed.connect(self._on_export_failed)
+
+    def _connect_training(self) -> None:
+        runs, c, mp, tp = self.session.runs, self.controller, self.model_panel, self.training_panel
+        runs.start_asked.connect(lambda: tp.show_error(""))
+        runs.start_asked.connect(mp.end_preview)  # the tree shows what trains
+        runs.launched.connect(self.plots.clear)
+        runs.launched.connect(mp.clear_evidence)
+        runs.launched.connect(tp.reset_progress)
+        runs.stopping.connect(tp.show_stopping)
         # the training thread's events (queued to this thread by the controller)
         c.run_started.connect(self._on_run_started)
         c.status_changed.connect(tp.show_status)
@@ -291,60 +292,52 @@ class MainWindow(QMainWindow):
         c.run_failed.connect(self._on_run_failed)
 
     def _connect_insight(self) -> None:
-        ins, view, runs = self.insight_session, self.insight, self.runs_view
+        ins, view = self.session.insight, self.insight
         view.thumbnails_wanted.connect(ins.want_thumbnails)
         view.explain_requested.connect(ins.explain)
         view.image_wanted.connect(ins.show_image)
-        view.try_image_requested.connect(self.try_image)
-        view.try_model_chosen.connect(self._choose_try_model)
+        view.try_image_requested.connect(view.show_try_busy)
+        view.try_image_requested.connect(ins.try_image)
+        view.try_model_chosen.connect(ins.set_try_model)
+        view.try_model_chosen.connect(self._show_try_model)
         ins.insight_ready.connect(self._show_insight)
         ins.insight_missing.connect(view.show_missing)
         ins.thumbnails_ready.connect(view.add_thumbnails)
         ins.preview_ready.connect(view.show_preview)
         ins.prediction_ready.connect(view.show_prediction)
         ins.prediction_failed.connect(view.show_try_error)
-        ins.runs_listed.connect(runs.show_runs)
-        ins.history_ready.connect(self._show_history)
-        ins.comparison_ready.connect(runs.show_comparison)
         ins.failed.connect(self._show_notice)
-        runs.selection_changed.connect(self._on_runs_selected)
-        runs.continue_requested.connect(self.continue_run_of)
-        runs.export_requested.connect(self.export_run_of)
-        runs.open_folder_requested.connect(lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(path)))
-        runs.use_configuration_requested.connect(self.use_run_configuration)
-        runs.delete_requested.connect(self.delete_run)
-        self.controller.run_started.connect(lambda _: ins.refresh_runs())
+
+    def _connect_runs(self) -> None:
+        ins, run_list, view = self.session.insight, self.session.run_list, self.runs_view
+        ins.runs_listed.connect(view.show_runs)
+        ins.comparison_ready.connect(view.show_comparison)
+        view.selection_changed.connect(run_list.select)
+        view.continue_requested.connect(run_list.continue_run_of)
+        view.export_requested.connect(run_list.export_run_of)
+        view.open_folder_requested.connect(lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(path)))
+        view.use_configuration_requested.connect(run_list.use_configuration_of)
+        view.delete_requested.connect(run_list.delete)
+        run_list.preview_ended.connect(self.model_panel.end_preview)
+        run_list.plan_previewed.connect(self.model_panel.show_preview)
+        run_list.history_ready.connect(self.plots.show_history)
+        run_list.export_wanted.connect(self.export_checkpoint)
+        run_list.deletion_unconfirmed.connect(self._confirm_deletion)
 
     def _connect_mending(self) -> None:
-        s, finder, suspects = self.session, self.session.suspect_finder, self.suspects_view
+        mending, finder, suspects = self.session.mending, self.session.mending.suspect_finder, self.suspects_view
         for view in (self.insight, suspects):
-            view.move_requested.connect(s.relabel_images)
-            view.exclude_requested.connect(s.exclude_images)
-        s.data_edited.connect(self._show_data_edit)
-        suspects.find_requested.connect(self.find_suspects)
+            view.move_requested.connect(mending.relabel_images)
+            view.exclude_requested.connect(mending.exclude_images)
+            mending.files_moved.connect(view.apply_moves)
+        suspects.find_requested.connect(mending.find_suspects)
         suspects.stop_requested.connect(finder.stop)
         suspects.thumbnails_wanted.connect(finder.want_thumbnails)
+        mending.search_started.connect(suspects.show_busy)
+        mending.search_refused.connect(suspects.show_failure)
         finder.found.connect(suspects.show_report)
         finder.failed.connect(suspects.show_failure)
         finder.thumbnails_ready.connect(suspects.add_thumbnails)
-
-    @Slot()
-    def find_suspects(self) -> None:
-        """Rank the open dataset's images with the model shown (the shown run's predictions when its
-        trunk gives no usable features), in the background."""
-        if self.session.is_running:  # a model built beside a run would draw from the random numbers it was seeded with
-            self.suspects_view.show_failure("A run is in progress: find suspects when it has ended.")
-            return
-        folder = self.session.dataset.folder
-        run = self.session.run.folder
-        self.suspects_view.show_busy(f"Finding suspects in {Path(folder).name or 'the dataset'}…")
-        self.session.suspect_finder.find(self.session.config(), folder, str(run.path) if run is not None else None)
-
-    @Slot(str, object)
-    def _show_data_edit(self, root: str, action) -> None:
-        moves = [tuple(move) for move in action.moves]
-        self.insight.apply_moves(root, moves)
-        self.suspects_view.apply_moves(root, moves)
 
     # --- showing the session's state -------------------------------------------------------------------
 
@@ -381,7 +374,9 @@ class MainWindow(QMainWindow):
         self.data_panel.show_class_weights(train.class_weights)
         self.model_panel.show_weight_decay(train.weight_decay)
         self.model_panel.show_adapt_norm(train.adapt_norm)
-        self._show_device(train.device, train.precision, train.processes)
+        device, precision = device_status(train.device, train.precision, train.processes)
+        self.device_label.setText(device)
+        self.precision_label.setText(precision)
 
     @Slot(str)
     def _show_weights_note(self, note: str) -> None:
@@ -405,9 +400,6 @@ class MainWindow(QMainWindow):
             self.run_label.setToolTip("")
         if run.running:
             return
-        if run.folder is not None and run.folder.exists():  # a run ended or was opened: its insight
-            self.insight_session.open_insight(run.folder)
-            self.insight_session.refresh_runs()
         if run.result is not None:
             self.training_panel.show_finished(result_line(run.result))
         elif run.failure is not None:
@@ -417,68 +409,6 @@ class MainWindow(QMainWindow):
             self.plots.clear()
             self.model_panel.clear_evidence()
             self.training_panel.reset_progress("Ready")
-
-    def _show_device(self, device: str, precision: str, processes: int) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
-        amp = resolve_precision(precision, torch.device(device))  # the rule the run will follow
-        self.device_label.setText(f"Device: {name}" + (f" × {processes} processes (DDP)" if processes > 1 else ""))
-        self.precision_label.setText(f"Mixed precision: {PRECISION_NAMES.get(amp, 'off')}")
-
-    # --- dataset (kept for the command line, tests and scripts) -----------------------------------------
-
-    def open_folder(self, folder: str) -> None:
-        self.settings.setValue("paths/last_dataset", folder)
-        self.session.open_folder(folder)
-
-    def open_demo_dataset(self) -> None:
-        self.session.open_demo()
-
-    def open_startup(self, data: str | None = None, project: str | None = None) -> None:
-        """What a fresh window opens: a project, a folder, else the last run (so Continue and
-        Export work after a restart), else the demo dataset."""
-        if project:
-            self.open_project(project)
-        elif data:
-            self.open_folder(str(Path(data).expanduser().resolve()))
-        elif not self.session.restore_latest_run():
-            self.session.open_demo()
-
-    # --- training -------------------------------------------------------------------------------------
-
-    @Slot()
-    def start_training(self) -> None:
-        if self.session.is_running:
-            return
-        self.training_panel.show_error("")
-        self.model_panel.end_preview()  # the tree shows what trains
-        if self.session.start():
-            self._show_new_run()
-
-    @Slot()
-    def continue_training(self) -> None:
-        if self.session.is_running:
-            return
-        self.training_panel.show_error("")
-        self.model_panel.end_preview()
-        if self.session.continue_run():
-            self._show_new_run()
-
-    def _show_new_run(self) -> None:
-        self.plots.clear()
-        self.model_panel.clear_evidence()
-        self.training_panel.reset_progress()
-
-    @Slot()
-    def toggle_pause(self) -> None:
-        self.session.set_paused(not self.controller.paused)
-
-    @Slot()
-    def stop_training(self) -> None:
-        if self.session.is_running:
-            self.session.stop()
-            self.training_panel.show_stopping()
 
     @Slot(object)
     def _on_run_started(self, event: RunStarted) -> None:
@@ -509,97 +439,40 @@ class MainWindow(QMainWindow):
         box.setObjectName("trainingFailedBox")
         box.open()  # window-modal but not blocking: the event loop keeps running
 
-    # --- insight and past runs ---------------------------------------------------------------------------
-
     @Slot(object)
     def _show_insight(self, insight: RunInsight) -> None:
         self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name)
         self.insight.show_embeddings(insight.points)
-        self.insight.show_try_model(self._try_model_text())
+        self._show_try_model()
 
-    def _try_model_text(self) -> str:
-        path = self.insight_session.try_model_path()
-        return "none yet: train a run or choose a file" if path is None else f"{path.parent.name}/{path.name}"
-
-    @Slot(str)
-    def try_image(self, image: str) -> None:
-        self.insight.show_try_busy(image)
-        self.insight_session.try_image(image)
+    @Slot()
+    def _show_try_model(self) -> None:
+        path = self.session.insight.try_model_path()
+        self.insight.show_try_model("none yet: train a run or choose a file" if path is None
+                                    else f"{path.parent.name}/{path.name}")
 
     @Slot(str)
-    def _choose_try_model(self, path: str) -> None:
-        self.insight_session.set_try_model(path)
-        self.insight.show_try_model(self._try_model_text())
-
-    @Slot(list)
-    def _on_runs_selected(self, paths: list) -> None:
-        if len(paths) != 1 or self.session.is_running:
-            self.model_panel.end_preview()
-        if len(paths) == 1:
-            folder = RunFolder(paths[0])
-            self.insight_session.open_insight(folder)
-            if not self.session.is_running:  # live curves are never replaced by a past run's
-                self.insight_session.load_history(folder)
-                self.session.preview_run(str(folder.path))  # its plan, read-only, in the tree
-        if len(paths) >= 2:
-            self.insight_session.compare(paths)
-
-    @Slot(str, list)
-    def _show_history(self, path: str, events: list) -> None:
-        if self.session.is_running or path not in self.runs_view.selected_paths():
-            return
-        self.plots.show_history(events)
-
-    def _open_run(self, path: str) -> bool:
-        """Make a listed run the session's run (its configuration shown), so its actions work."""
-        if self.session.is_running:
-            self._show_notice("A run is in progress: stop it first.")
-            return False
-        if self.session.run.folder is not None and self.session.run.folder.path == Path(path):
-            return True
-        if not self.session.open_run(RunFolder(path)):
-            self.training_panel.show_error(f"{Path(path).name} cannot be opened: its run.json or its dataset "
-                                           f"folder cannot be read.")
-            return False
-        return True
-
-    @Slot(str)
-    def continue_run_of(self, path: str) -> None:
-        if self._open_run(path):
-            self.continue_training()
-
-    @Slot(str)
-    def export_run_of(self, path: str) -> None:
-        if self._open_run(path):
-            self.export_checkpoint()
-
-    @Slot(str, object, object)
-    def _show_run_preview(self, path: str, info, plan) -> None:
-        if self.session.is_running or self.runs_view.selected_paths() != [path]:
-            return  # the selection moved on meanwhile
-        self.model_panel.show_preview(Path(path).name, info, plan)
-
-    @Slot(str)
-    def use_run_configuration(self, path: str) -> None:
-        self.model_panel.end_preview()
-        if self._open_run(path):
-            self._show_notice(f"The configuration of {Path(path).name} is shown: edit it and Start.")
-
-    @Slot(str)
-    def delete_run(self, path: str) -> None:
-        """To the system trash when there is one; else, after a confirmation, removed for good."""
-        running = self.session.run.folder
-        if self.session.is_running and running is not None and running.path == Path(path):
-            self._show_notice("That run is training: stop it first.")
-            return
-        if QFile.moveToTrash(path):
-            self._show_notice(f"Moved {Path(path).name} to the trash.")
-            self.insight_session.refresh_runs()
-            return
+    def _confirm_deletion(self, path: str) -> None:
         answer = QMessageBox.question(self, "Delete run", f"There is no trash here. Delete {Path(path).name} "
                                       f"and all its files for good?")
         if answer == QMessageBox.StandardButton.Yes:
-            self.insight_session.delete_run(path)
+            self.session.run_list.delete_for_good(path)
+
+    # --- dataset (kept for the command line, tests and scripts) -----------------------------------------
+
+    def open_folder(self, folder: str) -> None:
+        self.settings.setValue("paths/last_dataset", folder)
+        self.session.datasets.open_folder(folder)
+
+    def open_startup(self, data: str | None = None, project: str | None = None) -> None:
+        """What a fresh window opens: a project, a folder, else the last run (so Continue and
+        Export work after a restart), else the demo dataset."""
+        if project:
+            self.open_project(project)
+        elif data:
+            self.open_folder(str(Path(data).expanduser().resolve()))
+        elif not self.session.runs.restore_latest_run():
+            self.session.datasets.open_demo()
 
     # --- guidance -----------------------------------------------------------------------------------------
 
@@ -608,11 +481,11 @@ class MainWindow(QMainWindow):
         """The LR range test on the configuration shown; Apply scales the plan (undoably)."""
         if self.session.is_running:
             return
-        tasks = self.session.tasks
-        self.lr_finder_dialog = LrFinderDialog(self.session.config(), self.session.scan,
+        tasks, config = self.session.tasks, self.session.config()
+        self.lr_finder_dialog = LrFinderDialog(config, self.session.datasets.scan_for(config),
                                                submit=lambda fn, done, error: tasks.submit("lr-find", fn, done, error),
                                                parent=self)
-        self.lr_finder_dialog.applied.connect(self.session.adopt_scaled_plan)
+        self.lr_finder_dialog.applied.connect(self.session.plan.adopt_scaled_plan)
         self.lr_finder_dialog.open()
 
     # --- export -------------------------------------------------------------------------------------------
@@ -620,20 +493,15 @@ class MainWindow(QMainWindow):
     @Slot()
     def export_checkpoint(self) -> None:
         """Open the Export dialog for the shown run's best checkpoint."""
-        checkpoint = self.session.export_checkpoint()
-        if checkpoint is None:
-            self.training_panel.show_error("No checkpoint to export yet: train first.")
+        offer = self.session.exports.offer()
+        if offer is None:
             return
-        try:
-            meta = meta_from_record(self.session.run.folder.read_record())
-        except UserError as exc:
-            self.training_panel.show_error(str(exc))
-            return
+        checkpoint, meta = offer
         folder = str(self.settings.value("paths/last_export", ""))
         if not folder or not Path(folder).is_dir():
             folder = str(checkpoint.parent)
         self.export_dialog = ExportDialog(str(checkpoint), meta, folder, self)
-        self.export_dialog.export_requested.connect(self.session.export)
+        self.export_dialog.export_requested.connect(self.session.exports.start)
         self.export_dialog.open()
 
     @Slot()
@@ -663,26 +531,19 @@ class MainWindow(QMainWindow):
 
     def save_project(self, path: str) -> None:
         """Saves the configuration as shown (during a run: the run's)."""
-        save_project(path, self.session.config())
+        self.session.save_project(path)
         self._remember_recent(path)
         self.statusBar().showMessage(f"Saved {path}", 5000)
 
     def open_project(self, path: str) -> None:
-        try:
-            config = load_project(path)
-        except UserError as exc:
-            self.training_panel.show_error(str(exc))
-            return
-        if self.session.apply_config(config):
+        if self.session.open_project(path):
             self._remember_recent(path)
             self.setWindowTitle(f"Transfer Studio — {Path(path).name}")
 
     @Slot()
     def new_project(self) -> None:
-        if self.session.is_running:
-            return
-        self.session.reset()
-        self.setWindowTitle("Transfer Studio")
+        if self.session.settings.reset():
+            self.setWindowTitle("Transfer Studio")
 
     def _open_project_dialog(self) -> None:
         start = self.settings.value("paths/last_project_dir", str(Path.home()))

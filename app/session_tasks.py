@@ -1,6 +1,7 @@
 """The session's background helpers: listing and splitting the dataset folder, building a model's
 structure for the layer tree, checking a weights file. Each runs its work as a BackgroundTasks job
-and says what it found with a signal; app.session wires them into the configuration."""
+and says what it found with a signal; the dataset and settings controllers (app/dataset_controller.py,
+app/settings_controller.py) wire them into the configuration."""
 
 from __future__ import annotations
 

@@ -54,20 +54,20 @@ def main() -> int:
     window = window_with_private_settings(Path(tempfile.mkdtemp(prefix="ts-shot-")))
     window.resize(width, height)
     window.show()
-    window.open_demo_dataset()
+    window.session.datasets.open_demo()
     session = window.session
 
     def configure_and_start():
         if not window.is_ready:
             QTimer.singleShot(200, configure_and_start)
             return
-        session.update_data({"image_size": 64, "augment": "light"})
-        session.update_train({"epochs": 8, "device": "cpu"})
-        session.apply_preset("gradual")
+        session.settings.update_data({"image_size": 64, "augment": "light"})
+        session.settings.update_train({"epochs": 8, "device": "cpu"})
+        session.plan.apply_preset("gradual")
         tree = window.model_panel.tree
         tree.expand(window.model_panel.tree_model.index_for("layer4"))
         window.plots.set_update_ratio_visible(True)
-        window.start_training()
+        window.session.runs.start()
 
     def maybe_grab(event):
         if event.epoch == args.grab_after_epoch:

@@ -137,7 +137,7 @@ def a_run_that_predicted_every_image(win, data: Path) -> RunFolder:
     """A run folder (no training) whose validation predictions are every image, each predicted right."""
     import torch
 
-    from app.session import WINDOW_DEFAULTS
+    from app.session_state import WINDOW_DEFAULTS
     from dataclasses import replace
     from engine.runs.predictions import prediction_records, write_predictions
 
@@ -163,7 +163,7 @@ def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, win
     original = tree(data)
     window.open_folder(str(data))
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
-    window.insight_session.open_insight(a_run_that_predicted_every_image(window, data))
+    window.session.insight.open_insight(a_run_that_predicted_every_image(window, data))
     insight, gallery = window.insight, window.insight.gallery
     qtbot.waitUntil(lambda: insight.matrix_model.rowCount() == 3, timeout=20_000)
     insight.show_cell(0, 0)  # circle predicted as circle: its 8 images
@@ -179,7 +179,7 @@ def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, win
              **{f"triangle/{Path(p).name}": original[p] for p in chosen}}
     assert tree(data) == moved  # the same bytes, under their new class
     assert sorted(r.true for r in gallery.model().records()).count("triangle") == 3  # rows follow their files
-    assert window.undo_action.isEnabled() and "Move 3 image(s) to triangle" in window.session.plan_history.undoText()
+    assert window.undo_action.isEnabled() and "Move 3 image(s) to triangle" in window.session.history.undoText()
     insight.show_cell(0, 0)  # the cell again: what the run saw, its images found where they are now
     assert sorted(Path(r.path).parent.name for r in gallery.model().records()).count("triangle") == 3
 
@@ -198,14 +198,14 @@ def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, w
     data = tiny_dataset(tmp_path / "data")
     original = tree(data)
     session = window.session
-    session.set_arch("resnet18")
-    session.set_weights(str(resnet18_weights_file))
-    session.update_data({"image_size": 32})
-    session.update_train({"device": "cpu"})
+    session.settings.set_arch("resnet18")
+    session.settings.set_weights(str(resnet18_weights_file))
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"device": "cpu"})
     window.open_folder(str(data))
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
     view = window.suspects_view
-    with qtbot.waitSignal(window.session.suspect_finder.found, timeout=60_000):
+    with qtbot.waitSignal(window.session.mending.suspect_finder.found, timeout=60_000):
         view.find_button.click()
         assert not view.find_button.isEnabled() and view.stop_button.isEnabled()  # busy, off the GUI thread
     model = view.model
@@ -230,7 +230,7 @@ def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, w
     assert tree(data) == original and [model.suspect(r)["path"] for r in (0, 1)] == [s["path"] for s in chosen]
 
 
-def test_opening_a_dataset_completes_what_a_crash_left_half_done(qtbot, window, tmp_path, monkeypatch):
+def test_opening_a_dataset_notes_what_a_crash_left_half_done_and_moves_nothing(qtbot, window, tmp_path, monkeypatch):
     from engine.curation import dataset_edits
 
     data = tiny_dataset(tmp_path / "data")
@@ -245,9 +245,9 @@ def test_opening_a_dataset_completes_what_a_crash_left_half_done(qtbot, window, 
     assert tree(data) == original  # half-done: planned, nothing moved yet
 
     window.open_folder(str(data))
-    wait_listed(qtbot, window, data, {"circle": 6, "square": 10, "triangle": 8})  # completed before listing
+    wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})  # opening only reads (issue 22)
     assert "half-done" in window.statusBar().currentMessage()
-    assert set(tree(data).values()) == set(original.values())  # nothing lost
+    assert tree(data) == original  # nothing moved: the next edit completes it
 
 
 # --- train --folds -------------------------------------------------------------------------------
@@ -360,21 +360,21 @@ def test_images_are_not_moved_while_a_run_trains(qtbot, window, tmp_path):
     data = tiny_dataset(tmp_path / "data")
     original = tree(data)
     session = window.session
-    session.set_weights("none")
-    session.update_data({"image_size": 32})
-    session.update_train({"epochs": 200, "batch_size": 8, "device": "cpu"})
-    session.apply_preset("feature-extraction")
+    session.settings.set_weights("none")
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"epochs": 200, "batch_size": 8, "device": "cpu"})
+    session.plan.apply_preset("feature-extraction")
     window.open_folder(str(data))
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
     qtbot.waitUntil(lambda: window.is_ready, timeout=30_000)
     with qtbot.waitSignal(window.controller.run_started, timeout=60_000):
-        window.start_training()
-    session.relabel_images([str(data / "circle" / "circle_0000.png")], "square")
+        window.session.runs.start()
+    session.mending.relabel_images([str(data / "circle" / "circle_0000.png")], "square")
     assert "A run is in progress" in window.statusBar().currentMessage()
-    session.exclude_images([str(data / "circle" / "circle_0001.png")])
+    session.mending.exclude_images([str(data / "circle" / "circle_0001.png")])
     assert "A run is in progress" in window.statusBar().currentMessage()
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
-        window.stop_training()
+        window.session.runs.stop()
     assert tree(data) == original and not (data / JOURNAL_NAME).exists()
 
 
@@ -461,8 +461,8 @@ def held_moves(monkeypatch):
     return moving, gate
 
 
-def test_reopening_a_dataset_while_its_files_move_repairs_nothing_until_the_move_is_done(qtbot, tmp_path,
-                                                                                        monkeypatch):
+def test_reopening_a_dataset_while_its_files_move_lists_nothing_until_the_move_is_done(qtbot, tmp_path,
+                                                                                      monkeypatch):
     import json
 
     from PySide6.QtGui import QUndoStack
@@ -475,15 +475,15 @@ def test_reopening_a_dataset_while_its_files_move_repairs_nothing_until_the_move
     tasks = BackgroundTasks()
     edits = DataEdits(tasks, QUndoStack())
     listed, notices = [], []
-    edits.repaired.connect(notices.append)
+    edits.noted.connect(notices.append)
     edits.failed.connect(notices.append)
     try:
         edits.relabel(str(data), [str(data / "circle" / "circle_0000.png")], "square")
         qtbot.waitUntil(moving.is_set, timeout=5_000)  # the planned entry is written, the file not moved yet
-        edits.repair(str(data), lambda: listed.append(True))  # the same dataset opened again, meanwhile
+        edits.check_journal(str(data), lambda: listed.append(True))  # the same dataset opened again, meanwhile
         assert edits.busy
-        qtbot.wait(300)  # time enough for a repair beside the move to go wrong
-        assert not listed  # the repair waits for the move
+        qtbot.wait(300)  # time enough for a look beside the move to see it half-done
+        assert not listed  # the look waits for the move
         with qtbot.waitSignal(edits.edited, timeout=10_000):
             gate.set()
         qtbot.waitUntil(lambda: listed == [True], timeout=10_000)
@@ -496,10 +496,12 @@ def test_reopening_a_dataset_while_its_files_move_repairs_nothing_until_the_move
         tasks.shutdown()
 
 
-def test_a_repair_under_way_refuses_an_edit_and_counts_as_busy(qtbot, tmp_path, monkeypatch):
+def test_opening_a_dataset_notes_a_half_done_edit_moves_nothing_and_the_next_edit_completes_it(qtbot, tmp_path,
+                                                                                              monkeypatch):
+    """Issue 22: merely opening a folder never obeys its journal; the note says what the next edit does."""
     from PySide6.QtGui import QUndoStack
 
-    from app.data_edit_session import BUSY, DataEdits
+    from app.data_edit_session import DataEdits
     from app.worker import BackgroundTasks
     from engine.curation import dataset_edits
 
@@ -507,22 +509,20 @@ def test_a_repair_under_way_refuses_an_edit_and_counts_as_busy(qtbot, tmp_path, 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(dataset_edits, "move_file", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt))
         relabel(data, ["circle/circle_0000.png"], "square")  # a crash left it half-done
-    moving, gate = held_moves(monkeypatch)
     tasks = BackgroundTasks()
     edits = DataEdits(tasks, QUndoStack())
     listed = []
     try:
-        edits.repair(str(data), lambda: listed.append(True))
-        qtbot.waitUntil(moving.is_set, timeout=5_000)
-        assert edits.busy  # Start is refused meanwhile (Session.start_problem)
-        with qtbot.waitSignal(edits.failed, timeout=5_000) as failed:
+        with qtbot.waitSignal(edits.noted, timeout=10_000) as noted:
+            edits.check_journal(str(data), lambda: listed.append(True))
+        assert "relabel #1" in noted.args[0] and "next relabel, exclude, undo or redo completes it" in noted.args[0]
+        qtbot.waitUntil(lambda: listed == [True], timeout=5_000)
+        assert (data / "circle" / "circle_0000.png").is_file() and not (data / "square" / "circle_0000.png").exists()
+        assert not edits.busy
+        with qtbot.waitSignal(edits.edited, timeout=10_000):
             edits.exclude(str(data), [str(data / "circle" / "circle_0001.png")])
-        assert failed.args == [BUSY]
-        with qtbot.waitSignal(edits.repaired, timeout=10_000):
-            gate.set()
-        assert listed == [True] and not edits.busy
+        assert (data / "square" / "circle_0000.png").is_file()  # the edit completed the half-done relabel first
     finally:
-        gate.set()
         tasks.shutdown()
 
 
@@ -560,23 +560,23 @@ def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(q
 
 
 def test_no_run_starts_while_suspects_are_being_found(qtbot, window, tmp_path, monkeypatch):
-    from app.session import SEARCHING
+    from app.runs_controller import SEARCHING
 
     searching = endless_suspects_search(monkeypatch)
     data = tiny_dataset(tmp_path / "data")
     session = window.session
-    session.set_weights("none")
-    session.update_data({"image_size": 32})
-    session.update_train({"epochs": 1, "batch_size": 8, "device": "cpu"})
+    session.settings.set_weights("none")
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"epochs": 1, "batch_size": 8, "device": "cpu"})
     window.open_folder(str(data))
     wait_listed(qtbot, window, data, {"circle": 8, "square": 8, "triangle": 8})
     qtbot.waitUntil(lambda: window.is_ready, timeout=30_000)
     window.suspects_view.find_button.click()
     qtbot.waitUntil(searching.is_set, timeout=5_000)
-    assert session.start_problem() == SEARCHING
-    with qtbot.waitSignal(session.error_raised, timeout=5_000) as refused:
-        window.start_training()
+    assert session.runs.start_problem() == SEARCHING
+    with qtbot.waitSignal(session.messages.error_raised, timeout=5_000) as refused:
+        window.session.runs.start()
     assert refused.args == [SEARCHING] and not session.is_running
-    with qtbot.waitSignal(session.suspect_finder.failed, timeout=10_000):
+    with qtbot.waitSignal(session.mending.suspect_finder.failed, timeout=10_000):
         window.suspects_view.stop_button.click()
-    assert session.start_problem() != SEARCHING and window.suspects_view.note.text() == "Stopped."
+    assert session.runs.start_problem() != SEARCHING and window.suspects_view.note.text() == "Stopped."

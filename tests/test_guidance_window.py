@@ -7,7 +7,7 @@ import threading
 import pytest
 from PySide6.QtCore import Qt
 
-from app.session import ADVICE_FOLLOWED
+from app.advice_controller import ADVICE_FOLLOWED
 from app.worker import BackgroundTasks
 from engine.insight.advisor import Advice, advise
 from engine.config import DataConfig, ModelConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig
@@ -123,14 +123,14 @@ def _undo(qtbot, win) -> None:
 
 def _wait_advice(qtbot, win, weights: str) -> Advice:
     card = win.data_panel.advice_card
-    qtbot.waitUntil(lambda: card.advice is not None and win.session.advice is card.advice
+    qtbot.waitUntil(lambda: card.advice is not None and win.session.advisor.advice is card.advice
                     and win.session.config().model.weights == weights, timeout=60_000)
     return card.advice
 
 
 def test_advice_card_applies_undoably_and_never_over_the_persons_edits(qtbot, window, tiny_dir):
     session, card = window.session, window.data_panel.advice_card
-    session.update_data({"augment": "standard"})
+    session.settings.update_data({"augment": "standard"})
     window.model_panel.preset_buttons["fine-tune"].click()  # the person's own plan, before any advice
     window.open_folder(str(tiny_dir))
     wait_ready(qtbot, window, classes=3)
@@ -154,16 +154,16 @@ def test_advice_card_applies_undoably_and_never_over_the_persons_edits(qtbot, wi
     window.model_panel.preset_buttons["discriminative"].click()
     assert card.apply_button.isEnabled()  # an edit after Apply: the card says it no longer holds
     edited = session.config().plan
-    session.set_weights("none")  # new advice (random weights: fine-tune) arrives for this dataset
+    session.settings.set_weights("none")  # new advice (random weights: fine-tune) arrives for this dataset
     later = _wait_advice(qtbot, window, "none")
     assert later.strategy == "fine-tune" and session.config().plan == edited
 
 
 def test_the_demo_opened_first_follows_the_advice_visibly_and_undoably(qtbot, window):
     session, card = window.session, window.data_panel.advice_card
-    session.update_data({"augment": "standard"})  # a data setting, not a plan edit
-    session.update_train({"epochs": 7})
-    window.open_demo_dataset()
+    session.settings.update_data({"augment": "standard"})  # a data setting, not a plan edit
+    session.settings.update_train({"epochs": 7})
+    window.session.datasets.open_demo()
     advice = _wait_advice(qtbot, window, "imagenet")
     assert session.dataset.scan.total == 240 and advice.strategy == "feature-extraction"
     config = session.config()
@@ -178,13 +178,13 @@ def test_the_demo_opened_first_follows_the_advice_visibly_and_undoably(qtbot, wi
 
 def test_lr_finder_from_the_window_scales_every_lr_and_keeps_the_ratios(qtbot, window, tiny_dir):
     session, tree = window.session, window.model_panel.tree_model
-    session.set_weights("none")
+    session.settings.set_weights("none")
     window.open_folder(str(tiny_dir))
     wait_ready(qtbot, window, classes=3)
-    session.update_data({"image_size": 32})
-    session.update_train({"batch_size": 8, "device": "cpu"})
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"batch_size": 8, "device": "cpu"})
     window.model_panel.preset_buttons["discriminative"].click()
-    session.adopt_plan(session.config().plan.with_edit(PlanEdit("layer2", lr=3e-5)))
+    session.plan.adopt_plan(session.config().plan.with_edit(PlanEdit("layer2", lr=3e-5)))
     before = {layer.name: tree.module_row(layer.name)["lr"] for layer in tree.model_info.layers}
 
     window.training_panel.lr_finder_button.click()
@@ -206,12 +206,12 @@ def _planned_values(plots) -> dict[str, list[float]]:
 
 def test_planned_lrs_are_drawn_dashed_before_start_and_the_run_draws_over_them(qtbot, window, tiny_dir):
     session, plots = window.session, window.plots
-    session.set_weights("none")
+    session.settings.set_weights("none")
     window.open_folder(str(tiny_dir))
     wait_ready(qtbot, window, classes=3)
-    session.update_data({"image_size": 32})
+    session.settings.update_data({"image_size": 32})
     window.data_panel.class_weights_combo.setCurrentIndex(window.data_panel.class_weights_combo.findData("none"))
-    session.update_train({"epochs": 3, "batch_size": 8, "device": "cpu", "schedule": "cosine",
+    session.settings.update_train({"epochs": 3, "batch_size": 8, "device": "cpu", "schedule": "cosine",
                           "warmup_epochs": 1.0, "telemetry": False})
     window.model_panel.preset_buttons["gradual"].click()
     config = session.config()
@@ -246,7 +246,7 @@ def test_class_weights_choice_reaches_the_configuration_and_the_project_file(qtb
     assert window.session.config().train.class_weights == "balanced"
     path = str(tmp_path / "p.tsproj.json")
     window.save_project(path)
-    window.session.update_train({"class_weights": "auto"})
+    window.session.settings.update_train({"class_weights": "auto"})
     assert combo.currentData() == "auto"
     window.open_project(path)
     assert window.session.config().train.class_weights == "balanced" and combo.currentData() == "balanced"

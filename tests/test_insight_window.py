@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QWidget
 from app.insight_session import InsightSession
 from app.main_window import window_with_private_settings
 from engine.runs.catalog import config_diff, list_summaries, read_summary
-from app.session import WINDOW_DEFAULTS
+from app.session_state import WINDOW_DEFAULTS
 from app.worker import BackgroundTasks
 from engine.config import PlanConfig, PlanEdit
 from engine.runs.predictions import prediction_records, read_predictions, write_predictions
@@ -36,10 +36,10 @@ def find(win, name):
 
 def short_run_settings(win, epochs: int) -> None:
     session = win.session
-    session.set_weights("none")
-    session.update_data({"image_size": 32})
-    session.update_train({"epochs": epochs, "batch_size": 16, "device": "cpu"})
-    session.apply_preset("feature-extraction")  # the head on cached features: seconds on a CPU
+    session.settings.set_weights("none")
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"epochs": epochs, "batch_size": 16, "device": "cpu"})
+    session.plan.apply_preset("feature-extraction")  # the head on cached features: seconds on a CPU
 
 
 def train(qtbot, win, demo_dir, epochs: int = 1):
@@ -102,7 +102,7 @@ def test_after_a_short_run_the_matrix_counts_the_validation_set_and_a_cell_shows
 
     # Try an image: the run's best checkpoint classifies one of its own validation images.
     image = str(Path(demo_dir) / records[0].path)
-    window.try_image(image)
+    window.insight.try_image_requested.emit(image)
     bars = window.insight.try_panel.bars
     qtbot.waitUntil(lambda: len(bars.top()) > 0, timeout=30_000)
     assert {name for name, _ in bars.top()} <= set(names)
@@ -130,10 +130,10 @@ def test_a_new_window_lists_the_earlier_run_and_continues_and_exports_it(qtbot, 
 
         find(again, "runExportButton").click()
         assert again.export_dialog is not None and again.export_dialog.isVisible()
-        assert again.export_dialog.windowTitle() and result.checkpoint in str(again.session.export_checkpoint())
+        assert again.export_dialog.windowTitle() and result.checkpoint in str(again.session.exports.checkpoint())
         again.export_dialog.close()
 
-        again.session.update_train({"epochs": 2})
+        again.session.settings.update_train({"epochs": 2})
         with qtbot.waitSignal(again.controller.run_finished, timeout=120_000) as resumed:
             find(again, "runContinueButton").click()
         assert resumed.args[0].epochs_run == 2 and resumed.args[0].run_dir == result.run_dir

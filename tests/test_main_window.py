@@ -38,7 +38,7 @@ def choose(combo, data) -> None:
 
 
 def small_run(win, epochs=2, size=32, weights="none"):
-    win.session.set_weights(weights)
+    win.session.settings.set_weights(weights)
     find(win, "imageSizeSpin").setValue(size)
     find(win, "epochsSpin").setValue(epochs)
     find(win, "batchSizeSpin").setValue(16)
@@ -163,7 +163,7 @@ def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     # Continue training: the same run folder goes on to 3 epochs, numbering continued.
     find(window, "epochsSpin").setValue(3)
     with qtbot.waitSignal(window.controller.run_finished, timeout=120_000) as resumed:
-        window.continue_training()
+        window.session.runs.continue_run()
     assert resumed.args[0].epochs_run == 3 and resumed.args[0].run_dir == result.run_dir
 
 
@@ -188,7 +188,7 @@ def test_after_a_restart_continue_and_export_find_the_latest_run(qtbot, tmp_path
         again.export_dialog.close()
         find(again, "epochsSpin").setValue(2)
         with qtbot.waitSignal(again.controller.run_finished, timeout=120_000) as resumed:
-            again.continue_training()
+            again.session.runs.continue_run()
         assert resumed.args[0].epochs_run == 2 and resumed.args[0].run_dir == result.run_dir
     finally:
         again.close()
@@ -226,8 +226,8 @@ def test_a_running_configuration_is_shown_read_only_and_saved(qtbot, window, dem
     for name in ("modelCombo", "weightsCombo", "presetFeatureExtraction", "imageSizeSpin", "valFractionSpin",
                  "dataFolderEdit", "epochsSpin", "baseLrSpin"):
         assert not find(window, name).isEnabled(), name
-    window.session.set_arch("mobilenet_v3_small")  # even a call that bypasses the disabled boxes
-    window.session.apply_preset("feature-extraction")
+    window.session.settings.set_arch("mobilenet_v3_small")  # even a call that bypasses the disabled boxes
+    window.session.plan.apply_preset("feature-extraction")
     tree = window.model_panel.tree_model
     view = window.model_panel.tree
     rect = view.visualRect(tree.index_for("layer1", FROZEN))
@@ -252,7 +252,7 @@ def test_another_dataset_or_model_clears_the_last_run(qtbot, window, demo_dir, t
     assert not find(window, "exportButton").isEnabled()
     assert window.plots.point_count() == 0 and window.run_label.text() == "No run yet"
     assert find(window, "trainingProgress").format() == "Ready"
-    window.continue_training()
+    window.session.runs.continue_run()
     assert "No run to continue" in find(window, "errorLabel").text()
 
     window.open_folder(str(demo_dir))
@@ -307,7 +307,7 @@ def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir, monkeyp
     assert find(window, "trainingProgress").format() == "Failed"
     tree = window.model_panel.tree_model
     assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
-    window.session.set_base_lr(2e-3)  # the failed run's evidence stays while the person looks at it
+    window.session.plan.set_base_lr(2e-3)  # the failed run's evidence stays while the person looks at it
     assert "layer1.0.bn1.running_mean" in tree.index_for("layer1", FROZEN).data(Qt.ItemDataRole.ToolTipRole)
 
 
@@ -462,17 +462,17 @@ def test_the_class_table_shows_many_classes_and_long_names(qtbot, window, tmp_pa
 
 def test_the_weights_combo_offers_only_files_that_load(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
     open_demo(qtbot, window, demo_dir)
-    window.session.set_weights(str(resnet18_weights_file))
+    window.session.settings.set_weights(str(resnet18_weights_file))
     qtbot.waitUntil(lambda: "dropped" in window.statusBar().currentMessage(), timeout=30_000)
     combo = find(window, "weightsCombo")
     assert combo.currentData() == str(resnet18_weights_file)
     state = torch.load(resnet18_weights_file, weights_only=True)
     del state["layer2.0.conv1.weight"]
     torch.save(state, tmp_path / "broken.pt")
-    window.session.set_weights(str(tmp_path / "broken.pt"))
+    window.session.settings.set_weights(str(tmp_path / "broken.pt"))
     qtbot.waitUntil(lambda: "layer2.0.conv1.weight" in find(window, "errorLabel").text(), timeout=30_000)
     (tmp_path / "garbage.pth").write_bytes(b"\x80\x02.")
-    window.session.set_weights(str(tmp_path / "garbage.pth"))
+    window.session.settings.set_weights(str(tmp_path / "garbage.pth"))
     qtbot.waitUntil(lambda: "garbage.pth" in find(window, "errorLabel").text(), timeout=30_000)
     assert "IndexError: pop from empty list" not in find(window, "errorLabel").text().split(" (")[0]
     offered = [combo.itemData(i) for i in range(combo.count())]

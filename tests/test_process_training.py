@@ -79,7 +79,7 @@ def _find(win, name):
 def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
-    window.session.set_weights("none")
+    window.session.settings.set_weights("none")
     _find(window, "imageSizeSpin").setValue(32)
     _find(window, "epochsSpin").setValue(50)
     _find(window, "batchSizeSpin").setValue(16)

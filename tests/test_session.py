@@ -9,7 +9,8 @@ import torch
 
 import app.session_tasks as session_tasks
 import app.worker as worker_module
-from app.session import WINDOW_DEFAULTS, Session
+from app.session import Session
+from app.session_state import WINDOW_DEFAULTS
 from engine.config import PlanConfig, PlanEdit, RunConfig, TrainConfig
 from engine.data.dataset import list_dataset, scan_dataset, split_listing
 
@@ -22,7 +23,7 @@ def session(qtbot, tmp_path):
 
 
 def open_and_wait(qtbot, session, folder):
-    session.open_folder(str(folder))
+    session.datasets.open_folder(str(folder))
     qtbot.waitUntil(lambda: session.is_ready, timeout=60_000)
 
 
@@ -39,32 +40,32 @@ def test_a_change_of_split_does_not_list_the_folder_again(qtbot, session, demo_d
     open_and_wait(qtbot, session, demo_dir)
     assert len(listings) == 1 and len(splits) == 1
     for step in range(1, 6):  # five quick steps of the Validation box
-        session.update_data({"val_fraction": 0.2 + 0.05 * step})
+        session.settings.update_data({"val_fraction": 0.2 + 0.05 * step})
     qtbot.waitUntil(lambda: session.dataset.split == (pytest.approx(0.45), 0), timeout=10_000)
     assert len(listings) == 1, "a split change read the folder again"
     assert splits[1:] == [(pytest.approx(0.45), 0)], "one split for a burst of changes"
     val = sum(c["val"] for c in session.dataset.summary["classes"])
     assert val == 4 * round(16 * 0.45)
-    session.update_train({"seed": 7})  # the seed decides the split too
+    session.settings.update_train({"seed": 7})  # the seed decides the split too
     qtbot.waitUntil(lambda: session.dataset.split == (pytest.approx(0.45), 7), timeout=10_000)
     assert len(listings) == 1
 
 
 def test_the_lr_settings_live_in_the_session_only(qtbot, session):
     plans = []
-    session.plan_changed.connect(plans.append)
-    session.set_base_lr(3e-4)
-    session.set_discriminative_factor(4.0)
-    session.set_gradual_every(2)
+    session.configuration.plan_changed.connect(plans.append)
+    session.plan.set_base_lr(3e-4)
+    session.plan.set_discriminative_factor(4.0)
+    session.plan.set_gradual_every(2)
     assert session.config().plan == replace(WINDOW_DEFAULTS.plan, base_lr=3e-4, discriminative_factor=4.0,
                                             gradual_every=2)
-    session.apply_preset("discriminative")  # a preset keeps the LR settings, drops the tree's edits
+    session.plan.apply_preset("discriminative")  # a preset keeps the LR settings, drops the tree's edits
     assert session.config().plan.base_lr == 3e-4 and session.config().plan.strategy == "discriminative"
-    session.adopt_plan(session.config().plan.with_edit(PlanEdit("layer1", frozen=True)))
-    session.apply_preset("fine-tune")
+    session.plan.adopt_plan(session.config().plan.with_edit(PlanEdit("layer1", frozen=True)))
+    session.plan.apply_preset("fine-tune")
     assert session.config().plan.edits == () and session.config().plan.discriminative_factor == 4.0
     assert [p.strategy for p in plans][-2:] == ["discriminative", "fine-tune"]
-    session.set_base_lr(3e-4)  # no change: nobody is told
+    session.plan.set_base_lr(3e-4)  # no change: nobody is told
     assert len(plans) == 6
 
 
@@ -80,9 +81,9 @@ def test_a_configuration_applies_all_or_nothing(qtbot, session):
            replace(before, train=replace(before.train, epochs=0)),
            replace(before, plan=replace(before.plan, strategy="magic"))]
     errors = []
-    session.error_raised.connect(errors.append)
+    session.messages.error_raised.connect(errors.append)
     for config in bad:
-        assert not session.apply_config(config)
+        assert not session.settings.apply_config(config)
         assert session.config() == before
     assert "resnet1800" in errors[0] and len(errors) == 3
 
@@ -92,26 +93,26 @@ def test_a_garbage_weights_file_is_one_line_and_not_offered(qtbot, session, demo
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x80\x02.")  # torch's weights-only unpickler: "IndexError: pop from empty list"
     errors = []
-    session.error_raised.connect(errors.append)
-    session.set_weights(str(garbage))
-    assert session.weights_files == [str(garbage)]  # offered while it is being checked
+    session.messages.error_raised.connect(errors.append)
+    session.settings.set_weights(str(garbage))
+    assert session.settings.weights_files == [str(garbage)]  # offered while it is being checked
     qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
     assert "garbage.pth" in errors[0] and "pop from empty list" not in errors[0].split("(")[0]
     assert "\n" not in errors[0]
-    assert session.weights_files == [] and session.config().model.weights == "imagenet"
+    assert session.settings.weights_files == [] and session.config().model.weights == "imagenet"
 
 
 def test_good_weights_files_are_kept_few(qtbot, session, demo_dir, tmp_path, resnet18_weights_file):
     open_and_wait(qtbot, session, demo_dir)
     state = torch.load(resnet18_weights_file, weights_only=True)
     checked, paths = [], []
-    session.notice.connect(checked.append)
+    session.messages.notice.connect(checked.append)
     for i in range(session_tasks.MAX_WEIGHTS_FILES + 2):
         paths.append(str(tmp_path / f"w{i}.pt"))
         torch.save(state, paths[-1])
-        session.set_weights(paths[-1])
+        session.settings.set_weights(paths[-1])
         qtbot.waitUntil(lambda: len(checked) == len(paths), timeout=30_000)
-    assert session.weights_files == paths[::-1][:session_tasks.MAX_WEIGHTS_FILES]
+    assert session.settings.weights_files == paths[::-1][:session_tasks.MAX_WEIGHTS_FILES]
     assert session.config().model.weights == paths[-1]
 
 
@@ -136,7 +137,7 @@ def test_the_latest_run_is_found_again(qtbot, tmp_path, demo_dir):
         RunFolder(tmp_path / "runs" / name).write_record({"config": replace(config, out_dir=name).to_dict()})
     session = Session(tmp_path / "runs")
     try:
-        assert session.restore_latest_run()
+        assert session.runs.restore_latest_run()
         assert session.run.folder.path.name == "resnet18-2" and session.config() == config
         assert not session.run.can_export and not session.run.can_continue  # no checkpoint, no resume state
     finally:
@@ -146,10 +147,10 @@ def test_the_latest_run_is_found_again(qtbot, tmp_path, demo_dir):
 def test_a_weights_file_is_checked_again_for_another_architecture(qtbot, session, demo_dir, resnet18_weights_file):
     open_and_wait(qtbot, session, demo_dir)
     errors = []
-    session.error_raised.connect(lambda text: text and errors.append(text))
-    session.set_weights(str(resnet18_weights_file))
-    qtbot.waitUntil(lambda: session.weights_files == [str(resnet18_weights_file)], timeout=30_000)
-    session.set_arch("mobilenet_v3_small")  # resnet18's tensors do not fit it
+    session.messages.error_raised.connect(lambda text: text and errors.append(text))
+    session.settings.set_weights(str(resnet18_weights_file))
+    qtbot.waitUntil(lambda: session.settings.weights_files == [str(resnet18_weights_file)], timeout=30_000)
+    session.settings.set_arch("mobilenet_v3_small")  # resnet18's tensors do not fit it
     qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
     assert "does not fit" in errors[0] and session.config().model.weights == "imagenet"
 

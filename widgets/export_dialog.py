@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QForm
 
 from engine.errors import UserError
 from engine.deploy.export import default_path
+from engine.model.architectures import model_kwargs
+from engine.runs.records import RunRecord
 
 FORMAT_LABELS = (
     ("pt", "PyTorch checkpoint (.pt)", "The checkpoint dict with plain torchvision keys; torch.load(weights_only=True)."),
@@ -33,12 +35,12 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
     if fmt == "pt":
         body = ("import torchvision\n"
                 f"ckpt = torch.load({path!r}, weights_only=True)\n"
-                "model = torchvision.models.get_model(ckpt['arch'], num_classes=len(ckpt['class_names']))\n"
+                "# model_kwargs: e.g. GoogLeNet's aux_logits/transform_input, a ViT's image_size (older checkpoints: none)\n"
+                "model = torchvision.models.get_model(ckpt['arch'], num_classes=len(ckpt['class_names']),\n"
+                "                                     **ckpt.get('model_kwargs', {}))\n"
                 "model.load_state_dict(ckpt['model'])\nlogits = model.eval()(x)\n")
     elif fmt == "safetensors":
-        body = ("import torchvision\nfrom safetensors.torch import load_file\n"
-                f"model = torchvision.models.get_model({meta['arch']!r}, num_classes={len(meta['class_names'])})\n"
-                f"model.load_state_dict(load_file({path!r}))\nlogits = model.eval()(x)\n")
+        body = _safetensors_body(path, meta)
     elif fmt == "torchscript":
         body = f"model = torch.jit.load({path!r})\nlogits = model(x)\n"
     elif fmt == "pt2":
@@ -49,6 +51,19 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
                 f"session = ort.InferenceSession({path!r})\n"
                 "logits = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])\n")
     return head + body + f"print({meta['class_names']!r}[int(logits.argmax())])\n"
+
+
+def _safetensors_body(path: str, meta: dict) -> str:
+    kwargs = model_kwargs(meta["arch"], int(meta["preprocessing"]["crop"]))
+    arguments = "".join(f", {key}={value!r}" for key, value in kwargs.items())
+    body = ("import torchvision\nfrom safetensors.torch import load_file\n"
+            f"model = torchvision.models.get_model({meta['arch']!r}, num_classes={len(meta['class_names'])}{arguments})\n"
+            f"state = load_file({path!r})\n")
+    if meta["arch"].startswith("mnasnet"):
+        # safetensors keeps no module versions, and MNASNet refuses a state dict without its own.
+        body += ("from collections import OrderedDict\n"
+                 "state = OrderedDict(state); state._metadata = {'': {'version': type(model)._version}}\n")
+    return body + "model.load_state_dict(state)\nlogits = model.eval()(x)\n"
 
 
 class ExportDialog(QDialog):
@@ -141,11 +156,9 @@ class ExportDialog(QDialog):
         self.run_button.setEnabled(True)
 
 
-def meta_from_record(record: dict) -> dict:
+def meta_from_run(run: RunRecord) -> dict:
     """arch, class names and preprocessing for the snippet, from the run's run.json (a small JSON
     file: reading the checkpoint itself on the GUI thread would stall the window)."""
-    try:
-        return {"arch": record["config"]["model"]["arch"], "class_names": list(record["class_names"]),
-                "preprocessing": record["preprocessing"]}
-    except (KeyError, TypeError):
-        raise UserError("the run's run.json does not say which model it trained; export it with the CLI") from None
+    if run.arch is None or run.class_names is None or run.preprocessing is None:
+        raise UserError("the run's run.json does not say which model it trained; export it with the CLI")
+    return {"arch": run.arch, "class_names": list(run.class_names), "preprocessing": run.preprocessing}

@@ -1,0 +1,71 @@
+"""Export of the shown run's best checkpoint, in a child process (app.worker.ExportProcess): each format
+is checked for parity before it counts as written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from app.session_state import Messages, ShownRun
+from app.worker import ExportProcess
+from engine.errors import UserError
+from widgets.export_dialog import meta_from_run
+
+NOTHING_TO_EXPORT = "No checkpoint to export yet: train first."
+
+
+class ExportController(QObject):
+    finished = Signal(str, list)  # the folder, one parity report (a dict) per file written
+    failed = Signal(str)
+
+    def __init__(self, shown_run: ShownRun, messages: Messages, parent=None):
+        super().__init__(parent)
+        self._shown_run, self._messages = shown_run, messages
+        self._exporter = ExportProcess(self)
+        self._folder = ""  # where the export under way writes
+        self._exporter.finished.connect(self._on_exported)
+        self._exporter.failed.connect(self.failed)
+
+    def checkpoint(self) -> Path | None:
+        """The shown run's best checkpoint, when there is one to export."""
+        run = self._shown_run.state
+        return run.folder.checkpoint_path if run.can_export else None
+
+    def offer(self) -> tuple[Path, dict] | None:
+        """The checkpoint and what its run records of it, for the Export dialog; None (and why, to
+        error_raised) when there is nothing to export."""
+        checkpoint = self.checkpoint()
+        if checkpoint is None:
+            self._messages.error_raised.emit(NOTHING_TO_EXPORT)
+            return None
+        try:
+            return checkpoint, meta_from_run(self._shown_run.state.folder.read_run())
+        except UserError as exc:
+            self._messages.error_raised.emit(str(exc))
+            return None
+
+    @Slot(str, list)
+    def start(self, folder: str, formats: list[str]) -> None:
+        """Write each format into `folder` (in a child process); each is checked for parity first."""
+        checkpoint = self.checkpoint()
+        if checkpoint is None:
+            self.failed.emit(NOTHING_TO_EXPORT)
+            return
+        target = Path(folder).expanduser()
+        if not target.is_dir():
+            self.failed.emit(f"Export folder not found: {target}. Choose an existing folder.")
+            return
+        if not os.access(target, os.W_OK):
+            self.failed.emit(f"Cannot write into {target}: choose another folder.")
+            return
+        self._folder = folder
+        self._exporter.start(checkpoint, target.resolve(), formats)
+
+    @Slot(list)
+    def _on_exported(self, reports: list) -> None:
+        self.finished.emit(self._folder, reports)
+
+    def shutdown(self) -> None:
+        self._exporter.stop_and_wait()
