@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.errors import FrozenTensorsChanged, UserError, WeightsUnavailable, out_of_memory_message
+from engine.errors import (FrozenTensorsChanged, UserError, WeightsUnavailable, out_of_memory_message,
+                           worker_death_message)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ def describe_failure(exc: BaseException) -> str:
     memory = out_of_memory_message(exc, "training")
     if memory:
         return memory
+    worker = worker_death_message(exc, advice="try a smaller Batch size, or close programs that use much memory")
+    if worker:
+        return worker
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"{type(exc).__name__}: {text[:300]}"
 

@@ -80,7 +80,8 @@ def path_problem_message(exc: OSError) -> str | None:
 WORKER_DIED = "DataLoader worker (pid"  # how torch's messages about a dead loader worker begin
 
 
-def worker_death_message(exc: BaseException, exit_codes: Sequence[int] = ()) -> str | None:
+def worker_death_message(exc: BaseException, exit_codes: Sequence[int] = (),
+                         advice: str = "try --workers 0") -> str | None:
     """One line for torch's "DataLoader worker (pid(s) ...) exited unexpectedly" (or "is killed by
     signal"), naming the cause where it is known: from `exit_codes` (the dead workers'; negative: the
     signal) or from torch's message. None when `exc` is about something else."""
@@ -88,7 +89,7 @@ def worker_death_message(exc: BaseException, exit_codes: Sequence[int] = ()) -> 
     if WORKER_DIED not in text:
         return None
     cause = next((_exit_cause(code) for code in exit_codes if code), None) or _cause_in_text(text)
-    return f"a data-loading worker process died ({cause}); try --workers 0"
+    return f"a data-loading worker process died ({cause}); {advice}"
 
 
 def _exit_cause(code: int) -> str:

@@ -204,3 +204,11 @@ def test_torchs_messages_about_a_dead_worker_become_one_line(text, cause):
     assert cause in worker_death_message(RuntimeError(text))
     assert worker_death_message(RuntimeError("CUDA error: device-side assert triggered")) is None
     assert "(killed by signal 11, SIGSEGV)" in worker_death_message(RuntimeError(text), [-11])
+
+
+def test_the_window_says_a_dead_worker_in_its_own_words():
+    from app.run_events import describe_failure
+
+    message = describe_failure(RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
+    assert message.startswith("a data-loading worker process died") and "\n" not in message
+    assert "--" not in message and "Batch size" in message  # the window's controls, not the CLI's flags
