@@ -7,7 +7,6 @@ exit code 2; a run that fails (diverged, frozen tensors changed) or a failed par
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import replace
 from typing import NoReturn
@@ -15,10 +14,11 @@ import sys
 from pathlib import Path
 
 from engine.config import RunConfig
-from engine.errors import RunFailed, UserError, out_of_memory_message
+from engine.errors import OutputLost, RunFailed, UserError, out_of_memory_message, path_problem_message
 from engine.deploy.export import ParityError
 
 from app import cli_cluster, cli_data, cli_guidance, cli_insight
+from app.cli_output import note, print_json, stream_problem
 from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
                           plan_config, train_config_from_args)
 
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", action="append", choices=("pt", "safetensors", "torchscript", "onnx", "pt2"),
                         help="repeat for several; default: all but pt2 (torch.export, which needs --format pt2)")
     export.add_argument("--out", help="output file (one format) or folder (several)")
-    export.add_argument("--tolerance", type=number_arg("export.tolerance"), default=1e-4, help="largest allowed fp32 logit difference")
+    export.add_argument("--tolerance", type=number_arg("export.tolerance"), default=1e-4, help="largest allowed logit difference, relative to the logits' scale: "
+                        "max|diff| <= TOLERANCE * max(1, max|logit|); top-1 classes must agree too")
     export.add_argument("--parity-images", type=number_arg("export.parity_images"), default=32, help="validation images to compare on")
     export.add_argument("--json", action="store_true")
 
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ntransfer-studio: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # wherever a path was used: one that cannot exist is bad input
+        message = path_problem_message(exc)
+        if message is None:
+            raise  # another OSError escaping is a bug, and its traceback is needed
+        from engine.distributed.launch import report_error
+
+        report_error(message)
+        return 2
     except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         message = out_of_memory_message(exc, command)
         if message is None:
@@ -132,10 +141,10 @@ def _layers(args) -> int:
     if args.preview:
         report.update(cli_guidance.layers_schedule(args, built, plan))
     if args.json:
-        print(json.dumps(report))
+        print_json(report)
         return 0
-    for note in built.notes:
-        print(f"# {note}")
+    for model_note in built.notes:
+        print(f"# {model_note}")
     print(f"{'module':<44} {'type':<22} {'params':>12} {'trainable':>12}  frozen  lr")
     for m in report["modules"]:
         depth = 0 if m["name"] == "" else m["name"].count(".") + 1
@@ -194,19 +203,33 @@ def _train(args, argv: list[str]) -> int:
     if isinstance(progress, ProgressPrinter):
         progress.close()
     for s in result.skipped:
-        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        note(f"skipped {s.path}: {s.reason}")
     best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
-    print(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}", file=sys.stderr)
+    note(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}")
     if events:
         events.on_result(result)
-    if args.json:
-        print(json.dumps(result.summary()))
+    if events and events.lost:
+        _events_lost(events.lost, result, args.json)
+    elif args.json:
+        print_json(result.summary(), f"the run finished (checkpoint {result.checkpoint}) but its result")
     return 0
+
+
+def _events_lost(problem: str, result, json_wanted: bool) -> None:
+    """Standard output failed mid-run (a reader that left, a full device): the run went on and
+    finished. Without --json that is a note; with it, the result is lost too (exit 1)."""
+    finished = f"the run finished (checkpoint {result.checkpoint})"
+    if json_wanted:
+        raise OutputLost(f"{finished} but its event lines and result could not be written to standard output: "
+                         f"{problem}")
+    note(f"{finished}; its event lines stopped early: {problem}")
+    _discard_stdout()  # what stayed in stdout's buffer would fail again at exit
 
 
 def _cross_validate(args, config: RunConfig) -> int:
     """`train --folds K`: one run per fold, then each fold's accuracy and the mean ± standard deviation."""
     from app.progress import ProgressPrinter
+    from engine.runs.run_folder import RunFolder
     from engine.training.folds import cross_validate
 
     from engine.distributed.process_group import ProcessGroup
@@ -216,6 +239,8 @@ def _cross_validate(args, config: RunConfig) -> int:
                         "and start it without torchrun")
     if args.events_jsonl or args.control_file:
         raise UserError("--folds prints one line per fold: --events-jsonl and --control-file are for single runs")
+    if RunFolder(config.out_dir).exists():  # the folds' folders and folds.json would go into another run's folder
+        raise UserError(f"{config.out_dir} holds a run; --folds needs an output folder of its own")
     progress = ProgressPrinter(sys.stderr)
 
     def on_fold(fold) -> None:
@@ -227,7 +252,7 @@ def _cross_validate(args, config: RunConfig) -> int:
     progress.close()
     print(report.summary_line())
     if args.json:
-        print(json.dumps(report.to_json()))
+        print_json(report.to_json())
     return 0
 
 
@@ -255,7 +280,24 @@ def _train_as_processes(args, argv: list[str], config: RunConfig, processes: int
     if not args.resume:
         RunFolder(config.out_dir).refuse_if_used()
         rest += ["--out", config.out_dir, "--data", config.data.root]
-    return launch_local(processes, "app.cli", ["train", *rest])
+    code = launch_local(processes, "app.cli", ["train", *rest])
+    if code > 128:  # the launcher was signalled and ended the ranks, which could not say so in run.json
+        _record_ended_by_signal(RunFolder(config.out_dir), code - 128)
+    return code
+
+
+def _record_ended_by_signal(folder, signal_number: int) -> None:
+    """run.json of a run whose processes a signal ended says "failed" and why, not "running"."""
+    import signal
+
+    from engine.training.listeners import record_failure
+
+    try:
+        if folder.read_run().status != "running":
+            return
+    except UserError:
+        return
+    record_failure(folder, RuntimeError(f"ended by {signal.Signals(signal_number).name} (sent to the launcher)"))
 
 
 def _export(args) -> int:
@@ -276,7 +318,7 @@ def _export(args) -> int:
         print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "
               f"{report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
     if args.json:
-        print(json.dumps(reports))
+        print_json(reports)
     return 0
 
 
@@ -292,7 +334,7 @@ def _predict(args) -> int:
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
     results = top_k(model.logits(batch), model.class_names, args.top_k)
     if args.json:
-        print(json.dumps([{"image": str(p), "top_k": r} for p, r in zip(paths, results)]))
+        print_json([{"image": str(p), "top_k": r} for p, r in zip(paths, results)])
         return 0
     for path, ranked in zip(paths, results):
         print(f"{path}: " + ", ".join(f"{r['class']} {r['probability']:.3f}" for r in ranked))
@@ -306,12 +348,43 @@ def run(argv: list[str] | None = None) -> NoReturn:
     flushed): unloading torch alone takes 0.7 s here, a tenth of a short fine-tuning run's
     overhead, and by then every file of the run has been written, fsynced and closed."""
     argv = sys.argv[1:] if argv is None else argv
-    code = main(argv)
+    code = _flush_output(main(argv))
     if argv[:1] == ["train"]:
-        sys.stdout.flush()
-        sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _flush_output(code: int) -> int:
+    """`code`, or 1 when what the command printed cannot reach stdout (a full device, a reader that
+    left): said in one line, and stdout pointed at the null device so that the interpreter's own
+    flush at exit adds no traceback."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        _discard_stdout()
+        if code == 0:  # a command that failed has said its one line already
+            from engine.distributed.launch import report_error
+
+            report_error(f"the output could not be written to standard output: {stream_problem(exc)}")
+            code = 1
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # nowhere left to say it
+    return code
+
+
+def _discard_stdout() -> None:
+    if sys.stdout is None or sys.stdout is not sys.__stdout__:  # a test's capture: not this process's fd 1
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

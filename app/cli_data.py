@@ -9,9 +9,10 @@ half-done action and leaves it to the next edit.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from app.cli_output import print_json
 
 
 def add_commands(sub, number) -> None:
@@ -73,7 +74,7 @@ def _suspects(args) -> int:
                            run_dir=args.run, image_size=args.image_size, batch_size=args.batch_size,
                            device=args.device)
     if args.json:
-        print(json.dumps(report.to_json()))
+        print_json(report.to_json())
         return 0
     print(report.note)
     print(f"{'probability':>11}  {'given':<14}{'likely':<14}path")

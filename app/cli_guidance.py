@@ -9,9 +9,9 @@ plan it sweeps is the plan `train` would run.
 from __future__ import annotations
 
 import argparse
-import json
 
 from app.cli_args import add_model_args, add_train_args, train_config_from_args
+from app.cli_output import print_json
 from engine.errors import UserError
 
 
@@ -105,7 +105,7 @@ def _advise(args) -> int:
     advice = advise(scan, args.model, args.weights, image_size=args.image_size, measure=not args.no_measure,
                     batch_size=args.batch_size, device=select_device(args.device))
     if args.json:
-        print(json.dumps(advice.to_dict()))
+        print_json(advice.to_dict())
         return 0
     print(f"advice: {advice.strategy}")
     for reason in advice.reasons:
@@ -124,6 +124,8 @@ def _quoted(text: str) -> str:
 # --- lr-find ----------------------------------------------------------------------------------
 
 _OWN = {"steps", "start", "end", "module", "json", "command"}
+# train's flags (argparse dest) about a run's folder, its processes and its output: none is a sweep's
+_NOT_FOR_LR_FIND = ("resume", "out", "nproc", "folds", "control_file", "events_jsonl")
 
 
 def _lr_find(args) -> int:
@@ -133,8 +135,10 @@ def _lr_find(args) -> int:
     from engine.insight.lr_finder import find_lr
 
     given = {k: v for k, v in vars(args).items() if k not in _OWN}
-    if "resume" in given or "out" in given:
-        raise UserError("lr-find writes no run: --resume and --out do not apply")
+    not_applicable = ["--" + dest.replace("_", "-") for dest in _NOT_FOR_LR_FIND if dest in given]
+    if not_applicable:  # train's flags that a sweep would silently ignore
+        raise UserError(f"lr-find writes no run and sweeps in this one process: {', '.join(not_applicable)} "
+                        f"do not apply")
     if args.start >= args.end:
         raise UserError(f"--start ({args.start:g}) must be below --end ({args.end:g})")
     config = train_config_from_args(argparse.Namespace(resume=None, project=given.get("project"), out="lr-find"),
@@ -145,7 +149,7 @@ def _lr_find(args) -> int:
                      callbacks=progress)
     progress.close()
     if getattr(args, "json", False):
-        print(json.dumps({**result.to_dict(), "module": args.module}))
+        print_json({**result.to_dict(), "module": args.module})
         return 0
     every = max(1, len(result.curve) // 20)
     print(f"{'multiplier':>12} {'base LR':>12} {'loss':>10}")

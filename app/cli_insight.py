@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
+from app.cli_output import print_json
 from engine.errors import UserError
 
 MOST_CONFUSED_SHOWN = 10
@@ -76,7 +76,7 @@ def _evaluate(args) -> int:
     else:
         raise UserError(f"{source} is not in its run folder: give --data DIR to evaluate it on a folder of images")
     if args.json:
-        print(json.dumps(evaluation.to_json()))
+        print_json(evaluation.to_json())
         return 0
     print(format_evaluation(evaluation))
     for skipped in evaluation.skipped:
@@ -164,7 +164,7 @@ def _explain(args) -> int:
             print(f"{image}: predicted {predicted} ({result.probabilities[predicted]:.3f}); explained "
                   f"{result.target} at {result.layer} -> {npy}, {png}")
     if args.json:
-        print(json.dumps(reports))
+        print_json(reports)
     return 0
 
 

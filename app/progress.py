@@ -9,20 +9,31 @@ from engine.events import BatchEvent, Callbacks, EpochEvent, RunStarted, format_
 
 
 class ProgressPrinter(Callbacks):
+    """Progress is a courtesy: a stream that cannot be written (a full device, a closed terminal,
+    none at all) ends the printing, never the run."""
+
     def __init__(self, stream=sys.stderr, width: int = 28):
         self.stream = stream
         self.width = width
-        self.interactive = hasattr(stream, "isatty") and stream.isatty()
+        self.interactive = _is_terminal(stream)
         self._last_status = 0.0
         self._open_line = False
 
     def _write_line(self, text: str, final: bool) -> None:
         if self.interactive:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self._emit("\r\033[K" + text + ("\n" if final else ""))
             self._open_line = not final
         elif final:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._emit(text + "\n")
+
+    def _emit(self, text: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.stream = None  # the first failure ends the printing; the run goes on
 
     def on_status(self, text: str, done: int = 0, total: int = 0) -> None:
         if not self.interactive:
@@ -64,5 +75,11 @@ class ProgressPrinter(Callbacks):
 
     def close(self) -> None:
         if self._open_line:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._emit("\n")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False

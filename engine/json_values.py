@@ -7,6 +7,7 @@ false are Python ints, so a number is never a bool here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -56,3 +57,15 @@ def numbers_by_name(value: Any, allow_null: bool = False) -> dict[str, float | N
         else:
             found[name] = number(item)
     return found
+
+
+def finite_only(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf) in its dicts, lists and tuples made None:
+    what strict JSON can hold (json.dumps(..., allow_nan=False) refuses them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_only(item) for item in value]
+    return value

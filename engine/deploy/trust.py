@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.atomic import atomic_write_bytes
 from engine.errors import UserError
 from engine.paths import cache_dir
+from engine.small_files import read_small_file
 
 REGISTRY_VERSION = 1
 TRUST_FILE_ENV = "TRANSFER_STUDIO_TRUST_FILE"
@@ -40,10 +41,13 @@ def sha256_of(data: bytes) -> str:
 
 
 def recorded_digests() -> dict[str, dict]:
-    """digest -> {path, recorded}; an unreadable or damaged registry trusts nothing."""
+    """digest -> {path, recorded}; an unreadable or damaged registry trusts nothing. A registry that
+    is no regular file (a pipe would block, a device never end) is refused in one line."""
     try:
-        content = json.loads(registry_path().read_text(encoding="utf-8"))
+        content = json.loads(read_small_file(registry_path()))
         files = content["files"]
+    except UserError as exc:
+        raise UserError(f"trust registry {exc}") from None
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return files if isinstance(files, dict) else {}

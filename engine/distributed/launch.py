@@ -12,6 +12,7 @@ rank 0's line is known here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,33 +47,58 @@ def launch_local(nproc: int, module: str, args: list[str]) -> int:
     the exit code of the first that failed, 0 when all succeeded."""
     if nproc < 2:
         raise UserError(f"--nproc {nproc}: several processes means 2 or more")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
 
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)  # its notes are not for the person
-    quiet_ranks = ",".join(f"{rank}:3" for rank in range(1, nproc))  # stdout and stderr into log files
     with tempfile.TemporaryDirectory(prefix="transfer-studio-ranks-") as logs:
-        launcher_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
-                                    "--log-dir", logs, "--redirects", quiet_ranks, "-m", module, *args])
         # torchrun gives each rank one thread unless told otherwise: CPU ranks get their share of the cores
         given_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = given_threads or str(max(1, (os.cpu_count() or 1) // nproc))
         try:
-            run(launcher_args)
+            _launcher(nproc, module, args, logs)()
         except ChildFailedError as exc:
             return _failure_code(exc.failures, Path(logs))
+        except SignalException as exc:  # SIGTERM or SIGINT to this launcher: it has ended the ranks already
+            report_error(f"stopped by {exc.sigval.name}; every process of the run was ended")
+            return 128 + int(exc.sigval)
         finally:
-            sys.stdout.flush()
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # a full or closed stdout: run() says so
+                sys.stdout.flush()
             if given_threads is None:
                 del os.environ["OMP_NUM_THREADS"]
     return 0
+
+
+def _launcher(nproc: int, module: str, args: list[str], logs: str):
+    """torchrun's own launch (torch.distributed.run.run, --standalone), with ranks 1.. writing into
+    log files under `logs` and rank 0 to this terminal. The redirects are given as a mapping: the
+    text form torchrun parses takes one-digit ranks only, so 11 or more processes would be refused."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    launcher_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
+                                "--log-dir", logs, "-m", module, *args])
+    # What torch.distributed.run.run does for --standalone: a rendezvous on this machine alone.
+    launcher_args.rdzv_backend, launcher_args.rdzv_endpoint = "c10d", "localhost:0"
+    launcher_args.rdzv_id = str(uuid.uuid4())
+    launcher_args.master_port = launcher_args.master_port or 29500  # as run() sets it; unused by c10d
+    config, entrypoint, entry_args = config_from_args(launcher_args)
+    config.logs_specs = DefaultLogsSpecs(log_dir=logs, redirects={rank: Std.ALL for rank in range(1, nproc)})
+    return lambda: elastic_launch(config=config, entrypoint=entrypoint)(*entry_args)
 
 
 def report_error(message: str) -> None:
     """The one error line on stderr; under torchrun also in the error file it names for this rank,
     so `train --nproc` reads rank 0's line too (its stderr is the terminal, not a log file)."""
     line = ERROR_PREFIX + message
-    print(line, file=sys.stderr)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # a full or closed stderr: the error file below, and the exit code, remain
+        pass
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         from engine.atomic import atomic_write_bytes

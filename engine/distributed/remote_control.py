@@ -22,8 +22,11 @@ import torch
 from engine.atomic import atomic_write_bytes
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.events import TrainingControl
+from engine.errors import UserError
+from engine.small_files import read_small_file, refuse_unless_regular
 
 WORDS = ("run", "pause", "stop")
+CONTROL_FILE_LIMIT = 64  # a word and some white space; more is not a control file
 PAUSED_POLL_S = 0.2
 
 
@@ -38,6 +41,7 @@ class ControlFile:
     """The word in the file; the last good one while the file is missing or holds something else."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        refuse_unless_regular(path, "control file")  # a pipe would block each step, a device never end
         self.path = Path(path)
         self._stamp: tuple[int, int] | None = None
         self._word = "run"
@@ -50,9 +54,9 @@ class ControlFile:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             self._stamp = stamp
-            try:
-                word = self.path.read_text().strip()
-            except OSError:
+            try:  # a pipe or device put there mid-run is ignored like a missing file
+                word = read_small_file(self.path, CONTROL_FILE_LIMIT).decode("utf-8", "replace").strip()
+            except (OSError, UserError):
                 return self._word
             if word in WORDS:
                 self._word = word

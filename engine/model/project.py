@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.config import PROJECT_FORMAT_VERSION, RunConfig, shown_value
 from engine.errors import UserError
 from engine.model.architectures import check_arch, check_image_size
+from engine.small_files import read_small_file
 
 
 def validate_project(config: RunConfig) -> None:
@@ -28,9 +29,11 @@ def load_project(path: str | os.PathLike) -> RunConfig:
     file and the field: a window can apply the result all or nothing."""
     name = Path(path).name
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(read_small_file(path))  # never blocks on a pipe, never reads a device without end
     except FileNotFoundError:
         raise UserError(f"project file not found: {path}") from None
+    except UserError as exc:  # a pipe, a device, an enormous file
+        raise UserError(f"project file {exc}") from None
     except RecursionError:  # json's decoder recurses once per bracket
         raise UserError(f"cannot read project file {path}: nested too deeply") from None
     except (OSError, ValueError) as exc:

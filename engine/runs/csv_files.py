@@ -28,6 +28,8 @@ def read_csv_rows(path: str | Path, columns: Sequence[str], what: str) -> list[t
             rows = list(csv.reader(fh))
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:  # not UTF-8; a field beyond csv's limit (131,072 characters)
+        raise UserError(f"{path} is not {what}, or is damaged ({exc})") from None
     if not rows or tuple(rows[0]) != tuple(columns):
         raise UserError(f"{path} is not {what} (expected the columns {','.join(columns)})")
     return list(enumerate(rows[1:], 2))
