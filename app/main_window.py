@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSettings, QSize, Qt, QUrl, Slot
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
-                               QSplitter, QStyle, QTabWidget, QWidget)
+                               QSplitter, QStyle, QTabWidget, QVBoxLayout, QWidget)
 
 from app.gc_guard import GuiThreadCollector
 from app.session import Session
@@ -44,6 +44,7 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
 MAX_RECENT = 8
 DEFAULT_SIZE = (1400, 900)
+TREE_ROWS_KEPT = 10  # the layer tree keeps this many rows in view before the data panel gets more room
 
 
 class PanelScrollArea(QScrollArea):
@@ -57,13 +58,40 @@ class PanelScrollArea(QScrollArea):
         self.setWidget(panel)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
-        # Panels fit the width (their widest row is under half of 1024 px); only height scrolls.
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # Panels fit half of 1024 px; a narrower pane (a dragged splitter) gets a scroll bar, never
+        # a panel shifted out of reach.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         hint = self.widget().sizeHint()
         scroll_bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
         return QSize(hint.width() + scroll_bar, hint.height())
+
+    def height_for_width(self) -> int:
+        """The panel's height at the width it has (a word-wrapped label's lines included), which
+        its size hint, measured at another width, underestimates."""
+        panel = self.widget()
+        width = self.viewport().width()
+        height = panel.heightForWidth(width) if panel.hasHeightForWidth() else -1
+        return max(height, panel.minimumSizeHint().height(), 0) if height > 0 else panel.sizeHint().height()
+
+
+class FillingHolder(QWidget):
+    """Holds a panel that should fill its scroll area's height (the curves share it), scrolling
+    only below the panel's minimum. A QScrollArea sizes a widget that has a height-for-width (a
+    word-wrapped label: the gradual plan's phases) at its preferred height instead, 1,500 px of
+    plots where one fits on screen."""
+
+    def __init__(self, panel: QWidget):
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(panel)
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 - Qt override
+        # QScrollArea asks this of a layout with a height-for-width and takes the larger of it and
+        # the viewport: the minimum lets the viewport decide.
+        return self.minimumSizeHint().height()
 
 
 class MainWindow(QMainWindow):
@@ -132,7 +160,7 @@ class MainWindow(QMainWindow):
         right.addWidget(PanelScrollArea(self.training_panel))
         self.right_tabs = QTabWidget()  # the insight and the runs where the curves are: the window still fits 1024×700
         self.right_tabs.setObjectName("rightTabs")
-        self.right_tabs.addTab(PanelScrollArea(self.plots), "Curves")
+        self.right_tabs.addTab(PanelScrollArea(FillingHolder(self.plots)), "Curves")
         self.right_tabs.addTab(self.insight, "Insight")
         self.right_tabs.addTab(self.runs_view, "Runs")
         self.right_tabs.addTab(self.suspects_view, "Suspects")
@@ -150,6 +178,10 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(main)
         self._main_splitter, self._left_splitter = main, left
         self._halves_set = False
+        self._fit_timer = QTimer(self)  # refits the data area once the splitters have their new sizes
+        self._fit_timer.setSingleShot(True)
+        self._fit_timer.setInterval(0)
+        self._fit_timer.timeout.connect(self._fit_data_area)
         self._data_area_moved = False  # once the person drags the splitter, it stays where they put it
         left.splitterMoved.connect(self._remember_data_area_moved)
 
@@ -265,6 +297,7 @@ class MainWindow(QMainWindow):
         settings.model_warning_changed.connect(mp.show_warning)
         advisor.pending.connect(dp.show_advice_pending)
         advisor.ready.connect(dp.show_advice)
+        advisor.ready.connect(self._fit_timer.start)  # the advice card's lines need room
         advisor.failed.connect(dp.show_advice_failure)
         advisor.applied_changed.connect(dp.mark_advice_applied)
         advisor.followed.connect(dp.show_advice_note)
@@ -589,13 +622,20 @@ class MainWindow(QMainWindow):
             self._halves_set = True
             width = self._main_splitter.width()
             self._main_splitter.setSizes([width // 2, width - width // 2])
+            self._fit_data_area()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_timer.start()  # after the splitters took the new size
 
     def _fit_data_area(self) -> None:
-        """The data panel as tall as its classes need (up to a few rows), the tree the rest."""
-        if self._data_area_moved:
+        """The data panel as tall as its contents (the advice card's lines too), as long as the
+        layer tree keeps TREE_ROWS_KEPT rows; the data panel scrolls in a small window."""
+        if self._data_area_moved or not self._halves_set:
             return
         total = sum(self._left_splitter.sizes())
-        wanted = min(self._data_area.sizeHint().height(), total // 2)
+        tree_room = self.model_panel.height_for_tree_rows(TREE_ROWS_KEPT)
+        wanted = min(self._data_area.height_for_width(), max(total - tree_room, total // 3))
         self._left_splitter.setSizes([wanted, total - wanted])
 
     @Slot()

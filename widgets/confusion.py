@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt
+from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import QLabel
 
 from widgets.row_table import RowTableModel
 
@@ -15,6 +16,22 @@ def heat_colour(share: float, correct: bool) -> QColor:
     """White at 0, a saturated green (diagonal) or red (confusion) at 1 of the row."""
     share = min(1.0, max(0.0, share))
     return QColor.fromHsvF(DIAGONAL_HUE if correct else OFF_DIAGONAL_HUE, 0.75 * share, 1.0 - 0.25 * share)
+
+
+class VerticalLabel(QLabel):
+    """A label written bottom to top: the matrix's "True class" axis title beside its rows."""
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        painter.translate(0, self.height())
+        painter.rotate(-90)
+        painter.drawText(0, 0, self.height(), self.width(), int(Qt.AlignmentFlag.AlignCenter), self.text())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return super().sizeHint().transposed()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return super().minimumSizeHint().transposed()
 
 
 class ConfusionMatrixModel(QAbstractTableModel):

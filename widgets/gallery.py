@@ -135,7 +135,8 @@ class GalleryModel(QAbstractListModel):
             return None
         record = self._records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"{record.true} → {record.pred}\n{record.confidence:.0%}"
+            # The confidence first: a long pair of names wraps, and the grid cuts the last line.
+            return f"{record.confidence:.0%} · {record.true} → {record.pred}"
         if role == Qt.ItemDataRole.DecorationRole:
             return self.thumbnails.image(self.absolute_path(index.row()))
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -164,6 +165,7 @@ class GalleryView(QListView):
         self.setMovement(QListView.Movement.Static)
         self.setUniformItemSizes(True)
         self.setWordWrap(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # a caption too long for the grid keeps both names' ends
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)  # move or exclude several at once
         self.setToolTip("The images of the chosen cell, highest loss first. Right-click for Grad-CAM, or to move "
                         "the selected images to another class or exclude them.")

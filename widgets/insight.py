@@ -13,16 +13,18 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
-                               QTableView, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+                               QSplitter, QTableView, QTabWidget, QVBoxLayout, QWidget)
 
-from widgets.confusion import ConfusionMatrixModel, PerClassModel, confused_pairs_text
+from widgets.confusion import ConfusionMatrixModel, PerClassModel, VerticalLabel, confused_pairs_text
 from widgets.embedding_plot import EmbeddingPlot
 from widgets.gallery import GalleryModel, GalleryView, follow_moves
 from widgets.suspects_view import MendActions, class_of, same_folder
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
 
 CELL_SIDE = 34
+ROW_TITLE_CHARACTERS = 16
+MIN_STRETCHED_CELL = 22  # a few classes' cells shrink to this before the matrix scrolls
 STRETCH_CLASSES = 10
 EMPTY_TEXT = "Insight appears here when a run finishes, or when you select a past run in Runs."
 
@@ -58,15 +60,28 @@ class InsightView(QWidget):
         self.matrix_view = _table("confusionMatrixView", self.matrix_model,
                                   "Rows: true class; columns: predicted class. Click a cell to see its images.")
         self.matrix_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        # Opening on the worst cell must not scroll the top rows away; clicks still select.
+        self.matrix_view.setAutoScroll(False)
         for header in (self.matrix_view.horizontalHeader(), self.matrix_view.verticalHeader()):
             header.setDefaultSectionSize(CELL_SIDE)
-            header.setMinimumSectionSize(CELL_SIDE)
+            header.setMinimumSectionSize(MIN_STRETCHED_CELL)
+            header.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # the header's tooltip names the class whole
+        # Long class names must not leave the cells no room: the row titles are elided beyond this.
+        self.matrix_view.verticalHeader().setMaximumWidth(self.fontMetrics().horizontalAdvance("x" * ROW_TITLE_CHARACTERS))
+        self.predicted_title = QLabel("Predicted class")
+        self.predicted_title.setObjectName("matrixPredictedTitle")
+        self.predicted_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.true_title = VerticalLabel("True class")
+        self.true_title.setObjectName("matrixTrueTitle")
+        for title in (self.predicted_title, self.true_title):
+            title.setToolTip("Rows: the true class; columns: the class predicted.")
         self.matrix_view.clicked.connect(lambda index: self.show_cell(index.row(), index.column()))
         self.per_class_model = PerClassModel(self)
         self.per_class_view = _table("perClassTable", self.per_class_model,
                                      "Precision: of the images predicted as the class, the share that are. "
                                      "Recall: of the class's images, the share found. Support: its images.")
         self.per_class_view.verticalHeader().setVisible(False)
+        self.per_class_view.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)  # more rows in view
         self.per_class_view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.pairs = QLabel("")
         self.pairs.setObjectName("mostConfusedLabel")
@@ -107,7 +122,7 @@ class InsightView(QWidget):
         side_layout.addWidget(self.per_class_view, 1)
         side_layout.addWidget(self.pairs)
         top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(self.matrix_view)
+        top.addWidget(self._titled_matrix())
         top.addWidget(side)
         images = QWidget()
         images_layout = QHBoxLayout(images)
@@ -134,11 +149,32 @@ class InsightView(QWidget):
         split.addWidget(top)
         split.addWidget(self.tabs)
         split.setChildrenCollapsible(False)
-        split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 1)
+        self._split = split  # the matrix and the per-class figures get 3/5, until the person drags it
+        self._split_moved = False
+        split.splitterMoved.connect(self._remember_split_moved)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(split)
+
+    def _remember_split_moved(self) -> None:
+        self._split_moved = True
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        if not self._split_moved:  # stretch factors only share what the size hints leave: set the share
+            total = sum(self._split.sizes()) or self.height()
+            self._split.setSizes([total * 3 // 5, total - total * 3 // 5])
+
+    def _titled_matrix(self) -> QWidget:
+        """The matrix with its axis titles: predicted above the columns, true beside the rows."""
+        holder = QWidget()
+        grid = QGridLayout(holder)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(2)
+        grid.addWidget(self.predicted_title, 0, 1)
+        grid.addWidget(self.true_title, 1, 0)
+        grid.addWidget(self.matrix_view, 1, 1)
+        return holder
 
     # --- what the window tells it ------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ ALARM = QBrush(QColor(200, 30, 30))
 MIN_LR, MAX_LR = 1e-8, 10.0
 LR_RANGE = "between 1e-08 and 10"
 MAX_NAMED_TENSORS = 6
+LAYER_MIN_CHARACTERS = 14  # the Layer column never gets narrower than this many characters (and 3 indents)
 BADGE_TEXT = {"intact": "✓", "changed": "⚠"}
 RIGHT_ALIGNED = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 RATIO_EXPLAINED = ("Update ratio ‖Δθ‖/‖θ‖ per optimizer step; around 1e-3 is healthy; far above means the LR is "
@@ -272,6 +273,10 @@ class LayerTreeModel(QAbstractItemModel):
     @property
     def report(self) -> dict:
         return self._report
+
+    def has_thaw_schedule(self) -> bool:
+        """Gradual unfreezing thaws some module during the run (its Frozen cell then says when)."""
+        return any(row["unfreeze_epoch"] is not None for row in self._rows)
 
     def summary(self) -> str:
         if not self._report:
@@ -783,6 +788,7 @@ class LayerTreeView(QTreeView):
         self.setItemDelegateForColumn(LR, LrDelegate(self))
         self.setAlternatingRowColors(True)
         self.setUniformRowHeights(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # "layer4…conv1" keeps both ends of a name
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed
                              | QAbstractItemView.EditTrigger.SelectedClicked)
@@ -798,12 +804,34 @@ class LayerTreeView(QTreeView):
         header = self.header()
         header.setStretchLastSection(False)
         # Never ResizeToContents: it asks data() of every row after every change (seconds on big trees).
-        header.setSectionResizeMode(LAYER, QHeaderView.ResizeMode.Stretch)
-        for col in range(TYPE, len(HEADERS)):
+        # The Layer column takes the room the others leave, but never less than LAYER_MIN_CHARACTERS:
+        # a narrow tree scrolls sideways rather than squeeze names to "resne…" (a Stretch section would).
+        for col in range(len(HEADERS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        header.sectionResized.connect(self._other_column_resized)
         model.modelReset.connect(self._on_model_reset)
+        model.plan_changed.connect(self._fit_columns)  # a gradual plan's thaw notes need a wider Frozen
         model.edit_refused.connect(self._show_refusal)
         self._fit_columns()
+
+    def layer_column_minimum(self) -> int:
+        """Room for a name a few levels deep (resnet18 > layer4 > 0 > downsample)."""
+        return self.indentation() * 3 + self.fontMetrics().horizontalAdvance("x" * LAYER_MIN_CHARACTERS)
+
+    def _fit_layer_column(self) -> None:
+        header = self.header()
+        others = sum(header.sectionSize(col) for col in range(TYPE, len(HEADERS)) if not header.isSectionHidden(col))
+        width = max(self.layer_column_minimum(), self._viewport.width() - others)
+        if header.sectionSize(LAYER) != width:
+            header.resizeSection(LAYER, width)
+
+    def _other_column_resized(self, column: int, _old: int, _new: int) -> None:
+        if column != LAYER:
+            self._fit_layer_column()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_layer_column()
 
     def dataChanged(self, top_left, bottom_right, roles=()) -> None:  # noqa: N802 - Qt override
         # QTreeView's own version asks the model about every cell of the range and re-measures
@@ -850,7 +878,9 @@ class LayerTreeView(QTreeView):
     def _fit_columns(self) -> None:
         """Column widths from the texts they can hold, measured once per model."""
         info = self.model().model_info
-        widest = {TYPE: ["Type", "BatchNorm2d"], PARAMS: ["Params", "88,888,888"], FROZEN: ["Frozen", "✓ trains ep 88+"],
+        # A thaw note ("✓ trains ep 3+") only where gradual unfreezing schedules one; else a badge.
+        frozen = ["Frozen", "✓ trains ep 88+" if self.model().has_thaw_schedule() else "⚠"]
+        widest = {TYPE: ["Type", "BatchNorm2d"], PARAMS: ["Params", "88,888,888"], FROZEN: frozen,
                   LR: ["LR", "8.888e-08"], RATIO: [HEADERS[RATIO], "8.8e-08"]}
         if info is not None:
             widest[TYPE] = ["Type"] + sorted({layer.type for layer in info.layers}, key=len)[-1:]
@@ -858,7 +888,11 @@ class LayerTreeView(QTreeView):
         metrics = self.fontMetrics()
         for col, texts in widest.items():
             extra = 44 if col == FROZEN else 24  # the checkbox, or the cell's margins and the sort arrow
-            self.header().resizeSection(col, max(metrics.horizontalAdvance(t) for t in texts) + extra)
+            width = max(metrics.horizontalAdvance(t) for t in texts) + extra
+            if col == TYPE:  # a long type name is elided: the cell's tooltip and the Layer's name it
+                width = min(width, metrics.horizontalAdvance("BatchNorm2d") + extra)
+            self.header().resizeSection(col, width)
+        self._fit_layer_column()
 
     def _show_refusal(self, message: str) -> None:
         rect = self.visualRect(self.currentIndex())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
-                               QHBoxLayout, QLabel, QPushButton, QSpinBox, QStackedWidget, QVBoxLayout)
+                               QHBoxLayout, QLabel, QPushButton, QSpinBox, QStackedWidget, QStyle, QVBoxLayout)
 
 from engine.config import ModelConfig, PlanConfig
 from engine.events import IntegrityReport, LayerStats
@@ -178,6 +178,15 @@ class ModelPanel(QGroupBox):
         layout.addWidget(self.tree_pages, 1)
         self._editors = (self.arch_combo, self.weights_combo, self.factor_spin, self.every_spin,
                          *self.preset_buttons.values())
+
+    def height_for_tree_rows(self, rows: int) -> int:
+        """The panel's height when its layer tree shows `rows` rows (and all its columns' header)."""
+        tree = self.tree
+        row_height = tree.sizeHintForRow(0) if tree.model() and tree.model().rowCount() else tree.fontMetrics().height() + 4
+        scroll_bar = tree.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        tree_height = tree.header().sizeHint().height() + rows * row_height + 2 * tree.frameWidth() + scroll_bar
+        others = self.sizeHint().height() - self.tree_pages.sizeHint().height()  # presets, summary, filter…
+        return others + tree_height
 
     # --- what the session says ------------------------------------------------------------------
 

@@ -14,7 +14,15 @@ from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from engine.events import BatchEvent, EpochEvent, FitResult, format_duration
 from widgets.layer_tree import ScientificSpinBox
 
-PRECISION_CHOICES = (("Auto (GPU; CPU with native bf16)", "auto"), ("Off (fp32)", "off"), ("bf16", "bf16"), ("fp16", "fp16"))
+# (text, value, what it means): short texts keep the panel narrow; the meaning is each entry's tooltip.
+PRECISION_CHOICES = (
+    ("Auto", "auto", "On a GPU: bf16 where supported, else fp16; on a CPU with native bf16 (AVX512-BF16, AMX): "
+                     "bf16; elsewhere off (fp32)."),
+    ("Off (fp32)", "off", "Full precision (fp32) everywhere."),
+    ("bf16", "bf16", "bfloat16 autocast: fp32's range, fewer digits; no loss scaling needed."),
+    ("fp16", "fp16", "float16 autocast with loss scaling (CUDA)."),
+)
+COMBO_MIN_CHARACTERS = 8  # a narrow window elides a long entry (a GPU's name) instead of clipping the panel
 HOW_IT_ENDED = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}
 
 
@@ -29,6 +37,12 @@ def result_line(result: FitResult) -> str:
 PROCESSES_ROLE = Qt.ItemDataRole.UserRole + 1  # a device entry's process count, beside its device
 
 
+def fit_narrow(box: QComboBox) -> None:
+    """A combo box as narrow as a few characters allow: its long entries are elided, not the panel clipped."""
+    box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
+
+
 class TrainingPanel(QGroupBox):
     train_edited = Signal(dict)  # the TrainConfig fields the person changed, e.g. {"epochs": 7}
     base_lr_edited = Signal(float)
@@ -39,7 +53,8 @@ class TrainingPanel(QGroupBox):
     lr_finder_clicked = Signal()
 
     def __init__(self, devices: list[tuple[str, str, int]], parent=None):
-        """`devices`: (label, device, processes) per entry, e.g. ("CPU — 2 processes", "cpu", 2)."""
+        """`devices`: (label, device, processes[, note]) per entry, e.g. ("CPU — 2 processes", "cpu", 2);
+        a note (what the device cannot do) joins the entry's tooltip."""
         super().__init__("Training", parent)
         t = TrainConfig()
 
@@ -55,9 +70,12 @@ class TrainingPanel(QGroupBox):
         def combo(name, items, tip, field):
             box = QComboBox()
             box.setObjectName(name)
-            for text, data in items:
+            for text, data, *item_tip in items:
                 box.addItem(text, data)
+                if item_tip:
+                    box.setItemData(box.count() - 1, item_tip[0], Qt.ItemDataRole.ToolTipRole)
             box.setToolTip(tip)
+            fit_narrow(box)
             box.currentIndexChanged.connect(lambda: self.train_edited.emit({field: box.currentData()}))
             return box
 
@@ -90,9 +108,12 @@ class TrainingPanel(QGroupBox):
         self.warmup_spin.valueChanged.connect(lambda v: self.train_edited.emit({"warmup_epochs": v}))
         self.device_combo = QComboBox()
         self.device_combo.setObjectName("deviceCombo")
-        for text, device, processes in devices:
+        fit_narrow(self.device_combo)
+        for text, device, processes, *note in devices:
             self.device_combo.addItem(text, device)
-            self.device_combo.setItemData(self.device_combo.count() - 1, processes, PROCESSES_ROLE)
+            last = self.device_combo.count() - 1
+            self.device_combo.setItemData(last, processes, PROCESSES_ROLE)
+            self.device_combo.setItemData(last, f"{text}. {note[0]}" if note else text, Qt.ItemDataRole.ToolTipRole)
         self.device_combo.setToolTip(
             "Where training runs. Several processes train one model with DistributedDataParallel (each takes its "
             "share of every batch), started as child processes: the window stays free, Pause and Stop still work.")
@@ -132,12 +153,16 @@ class TrainingPanel(QGroupBox):
                 (("Weight decay", self.weight_decay_spin), ("Schedule", self.schedule_combo)),
                 (("Warm-up", self.warmup_spin), ("Seed", self.seed_spin)),
                 (("Device", self.device_combo), ("Precision", self.precision_combo)),
-                (("Feature views", self.feature_views_spin), ("", self.adapt_norm_check)))
+                (("Feature views", self.feature_views_spin),))
         for r, pairs in enumerate(rows):
             for c, (label, widget) in enumerate(pairs):
                 form.addWidget(QLabel(label), r, 2 * c)
                 form.addWidget(widget, r, 2 * c + 1)
-        form.addWidget(self.compile_check, len(rows), 1)
+        checks = QHBoxLayout()  # the two long check boxes on a row of their own: the panel stays narrow
+        checks.addWidget(self.compile_check)
+        checks.addWidget(self.adapt_norm_check)
+        checks.addStretch(1)
+        form.addLayout(checks, len(rows), 0, 1, 4)
         form.setColumnStretch(1, 1)
         form.setColumnStretch(3, 1)
 
