@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.runs.run_folder import RunFolder
 from tests.helpers import QUICK, assert_refused, checkpoint, cli, data, needs_posix  # noqa: F401 - fixtures
@@ -325,3 +326,36 @@ def test_folds_into_a_finished_runs_folder_are_refused(checkpoint, data, capsys)
     assert_refused(cli(capsys, "train", "--data", data, *QUICK, "--folds", "2", "--out", run), 2,
                    "holds a run", "--folds")
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_model_whose_saved_outputs_are_not_finite_is_a_failed_run_not_a_checkpoint(tmp_path):
+    """Issue 22, item 13: finite weights whose eval-mode outputs overflow (running statistics that
+    train mode's batch statistics hid, and no validation set to see them) end the run, exit 1."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from engine.errors import TrainingDiverged
+    from engine.model.checkpoint import BackgroundSaver
+    from engine.runs.run_folder import RunFolder
+    from engine.training.listeners import BestCheckpoint, outputs_are_finite
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model.train()
+    model[1].eval()  # a frozen norm layer, pinned: the probe must leave it so
+    assert outputs_are_finite(model, 16)
+    with torch.no_grad():
+        model[1].running_mean.fill_(-3e38)  # finite, but (x - mean) * weight overflows in eval mode
+        model[1].weight.fill_(10.0)
+    assert not outputs_are_finite(model, 16)
+    assert model.training and not model[1].training and model[0].training  # modes exactly as before
+    saver = BackgroundSaver()
+    try:
+        listener = BestCheckpoint(RunFolder(tmp_path / "run"), saver, model, arch="tiny", class_names=["a", "b"],
+                                  preprocessing={"resize": 16, "crop": 16, "mean": [0.5] * 3, "std": [0.5] * 3},
+                                  config={})
+        with pytest.raises(TrainingDiverged, match="outputs became NaN or infinite in epoch 3"):
+            listener.on_epoch_end(SimpleNamespace(is_best=True, epoch=3))
+    finally:
+        saver.close()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

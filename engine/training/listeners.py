@@ -128,16 +128,38 @@ class BestCheckpoint(Listener):
     def on_epoch_end(self, event: EpochEvent) -> None:
         if not event.is_best:
             return
+        kept = f"; the last good checkpoint is kept at {self.path}" if self.path else "; no checkpoint was saved"
         broken = non_finite_tensors(self.model)
         if broken:
-            kept = f"; the last good checkpoint is kept at {self.path}" if self.path else "; no checkpoint was saved"
             raise TrainingDiverged(f"{len(broken)} weight tensor(s) became NaN or infinite in epoch {event.epoch} "
                                    f"(first: {broken[0]}; try a lower LR){kept}")
+        if not outputs_are_finite(self.model, self.preprocessing["crop"]):
+            raise TrainingDiverged(f"the model's outputs became NaN or infinite in epoch {event.epoch} although its "
+                                   f"weights are finite (try a lower LR){kept}")
         self.saver.save(make_checkpoint(
             self.model, arch=self.arch, class_names=self.class_names, preprocessing=self.preprocessing,
             plan=self.plan_in_force.to_dict(), metrics=metrics_line(event), epoch=event.epoch,
             config=self.config), self.folder.checkpoint_path)
         self.written = True
+
+
+@torch.no_grad()
+def outputs_are_finite(model: nn.Module, image_size: int) -> bool:
+    """Whether the model, as it would be saved (eval mode), gives finite outputs on a probe batch.
+    Finite weights can still overflow: batch statistics in train mode hid eval-mode running
+    statistics that blow up, and without a validation set nothing else would see it."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return True
+    modes = {module: module.training for module in model.modules()}
+    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        model.eval()
+        outputs = model(probe.to(parameter.device))
+    finally:
+        for module, training in modes.items():  # exactly as before: frozen norm layers stay pinned
+            module.training = training
+    return bool(torch.isfinite(outputs.float()).all())
 
 
 def non_finite_tensors(model: nn.Module) -> list[str]:
