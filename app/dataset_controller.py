@@ -8,21 +8,24 @@ from dataclasses import replace
 from PySide6.QtCore import QObject, Signal, Slot
 
 from app.data_edit_session import DataEdits
-from app.session_state import Configuration, ShownRun
+from app.session_state import Configuration, Messages, ShownRun
 from app.session_tasks import DatasetLoader, DatasetState
 from app.worker import BackgroundTasks
 from engine.config import RunConfig
 from engine.data.dataset import DatasetScan
+
+NO_FOLDER = "No dataset folder given: type one, or use Browse… or the demo dataset."
 
 
 class DatasetController(QObject):
     changed = Signal(object)  # DatasetState
     thumbnails_ready = Signal(object)  # {class name: QImage strip}
 
-    def __init__(self, tasks: BackgroundTasks, configuration: Configuration, shown_run: ShownRun,
+    def __init__(self, tasks: BackgroundTasks, configuration: Configuration, shown_run: ShownRun, messages: Messages,
                  data_edits: DataEdits, parent=None):
         super().__init__(parent)
-        self._configuration, self._shown_run, self._data_edits = configuration, shown_run, data_edits
+        self._configuration, self._shown_run, self._messages = configuration, shown_run, messages
+        self._data_edits = data_edits
         self._loader = DatasetLoader(tasks, self)
         self._loader.changed.connect(self.changed)
         self._loader.thumbnails_ready.connect(self.thumbnails_ready)
@@ -61,8 +64,12 @@ class DatasetController(QObject):
 
     @Slot(str)
     def open_folder(self, folder: str) -> None:
-        if not folder or self._shown_run.refused("open another dataset"):
+        if not folder:  # said instead of a line about another folder or an earlier attempt
+            self._messages.error_raised.emit(NO_FOLDER)
             return
+        if self._shown_run.refused("open another dataset"):
+            return
+        self._messages.error_raised.emit("")  # the last error was about what was open before
         self._configuration.set_data(replace(self._configuration.data, root=folder))
         self.open(folder)
 

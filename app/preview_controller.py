@@ -67,6 +67,27 @@ class PreviewController(QObject):
         self._tasks.submit("schedule", job, self.schedule_previewed.emit,
                            lambda _: self.schedule_previewed.emit([]))
 
+    @Slot(object, int, int)
+    def preview_resumed(self, config, done_epochs: int, planned_epochs: int) -> None:
+        """The LRs a continued run follows (config: the run's, up to its new Epochs), after
+        `done_epochs` of the `planned_epochs` it last planned: not a fresh schedule over all of them."""
+        scan = self._datasets.state.scan
+        if scan is None or self._datasets.state.folder != config.data.root:
+            self.schedule_previewed.emit([])  # no plan rather than one the run does not follow
+            return
+        arch, classes = config.model.arch, self._datasets.classes()
+        size = config.data.image_size if size_shapes_parameters(arch) else 224
+        steps = batches_per_epoch(len(scan.train), config.train.batch_size)
+
+        def job():
+            built = model_structure(arch, classes, size)
+            plan = build_plan(config.plan, built.info)
+            return schedule_preview(built.model, built.info, plan, config.train, steps, (done_epochs, planned_epochs))
+
+        self._timer.stop()  # a preview of the draft would replace the run's
+        self._tasks.submit("schedule", job, self.schedule_previewed.emit,
+                           lambda _: self.schedule_previewed.emit([]))
+
     def preview_run(self, path: str) -> None:
         """A past run's ModelInfo and plan for the layer tree, built off the GUI thread."""
         def job():

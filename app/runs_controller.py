@@ -42,6 +42,7 @@ class RunsController(QObject):
     start_asked = Signal()  # Start or Continue: the views drop a past run's plan and the last error
     launched = Signal()  # a run began: its curves, evidence and progress start empty
     resumed = Signal(list)  # a continued run's earlier epochs, [(BatchEvent, EpochEvent)], after launched
+    continued = Signal(object, int, int)  # a continued run's config, its epochs done, the epochs it had planned
     stopping = Signal()  # Stop was asked for: the run ends after this batch
 
     def __init__(self, runs_root: Path, configuration: Configuration, shown_run: ShownRun, messages: Messages,
@@ -119,6 +120,7 @@ class RunsController(QObject):
         earlier = run.folder.read_epochs()  # a few lines: the curves go on from them, not from nothing
         self._launch(replace(config, out_dir=str(run.folder.path)), run.folder, resume=True)
         self.resumed.emit(history_events(earlier, config.train.epochs))
+        self.continued.emit(config, len(earlier), saved.train.epochs)
         return True
 
     def _launch(self, config: RunConfig, folder: RunFolder, resume: bool) -> None:
@@ -190,11 +192,12 @@ class RunsController(QObject):
     def restore_latest_run(self) -> bool:
         """After a restart: show the newest run under the runs folder that completed an epoch (its
         configuration, folder and outcome), so Continue and Export work on it; a run stopped before
-        its first epoch has nothing to show. False when there is none to show."""
-        for run in list_runs(self.runs_root):
-            if run.read_epochs() and self.open_run(run):
-                return True
-        return False
+        its first epoch has no curves to show, so it is shown only when no run has any (its
+        configuration is still the last one used). False when there is none to show."""
+        runs = list_runs(self.runs_root)
+        if any(run.read_epochs() and self.open_run(run) for run in runs):  # newest first: stops at the first
+            return True
+        return any(self.open_run(run) for run in runs)
 
     def open_run(self, run: RunFolder) -> bool:
         """Show a past run (its configuration, folder and outcome), so Continue and Export work on

@@ -62,7 +62,7 @@ class Session(QObject):
         self.history = QUndoStack(self)
         self.data_edits = DataEdits(self.tasks, self.history, self)
         shared = (self.configuration, self.shown_run, self.messages)
-        self.datasets = DatasetController(self.tasks, self.configuration, self.shown_run, self.data_edits, self)
+        self.datasets = DatasetController(self.tasks, *shared, self.data_edits, self)
         self.plan = PlanController(*shared, self.history, self.data_edits, self)
         self.advisor = AdviceController(self.tasks, *shared, self.datasets, self.plan, self)
         self.settings = SettingsController(self.tasks, *shared, self.datasets, self.plan, self.advisor, self)
@@ -71,11 +71,14 @@ class Session(QObject):
         self.runs = RunsController(self.runs_root, *shared, self.datasets, self.settings, self.data_edits,
                                    self.mending.suspect_finder, self)
         self.insight = InsightSession(self.tasks, self.runs_root, self)
-        self.run_list = RunListController(self.shown_run, self.messages, self.runs, self.previews, self.insight, self)
+        self.run_list = RunListController(self.configuration, self.shown_run, self.messages, self.runs, self.previews,
+                                          self.insight, self)
         self.exports = ExportController(self.shown_run, self.messages, self)
         for edits in (self.settings, self.plan):  # after any edit: does the advice still hold, what LRs are planned
             edits.edited.connect(self.advisor.recheck)
             edits.edited.connect(self.previews.schedule_soon)
+        self.plan.edited.connect(self.run_list.end_preview)  # an edited plan is the one the tree shows
+        self.runs.continued.connect(self.previews.preview_resumed)  # the LRs the continued run follows
 
     def announce(self) -> None:
         """Say the whole state once, so views connected just now show it (the controllers listening
@@ -128,7 +131,10 @@ class Session(QObject):
         except UserError as exc:
             self.messages.error_raised.emit(str(exc))
             return False
-        return self.settings.apply_config(config)
+        if not self.settings.apply_config(config):
+            return False
+        self.messages.error_raised.emit("")  # an earlier error (a bad project) no longer holds
+        return True
 
     def shutdown(self) -> None:
         """The window closes: stop the run and the export, drop background results."""

@@ -19,7 +19,7 @@ from app.worker import BackgroundTasks
 from engine.config import ModelConfig, PlanConfig, RunConfig
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
-from engine.plan.plan import build_plan
+from engine.plan.plan import build_plan, unreached_phases_note
 
 
 class SettingsController(QObject):
@@ -112,17 +112,19 @@ class SettingsController(QObject):
         return f"ImageNet weights not cached yet: downloaded on Start, or put {path.name} into {path.parent}."
 
     def model_warning(self) -> str:
-        info, plan = self.model_info, self._configuration.plan
-        if self._configuration.model.weights != "none" or info is None:
+        """What the model, plan and epochs together get wrong, in a line or two ("" for nothing)."""
+        info = self.model_info
+        if info is None:
             return ""
         try:
-            built = build_plan(plan, info)
+            built = build_plan(self._configuration.plan, info)
         except UserError:
             return ""
-        if any(built.effective(stage).frozen for stage in info.stages):
-            return ("Random-init weights with frozen layers: those layers stay random. "
-                    "Choose ImageNet weights or a file, or fine-tune all.")
-        return ""
+        warnings = [unreached_phases_note(built, info, self._configuration.train.epochs)]
+        if self._configuration.model.weights == "none" and any(built.effective(s).frozen for s in info.stages):
+            warnings.append("Random-init weights with frozen layers: those layers stay random. "
+                            "Choose ImageNet weights or a file, or fine-tune all.")
+        return " ".join(w for w in warnings if w)
 
     def note_download_failed(self, arch: str) -> None:
         """A run could not download `arch`'s ImageNet weights: the note says so from now on."""
@@ -156,6 +158,8 @@ class SettingsController(QObject):
         self._configuration.set_train(new)
         if new.seed != old.seed:  # the seed decides the split too
             self._datasets.split_again()
+        if new.epochs != old.epochs:  # a gradual plan's last phases may now fall beyond the run
+            self.model_warning_changed.emit(self.model_warning())
         self.edited.emit()
 
     @Slot(str)

@@ -225,7 +225,7 @@ def test_clear_resets_every_plot(qtbot, plots):
     assert plots.point_count() == 0 and plots._lr_series == {}
     assert plots.lr_plot.legend.entry_names() == []
     assert plots.lr_plot.getViewBox().viewRange()[1] == pytest.approx([-5, -1])
-    assert plots.loss_plot.legend.entry_names() == ["train (smoothed)", "validation"]
+    assert plots.loss_plot.legend.entry_names() == ["train (each step)", "train (smoothed)", "validation"]
 
 
 def test_many_points_stay_cheap(qtbot, plots):

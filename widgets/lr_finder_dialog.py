@@ -22,6 +22,7 @@ from engine.insight.lr_finder import DEFAULT_STEPS, RangeTest, find_lr, scale_pl
 
 CURVE_COLOUR = (31, 119, 180)
 MARK_COLOURS = {"valley": (44, 160, 44), "steepest": (255, 127, 14), "minimum/10": (148, 103, 189)}
+RULE_NAMES = {"valley": "valley (suggested)", "steepest": "steepest fall", "minimum/10": "minimum ÷ 10"}
 
 Submit = Callable[[Callable[[], RangeTest], Callable[[RangeTest], None], Callable[[str], None]], object]
 
@@ -50,6 +51,7 @@ class LrFinderDialog(QDialog):
         self.chosen_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen((120, 120, 120), style=Qt.DashLine))
         self.chosen_line.hide()
         self.plot.addItem(self.chosen_line)
+        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextSize="8pt")  # top right: the loss rises there last
         self.status = QLabel(f"Sweeps one multiplier over the whole plan in {steps} steps; nothing is kept.")
         self.status.setObjectName("lrFinderStatus")
         self.status.setWordWrap(True)
@@ -131,6 +133,7 @@ class LrFinderDialog(QDialog):
             spots.append({"pos": (np.log10(s.base_lr), loss), "brush": pg.mkBrush(MARK_COLOURS.get(s.rule, (0, 0, 0))),
                           "data": s.rule})
         self.marks.setData(spots)
+        self._show_legend([s.rule for s in suggestions])
         self.choice.blockSignals(True)
         self.choice.clear()
         for s in suggestions:
@@ -141,6 +144,20 @@ class LrFinderDialog(QDialog):
                             + ("" if suggestions else " Too few steps to suggest a multiplier."))
         self.apply_button.setEnabled(bool(suggestions))
         self._show_choice()
+
+    def _show_legend(self, rules: list[str]) -> None:
+        """What the curve, each suggestion's colour and the dashed line mean."""
+        self.legend.clear()
+        self.legend.addItem(self.curve, "smoothed loss")
+        for rule in dict.fromkeys(rules):
+            colour = MARK_COLOURS.get(rule, (0, 0, 0))
+            key = pg.PlotDataItem(pen=None, symbol="o", symbolSize=9, symbolPen=None, symbolBrush=colour)
+            self.legend.addItem(key, RULE_NAMES.get(rule, rule))
+        if rules:
+            self.legend.addItem(pg.PlotDataItem(pen=self.chosen_line.pen), "chosen (what Apply uses)")
+
+    def legend_names(self) -> list[str]:
+        return [label.text for _, label in self.legend.items]
 
     def chosen_multiplier(self) -> float | None:
         suggestion = self.choice.currentData()

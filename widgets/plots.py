@@ -33,6 +33,8 @@ MAX_RATIO_CURVES = 12  # more modules than this: only the first level (names wit
 LEGEND_LABEL_CHARS = 22  # longer names are elided in the legend; the tooltip has them whole
 LR_DEFAULT_RANGE = (-5.0, -1.0)  # log10 y range shown before the first LR arrives: 1e-5 .. 1e-1
 RATIO_DEFAULT_RANGE = (-6.0, -1.0)
+PLANNED_LEGEND = "planned (dashed)"
+RAW_ALPHA = 110  # each step's loss: visible, yet under the smoothed line
 LEFT_AXIS_WIDTH = 64  # room for the label and a tick like "1.05e-3"
 
 
@@ -228,6 +230,24 @@ class Series:
         return self._y[: self.size]
 
 
+class DebiasedEma:
+    """An exponential moving average with Adam's bias correction (as TensorBoard smooths): the
+    average of the values so far, weighted `smoothing`^age, divided by the weights' sum. Started
+    at the first value instead, it would keep that value's weight for dozens of steps and lag far
+    above a falling loss; started at 0 uncorrected, it would sit far below it."""
+
+    def __init__(self, smoothing: float):
+        self.smoothing = smoothing
+        self._biased = 0.0
+        self._weight = 0.0  # 1 - smoothing^n: the weights' sum after n values
+
+    def add(self, value: float) -> float:
+        """Take a value; the smoothed value so far."""
+        self._biased = self.smoothing * self._biased + (1 - self.smoothing) * value
+        self._weight = self.smoothing * self._weight + (1 - self.smoothing)
+        return self._biased / self._weight
+
+
 class _CurveSet:
     """One curve per name on a log plot, each a distinct colour, listed in the side legend and
     the plot's tooltip. Curves are made when a name first has a value, and kept until clear()."""
@@ -329,6 +349,8 @@ class TrainingPlots(QWidget):
         self.phases_label.setToolTip("What trains in each phase of the planned gradual unfreezing.")
         self.phases_label.hide()
         self._planned: dict[str, pg.PlotDataItem] = {}  # group -> its planned LR per epoch (dashed)
+        # The legend's one entry for every dashed line (each has its group's colour); not plotted itself.
+        self._planned_key = pg.PlotDataItem(pen=pg.mkPen(TEXT_COLOUR, width=1, style=Qt.PenStyle.DashLine))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         for plot in (self.loss_plot, self.accuracy_plot, self.lr_plot):
@@ -338,7 +360,9 @@ class TrainingPlots(QWidget):
         layout.addWidget(self.update_ratio_toggle)
         pen = lambda colour, width=1, style=None: pg.mkPen(colour, width=width, style=style)  # noqa: E731
         self._curves = {
-            "train_loss_raw": self.loss_plot.plot(pen=pen(TRAIN_COLOUR + (60,))),
+            # Every step's loss stays visible under the smoothed line: smoothing hides spikes.
+            # (a line, not dots: 100,000 symbols would stall the window)
+            "train_loss_raw": self.loss_plot.plot(pen=pen(TRAIN_COLOUR + (RAW_ALPHA,))),
             "train_loss": self.loss_plot.plot(pen=pen(TRAIN_COLOUR, 2)),
             "val_loss": self.loss_plot.plot(pen=pen(VAL_COLOUR, 2), symbol="o", symbolSize=5,
                                             symbolBrush=VAL_COLOUR),
@@ -347,6 +371,7 @@ class TrainingPlots(QWidget):
             "val_acc": self.accuracy_plot.plot(pen=pen(VAL_COLOUR, 2), symbol="o", symbolSize=5,
                                                symbolBrush=VAL_COLOUR),
         }
+        self.loss_plot.legend.add(self._curves["train_loss_raw"], "train (each step)")
         self.loss_plot.legend.add(self._curves["train_loss"], "train (smoothed)")
         self.loss_plot.legend.add(self._curves["val_loss"], "validation")
         self.accuracy_plot.legend.add(self._curves["train_acc"], "train")
@@ -378,7 +403,7 @@ class TrainingPlots(QWidget):
     def clear(self) -> None:
         self._refresh_timer.stop()
         self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", "train_acc", "val_acc")}
-        self._ema = None
+        self._loss_ema = DebiasedEma(self.smoothing)
         for curve in self._curves.values():
             curve.setData([], [])
         self._lr.clear()
@@ -391,6 +416,8 @@ class TrainingPlots(QWidget):
         moment metrics.jsonl records), dashed and under the real curves; [] shows none."""
         for curve in self._planned.values():
             self.lr_plot.removeItem(curve)
+        if self._planned:
+            self.lr_plot.legend.remove(self._planned_key)
         self._planned = {}
         names = list(dict.fromkeys(label for entry in schedule for label in entry["lrs"]))
         for name, colour in zip(names, distinct_colours(len(names))):
@@ -400,6 +427,7 @@ class TrainingPlots(QWidget):
             curve.setData(np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float))
             self._planned[name] = curve
         if self._planned:
+            self.lr_plot.legend.add(self._planned_key, PLANNED_LEGEND)
             self.lr_plot.enableAutoRange(axis="y")
         text = phases_text(schedule)
         self.phases_label.setText(text)
@@ -426,9 +454,8 @@ class TrainingPlots(QWidget):
         x = event.epoch - 1 + event.step / max(1, event.steps)
         loss = event.loss
         if math.isfinite(loss):
-            self._ema = loss if self._ema is None else self.smoothing * self._ema + (1 - self.smoothing) * loss
             self._series["train_loss_raw"].append(x, loss)
-            self._series["train_loss"].append(x, self._ema)
+            self._series["train_loss"].append(x, self._loss_ema.add(loss))
         for label, lr in event.lrs.items():
             if lr > 0 and math.isfinite(lr):  # a warm-up's LR of 0 has no place on a log axis
                 self._lr.append(label, x, lr)

@@ -37,6 +37,7 @@ from engine.errors import Stopped
 SMOOTHING = 0.98
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 DEFAULT_STEPS = 100
+STEEPEST_SKIP = 5  # the steepest fall is looked for after this many steps (fastai skips the start too)
 DEFAULT_START, DEFAULT_END = 1e-4, 1e3  # multipliers of the plan's LRs
 
 
@@ -180,9 +181,11 @@ def valley_index(losses: list[float]) -> int:
 
 
 def steepest_index(losses: list[float], ms: list[float]) -> int:
-    """Where the loss falls fastest per decade of the multiplier."""
+    """Where the loss falls fastest per decade of the multiplier, after the first few steps: there
+    the smoothed loss rests on a handful of batches, and its first fall is noise, not the LR."""
     slopes = np.gradient(np.asarray(losses), np.log10(np.asarray(ms)))
-    return int(np.argmin(slopes))
+    skip = min(STEEPEST_SKIP, max(0, len(losses) - 3))  # a short sweep keeps at least a few points
+    return skip + int(np.argmin(slopes[skip:]))
 
 
 def _result(curve: list[RangePoint], base_lr: float, stopped: str) -> RangeTest:

@@ -10,7 +10,7 @@ original segment, so it ends exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -36,6 +36,17 @@ class ScheduleSegment:
         """A fresh run's segment: all its planned epochs, the warm-up rounded to whole steps."""
         warmup = int(round(train.warmup_epochs * steps_per_epoch))
         return cls(first_step=0, steps=steps_per_epoch * train.epochs, warmup_steps=warmup)
+
+    @classmethod
+    def resumed(cls, train: TrainConfig, steps_per_epoch: int, done_epochs: int,
+                planned_epochs: int) -> ScheduleSegment:
+        """The segment of a run resumed after `done_epochs` of the `planned_epochs` it last planned
+        (EpochLoop._segment's rule): its own when the epochs are unchanged, else a new segment over
+        the epochs added (a warm restart, without warm-up)."""
+        if planned_epochs == train.epochs:
+            return cls.planned(train, steps_per_epoch)
+        done = done_epochs * steps_per_epoch
+        return cls(first_step=done, steps=steps_per_epoch * train.epochs - done, warmup_steps=0)
 
 
 class Optimization:
@@ -86,13 +97,22 @@ class Optimization:
 
 
 def schedule_preview(model: nn.Module, info: ModelInfo, plan: Plan, train: TrainConfig,
-                     steps_per_epoch: int) -> list[dict]:
+                     steps_per_epoch: int, resumed: tuple[int, int] | None = None) -> list[dict]:
     """The run's LRs before it runs, by the trainer's own Optimization: per epoch (1-based) every
     group's LR as metrics.jsonl's `lr` records it (after the epoch's last step, same group labels)
-    and the stages that train. Changes `model`'s requires_grad flags: pass a model of its own."""
+    and the stages that train. Changes `model`'s requires_grad flags: pass a model of its own.
+
+    resumed=(done epochs, epochs planned before): a run continued up to train.epochs; its epochs
+    after those done follow ScheduleSegment.resumed, those before the segment first planned."""
     plan_now = plan.at_epoch(0)
     apply_plan(model, plan_now)
-    optimization = Optimization(model, info, plan_now, train, ScheduleSegment.planned(train, steps_per_epoch))
+    segment = ScheduleSegment.planned(train, steps_per_epoch)
+    done = 0
+    if resumed is not None:
+        done, planned = resumed
+        segment = ScheduleSegment.planned(replace(train, epochs=planned), steps_per_epoch)
+        later = ScheduleSegment.resumed(train, steps_per_epoch, done, planned)
+    optimization = Optimization(model, info, plan_now, train, segment)
     preview = []
     for epoch in range(1, train.epochs + 1):
         due = plan.at_epoch(epoch - 1)  # as EpochLoop._enter_epoch: thawed modules join as new groups
@@ -100,6 +120,8 @@ def schedule_preview(model: nn.Module, info: ModelInfo, plan: Plan, train: Train
             apply_plan(model, due)
             plan_now = due
             optimization.add_unfrozen(due, epoch)
+        if resumed is not None and epoch == done + 1:
+            optimization.segment = later
         optimization.set_lrs(epoch * steps_per_epoch - 1)
         trainable = [stage for stage in info.stages
                      if any(p.requires_grad for p in model.get_submodule(stage).parameters())]

@@ -303,6 +303,26 @@ def _phases(trainable_now: int, thawing_at: dict[int, int]) -> list[dict]:
     return phases
 
 
+def never_thawed(plan: Plan, info: ModelInfo, epochs: int) -> list[str]:
+    """The stages gradual unfreezing would thaw only after the run's last epoch: they never train."""
+    late = []
+    for stage in info.stages:
+        eff = plan.effective(stage)
+        if eff.frozen and eff.unfreeze_epoch is not None and eff.unfreeze_epoch >= epochs:  # 0-based epoch
+            late.append(stage)
+    return late
+
+
+def unreached_phases_note(plan: Plan, info: ModelInfo, epochs: int) -> str:
+    """One line when a gradual plan's phases go beyond the run's epochs ("" when they fit)."""
+    late = never_thawed(plan, info, epochs)
+    if not late:
+        return ""
+    last = max(plan.effective(stage).unfreeze_epoch for stage in late) + 1
+    return (f"With {epochs} epoch{'s' if epochs != 1 else ''}, {', '.join(late)} never train: gradual unfreezing "
+            f"reaches them from epoch {last}. Set Epochs to {last} or more, or unfreeze every fewer epochs.")
+
+
 def with_weight_decay(report: dict, weight_decay: float) -> dict:
     """`report` with another weight decay: only the param groups' value changes, nothing else."""
     groups = [{**g, "weight_decay": weight_decay} for g in report["param_groups"]]
