@@ -335,6 +335,7 @@ class MainWindow(QMainWindow):
         view.try_model_chosen.connect(self._show_try_model)
         ins.insight_ready.connect(self._show_insight)
         ins.insight_missing.connect(view.show_missing)
+        ins.insight_missing.connect(self._show_try_model)  # the model shown for Try follows the shown run
         ins.thumbnails_ready.connect(view.add_thumbnails)
         ins.preview_ready.connect(view.show_preview)
         ins.prediction_ready.connect(view.show_prediction)

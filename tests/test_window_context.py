@@ -302,3 +302,19 @@ def test_the_lr_finder_and_the_planned_lrs_have_legends(qtbot):
     assert plots.lr_plot.legend.entry_names() == [PLANNED_LEGEND]
     plots.show_planned([])
     assert plots.lr_plot.legend.entry_names() == []
+
+
+def test_a_refused_try_keeps_no_bars_or_map_of_the_image_before(qtbot):
+    from PySide6.QtGui import QImage
+
+    from widgets.try_image import TryImagePanel
+
+    panel = TryImagePanel()
+    qtbot.addWidget(panel)
+    overlay = QImage(8, 8, QImage.Format.Format_RGB32)
+    overlay.fill(0)
+    panel.show_prediction("cat.png", [("cat", 0.9), ("dog", 0.1)], overlay)
+    assert panel.bars.top() and panel.overlay.pixmap() is not None and not panel.overlay.pixmap().isNull()
+    panel.show_error("that file is not an image")
+    assert panel.bars.top() == [] and (panel.overlay.pixmap() is None or panel.overlay.pixmap().isNull())
+    assert panel.message.text() == "that file is not an image"

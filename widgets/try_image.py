@@ -131,6 +131,8 @@ class TryImagePanel(QWidget):
 
     def show_error(self, message: str) -> None:
         self.message.setText(message)
+        self.bars.set_top([])  # no bars of an earlier image beside a refusal
+        show_image(self.overlay, None)
 
     def choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Try an image", "", image_filter())
