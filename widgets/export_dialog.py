@@ -86,7 +86,8 @@ class ExportDialog(QDialog):
             formats.addWidget(box)
         self.folder_edit = QLineEdit(folder)
         self.folder_edit.setObjectName("exportFolderEdit")
-        self.folder_edit.setToolTip("Folder the exported files go into.")
+        self.folder_edit.setToolTip("Folder the exported files go into; a new folder is created inside one that exists.")
+        self.folder_edit.textChanged.connect(self._refresh)  # the snippet loads from the folder typed
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         folder_row = QHBoxLayout()
@@ -136,7 +137,7 @@ class ExportDialog(QDialog):
 
     def _refresh(self) -> None:
         fmt = self.snippet_format.currentData()
-        path = str(default_path(Path(self.checkpoint), fmt, Path(self.folder_edit.text())))
+        path = str(default_path(Path(self.checkpoint), fmt, Path(self.folder_edit.text().strip()).expanduser()))
         self.snippet.setPlainText(loading_snippet(fmt, path, self.meta))
         self.run_button.setEnabled(bool(self.formats()))
 

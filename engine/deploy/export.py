@@ -6,6 +6,9 @@ metadata_props), pt2 (a torch.export ExportedProgram with a dynamic batch dimens
 so its SHA-256 is recorded in engine.deploy.trust, once it has passed the gate). After writing, the file is loaded back by its
 own runtime and its logits are compared with the in-memory model's on real images, as a batch and
 one image alone; the report is saved beside the file, and an export past the tolerance fails loudly.
+The tolerance is relative to the logits' scale (float32 rounding grows with the logits: a model with
+logits near 1e6 differs by ~1e-1 between runtimes even when its file is byte-identical), and every
+image must keep its top-1 class, unless its top two logits tie within that tolerance.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from engine.model.checkpoint import load_checkpoint
 from engine.atomic import atomic_file, atomic_write_bytes
 from engine.errors import UserError
-from engine.model.architectures import plain_model
+from engine.model.architectures import model_kwargs, plain_model
 from engine.deploy.predict import LoadedClassifier, load_classifier
 
 FORMATS = ("pt", "safetensors", "torchscript", "onnx", "pt2")
@@ -33,6 +36,7 @@ DEFAULT_FORMATS = ("pt", "safetensors", "torchscript", "onnx")
 # "-export.pt" so that exporting pt next to checkpoint.pt never overwrites the checkpoint itself.
 SUFFIXES = {"pt": "-export.pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx",
             "pt2": ".pt2"}
+# Relative: the largest allowed logit difference is DEFAULT_TOLERANCE * max(1, largest |logit|).
 DEFAULT_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 # A single .onnx file is one protobuf message, which cannot exceed 2 GiB.
@@ -50,8 +54,10 @@ class ParityReport:
     images: int
     top1_agreement: float
     max_abs_logit_diff: float
-    tolerance: float
+    tolerance: float  # relative: the allowed difference is tolerance * max(1, logit_scale)
     passed: bool
+    logit_scale: float = 0.0  # the model's largest |logit| on these images
+    relative_diff: float = 0.0  # max_abs_logit_diff / max(1, logit_scale), compared with tolerance
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +69,8 @@ def metadata(classifier: LoadedClassifier) -> dict[str, str]:
         "arch": classifier.arch,
         "class_names": json.dumps(classifier.class_names),
         "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
+        # What torchvision.models.get_model(arch, num_classes=K, ...) needs to take these weights.
+        "model_kwargs": json.dumps(model_kwargs(classifier.arch, classifier.preprocessing.crop)),
         "producer": "transfer-studio",
     }
 
@@ -109,24 +117,52 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise UserError(f"{classifier.arch} cannot be exported to {fmt} ({type(exc).__name__}: {detail[:300]}); "
                         f"pt and safetensors work for every architecture") from exc
-    diff = float((actual - expected).abs().max()) if len(expected) else 0.0
-    if len(single):
-        diff = max(diff, float((single - expected[:1]).abs().max()))
-    agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
-    report = ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, diff <= tolerance)
+    report = compare_logits(fmt, out, expected, actual, single, tolerance)
     report_path = Path(str(out) + ".parity.json")
     try:
         atomic_write_bytes(report_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
     except OSError as exc:
         raise UserError(f"cannot write {report_path}: {exc.strerror or exc}") from None
     if not report.passed:
-        raise ParityError(f"{fmt} export {out} differs from the model: largest logit difference {diff:.3g} > "
-                          f"{tolerance:g} (top-1 agreement {agreement:.1%}); see {out}.parity.json")
+        raise ParityError(f"{fmt} export {out} differs from the model: {gate_summary(report)}; see {out}.parity.json")
     if fmt == "pt2":  # only a file that passed: one that failed must not load later without --trust
         from engine.deploy.trust import record_export
 
         record_export(written, out)
     return report
+
+
+def compare_logits(fmt: str, out: Path, expected: torch.Tensor, actual: torch.Tensor, single: torch.Tensor,
+                   tolerance: float) -> ParityReport:
+    """The gate: the file's logits (`actual` for the batch, `single` for its first image alone) against the
+    model's (`expected`), relative to the logits' scale, and top-1 agreement."""
+    diff = float((actual - expected).abs().max()) if len(expected) else 0.0
+    if len(single):
+        diff = max(diff, float((single - expected[:1]).abs().max()))
+    scale = float(expected.abs().max()) if len(expected) else 0.0
+    allowed = tolerance * max(1.0, scale)
+    agreement = float((actual.argmax(1) == expected.argmax(1)).float().mean()) if len(expected) else 1.0
+    passed = diff <= allowed and not _decisive_disagreements(expected, actual, allowed)
+    return ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, passed, logit_scale=scale,
+                        relative_diff=diff / max(1.0, scale))
+
+
+def _decisive_disagreements(expected: torch.Tensor, actual: torch.Tensor, allowed: float) -> int:
+    """Images whose top-1 class the file changes although the model's logit for its own class leads the
+    file's choice by more than the allowed difference (a tie within it may fall either way)."""
+    if not len(expected):
+        return 0
+    ours, theirs = expected.argmax(1), actual.argmax(1)
+    lead = expected.gather(1, ours[:, None]) - expected.gather(1, theirs[:, None])
+    return int((lead[:, 0] > allowed).sum())
+
+
+def gate_summary(report: ParityReport) -> str:
+    """Both numbers of the gate, for a message: the relative difference and the top-1 agreement."""
+    within = "within" if report.relative_diff <= report.tolerance else "above"
+    return (f"largest logit difference {report.max_abs_logit_diff:.3g} at a logit scale of {report.logit_scale:.3g} "
+            f"is {report.relative_diff:.3g} relative, {within} the tolerance {report.tolerance:g}; "
+            f"top-1 agreement {report.top1_agreement:.1%} on {report.images} images")
 
 
 def _write_pt(checkpoint: Path, classifier: LoadedClassifier, out: Path) -> None:
@@ -142,7 +178,8 @@ def _write_safetensors(checkpoint: Path, classifier: LoadedClassifier, out: Path
     meta = metadata(classifier)
     atomic_write_bytes(out, save(state, metadata=meta))
     sidecar = {"arch": classifier.arch, "class_names": classifier.class_names,
-               "preprocessing": classifier.preprocessing.to_dict(), "weights": out.name}
+               "preprocessing": classifier.preprocessing.to_dict(),
+               "model_kwargs": model_kwargs(classifier.arch, classifier.preprocessing.crop), "weights": out.name}
     atomic_write_bytes(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
 
 
@@ -346,7 +383,7 @@ def _load_safetensors(path: Path) -> Exported:
 
     with safe_open(str(path), framework="pt") as fh:
         meta = _parse_meta(fh.metadata() or {}, path)
-    model = plain_model(meta["arch"], len(meta["class_names"]), int(meta["preprocessing"]["crop"]))
+    model = plain_model(meta["arch"], len(meta["class_names"]), int(meta["preprocessing"]["crop"]), for_weights=True)
     model.load_state_dict(load_file(str(path)), strict=True)
     return Exported("safetensors", meta["class_names"], meta["preprocessing"], _torch_runner(model.eval()))
 

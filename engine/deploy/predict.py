@@ -32,7 +32,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
         check_arch(arch)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-    model = plain_model(arch, len(class_names), int(ckpt["preprocessing"]["crop"]))
+    model = plain_model(arch, len(class_names), int(ckpt["preprocessing"]["crop"]), for_weights=True)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

@@ -1,10 +1,11 @@
 """torchvision classifiers by name: build, load weights, replace the head, describe the layer tree.
 
 The head (the final Linear; SqueezeNet's final 1x1 convolution) is replaced in place, so a trained
-model's state dict has exactly the keys of `torchvision.models.<arch>(num_classes=K)` and plain
-PyTorch can load it. GoogLeNet and Inception v3 are built as torchvision builds its pretrained
-GoogLeNet: without auxiliary heads and with `transform_input=True`, i.e.
-`torchvision.models.googlenet(num_classes=K, aux_logits=False, transform_input=True)`.
+model is `torchvision.models.get_model(arch, num_classes=K, **model_kwargs(arch, image_size))` and
+plain PyTorch can load its state dict. The keyword arguments are empty for most architectures; GoogLeNet
+and Inception v3 are built as torchvision builds its pretrained GoogLeNet (without auxiliary heads,
+with `transform_input=True`), a ViT for its image size, MaxViT for its input size. Checkpoints carry
+them ("model_kwargs").
 
 Every architecture offered (`available_archs`) has a known image-size rule (`min_image_size`,
 `check_image_size`), and tests/test_architectures.py trains each one a step at its smallest size.
@@ -26,6 +27,7 @@ import torchvision
 from torch import nn
 
 from engine.model.checkpoint import load_state_dict_file
+from engine.model.constructors import builder_kwargs, model_kwargs  # noqa: F401 - re-exported
 from engine.data.dataset import Preprocessing
 from engine.errors import UserError, WeightsUnavailable
 
@@ -285,24 +287,11 @@ def weights_cache_path(arch: str) -> Path | None:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def builder_kwargs(arch: str, image_size: int = 224) -> dict:
-    """What `torchvision.models.get_model(arch, num_classes=K, ...)` needs besides K for our model."""
-    if arch.startswith("vit_"):
-        return {"image_size": image_size}  # position embeddings for this many patches
-    if arch.startswith("maxvit_"):
-        return {"input_size": (image_size, image_size)}  # its window partition is fixed at build time
-    if arch in ("googlenet", "inception_v3"):
-        # As torchvision builds its pretrained GoogLeNet: auxiliary heads would make the model return a
-        # tuple in train mode (and Inception's needs large images); the ImageNet weights were trained
-        # on inputs scaled to [-1, 1], which transform_input makes from ImageNet-normalised ones.
-        return {"aux_logits": False, "transform_input": True, "init_weights": True}
-    return {}
-
-
-def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module:
-    """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained."""
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
-                                         **builder_kwargs(arch, image_size))
+def plain_model(arch: str, num_classes: int, image_size: int = 224, for_weights: bool = False) -> nn.Module:
+    """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained;
+    `for_weights`: to load a state dict into, skipping initialisation where torchvision allows it."""
+    kwargs = model_kwargs(arch, image_size) if for_weights else builder_kwargs(arch, image_size)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     if isinstance(model, torchvision.models.MNASNet):
         # Bound to this instance (a deepcopy rebinds it to the copy); the class is untouched.
         model._load_from_state_dict = types.MethodType(_load_unversioned_mnasnet_state, model)
@@ -318,10 +307,22 @@ def _load_unversioned_mnasnet_state(self, state_dict, prefix, local_metadata, *a
     type(self)._load_from_state_dict(self, state_dict, prefix, local_metadata, *args)
 
 
-def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
-    check_arch(arch)
+# Beyond this the head alone outgrows memory (1e11 classes: terabytes); engine.config's classes rule agrees.
+MAX_CLASSES = 100_000
+
+
+def check_class_count(num_classes: int) -> None:
+    """Refuse, in one line and before anything is allocated, a class count no model here can have."""
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise UserError(f"{num_classes:,} classes are more than the {MAX_CLASSES:,} Transfer Studio trains "
+                        f"(the head alone would outgrow memory); merge classes or split the dataset")
+
+
+def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
+    check_arch(arch)
+    check_class_count(num_classes)
     check_image_size(arch, image_size)
     model = plain_model(arch, num_classes, image_size)
     notes: list[str] = []
@@ -383,6 +384,11 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     bad_shapes = [k for k in state if state[k].shape != expected[k].shape]
     if bad_shapes:
         raise UserError(f"{source} has tensors of the wrong shape: {', '.join(bad_shapes[:6])}")
+    # NaN or inf weights would train into a NaN loss that reads as a too-high LR: refused here.
+    non_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if non_finite:
+        raise UserError(f"{source} has non-finite weights (NaN or inf) in {len(non_finite)} tensor(s): "
+                        f"{', '.join(non_finite[:3])}{' ...' if len(non_finite) > 3 else ''}")
     if metadata is not None:
         state = OrderedDict(state)
         state._metadata = metadata

@@ -1,8 +1,10 @@
 """Checkpoints: saving in the background and safe loading.
 
 A checkpoint is a versioned plain dict that `torch.load(path, weights_only=True)` reads:
-"model" (a state dict with plain torchvision keys), "arch", "class_names", "preprocessing",
-"plan", "metrics", "format_version". Loading never unpickles code.
+"model" (a state dict with plain torchvision keys, and the module versions torch.save keeps), "arch",
+"class_names", "preprocessing", "model_kwargs" (what `torchvision.models.get_model(arch, num_classes=K,
+**model_kwargs)` needs to rebuild the model; absent from older checkpoints), "plan", "metrics",
+"format_version". Loading never unpickles code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import pickle
 import stat
 import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from engine.atomic import atomic_file
+from engine.model.constructors import model_kwargs
 from engine.errors import RunFailed, UnsafeFileError, UserError
 
 FORMAT_VERSION = 1
@@ -202,7 +206,12 @@ def verify_weights(obj: dict, path: Path) -> None:
 
 def make_checkpoint(model: torch.nn.Module, *, arch: str, class_names, preprocessing: dict, plan: dict,
                     metrics: dict, epoch: int, config: dict) -> dict[str, Any]:
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    source = model.state_dict()
+    state = OrderedDict((k, v.detach().to("cpu", copy=True).contiguous()) for k, v in source.items())
+    # Module versions, as torch.save(model.state_dict()) keeps them: plain torchvision's MNASNet refuses
+    # a state dict without its version.
+    if getattr(source, "_metadata", None) is not None:
+        state._metadata = source._metadata
     return {
         "format_version": FORMAT_VERSION,
         "model": state,
@@ -210,6 +219,7 @@ def make_checkpoint(model: torch.nn.Module, *, arch: str, class_names, preproces
         "arch": arch,
         "class_names": list(class_names),
         "preprocessing": preprocessing,
+        "model_kwargs": model_kwargs(arch, int(preprocessing["crop"])),
         "plan": plan,
         "metrics": metrics,
         "epoch": epoch,
@@ -257,7 +267,7 @@ def _check_fields(obj: dict, path: Path) -> None:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
                 or (key == "std" and not all(v > 0 for v in value))):
             raise bad(f"preprocessing.{key}", "3 finite numbers" + (" above 0" if key == "std" else ""))
-    for key in ("config", "plan", "metrics"):
+    for key in ("config", "plan", "metrics", "model_kwargs"):
         if key in obj and not isinstance(obj[key], dict):
             raise bad(key, "an object")
 
