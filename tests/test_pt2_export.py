@@ -161,3 +161,25 @@ def test_a_damaged_trusted_pt2_is_one_line(registry, tmp_path, capsys):
     bad.write_bytes(b"not a zip at all")
     assert main(["predict", str(bad), str(bad), "--trust"]) == 2
     assert "not a valid pt2 file" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_hostile_trusted_pt2_is_one_line_without_torchs_logged_traceback(trained, registry, tmp_path, capsys):
+    """A real archive whose sample inputs need a full unpickling: torch's deserializer logs a whole
+    traceback while it falls back (issue 22, item 14); the command still says one line."""
+    import io
+    import zipfile
+
+    good = tmp_path / "good.pt2"
+    export(trained, "pt2", good, parity_batch(trained, 2))
+    needs_pickle = io.BytesIO()
+    torch.save(((frozenset({1}),), {}), needs_pickle)  # not a type weights_only loading allows
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, needs_pickle.getvalue() if "sample_inputs" in item.filename else data)
+    capsys.readouterr()
+    rc = main(["predict", str(bad), str(bad), "--trust"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Fallback to weights_only=False" not in err, err
+    assert rc == 2 and _one_error_line(err)  # the model loads; the "image" given is then refused

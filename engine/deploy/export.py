@@ -339,7 +339,7 @@ def _load_pt2(path: Path, trust: bool, written: bytes | None = None) -> Exported
         raise UserError(f"{path} changed while it was being exported; export it again")
     extra = {"transfer_studio.json": ""}
     try:
-        with warnings.catch_warnings(), _quiet_logger("torch.export"):
+        with warnings.catch_warnings(), _quiet_loggers("torch.export", "torch._export.serde.serialize"):
             warnings.simplefilter("ignore")
             module = torch.export.load(io.BytesIO(data), extra_files=extra).module()
         meta = json.loads(extra["transfer_studio.json"] or "{}")
@@ -351,15 +351,18 @@ def _load_pt2(path: Path, trust: bool, written: bytes | None = None) -> Exported
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):
-    """torch.export.load logs a whole traceback before it tries an older layout; the error we raise says it once."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def _quiet_loggers(*names: str):
+    """torch.export.load logs a whole traceback (from torch.export, and from torch._export's
+    deserializer on a hostile file) before it tries an older layout; the error we raise says it once."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _torch_runner(module):
