@@ -1,0 +1,71 @@
+"""The deployment evidence of `export` and `predict`: int8 behind an accuracy gate, a model card
+beside every exported file, calibrated probabilities and the unknown verdict.
+
+app.cli calls these hooks: add_export_args/add_predict_args when building the parsers,
+after_export once every format passed its parity check, predictions to classify.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from engine.errors import UserError
+
+
+def add_export_args(export, number) -> None:
+    export.add_argument("--int8", action="store_true",
+                        help="also write <name>.int8.onnx (static quantization), kept only if top-1 accuracy on the "
+                             "validation images falls by at most --max-drop points")
+    export.add_argument("--calibration-images", type=number("export.calibration_images"), default=None, metavar="N",
+                        help="with --int8: training images (stratified) that set the int8 ranges (default 300)")
+    export.add_argument("--max-drop", type=number("export.max_drop"), default=None, metavar="POINTS",
+                        help="with --int8: largest allowed top-1 accuracy drop in points (default 1.0)")
+
+
+def add_predict_args(predict) -> None:
+    predict.add_argument("--raw", action="store_true",
+                         help="uncalibrated probabilities (softmax of the logits), not those scaled by the "
+                              "temperature fitted on the validation images")
+
+
+def check_export_args(args, formats: list[str]) -> None:
+    """Before anything is written: the int8 flags make sense together."""
+    if not args.int8 and (args.calibration_images is not None or args.max_drop is not None):
+        raise UserError("--calibration-images and --max-drop apply to --int8; add --int8 or leave them out")
+    if args.int8 and "onnx" not in formats:
+        raise UserError("--int8 quantizes the ONNX export: add --format onnx")
+
+
+def after_export(args, checkpoint: Path, reports: list[dict]) -> list[dict]:
+    """A card beside each file written; then, with --int8, the int8 file (and its card). Returns the
+    int8 report, if made, for the --json list."""
+    from engine.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, export_int8
+    from engine.deploy.model_card import write_card
+
+    for report in reports:
+        write_card(checkpoint, report["path"], report["format"], parity=report)
+    if not args.int8:
+        return []
+    fp32 = next(r["path"] for r in reports if r["format"] == "onnx")
+    report = export_int8(checkpoint, fp32, calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
+                         max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop).to_dict()
+    write_card(checkpoint, report["path"], "onnx-int8", int8=report)
+    kept = f"; left in fp32: {', '.join(report['excluded_nodes'])}" if report["excluded_nodes"] else ""
+    print(f"{'onnx-int8':<12} {report['path']}  top-1 {report['fp32_accuracy']:.1%} -> {report['int8_accuracy']:.1%} "
+          f"(drop {report['accuracy_drop']:.2f} points) on {report['images']} images · {report['speedup']:.2f}x the "
+          f"fp32 throughput{kept}", file=sys.stderr)
+    return [report]
+
+
+def predictions(model, path: str, logits, k: int, raw: bool) -> list[dict]:
+    from engine.deploy.calibrated import classify, deployment_calibration
+
+    return classify(logits, model.class_names, k, deployment_calibration(path, model.format), raw=raw)
+
+
+def prediction_line(image: Path, result: dict) -> str:
+    ranked = ", ".join(f"{r['class']} {r['probability']:.3f}" for r in result["top_k"])
+    if result.get("unknown"):
+        ranked += f"  [unknown: {result['score']['name']} {result['score']['value']:.4g} < {result['score']['threshold']:.4g}]"
+    return f"{image}: {ranked}"
