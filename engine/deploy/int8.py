@@ -246,6 +246,8 @@ def export_int8(checkpoint: str | os.PathLike, fp32_path: str | os.PathLike, out
                               int8_speed / fp32_speed, exclude, True)
         del int8
     out.unlink(missing_ok=True)
+    for stale in (Path(str(out) + ".card.json"), Path(str(out) + ".card.md")):  # an earlier int8 file's card
+        stale.unlink(missing_ok=True)
     measured = "; ".join(f"{drop:.1f} points" + (f" with {', '.join(ex)} left in fp32" if ex else "")
                          for ex, drop in tried)
     raise Int8Refused(f"int8 export refused: top-1 accuracy fell {measured} (fp32 {fp32_accuracy:.1%} on "
