@@ -35,6 +35,10 @@ def check_export_args(args, formats: list[str]) -> None:
         raise UserError("--calibration-images and --max-drop apply to --int8; add --int8 or leave them out")
     if args.int8 and "onnx" not in formats:
         raise UserError("--int8 quantizes the ONNX export: add --format onnx")
+    if args.int8:  # the run's images must still be there: refused before any file is written
+        from engine.deploy.int8 import run_images
+
+        run_images(Path(args.checkpoint))
 
 
 def after_export(args, checkpoint: Path, reports: list[dict]) -> list[dict]:
