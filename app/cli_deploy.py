@@ -73,3 +73,29 @@ def prediction_line(image: Path, result: dict) -> str:
     if result.get("unknown"):
         ranked += f"  [unknown: {result['score']['name']} {result['score']['value']:.4g} < {result['score']['threshold']:.4g}]"
     return f"{image}: {ranked}"
+
+
+def evaluate_unknown(args, source: Path) -> int:
+    """`evaluate RUN_DIR|CHECKPOINT --unknown DIR`."""
+    import json
+
+    from engine.insight.unknown_images import evaluate_unknown as measure
+    from engine.runs.run_folder import RunFolder
+
+    if args.data:
+        raise UserError("--unknown measures the run's unknown threshold against its validation images: leave --data out")
+    checkpoint = RunFolder(source).checkpoint_path if source.is_dir() else source
+    if source.is_dir():
+        RunFolder(source).read_run()  # one line when it is not a run folder
+        if not checkpoint.is_file():
+            raise UserError(f"{source} has no checkpoint yet (stopped before its first epoch ended)")
+    report = measure(checkpoint, args.unknown)
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    area = f"{report.auroc:.3f}" if report.auroc is not None else "n/a"
+    print(f"unknown images: {report.caught:.1%} of {report.unknown_images} caught (false-accept rate "
+          f"{report.false_accept_rate:.1%}); AUROC {area} against {report.validation_images} validation images, "
+          f"{report.validation_kept:.1%} of which are kept; score {report.score}, threshold {report.threshold:.6g}"
+          + (f"; {report.skipped} file(s) could not be read" if report.skipped else ""))
+    return 0

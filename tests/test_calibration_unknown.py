@@ -134,3 +134,32 @@ def test_a_damaged_card_is_one_line(checkpoint, capsys, tmp_path):
     assert_refused(cli(capsys, "predict", exported, image), 2, "card.json")
     (tmp_path / "model-export.pt.card.json").write_text("[1, 2]")
     assert_refused(cli(capsys, "predict", exported, image), 2, "model card")
+
+
+def test_evaluate_unknown_reports_what_predict_marks(checkpoint, capsys, tmp_path):
+    """A folder of images of no class (noise): the share caught is the share predict marks unknown."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"noise_{i}.png")
+    (folder / "notes.txt").write_text("not an image, not counted")
+    rc, out, err = cli(capsys, "evaluate", checkpoint.parent, "--unknown", folder, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    rc, out, _ = cli(capsys, "predict", checkpoint, *sorted(folder.glob("*.png")), "--json")
+    marked = [r["unknown"] for r in json.loads(out)]
+    assert report["unknown_images"] == 12 and report["caught"] == pytest.approx(sum(marked) / 12)
+    assert report["false_accept_rate"] == pytest.approx(1 - report["caught"])
+    assert 0 <= report["auroc"] <= 1 and report["validation_kept"] >= 0.95
+    rc, out, _ = cli(capsys, "evaluate", checkpoint, "--unknown", folder)
+    assert rc == 0 and "caught" in out and "AUROC" in out
+
+
+def test_evaluate_unknown_refuses_bad_input_in_one_line(checkpoint, capsys, tmp_path):
+    assert_refused(cli(capsys, "evaluate", checkpoint.parent, "--unknown", tmp_path / "missing"), 2, "not a folder")
+    assert_refused(cli(capsys, "evaluate", checkpoint.parent, "--unknown", tmp_path), 2, "no image files")
+    assert_refused(cli(capsys, "evaluate", checkpoint.parent, "--unknown", tmp_path, "--data", tmp_path), 2, "--data")
