@@ -45,16 +45,19 @@ def after_export(args, checkpoint: Path, reports: list[dict]) -> list[dict]:
     """A card beside each file written; then, with --int8, the int8 file (and its card). Returns the
     int8 report, if made, for the --json list."""
     from engine.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, export_int8
-    from engine.deploy.model_card import write_card
+    from engine.deploy.model_card import data_fingerprint, write_card
+    from engine.model.checkpoint import load_checkpoint
 
+    # The dataset is walked once for all the cards.
+    data = data_fingerprint(((load_checkpoint(checkpoint).get("config") or {}).get("data") or {}).get("root"))
     for report in reports:
-        write_card(checkpoint, report["path"], report["format"], parity=report)
+        write_card(checkpoint, report["path"], report["format"], parity=report, training_data=data)
     if not args.int8:
         return []
     fp32 = next(r["path"] for r in reports if r["format"] == "onnx")
     report = export_int8(checkpoint, fp32, calibration_images=args.calibration_images or DEFAULT_CALIBRATION_IMAGES,
                          max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop).to_dict()
-    write_card(checkpoint, report["path"], "onnx-int8", int8=report)
+    write_card(checkpoint, report["path"], "onnx-int8", int8=report, training_data=data)
     kept = f"; left in fp32: {', '.join(report['excluded_nodes'])}" if report["excluded_nodes"] else ""
     print(f"{'onnx-int8':<12} {report['path']}  top-1 {report['fp32_accuracy']:.1%} -> {report['int8_accuracy']:.1%} "
           f"(drop {report['accuracy_drop']:.2f} points) on {report['images']} images · {report['speedup']:.2f}x the "

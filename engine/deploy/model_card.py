@@ -33,14 +33,21 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def data_fingerprint(root: str | None) -> dict:
-    """File count and SHA-256 of the sorted list of (relative path, size) of the dataset's usable images."""
-    from engine.data.dataset import list_dataset
+    """File count and SHA-256 of the sorted list of (relative path, size) of the dataset's image files
+    (folders starting with "_" or ".", such as _excluded, left out as the scan leaves them). Sizes come
+    from the directory listing: no image is opened, so a large dataset costs one walk."""
+    from engine.data.images import is_image_file
 
     if not root or not Path(root).is_dir():
         return {"root": root, "found": False}
-    listing = list_dataset(root)
-    entries = sorted((Path(os.path.relpath(s.path, listing.root)).as_posix(), os.path.getsize(s.path))
-                     for s in (*listing.samples, *listing.given_val))
+    entries = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(("_", "."))]
+        for name in files:
+            path = Path(folder) / name
+            if is_image_file(path):
+                entries.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    entries.sort()
     text = "".join(f"{path}\t{size}\n" for path, size in entries)
     return {"root": str(root), "found": True, "files": len(entries),
             "sha256": hashlib.sha256(text.encode()).hexdigest(), "measured": "at export"}
@@ -92,7 +99,8 @@ def versions() -> dict:
 
 
 def build_card(checkpoint: str | os.PathLike, exported: str | os.PathLike, fmt: str, parity: dict | None = None,
-               int8: dict | None = None) -> dict:
+               int8: dict | None = None, training_data: dict | None = None) -> dict:
+    """`training_data`: the dataset's fingerprint when already taken (several files exported at once)."""
     ckpt = load_checkpoint(Path(checkpoint))
     config = ckpt.get("config") or {}
     class_names = list(ckpt["class_names"])
@@ -103,7 +111,7 @@ def build_card(checkpoint: str | os.PathLike, exported: str | os.PathLike, fmt: 
         "architecture": ckpt["arch"], "classes": class_names, "preprocessing": ckpt["preprocessing"],
         "source_weights": source_weights(config, ckpt["arch"]),
         "checkpoint": {"file": str(checkpoint), "weights_sha256": ckpt.get("weights_sha256"), "epoch": ckpt.get("epoch")},
-        "training_data": data_fingerprint((config.get("data") or {}).get("root")),
+        "training_data": training_data or data_fingerprint((config.get("data") or {}).get("root")),
         "configuration": config,
         "validation": validation_figures(ckpt.get("metrics") or {}, class_names),
         "parity": parity,
@@ -117,9 +125,9 @@ def build_card(checkpoint: str | os.PathLike, exported: str | os.PathLike, fmt: 
 
 
 def write_card(checkpoint: str | os.PathLike, exported: str | os.PathLike, fmt: str, parity: dict | None = None,
-               int8: dict | None = None) -> Path:
+               int8: dict | None = None, training_data: dict | None = None) -> Path:
     """Write <exported>.card.json and .card.md; returns the JSON card's path."""
-    card = build_card(checkpoint, exported, fmt, parity, int8)
+    card = build_card(checkpoint, exported, fmt, parity, int8, training_data)
     path = card_path(exported)
     try:
         atomic_write_bytes(path, (json.dumps(card, indent=2) + "\n").encode())
