@@ -17,7 +17,7 @@ from engine.config import RunConfig
 from engine.errors import OutputLost, RunFailed, UserError, out_of_memory_message, path_problem_message
 from engine.deploy.export import ParityError
 
-from app import cli_cluster, cli_data, cli_guidance, cli_insight
+from app import cli_cluster, cli_data, cli_deploy, cli_guidance, cli_insight
 from app.cli_output import note, print_json, stream_problem
 from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
                           plan_config, train_config_from_args)
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "max|diff| <= TOLERANCE * max(1, max|logit|); top-1 classes must agree too")
     export.add_argument("--parity-images", type=number_arg("export.parity_images"), default=32, help="validation images to compare on")
     export.add_argument("--json", action="store_true")
+    cli_deploy.add_export_args(export, number_arg)
 
     predict = sub.add_parser("predict", help="classify images with a checkpoint or an exported file (any format)")
     predict.add_argument("checkpoint")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--trust", action="store_true",
                          help="load a .pt2 this installation did not export (loading it unpickles, which can run code)")
     predict.add_argument("--json", action="store_true")
+    cli_deploy.add_predict_args(predict)
     for commands in COMMAND_MODULES:
         commands.add_commands(sub, number_arg)
     return parser
@@ -305,6 +307,7 @@ def _export(args) -> int:
 
     formats = args.format or list(DEFAULT_FORMATS)
     checkpoint = Path(args.checkpoint)
+    cli_deploy.check_export_args(args, formats)
     batch = parity_batch(checkpoint, args.parity_images)
     reports = []
     for fmt in formats:
@@ -317,6 +320,7 @@ def _export(args) -> int:
         reports.append(report.to_dict())
         print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "
               f"{report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
+    reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
     if args.json:
         print_json(reports)
     return 0
@@ -325,19 +329,20 @@ def _export(args) -> int:
 def _predict(args) -> int:
     from engine.data.dataset import Preprocessing
     from engine.deploy.export import load_any
-    from engine.deploy.predict import preprocess, top_k
+    from engine.deploy.predict import preprocess
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
     model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
-    results = top_k(model.logits(batch), model.class_names, args.top_k)
+    # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
+    results = cli_deploy.predictions(model, args.checkpoint, model.logits(batch), args.top_k, args.raw)
     if args.json:
-        print_json([{"image": str(p), "top_k": r} for p, r in zip(paths, results)])
+        print_json([{"image": str(p), **r} for p, r in zip(paths, results)])
         return 0
-    for path, ranked in zip(paths, results):
-        print(f"{path}: " + ", ".join(f"{r['class']} {r['probability']:.3f}" for r in ranked))
+    for path, result in zip(paths, results):
+        print(cli_deploy.prediction_line(path, result))
     return 0
 
 

@@ -27,6 +27,8 @@ def add_commands(sub, number) -> None:
     evaluate.add_argument("--top-losses", type=_count, default=10, metavar="N", help="highest-loss images to list")
     evaluate.add_argument("--batch-size", type=number("train.batch_size"), default=32, help="with --data")
     evaluate.add_argument("--device", default="auto", help="with --data: auto | cpu | cuda[:N]")
+    evaluate.add_argument("--unknown", metavar="DIR", help="a folder of images of no class: how many the unknown "
+                                                           "threshold catches, its AUROC and false-accept rate")
     evaluate.add_argument("--json", action="store_true")
 
     explain = sub.add_parser("explain", help="Grad-CAM heat maps: where in each image the evidence for a class was")
@@ -59,6 +61,10 @@ def _evaluate(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise UserError(f"not found: {source}")
+    if args.unknown is not None:
+        from app.cli_deploy import evaluate_unknown
+
+        return evaluate_unknown(args, source)
     if source.is_dir():
         folder = RunFolder(source)
         folder.read_run()  # one line when it is not a run folder

@@ -202,6 +202,8 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "lr": NumberRule("LR", float, 0, low_open=True),
     "export.tolerance": NumberRule("tolerance", float, 0),
     "export.parity_images": NumberRule("parity images", int, 1),
+    "export.calibration_images": NumberRule("calibration images", int, 1, 100_000),
+    "export.max_drop": NumberRule("largest accuracy drop (points)", float, 0, 100),
     "demo.classes": NumberRule("demo classes", int, 2, 8),
     "demo.per_class": NumberRule("images per class", int, 1),
     "demo.size": NumberRule("demo image size", int, 16, 1024, unit="px"),

@@ -6,6 +6,7 @@
     resume.pt       the full training state after the last completed epoch
     val_predictions.csv  the best epoch's validation images: true, predicted, loss, top 3 (engine.insight.evaluation)
     embeddings.csv  the same images' penultimate features projected to 2-D (engine.runs.embeddings)
+    val_logits.pt   the same images' logits and labels, for calibration (engine.runs.val_logits)
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
 line, never half-read. run.json and metrics.jsonl are read as typed records (engine.runs.records):
@@ -65,6 +66,10 @@ class RunFolder:
     @property
     def predictions_path(self) -> Path:
         return self.path / "val_predictions.csv"
+
+    @property
+    def val_logits_path(self) -> Path:
+        return self.path / "val_logits.pt"
 
     @property
     def embeddings_path(self) -> Path:

@@ -110,8 +110,10 @@ class BestCheckpoint(Listener):
     """checkpoint.pt: the weights of the best epoch so far, written in the background."""
 
     def __init__(self, folder: RunFolder, saver: BackgroundSaver, model: nn.Module, *, arch: str,
-                 class_names, preprocessing: dict, config: dict) -> None:
+                 class_names, preprocessing: dict, config: dict,
+                 extras: Callable[[], dict] | None = None) -> None:
         self.folder, self.saver, self.model = folder, saver, model
+        self.extras = extras or dict  # more fields of the checkpoint, as of the epoch saved (its calibration)
         self.arch, self.class_names, self.preprocessing, self.config = arch, class_names, preprocessing, config
         self.plan_in_force: Plan | None = None
         # What it wrote is on disk, not in resume.pt: a new run's folder holds no checkpoint (refused
@@ -136,10 +138,11 @@ class BestCheckpoint(Listener):
         if not outputs_are_finite(self.model, self.preprocessing["crop"]):
             raise TrainingDiverged(f"the model's outputs became NaN or infinite in epoch {event.epoch} although its "
                                    f"weights are finite (try a lower LR){kept}")
-        self.saver.save(make_checkpoint(
+        checkpoint = make_checkpoint(
             self.model, arch=self.arch, class_names=self.class_names, preprocessing=self.preprocessing,
             plan=self.plan_in_force.to_dict(), metrics=metrics_line(event), epoch=event.epoch,
-            config=self.config), self.folder.checkpoint_path)
+            config=self.config)
+        self.saver.save({**checkpoint, **self.extras()}, self.folder.checkpoint_path)
         self.written = True
 
 

@@ -31,6 +31,7 @@ from engine.errors import NoUsableImages, TrainingDiverged, UserError
 from engine.training.validation_records import ValidationOutputs, ValidationRecords
 from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted, SkippedFile, TrainingControl
 from engine.training.integrity import FreezeIntegrity
+from engine.training.calibration_record import CalibrationRecord
 from engine.training.listeners import BestCheckpoint, CallbackRelay, EarlyStopping, MetricsLog, ResumeState, RunOutcome, record_failure
 from engine.listener import Listener, load_listener_states
 from engine.plan.optimization import Optimization, ScheduleSegment
@@ -172,9 +173,11 @@ class EpochLoop:
         # Rank 0 alone samples telemetry: it alone shows it, and a sample on another rank would hold every rank up.
         self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch)
                           if cfg.train.telemetry and self.group.is_main else None)
+        self.calibration = CalibrationRecord(run.folder, run.scan.class_names, run.scan.root, lambda: self.validation)
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
-            preprocessing=run.prep.to_dict(), config=cfg.to_dict())
+            preprocessing=run.prep.to_dict(), config=cfg.to_dict(),
+            extras=lambda: {"calibration": self.calibration.current} if self.calibration.current else {})
         self.listeners = self._listeners(callbacks, saver)
         self.first_epoch = 1 if resume_state is None else self._restore(resume_state) + 1
 
@@ -201,6 +204,7 @@ class EpochLoop:
             if main and self.group.is_distributed else None,
             CallbackRelay(callbacks),
             self.integrity,
+            self.calibration if main else None,  # before the checkpoint, which carries its temperature
             self.checkpoint if main else None,
             ValidationRecords(run.folder, run.scan.class_names, run.scan.root, lambda: self.validation)
             if main else None,
