@@ -53,15 +53,34 @@ class ExportController(QObject):
         if checkpoint is None:
             self.failed.emit(NOTHING_TO_EXPORT)
             return
-        target = Path(folder).expanduser()
-        if not target.is_dir():
-            self.failed.emit(f"Export folder not found: {target}. Choose an existing folder.")
-            return
-        if not os.access(target, os.W_OK):
-            self.failed.emit(f"Cannot write into {target}: choose another folder.")
+        folder = folder.strip()
+        problem = self._make_ready(Path(folder).expanduser()) if folder else "Name the folder to export into."
+        if problem:
+            self.failed.emit(problem)
             return
         self._folder = folder
-        self._exporter.start(checkpoint, target.resolve(), formats)
+        self._exporter.start(checkpoint, Path(folder).expanduser().resolve(), formats)
+
+    @staticmethod
+    def _make_ready(target: Path) -> str:
+        """Ready `target` to be written into: a new folder is created, as a person who typed its name
+        expects, but only inside a folder that exists (a mistyped path makes no tree of folders).
+        Why it cannot be, in one line; "" when it is ready."""
+        if not target.is_absolute():  # relative to wherever the program was started: never what was meant
+            return f"Export folder {target} is not a full path: choose one with Browse…"
+        if target.exists() and not target.is_dir():
+            return f"{target} is a file: choose a folder."
+        if not target.exists():
+            if not target.parent.is_dir():
+                return (f"Export folder not found: neither {target} nor {target.parent} exists; "
+                        f"choose a folder inside one that does.")
+            try:
+                target.mkdir()
+            except OSError as exc:
+                return f"Cannot create {target}: {exc.strerror or exc}."
+        if not os.access(target, os.W_OK):
+            return f"Cannot write into {target}: choose another folder."
+        return ""
 
     @Slot(list)
     def _on_exported(self, reports: list) -> None:

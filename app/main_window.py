@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea,
-                               QSplitter, QStyle, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QFileDialog, QFrame, QLabel, QLineEdit, QMainWindow,
+                               QMessageBox, QPlainTextEdit, QScrollArea, QSplitter, QStyle, QTabWidget, QTextEdit,
+                               QVBoxLayout, QWidget)
 
 from app.gc_guard import GuiThreadCollector
 from app.session import Session
-from app.session_devices import available_devices, device_status
+from app.session_devices import available_devices, device_status, precision_line
 from app.session_state import RunState
 from widgets.data_panel import DataPanel
 from widgets.export_dialog import ExportDialog
@@ -45,6 +46,15 @@ PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
 MAX_RECENT = 8
 DEFAULT_SIZE = (1400, 900)
 TREE_ROWS_KEPT = 10  # the layer tree keeps this many rows in view before the data panel gets more room
+
+
+def focused_text_editor() -> QLineEdit | QPlainTextEdit | QTextEdit | None:
+    """The text the person is typing in, when the focus is in a text or number box: its own undo
+    comes before the plan's (a number box's text is its line edit)."""
+    widget = QApplication.focusWidget()
+    if isinstance(widget, QAbstractSpinBox):
+        widget = widget.findChild(QLineEdit)
+    return widget if isinstance(widget, (QLineEdit, QPlainTextEdit, QTextEdit)) else None
 
 
 class PanelScrollArea(QScrollArea):
@@ -217,14 +227,20 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Quit Transfer Studio."))
         edit_menu = self.menuBar().addMenu("&Edit")
         history = self.session.history
-        self.undo_action = self._action("&Undo", self.session.plan.undo, QKeySequence.StandardKey.Undo,
+        self.undo_action = self._action("&Undo", self._undo, QKeySequence.StandardKey.Undo,
                                         "Undo the last change: of the plan (a preset, an LR, applied advice) or a "
-                                        "move of the dataset's images.")
-        self.redo_action = self._action("&Redo", self.session.plan.redo, "Ctrl+Shift+Z", "Redo the change undone.")
-        for action, can, changed in ((self.undo_action, history.canUndo, history.canUndoChanged),
-                                     (self.redo_action, history.canRedo, history.canRedoChanged)):
+                                        "move of the dataset's images. In a focused text or number box: its own undo.")
+        self.redo_action = self._action("&Redo", self._redo, "Ctrl+Shift+Z",
+                                        "Redo the change undone. In a focused text or number box: its own redo.")
+        for action, word, can, changed, text, text_changed in (
+                (self.undo_action, "&Undo", history.canUndo, history.canUndoChanged, history.undoText,
+                 history.undoTextChanged),
+                (self.redo_action, "&Redo", history.canRedo, history.canRedoChanged, history.redoText,
+                 history.redoTextChanged)):
             action.setEnabled(can())
             changed.connect(action.setEnabled)
+            self._name_what_it_does(action, word, text())
+            text_changed.connect(lambda what, action=action, word=word: self._name_what_it_does(action, word, what))
             edit_menu.addAction(action)
         train_menu = self.menuBar().addMenu("&Train")
         runs = self.session.runs
@@ -242,6 +258,27 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self._action("Which strategy?", self._show_strategy_guide, "F1",
                                          "When to use feature extraction, fine-tuning or gradual unfreezing."))
         self._refresh_recent_menu()
+
+    @staticmethod
+    def _name_what_it_does(action: QAction, word: str, what: str) -> None:
+        """Edit ▸ Undo says what it undoes ("Undo Fine-tune preset"), as the history names it."""
+        action.setText(f"{word} {what}" if what else word)
+
+    @Slot()
+    def _undo(self) -> None:
+        editor = focused_text_editor()
+        if editor is None:
+            self.session.plan.undo()
+        else:  # Ctrl+Z in a box being typed in is the box's, even when it has nothing to undo
+            editor.undo()
+
+    @Slot()
+    def _redo(self) -> None:
+        editor = focused_text_editor()
+        if editor is None:
+            self.session.plan.redo()
+        else:
+            editor.redo()
 
     def _build_status_bar(self) -> None:
         self.device_label = QLabel()
@@ -447,7 +484,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_run_started(self, event: RunStarted) -> None:
         self.device_label.setText(f"Device: {event.device_name}")
-        self.precision_label.setText(f"Mixed precision: {'off' if event.precision == 'fp32' else event.precision}")
+        self.precision_label.setText(precision_line(event.precision))
         weighting = [note for note in event.notes if "class weight" in note]  # whether class weights are on
         self.statusBar().showMessage(" · ".join([event.feature_cache, *weighting]))  # stays: features cached or not
 

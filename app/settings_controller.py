@@ -14,12 +14,23 @@ from app.advice_controller import AdviceController
 from app.dataset_controller import DatasetController
 from app.plan_controller import PlanController
 from app.session_state import WINDOW_DEFAULTS, Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles
+from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, model_structure, size_shapes_parameters
 from app.worker import BackgroundTasks
 from engine.config import ModelConfig, PlanConfig, RunConfig
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
 from engine.plan.plan import build_plan, unreached_phases_note
+
+
+def check_plan_edits(config: RunConfig) -> None:
+    """UserError naming the first layer edit of `config`'s plan that its model does not have: a
+    configuration is refused whole before any of it is shown (a half-applied project is worse than
+    none). The model is built on the meta device, and only when there are edits."""
+    if not config.plan.edits:
+        return
+    model = config.model
+    size = config.data.image_size if size_shapes_parameters(model.arch) else 224
+    build_plan(config.plan, model_structure(model.arch, 2, size).info)  # module names do not depend on classes
 
 
 class SettingsController(QObject):
@@ -41,6 +52,7 @@ class SettingsController(QObject):
         self._weights = WeightsFiles(tasks, self)
         self._download_failed: set[str] = set()  # architectures whose ImageNet weights did not download
         self._weights_before_file = configuration.model.weights  # where a refused weights file falls back to
+        self._weights_waiting: tuple[str, str] | None = None  # (file, arch) checked once the classes are known
         self._describer.changed.connect(self._on_model_info)
         self._describer.failed.connect(self.model_failed)
         self._weights.changed.connect(self.weights_files_changed)
@@ -174,7 +186,7 @@ class SettingsController(QObject):
         self._advisor.request()
         weights = self._configuration.model.weights
         if weights not in ("imagenet", "none"):  # a file made for one model may not fit another
-            self._weights.check(weights, arch, self._datasets.classes())
+            self._check_weights_file(weights, arch)
 
     @Slot(str)
     def set_weights(self, weights: str) -> None:
@@ -185,12 +197,27 @@ class SettingsController(QObject):
         self._set_model(replace(model, weights=weights))
         self._advisor.request()
         if weights not in ("imagenet", "none"):
-            self._weights.check(weights, model.arch, self._datasets.classes())
+            self._check_weights_file(weights, model.arch)
 
     def _set_model(self, model: ModelConfig) -> None:
         self._configuration.set_model(model)  # the runs controller forgets a run of another model
         self.weights_note_changed.emit(self.weights_note())
         self.model_warning_changed.emit(self.model_warning())
+
+    def _check_weights_file(self, path: str, arch: str) -> None:
+        """Load the file into the model the dataset needs; while the dataset shown is not yet the listed
+        folder the configuration names, the check waits for it (its note says how many classes the new
+        head has: the count of a folder listed before, or 2, would be wrong)."""
+        if not self._classes_known():
+            self._weights_waiting = (path, arch)
+            self.weights_files_changed.emit([path] + [f for f in self.weights_files if f != path])  # shown meanwhile
+            return
+        self._weights_waiting = None
+        self._weights.check(path, arch, self._datasets.classes())
+
+    def _classes_known(self) -> bool:
+        root, state = self._configuration.data.root, self._datasets.state
+        return not root or (state.folder == root and (state.listing is not None or bool(state.error)))
 
     @Slot(str, list)
     def _on_weights_passed(self, path: str, notes: list) -> None:
@@ -226,6 +253,7 @@ class SettingsController(QObject):
         try:
             config.validate()
             check_arch(config.model.arch)
+            check_plan_edits(config)
         except UserError as exc:
             self._messages.error_raised.emit(str(exc))
             return False
@@ -242,7 +270,7 @@ class SettingsController(QObject):
         model = self._configuration.model
         if model.weights not in ("imagenet", "none") and model.weights != old_weights:
             self._weights_before_file = old_weights
-            self._weights.check(model.weights, model.arch, self._datasets.classes())
+            self._check_weights_file(model.weights, model.arch)
         return True
 
     # --- the model's layer tree -----------------------------------------------------------------------
@@ -255,6 +283,8 @@ class SettingsController(QObject):
     def _on_dataset_changed(self, state: DatasetState) -> None:
         if state.listing is not None:
             self._describe_model()  # the class count may have changed
+        if self._weights_waiting is not None and self._classes_known():
+            self._check_weights_file(*self._weights_waiting)
 
     @Slot(object)
     def _on_model_info(self, info: ModelInfo | None) -> None:

@@ -227,13 +227,18 @@ def test_existing_files_are_replaced_only_when_confirmed(qtbot, tmp_path, monkey
     text = script.read_text()
     assert f"PROJECT={shlex.quote(str(project))}" in text  # the project, not the copy it was checked as
     assert f"RUN_DIR={shlex.quote(str(tmp_path / 'runs' / 'birds-cluster'))}" in text and "ts-birds" in text
-    # Nothing existed for this pair (not even the folder): no question.
+    # Nothing existed for this pair: no question.
     asked.clear()
+    dialog.project_edit.setText(str(tmp_path / "new.tsproj.json"))
+    dialog.script_edit.setText(str(tmp_path / "new.sbatch"))
+    dialog.write_button.click()
+    assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "new.sbatch").is_file()
+    assert load_project(tmp_path / "new.tsproj.json").data.root == config.data.root
+    # A folder that does not exist (a mistyped path) is refused in one line, and none is created (issue 21, item 22).
     dialog.project_edit.setText(str(tmp_path / "fresh" / "new.tsproj.json"))
     dialog.script_edit.setText(str(tmp_path / "fresh" / "new.sbatch"))
     dialog.write_button.click()
-    assert "Wrote" in dialog.result.text() and asked == [] and (tmp_path / "fresh" / "new.sbatch").is_file()
-    assert load_project(tmp_path / "fresh" / "new.tsproj.json").data.root == config.data.root
+    assert "does not exist" in dialog.result.text() and not (tmp_path / "fresh").exists()
 
 
 def test_a_newline_in_the_project_name_starts_no_line_bash_runs(tmp_path, capsys):

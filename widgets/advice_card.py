@@ -7,6 +7,7 @@ calls `mark_applied`. So advice is never put over the person's own edits without
 
 from __future__ import annotations
 
+import re
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
@@ -15,6 +16,23 @@ from engine.insight.advisor import Advice
 
 STRATEGY_NAMES = {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tune all",
                   "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing"}
+# The engine's advice names the command line's flags; the window names its own controls instead.
+CONTROL_NAMES = {"strategy": "Strategy", "base-lr": "Base LR", "augment": "Augment", "epochs": "Epochs",
+                 "discriminative-factor": "LR factor ÷", "gradual-every": "Unfreeze every (epochs)"}
+FLAG = re.compile(r"--([a-z][a-z-]*)")
+
+
+def in_window_words(text: str) -> str:
+    """`text` with each command-line flag named as the window's control that sets it."""
+    return FLAG.sub(lambda match: CONTROL_NAMES.get(match.group(1), match.group(1).replace("-", " ")), text)
+
+
+def settings_line(flags: tuple[str, ...]) -> str:
+    """What Apply sets, in the controls' words: ("--strategy", "gradual", "--epochs", "7") ->
+    "Apply sets: Strategy Gradual unfreezing · Epochs 7"."""
+    pairs = zip(flags[::2], flags[1::2])
+    parts = [f"{in_window_words(flag)} {STRATEGY_NAMES.get(value, value)}" for flag, value in pairs]
+    return "Apply sets: " + " · ".join(parts)
 
 
 class AdviceCard(QFrame):
@@ -68,8 +86,8 @@ class AdviceCard(QFrame):
         self.title.setText(f"Advice: {STRATEGY_NAMES.get(advice.strategy, advice.strategy)}")
         # Plain text: a rich-text label re-lays its document out on every height-for-width query,
         # and the panel's scroll area asks many (40 ms of GUI time after each scan).
-        items = "\n".join(f"• {reason}" for reason in advice.reasons)
-        self.reasons.setText(f"{items}\ntrain {' '.join(advice.flags)}")
+        items = "\n".join(f"• {in_window_words(reason)}" for reason in advice.reasons)
+        self.reasons.setText(f"{items}\n{settings_line(advice.flags)}")
         self.mark_applied(applied)
 
     def mark_applied(self, applied: bool) -> None:

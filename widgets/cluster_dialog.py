@@ -26,6 +26,12 @@ def script_path_for(project: str) -> str:
     return str(path.with_name((path.name.split(".")[0] or "job") + ".sbatch"))
 
 
+def check_folder_exists(path: Path) -> None:
+    """Nothing is written outside folders the person chose: UserError when `path`'s folder is missing."""
+    if not path.parent.is_dir():
+        raise UserError(f"the folder {path.parent} does not exist: choose an existing folder for {path.name}")
+
+
 class ClusterDialog(QDialog):
     def __init__(self, project: str, save_project: Callable[[str], None], config: Callable[[], RunConfig],
                  parent=None):
@@ -91,11 +97,13 @@ class ClusterDialog(QDialog):
             job = job_for_project(config, paths[0], self.nodes.value(), self.gpus.value(),
                                   partition=self.partition_edit.text().strip() or None,
                                   time_limit=self.time_edit.text().strip() or None)
+            for path in paths:  # saving would create the missing folders: a mistyped path, a tree of them
+                check_folder_exists(path)
             if not self._may_replace([path for path in paths if path.exists()]):
                 self.result.setText("Nothing written: choose other file names, or replace the files.")
                 return
-            self._save_project(project)
-            atomic_write_bytes(Path(script), render(job).encode())
+            self._save_project(str(paths[0]))  # the paths checked, "~" expanded: never a folder named "~"
+            atomic_write_bytes(paths[1], render(job).encode())
         except UserError as exc:
             self.result.setText(f"✘ {exc}")
             return

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
                                QHBoxLayout, QLabel, QPushButton, QSpinBox, QStackedWidget, QStyle, QVBoxLayout)
 
 from engine.config import ModelConfig, PlanConfig
+from engine.errors import UserError
 from engine.events import IntegrityReport, LayerStats
 from engine.model.architectures import FEATURED_ARCHS, ModelInfo, available_archs
 from widgets.layer_tree import FROZEN, LR, LayerFilterEdit, LayerTreeModel, LayerTreeView
@@ -227,7 +228,10 @@ class ModelPanel(QGroupBox):
             self.factor_spin.setValue(plan.discriminative_factor)
             self.every_spin.setValue(plan.gradual_every)
         if self.tree_model.model_info is not None and not self.tree_model.is_preview:
-            self.tree_model.set_plan_config(plan)  # no-op when the tree made this plan itself
+            try:
+                self.tree_model.set_plan_config(plan)  # no-op when the tree made this plan itself
+            except UserError:  # edits of a model still being built: shown with it (show_model_info)
+                pass
 
     def show_weight_decay(self, weight_decay: float) -> None:
         self._weight_decay = weight_decay

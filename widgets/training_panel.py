@@ -303,13 +303,15 @@ class TrainingPanel(QGroupBox):
         self._paused = paused
         self.pause_button.setText("Resume" if paused else "Pause")
         self._set_progress(self.progress.value(), self.progress.maximum(), self._progress_text)
+        self._show_rate()  # no time left to estimate while nothing moves
 
     def show_stopping(self) -> None:
         self._set_progress(self.progress.value(), self.progress.maximum(), "Stopping after this batch…")
 
     def show_finished(self, text: str) -> None:
-        """The run is over: the bar says how it ended, and no time is left to estimate."""
-        self._eta = ""
+        """The run is over: the bar says how it ended; no rate or time left describes a run that stopped
+        (the last epoch's split of time still holds)."""
+        self._throughput = self._eta = ""
         self._show_rate()
         self._set_progress(1, 1, text)
 
@@ -326,4 +328,5 @@ class TrainingPanel(QGroupBox):
         self.progress.setFormat(f"Paused · {text}" if self._paused else text)
 
     def _show_rate(self) -> None:
-        self.rate_label.setText(" · ".join(part for part in (self._throughput, self._eta, self._epoch_split) if part))
+        eta = "paused" if self._paused and self._eta else self._eta  # an ETA would count down a run that waits
+        self.rate_label.setText(" · ".join(part for part in (self._throughput, eta, self._epoch_split) if part))

@@ -76,7 +76,33 @@ def cluster_job(project: str | Path, nodes: int, gpus_per_node: int, **options) 
     if not project.is_file():
         raise UserError(f"project file not found: {project}" if not project.exists() else f"{project} is not a file")
     config = load_project(project)  # one line naming the file and the field when it is not a valid project
+    check_plan_edits(config, project)
     return job_for_project(config, project, nodes, gpus_per_node, **options)
+
+
+def check_plan_edits(config: RunConfig, project: Path) -> None:
+    """UserError naming the file and the first layer edit its model does not have: a job that
+    would fail on the cluster, after its wait in the queue, is refused here. The model is built on the
+    meta device (no memory, no weights), and only when there are edits."""
+    if not config.plan.edits:
+        return
+    import torch
+
+    from engine.model.architectures import build_model
+    from engine.plan.plan import build_plan
+
+    def structure():
+        return build_model(config.model.arch, 2, "none", config.data.image_size).info  # names do not depend on classes
+
+    try:
+        with torch.device("meta"):
+            info = structure()
+    except (NotImplementedError, RuntimeError):  # a model that copies tensors while it is built (RegNet)
+        info = structure()
+    try:
+        build_plan(config.plan, info)
+    except UserError as exc:
+        raise UserError(f"{project.name}: {exc}") from None
 
 
 def job_for_project(config: RunConfig, project: Path, nodes: int, gpus_per_node: int, *,
