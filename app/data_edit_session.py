@@ -193,6 +193,7 @@ class SuspectFinder(QObject):
 
     found = Signal(object, str)  # SuspectReport, the dataset folder its paths are relative to
     failed = Signal(str)
+    progressed = Signal(str)  # how far the search is, one line (emitted from the worker: queued to the GUI thread)
     thumbnails_ready = Signal(dict)
 
     def __init__(self, tasks: BackgroundTasks, parent=None):
@@ -214,7 +215,12 @@ class SuspectFinder(QObject):
         def job():
             return find_suspects(root, model.arch, model.weights, run_dir=run_dir, image_size=data.image_size,
                                  batch_size=train.batch_size, val_fraction=data.val_fraction, seed=train.seed,
-                                 device=train.device, should_stop=lambda: stop.is_set() or replaced())
+                                 device=train.device, should_stop=lambda: stop.is_set() or replaced(),
+                                 progress=report_progress)
+
+        def report_progress(line: str) -> None:
+            if not (stop.is_set() or replaced()):  # a stopped or replaced search says nothing more
+                self.progressed.emit(line)
 
         def found(report) -> None:
             self.searching = False

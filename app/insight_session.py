@@ -115,6 +115,8 @@ def explain_image(models: LoadedModels, checkpoint: Path, image: str) -> tuple[Q
         result = explain(models.classifier(checkpoint), image)
     ranked = sorted(result.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:TOP_K]
     caption = f"{Path(image).name}: where it looked for {result.target} ({result.probabilities.get(result.target, 0):.0%})"
+    if result.note:  # another layer than the default, or a map too coarse to point anywhere
+        caption += f" — {result.note}"
     return qimage_from_pil(overlay(image, result.cam)), caption, ranked
 
 

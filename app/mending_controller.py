@@ -26,6 +26,8 @@ class MendingController(QObject):
         self._datasets, self._data_edits = datasets, data_edits
         # Its model would draw from the random numbers a run is seeded with: one never runs beside a run.
         self.suspect_finder = SuspectFinder(tasks, self)
+        # The search's progress goes where its start was said: the Suspects tab's busy line.
+        self.suspect_finder.progressed.connect(self.search_started)
         data_edits.edited.connect(self._on_edited)
         data_edits.noted.connect(messages.notice)
         data_edits.failed.connect(messages.notice)

@@ -2,7 +2,7 @@
 
 The confusion matrix (a heat map with counts), per-class precision/recall/F1, the most-confused
 pairs, and three views below: the gallery of the clicked cell (with a Grad-CAM overlay on demand),
-the embeddings map, and "Try an image". It shows what it is given (an evaluation, embedding
+the embeddings map with the clicked point's image beside it, and "Try an image". It shows what it is given (an evaluation, embedding
 points, images made elsewhere) and asks for the rest through signals; it reads no file itself.
 """
 
@@ -108,7 +108,18 @@ class InsightView(QWidget):
         self.preview_caption = QLabel("")
         self.preview_caption.setWordWrap(True)
         self.embeddings = EmbeddingPlot()
-        self.embeddings.point_chosen.connect(lambda rel: self.image_wanted.emit(str(self._root / rel)))
+        self.embeddings.point_chosen.connect(self._show_point)
+        self.point_image = QLabel()
+        self.point_image.setObjectName("embeddingImageLabel")
+        self.point_image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.point_image.setMinimumWidth(OVERLAY_SIDE // 2)
+        self.point_caption = QLabel("Click a point to see its image here; hover one to name it.")
+        self.point_caption.setObjectName("embeddingCaptionLabel")
+        self.point_caption.setWordWrap(True)
+        # The image preview (a map point) and Grad-CAM share one answer signal: it goes beside
+        # whichever asked last.
+        self._preview_beside_map = False
+        self._point_description = ""
         self.try_panel = TryImagePanel()
         self.try_panel.image_chosen.connect(self.try_image_requested)
         self.try_panel.model_chosen.connect(self.try_model_chosen)
@@ -143,7 +154,7 @@ class InsightView(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("insightTabs")
         self.tabs.addTab(images, "Images")
-        self.tabs.addTab(self.embeddings, "Embeddings")
+        self.tabs.addTab(self._embeddings_with_image(), "Embeddings")
         self.tabs.addTab(self.try_panel, "Try an image")
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
@@ -155,6 +166,17 @@ class InsightView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(split)
+
+    def _embeddings_with_image(self) -> QWidget:
+        holder = QWidget()
+        row = QHBoxLayout(holder)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.embeddings, 2)
+        beside = QVBoxLayout()
+        beside.addWidget(self.point_image, 1)
+        beside.addWidget(self.point_caption)
+        row.addLayout(beside, 1)
+        return holder
 
     def _remember_split_moved(self) -> None:
         self._split_moved = True
@@ -210,6 +232,7 @@ class InsightView(QWidget):
         self.per_class_model.set_per_class([], {})
         self.gallery_model.set_records([], self._root)
         self.embeddings.clear_points()
+        self.point_image.clear()
         self.pairs.setText("")
         self.summary.setText(message or EMPTY_TEXT)
 
@@ -247,8 +270,15 @@ class InsightView(QWidget):
         self._evaluation = replace(self._evaluation, records=records)
 
     def show_preview(self, image: QImage | None, caption: str) -> None:
-        show_image(self.preview, image)
-        self.preview_caption.setText(caption)
+        if self._preview_beside_map:
+            show_image(self.point_image, image)
+            if image is None:  # the caption says why there is no image
+                self.point_caption.setText(caption)
+            else:  # the point's class and prediction say more than the file name
+                self.point_caption.setText(self._point_description)
+        else:
+            show_image(self.preview, image)
+            self.preview_caption.setText(caption)
 
     # --- the person's choices --------------------------------------------------------------------------
 
@@ -276,7 +306,15 @@ class InsightView(QWidget):
         if matrix.rowCount():
             self.show_cell(row, column)
 
+    def _show_point(self, rel: str) -> None:
+        """A point of the map was clicked: its image is shown beside the map (the plot rings it)."""
+        self._preview_beside_map = True
+        self._point_description = self.embeddings.describe(rel)
+        self.point_caption.setText(f"{self._point_description}\n(loading…)")
+        self.image_wanted.emit(str(self._root / rel))
+
     def _explain(self, path: str) -> None:
+        self._preview_beside_map = False
         self.preview_caption.setText(f"Grad-CAM of {Path(path).name}…")
         self.explain_requested.emit(path)
 

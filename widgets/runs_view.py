@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QItemSelectionModel, QSignalBlocker, Qt, Signal
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
-                               QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+                               QSplitter, QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.runs.catalog import RunSummary
 from widgets.plots import distinct_colours
@@ -28,12 +28,30 @@ STATUS_TIPS = {
     "interrupted": "Marked running, but no process holds it: the program was closed or killed mid-run. "
                    "Continue goes on from the last completed epoch.",
 }
+VISIBLE_ROWS = 8  # the table never shrinks below this many rows: runs are compared by scanning them
+LEGEND_LIMIT = 6  # more curves than this: a legend would cover the plot; the table's column headers carry the colours
+SWATCH_SIDE = 12
+
+
+def colour_swatch(colour) -> QIcon:
+    pixmap = QPixmap(SWATCH_SIDE, SWATCH_SIDE)
+    pixmap.fill(QColor(*colour))
+    return QIcon(pixmap)
+
+
+def describe_run(run: RunSummary) -> str:
+    """One line that tells this run from the others: what it trained on, how, and how well."""
+    accuracy = "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
+    dataset = run.dataset or "unknown dataset"
+    return (f"{run.name}: {dataset}, {run.arch}, {run.strategy}, {run.epochs_run}/{run.epochs_planned} epochs, "
+            f"best {accuracy}, {run.status} — {run.path}")
 
 
 class RunsModel(RowTableModel):
     """One row per run folder, newest first."""
 
-    HEADERS = ("Started", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
+    HEADERS = ("Started", "Dataset", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
+    STATUS_COLUMN = HEADERS.index("Status")
 
     def set_runs(self, runs: list[RunSummary]) -> None:
         self.set_items(runs)
@@ -54,8 +72,8 @@ class RunsModel(RowTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(run, column)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return STATUS_TIPS.get(run.status, "") if column == 5 else str(run.path)
-        if role == Qt.ItemDataRole.ForegroundRole and column == 5:
+            return STATUS_TIPS.get(run.status, "") if column == self.STATUS_COLUMN else str(run.path)
+        if role == Qt.ItemDataRole.ForegroundRole and column == self.STATUS_COLUMN:
             return QColor(STATUS_COLOURS.get(run.status, "#000000"))
         if role == Qt.ItemDataRole.UserRole:
             return str(run.path)
@@ -63,17 +81,9 @@ class RunsModel(RowTableModel):
 
     @staticmethod
     def _text(run: RunSummary, column: int) -> str:
-        if column == 0:
-            return run.started
-        if column == 1:
-            return run.arch
-        if column == 2:
-            return run.strategy
-        if column == 3:
-            return f"{run.epochs_run}/{run.epochs_planned}"
-        if column == 4:
-            return "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
-        return run.status
+        accuracy = "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
+        return (run.started, run.dataset or "?", run.arch, run.strategy, f"{run.epochs_run}/{run.epochs_planned}",
+                accuracy, run.status)[column]
 
 
 class RunsView(QWidget):
@@ -95,11 +105,20 @@ class RunsView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)  # more runs in view
+        self.table.setMinimumHeight(self._rows_height(VISIBLE_ROWS))
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("Every run in the runs folder. Select one to see its curves and insight; "
                               "select two or more (Ctrl/Shift-click) to compare them.")
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
+        # Keys move the current row after the selection: the detail follows whichever comes last.
+        self.table.selectionModel().currentRowChanged.connect(self._show_detail)
+        self._all_runs: list[RunSummary] = []
+        self.show_all = QCheckBox("Show all")
+        self.show_all.setObjectName("showAllRunsCheck")
+        self.show_all.setToolTip("Also list the runs that failed or were stopped before their first epoch.")
+        self.show_all.toggled.connect(self._refill)
         self.buttons = {}
         row = QHBoxLayout()
         for key, text, tip, signal in (
@@ -117,6 +136,7 @@ class RunsView(QWidget):
             row.addWidget(button)
             self.buttons[key] = button
         row.addStretch(1)
+        row.addWidget(self.show_all)
         self.detail = QLabel("No runs yet: the runs you train are listed here.")
         self.detail.setObjectName("runDetailLabel")
         self.detail.setWordWrap(True)
@@ -126,11 +146,12 @@ class RunsView(QWidget):
         self.compare_plot.setTitle("Validation accuracy of the selected runs", color=(80, 86, 96), size="9pt")
         self.compare_plot.setLabel("bottom", "epoch")
         self.compare_plot.setYRange(0, 1)
-        self.compare_plot.addLegend(offset=(-5, 5))
+        self.legend = self.compare_plot.addLegend(offset=(-5, 5))
         self.compare_plot.setMinimumHeight(120)
         self.diff_table = QTableWidget()
         self.diff_table.setObjectName("configDiffTable")
-        self.diff_table.setToolTip("The configuration keys whose values differ between the selected runs.")
+        self.diff_table.setToolTip("The settings that differ between the selected runs; each column's swatch is "
+                                   "its curve's colour.")
         self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         compare = QSplitter(Qt.Orientation.Horizontal)
         compare.addWidget(self.compare_plot)
@@ -145,6 +166,8 @@ class RunsView(QWidget):
         split.addWidget(top)
         split.addWidget(compare)
         split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 3)  # the list first: the comparison needs less room than the runs to pick from
+        split.setStretchFactor(1, 2)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(split)
@@ -153,7 +176,13 @@ class RunsView(QWidget):
     # --- what the window tells it ------------------------------------------------------------------
 
     def show_runs(self, runs: list[RunSummary]) -> None:
-        """New rows; the selection (by folder) survives a refresh."""
+        """New rows; the selection (by folder) survives a refresh. Failed runs and runs stopped before
+        their first epoch are listed only with Show all."""
+        self._all_runs = list(runs)
+        self._refill()
+
+    def _refill(self) -> None:
+        runs = self.listed_runs()
         selected = self.selected_paths()
         self.model.set_runs(runs)
         selection = self.table.selectionModel()
@@ -165,11 +194,20 @@ class RunsView(QWidget):
                                      | QItemSelectionModel.SelectionFlag.Rows)
         if self.selected_paths() != selected:  # a selected run is gone
             self.selection_changed.emit(self.selected_paths())
-        if not runs:
+        hidden = len(self._all_runs) - len(runs)
+        self.show_all.setText(f"Show all ({hidden} hidden)" if hidden else "Show all")
+        if not self._all_runs:
             self.detail.setText("No runs yet: the runs you train are listed here.")
         elif not self.selected_paths():
             self.detail.setText("Select a run to see its curves, plan and insight; select two or more to compare them.")
+        else:
+            self._show_detail()
         self._update_buttons()
+
+    def listed_runs(self) -> list[RunSummary]:
+        if self.show_all.isChecked():
+            return list(self._all_runs)
+        return [run for run in self._all_runs if not run.is_noise]
 
     def select_run(self, path: str | Path) -> bool:
         row = self.model.row_of(Path(path))
@@ -180,14 +218,20 @@ class RunsView(QWidget):
 
     def show_comparison(self, curves: dict[str, tuple[list[int], list[float]]],
                         diff: list[tuple[str, list[str]]], names: list[str]) -> None:
-        """Overlay each run's validation accuracy; list the keys that differ (one column per run)."""
+        """Overlay each run's validation accuracy; list the keys that differ (one column per run, its
+        header showing the run's curve colour). A legend only while it leaves the plot readable."""
         self.compare_plot.clear()
-        for (name, (epochs, values)), colour in zip(curves.items(), distinct_colours(len(curves))):
+        colours = distinct_colours(max(len(curves), len(names)))
+        named = len(curves) <= LEGEND_LIMIT
+        for (name, (epochs, values)), colour in zip(curves.items(), colours):
             self.compare_plot.plot(epochs, values, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5,
-                                   symbolBrush=colour, name=name)
+                                   symbolBrush=colour, name=name if named else None)
+        self.legend.setVisible(named)
         self.diff_table.clear()
         self.diff_table.setColumnCount(1 + len(names))
-        self.diff_table.setHorizontalHeaderLabels(["Setting"] + names)
+        self.diff_table.setHorizontalHeaderItem(0, QTableWidgetItem("Setting"))
+        for column, (name, colour) in enumerate(zip(names, colours), start=1):
+            self.diff_table.setHorizontalHeaderItem(column, QTableWidgetItem(colour_swatch(colour), name))
         self.diff_table.setRowCount(len(diff))
         for r, (key, values) in enumerate(diff):
             self.diff_table.setItem(r, 0, QTableWidgetItem(key))
@@ -203,11 +247,25 @@ class RunsView(QWidget):
 
     def _on_selection(self, *_) -> None:
         self._update_buttons()
-        rows = self.table.selectionModel().selectedRows()
-        if len(rows) == 1:
-            run = self.model.run(rows[0].row())
-            self.detail.setText(f"{run.name}: {run.arch}, {run.strategy}, {run.status} — {run.path}")
+        self._show_detail()
         self.selection_changed.emit(self.selected_paths())
+
+    def _show_detail(self, *_) -> None:
+        """The run just clicked (the current row, when it is selected), else the only one selected."""
+        selection = self.table.selectionModel()
+        rows = sorted(index.row() for index in selection.selectedRows())
+        if not rows:
+            return
+        current = self.table.currentIndex()
+        row = current.row() if current.isValid() and current.row() in rows else rows[-1]
+        text = describe_run(self.model.run(row))
+        if len(rows) > 1:
+            text = f"{len(rows)} runs compared below. {text}"
+        self.detail.setText(text)
+
+    def _rows_height(self, rows: int) -> int:
+        header = self.table.horizontalHeader().sizeHint().height()
+        return header + rows * self.table.verticalHeader().defaultSectionSize() + 2 * self.table.frameWidth()
 
     def _update_buttons(self) -> None:
         selected = [self.model.run(self.model.row_of(Path(p))) for p in self.selected_paths()]

@@ -13,8 +13,8 @@ from typing import Callable
 
 from PySide6.QtCore import QModelIndex, QObject, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QImage
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMenu, QPushButton, QTableView,
-                               QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMenu, QPushButton, QSplitter,
+                               QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from engine.curation.dataset_edits import EXCLUDED
 from widgets.gallery import THUMB_SIZE, ThumbnailRows, follow_moves
@@ -87,10 +87,15 @@ class MendActions(QObject):
             self.exclude_requested.emit(paths)
 
 
+GIVEN_LABEL_TIP = ("How likely the image's given label is, by a model that never saw the image: low means "
+                   "suspect (the list is sorted lowest first).")
+
+
 class SuspectsModel(RowTableModel):
     """One row per suspect: thumbnail, path, given class, likely class, probability of the given one."""
 
-    HEADERS = ("Image", "Path", "Given", "Likely", "Probability")
+    # "Probability 0.0 %" read as "not suspect": the header names whose probability it is.
+    HEADERS = ("Image", "Path", "Given", "Likely", "P(given label)")
     thumbnails_wanted = Signal(list)  # absolute paths not in the cache
     PathRole = Qt.ItemDataRole.UserRole
 
@@ -140,6 +145,35 @@ class SuspectsModel(RowTableModel):
             return self.absolute_path(index.row())
         return None
 
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt's name
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole and section == 4:
+            return GIVEN_LABEL_TIP
+        return super().headerData(section, orientation, role)
+
+
+def why_paired(first: str, second: str) -> str:
+    """Near-duplicates are reported when their labels differ, else because one is in training and
+    the other in validation (a leak that flatters validation)."""
+    a, b = class_of(first), class_of(second)
+    return f"labels differ: {a} / {b}" if a != b else "same class, one in training and one in validation"
+
+
+class DuplicatesModel(RowTableModel):
+    """One row per near-duplicate pair, most similar first."""
+
+    HEADERS = ("First image", "Second image", "Similarity", "Why listed")
+
+    def set_pairs(self, pairs) -> None:
+        self.set_items((a, b, similarity, why_paired(a, b)) for a, b, similarity in pairs)
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+            return None
+        first, second, similarity, why = self._items[index.row()]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return f"{first}\n{second}\ncosine similarity of their features {similarity:.4f}; {why}"
+        return (first, second, f"{similarity:.3f}", why)[index.column()]
+
 
 class SuspectsView(QWidget):
     find_requested = Signal()
@@ -184,6 +218,24 @@ class SuspectsView(QWidget):
         self.note = QLabel(IDLE_TEXT)
         self.note.setObjectName("suspectsNoteLabel")
         self.note.setWordWrap(True)
+        self.duplicates_model = DuplicatesModel(self)
+        self.duplicates = QTableView()
+        self.duplicates.setObjectName("duplicatePairsView")
+        self.duplicates.setModel(self.duplicates_model)
+        self.duplicates.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.duplicates.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.duplicates.verticalHeader().setVisible(False)
+        self.duplicates.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.duplicates.setToolTip("Pairs of images whose features are nearly identical while their labels "
+                                   "differ, or one is in training and the other in validation.")
+        self.duplicates_title = QLabel("")
+        self.duplicates_title.setObjectName("duplicatePairsLabel")
+        self.duplicates_box = QWidget()
+        box = QVBoxLayout(self.duplicates_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.duplicates_title)
+        box.addWidget(self.duplicates, 1)
+        self.duplicates_box.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(self.find_button)
         top.addWidget(self.stop_button)
@@ -195,7 +247,13 @@ class SuspectsView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.note)
-        layout.addWidget(self.table, 1)
+        lists = QSplitter(Qt.Orientation.Vertical)
+        lists.addWidget(self.table)
+        lists.addWidget(self.duplicates_box)
+        lists.setStretchFactor(0, 3)
+        lists.setStretchFactor(1, 1)
+        lists.setChildrenCollapsible(False)
+        layout.addWidget(lists, 1)
         layout.addLayout(bottom)
 
     def selected_paths(self) -> list[str]:
@@ -221,10 +279,15 @@ class SuspectsView(QWidget):
         if len(report.suspects) > len(shown):
             lines.append(f"the {len(shown)} most suspect of {len(report.suspects)} shown")
         if report.duplicates:
-            first = report.duplicates[0]
-            lines.append(f"{len(report.duplicates)} near-duplicate pair(s) across classes or splits, e.g. "
-                         f"{first[0]} and {first[1]} ({first[2]:.3f})")
+            lines.append(f"{len(report.duplicates)} near-duplicate pair(s) across classes or splits, listed below")
         self.note.setText("; ".join(lines))
+        self._show_duplicates(list(report.duplicates))
+
+    def _show_duplicates(self, pairs: list) -> None:
+        self.duplicates_model.set_pairs(pairs)
+        self.duplicates_title.setText(f"{len(pairs)} near-duplicate pair(s): the same picture under two labels, "
+                                      f"or in both training and validation")
+        self.duplicates_box.setVisible(bool(pairs))
 
     def _fit_columns(self, rows: list[dict]) -> None:
         """Class and probability columns as wide as their widest text, measured once."""

@@ -53,13 +53,17 @@ class SuspectReport:
 def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none", folds: int = 5, *,
                   threshold: float = DUPLICATE_THRESHOLD, run_dir: str | os.PathLike | None = None,
                   image_size: int = 224, batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
-                  device: str = "auto", should_stop: Callable[[], bool] = lambda: False) -> SuspectReport:
+                  device: str = "auto", should_stop: Callable[[], bool] = lambda: False,
+                  progress: Callable[[str], None] = lambda line: None) -> SuspectReport:
     """Rank the dataset's images by how unlikely their given label is. Paths are relative to `data_dir`;
-    `val_fraction` and `seed` give the split the training would use (for duplicates across it)."""
+    `val_fraction` and `seed` give the split the training would use (for duplicates across it).
+    `progress(line)`: how far the search is, in one line for a status line (a few thousand images
+    take tens of seconds on a CPU)."""
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
     check_arch(arch)
     target = select_device(device)
+    progress("Listing the dataset's images…")
     listing = list_dataset(data_dir, should_stop)
     scan = split_listing(listing, val_fraction, seed)
     root = Path(listing.root)
@@ -75,14 +79,19 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
                             f"to rank its validation predictions")
         return _from_validation(run_dir, root, scan.class_names)
     samples = scan.train + scan.val
-    feats, kept = _features(built, samples, weights, arch, batch_size, seed, target, should_stop)
+    progress(f"Reading the features of {len(samples):,} images…")
+    feats, kept = _features(built, samples, weights, arch, batch_size, seed, target, should_stop,
+                            _batch_progress(progress, batch_size))
     labels = torch.tensor([s.label for s in kept])
-    probs = out_of_fold_probabilities(feats, labels, len(scan.class_names), folds, seed)
+    probs = out_of_fold_probabilities(feats, labels, len(scan.class_names), folds, seed,
+                                      on_fold=lambda fold: progress(f"Training probe {fold} of {folds} on "
+                                                                    f"{len(kept):,} images' features…"))
     order = rank(probs, labels)
     names = scan.class_names
     suspects = tuple(_suspect(_rel(kept[i].path, root), names[labels[i]], names[int(probs[i].argmax())],
                               float(probs[i, labels[i]])) for i in order)
     in_val = {s.path for s in scan.val}
+    progress("Looking for near-duplicates…")
     dupes = near_duplicates(feats, labels, torch.tensor([s.path in in_val for s in kept]), threshold)
     duplicates = tuple((_rel(kept[i].path, root), _rel(kept[j].path, root), s) for i, j, s in dupes)
     note = (f"out-of-sample probabilities: {folds}-fold logistic regression on frozen {arch} features "
@@ -93,15 +102,23 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
 # --- features -------------------------------------------------------------------------------------
 
 
+def _batch_progress(progress: Callable[[str], None], batch_size: int) -> Callable[[int, int], None]:
+    """The trunk pass's (batch, batches) as a line; it runs over the images the store lacks only."""
+    def report(batch: int, batches: int) -> None:
+        progress(f"Computing features: batch {batch:,} of {batches:,} ({batch_size} images each)…")
+    return report
+
+
 def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch_size: int, seed: int,
-              device: torch.device, should_stop: Callable[[], bool]) -> tuple[torch.Tensor, list[Sample]]:
+              device: torch.device, should_stop: Callable[[], bool],
+              progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[Sample]]:
     """(N, D) trunk features of the decodable samples, and those samples. Kept per file (the
     feature cache's per-file store): after files moved between classes, nothing is computed again."""
     trunk_key = trunk_store_key(arch=arch, weights=weights, seed=seed, head=built.info.head,
                                 prep=built.preprocessing, amp_dtype=None, device_type=device.type)
     gathered = per_file_trunk_features(built.model.to(device), built.info.head, built.preprocessing, device, samples,
                                        trunk_key, batch_size=batch_size, seed=seed, should_stop=should_stop,
-                                       trunk_pass=compute_features)
+                                       progress=progress, trunk_pass=compute_features)
     if gathered is None:
         raise Stopped
     feats, positions, _ = gathered  # a store that cannot be saved only costs time: its note is not shown
@@ -114,8 +131,10 @@ def _features(built, samples: tuple[Sample, ...], weights: str, arch: str, batch
 
 
 def out_of_fold_probabilities(feats: torch.Tensor, labels: torch.Tensor, classes: int, folds: int,
-                              seed: int, steps: int = PROBE_STEPS) -> torch.Tensor:
-    """(N, classes): each image's class probabilities from a probe that never saw it."""
+                              seed: int, steps: int = PROBE_STEPS,
+                              on_fold: Callable[[int], None] = lambda fold: None) -> torch.Tensor:
+    """(N, classes): each image's class probabilities from a probe that never saw it. `on_fold(k)`:
+    the k-th probe (from 1) is about to train."""
     folds = min(folds, len(labels))
     assignment = fold_of(labels, folds, seed)
     probs = torch.empty(len(labels), classes)
@@ -123,6 +142,7 @@ def out_of_fold_probabilities(feats: torch.Tensor, labels: torch.Tensor, classes
         held = assignment == fold
         if not held.any():
             continue
+        on_fold(fold + 1)
         probe = fit_probe(feats[~held], labels[~held], classes, steps)
         probs[held] = probe(feats[held])
     return probs

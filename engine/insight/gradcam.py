@@ -1,7 +1,9 @@
 """Grad-CAM: where in the image the evidence for a class was.
 
 The activation of one layer (by default the last stage before the head) is kept by a forward
-hook, and its gradient for the target class is taken with torch.autograd.grad. The input tensor
+hook, and its gradient for the target class is taken with torch.autograd.grad. A stage whose map is
+a single cell at the image size (resnet's layer4 at 32 px) cannot say where: the default then moves to
+the deepest stage before it with at least 2x2 cells, and the result says so. The input tensor
 requires grad, so every activation carries a gradient even through a frozen backbone: no
 parameter's requires_grad changes, no .grad is written, and the model runs in eval mode (norm
 statistics untouched) and is put back as it was. The map is mapped back through the model's
@@ -53,20 +55,25 @@ def is_experimental(arch: str) -> bool:
     return arch.startswith(EXPERIMENTAL_FAMILIES)
 
 
+MIN_CELLS = 2  # a map needs at least this many cells each way to point anywhere
+
+
 @dataclass(frozen=True)
 class CamResult:
     cam: np.ndarray  # float32, the image's own height x width, values in [0, 1]
     target: str  # the class explained
     probabilities: dict[str, float]  # every class, most probable first
     layer: str  # the module whose activation was used
+    cells: tuple[int, int] = (0, 0)  # the layer's map, rows x columns
+    note: str = ""  # why another layer than the default was used, or why the map is flat
 
 
 def explain(classifier, image_path: str | Path, layer: str | None = None, target: str | None = None) -> CamResult:
     """Grad-CAM of `target` (default: the predicted class) for one image. `classifier` is an
     engine.deploy.predict.LoadedClassifier."""
     model, prep, names = classifier.model, classifier.preprocessing, list(classifier.class_names)
-    layer = layer or default_layer(classifier.arch)
-    module = _module(model, layer, classifier.arch)
+    if layer is not None:
+        _module(model, layer, classifier.arch)  # a misspelt layer is refused before any image is read
     if target is not None and target not in names:
         raise UserError(f"unknown class '{target}' (choose from {_brief(names)})")
     path = Path(image_path)
@@ -79,8 +86,15 @@ def explain(classifier, image_path: str | Path, layer: str | None = None, target
         raise UserError(f"cannot use {path}: {exc}") from None
     device = next(model.parameters()).device
     x = normalize_batch(eval_transform(prep.crop)(resized)[None].to(device), prep)
+    note = ""
+    if layer is None:
+        layer, note = spatial_layer(model, classifier.arch, x, prep.crop)
+    module = _module(model, layer, classifier.arch)
     logits, activation, gradient, target_index = _activation_and_gradient(model, module, x, names, target, layer)
     grid = _as_grid(activation, classifier.arch, layer)
+    cells = (int(grid.shape[2]), int(grid.shape[3]))
+    if min(cells) < MIN_CELLS and not note:
+        note = _flat_note(layer, cells, prep.crop)
     weights = _as_grid(gradient, classifier.arch, layer).mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * grid).sum(dim=1))[0].float()
     peak = cam.max()
@@ -88,7 +102,68 @@ def explain(classifier, image_path: str | Path, layer: str | None = None, target
     image_cam = _onto_image(cam.cpu(), tuple(resized.shape[1:]), prep.crop, (height, width))
     probs = logits.softmax(dim=1)[0].tolist()
     ranked = sorted(zip(names, probs), key=lambda pair: -pair[1])
-    return CamResult(image_cam, names[target_index], dict(ranked), layer)
+    return CamResult(image_cam, names[target_index], dict(ranked), layer, cells, note)
+
+
+def spatial_layer(model: nn.Module, arch: str, x: torch.Tensor, crop: int) -> tuple[str, str]:
+    """The default layer when its map has at least 2x2 cells for this input, else the deepest stage
+    before it that has (one forward pass, no gradient); and a note when it is not the default."""
+    default = default_layer(arch)
+    candidates = _candidates_deepest_first(model, default)
+    cells = _output_cells(model, arch, candidates, x)
+    chosen = next((name for name in candidates if min(cells.get(name, (0, 0))) >= MIN_CELLS), None)
+    if chosen is None:
+        return default, _flat_note(default, cells.get(default, (1, 1)), crop)
+    if chosen == default:
+        return default, ""
+    rows, columns = cells[default]
+    return chosen, (f"{default} is {rows}x{columns} at {crop} px, too coarse to point anywhere: "
+                    f"{chosen} ({cells[chosen][0]}x{cells[chosen][1]}) is shown")
+
+
+def _flat_note(layer: str, cells: tuple[int, int], crop: int) -> str:
+    return (f"the map is flat: {layer} is {cells[0]}x{cells[1]} at {crop} px, and no earlier stage has 2x2 "
+            f"cells; a larger image size gives a map that points somewhere")
+
+
+def _candidates_deepest_first(model: nn.Module, default: str) -> list[str]:
+    """The default layer, its own blocks (last first), then the stages before it (last first)."""
+    inner = [f"{default}.{name}" for name, _ in model.get_submodule(default).named_children()]
+    parent_name, _, leaf = default.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    siblings = [name for name, _ in parent.named_children()]
+    before = siblings[:siblings.index(leaf)] if leaf in siblings else []
+    prefix = f"{parent_name}." if parent_name else ""
+    return [default, *reversed(inner), *(prefix + name for name in reversed(before))]
+
+
+def _output_cells(model: nn.Module, arch: str, names: list[str], x: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Each named module's output map size (rows, columns) for `x`; modules without a map are left out."""
+    cells: dict[str, tuple[int, int]] = {}
+
+    def measure(name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = next((t for t in output if isinstance(t, torch.Tensor)), None)
+            if isinstance(output, torch.Tensor):
+                try:
+                    grid = _as_grid(output, arch, name)
+                except UserError:
+                    return
+                cells[name] = (int(grid.shape[2]), int(grid.shape[3]))
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(measure(name)) for name in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return cells
 
 
 def _activation_and_gradient(model: nn.Module, module: nn.Module, x: torch.Tensor, names: list[str],

@@ -7,7 +7,6 @@ lock nobody holds was interrupted (a crash, a kill, a power cut).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +32,18 @@ class RunSummary:
     epochs_planned: int
     best_val_accuracy: float | None
     status: str  # one of STATUSES
+    dataset: str = ""  # the dataset folder's name: runs of different datasets look alike otherwise
     config: dict = field(default_factory=dict, compare=False)
     result: FitResult | None = field(default=None, compare=False)  # run.json's, as every reader reads it
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def is_noise(self) -> bool:
+        """A run that left nothing to compare: it failed, or ended before its first epoch."""
+        return self.status == "failed" or (self.status in ("stopped", "interrupted") and self.epochs_run == 0)
 
 
 def run_status(folder: RunFolder, record: RunRecord) -> str:
@@ -80,7 +85,12 @@ def read_summary(folder: RunFolder) -> RunSummary | None:
     return RunSummary(
         path=folder.path, started=_started(folder, record), arch=record.arch or "?", strategy=record.strategy or "?",
         epochs_run=result.epochs_run if result is not None else len(epochs), epochs_planned=record.epochs_planned or 0,
-        best_val_accuracy=best, status=run_status(folder, record), config=record.config, result=result)
+        best_val_accuracy=best, status=run_status(folder, record), dataset=_dataset_name(record.data_root),
+        config=record.config, result=result)
+
+
+def _dataset_name(root: str | None) -> str:
+    return Path(root).name if root else ""
 
 
 def list_summaries(runs_root: Path) -> list[RunSummary]:
@@ -100,17 +110,47 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Every run has its own folder: that it differs says nothing about how the runs differ.
+NOT_COMPARED = frozenset({"out_dir"})
+
+
 def config_diff(configs: list[dict]) -> list[tuple[str, list[str]]]:
-    """The configuration keys whose values differ between runs, with each run's value as text
-    (keys a run lacks show "—"), in key order."""
+    """The configuration keys whose values differ between runs, with each run's value as readable
+    text (keys a run lacks show "—"), in key order; the run's own folder is left out."""
     flats = [flatten(c) for c in configs]
-    keys = sorted(set().union(*flats)) if flats else []
+    keys = sorted(set().union(*flats) - NOT_COMPARED) if flats else []
     rows = []
     for key in keys:
-        values = [json.dumps(f[key]) if key in f else "—" for f in flats]
+        values = [readable_value(f[key]) if key in f else "—" for f in flats]
         if len(set(values)) > 1:
             rows.append((key, values))
     return rows
+
+
+def readable_value(value: Any) -> str:
+    """A configuration value as a person reads it: no JSON quotes, numbers short, plan edits as
+    "module: field value" phrases."""
+    if value is None:
+        return "default"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {readable_value(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(map(_readable_item, value)) if value else "none"
+    return str(value)
+
+
+def _readable_item(item: Any) -> str:
+    """A plan edit ({"module": "layer1", "frozen": true}) reads as "layer1: frozen yes"."""
+    if isinstance(item, dict) and "module" in item:
+        rest = {k: v for k, v in item.items() if k != "module" and v not in (None, False)}
+        return f"{item['module']}: {readable_value(rest)}" if rest else str(item["module"])
+    return readable_value(item)
 
 
 def val_accuracy_curve(folder: RunFolder) -> tuple[list[int], list[float]]:
