@@ -128,7 +128,7 @@ def _explain(args) -> int:
     import numpy as np
 
     from engine.atomic import atomic_write_bytes
-    from engine.insight.gradcam import default_layer, explain, is_experimental, overlay
+    from engine.insight.gradcam import explain, is_experimental, overlay
     from engine.deploy.predict import load_classifier
 
     images = [Path(p) for p in args.images]
@@ -145,7 +145,7 @@ def _explain(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     classifier = load_classifier(args.checkpoint)
-    layer = args.layer or default_layer(classifier.arch)
+    layer = args.layer  # None: the deepest stage whose map has extent at this image size
     if is_experimental(classifier.arch):
         print(f"transfer-studio: note: Grad-CAM on {classifier.arch} is experimental (attention spreads evidence "
               f"across tokens)", file=sys.stderr)
@@ -164,11 +164,11 @@ def _explain(args) -> int:
             raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from None
         predicted = next(iter(result.probabilities))
         reports.append({"image": str(image), "target": result.target, "layer": result.layer,
-                        "predicted": predicted, "probabilities": result.probabilities,
+                        "predicted": predicted, "probabilities": result.probabilities, "note": result.note,
                         "cam": str(npy), "overlay": str(png)})
         if not args.json:
             print(f"{image}: predicted {predicted} ({result.probabilities[predicted]:.3f}); explained "
-                  f"{result.target} at {result.layer} -> {npy}, {png}")
+                  f"{result.target} at {result.layer} -> {npy}, {png}" + (f" ({result.note})" if result.note else ""))
     if args.json:
         print_json(reports)
     return 0

@@ -94,8 +94,13 @@ class LoadedModels:
 
     def exported(self, path: Path):
         from engine.deploy.export import load_any
+        from engine.deploy.trust import UntrustedFileError
 
-        return self._load(path, load_any)
+        try:
+            return self._load(path, load_any)
+        except UntrustedFileError:  # the engine's line names the command line's --trust; the window has no such flag
+            raise UserError(f"{path.name} was not exported by this installation, and opening a .pt2 file can run code: "
+                            f"choose its .onnx, .safetensors or .pt file, or export the run here") from None
 
     def _load(self, path: Path, loader):
         key = f"{loader.__name__}:{Path(path).resolve()}"

@@ -4,6 +4,8 @@ and advice whose sentences agree with the figures they cite."""
 
 from __future__ import annotations
 
+import pytest
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -295,3 +297,15 @@ def test_every_far_domain_sentence_agrees_with_the_percentages_it_shows():
             added = re.search(r"add (\d+) points", why)
             if added:
                 assert int(added.group(1)) == shown_last - shown_best > 2, why
+
+
+def test_the_window_refuses_an_unrecorded_pt2_in_its_own_words(tmp_path):
+    """The engine's refusal names the command line's --trust; Try an image has no such flag (issue 21, item 19)."""
+    from app.insight_session import LoadedModels
+    from engine.errors import UserError
+
+    bad = tmp_path / "someone-elses.pt2"
+    bad.write_bytes(b"PK not ours")
+    with pytest.raises(UserError) as info:
+        LoadedModels().exported(bad)
+    assert "--" not in str(info.value) and "can run code" in str(info.value)
