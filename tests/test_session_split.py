@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.test_import_layers as layers
+import tests.import_graph as layers
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
