@@ -71,3 +71,10 @@ def test_the_reader_finds_what_it_must_refuse(tmp_path, monkeypatch):
     assert imported_modules(loop) == {"typing", "engine.data.scan", "PySide6.QtCore"}
     assert engine_layer("engine.training.loop") > engine_layer("engine.data.scan")
     assert cycles(graph("engine")) == [["engine.data.scan", "engine.training.loop"]]
+
+
+def test_no_test_module_imports_another():
+    """Shared builders live in conftest.py or a helpers module, so each test file stands alone."""
+    wrong = [f"{module_name(path)} -> {name}" for path in source_files("tests")
+             for name in imported_modules(path) if name.startswith("tests.test_")]
+    assert wrong == []
