@@ -147,6 +147,9 @@ def _layers(args) -> int:
         print(f"{name:<44} {m['type'][:22]:<22} {m['params']:>12,} {m['trainable_params']:>12,}  "
               f"{'yes' if m['frozen'] else 'no ':<6}  {lr}{when}")
     print("\n" + summary_line(report))
+    if report["unassigned"]:
+        shown = ", ".join(report["unassigned"][:6]) + (" ..." if len(report["unassigned"]) > 6 else "")
+        print(f"  unassigned (in no stage; they follow the root): {shown}")
     for g in report["param_groups"]:
         print(f"  lr {g['lr']:.3g}  wd {g['weight_decay']:g}  {len(g['params'])} tensors  ({g['label']})")
     if args.preview:
