@@ -18,12 +18,12 @@ from engine.config import RunConfig
 from engine.errors import RunFailed, UserError, out_of_memory_message
 from engine.deploy.export import ParityError
 
-from app import cli_cluster, cli_data, cli_guidance, cli_insight
+from app import cli_cluster, cli_data, cli_guidance, cli_insight, cli_models
 from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
                           plan_config, train_config_from_args)
 
 # Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
-COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster)
+COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster, cli_models)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -163,7 +163,7 @@ def preprocessing_for(arch: str, image_size: int) -> Preprocessing:
     return Preprocessing(resize=max(image_size, math.floor(image_size / crop_pct)), crop=image_size, mean=mean, std=std)
 
 
-def source_record(arch: str, weights: str) -> dict:
+def source_record(arch: str, weights: str, image_size: int = 224) -> dict:
     """What a checkpoint records so that `timm.create_model(model, num_classes=K, **kwargs)` rebuilds it."""
     import timm
 
@@ -171,15 +171,16 @@ def source_record(arch: str, weights: str) -> dict:
     return {"name": "timm", "model": model_name(arch).partition(".")[0], "timm_version": timm.__version__,
             "pretrained_tag": cfg.get("tag") if weights == "imagenet" else None,
             "interpolation": cfg.get("interpolation"), "crop_pct": cfg.get("crop_pct"),
-            "input_size": list(cfg.get("input_size") or ())}
+            "input_size": list(cfg.get("input_size") or ()), "model_kwargs": builder_kwargs(arch, image_size)}
 
 
 def checkpoint_source_fields(arch: str, config: dict) -> dict:
     """A timm model's checkpoint also records {"source": source_record(...)}; others record nothing more."""
     if not is_timm(arch):
         return {}
-    weights = (config.get("model") or {}).get("weights", "none") if isinstance(config, dict) else "none"
-    return {"source": source_record(arch, "imagenet" if weights in PRETRAINED_WORDS else weights)}
+    weights = (config.get("model") or {}).get("weights", "none")
+    image_size = int((config.get("data") or {}).get("image_size", 224))
+    return {"source": source_record(arch, "imagenet" if weights in PRETRAINED_WORDS else weights, image_size)}
 
 
 # --- weights ----------------------------------------------------------------------------------
