@@ -321,6 +321,16 @@ def builder_kwargs(arch: str, image_size: int = 224) -> dict:
     return {}
 
 
+def model_kwargs(arch: str, image_size: int = 224) -> dict:
+    """The constructor arguments besides num_classes that rebuild a trained model for loading its weights:
+    builder_kwargs without torchvision's own initialisation (the weights replace it, and GoogLeNet's and
+    Inception's truncated-normal one is slow). A checkpoint carries them for plain PyTorch."""
+    kwargs = builder_kwargs(arch, image_size)
+    if "init_weights" in kwargs:
+        kwargs["init_weights"] = False
+    return kwargs
+
+
 def plain_model(arch: str, num_classes: int, image_size: int = 224) -> nn.Module:
     """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained."""
     if timm_source.is_timm(arch):
