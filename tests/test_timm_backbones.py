@@ -28,8 +28,8 @@ from tests.helpers import assert_refused, cli, make_config  # noqa: E402
 K = 4  # demo_dir's classes
 FILE_CLASSES = 10  # weights files are made for another class count: their head is dropped with a note
 # name -> image size it trains at here (a multiple of its patch size; 32 px otherwise)
-FAST = {"test_convnext": 32, "test_vit": 32, "test_efficientnet": 32}
-SLOW = {"resnet10t": 32, "mobilenetv3_small_050": 32, "regnetx_002": 32, "vit_tiny_patch16_224": 32,
+FAST = {"test_convnext": 32, "test_vit": 32}
+SLOW = {"test_efficientnet": 32, "resnet10t": 32, "mobilenetv3_small_050": 32, "regnetx_002": 32, "vit_tiny_patch16_224": 32,
         "deit_tiny_patch16_224": 32, "fastvit_t8": 32, "mobilevitv2_050": 64, "ghostnet_050": 32,
         "edgenext_xx_small": 32, "tinynet_e": 32, "lcnet_050": 32, "efficientvit_m0": 64, "test_resnet": 32,
         "test_byobnet": 32}
@@ -247,3 +247,18 @@ def test_models_lists_timm_with_parameters_sizes_and_tags(capsys):
     assert "timm:convnext_atto_rms" not in {r["name"] for r in json.loads(out)}  # no pretrained weights
     rc, out, _ = cli(capsys, "models", "--source", "torchvision", "--filter", "resnet18")
     assert rc == 0 and "11,689,512" in out and "IMAGENET1K_V1" in out
+
+
+def test_the_model_panel_offers_the_layer_decay_preset_with_its_decay(qtbot):
+    from widgets.model_panel import ModelPanel
+
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.preset_requested) as preset:
+        panel.preset_buttons["layer-decay"].click()
+    assert preset.args == ["layer-decay"]
+    with qtbot.waitSignal(panel.layer_decay_edited) as decay:
+        panel.decay_spin.setValue(0.5)
+    assert decay.args == [0.5]
+    panel.show_plan(PlanConfig(strategy="layer-decay", layer_decay=0.6))
+    assert panel.decay_spin.value() == pytest.approx(0.6)

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from engine.insight.advisor import Advice
 
 STRATEGY_NAMES = {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tune all",
-                  "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing"}
+                  "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing", "layer-decay": "Layer decay"}
 
 
 class AdviceCard(QFrame):
