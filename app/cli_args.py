@@ -71,8 +71,8 @@ def number_arg(key: str):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="resnet18", help="torchvision architecture, e.g. resnet50, efficientnet_b0")
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors)")
+    p.add_argument("--model", default="resnet18", help="torchvision architecture (resnet50, efficientnet_b0) or timm:NAME (timm:convnext_atto); see `models`")
+    p.add_argument("--weights", default="imagenet", help="imagenet (timm: also pretrained) | none | PATH to a state dict (.pt/.pth/.safetensors)")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
