@@ -300,7 +300,11 @@ def build_with_weights(arch: str, num_classes: int, image_size: int, state: dict
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)  # the model must not keep a second copy of the weights
     if new_head:
+        # timm's own initialisation for the new head; reset_classifier may remake more than the classifier
+        # (EfficientViT's BatchNorm before it), so everything else gets its loaded values back.
+        kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(head + ".")}
         model.reset_classifier(num_classes)
+        model.load_state_dict(kept, strict=False)
     return model, notes
 
 
