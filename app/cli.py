@@ -17,13 +17,13 @@ from engine.config import RunConfig
 from engine.errors import OutputLost, RunFailed, UserError, out_of_memory_message, path_problem_message
 from engine.deploy.export import ParityError
 
-from app import cli_cluster, cli_data, cli_deploy, cli_guidance, cli_insight
+from app import cli_cluster, cli_data, cli_deploy, cli_guidance, cli_insight, cli_models
 from app.cli_output import note, print_json, stream_problem
 from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
                           plan_config, train_config_from_args)
 
 # Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
-COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster)
+COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster, cli_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +158,9 @@ def _layers(args) -> int:
         print(f"{name:<44} {m['type'][:22]:<22} {m['params']:>12,} {m['trainable_params']:>12,}  "
               f"{'yes' if m['frozen'] else 'no ':<6}  {lr}{when}")
     print("\n" + summary_line(report))
+    if report["unassigned"]:
+        shown = ", ".join(report["unassigned"][:6]) + (" ..." if len(report["unassigned"]) > 6 else "")
+        print(f"  unassigned (in no stage; they follow the root): {shown}")
     for g in report["param_groups"]:
         print(f"  lr {g['lr']:.3g}  wd {g['weight_decay']:g}  {len(g['params'])} tensors  ({g['label']})")
     if args.preview:

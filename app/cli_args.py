@@ -71,8 +71,8 @@ def number_arg(key: str):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="resnet18", help="torchvision architecture, e.g. resnet50, efficientnet_b0")
-    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors)")
+    p.add_argument("--model", default="resnet18", help="torchvision architecture (resnet50, efficientnet_b0) or timm:NAME (timm:convnext_atto); see `models`")
+    p.add_argument("--weights", default="imagenet", help="imagenet (timm: also pretrained) | none | PATH to a state dict (.pt/.pth/.safetensors)")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +81,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-lr", type=number_arg("plan.base_lr"), default=1e-3, help="LR of every module without its own")
     g.add_argument("--discriminative-factor", type=number_arg("plan.discriminative_factor"), default=2.6, help="LR ratio between neighbouring stages")
     g.add_argument("--gradual-every", type=number_arg("plan.gradual_every"), default=1, help="gradual: epochs between unfreezing stages")
+    g.add_argument("--layer-decay", type=number_arg("plan.layer_decay"), default=0.75,
+                   help="layer-decay: the stage group at depth i of L trains at base LR * d^(L-i)")
     g.add_argument("--freeze", action=PlanEditAction, metavar="MODULE", help="freeze a module and its subtree")
     g.add_argument("--unfreeze", action=PlanEditAction, metavar="MODULE", help="unfreeze a module and its subtree")
     g.add_argument("--lr", action=PlanEditAction, metavar="MODULE=LR", help="LR of a module and its subtree")
@@ -90,7 +92,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def plan_config(args) -> PlanConfig:
     return PlanConfig(strategy=args.strategy, base_lr=args.base_lr, discriminative_factor=args.discriminative_factor,
-                      gradual_every=args.gradual_every, edits=tuple(getattr(args, "edits", ())))
+                      gradual_every=args.gradual_every, layer_decay=args.layer_decay, edits=tuple(getattr(args, "edits", ())))
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -157,6 +159,7 @@ TRAIN_FLAGS = {
     "augment": ("data", "augment"), "workers": ("data", "num_workers"), "model": ("model", "arch"),
     "weights": ("model", "weights"), "strategy": ("plan", "strategy"), "base_lr": ("plan", "base_lr"),
     "discriminative_factor": ("plan", "discriminative_factor"), "gradual_every": ("plan", "gradual_every"),
+    "layer_decay": ("plan", "layer_decay"),
     "optimizer": ("train", "optimizer"), "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
     "warmup_epochs": ("train", "warmup_epochs"), "label_smoothing": ("train", "label_smoothing"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "device": ("train", "device"),

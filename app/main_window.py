@@ -307,6 +307,7 @@ class MainWindow(QMainWindow):
         mp.preset_requested.connect(s.plan.apply_preset)
         mp.discriminative_factor_edited.connect(s.plan.set_discriminative_factor)
         mp.gradual_every_edited.connect(s.plan.set_gradual_every)
+        mp.layer_decay_edited.connect(s.plan.set_layer_decay)
         mp.plan_edited.connect(s.plan.adopt_plan)
         tp.train_edited.connect(s.settings.update_train)
         tp.base_lr_edited.connect(s.plan.set_base_lr)

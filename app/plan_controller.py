@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QUndoStack
 
 from app.data_edit_session import BUSY as DATA_EDIT_BUSY, DataEdits
-from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, PlanChange
+from app.plan_history import MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, MERGE_LAYER_DECAY, PlanChange
 from app.session_state import Configuration, Messages, ShownRun
 from engine.config import PlanConfig
 
@@ -52,6 +52,9 @@ class PlanController(QObject):
                    MERGE_FACTOR)
 
     @Slot(int)
+    def set_layer_decay(self, decay: float) -> None:
+        self._edit(replace(self._configuration.plan, layer_decay=decay), "Layer decay", MERGE_LAYER_DECAY)
+
     def set_gradual_every(self, epochs: int) -> None:
         self._edit(replace(self._configuration.plan, gradual_every=epochs), "Gradual interval", MERGE_GRADUAL_EVERY)
 

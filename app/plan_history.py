@@ -10,7 +10,7 @@ from engine.config import PlanConfig
 
 
 # Undo merges a burst of steps of one spin box (base LR, factor, interval) into one change.
-MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY = 1, 2, 3
+MERGE_BASE_LR, MERGE_FACTOR, MERGE_GRADUAL_EVERY, MERGE_LAYER_DECAY = 1, 2, 3, 4
 
 
 class PlanChange(QUndoCommand):

@@ -22,7 +22,7 @@ from engine.errors import UserError
 AUGMENTATIONS = ("none", "light", "standard")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
-STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual")
+STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual", "layer-decay")
 PRECISIONS = ("auto", "off", "fp32", "bf16", "fp16")  # "fp32" is another name for "off"
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/training/class_weights.py decides what auto means
 PROJECT_FORMAT_VERSION = 1
@@ -66,6 +66,7 @@ class PlanConfig:
     base_lr: float = 1e-3
     discriminative_factor: float = 2.6  # each stage below the head trains at LR / factor
     gradual_every: int = 1  # gradual unfreezing: one more stage every this many epochs
+    layer_decay: float = 0.75  # layer decay: the stage group at depth i of L trains at base LR * d**(L - i)
     edits: tuple[PlanEdit, ...] = ()
 
     def with_edit(self, edit: PlanEdit) -> PlanConfig:
@@ -189,6 +190,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "plan.base_lr": NumberRule("base LR", float, 0, low_open=True),
     "plan.discriminative_factor": NumberRule("discriminative factor", float, 1),
     "plan.gradual_every": NumberRule("gradual unfreezing interval (epochs)", int, 1),
+    "plan.layer_decay": NumberRule("layer decay", float, 0, 1, low_open=True),
     "train.epochs": NumberRule("epochs", int, 1),
     "train.batch_size": NumberRule("batch size", int, 1),
     "train.weight_decay": NumberRule("weight decay", float, 0),

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from engine.insight.advisor import Advice
 
 STRATEGY_NAMES = {"feature-extraction": "Feature extraction", "fine-tune": "Fine-tune all",
-                  "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing"}
+                  "discriminative": "Discriminative LRs", "gradual": "Gradual unfreezing", "layer-decay": "Layer decay"}
 # The engine's advice names the command line's flags; the window names its own controls instead.
 CONTROL_NAMES = {"strategy": "Strategy", "base-lr": "Base LR", "augment": "Augment", "epochs": "Epochs",
                  "discriminative-factor": "LR factor ÷", "gradual-every": "Unfreeze every (epochs)"}

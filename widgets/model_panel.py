@@ -31,6 +31,9 @@ PRESETS = (
      "Train everything; LRs shrink stage by stage toward the input. Ctrl+3"),
     ("presetGradual", "Gradual", "gradual",
      "Start with the head; unfreeze one stage at a time from the top (500–5,000 images). Ctrl+4"),
+    ("presetLayerDecay", "Layer decay", "layer-decay",
+     "Train everything; each stage group below the head trains at the LR above it times this decay "
+     "(as timm's layer decay, written as absolute LRs). Ctrl+5"),
 )
 
 
@@ -65,6 +68,7 @@ class ModelPanel(QGroupBox):
     weights_edited = Signal(str)  # "imagenet", "none" or a file path
     preset_requested = Signal(str)  # a strategy name
     discriminative_factor_edited = Signal(float)
+    layer_decay_edited = Signal(float)
     gradual_every_edited = Signal(int)
     plan_edited = Signal(object)  # the PlanConfig after an edit made in the tree
 
@@ -107,6 +111,15 @@ class ModelPanel(QGroupBox):
         self.factor_spin.setPrefix("÷")
         self.factor_spin.setToolTip("Discriminative LRs: each stage below the head trains at the LR above it divided by this.")
         self.factor_spin.valueChanged.connect(self.discriminative_factor_edited)
+        self.decay_spin = QDoubleSpinBox()
+        self.decay_spin.setObjectName("layerDecaySpin")
+        self.decay_spin.setRange(0.05, 1.0)
+        self.decay_spin.setDecimals(2)
+        self.decay_spin.setSingleStep(0.05)
+        self.decay_spin.setValue(PlanConfig().layer_decay)
+        self.decay_spin.setPrefix("×")
+        self.decay_spin.setToolTip("Layer decay: the stage group at depth i of L trains at base LR × decay^(L−i).")
+        self.decay_spin.valueChanged.connect(self.layer_decay_edited)
         self.every_spin = QSpinBox()
         self.every_spin.setObjectName("gradualEverySpin")
         self.every_spin.setRange(1, 100)
@@ -119,7 +132,7 @@ class ModelPanel(QGroupBox):
         presets = QGridLayout()
         self.preset_buttons: dict[str, QPushButton] = {}
         places = {"feature-extraction": (0, 0, 1, 2), "fine-tune": (0, 2, 1, 2),
-                  "discriminative": (1, 0, 1, 1), "gradual": (1, 2, 1, 1)}
+                  "discriminative": (1, 0, 1, 1), "gradual": (1, 2, 1, 1), "layer-decay": (2, 0, 1, 1)}
         for object_name, text, strategy, tip in PRESETS:
             button = QPushButton(text)
             button.setObjectName(object_name)
@@ -130,6 +143,7 @@ class ModelPanel(QGroupBox):
             presets.addWidget(button, *places[strategy])
         presets.addWidget(self.factor_spin, 1, 1)
         presets.addWidget(self.every_spin, 1, 3)
+        presets.addWidget(self.decay_spin, 2, 1)
         for column in range(4):
             presets.setColumnStretch(column, 1)
 
@@ -224,7 +238,8 @@ class ModelPanel(QGroupBox):
 
     def show_plan(self, plan: PlanConfig) -> None:
         self._plan = plan
-        with QSignalBlocker(self.factor_spin), QSignalBlocker(self.every_spin):
+        with QSignalBlocker(self.factor_spin), QSignalBlocker(self.every_spin), QSignalBlocker(self.decay_spin):
+            self.decay_spin.setValue(plan.layer_decay)
             self.factor_spin.setValue(plan.discriminative_factor)
             self.every_spin.setValue(plan.gradual_every)
         if self.tree_model.model_info is not None and not self.tree_model.is_preview:

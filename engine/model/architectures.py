@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from engine.model import timm_source
 from engine.model.checkpoint import load_state_dict_file
 from engine.model.constructors import builder_kwargs, model_kwargs  # noqa: F401 - re-exported
 from engine.data.dataset import Preprocessing
@@ -79,13 +80,18 @@ _SIZE_RULES: dict[str, _SizeRule] = {
 
 
 def _size_rule(arch: str) -> _SizeRule | None:
+    if timm_source.is_timm(arch):
+        return _SizeRule(*timm_source.size_rule(arch))
     matches = [prefix for prefix in _SIZE_RULES if arch.startswith(prefix)]
     return _SIZE_RULES[max(matches, key=len)] if matches else None
 
 
-def available_archs() -> list[str]:
+def available_archs(source: str = "torchvision") -> list[str]:
     """The architectures offered everywhere (window, CLI): torchvision's classifiers whose image-size
-    rule is known; each is trained and exported by tests/test_architectures.py."""
+    rule is known; each is trained and exported by tests/test_architectures.py. `source="timm"`: every
+    timm model, named `timm:NAME` (tests/test_timm_backbones.py trains a sample of families)."""
+    if source == "timm":
+        return timm_source.available_archs()
     return sorted(a for a in torchvision.models.list_models(module=torchvision.models) if _size_rule(a) is not None)
 
 
@@ -126,6 +132,8 @@ def _offered() -> frozenset[str]:
 
 
 def check_arch(arch: str) -> None:
+    if timm_source.is_timm(arch):
+        return timm_source.check_arch(arch)
     if arch not in _offered():
         close = difflib.get_close_matches(arch, sorted(_offered()), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -186,6 +194,8 @@ class BuiltModel:
 
 def find_head(model: nn.Module) -> str:
     """The last Linear; in a model without one (SqueezeNet), the last convolution: its classifier."""
+    if timm_source.is_timm_model(model):
+        return timm_source.head_name(model)
     last = last_conv = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -219,8 +229,13 @@ def describe(model: nn.Module, arch: str, num_classes: int, image_size: int = 22
             is_norm=isinstance(module, NORM_TYPES),
         ))
     head = find_head(model)
-    stages = _stages(model, head)
-    return ModelInfo(arch, num_classes, head, stages, _stage_groups(model, stages), tuple(layers), parameter_modules,
+    if timm_source.is_timm_model(model):  # the model's own stages (timm's coarse group_matcher)
+        groups = timm_source.stage_groups(model, head)
+        stages = tuple(stage for group in groups for stage in group)
+    else:
+        stages = _stages(model, head)
+        groups = _stage_groups(model, stages)
+    return ModelInfo(arch, num_classes, head, stages, groups, tuple(layers), parameter_modules,
                      image_size=image_size, head_is_linear=isinstance(modules[head], nn.Linear))
 
 
@@ -270,6 +285,8 @@ def default_weights(arch: str):
 
 def preprocessing_for(arch: str, image_size: int) -> Preprocessing:
     """The weights' own evaluation transform (resize ratio, crop, mean, std), scaled to image_size."""
+    if timm_source.is_timm(arch):
+        return timm_source.preprocessing_for(arch, image_size)
     weights = default_weights(arch)
     resize_ratio, mean, std = 256 / 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     if weights is not None:
@@ -281,6 +298,8 @@ def preprocessing_for(arch: str, image_size: int) -> Preprocessing:
 
 
 def weights_cache_path(arch: str) -> Path | None:
+    if timm_source.is_timm(arch):
+        return timm_source.weights_cache_path(arch)
     weights = default_weights(arch)
     if weights is None:
         return None
@@ -290,6 +309,8 @@ def weights_cache_path(arch: str) -> Path | None:
 def plain_model(arch: str, num_classes: int, image_size: int = 224, for_weights: bool = False) -> nn.Module:
     """`torchvision.models.<arch>(num_classes=K, **builder_kwargs(arch, image_size))`, untrained;
     `for_weights`: to load a state dict into, skipping initialisation where torchvision allows it."""
+    if timm_source.is_timm(arch):
+        return timm_source.plain_model(arch, num_classes, image_size)
     kwargs = model_kwargs(arch, image_size) if for_weights else builder_kwargs(arch, image_size)
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     if isinstance(model, torchvision.models.MNASNet):
@@ -324,6 +345,9 @@ def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_si
     check_arch(arch)
     check_class_count(num_classes)
     check_image_size(arch, image_size)
+    if timm_source.is_timm(arch):  # timm's builder, weights through the safe loader
+        model, notes = timm_source.build(arch, num_classes, weights, image_size)
+        return BuiltModel(model, describe(model, arch, num_classes, image_size), preprocessing_for(arch, image_size), notes)
     model = plain_model(arch, num_classes, image_size)
     notes: list[str] = []
     if weights == "imagenet":

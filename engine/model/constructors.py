@@ -7,7 +7,10 @@ from __future__ import annotations
 
 
 def builder_kwargs(arch: str, image_size: int = 224) -> dict:
-    """What `torchvision.models.get_model(arch, num_classes=K, ...)` needs besides K for our model."""
+    """What `torchvision.models.get_model(arch, num_classes=K, ...)` needs besides K for our model.
+    A timm model's own arguments are in its checkpoint's "source" (engine.model.timm_source)."""
+    if arch.startswith("timm:"):
+        return {}
     if arch.startswith("vit_"):
         return {"image_size": image_size}  # position embeddings for this many patches
     if arch.startswith("maxvit_"):

@@ -24,6 +24,7 @@ from torch import nn
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
 from engine.data.dataset import ImageDataset, Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from engine.errors import UserError
+from engine.model import timm_source
 from engine.model.architectures import weights_cache_path
 from engine.paths import cache_dir
 
@@ -44,6 +45,17 @@ def head_removed(model: nn.Module, head: str):
         setattr(parent, child, original)
 
 
+@contextmanager
+def trunk_forward(model: nn.Module, head: str):
+    """A function from images to what the head sees: timm's forward_features + forward_head(pre_logits=True)
+    for a timm model (its own split, no module swapped), else the model with its head removed."""
+    if timm_source.is_timm_model(model):
+        yield lambda x: timm_source.trunk_features(model, x)
+    else:
+        with head_removed(model, head):
+            yield model
+
+
 @torch.no_grad()
 def compute_features(model: nn.Module, head: str, loader, prep: Preprocessing, device: torch.device,
                      autocast: Callable, channels_last: bool,
@@ -55,7 +67,7 @@ def compute_features(model: nn.Module, head: str, loader, prep: Preprocessing, d
     model.eval()
     feats, labels = [], []
     try:
-        with head_removed(model, head):
+        with trunk_forward(model, head) as trunk:
             for i, batch in enumerate(loader, 1):
                 if should_stop():
                     return None
@@ -66,7 +78,7 @@ def compute_features(model: nn.Module, head: str, loader, prep: Preprocessing, d
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast():
-                        out = model(x)
+                        out = trunk(x)
                     feats.append(out.float().flatten(1).cpu())
                     labels.append(batch.labels)
                 if progress:
@@ -138,7 +150,7 @@ def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, see
     augmented views (augmentation and V) and normalization statistics adapted to the data
     (`adapt_norm_batch`: AdaBN's batch size, which its averages depend on; 0: not adapted)."""
     digest = hashlib.sha256()
-    if weights == "imagenet":
+    if weights == "imagenet" or (weights in timm_source.PRETRAINED_WORDS and timm_source.is_timm(arch)):
         weights_file = weights_cache_path(arch)
     elif weights == "none":
         weights_file = None  # random init: the seed decides the trunk

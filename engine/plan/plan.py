@@ -134,7 +134,22 @@ def _preset(config: PlanConfig, info: ModelInfo) -> tuple[dict[str, Setting], di
             # With the last group, parameters outside every stage (ViT's class token) thaw too.
             unfreeze_at[""] = max(unfreeze_at.values())
         return settings, unfreeze_at
+    if config.strategy == "layer-decay":
+        return _layer_decay(base, config.layer_decay, info), {}
     raise UserError(f"unknown strategy '{config.strategy}'")
+
+
+def _layer_decay(base: float, decay: float, info: ModelInfo) -> dict[str, Setting]:
+    """Everything trains; the stage group at depth i of L (the head is L) at base * decay**(L - i).
+    timm's param_groups_layer_decay puts the same numbers in an lr_scale that only timm's scheduler
+    applies; here they are absolute LRs in the plan, so the optimizer gets exactly what the tree shows.
+    Parameters outside every stage (unassigned) train at the base LR, as timm puts them with the head."""
+    settings = {"": Setting(frozen=False, lr=base)}
+    depth = len(info.stage_groups) - 1
+    for i, group in enumerate(info.stage_groups):
+        for stage in group:
+            settings[stage] = Setting(lr=base * decay ** (depth - i))
+    return settings
 
 
 def apply_edit(plan: Plan, edit: PlanEdit, info: ModelInfo) -> Plan:
@@ -289,9 +304,18 @@ def describe_plan(info: ModelInfo, plan: Plan, weight_decay: float = 0.0) -> dic
                           "params": list(s.params)} for s in specs],
         "trainable_params": trainable_under[""],
         "total_params": info.total_params,
+        "unassigned": unassigned_parameters(info),
         "phases": _phases(trainable_under[""], thawing_at),
         "plan": plan.to_dict(),
     }
+
+
+def unassigned_parameters(info: ModelInfo) -> list[str]:
+    """Parameters under no stage (a ViT's class token, a timm head's norm that no group claims): no
+    preset sets them; they follow the root's settings (the base LR, the root's frozen state)."""
+    stages = set(info.stages)
+    return [name for name, module, _ in info.parameter_modules
+            if not any(a in stages for a in _self_and_ancestors(module) if a)]
 
 
 def _phases(trainable_now: int, thawing_at: dict[int, int]) -> list[dict]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.model.checkpoint import BackgroundSaver, make_checkpoint, snapshot
+from engine.model.timm_source import checkpoint_source_fields
 from engine.errors import TrainingDiverged, UserError
 from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted
 from engine.listener import Listener, listener_states
@@ -142,6 +143,7 @@ class BestCheckpoint(Listener):
             self.model, arch=self.arch, class_names=self.class_names, preprocessing=self.preprocessing,
             plan=self.plan_in_force.to_dict(), metrics=metrics_line(event), epoch=event.epoch,
             config=self.config)
+        checkpoint.update(checkpoint_source_fields(self.arch, self.config))
         self.saver.save({**checkpoint, **self.extras()}, self.folder.checkpoint_path)
         self.written = True
 
