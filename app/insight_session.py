@@ -99,8 +99,8 @@ class LoadedModels:
         try:
             return self._load(path, load_any)
         except UntrustedFileError:  # the engine's line names the command line's --trust; the window has no such flag
-            raise UserError(f"{path.name} was not exported by this installation, and opening a .pt2 file can run code: "
-                            f"choose its .onnx, .safetensors or .pt file, or export the run here") from None
+            raise UntrustedFileError(f"{path.name} was not exported by this installation, and opening a .pt2 file can "
+                                     f"run code: choose its .onnx, .safetensors or .pt file, or export the run here") from None
 
     def _load(self, path: Path, loader):
         key = f"{loader.__name__}:{Path(path).resolve()}"

@@ -136,7 +136,10 @@ class RunsView(QWidget):
             row.addWidget(button)
             self.buttons[key] = button
         row.addStretch(1)
-        row.addWidget(self.show_all)
+        # Its own row: beside five buttons its "(N hidden)" made the tab wider than a 1024 px screen allows.
+        filters = QHBoxLayout()
+        filters.addWidget(self.show_all)
+        filters.addStretch(1)
         self.detail = QLabel("No runs yet: the runs you train are listed here.")
         self.detail.setObjectName("runDetailLabel")
         self.detail.setWordWrap(True)
@@ -159,6 +162,7 @@ class RunsView(QWidget):
         top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addLayout(filters)
         top_layout.addWidget(self.table, 1)
         top_layout.addLayout(row)
         top_layout.addWidget(self.detail)
