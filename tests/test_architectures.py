@@ -152,6 +152,7 @@ def test_valid_image_size_is_the_nearest_valid_size_not_below():
     assert valid_image_size("resnet50", 33) == 33
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [a for a in OFFERED if a.startswith(("vit_", "maxvit_"))])
 def test_models_built_for_their_image_size_run_at_the_next_valid_size(arch):
     size = valid_image_size(arch, min_image_size(arch)[0] + 1)  # vit_b_16: 32, maxvit_t: 448
@@ -170,6 +171,7 @@ def test_build_refuses_a_bad_size_with_a_user_error_not_an_assertion():
 # --- the architectures that needed care -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_googlenet_and_inception_return_plain_logits_in_train_mode():
     # Failed before: GoogLeNet returned GoogLeNetOutputs ('...' object has no attribute 'float' in the
     # trainer), Inception's auxiliary head raised "Output size is too small" at 96 px.
@@ -181,6 +183,7 @@ def test_googlenet_and_inception_return_plain_logits_in_train_mode():
         assert not any(name.startswith(("aux", "AuxLogits")) for name, _ in model.named_children())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, size", [("googlenet", 32), ("inception_v3", 75)])
 def test_imagenet_weights_with_auxiliary_heads_load(arch, size, tmp_path):
     # torchvision's ImageNet files hold the auxiliary classifiers, which our model does not have.
@@ -229,6 +232,7 @@ def test_vit_parameter_count_describes_the_model_at_its_image_size():
     assert (small.image_size, full.image_size) == (32, 224)
 
 
+@pytest.mark.slow
 def test_vit_imagenet_weights_are_resized_to_another_image_size():
     at_224 = build_model("vit_b_16", 1000, "none", 224).model.state_dict()
     built = build_model("vit_b_16", K, "none", 64)
@@ -268,6 +272,7 @@ def calibrate_norm_statistics(model: torch.nn.Module, size: int) -> None:
 ALL_FORMATS = ("pt", "safetensors", "torchscript", "onnx")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, formats", [
     ("googlenet", ALL_FORMATS), ("squeezenet1_1", ALL_FORMATS), ("inception_v3", ("safetensors",)),
     ("vit_b_16", ("safetensors",)), ("mnasnet0_5", ("pt", "safetensors")),
@@ -304,6 +309,7 @@ def assert_matches_the_model(report, batch: torch.Tensor, tolerance: float = 1e-
     assert report.max_abs_logit_diff <= tolerance
 
 
+@pytest.mark.slow
 def test_a_format_an_architecture_cannot_take_fails_in_one_line(tmp_path, capfd):
     checkpoint = save_checkpoint(build_model("alexnet", K, "none", 63), tmp_path)
     batch = torch.randn(2, 3, 63, 63)

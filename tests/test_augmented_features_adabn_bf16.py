@@ -105,6 +105,7 @@ def test_each_epoch_draws_one_view_per_image_and_validates_on_the_plain_view():
     assert all(torch.equal(x, val[0]) for x, _ in batches.val_batches())
 
 
+@pytest.mark.slow
 def test_a_run_caches_augmented_views_and_plain_validation_features(tiny_dir, tmp_path):
     cfg = config(tiny_dir, tmp_path / "views", feature_views=3)
     run = set_up(cfg, None, Callbacks(), TrainingControl(), fresh=True)
@@ -168,6 +169,7 @@ def test_native_bf16_detection_needs_onednn_and_a_bf16_instruction_set(monkeypat
     assert not devices.cpu_has_native_bf16()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_trained_under_cpu_bf16_is_fp32_and_loads_into_torchvision(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     recorder = Started()
@@ -211,6 +213,7 @@ def bn_statistics(state: dict) -> set[str]:
     return {k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapt", [False, True])
 def test_adabn_is_off_by_default_changes_only_bn_statistics_and_keeps_integrity(tiny_dir, tmp_path,
                                                                                 resnet18_weights_file, adapt):
@@ -231,6 +234,7 @@ def test_adabn_is_off_by_default_changes_only_bn_statistics_and_keeps_integrity(
         assert changed == set() and "AdaBN" not in notes
 
 
+@pytest.mark.slow
 def test_adapted_statistics_give_the_features_cache_its_own_entry(tiny_dir, tmp_path, resnet18_weights_file,
                                                                    monkeypatch):
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests

@@ -69,6 +69,7 @@ def test_a_perfectly_separated_validation_set_keeps_a_finite_temperature():
     assert 0.05 <= result["temperature"] <= 100 and result["nll_after"] <= result["nll_before"]
 
 
+@pytest.mark.slow
 def test_a_run_records_its_calibration_in_run_json_and_the_checkpoint(checkpoint):
     folder = RunFolder(checkpoint.parent)
     recorded = folder.read_run().raw["calibration"]
@@ -86,6 +87,7 @@ def test_a_run_records_its_calibration_in_run_json_and_the_checkpoint(checkpoint
     assert [line.split(",")[0] for line in predictions] == list(kept.paths)
 
 
+@pytest.mark.slow
 def test_a_real_model_made_over_confident_gets_its_ece_down(checkpoint):
     kept = read_val_logits(RunFolder(checkpoint.parent).val_logits_path)
     over_confident = kept.logits * 50
@@ -93,6 +95,7 @@ def test_a_real_model_made_over_confident_gets_its_ece_down(checkpoint):
     assert result["ece_after"] <= 0.7 * result["ece_before"], result
 
 
+@pytest.mark.slow
 def test_predict_reports_calibrated_probabilities_and_raw_on_request(checkpoint, capsys):
     image = next(p for p in (checkpoint.parent.parent / "D").rglob("*.png"))
     calibration = load_checkpoint(checkpoint)["calibration"]
@@ -111,6 +114,7 @@ def test_predict_reports_calibrated_probabilities_and_raw_on_request(checkpoint,
     assert calibrated["score"]["name"] == calibration["unknown"]["score"]
 
 
+@pytest.mark.slow
 def test_predict_marks_an_image_below_the_threshold_unknown(checkpoint, capsys, tmp_path):
     """A card whose threshold no image reaches: every image is unknown, in JSON and in the text line."""
     image = next(p for p in (checkpoint.parent.parent / "D").rglob("*.png"))
@@ -126,6 +130,7 @@ def test_predict_marks_an_image_below_the_threshold_unknown(checkpoint, capsys, 
     assert rc == 0 and "unknown" in out
 
 
+@pytest.mark.slow
 def test_a_damaged_card_is_one_line(checkpoint, capsys, tmp_path):
     image = next(p for p in (checkpoint.parent.parent / "D").rglob("*.png"))
     exported = tmp_path / "model-export.pt"
@@ -136,6 +141,7 @@ def test_a_damaged_card_is_one_line(checkpoint, capsys, tmp_path):
     assert_refused(cli(capsys, "predict", exported, image), 2, "model card")
 
 
+@pytest.mark.slow
 def test_evaluate_unknown_reports_what_predict_marks(checkpoint, capsys, tmp_path):
     """A folder of images of no class (noise): the share caught is the share predict marks unknown."""
     import numpy as np
@@ -159,6 +165,7 @@ def test_evaluate_unknown_reports_what_predict_marks(checkpoint, capsys, tmp_pat
     assert rc == 0 and "caught" in out and "AUROC" in out
 
 
+@pytest.mark.slow
 def test_evaluate_unknown_refuses_bad_input_in_one_line(checkpoint, capsys, tmp_path):
     assert_refused(cli(capsys, "evaluate", checkpoint.parent, "--unknown", tmp_path / "missing"), 2, "not a folder")
     assert_refused(cli(capsys, "evaluate", checkpoint.parent, "--unknown", tmp_path), 2, "no image files")

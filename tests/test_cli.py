@@ -54,6 +54,7 @@ def test_layers_text_shows_the_summary(capsys):
     assert code == 0 and "Trainable 5,130 / 11,181,642 (0.05 %) · 1 LR group" in out and "layer4" in out
 
 
+@pytest.mark.slow
 def test_demo_data_train_predict(tmp_path, capsys):
     assert run_cli(capsys, "demo-data", str(tmp_path / "d"), "--classes", "3", "--per-class", "10", "--size", "48")[0] == 0
     code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "d"), "--model", "resnet18", "--weights", "none",
@@ -72,6 +73,7 @@ def test_demo_data_train_predict(tmp_path, capsys):
     assert code == 0 and len(ranked) == 2 and ranked[0]["probability"] >= ranked[1]["probability"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["layers", "--model", "resnet19", "--classes", "3", "--weights", "none"], "unknown architecture 'resnet19'"),
     (["layers", "--model", "resnet18", "--classes", "3", "--weights", "none", "--freeze", "layer7"], "no module named 'layer7'"),

@@ -46,6 +46,7 @@ def colours(tmp_path) -> Path:
 # --- suspects ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_first(colours, resnet18_weights_file):
     flipped = flip_labels(colours)
     report = find_suspects(colours, "resnet18", str(resnet18_weights_file), folds=4, image_size=SIZE)
@@ -60,6 +61,7 @@ def test_flipped_labels_rank_first(colours, resnet18_weights_file):
     assert set(json.loads(json.dumps(report.to_json()))) >= {"suspects", "duplicates", "source"}
 
 
+@pytest.mark.slow
 def test_near_duplicate_copies_in_two_classes_are_a_pair(colours, resnet18_weights_file):
     original = np.asarray(Image.open(colours / "red" / "red_3.png")).astype(np.int16)
     nudged = np.clip(original + np.random.default_rng(1).integers(-2, 3, original.shape), 0, 255).astype(np.uint8)
@@ -71,6 +73,7 @@ def test_near_duplicate_copies_in_two_classes_are_a_pair(colours, resnet18_weigh
     assert report.duplicates[0][2] >= 0.9995
 
 
+@pytest.mark.slow
 def test_features_come_from_the_disk_cache_the_second_time(colours, resnet18_weights_file, monkeypatch):
     first = find_suspects(colours, "resnet18", str(resnet18_weights_file), folds=3, image_size=SIZE)
     calls = []
@@ -79,6 +82,7 @@ def test_features_come_from_the_disk_cache_the_second_time(colours, resnet18_wei
     assert calls == [] and second == first  # same features, same seeded folds: the same report
 
 
+@pytest.mark.slow
 def test_relabelling_10_files_needs_no_trunk_pass(colours, resnet18_weights_file, monkeypatch):
     real, computed = suspects.compute_features, []
 
@@ -286,6 +290,7 @@ def test_cli_relabel_exclude_undo_redo_one_line_each(colours, capsys):
     assert tree(colours) == original
 
 
+@pytest.mark.slow
 def test_cli_suspects_json(colours, resnet18_weights_file, capsys):
     flipped = flip_labels(colours)
     code, out, _ = run_cli(capsys, "suspects", "--data", colours, "--model", "resnet18", "--weights",
@@ -322,6 +327,7 @@ def test_cli_bad_input_is_one_line_exit_2(colours, capsys, args, message):
     assert tree(colours) == before
 
 
+@pytest.mark.slow
 def test_cli_bad_number_and_no_traceback_in_a_real_process(colours):
     proc = subprocess.run([sys.executable, "-m", "app", "suspects", "--data", str(colours), "--model", "resnet18",
                            "--folds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -90,6 +90,7 @@ def count_trunk_passes(monkeypatch) -> list[str]:
     return through_trunk
 
 
+@pytest.mark.slow
 def test_after_relabelling_ten_files_the_head_retrains_with_no_trunk_pass(tmp_path, resnet18_weights_file,
                                                                          monkeypatch, one_intra_op_thread):
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests
@@ -156,6 +157,7 @@ def menu_action(menu, text: str):
     return next(action for action in menu.actions() if action.text() == text)
 
 
+@pytest.mark.slow
 def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, window, tmp_path):
     from PySide6.QtCore import QItemSelectionModel
 
@@ -193,6 +195,7 @@ def test_gallery_images_moved_to_another_class_then_undone_and_redone(qtbot, win
     assert tree(data) == moved
 
 
+@pytest.mark.slow
 def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, window, tmp_path,
                                                                          resnet18_weights_file):
     data = tiny_dataset(tmp_path / "data")
@@ -230,6 +233,7 @@ def test_suspects_found_in_the_background_are_excluded_and_brought_back(qtbot, w
     assert tree(data) == original and [model.suspect(r)["path"] for r in (0, 1)] == [s["path"] for s in chosen]
 
 
+@pytest.mark.slow
 def test_opening_a_dataset_notes_what_a_crash_left_half_done_and_moves_nothing(qtbot, window, tmp_path, monkeypatch):
     from engine.curation import dataset_edits
 
@@ -265,6 +269,7 @@ def test_fold_scans_hold_every_image_out_once_with_every_class_in_every_fold(tmp
         assert len(fold.train) + len(fold.val) == 24
 
 
+@pytest.mark.slow
 def test_train_folds_reports_each_fold_and_mean_and_std_with_one_trunk_pass(tmp_path, resnet18_weights_file,
                                                                            monkeypatch, capsys, one_intra_op_thread):
     import json
@@ -356,6 +361,7 @@ def test_stop_ends_a_suspects_search_in_progress(qtbot, monkeypatch, tmp_path):
         tasks.shutdown()
 
 
+@pytest.mark.slow
 def test_images_are_not_moved_while_a_run_trains(qtbot, window, tmp_path):
     data = tiny_dataset(tmp_path / "data")
     original = tree(data)
@@ -559,6 +565,7 @@ def test_the_suspects_panel_asks_for_moves_and_exclusions_of_the_selected_rows(q
     assert excluded.args == [[str(tmp_path / "cat" / "b.png")]]
 
 
+@pytest.mark.slow
 def test_no_run_starts_while_suspects_are_being_found(qtbot, window, tmp_path, monkeypatch):
     from app.runs_controller import SEARCHING
 

@@ -219,6 +219,7 @@ def _one_process_batches(n: int, batch: int, seed: int, epoch: int) -> list[int]
     return sorted(torch.cat(rank_batches(epoch_order(n, seed, epoch), batch, 0, 1)).tolist())
 
 
+@pytest.mark.slow
 def test_each_epoch_of_a_recorded_run_sees_every_sample_once(two_rank_runs, colour_data):
     configs, reports = two_rank_runs
     train_images = 35  # 47 images, 12 of them validation
@@ -235,6 +236,7 @@ def test_each_epoch_of_a_recorded_run_sees_every_sample_once(two_rank_runs, colo
             assert [len(b) for b in per_rank[1][epoch]] == [4, 4, 4, 4]
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_the_run_folder(two_rank_runs):
     configs, reports = two_rank_runs
     folders = [c.out_dir for c in configs]
@@ -248,6 +250,7 @@ def test_only_rank_0_writes_the_run_folder(two_rank_runs):
         assert record["status"] == "finished" and record["processes"]["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_feature_extraction_leaves_every_frozen_tensor_bit_identical_on_both_ranks(two_rank_runs,
                                                                                    resnet18_weights_file):
     configs, reports = two_rank_runs
@@ -268,6 +271,7 @@ def test_feature_extraction_leaves_every_frozen_tensor_bit_identical_on_both_ran
     assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[1]["changed"] == []
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_trains_what_it_unfreezes_after_the_ddp_rewrap(two_rank_runs, resnet18_weights_file):
     configs, reports = two_rank_runs
     loaded = {k: fingerprint(v) for k, v in torch.load(resnet18_weights_file, weights_only=True).items()}
@@ -311,6 +315,7 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one(cli_runs):
     out, two, one, _, _ = cli_runs
     assert two.returncode == 0, two.stderr[-2000:]
@@ -332,6 +337,7 @@ def _predicted_paths(folder: Path) -> list[str]:
         return sorted(row["path"] for row in csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_rank_0_alone_streams_events_as_json_lines(cli_runs):
     _, two, _, _, _ = cli_runs
     events = [json.loads(line) for line in two.stdout.splitlines()]
@@ -343,6 +349,7 @@ def test_rank_0_alone_streams_events_as_json_lines(cli_runs):
     assert "Traceback" not in two.stderr
 
 
+@pytest.mark.slow
 def test_a_two_process_run_continues_in_one_process(cli_runs):
     out, two, _, resumed, _ = cli_runs
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -355,6 +362,7 @@ def test_a_two_process_run_continues_in_one_process(cli_runs):
     assert events[-1]["epochs_run"] == 2  # the two processes' part
 
 
+@pytest.mark.slow
 def test_a_one_process_run_continues_in_two(cli_runs):
     out, _, one, _, resumed_in_two = cli_runs
     assert resumed_in_two.returncode == 0, resumed_in_two.stderr[-2000:]
@@ -463,6 +471,7 @@ def _train_where_rank_1_fails_alone() -> int:
     return app.cli.main(sys.argv[1:])
 
 
+@pytest.mark.slow
 def test_train_nproc_names_the_rank_that_failed_alone(tmp_path, colour_data, isolated_env):
     args = ["train", "--data", str(colour_data), "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "r")]
     code = f"import sys; from engine.distributed.launch import launch_local; sys.exit(launch_local(2, 'tests.test_distributed', {args!r}))"
@@ -475,6 +484,7 @@ def test_train_nproc_names_the_rank_that_failed_alone(tmp_path, colour_data, iso
     assert len(lines) == 1 or lines[0].startswith("transfer-studio: error: another process of this run failed (")
 
 
+@pytest.mark.slow
 def test_bad_distributed_input_is_one_line_and_exit_2(tmp_path, colour_data, isolated_env):
     for args, message in ((["--nproc", "2", "--batch-size", "7"], "multiple of 2"),
                           (["--nproc", "2", "--weights", str(tmp_path / "missing.pth")], "missing.pth"),
@@ -578,6 +588,7 @@ def test_rank_weights_make_the_ddp_mean_the_global_batch_mean():
         assert torch.allclose(sum(means) / world, global_mean)
 
 
+@pytest.mark.slow
 def test_adapted_trunk_features_validate_every_image_once(two_rank_runs, isolated_env, tmp_path):
     """After AdaBN each rank computes the whole validation set's features and takes its share of
     them: all 12 images counted, as one process counts them; rank 0 alone saves the feature set
@@ -598,6 +609,7 @@ def test_adapted_trunk_features_validate_every_image_once(two_rank_runs, isolate
     assert len(saved) == 2 and all(len(s["val"][1]) == 12 and len(s["train"][1]) == 35 for s in saved)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_head_as_one_process_does(two_rank_runs, tmp_path):
     """On cached features (no BatchNorm in play, fp32) two ranks and one process take the same
     steps: the same losses, up to float summation order."""

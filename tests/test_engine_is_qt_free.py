@@ -1,9 +1,11 @@
 import subprocess
+import pytest
 import sys
 
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_engine_imports_no_qt_in_a_fresh_interpreter():
     code = (
         "import sys, pkgutil, importlib, engine\n"

@@ -72,6 +72,7 @@ def huge_logits(tmp_path_factory):
     return save_checkpoint(built, tmp_path_factory.mktemp("huge")), batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pt", "onnx"])
 def test_a_model_with_huge_logits_passes_the_gate(huge_logits, fmt, tmp_path):
     checkpoint, batch = huge_logits
@@ -156,6 +157,7 @@ def assert_predicts_as_load_classifier(model: torch.nn.Module, checkpoint: Path,
     assert torch.equal(theirs.argmax(1), ours.argmax(1))
 
 
+@pytest.mark.slow
 def test_the_readme_snippet_rebuilds_the_model(trained_like):
     checkpoint, size = trained_like
     scope: dict = {}
@@ -163,6 +165,7 @@ def test_the_readme_snippet_rebuilds_the_model(trained_like):
     assert_predicts_as_load_classifier(scope["model"], checkpoint, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_the_export_dialogs_snippet_rebuilds_the_model(trained_like, fmt, tmp_path, monkeypatch):
     from widgets.export_dialog import loading_snippet
@@ -191,6 +194,7 @@ def test_the_checkpoint_carries_the_constructor_arguments(trained_like):
     assert hasattr(ckpt["model"], "_metadata")  # module versions, which plain MNASNet checks
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_model_kwargs_still_loads(trained_like, tmp_path):
     checkpoint, size = trained_like
     old = torch.load(checkpoint, weights_only=True)

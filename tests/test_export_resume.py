@@ -26,6 +26,7 @@ def trained(tmp_path_factory, demo_dir):
     return out / "checkpoint.pt"
 
 
+@pytest.mark.slow
 def test_all_formats_pass_the_parity_gate_and_load_in_their_runtimes(trained, tmp_path, demo_dir):
     batch = parity_batch(trained, limit=8)
     assert batch.shape[0] == 8  # validation images of the run's own dataset
@@ -54,6 +55,7 @@ def test_all_formats_pass_the_parity_gate_and_load_in_their_runtimes(trained, tm
     assert abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_torchscript_runs_without_this_project(trained, tmp_path):
     path = export(trained, "torchscript", tmp_path / "m.torchscript.pt", parity_batch(trained, 4)).path
     code = ("import sys, torch; sys.modules['engine'] = None; sys.modules['app'] = None\n"
@@ -79,6 +81,7 @@ def test_parity_gate_fails_loudly(trained, tmp_path, monkeypatch):
     assert not json.loads((tmp_path / "bad.safetensors.parity.json").read_text())["passed"]
 
 
+@pytest.mark.slow
 def test_predict_top1_agrees_across_formats(trained, tmp_path, demo_dir, capsys):
     assert main(["export", str(trained), "--out", str(tmp_path / "exports"), "--json"]) == 0
     paths = [p["path"] for p in json.loads(capsys.readouterr().out)]
@@ -91,6 +94,7 @@ def test_predict_top1_agrees_across_formats(trained, tmp_path, demo_dir, capsys)
     assert all(a == answers[0] for a in answers)
 
 
+@pytest.mark.slow
 def test_resume_continues_numbering_and_matches_the_uninterrupted_run(demo_dir, tmp_path):
     plan = PlanConfig(strategy="gradual")  # also exercises groups added mid-run
     fit(make_config(demo_dir, tmp_path / "whole", epochs=3, plan=plan, augment="standard"))
@@ -114,6 +118,7 @@ def test_resume_continues_numbering_and_matches_the_uninterrupted_run(demo_dir, 
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_by_predict_export_and_resume(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
 

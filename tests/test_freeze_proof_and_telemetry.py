@@ -47,6 +47,7 @@ def test_feature_extraction_checks_every_backbone_tensor_and_telemetry_shows_onl
     assert all(layers[name]["zero_grad_fraction"] == 1.0 for name in frozen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tensor", ["layer1.0.conv1.weight", "layer2.1.bn2.running_mean"])
 def test_a_frozen_tensor_changed_from_outside_is_caught_at_the_end_of_that_epoch(
         demo_dir, tmp_path, resnet18_weights_file, tensor, monkeypatch):
@@ -140,6 +141,7 @@ def test_stop_while_trunk_features_are_computed_ends_as_stopped(demo_dir, tmp_pa
     assert "Computing training features" in callbacks.seen
 
 
+@pytest.mark.slow
 def test_stop_while_images_decode_takes_effect_at_once(tmp_path):
     from engine.data.demo import write_demo_dataset
 
@@ -155,6 +157,7 @@ def test_stop_while_images_decode_takes_effect_at_once(tmp_path):
 # --- the run folder --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_resume_file_of_an_unknown_version_is_refused_with_one_line(demo_dir, tmp_path, capsys):
     run = tmp_path / "run"
     fit(make_config(demo_dir, run, epochs=1))
@@ -181,6 +184,7 @@ def test_latest_run_is_found_again(demo_dir, tmp_path):
     assert latest_run(tmp_path / "none") is None
 
 
+@pytest.mark.slow
 def test_continuing_a_finished_run_starts_a_new_schedule_segment(demo_dir, tmp_path, resnet18_weights_file):
     run = tmp_path / "run"
     first = Recorder()
@@ -197,6 +201,7 @@ def test_continuing_a_finished_run_starts_a_new_schedule_segment(demo_dir, tmp_p
 # --- the CLI: flags over a project file ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flags_given_with_a_project_override_its_values(demo_dir, tmp_path, capsys):
     project = tmp_path / "p.tsproj.json"
     save_project(project, make_config(demo_dir, tmp_path / "unused", epochs=3))

@@ -292,6 +292,7 @@ def test_guidance_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
 # --- the schedule before it runs -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_schedule_preview_equals_the_logged_lrs_of_a_gradual_warmed_up_cosine_run(tiny_dir, tmp_path, capsys):
     config = RunConfig(data=DataConfig(root=str(tiny_dir), image_size=32, augment="none", decoded_cache_mb=16),
                        model=ModelConfig("resnet18", "none"), plan=PlanConfig("gradual", 1e-3),

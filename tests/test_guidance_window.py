@@ -128,6 +128,7 @@ def _wait_advice(qtbot, win, weights: str) -> Advice:
     return card.advice
 
 
+@pytest.mark.slow
 def test_advice_card_applies_undoably_and_never_over_the_persons_edits(qtbot, window, tiny_dir):
     session, card = window.session, window.data_panel.advice_card
     session.settings.update_data({"augment": "standard"})
@@ -159,6 +160,7 @@ def test_advice_card_applies_undoably_and_never_over_the_persons_edits(qtbot, wi
     assert later.strategy == "fine-tune" and session.config().plan == edited
 
 
+@pytest.mark.slow
 def test_the_demo_opened_first_follows_the_advice_visibly_and_undoably(qtbot, window):
     session, card = window.session, window.data_panel.advice_card
     session.settings.update_data({"augment": "standard"})  # a data setting, not a plan edit
@@ -176,6 +178,7 @@ def test_the_demo_opened_first_follows_the_advice_visibly_and_undoably(qtbot, wi
     assert session.config().data.augment == "standard" and not card.note.isVisible()
 
 
+@pytest.mark.slow
 def test_lr_finder_from_the_window_scales_every_lr_and_keeps_the_ratios(qtbot, window, tiny_dir):
     session, tree = window.session, window.model_panel.tree_model
     session.settings.set_weights("none")
@@ -204,6 +207,7 @@ def _planned_values(plots) -> dict[str, list[float]]:
     return {name: list(curve.yData) for name, curve in plots.planned_curves().items()}  # as given, not log10
 
 
+@pytest.mark.slow
 def test_planned_lrs_are_drawn_dashed_before_start_and_the_run_draws_over_them(qtbot, window, tiny_dir):
     session, plots = window.session, window.plots
     session.settings.set_weights("none")

@@ -157,6 +157,7 @@ def test_an_unwritable_cache_folder_is_done_without(kind, tmp_path, monkeypatch)
     assert len(scan_dataset(demo).train) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_training_without_a_writable_cache_folder_ends_with_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(_unwritable_cache("a file in its place", tmp_path)))
@@ -217,6 +218,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("content", BAD_FILES)
 @pytest.mark.parametrize("role", ["checkpoint", "weights", "cached ImageNet file", "resume.pt"])

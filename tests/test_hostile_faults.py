@@ -96,6 +96,7 @@ def test_batch_size_one_with_a_model_that_cannot_be_built_names_the_model_proble
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("source", [[], ["--no-feature-cache"]], ids=["cached features", "images, BatchNorm frozen"])
 def test_batch_size_one_trains_when_no_batchnorm_trains(source, tmp_path, capsys):
@@ -241,6 +242,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_onto_a_full_disk_leaves_nothing(fmt, checkpoint, small_disk, capsys):
@@ -283,6 +285,7 @@ def _fill_disk_midway(monkeypatch, room: int = 1000) -> None:
     monkeypatch.setattr(os, "fdopen", fdopen)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_failing_midway_keeps_the_previous_export_and_no_partial_file(fmt, checkpoint, tmp_path,

@@ -68,6 +68,7 @@ def csv_rows(path: Path) -> list[dict]:
 # --- records written during training ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_both_batch_sources_record_every_validation_image_in_scan_order(runs):
     data, features_run, images_run = runs
     scan = scan_dataset(data, 0.2, 0)
@@ -93,6 +94,7 @@ def test_both_batch_sources_record_every_validation_image_in_scan_order(runs):
     assert np.allclose([float(r["loss"]) for r in a], [float(r["loss"]) for r in b], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_run_agrees_with_its_predictions_file(runs, capsys):
     _, run, _ = runs
     rows = csv_rows(RunFolder(run).predictions_path)
@@ -200,6 +202,7 @@ class _Probe(Callbacks):
         self.action()
 
 
+@pytest.mark.slow
 def test_status_says_failed_or_stopped_and_in_use_while_running(isolated, tmp_path):
     data = write_demo_dataset(tmp_path / "d", classes=2, per_class=5, size=32, seed=0)
     failing = RunFolder(tmp_path / "failing")
@@ -229,6 +232,7 @@ def test_status_says_failed_or_stopped_and_in_use_while_running(isolated, tmp_pa
 # --- Grad-CAM ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_layer_exists_in_every_offered_architecture(monkeypatch):
     # RegNet computes its stage widths with tensors and reads them back: that part runs on the CPU.
     widths = regnet.BlockParams.from_init_params.__func__
@@ -309,6 +313,7 @@ def mark_model(isolated):
     return checkpoint, val, marks
 
 
+@pytest.mark.slow
 def test_heat_lies_on_the_mark(mark_model):
     checkpoint, val, marks = mark_model
     classifier = load_classifier(checkpoint)
@@ -324,6 +329,7 @@ def test_heat_lies_on_the_mark(mark_model):
     assert hits >= 0.75 * len(val)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(37, 91), (120, 33)])
 def test_maps_fit_odd_images_and_change_no_weight(mark_model, tmp_path, size):
     checkpoint, _, _ = mark_model
@@ -364,6 +370,7 @@ def test_maps_fit_odd_images_and_change_no_weight(mark_model, tmp_path, size):
     assert picture.mode == "RGB" and picture.size == size
 
 
+@pytest.mark.slow
 def test_explain_command_writes_maps_and_refuses_bad_input(mark_model, tmp_path, capsys):
     checkpoint, val, _ = mark_model
     images = [str(val[0][0]), str(val[-1][0])]  # blue/0.png, red/7.png

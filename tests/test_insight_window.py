@@ -4,6 +4,7 @@ says it."""
 
 from __future__ import annotations
 
+import pytest
 import json
 import random
 from dataclasses import replace
@@ -61,6 +62,7 @@ def matrix_counts(model) -> list[list[int]]:
     return [[model.index(r, c).data() for c in range(model.columnCount())] for r in range(model.rowCount())]
 
 
+@pytest.mark.slow
 def test_after_a_short_run_the_matrix_counts_the_validation_set_and_a_cell_shows_its_images(qtbot, window, demo_dir):
     started, result = train(qtbot, window, demo_dir)
     insight = window.insight
@@ -109,6 +111,7 @@ def test_after_a_short_run_the_matrix_counts_the_validation_set_and_a_cell_shows
     assert abs(sum(p for _, p in bars.top()) - 1.0) < 1e-3  # 4 classes, top 5: every probability
 
 
+@pytest.mark.slow
 def test_a_new_window_lists_the_earlier_run_and_continues_and_exports_it(qtbot, tmp_path, demo_dir):
     first = window_with_private_settings(tmp_path / "app")
     qtbot.addWidget(first)
@@ -296,6 +299,7 @@ def test_delete_removes_only_a_run_folder_that_nothing_trains(qtbot, tmp_path):
         tasks.shutdown()
 
 
+@pytest.mark.slow
 def test_a_selected_past_run_shows_its_plan_read_only_until_its_configuration_is_used(qtbot, tmp_path, demo_dir):
     root = tmp_path / "app" / "runs"
     plan = PlanConfig("discriminative", 2e-3, edits=(PlanEdit("layer1", frozen=True),))

@@ -35,6 +35,7 @@ def wait_for_epochs(folder: RunFolder, epochs: int, process: subprocess.Popen) -
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_runs_always_resume_cleanly(demo_dir, tmp_path):
     rng = random.Random(0)

@@ -146,6 +146,7 @@ def test_the_lr_editor_commits_what_was_typed_and_only_when_edited(qtbot, tree):
     assert tree.index_for("layer3", LR).data(EDIT) == pytest.approx(2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, reason", [("abc", "not a number"), ("0", "out of range"), ("50", "out of range"),
                                           ("-1e-3", "out of range"), ("inf", "not a learning rate")])
 def test_refused_lr_input_says_why_and_the_valid_range(qtbot, tree, text, reason):

@@ -38,6 +38,7 @@ class StopAfterEpoch(Callbacks):
             self.control.stop()
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_patience_used_stops_where_the_uninterrupted_run_stopped(demo_dir, tmp_path):
     whole = fit(early_stopping_config(demo_dir, tmp_path / "whole"))
     stop = whole.epochs_run

@@ -125,6 +125,7 @@ print(worker_start_method())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods(),
                     reason="fork is not offered here")
 def test_without_qt_and_with_one_thread_the_cli_keeps_fork():
@@ -138,6 +139,7 @@ def test_without_qt_and_with_one_thread_the_cli_keeps_fork():
 # --- the same batches, however workers start ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", SAFE_METHODS)
 def test_workers_that_are_not_forked_yield_the_batches_of_no_workers(method, started_with, cached_dataset):
     """The dataset, its decoded cache, transform and collate cross to the workers pickled."""
@@ -168,6 +170,7 @@ def test_a_decoded_cache_crosses_to_workers_as_one_shared_block(cached_dataset):
 # --- a worker that dies -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, method, cause", [
     ("kill", SAFE_METHODS[-1], "killed by signal 9"),  # spawn: the worker is this process's child
     ("exit", SAFE_METHODS[0], "exit code 1"),  # forkserver: the worker is the server's child

@@ -70,6 +70,7 @@ def stop_and_wait(qtbot, win):
     return stopped.args[0]
 
 
+@pytest.mark.slow
 def test_object_names_exist(window):
     for name in REQUIRED:
         find(window, name)
@@ -77,6 +78,7 @@ def test_object_names_exist(window):
     assert find(window, "layerTree").model().headerData(LR, Qt.Orientation.Horizontal) == "LR"
 
 
+@pytest.mark.slow
 def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resnet18_weights_file):
     """As a new user: demo dataset, feature extraction, then discriminative LRs; what the window
     says is what the engine trained."""
@@ -106,6 +108,7 @@ def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resn
     assert not torch.equal(ckpt["model"]["conv1.weight"], source["conv1.weight"])  # now it trained
 
 
+@pytest.mark.slow
 def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, resnet18_weights_file):
     open_demo(qtbot, window, demo_dir, epochs=1, weights=str(resnet18_weights_file))
     find(window, "presetFineTune").click()
@@ -121,6 +124,7 @@ def test_checkbox_in_the_window_reaches_the_trainer(qtbot, window, demo_dir, res
     assert not torch.equal(ckpt["layer2.0.conv1.weight"], source["layer2.0.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir, epochs=3)
     find(window, "presetFineTune").click()
@@ -167,6 +171,7 @@ def test_start_stop_restart_export_continue(qtbot, window, demo_dir, tmp_path):
     assert resumed.args[0].epochs_run == 3 and resumed.args[0].run_dir == result.run_dir
 
 
+@pytest.mark.slow
 def test_after_a_restart_continue_and_export_find_the_latest_run(qtbot, tmp_path, demo_dir):
     first = window_with_private_settings(tmp_path / "app")
     qtbot.addWidget(first)
@@ -194,6 +199,7 @@ def test_after_a_restart_continue_and_export_find_the_latest_run(qtbot, tmp_path
         again.close()
 
 
+@pytest.mark.slow
 def test_pause_stays_shown_while_the_last_batch_reports(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=2)
     start_and_wait_for_a_batch(qtbot, window)
@@ -210,6 +216,7 @@ def test_pause_stays_shown_while_the_last_batch_reports(qtbot, window, demo_dir)
     assert done.args[0].stopped == "completed"
 
 
+@pytest.mark.slow
 def test_a_batch_event_does_not_overwrite_paused(window):
     panel = window.training_panel
     panel.show_paused(True)
@@ -218,6 +225,7 @@ def test_a_batch_event_does_not_overwrite_paused(window):
     assert panel.progress.format().startswith("Paused · Epoch 1/2")
 
 
+@pytest.mark.slow
 def test_a_running_configuration_is_shown_read_only_and_saved(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir, epochs=50)
     find(window, "presetFineTune").click()
@@ -242,6 +250,7 @@ def test_a_running_configuration_is_shown_read_only_and_saved(qtbot, window, dem
     assert find(window, "modelCombo").isEnabled() and find(window, "imageSizeSpin").isEnabled()
 
 
+@pytest.mark.slow
 def test_another_dataset_or_model_clears_the_last_run(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir, epochs=1)
     run_to_end(qtbot, window)
@@ -262,6 +271,7 @@ def test_another_dataset_or_model_clears_the_last_run(qtbot, window, demo_dir, t
     assert not find(window, "exportButton").isEnabled() and window.run_label.text() == "No run yet"
 
 
+@pytest.mark.slow
 def test_a_failed_start_names_no_folder_and_offline_weights_say_so(qtbot, window, demo_dir, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -278,6 +288,7 @@ def test_a_failed_start_names_no_folder_and_offline_weights_say_so(qtbot, window
     assert "could not be downloaded" in find(window, "weightsCombo").toolTip()
 
 
+@pytest.mark.slow
 def test_feature_extraction_on_random_weights_is_warned(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir)
     warning = find(window, "modelWarningLabel")
@@ -289,6 +300,7 @@ def test_feature_extraction_on_random_weights_is_warned(qtbot, window, demo_dir)
     assert warning.isHidden()
 
 
+@pytest.mark.slow
 def test_integrity_failure_keeps_its_red_badges(qtbot, window, demo_dir, monkeypatch):
     from engine.training.integrity import FreezeIntegrity
 
@@ -333,6 +345,7 @@ def test_errors_show_in_the_window_not_as_a_crash(qtbot, window, tmp_path):
     assert "cannot be used" in text and "at least 2 class" in text and "Choose a dataset" not in text
 
 
+@pytest.mark.slow
 def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=30)
     find(window, "presetFineTune").click()
@@ -350,6 +363,7 @@ def test_nan_loss_is_reported_in_the_window(qtbot, window, demo_dir):
     assert find(window, "startButton").isEnabled()
 
 
+@pytest.mark.slow
 def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir)
     choose(find(window, "modelCombo"), "resnet34")
@@ -381,6 +395,7 @@ def test_project_round_trip_restores_everything(qtbot, window, demo_dir, tmp_pat
     assert find(window, "epochsSpin").value() == 7 and find(window, "imageSizeSpin").value() == 112
 
 
+@pytest.mark.slow
 def test_a_bad_project_changes_nothing(qtbot, window, demo_dir, tmp_path):
     open_demo(qtbot, window, demo_dir)
     before = window.session.config()
@@ -397,6 +412,7 @@ def test_a_bad_project_changes_nothing(qtbot, window, demo_dir, tmp_path):
         assert window.windowTitle() == "Transfer Studio"
 
 
+@pytest.mark.slow
 def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=2, size=32)
     find(window, "presetFineTune").click()
@@ -423,6 +439,7 @@ def test_the_gui_thread_never_stalls_during_training(qtbot, window, demo_dir):
     assert gaps[-1] < 1000, f"longest GUI-thread stall {gaps[-1]} ms"
 
 
+@pytest.mark.slow
 def test_closing_during_training_stops_and_joins_the_thread(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir, epochs=50)
     find(window, "presetFineTune").click()
@@ -436,6 +453,7 @@ def test_closing_during_training_stops_and_joins_the_thread(qtbot, window, demo_
     assert len(folder.read_metrics()) < 50  # it did stop early
 
 
+@pytest.mark.slow
 def test_the_window_fits_a_small_screen(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir)
     hint = window.minimumSizeHint()
@@ -460,6 +478,7 @@ def test_the_class_table_shows_many_classes_and_long_names(qtbot, window, tmp_pa
     qtbot.waitUntil(lambda: model.index(0, 3).data(Qt.ItemDataRole.DecorationRole) is not None, timeout=10_000)
 
 
+@pytest.mark.slow
 def test_the_weights_combo_offers_only_files_that_load(qtbot, window, demo_dir, tmp_path, resnet18_weights_file):
     open_demo(qtbot, window, demo_dir)
     window.session.settings.set_weights(str(resnet18_weights_file))
@@ -480,6 +499,7 @@ def test_the_weights_combo_offers_only_files_that_load(qtbot, window, demo_dir, 
     assert combo.currentData() == str(resnet18_weights_file)  # back to the file that worked
 
 
+@pytest.mark.slow
 def test_the_image_size_is_checked_for_the_architecture(qtbot, window, demo_dir):
     from engine.model.architectures import min_image_size
 
@@ -536,6 +556,7 @@ def test_gui_command_opens_the_window_on_a_folder(qtbot, demo_dir, tmp_path, mon
     assert seen == {"folder": str(demo_dir), "classes": 4}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native", [True, False])
 def test_the_status_bar_says_which_precision_a_cpu_run_will_use(qtbot, window, demo_dir, monkeypatch, native):
     monkeypatch.setattr("engine.model.devices.cpu_has_native_bf16", lambda: native)
@@ -547,6 +568,7 @@ def test_the_status_bar_says_which_precision_a_cpu_run_will_use(qtbot, window, d
     assert find(window, "precisionStatusLabel").text() == f"Mixed precision: {'bf16' if native else 'off'}"
 
 
+@pytest.mark.slow
 def test_adapting_normalization_statistics_shows_in_the_summary_and_the_tree(qtbot, window, demo_dir):
     open_demo(qtbot, window, demo_dir)
     summary = find(window, "trainableSummaryLabel")

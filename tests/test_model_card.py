@@ -26,6 +26,7 @@ def exported(checkpoint, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_every_export_has_a_card_in_json_and_markdown(exported):
     for name in ("checkpoint.onnx", "checkpoint.safetensors"):
         card = json.loads((exported / f"{name}.card.json").read_text())
@@ -34,6 +35,7 @@ def test_every_export_has_a_card_in_json_and_markdown(exported):
         assert card["parity"] == json.loads((exported / f"{name}.parity.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_cards_figures_equal_those_recomputed_from_the_files(checkpoint, exported):
     card = json.loads((exported / "checkpoint.onnx.card.json").read_text())
     ckpt = load_checkpoint(checkpoint)

@@ -10,6 +10,7 @@ from engine.model.architectures import FEATURED_ARCHS, build_model, weights_cach
 from tests.conftest import place_imagenet_weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", FEATURED_ARCHS)
 def test_state_dict_keys_equal_plain_torchvision(arch):
     built = build_model(arch, 7, "none")

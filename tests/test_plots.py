@@ -60,6 +60,7 @@ def test_a_warm_up_lr_of_zero_is_not_drawn_on_the_log_axis(plots):
     assert plots._lr_series["fc"].size == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [10, 20, 40])
 def test_every_lr_group_has_its_own_colour(qtbot, plots, n):
     plots.add_batch(batch(1, groups(n)))
@@ -87,6 +88,7 @@ def _overlap(a, b) -> float:
     return max(0.0, both.width()) * max(0.0, both.height())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 6, 10, 20])
 def test_legends_stay_off_the_data(qtbot, plots, n):
     for step in range(1, 50):

@@ -1,6 +1,7 @@
 """Runs of several processes from the window: rank 0's events read back as the engine's own
 dataclasses, and Pause/Stop through the control file every rank reads."""
 
+import pytest
 import io
 import threading
 import time
@@ -76,6 +77,7 @@ def _find(win, name):
     return widget
 
 
+@pytest.mark.slow
 def test_window_trains_as_two_processes_pauses_and_stops_cleanly(qtbot, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)

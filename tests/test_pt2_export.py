@@ -44,6 +44,7 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_pt2_passes_the_parity_gate_and_loads_in_a_fresh_interpreter(trained, registry, tmp_path, capsys):
     out = tmp_path / "model.pt2"
     assert main(["export", str(trained), "--format", "pt2", "--out", str(out), "--parity-images", "4", "--json"]) == 0
@@ -75,6 +76,7 @@ def test_pt2_passes_the_parity_gate_and_loads_in_a_fresh_interpreter(trained, re
     assert result["classes"] == classifier.class_names and result["crop"] == classifier.preprocessing.crop
 
 
+@pytest.mark.slow
 def test_the_export_dialogs_pt2_snippet_runs(trained, data, registry, tmp_path):
     from widgets.export_dialog import loading_snippet
 
@@ -90,6 +92,7 @@ def test_the_export_dialogs_pt2_snippet_runs(trained, data, registry, tmp_path):
     assert done.stdout.strip() in classifier.class_names
 
 
+@pytest.mark.slow
 def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp_path, monkeypatch, capsys):
     image = str(next(data.glob("*/*.png")))
     # Exported while the registry was elsewhere: this installation's registry never saw it.
@@ -129,6 +132,7 @@ def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp
     assert json.loads(capsys.readouterr().out)[0]["top_k"][0]["class"] in ("x", "y", "z")
 
 
+@pytest.mark.slow
 def test_a_pt2_that_fails_the_parity_gate_is_not_trusted(trained, registry, tmp_path):
     out = tmp_path / "model.pt2"
     # A negative tolerance: no file can pass, so the gate fails after the file was written and loaded back.
@@ -163,6 +167,7 @@ def test_a_damaged_trusted_pt2_is_one_line(registry, tmp_path, capsys):
     assert "not a valid pt2 file" in _one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_a_hostile_trusted_pt2_is_one_line_without_torchs_logged_traceback(trained, registry, tmp_path, capsys):
     """A real archive whose sample inputs need a full unpickling: torch's deserializer logs a whole
     traceback while it falls back (issue 22, item 14); the command still says one line."""

@@ -27,6 +27,7 @@ ROUNDED = {"seconds": 4, "images_per_second": 2, "data_seconds": 4, "compute_sec
 # --- when a run started ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_records_its_start_keeps_it_when_continued_and_the_runs_list_shows_it(demo_dir, tmp_path):
     out = tmp_path / "run"
     before = time.strftime(STARTED_FORMAT)

@@ -17,6 +17,7 @@ from engine.training.trainer import fit
 from tests.helpers import Recorder, make_config
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_finished_run_folder_is_refused_and_changes_nothing(demo_dir, tmp_path, capsys):
     run = tmp_path / "run"
     fit(make_config(demo_dir, run, epochs=1))
@@ -38,6 +39,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_the_first_failed_save_stops_the_run_with_one_line(demo_dir, tmp_path, monkeypatch):
     real_save = checkpoint.atomic_torch_save
     writes = []
@@ -87,6 +89,7 @@ def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "nan" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_keeps_one_metrics_line_per_epoch_and_no_partial_files(demo_dir, tmp_path):
     run = tmp_path / "run"
     fit(make_config(demo_dir, run, epochs=1))
@@ -106,6 +109,7 @@ def test_resume_before_the_first_epoch_ended_says_what_to_do(demo_dir, tmp_path)
         fit(make_config(demo_dir, run.path, epochs=2), resume=True)
 
 
+@pytest.mark.slow
 def test_resume_after_a_class_folder_was_added_is_refused(demo_dir, tmp_path):
     import shutil
 
@@ -124,6 +128,7 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_export_never_overwrites_its_checkpoint_and_checks_parity_by_the_format_written(demo_dir, tmp_path, capsys):
     run = tmp_path / "run"
     fit(make_config(demo_dir, run, epochs=1))

@@ -102,6 +102,7 @@ def test_a_garbage_weights_file_is_one_line_and_not_offered(qtbot, session, demo
     assert session.settings.weights_files == [] and session.config().model.weights == "imagenet"
 
 
+@pytest.mark.slow
 def test_good_weights_files_are_kept_few(qtbot, session, demo_dir, tmp_path, resnet18_weights_file):
     open_and_wait(qtbot, session, demo_dir)
     state = torch.load(resnet18_weights_file, weights_only=True)
@@ -155,6 +156,7 @@ def test_a_weights_file_is_checked_again_for_another_architecture(qtbot, session
     assert "does not fit" in errors[0] and session.config().model.weights == "imagenet"
 
 
+@pytest.mark.slow
 def test_garbage_is_collected_on_the_gui_thread_only_while_a_window_lives(qtbot, window):
     # A Qt wrapper collected on the training thread deadlocks against the GUI thread (seen in CI):
     # automatic collection is off while the window lives and the GUI thread collects instead.

@@ -85,6 +85,7 @@ def place_in_hf_cache(name: str, source: Path) -> Path:
 # --- every family, end to end ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", FAMILIES)
 def test_family_builds_offline_trains_exports_and_reloads_in_plain_timm(name, size, demo_dir, tmp_path):
     arch = "timm:" + name

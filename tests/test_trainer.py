@@ -14,6 +14,7 @@ from engine.training.trainer import fit
 from tests.helpers import Recorder, make_config
 
 
+@pytest.mark.slow
 def test_two_epochs_write_a_plain_torchvision_checkpoint_and_metrics(demo_dir, tmp_path):
     recorder = Recorder()
     result = fit(make_config(demo_dir, tmp_path / "run"), recorder)
@@ -36,6 +37,7 @@ def test_two_epochs_write_a_plain_torchvision_checkpoint_and_metrics(demo_dir, t
     assert sum(map(sum, recorder.epochs[0].confusion_matrix)) == 12  # the validation images: round(16 * 0.2) per class
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feature_cache", [True, False])
 def test_feature_extraction_keeps_every_backbone_tensor_bit_identical(demo_dir, tmp_path, resnet18_weights_file,
                                                                       feature_cache):
@@ -53,6 +55,7 @@ def test_feature_extraction_keeps_every_backbone_tensor_bit_identical(demo_dir, 
     assert not torch.equal(saved["fc.bias"], torch.zeros(4))
 
 
+@pytest.mark.slow
 def test_feature_cache_gives_the_same_accuracy_as_the_uncached_path(demo_dir, tmp_path, resnet18_weights_file):
     accuracies = []
     for cached in (True, False):
@@ -63,6 +66,7 @@ def test_feature_cache_gives_the_same_accuracy_as_the_uncached_path(demo_dir, tm
     assert accuracies[0] == pytest.approx(accuracies[1], abs=1 / 16 + 1e-9)  # at most one image apart
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_adds_groups_mid_run(demo_dir, tmp_path):
     recorder = Recorder()
     fit(make_config(demo_dir, tmp_path / "g", epochs=3, plan=PlanConfig(strategy="gradual")), recorder)
@@ -71,6 +75,7 @@ def test_gradual_unfreezing_adds_groups_mid_run(demo_dir, tmp_path):
     assert recorder.epochs[1].newly_unfrozen and len(recorder.epochs[2].lr) > len(recorder.epochs[0].lr)
 
 
+@pytest.mark.slow
 def test_cpu_training_is_reproducible(demo_dir, tmp_path):
     states = []
     for name in ("a", "b"):
@@ -79,6 +84,7 @@ def test_cpu_training_is_reproducible(demo_dir, tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@pytest.mark.slow
 def test_stop_takes_effect_within_one_batch_and_pause_blocks(demo_dir, tmp_path):
     control = TrainingControl()
 
@@ -107,6 +113,7 @@ def test_stop_takes_effect_within_one_batch_and_pause_blocks(demo_dir, tmp_path)
     thread.join()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(demo_dir, tmp_path):
     class PoisonSecondEpoch(Callbacks):
         def __init__(self):
@@ -142,6 +149,7 @@ def test_plan_edits_reach_the_optimizer(demo_dir, tmp_path):
     assert recorder.epochs[0].trainable_params == 11_178_564 - 147_968
 
 
+@pytest.mark.slow
 def test_trunk_features_are_reused_from_the_disk_cache_until_a_file_changes(demo_dir, tmp_path, resnet18_weights_file,
                                                                           monkeypatch):
     import os
@@ -165,6 +173,7 @@ def test_trunk_features_are_reused_from_the_disk_cache_until_a_file_changes(demo
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_compile_option_trains_through_the_compiled_module(demo_dir, tmp_path, monkeypatch):
     compiled = []
     real_compile = torch.compile

@@ -73,6 +73,7 @@ def preview(qtbot, win, path: Path) -> None:
 
 # --- 5: a past run's preview ends with another dataset or an edit ----------------------------------------
 
+@pytest.mark.slow
 def test_opening_another_dataset_or_editing_ends_a_past_runs_preview(qtbot, window, demo_dir, trained_run,
                                                                     other_dataset):
     window.open_folder(str(demo_dir))
@@ -97,6 +98,7 @@ def test_opening_another_dataset_or_editing_ends_a_past_runs_preview(qtbot, wind
 
 # --- 6: stale results -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_another_dataset_drops_the_insight_of_a_run_of_the_one_before(qtbot, window, demo_dir, trained_run,
                                                                       other_dataset):
     window.open_folder(str(demo_dir))
@@ -114,6 +116,7 @@ def test_another_dataset_drops_the_insight_of_a_run_of_the_one_before(qtbot, win
     assert insight.matrix_model.rowCount() == 0
 
 
+@pytest.mark.slow
 def test_deleting_the_shown_run_forgets_it(qtbot, window, demo_dir, trained_run):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
@@ -128,6 +131,7 @@ def test_deleting_the_shown_run_forgets_it(qtbot, window, demo_dir, trained_run)
     assert window.insight.matrix_model.rowCount() == 0
 
 
+@pytest.mark.slow
 def test_a_good_project_and_a_blank_folder_replace_the_last_error(qtbot, window, demo_dir, tmp_path):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
@@ -150,6 +154,7 @@ def test_a_good_project_and_a_blank_folder_replace_the_last_error(qtbot, window,
 
 # --- 8: a restart shows the latest run with an epoch ------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_restart_shows_the_latest_run_that_completed_an_epoch(qtbot, window, trained_run):
     runs = window.session.runs_root
     runs.mkdir(parents=True, exist_ok=True)
@@ -170,6 +175,7 @@ def test_a_restart_shows_the_latest_run_that_completed_an_epoch(qtbot, window, t
 
 # --- 9: Continue keeps the earlier curves and shows the plan the resumed run follows ---------------------
 
+@pytest.mark.slow
 def test_continue_shows_the_earlier_epochs_and_the_plan_it_follows(qtbot, window, trained_run):
     path = listed_run(qtbot, window, trained_run)
     window.session.run_list.use_configuration_of(str(path))
@@ -234,6 +240,7 @@ def test_the_smoothed_loss_is_bias_corrected_and_the_raw_one_shown(qtbot):
 
 # --- 16: sanity flags ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_at_chance_level_is_flagged_when_it_finishes(qtbot, window, tmp_path):
     started = RunStarted(run_dir=str(tmp_path / "r"), device="cpu", device_name="CPU", precision="fp32",
                          class_names=tuple("abcdefgh"), train_images=80, val_images=16, trainable_params=1,
@@ -258,6 +265,7 @@ def test_weights_with_nan_are_refused_in_one_line():
 
 # --- 13: gradual phases beyond the epochs -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gradual_phases_beyond_the_epochs_are_warned(qtbot, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)

@@ -92,6 +92,7 @@ def unreachable_controls(window) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [1024, 925])
 def test_every_control_is_reachable_on_a_small_screen(qtbot, styled, window, demo_dir, width):
     window.open_folder(str(demo_dir))
@@ -103,6 +104,7 @@ def test_every_control_is_reachable_on_a_small_screen(qtbot, styled, window, dem
         assert unreachable_controls(window) == [], window.right_tabs.tabText(tab)
 
 
+@pytest.mark.slow
 def test_the_layer_tree_keeps_rows_on_a_small_screen(qtbot, styled, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
@@ -111,6 +113,7 @@ def test_the_layer_tree_keeps_rows_on_a_small_screen(qtbot, styled, window, demo
     assert tree.viewport().height() >= 8 * tree.sizeHintForRow(0)
 
 
+@pytest.mark.slow
 def test_a_gradual_plan_leaves_every_curve_its_share(qtbot, styled, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
@@ -165,6 +168,7 @@ def _evaluation(classes: int):
                       top_losses=records[:5], records=records)
 
 
+@pytest.mark.slow
 def test_the_insight_fits_its_tab(qtbot, styled, window):
     resize(qtbot, window, 1400, 900)
     window.right_tabs.setCurrentWidget(window.insight)

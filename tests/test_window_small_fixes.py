@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from PySide6.QtWidgets import QWidget
 
 from engine.config import DataConfig, ModelConfig, RunConfig, save_project
@@ -39,6 +41,7 @@ def batch(step: int = 1) -> BatchEvent:
 # --- item 21: status texts -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_precision_keeps_its_name_once_the_run_starts(qtbot, window, tmp_path):
     choose(window.training_panel.precision_combo, "bf16")
     assert window.precision_label.text() == "Mixed precision: bf16"
@@ -71,6 +74,7 @@ def test_a_stopped_run_shows_no_rate(qtbot):
     assert "images/s" not in panel.rate_label.text() and "ETA" not in panel.rate_label.text()
 
 
+@pytest.mark.slow
 def test_a_weights_note_counts_the_classes_of_the_folder_opened(qtbot, window, tmp_path, resnet18_weights_file):
     """A project (or the run shown after a restart) names an 8-class folder: the note on the weights
     file's new head says 8, not the 2 assumed while the folder was being listed."""
@@ -202,6 +206,7 @@ def _project_with_edits(path: Path, arch: str, module: str, root: str = "", epoc
     return path
 
 
+@pytest.mark.slow
 def test_a_project_whose_edits_name_a_missing_module_is_refused_whole(qtbot, window, demo_dir, tmp_path):
     from tests.gui_helpers import wait_ready
 
@@ -217,6 +222,7 @@ def test_a_project_whose_edits_name_a_missing_module_is_refused_whole(qtbot, win
     assert window.model_panel.tree_model.plan_config == before.plan
 
 
+@pytest.mark.slow
 def test_a_project_of_another_model_shows_its_edits_once_that_model_is_built(qtbot, window, demo_dir, tmp_path):
     """layer1.2 is resnet34's and not resnet18's: the resnet18 tree still shown must not choke on it."""
     from tests.gui_helpers import wait_ready
@@ -249,6 +255,7 @@ def test_cluster_script_refuses_a_project_whose_edits_name_a_missing_module(tmp_
 # --- item 12: undo ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_undo_says_what_it_undoes_and_a_focused_box_keeps_its_ctrl_z(qtbot, window, demo_dir):
     from PySide6.QtCore import Qt
 

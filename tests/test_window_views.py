@@ -252,6 +252,7 @@ def test_the_suspects_view_lists_every_duplicate_pair_and_names_the_probability(
     assert not view.duplicates.isVisible()
 
 
+@pytest.mark.slow
 def test_the_search_progress_reaches_the_suspects_status_line(qtbot, window):
     finder = window.session.mending.suspect_finder
     finder.progressed.emit("Computing features: batch 3 of 9 (32 images each)…")
