@@ -214,8 +214,9 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "layers.depth": NumberRule("depth", int, 0),
     "layers.steps_per_epoch": NumberRule("steps per epoch", int, 1),
     "lr_find.steps": NumberRule("range-test steps", int, 3),
-    "lr_find.start": NumberRule("first multiplier", float, 0, low_open=True),
-    "lr_find.end": NumberRule("last multiplier", float, 0, low_open=True),
+    # Multipliers of the plan's LRs: beyond these a sweep reaches LRs of no use, or that overflow to inf.
+    "lr_find.start": NumberRule("first multiplier", float, 1e-12, 1e6),
+    "lr_find.end": NumberRule("last multiplier", float, 1e-12, 1e6),
     "predict.top_k": NumberRule("top-k", int, 1),
     "suspects.folds": NumberRule("folds", int, 2, 100),
     "suspects.threshold": NumberRule("duplicate similarity threshold", float, 0, 1, low_open=True),

@@ -359,3 +359,9 @@ def test_a_model_whose_saved_outputs_are_not_finite_is_a_failed_run_not_a_checkp
     finally:
         saver.close()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_lr_find_multipliers_that_reach_useless_or_infinite_lrs_are_refused(capsys):
+    """Issue 22, item 12: --start 1e-300 --end 1e300 swept at infinite LRs."""
+    for flags, word in ((["--start", "1e-300"], "first multiplier"), (["--end", "1e300"], "last multiplier")):
+        assert_refused(cli(capsys, "lr-find", "--weights", "none", *flags), 2, word)
