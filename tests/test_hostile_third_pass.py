@@ -365,3 +365,16 @@ def test_lr_find_multipliers_that_reach_useless_or_infinite_lrs_are_refused(caps
     """Issue 22, item 12: --start 1e-300 --end 1e300 swept at infinite LRs."""
     for flags, word in ((["--start", "1e-300"], "first multiplier"), (["--end", "1e300"], "last multiplier")):
         assert_refused(cli(capsys, "lr-find", "--weights", "none", *flags), 2, word)
+
+
+@pytest.mark.parametrize("loss, confidence", [("-1e308", "0.5"), ("nan", "0.5"), ("0.3", "7")])
+def test_predictions_with_impossible_figures_are_one_line(tmp_path, loss, confidence):
+    """Issue 22, item 12: `suspects --run` overflowed on exp(1e308) from a damaged file."""
+    from engine.errors import UserError
+    from engine.runs.predictions import PREDICTION_COLUMNS, read_predictions
+
+    csv = tmp_path / "val_predictions.csv"
+    row = ["a/1.png", "a", "b", loss, confidence] + ["a", "0.5", "b", "0.5", "", ""]
+    csv.write_text(",".join(PREDICTION_COLUMNS) + "\n" + ",".join(row) + "\n")
+    with pytest.raises(UserError, match="line 2: not a valid predictions row"):
+        read_predictions(csv)

@@ -76,11 +76,21 @@ def read_predictions(csv_path: str | Path) -> list[PredictionRecord]:
         try:
             if len(row) != len(PREDICTION_COLUMNS) or not row[0]:
                 raise ValueError
-            top = tuple((row[i], float(row[i + 1])) for i in range(5, len(row), 2) if row[i])
-            records.append(PredictionRecord(row[0], row[1], row[2], float(row[3]), float(row[4]), top))
+            top = tuple((row[i], _probability(row[i + 1])) for i in range(5, len(row), 2) if row[i])
+            loss = float(row[3])
+            if not loss >= 0:  # a cross-entropy (inf where it overflowed): a negative or NaN one is damage
+                raise ValueError
+            records.append(PredictionRecord(row[0], row[1], row[2], loss, _probability(row[4]), top))
         except ValueError:
             raise UserError(f"{path}, line {number}: not a valid predictions row") from None
     return records
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError
+    return value
 
 
 def relative_path(path: str, root: str) -> str:
