@@ -69,3 +69,20 @@ def wait_ready(qtbot, win, classes: int | None = None) -> None:
         info = win.session.model_info
         return win.is_ready and (classes is None or info.num_classes == classes)
     qtbot.waitUntil(ready, timeout=60_000)
+
+
+def find(win, name):
+    """The window's widget of that object name; fails the test when there is none."""
+    from PySide6.QtWidgets import QWidget
+
+    widget = win.findChild(QWidget, name)
+    assert widget is not None, name
+    return widget
+
+
+def choose(combo, data) -> None:
+    """Pick an entry of a combo box as a person does (activated, then changed)."""
+    index = combo.findData(data)
+    assert index >= 0, data
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)

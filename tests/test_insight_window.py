@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QWidget
 
 from app.insight_session import InsightSession
 from app.main_window import window_with_private_settings
@@ -22,17 +21,11 @@ from app.worker import BackgroundTasks
 from engine.config import PlanConfig, PlanEdit
 from engine.runs.predictions import prediction_records, read_predictions, write_predictions
 from engine.runs.run_folder import RunFolder
-from tests.gui_helpers import wait_ready
+from tests.gui_helpers import find, wait_ready
 from widgets.gallery import THUMB_SIZE
 from widgets.insight import InsightView
 from widgets.layer_tree import FROZEN, LR
 from widgets.runs_view import RunsModel, RunsView
-
-
-def find(win, name):
-    widget = win.findChild(QWidget, name)
-    assert widget is not None, name
-    return widget
 
 
 def short_run_settings(win, epochs: int) -> None:

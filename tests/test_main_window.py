@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 from PySide6.QtCore import QElapsedTimer, QSize, Qt, QTimer
-from PySide6.QtWidgets import QProgressBar, QWidget
+from PySide6.QtWidgets import QProgressBar
 
 from app.main_window import window_with_private_settings
 from engine.data.demo import write_demo_dataset
 from engine.events import BatchEvent, IntegrityReport, LayerStats
-from tests.gui_helpers import wait_ready
+from tests.gui_helpers import choose, find, wait_ready
 from widgets.layer_tree import FROZEN, LR, RATIO
 from widgets.plots import TrainingPlots
 
@@ -21,20 +21,6 @@ REQUIRED = ["dataFolderEdit", "demoDatasetButton", "modelCombo", "weightsCombo",
             "presetFeatureExtraction", "presetFineTune", "presetDiscriminative", "presetGradual", "epochsSpin",
             "batchSizeSpin", "imageSizeSpin", "startButton", "pauseButton", "stopButton", "exportButton",
             "trainingProgress", "lossPlot", "accuracyPlot", "lrPlot", "layerFilter"]
-
-
-def find(win, name):
-    widget = win.findChild(QWidget, name)
-    assert widget is not None, name
-    return widget
-
-
-def choose(combo, data) -> None:
-    """Pick an entry of a combo box as a person does (activated, then changed)."""
-    index = combo.findData(data)
-    assert index >= 0, data
-    combo.setCurrentIndex(index)
-    combo.activated.emit(index)
 
 
 def small_run(win, epochs=2, size=32, weights="none"):

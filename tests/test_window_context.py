@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtWidgets import QWidget
 
 from app.dataset_controller import NO_FOLDER
 from app.runs_controller import chance_warning
@@ -29,15 +28,9 @@ from engine.plan.plan import build_plan, never_thawed
 from engine.plan.schedule import lr_factor
 from engine.runs.run_folder import RunFolder
 from engine.training.trainer import fit
-from tests.gui_helpers import wait_ready
+from tests.gui_helpers import find, wait_ready
 from widgets.lr_finder_dialog import LrFinderDialog
 from widgets.plots import PLANNED_LEGEND, TrainingPlots
-
-
-def find(win, name):
-    widget = win.findChild(QWidget, name)
-    assert widget is not None, name
-    return widget
 
 
 @pytest.fixture(scope="session")

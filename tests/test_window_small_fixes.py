@@ -7,25 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from PySide6.QtWidgets import QWidget
 
 from engine.config import DataConfig, ModelConfig, RunConfig, save_project
 from engine.data.demo import write_demo_dataset
 from engine.events import BatchEvent, RunStarted
 from widgets.training_panel import TrainingPanel
-
-
-def find(win, name):
-    widget = win.findChild(QWidget, name)
-    assert widget is not None, name
-    return widget
-
-
-def choose(combo, data) -> None:
-    index = combo.findData(data)
-    assert index >= 0, data
-    combo.setCurrentIndex(index)
-    combo.activated.emit(index)
+from tests.gui_helpers import choose
 
 
 def run_started(run_dir: str, precision: str) -> RunStarted:
