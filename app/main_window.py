@@ -242,6 +242,9 @@ class MainWindow(QMainWindow):
             self._name_what_it_does(action, word, text())
             text_changed.connect(lambda what, action=action, word=word: self._name_what_it_does(action, word, what))
             edit_menu.addAction(action)
+        edit_menu.addSeparator()
+        edit_menu.addAction(self._action("Find a &model…", self.model_panel.focus_model_search, "Ctrl+M",
+                                         "Search torchvision's and timm's models by name."))
         train_menu = self.menuBar().addMenu("&Train")
         runs = self.session.runs
         train_menu.addAction(self._action("&Start", runs.start, "Ctrl+R", "Start training."))
@@ -329,6 +332,7 @@ class MainWindow(QMainWindow):
         settings.image_size_rule_changed.connect(dp.set_image_size_rule)
         settings.image_size_problem_changed.connect(dp.show_image_size_problem)
         settings.weights_files_changed.connect(mp.show_weights_files)
+        settings.model_names_changed.connect(mp.show_model_names)
         settings.weights_note_changed.connect(self._show_weights_note)
         settings.model_info_changed.connect(self._show_model_info)
         settings.model_failed.connect(mp.show_model_failure)

@@ -18,7 +18,7 @@ from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, model_
 from app.worker import BackgroundTasks
 from engine.config import ModelConfig, PlanConfig, RunConfig
 from engine.errors import UserError
-from engine.model.architectures import ModelInfo, check_arch, check_image_size, min_image_size, weights_cache_path
+from engine.model.architectures import ModelInfo, available_archs, check_arch, check_image_size, min_image_size, weights_cache_path
 from engine.plan.plan import build_plan, unreached_phases_note
 
 
@@ -42,12 +42,14 @@ class SettingsController(QObject):
     model_info_changed = Signal(object)  # ModelInfo, or None while it is being built
     model_failed = Signal(str)  # the architecture could not be built
     model_warning_changed = Signal(str)  # advice about the model and plan together ("" for none)
+    model_names_changed = Signal(list)  # every architecture on offer, torchvision's and timm's
 
     def __init__(self, tasks: BackgroundTasks, configuration: Configuration, shown_run: ShownRun, messages: Messages,
                  datasets: DatasetController, plan: PlanController, advisor: AdviceController, parent=None):
         super().__init__(parent)
         self._configuration, self._shown_run, self._messages = configuration, shown_run, messages
         self._datasets, self._plan, self._advisor = datasets, plan, advisor
+        self._tasks = tasks
         self._describer = ModelDescriber(tasks, self)
         self._weights = WeightsFiles(tasks, self)
         self._download_failed: set[str] = set()  # architectures whose ImageNet weights did not download
@@ -65,6 +67,13 @@ class SettingsController(QObject):
         """What follows from the settings, and the weights files on offer, for views connected just now."""
         self._announce_consequences()
         self.weights_files_changed.emit(self.weights_files)
+        self._list_model_names()
+
+    def _list_model_names(self) -> None:
+        # Off the GUI thread: importing timm and listing its ~1,300 models takes seconds. Without
+        # timm the search keeps torchvision's names.
+        self._tasks.submit("model-names", lambda: available_archs() + available_archs("timm"),
+                           self.model_names_changed.emit, lambda message: None)
 
     def _announce_consequences(self) -> None:
         """What follows from the model and the data settings: the image size's rule and problem, the

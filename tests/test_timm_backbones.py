@@ -196,6 +196,19 @@ def test_the_tree_uses_timms_coarse_stages_and_shows_the_unassigned():
     assert set(describe_plan(vit.info, build_plan(PlanConfig(), vit.info))["unassigned"]) >= {"cls_token", "pos_embed"}
 
 
+def test_the_window_tree_marks_the_unassigned_on_their_modules(qtbot):
+    from PySide6.QtCore import Qt
+    from widgets.layer_tree import TYPE, LayerTreeModel
+
+    model = LayerTreeModel()
+    model.set_model_info(build_model("timm:test_convnext", 3, "none", 32).info, PlanConfig(strategy="fine-tune"))
+    norm = model.index_for("head.norm", TYPE)
+    assert norm.data().endswith("· unassigned")
+    assert "weight, bias belong to no stage" in norm.data(Qt.ItemDataRole.ToolTipRole)
+    assert not model.index_for("stages.0", TYPE).data().endswith("unassigned")
+    assert model.summary().endswith("· 2 unassigned tensors (in no stage)")
+
+
 def test_gradual_unfreezing_walks_timms_stages_from_the_top():
     info = build_model("timm:test_convnext", 3, "none", 32).info
     plan = build_plan(PlanConfig(strategy="gradual"), info)
@@ -263,3 +276,30 @@ def test_the_model_panel_offers_the_layer_decay_preset_with_its_decay(qtbot):
     assert decay.args == [0.5]
     panel.show_plan(PlanConfig(strategy="layer-decay", layer_decay=0.6))
     assert panel.decay_spin.value() == pytest.approx(0.6)
+
+
+@pytest.mark.slow
+def test_the_model_search_finds_both_sources_and_picks_a_timm_model(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    panel = window.model_panel
+    qtbot.waitUntil(lambda: "timm:test_convnext" in panel.model_names.stringList(), timeout=60_000)
+    completer = panel.model_search.completer()
+    completer.setCompletionPrefix("CONVNEXT")
+    offered = completer.completionModel()
+    names = {offered.index(i, 0).data() for i in range(offered.rowCount())}
+    assert {"convnext_tiny", "timm:convnext_atto", "timm:test_convnext"} <= names
+
+    panel.focus_model_search()
+    qtbot.keyClicks(panel.model_search, "test_convnext")  # also test_convnext2 and 3: the first is picked
+    qtbot.waitUntil(lambda: completer.popup().isVisible() and completer.completionCount() == 3)
+    with qtbot.waitSignal(panel.arch_edited) as picked:
+        qtbot.keyClick(completer.popup(), Qt.Key.Key_Down)
+        qtbot.keyClick(completer.popup(), Qt.Key.Key_Return)
+    assert picked.args == ["timm:test_convnext"]
+    assert window.session.config().model.arch == "timm:test_convnext"
+    assert panel.arch_combo.currentData() == "timm:test_convnext"
+    qtbot.waitUntil(lambda: panel.model_search.text() == "")
+
+    panel.choose_arch("timm:no_such_model")  # a name the search does not offer changes nothing
+    assert window.session.config().model.arch == "timm:test_convnext"

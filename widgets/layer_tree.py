@@ -29,7 +29,8 @@ from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
 from engine.events import IntegrityReport, LayerStats
 from engine.model.architectures import ModelInfo
-from engine.plan.plan import build_plan, describe_plan, summary_line, with_base_lr, with_weight_decay
+from engine.plan.plan import (build_plan, describe_plan, summary_line, unassigned_parameters, with_base_lr,
+                              with_weight_decay)
 
 HEADERS = ("Layer", "Type", "Params", "Frozen", "LR", "Update ratio")
 LAYER, TYPE, PARAMS, FROZEN, LR, RATIO = range(len(HEADERS))
@@ -144,6 +145,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._children: list[list[int]] = []
         self._parent: list[int] = []
         self._row_in_parent: list[int] = []
+        self._unassigned: dict[int, list[str]] = {}  # row -> its parameters that no stage claims
         self._checks: list[Qt.CheckState | None] = []  # None: nothing to freeze, no checkbox
         self._cells: list[tuple] = []  # per row, per column: what the cell shows (diffed after a change)
         self._integrity: IntegrityReport | None = None
@@ -204,6 +206,11 @@ class LayerTreeModel(QAbstractItemModel):
                 self._parent[i] = p
                 self._row_in_parent[i] = len(self._children[p])
                 self._children[p].append(i)
+        # Parameters no stage claims (a ViT's class token): shown on their module, never hidden in a stage.
+        owner = {name: module for name, module, _ in info.parameter_modules}
+        self._unassigned = {}
+        for name in unassigned_parameters(info):
+            self._unassigned.setdefault(self._index_of[owner[name]], []).append(name.rpartition(".")[2])
 
     def set_plan_config(self, config: PlanConfig) -> None:
         """Raises UserError (and changes nothing) when an edit does not fit the model."""
@@ -282,7 +289,9 @@ class LayerTreeModel(QAbstractItemModel):
         if not self._report:
             return "No model"
         adapted = " · norm statistics adapted to the data first (AdaBN)" if self._adapt_norm else ""
-        return summary_line(self._report) + adapted
+        count = sum(len(names) for names in self._unassigned.values())
+        unassigned = f" · {count} unassigned tensor{'s' if count != 1 else ''} (in no stage)" if count else ""
+        return summary_line(self._report) + adapted + unassigned
 
     def module_row(self, name: str) -> dict:
         return self._rows[self._index_of[name]]
@@ -554,7 +563,7 @@ class LayerTreeModel(QAbstractItemModel):
         if col == LAYER:
             return row["name"].rpartition(".")[2] if row["name"] else self._info.arch
         if col == TYPE:
-            return row["type"]
+            return f"{row['type']} · unassigned" if i in self._unassigned else row["type"]
         if col == PARAMS:
             return f"{row['params']:,}" if row["params"] else ""
         if col == LR:
@@ -633,9 +642,13 @@ class LayerTreeModel(QAbstractItemModel):
             return f"{row['params']:,} parameters, {row['trainable_params']:,} trainable."
         if col == RATIO:
             return self._ratio_tooltip(i)
+        unassigned = ""
+        if i in self._unassigned:
+            unassigned = (f"\nUnassigned: {', '.join(self._unassigned[i])} belong to no stage of the model, so no "
+                          "preset sets them; they follow this row's Frozen box and LR, inherited from above.")
         if row["name"] == "":
-            return f"{self._info.arch}: the whole model ({row['type']})"
-        return f"{row['name']} ({row['type']})"
+            return f"{self._info.arch}: the whole model ({row['type']}){unassigned}"
+        return f"{row['name']} ({row['type']}){unassigned}"
 
     def _frozen_tooltip(self, i: int) -> str:
         row = self._rows[i]

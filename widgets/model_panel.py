@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
-                               QHBoxLayout, QLabel, QPushButton, QSpinBox, QStackedWidget, QStyle, QVBoxLayout)
+from PySide6.QtCore import QEvent, QObject, QSignalBlocker, QStringListModel, Qt, QTimer, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QGridLayout,
+                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QStackedWidget,
+                               QStyle, QVBoxLayout)
 
 from engine.config import ModelConfig, PlanConfig
 from engine.errors import UserError
@@ -76,7 +77,8 @@ class ModelPanel(QGroupBox):
         super().__init__("Model", parent)
         self.arch_combo = QComboBox()
         self.arch_combo.setObjectName("modelCombo")
-        self.arch_combo.setToolTip("The pretrained torchvision architecture to fine-tune.")
+        self.arch_combo.setToolTip("The pretrained architecture to fine-tune: torchvision's (resnet18) or timm's "
+                                   "(timm:NAME). The box beside it searches both.")
         featured = list(FEATURED_ARCHS)
         for arch in featured:
             self.arch_combo.addItem(arch, arch)
@@ -87,6 +89,7 @@ class ModelPanel(QGroupBox):
         self.arch_combo.currentIndexChanged.connect(lambda: self.arch_edited.emit(self.arch_combo.currentData()))
         self.arch_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.arch_combo.setMinimumContentsLength(8)  # a narrow window elides long names, not the panel
+        self.model_search = self._model_search_edit()
 
         self.weights_combo = QComboBox()
         self.weights_combo.setObjectName("weightsCombo")
@@ -100,6 +103,7 @@ class ModelPanel(QGroupBox):
         top = QHBoxLayout()
         top.addWidget(QLabel("Architecture"))
         top.addWidget(self.arch_combo, 1)
+        top.addWidget(self.model_search, 1)
         top.addWidget(QLabel("Weights"))
         top.addWidget(self.weights_combo, 1)
 
@@ -191,8 +195,27 @@ class ModelPanel(QGroupBox):
         layout.addWidget(self.warning_label)
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.tree_pages, 1)
-        self._editors = (self.arch_combo, self.weights_combo, self.factor_spin, self.every_spin,
+        self._editors = (self.arch_combo, self.model_search, self.weights_combo, self.factor_spin, self.every_spin,
                          *self.preset_buttons.values())
+
+    def _model_search_edit(self) -> QLineEdit:
+        """A search box over both model sources: typing "convnext" offers torchvision's and timm's.
+        It starts with torchvision's names; timm's arrive through `show_model_names`."""
+        edit = QLineEdit()
+        edit.setObjectName("modelSearch")
+        edit.setPlaceholderText("Find a model…")
+        edit.setClearButtonEnabled(True)
+        edit.setToolTip("Type part of a name to find a model among torchvision's and timm's (timm:NAME); "
+                        "Enter or a click picks it. Ctrl+M")
+        self.model_names = QStringListModel(available_archs(), self)
+        completer = QCompleter(self.model_names, edit)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        completer.setMaxVisibleItems(15)
+        completer.activated.connect(self.choose_arch)
+        edit.setCompleter(completer)
+        edit.returnPressed.connect(lambda: self.choose_arch(edit.text().strip()))
+        return edit
 
     def height_for_tree_rows(self, rows: int) -> int:
         """The panel's height when its layer tree shows `rows` rows (and all its columns' header)."""
@@ -207,11 +230,33 @@ class ModelPanel(QGroupBox):
 
     def show_model(self, model: ModelConfig) -> None:
         with QSignalBlocker(self.arch_combo):
-            index = self.arch_combo.findData(model.arch)
-            if index >= 0:
-                self.arch_combo.setCurrentIndex(index)
+            self.arch_combo.setCurrentIndex(self._arch_index(model.arch))
         self._weights = model.weights
         self._select_weights()
+
+    def show_model_names(self, names: list[str]) -> None:
+        """Every model the search box offers (torchvision's and timm's, once timm's are listed)."""
+        self.model_names.setStringList(names)
+
+    def choose_arch(self, arch: str) -> None:
+        """The person picked `arch` in the search box: it becomes the architecture (a name the
+        search does not offer is left in the box to correct)."""
+        if arch not in self.model_names.stringList():
+            return
+        self.arch_combo.setCurrentIndex(self._arch_index(arch))  # emits arch_edited
+        QTimer.singleShot(0, self.model_search.clear)  # after the completer has written its choice in
+
+    def focus_model_search(self) -> None:
+        self.model_search.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.model_search.selectAll()
+
+    def _arch_index(self, arch: str) -> int:
+        """The combo's row for `arch`, added below the torchvision list when it is not there (a timm model)."""
+        index = self.arch_combo.findData(arch)
+        if index < 0:
+            self.arch_combo.addItem(arch, arch)
+            index = self.arch_combo.count() - 1
+        return index
 
     def show_weights_files(self, files: list[str]) -> None:
         """The weights files on offer: those that loaded, and the one being checked."""
