@@ -127,3 +127,27 @@ def test_demo_dataset_is_identical_for_the_same_seed(tmp_path):
     assert len(files) == 6
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+
+
+def test_a_copy_of_a_training_image_in_validation_is_a_leak_warned_at_scan(tmp_path, capsys):
+    root = write_demo_dataset(tmp_path / "d", classes=2, per_class=6, size=24, seed=0)
+    given = root.parent / "given"
+    a, b = sorted(p.name for p in root.iterdir())
+    for split in ("train", "val"):
+        for name in (a, b):
+            (given / split / name).mkdir(parents=True)
+    files = sorted((root / a).iterdir())
+    for i, f in enumerate(files[:4]):
+        shutil.copy(f, given / "train" / a / f.name)
+    shutil.copy(files[0], given / "val" / a / "copy.png")  # the same bytes as a training image
+    shutil.copy(files[4], given / "val" / a / files[4].name)
+    for f in sorted((root / b).iterdir())[:3]:
+        shutil.copy(f, given / "train" / b / f.name)
+    shutil.copy(files[1], given / "train" / b / "same_bytes_other_class.png")  # a copy, but not a leak
+
+    scan = scan_dataset(given)
+    assert scan.leaks() == [(str(given / "val" / a / "copy.png"), str(given / "train" / a / files[0].name))]
+    warning = [w for w in scan.warnings() if "identical copy in training" in w]
+    assert warning and f"val/{a}/copy.png = train/{a}/" in warning[0] and warning[0].startswith("1 validation")
+    assert scan.summary()["leaks"] == [{"val": scan.leaks()[0][0], "train": scan.leaks()[0][1]}]
+    assert not scan_dataset(root).leaks()  # the demo's images all differ

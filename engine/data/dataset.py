@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from engine.errors import RunFailed, UserError, worker_death_message
 from engine.events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
+from engine.data.copies import copies_across, identical_files
 from engine.data.images import BadImage, decode_resized, is_image_file, probe
 
 IMBALANCE_WARNING = 3.0  # largest / smallest class from which a scan warns (and auto class weights switch on)
@@ -48,10 +49,15 @@ class DatasetScan:
     val: tuple[Sample, ...]
     skipped: tuple[SkippedFile, ...]
     image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+    copies: tuple[tuple[str, ...], ...] = ()  # groups of byte-identical files (engine.data.copies)
 
     @property
     def total(self) -> int:
         return len(self.train) + len(self.val)
+
+    def leaks(self) -> list[tuple[str, str]]:
+        """(validation file, identical training file): validation images the model trains on."""
+        return copies_across(self.copies, (s.path for s in self.train), (s.path for s in self.val))
 
     def class_counts(self) -> list[dict]:
         counts = [{"class": name, "train": 0, "val": 0} for name in self.class_names]
@@ -76,6 +82,11 @@ class DatasetScan:
             notes.append(f"class imbalance: largest class has {self.imbalance():.1f}x the smallest")
         if self.skipped:
             notes.append(f"{len(self.skipped)} file(s) skipped")
+        leaks = self.leaks()
+        if leaks:
+            val_file, train_file = leaks[0]
+            notes.append(f"{len(leaks)} validation image(s) have an identical copy in training, which inflates "
+                         f"validation accuracy: e.g. {_short(val_file, self.root)} = {_short(train_file, self.root)}")
         return notes
 
     def summary(self) -> dict:
@@ -86,8 +97,13 @@ class DatasetScan:
             "total": self.total,
             "image_sizes": self.image_sizes,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "leaks": [{"val": v, "train": t} for v, t in self.leaks()],
             "warnings": self.warnings(),
         }
+
+
+def _short(path: str, root: str) -> str:
+    return os.path.relpath(path, root) if path.startswith(root) else path
 
 
 def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetScan:
@@ -109,6 +125,7 @@ class DatasetListing:
     given_val: tuple[Sample, ...]  # the usable files of val/ in the "train-val" layout, else empty
     skipped: tuple[SkippedFile, ...]
     image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
+    copies: tuple[tuple[str, ...], ...] = ()  # groups of byte-identical files, found once here
 
     @property
     def total(self) -> int:
@@ -145,8 +162,9 @@ def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lamb
     empty = [name for i, name in enumerate(class_names) if i not in present]
     if empty:
         raise UserError(f"class folder(s) without a usable image: {', '.join(empty)}")
+    copies = identical_files([s.path for s in (*samples, *given_val)], should_stop)
     return DatasetListing(str(root_path), layout, tuple(class_names), tuple(samples), tuple(given_val),
-                          tuple(skipped), _size_stats(sizes))
+                          tuple(skipped), _size_stats(sizes), copies)
 
 
 def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> DatasetScan:
@@ -156,7 +174,8 @@ def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> Da
     else:
         train, val = stratified_split(listing.samples, val_fraction, seed)
     return DatasetScan(root=listing.root, layout=listing.layout, class_names=listing.class_names,
-                       train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes)
+                       train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes,
+                       copies=listing.copies)
 
 
 class _Seen:
