@@ -8,6 +8,10 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The suite's runs are deleted moments after they are written: no test needs them on the disk itself
+# (crash tests kill processes, which fsync does not change). tests/test_run_safety.py checks that a
+# person's runs are fsynced.
+os.environ.setdefault("TRANSFER_STUDIO_NO_FSYNC", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -141,3 +141,22 @@ def test_export_never_overwrites_its_checkpoint_and_checks_parity_by_the_format_
     plain_name = tmp_path / "model-without-suffix"
     assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(plain_name)]) == 0
     assert "top-1 agreement 100.0%" in capsys.readouterr().err
+
+
+def test_a_persons_checkpoints_and_metrics_are_fsynced_the_suites_need_not_be(tmp_path, monkeypatch):
+    """The suite sets TRANSFER_STUDIO_NO_FSYNC (tests/conftest.py); without it every write is forced to disk."""
+    import os
+
+    from engine.atomic import atomic_write_bytes
+
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    folder = RunFolder(tmp_path / "run")
+    for flag in ("1", ""):
+        monkeypatch.setenv("TRANSFER_STUDIO_NO_FSYNC", flag)
+        synced.clear()
+        atomic_write_bytes(tmp_path / "checkpoint.pt", b"weights")
+        folder.start_metrics()
+        folder.append_metrics({"epoch": 1})
+        assert (tmp_path / "checkpoint.pt").read_bytes() == b"weights"
+        assert len(synced) == (0 if flag else 3)  # the file, its folder, the metrics line

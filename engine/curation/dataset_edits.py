@@ -35,7 +35,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one editing process at a time is then the person's care
     fcntl = None
 
-from engine.atomic import _fsync_dir
+from engine.atomic import _fsync_dir, durable_fsync
 from engine.data.dataset import class_dirs, has_train_val_split
 from engine.errors import RunFailed, UserError
 from engine.data.images import is_image_file
@@ -353,7 +353,7 @@ class _Journal:
         try:
             while data:
                 data = data[os.write(self.fd, data):]
-            os.fsync(self.fd)
+            durable_fsync(self.fd)
         except OSError as exc:
             raise UserError(f"cannot write the journal {self.path}: {exc.strerror or exc}") from None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model.checkpoint import safe_torch_load
-from engine.atomic import atomic_write_bytes
+from engine.atomic import atomic_write_bytes, durable_fsync
 from engine.config import RunConfig
 from engine.errors import UserError
 from engine.runs.records import EpochRecord, RunRecord
@@ -192,7 +192,7 @@ class RunFolder:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()
-            os.fsync(fh.fileno())
+            durable_fsync(fh.fileno())
 
     def keep_metrics_through(self, epoch: int) -> None:
         """On resume: drop lines of epochs after the resume state (a kill after the metrics line was
