@@ -333,6 +333,7 @@ def _predict(args) -> int:
     from engine.data.dataset import Preprocessing
     from engine.deploy.export import load_any
     from engine.deploy.predict import preprocess
+    from engine.deploy.tta import VIEWS, tta_logits
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
@@ -340,9 +341,10 @@ def _predict(args) -> int:
     paths = [Path(p) for p in args.images]
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
     # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
-    results = cli_deploy.predictions(model, args.checkpoint, model.logits(batch), args.top_k, args.raw)
+    logits = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
+    results = cli_deploy.predictions(model, args.checkpoint, logits, args.top_k, args.raw)
     if args.json:
-        print_json([{"image": str(p), **r} for p, r in zip(paths, results)])
+        print_json([{"image": str(p), **r, **({"tta": list(VIEWS)} if args.tta else {})} for p, r in zip(paths, results)])
         return 0
     for path, result in zip(paths, results):
         print(cli_deploy.prediction_line(path, result))

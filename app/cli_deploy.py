@@ -27,6 +27,8 @@ def add_predict_args(predict) -> None:
     predict.add_argument("--raw", action="store_true",
                          help="uncalibrated probabilities (softmax of the logits), not those scaled by the "
                               "temperature fitted on the validation images")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: each image also mirrored, the logits averaged")
 
 
 def check_export_args(args, formats: list[str]) -> None:

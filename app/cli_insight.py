@@ -29,6 +29,8 @@ def add_commands(sub, number) -> None:
     evaluate.add_argument("--device", default="auto", help="with --data: auto | cpu | cuda[:N]")
     evaluate.add_argument("--unknown", metavar="DIR", help="a folder of images of no class: how many the unknown "
                                                            "threshold catches, its AUROC and false-accept rate")
+    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: each image also mirrored, the "
+                          "logits averaged; reports the accuracy change (a run's images are predicted again)")
     evaluate.add_argument("--json", action="store_true")
 
     explain = sub.add_parser("explain", help="Grad-CAM heat maps: where in each image the evidence for a class was")
@@ -62,6 +64,8 @@ def _evaluate(args) -> int:
     if not source.exists():
         raise UserError(f"not found: {source}")
     if args.unknown is not None:
+        if args.tta:
+            raise UserError("--tta and --unknown measure different things: run them one at a time")
         from app.cli_deploy import evaluate_unknown
 
         return evaluate_unknown(args, source)
@@ -72,13 +76,14 @@ def _evaluate(args) -> int:
             if not folder.has_checkpoint():
                 raise UserError(f"{source} has no checkpoint yet (stopped before its first epoch ended)")
             evaluation = evaluate_checkpoint(folder.checkpoint_path, args.data, args.device, args.batch_size,
-                                             top_losses=args.top_losses)
+                                             top_losses=args.top_losses, tta=args.tta)
         else:
-            evaluation = evaluate_run(source, top_losses=args.top_losses)
+            evaluation = evaluate_run(source, args.top_losses, args.tta, args.device, args.batch_size)
     elif args.data:
-        evaluation = evaluate_checkpoint(source, args.data, args.device, args.batch_size, top_losses=args.top_losses)
+        evaluation = evaluate_checkpoint(source, args.data, args.device, args.batch_size, top_losses=args.top_losses,
+                                         tta=args.tta)
     elif RunFolder(source.parent).checkpoint_path == source and RunFolder(source.parent).exists():
-        evaluation = evaluate_run(source.parent, top_losses=args.top_losses)  # a run's own checkpoint
+        evaluation = evaluate_run(source.parent, args.top_losses, args.tta, args.device, args.batch_size)
     else:
         raise UserError(f"{source} is not in its run folder: give --data DIR to evaluate it on a folder of images")
     if args.json:
@@ -99,6 +104,10 @@ def format_evaluation(evaluation) -> str:
           f"{total} image(s)", file=out)
     if evaluation.data_root:
         print(f"images under {evaluation.data_root}", file=out)
+    if evaluation.tta:
+        tta = evaluation.tta
+        print(f"test-time augmentation ({' + '.join(tta['views'])}): accuracy {tta['accuracy_without']:.4f} without, "
+              f"{evaluation.accuracy:.4f} with ({100 * tta['accuracy_change']:+.1f} points)", file=out)
     width = max(8, *(len(n) for n in names)) + 2
     print("\nconfusion matrix (rows: true class, columns: predicted)", file=out)
     print(" " * width + "".join(f"{n:>{width}}" for n in names), file=out)

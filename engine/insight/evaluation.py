@@ -10,12 +10,13 @@ matrix, per-class precision/recall/F1, the most-confused pairs and the highest-l
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
 
-from engine.data.dataset import ImageDataset, eval_transform, list_dataset, make_loader, normalize_batch
+from engine.data.dataset import ImageDataset, Sample, eval_transform, list_dataset, make_loader, normalize_batch
+from engine.deploy.tta import VIEWS, mirrored_logits
 from engine.errors import UserError
 from engine.runs.predictions import PredictionRecord, prediction_records, read_predictions, relative_path
 from engine.events import SkippedFile
@@ -39,6 +40,7 @@ class Evaluation:
     records: list[PredictionRecord]
     data_root: str = ""  # where the records' relative paths start
     skipped: tuple[SkippedFile, ...] = field(default_factory=tuple)  # images that could not be used
+    tta: dict | None = None  # with test-time augmentation: the views and the accuracy without it
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class Evaluation:
             "per_class": {name: dict(stats) for name, stats in self.per_class.items()},
             "most_confused": [dict(pair) for pair in self.most_confused],
             "top_losses": [r.summary() for r in self.top_losses],
+            **({"tta": dict(self.tta)} if self.tta else {}),
         }
 
 
@@ -83,8 +86,12 @@ def summarize(records: Sequence[PredictionRecord], class_names: Sequence[str], t
         data_root=data_root, skipped=tuple(skipped))
 
 
-def evaluate_run(run_dir: str | os.PathLike, top_losses: int = TOP_LOSSES) -> Evaluation:
-    """The run's best epoch, from its val_predictions.csv (nothing is predicted again)."""
+def evaluate_run(run_dir: str | os.PathLike, top_losses: int = TOP_LOSSES, tta: bool = False,
+                 device: str = "auto", batch_size: int = 32) -> Evaluation:
+    """The run's best epoch, from its val_predictions.csv (nothing is predicted again); with `tta`
+    its checkpoint predicts those validation images again, each also mirrored."""
+    if tta:
+        return _evaluate_run_again(RunFolder(run_dir), top_losses, device, batch_size)
     folder = RunFolder(run_dir)
     record = folder.read_run()
     if not folder.predictions_path.is_file():
@@ -99,27 +106,53 @@ def evaluate_run(run_dir: str | os.PathLike, top_losses: int = TOP_LOSSES) -> Ev
                      data_root=record.data_root or "")
 
 
+def _evaluate_run_again(folder: RunFolder, top_losses: int, device: str, batch_size: int) -> Evaluation:
+    record = folder.read_run()
+    if not folder.predictions_path.is_file() or not folder.has_checkpoint():
+        raise UserError(f"{folder.path} has no validation predictions and checkpoint to evaluate again")
+    classifier = _load(folder.checkpoint_path)
+    root = record.data_root or ""
+    index = {name: i for i, name in enumerate(classifier.class_names)}
+    samples = [Sample(os.path.join(root, r.path), index[r.true]) for r in read_predictions(folder.predictions_path)
+               if r.true in index]
+    return _predict_samples(classifier, samples, root, (), device, batch_size, None, top_losses, tta=True)
+
+
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, device: str = "auto",
                         batch_size: int = 32, should_stop: Callable[[], bool] | None = None,
-                        top_losses: int = TOP_LOSSES) -> Evaluation:
+                        top_losses: int = TOP_LOSSES, tta: bool = False) -> Evaluation:
     """Predict every image of `data_dir` (both splits of a train/val layout) with a checkpoint whose
     class names must be the folder's. `should_stop()` ends early with what was predicted so far."""
+    classifier = _load(checkpoint)
+    listing = list_dataset(data_dir, should_stop=should_stop or (lambda: False))
+    _check_same_classes(classifier.class_names, list(listing.class_names), checkpoint, data_dir)
+    samples = list(listing.samples) + list(listing.given_val)
+    return _predict_samples(classifier, samples, listing.root, listing.skipped, device, batch_size, should_stop,
+                            top_losses, tta)
+
+
+def _load(checkpoint):
     from engine.deploy.predict import load_classifier
+
+    return load_classifier(checkpoint)
+
+
+@torch.no_grad()
+def _predict_samples(classifier, samples: list[Sample], root: str, skipped_already, device: str, batch_size: int,
+                     should_stop: Callable[[], bool] | None, top_losses: int, tta: bool) -> Evaluation:
+    """Predict `samples` (paths under `root`); with `tta` each image also mirrored, the logits averaged,
+    and the accuracy without it kept for comparison."""
     from engine.model.devices import select_device
 
     should_stop = should_stop or (lambda: False)
-    classifier = load_classifier(checkpoint)
-    listing = list_dataset(data_dir, should_stop=should_stop)
-    _check_same_classes(classifier.class_names, list(listing.class_names), checkpoint, data_dir)
     target = select_device(device)
     model = classifier.model.to(target).eval()
     prep = classifier.preprocessing
-    samples = list(listing.samples) + list(listing.given_val)
     loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), max(1, batch_size),
                          train=False, num_workers=0, seed=0)  # no worker processes: it may run beside a window
-    used, labels, logits = [], [], []
-    skipped = list(listing.skipped)
+    used, labels, logits, mirrored = [], [], [], []
+    skipped = list(skipped_already)
     start = 0
     for batch in loader:
         if should_stop():
@@ -131,12 +164,23 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         start += size
         if len(batch.labels):
             labels.append(batch.labels.to(target))
-            logits.append(model(normalize_batch(batch.images.to(target), prep)).float())
+            images = normalize_batch(batch.images.to(target), prep)
+            logits.append(model(images).float())
+            if tta:
+                mirrored.append(mirrored_logits(model, images))
     if not labels:
-        raise UserError(f"no usable image in {data_dir}")
-    paths = [relative_path(s.path, listing.root) for s in used]
-    records = prediction_records(paths, torch.cat(labels), torch.cat(logits), classifier.class_names)
-    return summarize(records, classifier.class_names, top_losses, data_root=listing.root, skipped=tuple(skipped))
+        raise UserError(f"no usable image in {root}")
+    paths = [relative_path(s.path, root) for s in used]
+    labels_all, plain = torch.cat(labels), torch.cat(logits)
+    final = (plain + torch.cat(mirrored)) / 2 if tta else plain
+    records = prediction_records(paths, labels_all, final, classifier.class_names)
+    views = None
+    if tta:
+        without = int((plain.argmax(1) == labels_all).sum()) / len(labels_all)
+        views = {"views": list(VIEWS), "accuracy_without": without}
+    evaluation = summarize(records, classifier.class_names, top_losses, data_root=root, skipped=tuple(skipped))
+    return replace(evaluation, tta={**views, "accuracy_change": evaluation.accuracy - views["accuracy_without"]}
+                   if views else None)
 
 
 def _check_same_classes(model_names: list[str], data_names: list[str], checkpoint, data_dir) -> None:
