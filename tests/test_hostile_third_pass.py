@@ -265,8 +265,14 @@ def test_sigterm_to_the_launcher_is_one_line_and_the_run_is_not_left_running(dat
     lambda d, c, t: ["explain", c, t / f"{TOO_LONG_NAME}.png", "--out", t / "cams"],
     lambda d, c, t: ["export", c, "--format", "pt", "--out", t / f"{TOO_LONG_NAME}.pt"],
     lambda d, c, t: ["undo", t / TOO_LONG_NAME],
+    lambda d, c, t: ["suspects", "--data", t / TOO_LONG_NAME, "--model", "resnet18", "--weights", "none"],
+    lambda d, c, t: ["suspects", "--data", d, "--model", "resnet18", "--weights", "none", "--run", t / TOO_LONG_NAME],
+    lambda d, c, t: ["cluster-script", "--project", t / f"{TOO_LONG_NAME}.json", "--out", t / "job.sh",
+                     "--nodes", "1", "--gpus-per-node", "1"],
+    lambda d, c, t: ["train", "--project", t / f"{TOO_LONG_NAME}.json"],
 ], ids=["train-data", "train-out", "train-long-path", "predict-image", "predict-model", "evaluate-run",
-        "evaluate-data", "explain-image", "export-out", "undo"])
+        "evaluate-data", "explain-image", "export-out", "undo", "suspects-data", "suspects-run", "cluster-script",
+        "project"])
 def test_a_path_too_long_is_one_line(argv, data, checkpoint, tmp_path, capsys):
     rc, out, err = cli(capsys, *argv(data, checkpoint, tmp_path))
     line = assert_refused((rc, out, err), 2)
