@@ -137,6 +137,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files (RUN/tensorboard: scalars, confusion images, projector, "
                         "hparams; on by default, offline)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log to MLflow (e.g. sqlite:///mlflow.db, or a server's http URL): parameters, metrics "
+                        "per epoch, the checkpoint and its model card (needs pip install 'transfer-studio[mlflow]')")
+    p.add_argument("--mlflow-experiment", metavar="NAME", default=None,
+                   help="the MLflow experiment (default: transfer-studio)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--folds", type=number_arg("suspects.folds"), default=None, metavar="K",
                    help="K-fold cross-validation: train K times, each fold held out once (runs in OUT/fold-k); "

@@ -1,4 +1,5 @@
-"""An epoch's figures by name, as TensorBoard and MLflow show them: one naming for both.
+"""An epoch's figures and a run's configuration by name, as TensorBoard and MLflow show them: one
+naming for both.
 
 `loss/train`, `loss/val`, `accuracy/train`, `accuracy/val`, `balanced_accuracy/val`, `lr/<group>`,
 and, where telemetry sampled them, `update_ratio/<module>` and `grad_norm/<module>`. The values are
@@ -7,8 +8,10 @@ metrics.jsonl's own (the same EpochEvent), so either tool agrees with the run fo
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from typing import Any
 
 from engine.events import EpochEvent
 
@@ -34,3 +37,18 @@ def epoch_scalars(event: EpochEvent) -> dict[str, float]:
         values[f"update_ratio/{scalar_name(module)}"] = stats.update_ratio
         values[f"grad_norm/{scalar_name(module)}"] = stats.grad_norm
     return {name: float(v) for name, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def config_values(config: dict, prefix: str = "") -> dict[str, str | float | int | bool]:
+    """The run's configuration flat ("train.epochs": 10), for hparams and parameters; lists (the
+    plan's edits) as JSON text, unset values (None) left out."""
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            values.update(config_values(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            values[name] = json.dumps(value)
+        elif value is not None:
+            values[name] = value
+    return values

@@ -13,7 +13,6 @@ new event file; its first epoch purges what a killed process logged past its res
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable, Sequence
 
@@ -24,7 +23,7 @@ from engine.listener import Listener
 from engine.plan.plan import Plan
 from engine.runs.predictions import relative_path
 from engine.runs.run_folder import RunFolder
-from engine.training.scalars import epoch_scalars
+from engine.training.scalars import config_values, epoch_scalars
 from engine.training.validation_records import ValidationOutputs
 
 log = logging.getLogger("transfer_studio")
@@ -88,7 +87,7 @@ class TensorBoardLog(Listener):
         from engine.training.tensorboard_files import EventFile
 
         self.events = EventFile(self.logdir)
-        experiment, session_start, _ = hparams(hparam_values(self.config), {name: 0.0 for name in HPARAM_METRICS})
+        experiment, session_start, _ = hparams(config_values(self.config), {name: 0.0 for name in HPARAM_METRICS})
         self.events.summary(experiment, 0)
         self.events.summary(session_start, 0)
         self.events.flush()
@@ -145,17 +144,3 @@ class TensorBoardLog(Listener):
             pred=tuple(self.class_names[i] for i in preds), paths=tuple(s.path for s in samples),
             shown_paths=tuple(relative_path(s.path, self.data_root) for s in samples))
 
-
-def hparam_values(config: dict, prefix: str = "") -> dict[str, str | float | int | bool]:
-    """The run's configuration as flat hparams ("train.epochs": 10); lists (the plan's edits) as JSON
-    text, unset values (None) left out."""
-    values: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            values.update(hparam_values(value, name + "."))
-        elif isinstance(value, (list, tuple)):
-            values[name] = json.dumps(value)
-        elif value is not None:
-            values[name] = value
-    return values
