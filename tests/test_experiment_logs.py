@@ -38,16 +38,16 @@ def read_events(logdir: Path) -> list:
 
     events = []
     for path in sorted(logdir.glob("events.out.tfevents.*")):
-        data, at = path.read_bytes(), 0
-        while at < len(data):
-            header = data[at:at + 8]
+        raw, at = path.read_bytes(), 0
+        while at < len(raw):
+            header = raw[at:at + 8]
             (length,) = struct.unpack("<Q", header)
-            assert struct.unpack("<I", data[at + 8:at + 12])[0] == masked_crc32c(header)
-            body = data[at + 12:at + 12 + length]
-            assert struct.unpack("<I", data[at + 12 + length:at + 16 + length])[0] == masked_crc32c(body)
+            assert struct.unpack("<I", raw[at + 8:at + 12])[0] == masked_crc32c(header)
+            body = raw[at + 12:at + 12 + length]
+            assert struct.unpack("<I", raw[at + 12 + length:at + 16 + length])[0] == masked_crc32c(body)
             events.append(Event.FromString(body))
             at += 16 + length
-        assert at == len(data), f"{path.name} ends in the middle of a record"
+        assert at == len(raw), f"{path.name} ends in the middle of a record"
     return events
 
 
