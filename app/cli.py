@@ -179,6 +179,7 @@ def _train(args, argv: list[str]) -> int:
 
     if args.folds is not None and args.resume:
         raise UserError("--folds trains new runs; it cannot continue one (--resume)")
+    _check_mlflow_args(args)
     config = train_config_from_args(args, given_train_flags(argv))
     config.validate()
     if args.folds is not None:
@@ -186,6 +187,7 @@ def _train(args, argv: list[str]) -> int:
     group = ProcessGroup.from_env()
     if group.is_distributed and args.nproc not in (None, 1):
         raise UserError("--nproc starts torchrun itself: under torchrun, leave it out")
+    target = _mlflow_target(args) if args.mlflow and group.is_main else None  # checked before anything trains
     # --nproc, else the project's train.processes; under torchrun, its own world size decides
     processes = 1 if group.is_distributed else args.nproc if args.nproc is not None else config.train.processes
     if processes != 1:
@@ -193,16 +195,26 @@ def _train(args, argv: list[str]) -> int:
     progress = ProgressPrinter(sys.stderr) if group.is_main else Callbacks()  # rank 0 alone prints
     events = EventLines(sys.stdout, progress) if args.events_jsonl and group.is_main else None
     control = FileControl(args.control_file, group) if args.control_file else None
+    callbacks = events or progress
+    tracker = None
+    if target is not None:
+        from engine.deploy.mlflow_log import MlflowLog
+
+        callbacks = tracker = MlflowLog(target, callbacks, resume=bool(args.resume))
     try:
         # A collective failing because another rank failed first: one line here, that rank's error the cause.
         with group.started(select_device(config.train.device).type), lost_processes_fail_the_run(group):
             # Started by torchrun without --out: every rank trains in rank 0's default run folder.
             config = replace(config, out_dir=group.gather_objects(config.out_dir)[0])
-            result = fit(config, events or progress, control, resume=bool(args.resume), group=group)
-    except (UserError, RunFailed) as exc:
-        if events:
+            result = fit(config, callbacks, control, resume=bool(args.resume), group=group)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(exc)
+        if events and isinstance(exc, (UserError, RunFailed)):
             events.on_failed(str(exc))
         raise
+    if tracker is not None:
+        tracker.finish(result)
     if not group.is_main:
         return 0
     if isinstance(progress, ProgressPrinter):
@@ -218,6 +230,23 @@ def _train(args, argv: list[str]) -> int:
     elif args.json:
         print_json(result.summary(), f"the run finished (checkpoint {result.checkpoint}) but its result")
     return 0
+
+
+def _check_mlflow_args(args) -> None:
+    if args.mlflow_experiment is not None and not args.mlflow:
+        raise UserError("--mlflow-experiment names where --mlflow logs: add --mlflow URI or leave it out")
+    if args.mlflow is not None and not args.mlflow.strip():
+        raise UserError("--mlflow needs a tracking URI, e.g. sqlite:///mlflow.db")
+    if args.mlflow and args.folds is not None:
+        raise UserError("--mlflow logs single runs: leave it out with --folds")
+
+
+def _mlflow_target(args):
+    """The MLflow store, opened before training: a missing package or a store that cannot be used
+    is one line (exit 2) now, not a surprise after the run."""
+    from engine.deploy.mlflow_log import DEFAULT_EXPERIMENT, connect
+
+    return connect(args.mlflow, args.mlflow_experiment or DEFAULT_EXPERIMENT)
 
 
 def _events_lost(problem: str, result, json_wanted: bool) -> None:

@@ -134,6 +134,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=number_arg("train.seed"), default=t.seed)
     p.add_argument("--no-telemetry", action="store_true",
                    help="skip the per-layer gradient norms and update ratios (sampled about twice a second)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files (RUN/tensorboard: scalars, confusion images, projector, "
+                        "hparams; on by default, offline)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log to MLflow (e.g. sqlite:///mlflow.db, or a server's http URL): parameters, metrics "
+                        "per epoch, the checkpoint and its model card (needs pip install 'transfer-studio[mlflow]')")
+    p.add_argument("--mlflow-experiment", metavar="NAME", default=None,
+                   help="the MLflow experiment (default: transfer-studio)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--folds", type=number_arg("suspects.folds"), default=None, metavar="K",
                    help="K-fold cross-validation: train K times, each fold held out once (runs in OUT/fold-k); "
@@ -166,12 +174,13 @@ TRAIN_FLAGS = {
     "precision": ("train", "precision"), "cudnn_benchmark": ("train", "cudnn_benchmark"),
     "compile": ("train", "compile"), "patience": ("train", "early_stopping_patience"), "seed": ("train", "seed"),
     "no_telemetry": ("train", "telemetry"), "no_feature_cache": ("data", "feature_cache"),
+    "no_tensorboard": ("train", "tensorboard"),
     "feature_views": ("train", "feature_views"), "adapt_norm": ("train", "adapt_norm"),
     "class_weights": ("train", "class_weights"), "sync_bn": ("train", "sync_bn"),
 }
 
 
-_NEGATED = {"no_telemetry", "no_feature_cache"}  # store_true flags that switch a setting off
+_NEGATED = {"no_telemetry", "no_feature_cache", "no_tensorboard"}  # store_true flags that switch a setting off
 
 
 RESUMABLE = {"epochs", "device", "workers"}  # what may differ when a run continues

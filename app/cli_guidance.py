@@ -125,7 +125,8 @@ def _quoted(text: str) -> str:
 
 _OWN = {"steps", "start", "end", "module", "json", "command"}
 # train's flags (argparse dest) about a run's folder, its processes and its output: none is a sweep's
-_NOT_FOR_LR_FIND = ("resume", "out", "nproc", "folds", "control_file", "events_jsonl")
+_NOT_FOR_LR_FIND = ("resume", "out", "nproc", "folds", "control_file", "events_jsonl", "no_tensorboard",
+                    "mlflow", "mlflow_experiment")
 
 
 def _lr_find(args) -> int:

@@ -96,6 +96,7 @@ class TrainConfig:
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
     sync_bn: bool = False  # several CUDA processes: trainable BatchNorm layers share their batch statistics
     processes: int = 1  # DDP processes on this machine (gloo on CPU, a GPU each on CUDA); torchrun's own count wins
+    tensorboard: bool = True  # event files in RUN/tensorboard (scalars, confusion images, projector, hparams)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
     val_predictions.csv  the best epoch's validation images: true, predicted, loss, top 3 (engine.insight.evaluation)
     embeddings.csv  the same images' penultimate features projected to 2-D (engine.runs.embeddings)
     val_logits.pt   the same images' logits and labels, for calibration (engine.runs.val_logits)
+    tensorboard/    TensorBoard event files and projector data (engine.training.tensorboard_log)
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
 line, never half-read. run.json and metrics.jsonl are read as typed records (engine.runs.records):
@@ -74,6 +75,10 @@ class RunFolder:
     @property
     def embeddings_path(self) -> Path:
         return self.path / "embeddings.csv"
+
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def lock_path(self) -> Path:

@@ -42,6 +42,7 @@ from engine.model.devices import device_name
 from engine.errors import Stopped
 from engine.distributed.sharding import global_batch_size, per_rank_batch_size
 from engine.training.telemetry import Telemetry
+from engine.training.tensorboard_log import TensorBoardLog
 
 
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
@@ -183,8 +184,8 @@ class EpochLoop:
 
     def _listeners(self, callbacks: Callbacks, saver: BackgroundSaver) -> list[Listener]:
         """Every listener of the run, in the order each hook calls them. The order is the point:
-        - the records (metrics line, run.json, the caller's display) come before integrity, which
-          may end the run: the epoch that broke it is on disk, and shown;
+        - the records (metrics line, run.json, the caller's display, TensorBoard) come before integrity,
+          which may end the run: the epoch that broke it is on disk, and shown;
         - integrity comes before the checkpoint and the validation records, so a broken epoch saves neither;
         - the checkpoint before its validation records: weights that diverged end the run before
           records of them replace those of the last good checkpoint;
@@ -203,6 +204,8 @@ class EpochLoop:
             ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity)
             if main and self.group.is_distributed else None,
             CallbackRelay(callbacks),
+            TensorBoardLog(run.folder, run.config.to_dict(), run.scan.class_names, run.scan.root, lambda: self.validation)
+            if main and run.config.train.tensorboard else None,
             self.integrity,
             self.calibration if main else None,  # before the checkpoint, which carries its temperature
             self.checkpoint if main else None,
