@@ -41,27 +41,42 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     resize = round(args.size * 256 / 224)
+    mean, std = MEAN, STD
+    if args.arch.startswith("timm:"):  # the model's own normalization, from its pretrained config
+        import timm
+
+        config = timm.data.resolve_data_config({}, model=timm.create_model(args.arch[5:], pretrained=False))
+        mean, std = config["mean"], config["std"]
     eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(args.size), transforms.ToTensor(),
-                                  transforms.Normalize(MEAN, STD)])
+                                  transforms.Normalize(mean, std)])
     train_tf = eval_tf if args.augment == "none" else transforms.Compose([
         transforms.RandomResizedCrop(args.size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD)])
+        transforms.Normalize(mean, std)])
     train_set = datasets.ImageFolder(f"{args.data}/train", train_tf)
     val_set = datasets.ImageFolder(f"{args.data}/val", eval_tf)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                                                num_workers=args.workers)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
 
-    model = torchvision.models.get_model(args.arch)
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, weights_only=True))
-    model.fc = nn.Linear(model.fc.in_features, len(train_set.classes))
+    if args.arch.startswith("timm:"):  # as timm's README fine-tunes: create_model, then a new classifier
+        import timm
+
+        model = timm.create_model(args.arch[5:], pretrained=False)
+        if args.weights:
+            model.load_state_dict(torch.load(args.weights, weights_only=True))
+        model.reset_classifier(len(train_set.classes))
+        head = model.get_classifier()
+    else:
+        model = torchvision.models.get_model(args.arch)
+        if args.weights:
+            model.load_state_dict(torch.load(args.weights, weights_only=True))
+        model.fc = head = nn.Linear(model.fc.in_features, len(train_set.classes))
     if args.mode == "fe":
         for param in model.parameters():
             param.requires_grad = False
-        for param in model.fc.parameters():
+        for param in head.parameters():
             param.requires_grad = True
-        optimizer = torch.optim.Adam(model.fc.parameters(), lr=1e-3)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
     else:
         optimizer = torch.optim.AdamW([
             {"params": model.conv1.parameters(), "lr": 1e-5},
