@@ -44,6 +44,7 @@ from app.session_tasks import DatasetState
 from app.settings_controller import SettingsController
 from app.worker import BackgroundTasks
 from engine.config import RunConfig, save_project
+from engine.data.dataset import start_worker_server
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo
 from engine.model.project import load_project
@@ -79,6 +80,9 @@ class Session(QObject):
             edits.edited.connect(self.previews.schedule_soon)
         self.plan.edited.connect(self.run_list.end_preview)  # an edited plan is the one the tree shows
         self.runs.continued.connect(self.previews.preview_resumed)  # the LRs the continued run follows
+        # Loader workers in this process start from a forkserver (issue 28): start it now, off the GUI
+        # thread, so a run's first loader does not wait seconds for the server's imports.
+        self.tasks.submit("worker-server", start_worker_server, lambda method: None, lambda message: None)
 
     def announce(self) -> None:
         """Say the whole state once, so views connected just now show it (the controllers listening

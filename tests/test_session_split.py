@@ -154,3 +154,21 @@ def test_the_controller_calls_named_are_the_ones_the_controllers_make(name):
     controller = next(node.name for node in ast.parse(source).body
                       if isinstance(node, ast.ClassDef) and node.name.endswith("Controller"))
     assert any(" calls " in found for found in window_violations(source, controller))
+
+
+@pytest.mark.slow
+def test_the_window_starts_the_loader_workers_server_off_the_gui_thread(qtbot, tmp_path, monkeypatch):
+    import threading
+
+    import app.session
+    from app.main_window import window_with_private_settings
+    from engine.data.dataset import start_worker_server
+
+    started_on = []
+    monkeypatch.setattr(app.session, "start_worker_server",
+                        lambda: (started_on.append(threading.current_thread()), start_worker_server())[1])
+    win = window_with_private_settings(tmp_path / "window")
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: bool(started_on), timeout=30_000)
+    assert started_on[0] is not threading.main_thread()
+    win.close()
