@@ -209,8 +209,12 @@ def _train(args, argv: list[str]) -> int:
         progress.close()
     for s in result.skipped:
         note(f"skipped {s.path}: {s.reason}")
-    best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
-    note(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}")
+    if result.task == "single-label":
+        best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
+        note(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}")
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in (result.best_val_metrics or {}).items() if v is not None) or "n/a"
+        note(f"best val {shown} at epoch {result.best_epoch} ({result.task}); checkpoint {result.checkpoint}")
     if events:
         events.on_result(result)
     if events and events.lost:

@@ -579,12 +579,20 @@ class Batch:
         return self
 
 
+def labels_tensor(labels: list) -> torch.Tensor:
+    """The batch tensor of samples' labels: int64 class indices, or float32 (N, K) multi-hot rows or
+    (N,) values (the same tensor collate makes, for labels gathered without a loader)."""
+    if not labels:
+        return torch.empty(0, dtype=torch.long)
+    return torch.tensor(labels, dtype=torch.long if isinstance(labels[0], int) else torch.float32)
+
+
 def collate(items) -> Batch:
     good = [(img, label) for img, label, _, reason in items if img is not None]
     failures = [(index, reason) for img, _, index, reason in items if img is None]
     if not good:
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failures)
-    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), failures)
+    return Batch(torch.stack([g[0] for g in good]), labels_tensor([g[1] for g in good]), failures)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -7,6 +7,8 @@
     val_predictions.csv  the best epoch's validation images: true, predicted, loss, top 3 (engine.insight.evaluation)
     embeddings.csv  the same images' penultimate features projected to 2-D (engine.runs.embeddings)
     val_logits.pt   the same images' logits and labels, for calibration (engine.runs.val_logits)
+    val_outputs.pt  multi-label and regression: the best epoch's validation outputs and targets
+                    (engine.runs.val_logits.write_val_outputs), which evaluate reads
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
 line, never half-read. run.json and metrics.jsonl are read as typed records (engine.runs.records):
@@ -70,6 +72,10 @@ class RunFolder:
     @property
     def val_logits_path(self) -> Path:
         return self.path / "val_logits.pt"
+
+    @property
+    def val_outputs_path(self) -> Path:
+        return self.path / "val_outputs.pt"
 
     @property
     def embeddings_path(self) -> Path:
