@@ -325,12 +325,16 @@ def _export(args) -> int:
             out = default_path(checkpoint, fmt, Path(args.out))
         report = export(checkpoint, fmt, out, batch, args.tolerance)
         reports.append(report.to_dict())
-        print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "
-              f"{report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
+        agreement = "top-1 agreement" if report.compared == "logits" else "decision agreement"
+        print(f"{fmt:<12} {report.path}  {agreement} {report.top1_agreement:.1%} · largest {_SINGULAR[report.compared]} "
+              f"difference {report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
     reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
     if args.json:
         print_json(reports)
     return 0
+
+
+_SINGULAR = {"logits": "logit", "probabilities": "probability", "values": "value"}
 
 
 def _predict(args) -> int:
@@ -343,6 +347,18 @@ def _predict(args) -> int:
     model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
+    if model.task.name != "single-label":  # labels and their probabilities, or the value
+        from engine.deploy.predict import task_answers
+
+        if args.raw:
+            raise UserError(f"--raw is about calibrated single-label probabilities; this model is {model.task.name}")
+        results = task_answers(model.logits(batch), model.class_names, model.task)
+        if args.json:
+            print_json([{"image": str(p), "task": model.task.name, **r} for p, r in zip(paths, results)])
+            return 0
+        for path, result in zip(paths, results):
+            print(cli_deploy.task_prediction_line(path, result))
+        return 0
     # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
     results = cli_deploy.predictions(model, args.checkpoint, model.logits(batch), args.top_k, args.raw)
     if args.json:
