@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gui(data: str | None, project: str | None) -> int:
-    from engine.data.label_table import is_label_table
+    from engine.data.label_table import is_label_table, read_label_table
 
     if data and is_label_table(data):  # the window's panels are single-label's (issue 25)
-        raise UserError(f"the window opens class folders only for now; train {data} with transfer-studio train --data")
+        raise UserError(f"the window opens class folders only for now; {data} is {read_label_table(data).task} "
+                        f"data: train it with transfer-studio train --data")
     from app.main_window import run_gui  # Qt is imported only when a window is wanted
 
     return run_gui(data=data, project=project)
