@@ -64,7 +64,8 @@ VAL_OUTPUTS_VERSION = 1
 class ValidationOutputsFile:
     """val_outputs.pt: a multi-label or regression run's best validation pass. `outputs` are the
     raw head outputs (logits; regression: the standardised value), `targets` (N, K) multi-hot or
-    (N,) values, `extra` the checkpoint's task fields of that epoch (thresholds, mean and scale)."""
+    (N,) values, `extra` reserved (written empty: the thresholds and the target's scale are the
+    checkpoint's, which evaluate reads beside it)."""
 
     epoch: int
     task: str
