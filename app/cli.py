@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gui(data: str | None, project: str | None) -> int:
+    from engine.data.label_table import is_label_table, read_label_table
+
+    if data and is_label_table(data):  # the window's panels are single-label's (issue 25)
+        raise UserError(f"the window opens class folders only for now; {data} is {read_label_table(data).task} "
+                        f"data: train it with transfer-studio train --data")
     from app.main_window import run_gui  # Qt is imported only when a window is wanted
 
     return run_gui(data=data, project=project)
@@ -221,8 +226,12 @@ def _train(args, argv: list[str]) -> int:
         progress.close()
     for s in result.skipped:
         note(f"skipped {s.path}: {s.reason}")
-    best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
-    note(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}")
+    if result.task == "single-label":
+        best = f"{result.best_val_accuracy:.4f}" if result.best_val_accuracy is not None else "n/a"
+        note(f"best val accuracy {best} at epoch {result.best_epoch}; checkpoint {result.checkpoint}")
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in (result.best_val_metrics or {}).items() if v is not None) or "n/a"
+        note(f"best val {shown} at epoch {result.best_epoch} ({result.task}); checkpoint {result.checkpoint}")
     if events:
         events.on_result(result)
     if events and events.lost:
@@ -350,12 +359,16 @@ def _export(args) -> int:
             out = default_path(checkpoint, fmt, Path(args.out))
         report = export(checkpoint, fmt, out, batch, args.tolerance)
         reports.append(report.to_dict())
-        print(f"{fmt:<12} {report.path}  top-1 agreement {report.top1_agreement:.1%} · largest logit difference "
-              f"{report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
+        agreement = "top-1 agreement" if report.compared == "logits" else "decision agreement"
+        print(f"{fmt:<12} {report.path}  {agreement} {report.top1_agreement:.1%} · largest {_SINGULAR[report.compared]} "
+              f"difference {report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
     reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
     if args.json:
         print_json(reports)
     return 0
+
+
+_SINGULAR = {"logits": "logit", "probabilities": "probability", "values": "value"}
 
 
 def _predict(args) -> int:
@@ -369,6 +382,18 @@ def _predict(args) -> int:
     model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
     batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
+    if model.task.name != "single-label":  # labels and their probabilities, or the value
+        from engine.deploy.predict import task_answers
+
+        if args.raw:
+            raise UserError(f"--raw is about calibrated single-label probabilities; this model is {model.task.name}")
+        results = task_answers(model.logits(batch), model.class_names, model.task)
+        if args.json:
+            print_json([{"image": str(p), "task": model.task.name, **r} for p, r in zip(paths, results)])
+            return 0
+        for path, result in zip(paths, results):
+            print(cli_deploy.task_prediction_line(path, result))
+        return 0
     # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
     logits = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
     results = cli_deploy.predictions(model, args.checkpoint, logits, args.top_k, args.raw)

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import replace
 
-from engine.config import (AUGMENTATIONS, CLASS_WEIGHTS, NUMBER_RULES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES,
+from engine.config import (AUGMENTATIONS, CLASS_WEIGHTS, LOSSES, NUMBER_RULES, TASKS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES,
                            DataConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, number_problem)
 from engine.errors import UserError
 from engine.model.project import load_project
@@ -96,7 +96,11 @@ def plan_config(args) -> PlanConfig:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="dataset folder (default: the built-in demo dataset)")
+    p.add_argument("--data", help="dataset folder, or a labels CSV (path + labels or value columns) "
+                                   "(default: the built-in demo dataset)")
+    p.add_argument("--task", choices=TASKS, default=DataConfig().task,
+                   help="auto: from the data (CSV labels column: multi-label, value column: regression; folders: "
+                        "single-label)")
     p.add_argument("--project", help="project file with every setting; flags given here override its values")
     p.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a run from its last completed epoch with its own settings "
@@ -111,6 +115,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=number_arg("train.label_smoothing"), default=t.label_smoothing)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=t.class_weights,
                    help="auto: a class-weighted loss when the largest class has 3x the smallest or more")
+    p.add_argument("--loss", choices=LOSSES, default=t.loss, help="regression: the loss on the standardised value")
     p.add_argument("--epochs", type=number_arg("train.epochs"), default=None, help=f"number of epochs (default {t.epochs})")
     p.add_argument("--batch-size", type=number_arg("train.batch_size"), default=t.batch_size,
                    help="images per step, over all processes: with --nproc N each process takes batch-size / N")
@@ -177,6 +182,7 @@ TRAIN_FLAGS = {
     "no_tensorboard": ("train", "tensorboard"),
     "feature_views": ("train", "feature_views"), "adapt_norm": ("train", "adapt_norm"),
     "class_weights": ("train", "class_weights"), "sync_bn": ("train", "sync_bn"),
+    "task": ("data", "task"), "loss": ("train", "loss"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Sub-commands that mend a dataset: suspects, relabel, exclude, undo, redo.
+"""Sub-commands that check and mend a dataset: scan, suspects, relabel, exclude, undo, redo.
 
 Registered by app.cli: add_commands(sub, number) adds the parsers, HANDLERS maps a command to its
 function (args -> exit code). `number(key)` is the argparse type checked by engine.config.NUMBER_RULES.
@@ -17,6 +17,17 @@ from app.cli_output import print_json
 
 def add_commands(sub, number) -> None:
     """Adds this module's sub-parsers to `sub`."""
+    from engine.data.label_table import TASK_CHOICES
+
+    scan = sub.add_parser("scan", help="check a dataset (class folders or a labels CSV): counts per class or label, "
+                                       "label co-occurrence or the value's range, and every file or row skipped")
+    scan.add_argument("data", metavar="DIR|CSV")
+    scan.add_argument("--task", choices=TASK_CHOICES, default="auto",
+                      help="auto: from the CSV's columns (labels: multi-label, value: regression) or the folder")
+    scan.add_argument("--val-fraction", type=number("data.val_fraction"), default=0.2)
+    scan.add_argument("--seed", type=number("train.seed"), default=0)
+    scan.add_argument("--json", action="store_true")
+
     suspects = sub.add_parser("suspects", help="images whose label looks wrong, most suspect first, and "
                                                "near-duplicates across classes or the train/validation split")
     suspects.add_argument("--data", required=True, metavar="DIR")
@@ -63,6 +74,41 @@ def _note_pending(data: str) -> None:
     for action in pending(data):
         print(f"transfer-studio: note: {action.kind} #{action.id} was left half-done by a crash; the next relabel, "
               f"exclude, undo or redo on this dataset completes it", file=sys.stderr)
+
+
+def _scan(args) -> int:
+    from engine.data.dataset import scan_dataset
+    from engine.data.label_table import histogram_lines
+
+    summary = scan_dataset(args.data, args.val_fraction, args.seed, task=args.task).summary()
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"{summary['root']}: {summary['task']}, {summary['total']} image(s), layout {summary['layout']}")
+    if summary["task"] == "regression":
+        values = summary["values"]
+        print(f"value: min {values['min']:.6g}, max {values['max']:.6g}, mean {values['mean']:.6g}, "
+              f"std {values['std']:.6g}")
+        for line in histogram_lines(values):
+            print(line)
+        print(f"train {summary['classes'][0]['train']}, val {summary['classes'][0]['val']}")
+    else:
+        what = "label" if summary["task"] == "multi-label" else "class"
+        print(f"{what:<24}{'train':>8}{'val':>8}")
+        for c in summary["classes"]:
+            print(f"{c['class'][:23]:<24}{c['train']:>8}{c['val']:>8}")
+    if summary["task"] == "multi-label":
+        names = [c["class"] for c in summary["classes"]]
+        print(f"images without a label: {summary['without_label']}")
+        print("co-occurrence (images with both labels):")
+        print(" " * 16 + "".join(f"{n[:7]:>8}" for n in names))
+        for name, row in zip(names, summary["co_occurrence"]):
+            print(f"{name[:15]:<16}" + "".join(f"{v:>8}" for v in row))
+    for s in summary["skipped"]:
+        print(f"skipped {s['path']}: {s['reason']}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
+    return 0
 
 
 def _suspects(args) -> int:
@@ -120,4 +166,4 @@ def _redo(args) -> int:
     return _edit(redo(args.data))
 
 
-HANDLERS: dict = {"suspects": _suspects, "relabel": _relabel, "exclude": _exclude, "undo": _undo, "redo": _redo}
+HANDLERS: dict = {"scan": _scan, "suspects": _suspects, "relabel": _relabel, "exclude": _exclude, "undo": _undo, "redo": _redo}

@@ -39,6 +39,10 @@ def check_export_args(args, formats: list[str]) -> None:
         raise UserError("--int8 quantizes the ONNX export: add --format onnx")
     if args.int8:  # the run's images must still be there: refused before any file is written
         from engine.deploy.int8 import run_images
+        from engine.insight.task_evaluation import checkpoint_task_of
+        from engine.training.tasks import refuse_unless_single_label
+
+        refuse_unless_single_label(checkpoint_task_of(Path(args.checkpoint)), "--int8 (its accuracy gate)")
 
         run_images(Path(args.checkpoint))
 
@@ -78,6 +82,13 @@ def prediction_line(image: Path, result: dict) -> str:
     if result.get("unknown"):
         ranked += f"  [unknown: {result['score']['name']} {result['score']['value']:.4g} < {result['score']['threshold']:.4g}]"
     return f"{image}: {ranked}"
+
+
+def task_prediction_line(image: Path, result: dict) -> str:
+    if "value" in result:
+        return f"{image}: {result['value']:.6g}"
+    ranked = ", ".join(f"{name} {p:.3f}" for name, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]))
+    return f"{image}: {', '.join(result['labels']) or '(no label)'}  [{ranked}]"
 
 
 def evaluate_unknown(args, source: Path) -> int:

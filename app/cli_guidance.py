@@ -102,6 +102,8 @@ def _advise(args) -> int:
 
     root = args.data or str(ensure_demo_dataset())
     scan = scan_dataset(root, args.val_fraction, args.seed)
+    if scan.task != "single-label":  # its rules (data per class, the strategy table) are single-label's
+        raise UserError(f"advise supports single-label data only; {root} is {scan.task}")
     advice = advise(scan, args.model, args.weights, image_size=args.image_size, measure=not args.no_measure,
                     batch_size=args.batch_size, device=select_device(args.device))
     if args.json:

@@ -63,6 +63,11 @@ def _evaluate(args) -> int:
     source = Path(args.source)
     if not source.exists():
         raise UserError(f"not found: {source}")
+    from engine.insight.task_evaluation import checkpoint_task_of
+
+    task = checkpoint_task_of(source)
+    if task != "single-label":
+        return _evaluate_task(args, source, task)
     if args.unknown is not None:
         if args.tta:
             raise UserError("--tta and --unknown measure different things: run them one at a time")
@@ -90,6 +95,32 @@ def _evaluate(args) -> int:
         print_json(evaluation.to_json())
         return 0
     print(format_evaluation(evaluation))
+    for skipped in evaluation.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    return 0
+
+
+def _evaluate_task(args, source: Path, task: str) -> int:
+    """evaluate for a multi-label or regression model: its task's figures (--unknown is single-label's)."""
+    from engine.insight.task_evaluation import evaluate_task_checkpoint, evaluate_task_run, format_task_evaluation
+    from engine.model.checkpoint import load_checkpoint
+    from engine.runs.run_folder import RunFolder
+
+    if args.unknown is not None:
+        raise UserError(f"--unknown supports single-label models only; this one is {task}")
+    folder = RunFolder(source if source.is_dir() else source.parent)
+    checkpoint = folder.checkpoint_path if source.is_dir() else source
+    if args.data:
+        evaluation = evaluate_task_checkpoint(checkpoint, args.data, args.device, args.batch_size,
+                                              worst=args.top_losses)
+    elif folder.exists() and folder.checkpoint_path.resolve() == checkpoint.resolve():
+        evaluation = evaluate_task_run(folder.path, load_checkpoint(checkpoint), worst=args.top_losses)
+    else:
+        raise UserError(f"{source} is not in its run folder: give --data CSV to evaluate it on a labels CSV")
+    if args.json:
+        print_json(evaluation.to_json())
+        return 0
+    print(format_task_evaluation(evaluation))
     for skipped in evaluation.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     return 0

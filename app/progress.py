@@ -63,13 +63,17 @@ class ProgressPrinter(Callbacks):
     def on_epoch_end(self, event: EpochEvent) -> None:
         val = (f"val loss {event.val_loss:.4f} acc {event.val_accuracy:.4f}"
                if event.val_accuracy is not None else "no validation set")
+        if event.task != "single-label" and event.val_loss is not None:  # the task's own metrics
+            shown = " ".join(f"{name} {value:.4f}" for name, value in event.val_metrics.items() if value is not None)
+            val = f"val loss {event.val_loss:.4f} {shown}"
+        train_acc = f" acc {event.train_accuracy:.4f}" if event.train_accuracy is not None else ""
         thawed = f" · unfrozen: {', '.join(event.newly_unfrozen)}" if event.newly_unfrozen else ""
         proof = ""
         if event.integrity is not None and event.integrity.checked:
             proof = (f" · frozen: {event.integrity.checked} tensors unchanged" if event.integrity.intact
                      else f" · FROZEN TENSORS CHANGED: {len(event.integrity.changed)}")
         self._write_line(
-            f"epoch {event.epoch}/{event.epochs} train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f} · "
+            f"epoch {event.epoch}/{event.epochs} train loss {event.train_loss:.4f}{train_acc} · "
             f"{val} · {event.seconds:.1f}s ({event.data_seconds:.1f}s data) · {event.images_per_second:,.0f} img/s"
             f"{' · best' if event.is_best else ''}{thawed}{proof}", True)
 

@@ -89,6 +89,9 @@ class DatasetLoader(QObject):
 
         def job():
             listing = list_dataset(folder, should_stop=stop_early)
+            if listing.task != "single-label":  # the window's views are single-label's (issue 25)
+                raise UserError(f"the window opens single-label data only; {folder} is {listing.task}: "
+                                f"train it with transfer-studio train --data")
             scan = split_listing(listing, *split)
             return listing, scan, scan.summary(), split
 

@@ -25,6 +25,8 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 STRATEGIES = ("feature-extraction", "fine-tune", "discriminative", "gradual", "layer-decay")
 PRECISIONS = ("auto", "off", "fp32", "bf16", "fp16")  # "fp32" is another name for "off"
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/training/class_weights.py decides what auto means
+TASKS = ("auto", "single-label", "multi-label", "regression")  # auto: from the data (engine/data/label_table.py)
+LOSSES = ("mse", "huber")  # regression's loss on the standardised target
 PROJECT_FORMAT_VERSION = 1
 
 
@@ -37,6 +39,7 @@ class DataConfig:
     num_workers: int | None = None  # None: chosen from the CPU count and the device
     decoded_cache_mb: int = 2048  # budget for decoded, resized images kept in RAM; 0 turns it off
     feature_cache: bool = True  # train the head on cached trunk features when the trunk is frozen
+    task: str = "auto"  # what the data must give; a labels CSV gives multi-label or regression, folders single-label
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class TrainConfig:
     sync_bn: bool = False  # several CUDA processes: trainable BatchNorm layers share their batch statistics
     processes: int = 1  # DDP processes on this machine (gloo on CPU, a GPU each on CUDA); torchrun's own count wins
     tensorboard: bool = True  # event files in RUN/tensorboard (scalars, confusion images, projector, hparams)
+    loss: str = "mse"  # regression: mse or huber, on the standardised target
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class RunConfig:
             (self.train.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.train.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.train.class_weights in CLASS_WEIGHTS, f"class weights must be one of {', '.join(CLASS_WEIGHTS)}"),
+            (self.data.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
+            (self.train.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
             (bool(self.model.arch), "no architecture given"),
             (bool(self.model.weights), "weights must be 'imagenet', 'none' or a file"),
         ]

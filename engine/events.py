@@ -58,7 +58,7 @@ class EpochEvent:
     epoch: int
     epochs: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None  # None for regression
     val_loss: float | None
     val_accuracy: float | None
     per_class_accuracy: dict[str, float | None]
@@ -76,6 +76,8 @@ class EpochEvent:
     integrity: IntegrityReport | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)  # mean over the epoch's samples
     val_balanced_accuracy: float | None = None  # mean recall over the classes with validation images
+    task: str = "single-label"  # multi-label and regression: train_accuracy is per label decision / None,
+    val_metrics: dict = field(default_factory=dict)  # and these hold mAP, macro/micro F1 or MAE, RMSE, R²
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,9 +119,12 @@ class FitResult:
     stopped: str  # "completed" | "early-stopping" | "user"
     skipped: tuple[SkippedFile, ...] = field(default_factory=tuple)
     integrity: IntegrityReport | None = None  # the last check; None when no epoch ran
+    task: str = "single-label"
+    best_val_metrics: dict | None = None  # multi-label or regression: the best epoch's validation metrics
 
     def summary(self) -> dict:
-        return {
+        task = {} if self.task == "single-label" else {"task": self.task, "best_val_metrics": self.best_val_metrics}
+        return {**task, 
             "run_dir": self.run_dir, "checkpoint": self.checkpoint, "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy, "epochs_run": self.epochs_run,
             "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 2),
@@ -149,7 +154,8 @@ class FitResult:
         checked, changed, epoch = (integer(integrity.get("checked")), texts(integrity.get("changed")),
                                    integer(integrity.get("last_checked_epoch")))
         return cls(**values, skipped=skipped,
-                   integrity=None if None in (checked, changed, epoch) else IntegrityReport(epoch, checked, changed))
+                   integrity=None if None in (checked, changed, epoch) else IntegrityReport(epoch, checked, changed),
+                   task=text(summary.get("task")) or "single-label", best_val_metrics=mapping(summary.get("best_val_metrics")))
 
 
 class Callbacks:

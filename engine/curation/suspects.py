@@ -65,6 +65,8 @@ def find_suspects(data_dir: str | os.PathLike, arch: str, weights: str = "none",
     target = select_device(device)
     progress("Listing the dataset's images…")
     listing = list_dataset(data_dir, should_stop)
+    if listing.task != "single-label":  # out-of-fold softmax probabilities rank one label per image
+        raise UserError(f"suspects supports single-label data only; {data_dir} is {listing.task}")
     scan = split_listing(listing, val_fraction, seed)
     root = Path(listing.root)
     if weights in (None, "", "none"):

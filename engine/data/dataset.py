@@ -1,7 +1,8 @@
 """Datasets: scan a folder, split it, decode robustly, transform, batch, cache decoded images.
 
 Two layouts: `root/<class>/<image>` (split here, stratified and seeded) or
-`root/train/<class>` + `root/val/<class>` (used as given). Class order is sorted like torchvision's
+`root/train/<class>` + `root/val/<class>` (used as given); or a labels CSV (engine.data.label_table)
+for multi-label, regression or single-label data, with its own split column or split here. Class order is sorted like torchvision's
 ImageFolder, so label indices match it. A file that cannot be used is skipped and listed with
 its reason, at scan time or when it fails to decode in the middle of an epoch.
 """
@@ -37,7 +38,9 @@ IMBALANCE_WARNING = 3.0  # largest / smallest class from which a scan warns (and
 @dataclass(frozen=True)
 class Sample:
     path: str
-    label: int
+    # single-label: the class index; multi-label: a multi-hot tuple of 0.0/1.0 per label;
+    # regression: the target value. Batches collate each into the tensor its task's loss takes.
+    label: int | tuple[float, ...] | float
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class DatasetScan:
     skipped: tuple[SkippedFile, ...]
     image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
     copies: tuple[tuple[str, ...], ...] = ()  # groups of byte-identical files (engine.data.copies)
+    task: str = "single-label"  # engine.data.label_table.TASKS
 
     @property
     def total(self) -> int:
@@ -60,10 +64,12 @@ class DatasetScan:
         return copies_across(self.copies, (s.path for s in self.train), (s.path for s in self.val))
 
     def class_counts(self) -> list[dict]:
+        """Images per class (multi-label: per label present; regression: one row, "value")."""
         counts = [{"class": name, "train": 0, "val": 0} for name in self.class_names]
         for split in ("train", "val"):
             for sample in getattr(self, split):
-                counts[sample.label][split] += 1
+                for index in present_labels(sample, self.task):
+                    counts[index][split] += 1
         return counts
 
     def imbalance(self) -> float:
@@ -75,11 +81,12 @@ class DatasetScan:
         """Problems worth a person's attention before training."""
         notes = []
         totals = [c["train"] + c["val"] for c in self.class_counts()]
-        tiny = [n for n, t in zip(self.class_names, totals) if t < 10]
+        what = "label" if self.task == "multi-label" else "class"
+        tiny = [n for n, t in zip(self.class_names, totals) if t < 10] if self.task != "regression" else []
         if tiny:
-            notes.append(f"{len(tiny)} class(es) with fewer than 10 images: {', '.join(tiny[:5])}")
+            notes.append(f"{len(tiny)} {what}(s) with fewer than 10 images: {', '.join(tiny[:5])}")
         if math.isfinite(self.imbalance()) and self.imbalance() >= IMBALANCE_WARNING:
-            notes.append(f"class imbalance: largest class has {self.imbalance():.1f}x the smallest")
+            notes.append(f"{what} imbalance: largest {what} has {self.imbalance():.1f}x the smallest")
         if self.skipped:
             notes.append(f"{len(self.skipped)} file(s) skipped")
         leaks = self.leaks()
@@ -90,9 +97,10 @@ class DatasetScan:
         return notes
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "root": self.root,
             "layout": self.layout,
+            "task": self.task,
             "classes": self.class_counts(),
             "total": self.total,
             "image_sizes": self.image_sizes,
@@ -100,14 +108,35 @@ class DatasetScan:
             "leaks": [{"val": v, "train": t} for v, t in self.leaks()],
             "warnings": self.warnings(),
         }
+        if self.task == "multi-label":
+            from engine.data.label_table import co_occurrence
+
+            sets = [present_labels(s, self.task) for s in self.train + self.val]
+            summary["co_occurrence"] = co_occurrence(sets, len(self.class_names))
+            summary["without_label"] = sum(1 for labels in sets if not labels)
+        elif self.task == "regression":
+            from engine.data.label_table import value_summary
+
+            summary["values"] = value_summary([float(s.label) for s in self.train + self.val])
+        return summary
 
 
 def _short(path: str, root: str) -> str:
     return os.path.relpath(path, root) if path.startswith(root) else path
 
 
-def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> DatasetScan:
-    return split_listing(list_dataset(root), val_fraction, seed)
+def present_labels(sample: Sample, task: str) -> list[int]:
+    """The class indices a sample counts for: its class, its labels present, or 0 (regression's one)."""
+    if task == "multi-label":
+        return [i for i, on in enumerate(sample.label) if on]
+    if task == "regression":
+        return [0]
+    return [sample.label]
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
+                 task: str = "auto") -> DatasetScan:
+    return split_listing(list_dataset(root, task=task), val_fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -126,16 +155,26 @@ class DatasetListing:
     skipped: tuple[SkippedFile, ...]
     image_sizes: dict = field(default_factory=dict)  # min/median/max of width and height
     copies: tuple[tuple[str, ...], ...] = ()  # groups of byte-identical files, found once here
+    task: str = "single-label"
 
     @property
     def total(self) -> int:
         return len(self.samples) + len(self.given_val)
 
 
-def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lambda: False) -> DatasetListing:
-    """Find and probe every image of a dataset folder; raises UserError for a folder that cannot
-    be a dataset. `should_stop()` abandons a listing nobody waits for any more (returns what was
-    probed so far)."""
+def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lambda: False,
+                 task: str = "auto", known_labels: Sequence[str] | None = None) -> DatasetListing:
+    """Find and probe every image of a dataset folder or labels CSV; raises UserError for one that
+    cannot be a dataset. `should_stop()` abandons a listing nobody waits for any more (returns what
+    was probed so far). `task`: auto, or the task the data must give (a folder gives single-label)."""
+    from engine.data.label_table import check_task, is_label_table
+
+    check_task(task)
+    if is_label_table(root):
+        return _list_table(root, task, should_stop, known_labels)
+    if task not in ("auto", "single-label"):
+        raise UserError(f"--task {task} needs a labels CSV (path,labels or path,value); class folders give "
+                        f"single-label data")
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise UserError(f"dataset folder not found: {root}")
@@ -167,15 +206,72 @@ def list_dataset(root: str | os.PathLike, should_stop: Callable[[], bool] = lamb
                           tuple(skipped), _size_stats(sizes), copies)
 
 
+def _list_table(csv_path, task: str, should_stop: Callable[[], bool],
+                known_labels: Sequence[str] | None) -> DatasetListing:
+    """A labels CSV's usable rows as samples (bad rows and undecodable images skipped, with reasons)."""
+    from engine.data.label_table import read_label_table
+
+    table = read_label_table(csv_path, task, known_labels)
+    names = table.label_names
+    index = {name: i for i, name in enumerate(names)}
+
+    def target(row):
+        if table.task == "regression":
+            return row.value
+        if table.task == "single-label":
+            return index[row.labels[0]]
+        return tuple(1.0 if name in row.labels else 0.0 for name in names)
+
+    skipped = [SkippedFile(b.path, b.describe()) for b in table.bad]
+    given = any(row.split for row in table.rows)
+    rows = list(table.rows)
+    if given:  # the split column is used as given: a row without one has no place
+        skipped += [SkippedFile(Path(r.path).name, f"line {r.line}: no split value (the split column is used as given)")
+                    for r in rows if not r.split]
+        rows = [r for r in rows if r.split]
+    train_rows = [(Path(r.path), target(r)) for r in rows if r.split != "val"]
+    val_rows = [(Path(r.path), target(r)) for r in rows if r.split == "val"]
+    samples, bad_images, sizes = _probe_files(train_rows, should_stop)
+    given_val, bad_val, sizes_v = _probe_files(val_rows, should_stop)
+    if not samples and not given_val:
+        raise UserError(f"{csv_path} has no usable row ({len(skipped) + len(bad_images)} bad: "
+                        f"{(skipped + bad_images)[0].reason if skipped or bad_images else 'empty'})")
+    if table.task != "regression" and not names:
+        raise UserError(f"{csv_path} names no label in any usable row")
+    copies = identical_files([s.path for s in (*samples, *given_val)], should_stop)
+    return DatasetListing(table.root, "csv-split" if given else "csv", names, tuple(samples), tuple(given_val),
+                          tuple(skipped + bad_images + bad_val), _size_stats(sizes + sizes_v), copies, task=table.task)
+
+
 def split_listing(listing: DatasetListing, val_fraction: float, seed: int) -> DatasetScan:
     """The scan for one split of a listing: stratified and seeded, or train/ and val/ as given."""
-    if listing.layout == "train-val":
+    if listing.layout in ("train-val", "csv-split"):
         train, val = listing.samples, listing.given_val
     else:
-        train, val = stratified_split(listing.samples, val_fraction, seed)
+        train, val = stratified_split(listing.samples, val_fraction, seed, strata(listing.samples, listing.task))
     return DatasetScan(root=listing.root, layout=listing.layout, class_names=listing.class_names,
                        train=tuple(train), val=tuple(val), skipped=listing.skipped, image_sizes=listing.image_sizes,
-                       copies=listing.copies)
+                       copies=listing.copies, task=listing.task)
+
+
+VALUE_STRATA = 5  # regression: values split within this many quantile bins, so both splits span the range
+
+
+def strata(samples: Sequence[Sample], task: str) -> Callable[[Sample], object] | None:
+    """What a seeded split stratifies by, where the label is not one class: a multi-label image by
+    its rarest label (none: its own stratum), a value by its quantile bin. None: by the class."""
+    if task == "multi-label":
+        counts = [0] * (len(samples[0].label) if samples else 0)
+        for s in samples:
+            for i, on in enumerate(s.label):
+                counts[i] += bool(on)
+        return lambda s: min((i for i, on in enumerate(s.label) if on), key=lambda i: (counts[i], i), default=-1)
+    if task == "regression":
+        ordered = sorted(float(s.label) for s in samples)
+        bins = max(1, min(VALUE_STRATA, len(ordered) // 4))
+        edges = [ordered[len(ordered) * b // bins] for b in range(1, bins)]
+        return lambda s: sum(float(s.label) >= e for e in edges)
+    return None
 
 
 class _Seen:
@@ -269,11 +365,13 @@ def class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "_")))
 
 
-def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int):
-    """Per class, a seeded shuffle; round(n * fraction) go to validation (at least one when n >= 2)."""
-    by_class: dict[int, list[Sample]] = {}
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int,
+                     stratum: Callable[[Sample], object] | None = None):
+    """Per class (or per `stratum`), a seeded shuffle; round(n * fraction) go to validation (at
+    least one when n >= 2)."""
+    by_class: dict = {}
     for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
+        by_class.setdefault(sample.label if stratum is None else stratum(sample), []).append(sample)
     train, val = [], []
     rng = random.Random(seed)
     for label in sorted(by_class):
@@ -500,12 +598,20 @@ class Batch:
         return self
 
 
+def labels_tensor(labels: list) -> torch.Tensor:
+    """The batch tensor of samples' labels: int64 class indices, or float32 (N, K) multi-hot rows or
+    (N,) values (the same tensor collate makes, for labels gathered without a loader)."""
+    if not labels:
+        return torch.empty(0, dtype=torch.long)
+    return torch.tensor(labels, dtype=torch.long if isinstance(labels[0], int) else torch.float32)
+
+
 def collate(items) -> Batch:
     good = [(img, label) for img, label, _, reason in items if img is not None]
     failures = [(index, reason) for img, _, index, reason in items if img is None]
     if not good:
         return Batch(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), failures)
-    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), failures)
+    return Batch(torch.stack([g[0] for g in good]), labels_tensor([g[1] for g in good]), failures)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from engine.atomic import atomic_file, atomic_write_bytes
 from engine.errors import UserError
 from engine.model.architectures import model_kwargs, plain_model
 from engine.deploy.predict import LoadedClassifier, load_classifier
+from engine.training.tasks import CheckpointTask
 
 FORMATS = ("pt", "safetensors", "torchscript", "onnx", "pt2")
 # pt2 only when asked for: loading it anywhere but this installation needs explicit trust (it unpickles).
@@ -58,6 +59,9 @@ class ParityReport:
     passed: bool
     logit_scale: float = 0.0  # the model's largest |logit| on these images
     relative_diff: float = 0.0  # max_abs_logit_diff / max(1, logit_scale), compared with tolerance
+    # What was compared: logits (single-label), probabilities (multi-label: sigmoid; the agreement
+    # is then over every label's decision at its threshold) or values (regression, de-standardised).
+    compared: str = "logits"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +76,7 @@ def metadata(classifier: LoadedClassifier) -> dict[str, str]:
         # What torchvision.models.get_model(arch, num_classes=K, ...) needs to take these weights.
         "model_kwargs": json.dumps(model_kwargs(classifier.arch, classifier.preprocessing.crop)),
         "producer": "transfer-studio",
+        **({} if classifier.task.name == "single-label" else {"task": json.dumps(classifier.task.to_dict())}),
     }
 
 
@@ -117,7 +122,10 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path | None, parity_batc
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise UserError(f"{classifier.arch} cannot be exported to {fmt} ({type(exc).__name__}: {detail[:300]}); "
                         f"pt and safetensors work for every architecture") from exc
-    report = compare_logits(fmt, out, expected, actual, single, tolerance)
+    if classifier.task.name == "single-label":
+        report = compare_logits(fmt, out, expected, actual, single, tolerance)
+    else:
+        report = compare_task_outputs(fmt, out, expected, actual, single, tolerance, classifier.task)
     report_path = Path(str(out) + ".parity.json")
     try:
         atomic_write_bytes(report_path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
@@ -145,6 +153,36 @@ def compare_logits(fmt: str, out: Path, expected: torch.Tensor, actual: torch.Te
     passed = diff <= allowed and not _decisive_disagreements(expected, actual, allowed)
     return ParityReport(fmt, str(out), len(expected), agreement, diff, tolerance, passed, logit_scale=scale,
                         relative_diff=diff / max(1.0, scale))
+
+
+def task_outputs(outputs: torch.Tensor, task: CheckpointTask) -> torch.Tensor:
+    """What a multi-label or regression model answers with: probabilities, or values on the target's scale."""
+    if task.name == "regression":
+        return outputs[:, :1].double() * task.scale + task.mean
+    return outputs.float().sigmoid()
+
+
+def compare_task_outputs(fmt: str, out: Path, expected: torch.Tensor, actual: torch.Tensor, single: torch.Tensor,
+                         tolerance: float, task: CheckpointTask) -> ParityReport:
+    """The gate for multi-label (sigmoid probabilities; every label's decision at its threshold must agree
+    unless the model's probability lies within the allowed difference of it) and regression (values)."""
+    e, a = task_outputs(expected, task), task_outputs(actual, task)
+    diff = float((a - e).abs().max()) if len(e) else 0.0
+    if len(single):
+        diff = max(diff, float((task_outputs(single, task) - e[:1]).abs().max()))
+    scale = float(e.abs().max()) if len(e) else 0.0
+    allowed = tolerance * max(1.0, scale)
+    agreement, decisive = 1.0, 0
+    if task.name == "multi-label" and len(e):
+        k = e.shape[1]
+        thresholds = torch.tensor(task.thresholds if len(task.thresholds) == k else [0.5] * k).view(1, -1)
+        differ = (e >= thresholds) != (a >= thresholds)
+        agreement = 1.0 - float(differ.float().mean())
+        decisive = int((differ & ((e - thresholds).abs() > allowed)).sum())
+    passed = diff <= allowed and not decisive
+    return ParityReport(fmt, str(out), len(e), agreement, diff, tolerance, passed, logit_scale=scale,
+                        relative_diff=diff / max(1.0, scale),
+                        compared="probabilities" if task.name == "multi-label" else "values")
 
 
 def _decisive_disagreements(expected: torch.Tensor, actual: torch.Tensor, allowed: float) -> int:
@@ -177,7 +215,7 @@ def _write_safetensors(checkpoint: Path, classifier: LoadedClassifier, out: Path
     state = {k: v.contiguous() for k, v in classifier.model.state_dict().items()}
     meta = metadata(classifier)
     atomic_write_bytes(out, save(state, metadata=meta))
-    sidecar = {"arch": classifier.arch, "class_names": classifier.class_names,
+    sidecar = {"arch": classifier.arch, "class_names": classifier.class_names, "task": classifier.task.to_dict(),
                "preprocessing": classifier.preprocessing.to_dict(),
                "model_kwargs": model_kwargs(classifier.arch, classifier.preprocessing.crop), "weights": out.name}
     atomic_write_bytes(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
@@ -271,6 +309,7 @@ class Exported:
     class_names: list[str]
     preprocessing: dict
     _run: object
+    task: CheckpointTask = CheckpointTask()  # a file without task metadata is single-label
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self._run(batch)
@@ -301,7 +340,7 @@ def load_any(path: str | Path, fmt: str | None = None, trust: bool = False) -> E
     if fmt == "pt":
         classifier = load_classifier(path)
         return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),
-                        _torch_runner(classifier.model))
+                        _torch_runner(classifier.model), classifier.task)
     if fmt == "pt2":
         return _load_pt2(path, trust)
     loader = {"safetensors": _load_safetensors, "torchscript": _load_torchscript, "onnx": _load_onnx}[fmt]
@@ -321,7 +360,7 @@ def _load_torchscript(path: Path) -> Exported:
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     meta = _parse_meta(json.loads(extra["transfer_studio.json"] or "{}"), path)
-    return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()))
+    return Exported("torchscript", meta["class_names"], meta["preprocessing"], _torch_runner(module.eval()), meta["task"])
 
 
 def _load_pt2(path: Path, trust: bool, written: bytes | None = None) -> Exported:
@@ -347,7 +386,7 @@ def _load_pt2(path: Path, trust: bool, written: bytes | None = None) -> Exported
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise UserError(f"{path} is not a valid pt2 file, or is damaged ({type(exc).__name__}: {detail[:200]})") from None
     meta = _parse_meta(meta if isinstance(meta, dict) else {}, path)
-    return Exported("pt2", meta["class_names"], meta["preprocessing"], _torch_runner(module))
+    return Exported("pt2", meta["class_names"], meta["preprocessing"], _torch_runner(module), meta["task"])
 
 
 @contextlib.contextmanager
@@ -374,10 +413,13 @@ def _torch_runner(module):
 
 def _parse_meta(meta: dict, path: Path) -> dict:
     try:
-        return {"arch": meta.get("arch"), "class_names": json.loads(meta["class_names"]),
-                "preprocessing": json.loads(meta["preprocessing"])}
+        parsed = {"arch": meta.get("arch"), "class_names": json.loads(meta["class_names"]),
+                  "preprocessing": json.loads(meta["preprocessing"])}
+        task = json.loads(meta["task"]) if meta.get("task") else None
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path} has no Transfer Studio metadata (class names, preprocessing)") from None
+    parsed["task"] = CheckpointTask.of({"task": task})  # one line for a task this version does not know
+    return parsed
 
 
 def _load_safetensors(path: Path) -> Exported:
@@ -388,7 +430,7 @@ def _load_safetensors(path: Path) -> Exported:
         meta = _parse_meta(fh.metadata() or {}, path)
     model = plain_model(meta["arch"], len(meta["class_names"]), int(meta["preprocessing"]["crop"]), for_weights=True)
     model.load_state_dict(load_file(str(path)), strict=True)
-    return Exported("safetensors", meta["class_names"], meta["preprocessing"], _torch_runner(model.eval()))
+    return Exported("safetensors", meta["class_names"], meta["preprocessing"], _torch_runner(model.eval()), meta["task"])
 
 
 def _load_onnx(path: Path) -> Exported:
@@ -403,7 +445,7 @@ def _load_onnx(path: Path) -> Exported:
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {input_name: batch.float().numpy()})[0]).float()
 
-    return Exported("onnx", meta["class_names"], meta["preprocessing"], run)
+    return Exported("onnx", meta["class_names"], meta["preprocessing"], run, meta["task"])
 
 
 def checkpoint_dataset_root(checkpoint: Path) -> str | None:
@@ -412,7 +454,7 @@ def checkpoint_dataset_root(checkpoint: Path) -> str | None:
         root = load_checkpoint(checkpoint)["config"]["data"]["root"]
     except (KeyError, TypeError):
         return None
-    return root if root and Path(root).is_dir() else None
+    return root if root and Path(root).exists() else None  # a folder, or a labels CSV
 
 
 def parity_batch(checkpoint: str | Path, limit: int = 32) -> torch.Tensor:
@@ -430,7 +472,7 @@ def parity_batch(checkpoint: str | Path, limit: int = 32) -> torch.Tensor:
         data = ckpt["config"]["data"]
         seed = ckpt["config"].get("train", {}).get("seed", 0)
         try:
-            scan = scan_dataset(root, data.get("val_fraction", 0.2), seed)
+            scan = scan_dataset(root, data.get("val_fraction", 0.2), seed, task=data.get("task", "auto"))
             paths = [s.path for s in (scan.val or scan.train)]
         except UserError:
             paths = []

@@ -79,7 +79,11 @@ class RunImages:
 def run_images(checkpoint: Path) -> RunImages:
     """The training and validation images of the run the checkpoint came from, split as it was;
     one line when the dataset is gone or no longer the model's."""
+    from engine.training.tasks import CheckpointTask, refuse_unless_single_label
+
     ckpt = load_checkpoint(checkpoint)
+    # Its gate measures top-1 accuracy, which a multi-label or regression model does not have.
+    refuse_unless_single_label(CheckpointTask.of(ckpt).name, "int8 export (its accuracy gate)")
     config = ckpt.get("config") or {}
     data, train = config.get("data") or {}, config.get("train") or {}
     root = data.get("root")

@@ -18,6 +18,7 @@ from engine.model.checkpoint import load_checkpoint
 
 CARD_FORMAT = 1
 TASK = "single-label image classification"
+TASK_TITLES = {"single-label": TASK, "multi-label": "multi-label image classification", "regression": "image regression"}
 
 
 def card_path(exported: str | os.PathLike) -> Path:
@@ -38,6 +39,8 @@ def data_fingerprint(root: str | None) -> dict:
     from the directory listing: no image is opened, so a large dataset costs one walk."""
     from engine.data.images import is_image_file
 
+    if root and Path(root).is_file():  # a labels CSV: its own bytes name the images and their labels
+        return {"root": str(root), "found": True, "files": 1, "sha256": file_sha256(root), "measured": "at export"}
     if not root or not Path(root).is_dir():
         return {"root": root, "found": False}
     entries = []
@@ -105,15 +108,25 @@ def build_card(checkpoint: str | os.PathLike, exported: str | os.PathLike, fmt: 
     config = ckpt.get("config") or {}
     class_names = list(ckpt["class_names"])
     calibration = ckpt.get("calibration") or {}
+    from engine.training.tasks import CheckpointTask
+
+    task = CheckpointTask.of(ckpt)
+    metrics = ckpt.get("metrics") or {}
+    validation = (validation_figures(metrics, class_names) if task.name == "single-label" else
+                  {"epoch": metrics.get("epoch"), "loss": metrics.get("val_loss"),
+                   **{key[4:]: value for key, value in metrics.items()
+                      if key in ("val_mAP", "val_macro_f1", "val_micro_f1", "val_mae", "val_rmse", "val_r2")}})
     return {
-        "card_format": CARD_FORMAT, "task": TASK,
+        "card_format": CARD_FORMAT, "task": TASK_TITLES[task.name],
+        # multi-label: the label names and each one's threshold; regression: the target's mean and scale.
+        "task_fields": task.to_dict(),
         "file": Path(exported).name, "format": fmt, "sha256": file_sha256(exported),
         "architecture": ckpt["arch"], "classes": class_names, "preprocessing": ckpt["preprocessing"],
         "source_weights": source_weights(config, ckpt["arch"]),
         "checkpoint": {"file": str(checkpoint), "weights_sha256": ckpt.get("weights_sha256"), "epoch": ckpt.get("epoch")},
         "training_data": training_data or data_fingerprint((config.get("data") or {}).get("root")),
         "configuration": config,
-        "validation": validation_figures(ckpt.get("metrics") or {}, class_names),
+        "validation": validation,
         "parity": parity,
         "calibration": {key: calibration[key] for key in ("temperature", "ece_before", "ece_after", "nll_before",
                                                           "nll_after", "ece_bins", "images", "epoch")
@@ -171,9 +184,19 @@ def card_markdown(card: dict) -> str:
         f"- Training data: " + (f"{data['files']} files at {data['root']}, list SHA-256 `{data['sha256']}` (at export)"
                                 if data.get("found") else f"{data.get('root')} not found at export"),
         "", "## Validation (best epoch)", "",
-        f"Accuracy {_pct(val.get('accuracy'))}, balanced accuracy {_pct(val.get('balanced_accuracy'))}"
-        + (f" on {val['images']} images" if val.get("images") else ""), "",
     ]
+    fields = card.get("task_fields") or {"name": "single-label"}
+    if fields["name"] == "single-label":
+        lines += [f"Accuracy {_pct(val.get('accuracy'))}, balanced accuracy {_pct(val.get('balanced_accuracy'))}"
+                  + (f" on {val['images']} images" if val.get("images") else ""), ""]
+    else:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k not in ("epoch", "loss") and v is not None)
+        lines += [shown or "no validation figures", ""]
+    if fields["name"] == "multi-label":
+        lines += ["| label | threshold |", "|---|---|"]
+        lines += [f"| {n} | {t:.4f} |" for n, t in zip(card["classes"], fields["thresholds"])] + [""]
+    if fields["name"] == "regression":
+        lines += [f"Output: one value, standardised; value = output x {fields['scale']:.6g} + {fields['mean']:.6g}", ""]
     if val.get("per_class"):
         lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
@@ -181,7 +204,9 @@ def card_markdown(card: dict) -> str:
         lines.append("")
     if card["parity"]:
         p = card["parity"]
-        lines += ["## Parity", "", f"Top-1 agreement {_pct(p.get('top1_agreement'))}, largest logit difference "
+        what = {"probabilities": ("Label-decision agreement", "probability"), "values": ("Agreement", "value")}.get(
+            p.get("compared"), ("Top-1 agreement", "logit"))
+        lines += ["## Parity", "", f"{what[0]} {_pct(p.get('top1_agreement'))}, largest {what[1]} difference "
                   f"{p.get('max_abs_logit_diff', 0):.2e} on {p.get('images')} images (tolerance {p.get('tolerance')})", ""]
     if card["int8"]:
         q = card["int8"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from engine.data.dataset import Preprocessing, eval_transform, normalize_batch
 from engine.errors import UserError
 from engine.data.images import BadImage, decode_resized
 from engine.model.architectures import plain_model
+from engine.training.tasks import CheckpointTask
 
 
 @dataclass
@@ -21,6 +22,7 @@ class LoadedClassifier:
     arch: str
     class_names: list[str]
     preprocessing: Preprocessing
+    task: CheckpointTask = field(default_factory=CheckpointTask)  # multi-label thresholds, regression scale
 
 
 def load_classifier(path: str | Path) -> LoadedClassifier:
@@ -40,7 +42,8 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
         raise UserError(f"{path}: its weights do not fit {arch} with {len(class_names)} classes "
                         f"({detail[:160] or 'different tensors'})") from None
     model.eval()
-    return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]))
+    return LoadedClassifier(model, arch, class_names, Preprocessing.from_dict(ckpt["preprocessing"]),
+                            CheckpointTask.of(ckpt))
 
 
 def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
@@ -62,3 +65,15 @@ def top_k(logits: torch.Tensor, class_names: list[str], k: int) -> list[list[dic
     values, indices = probs.topk(k, dim=1)
     return [[{"class": class_names[int(i)], "index": int(i), "probability": float(v)} for v, i in zip(vs, ix)]
             for vs, ix in zip(values, indices)]
+
+
+def task_answers(outputs: torch.Tensor, class_names: list[str], task: CheckpointTask) -> list[dict]:
+    """Multi-label: the labels at or above their thresholds and every label's probability (sigmoid);
+    regression: the value on the target's own scale (de-standardised)."""
+    if task.name == "regression":
+        values = outputs[:, 0].double() * task.scale + task.mean
+        return [{"value": float(v)} for v in values]
+    probs = outputs.float().sigmoid()
+    thresholds = list(task.thresholds) if len(task.thresholds) == len(class_names) else [0.5] * len(class_names)
+    return [{"labels": [n for n, p, t in zip(class_names, row.tolist(), thresholds) if p >= t],
+             "probabilities": {n: float(p) for n, p in zip(class_names, row.tolist())}} for row in probs]

@@ -71,6 +71,10 @@ class CamResult:
 def explain(classifier, image_path: str | Path, layer: str | None = None, target: str | None = None) -> CamResult:
     """Grad-CAM of `target` (default: the predicted class) for one image. `classifier` is an
     engine.deploy.predict.LoadedClassifier."""
+    from engine.training.tasks import refuse_unless_single_label
+
+    # A softmax class score is what Grad-CAM explains here; per-label (sigmoid) maps are not built yet.
+    refuse_unless_single_label(classifier.task.name, "Grad-CAM (explain)")
     model, prep, names = classifier.model, classifier.preprocessing, list(classifier.class_names)
     if layer is not None:
         _module(model, layer, classifier.arch)  # a misspelt layer is refused before any image is read

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from engine.training.batches import single_image_batch_problem
-from engine.training.class_weights import training_criterion
 from engine.config import PlanConfig, RunConfig
 from engine.data.dataset import DatasetScan
 from engine.errors import UserError
@@ -268,8 +267,7 @@ def find_lr(config: RunConfig, scan: DatasetScan | None = None, *, steps: int = 
             apply_plan(run.model, plan_now)
             segment = ScheduleSegment.planned(config.train, run.batches.steps_per_epoch)
             optimization = Optimization(run.model, run.info, plan_now, config.train, segment)
-            criterion = training_criterion(config.train.class_weights, run.scan, config.train.label_smoothing,
-                                           run.device)
+            criterion = run.task.loss  # the run's own loss: cross-entropy, BCE or the regression loss
             scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
             optimizer, swept, base_lr = optimization.optimizer, None, run.plan.base_lr
             if module is not None:

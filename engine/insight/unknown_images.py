@@ -56,7 +56,10 @@ def evaluate_unknown(checkpoint: str | os.PathLike, unknown_dir: str | os.PathLi
     """`checkpoint` must lie in its run folder (its validation logits are the known side)."""
     from engine.deploy.predict import load_classifier
 
+    from engine.training.tasks import CheckpointTask, refuse_unless_single_label
+
     checkpoint = Path(checkpoint)
+    refuse_unless_single_label(CheckpointTask.of(load_checkpoint(checkpoint)).name, "the unknown-image score")
     calibration = load_checkpoint(checkpoint).get("calibration")
     if not isinstance(calibration, dict) or not isinstance(calibration.get("unknown"), dict):
         raise UserError(f"{checkpoint} has no unknown threshold (trained before calibration was recorded, or "

@@ -332,18 +332,20 @@ def _load_unversioned_mnasnet_state(self, state_dict, prefix, local_metadata, *a
 MAX_CLASSES = 100_000
 
 
-def check_class_count(num_classes: int) -> None:
-    """Refuse, in one line and before anything is allocated, a class count no model here can have."""
-    if num_classes < 2:
+def check_class_count(num_classes: int, minimum: int = 2) -> None:
+    """Refuse, in one line and before anything is allocated, a class count no model here can have
+    (`minimum` 1: a regression's one output, a multi-label set of one label)."""
+    if num_classes < minimum:
         raise UserError(f"need at least 2 classes, got {num_classes}")
     if num_classes > MAX_CLASSES:
         raise UserError(f"{num_classes:,} classes are more than the {MAX_CLASSES:,} Transfer Studio trains "
                         f"(the head alone would outgrow memory); merge classes or split the dataset")
 
 
-def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224) -> BuiltModel:
+def build_model(arch: str, num_classes: int, weights: str = "imagenet", image_size: int = 224,
+                min_classes: int = 2) -> BuiltModel:
     check_arch(arch)
-    check_class_count(num_classes)
+    check_class_count(num_classes, min_classes)
     check_image_size(arch, image_size)
     if timm_source.is_timm(arch):  # timm's builder, weights through the safe loader
         model, notes = timm_source.build(arch, num_classes, weights, image_size)

@@ -252,8 +252,11 @@ def _check_fields(obj: dict, path: Path) -> None:
     if not isinstance(obj.get("arch"), str) or not obj["arch"]:
         raise bad("arch", "an architecture name")
     names = obj.get("class_names")
-    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(n, str) for n in names):
-        raise bad("class_names", "a list of at least 2 names")
+    # A regression's one output ("value") and a multi-label set of one label are a list of 1 name.
+    task = obj.get("task")
+    fewest = 1 if isinstance(task, dict) and task.get("name") in ("multi-label", "regression") else 2
+    if not isinstance(names, (list, tuple)) or len(names) < fewest or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", f"a list of at least {fewest} names")
     prep = obj.get("preprocessing")
     if not isinstance(prep, dict):
         raise bad("preprocessing", "an object with resize, crop, mean and std")

@@ -8,6 +8,8 @@
     embeddings.csv  the same images' penultimate features projected to 2-D (engine.runs.embeddings)
     val_logits.pt   the same images' logits and labels, for calibration (engine.runs.val_logits)
     tensorboard/    TensorBoard event files and projector data (engine.training.tensorboard_log)
+    val_outputs.pt  multi-label and regression: the best epoch's validation outputs and targets
+                    (engine.runs.val_logits.write_val_outputs), which evaluate reads
 
 Each format carries a version that is checked on load: a newer or unknown one is refused with one
 line, never half-read. run.json and metrics.jsonl are read as typed records (engine.runs.records):
@@ -71,6 +73,10 @@ class RunFolder:
     @property
     def val_logits_path(self) -> Path:
         return self.path / "val_logits.pt"
+
+    @property
+    def val_outputs_path(self) -> Path:
+        return self.path / "val_outputs.pt"
 
     @property
     def embeddings_path(self) -> Path:

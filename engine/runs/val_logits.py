@@ -55,3 +55,48 @@ def read_val_logits(path: Path) -> ValidationLogits:
                                 labels.long(), logits.float())
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path} is not a validation logits file") from None
+
+
+VAL_OUTPUTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ValidationOutputsFile:
+    """val_outputs.pt: a multi-label or regression run's best validation pass. `outputs` are the
+    raw head outputs (logits; regression: the standardised value), `targets` (N, K) multi-hot or
+    (N,) values, `extra` reserved (written empty: the thresholds and the target's scale are the
+    checkpoint's, which evaluate reads beside it)."""
+
+    epoch: int
+    task: str
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    targets: torch.Tensor
+    outputs: torch.Tensor
+    extra: dict
+
+
+def write_val_outputs(path: Path, epoch: int, task: str, names: Sequence[str], paths: Sequence[str],
+                      targets: torch.Tensor, outputs: torch.Tensor, extra: dict) -> None:
+    atomic_torch_save({"format_version": VAL_OUTPUTS_VERSION, "epoch": int(epoch), "task": task,
+                       "names": list(names), "paths": list(paths), "targets": targets.detach().float().cpu(),
+                       "outputs": outputs.detach().float().cpu(), "extra": extra}, path)
+
+
+def read_val_outputs(path: Path) -> ValidationOutputsFile:
+    """One-line UserError for a missing, damaged or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found (a run without validation images, or stopped before its first epoch ended)")
+    state = safe_torch_load(path)
+    try:
+        version = state["format_version"]
+        if not isinstance(version, int) or version > VAL_OUTPUTS_VERSION:
+            raise UserError(f"{path} was written by a newer Transfer Studio (format {version!r})")
+        targets, outputs = state["targets"].float(), state["outputs"].float()
+        if outputs.ndim != 2 or targets.shape[0] != outputs.shape[0]:
+            raise ValueError
+        return ValidationOutputsFile(int(state["epoch"]), str(state["task"]), tuple(state["names"]),
+                                     tuple(state["paths"]), targets, outputs, dict(state["extra"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path} is not a validation outputs file") from None

@@ -104,7 +104,10 @@ def cross_validate(config: RunConfig, folds: int, callbacks: Callbacks | None = 
     if not config.out_dir:
         raise UserError("no output folder given for the cross-validation")
     control = control or TrainingControl()
-    scans = fold_scans(scan_dataset(config.data.root, config.data.val_fraction, config.train.seed), folds,
+    scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed, task=config.data.task)
+    if scan.task != "single-label":  # folds are dealt per class, and each fold reports an accuracy
+        raise UserError(f"--folds supports single-label data only; {config.data.root} is {scan.task}")
+    scans = fold_scans(scan, folds,
                        config.train.seed)
     out = Path(config.out_dir)
     results: list[FoldResult] = []

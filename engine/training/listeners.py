@@ -35,6 +35,9 @@ def metrics_line(event: EpochEvent) -> dict[str, Any]:
         "confusion_matrix": event.confusion_matrix, "newly_unfrozen": list(event.newly_unfrozen),
         "is_best": event.is_best,
     }
+    if event.task != "single-label":  # its headline metrics, beside the loss (accuracy fields stay null)
+        line["task"] = event.task
+        line.update({f"val_{name}": value for name, value in event.val_metrics.items()})
     if event.integrity is not None:
         line["integrity"] = {"checked": event.integrity.checked, "changed": list(event.integrity.changed)}
     if event.layers:

@@ -19,10 +19,10 @@ import torch
 from engine.distributed.across_ranks import features_shared_between_ranks
 from engine.model.adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
-from engine.training.class_weights import decide_class_weights
+from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
 from engine.data.dataset import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, batches_per_epoch, eval_transform,
-                   make_loader, scan_dataset, train_transform, worker_start_method)
+                   labels_tensor, make_loader, scan_dataset, train_transform, worker_start_method)
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
 from engine.errors import Stopped
@@ -54,6 +54,7 @@ class Run:
     feature_note: str
     skipped: SkippedLog
     group: ProcessGroup = SINGLE  # the processes training this run together (engine.distributed.process_group)
+    task: object = None  # engine.training.tasks: the loss, targets, metrics and selection of the data's task
 
     @property
     def precision_name(self) -> str:
@@ -73,7 +74,7 @@ class Run:
         return {
             "transfer_studio": __version__, "torch": torch.__version__,
             "started": self.folder.recorded_start() or started_now(), "config": self.config.to_dict(),
-            "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names),
+            "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names), "task": self.scan.task,
             "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
             "precision": self.precision_name, "feature_cache": self.feature_note,
             **({"processes": self.group.world_size} if self.group.is_distributed else {}),
@@ -109,7 +110,11 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     seed_everything(config.train.seed)
     callbacks.on_status("Scanning dataset")
     if scan is None:
-        scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed)
+        scan = scan_dataset(config.data.root, config.data.val_fraction, config.train.seed, task=config.data.task)
+    if config.data.task not in ("auto", scan.task):
+        raise UserError(f"the run asks for {config.data.task} data, and {config.data.root} gives {scan.task}")
+    if group.is_distributed and scan.task != "single-label":
+        raise UserError(f"{scan.task} training runs in one process for now; start it without torchrun or --nproc")
     if len(scan.train) < 2 * group.world_size:  # a rank with no image at all would leave the others waiting
         raise UserError(f"{group.world_size} processes need at least {2 * group.world_size} training images; "
                         f"this dataset has {len(scan.train)}")
@@ -123,8 +128,13 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     if config.train.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation); leave it out on CPU")
     callbacks.on_status("Building model")
-    built = build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size)
+    built = build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size,
+                        min_classes=2 if scan.task == "single-label" else 1)
     model, info, prep = built.model, built.info, built.preprocessing
+    problem = task_problem(scan.task, config, info.head_is_linear)
+    if problem:
+        raise UserError(problem)
+    task = make_task(scan, config.train, device)
     if config.train.sync_bn and group.is_distributed:
         # Before the plan is applied: the conversion builds new norm modules, which would lose a pinned eval mode.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -158,12 +168,13 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     # Per-file features decode only the files their store lacks, as they are computed: no warming first.
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control, group,
                        warm=(cached is None and not per_file) or config.train.adapt_norm)
-    notes = (*built.notes, decide_class_weights(config.train.class_weights, scan).note)  # whether they are on
+    notes = (*built.notes, task.note)  # whether class (or label) weights are on; the target's scale
     if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
         notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,
               notes=notes, plan=plan, amp_dtype=amp_dtype, channels_last=channels_last,
-              batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped, group=group)
+              batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped, group=group,
+              task=task)
     if group.is_main:
         if fresh:
             folder.start_metrics()
@@ -350,7 +361,7 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
         if gathered is None:
             raise Stopped
         features, positions, unsaved = gathered
-        return (features, torch.tensor([samples[i].label for i in positions], dtype=torch.long)), unsaved
+        return (features, labels_tensor([samples[i].label for i in positions])), unsaved
 
     train, train_unsaved = gather(run.scan.train, "training")
     val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)

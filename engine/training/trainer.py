@@ -22,13 +22,12 @@ from torch import nn
 from engine.training.batches import FeatureBatches, single_image_batch_problem
 from engine.model.checkpoint import BackgroundSaver
 from engine.distributed.across_ranks import ProcessesRecord, combine_validation, epoch_totals, integrity_across_ranks
-from engine.training.class_weights import training_criterion
 from engine.config import RunConfig
 from engine.data.dataset import DatasetScan
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.runs.embeddings import head_inputs
 from engine.errors import NoUsableImages, TrainingDiverged, UserError
-from engine.training.validation_records import ValidationOutputs, ValidationRecords
+from engine.training.validation_records import TaskValidationRecord, ValidationOutputs, ValidationRecords
 from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, RunStarted, SkippedFile, TrainingControl
 from engine.training.integrity import FreezeIntegrity
 from engine.training.calibration_record import CalibrationRecord
@@ -154,12 +153,15 @@ class EpochLoop:
         self.steps_per_epoch = run.batches.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
-        self.criterion = training_criterion(cfg.train.class_weights, run.scan, cfg.train.label_smoothing, run.device)
+        self.task = run.task
+        self.criterion = self.task.loss
+        self.single_label = self.task.name == "single-label"
         self.global_step = 0
         self.epoch = 0
         self.best_score: tuple[float, float] | None = None  # (accuracy, -loss)
         self.best_epoch: int | None = None
         self.best_accuracy: float | None = None
+        self.best_metrics: dict | None = None  # the task's validation metrics at the best epoch (not single-label)
         self.validation: ValidationOutputs | None = None  # the last validation pass, per image
         self.images_seen, self.train_seconds = 0, 0.0
         self.plan_in_force = run.plan.at_epoch(0)
@@ -177,10 +179,16 @@ class EpochLoop:
         self.calibration = CalibrationRecord(run.folder, run.scan.class_names, run.scan.root, lambda: self.validation)
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
-            preprocessing=run.prep.to_dict(), config=cfg.to_dict(),
-            extras=lambda: {"calibration": self.calibration.current} if self.calibration.current else {})
+            preprocessing=run.prep.to_dict(), config=cfg.to_dict(), extras=self._checkpoint_extras)
         self.listeners = self._listeners(callbacks, saver)
         self.first_epoch = 1 if resume_state is None else self._restore(resume_state) + 1
+
+    def _checkpoint_extras(self) -> dict:
+        """The best epoch's calibration (single-label) or task fields (thresholds, the target's scale)."""
+        extras = self.task.checkpoint_fields(self.validation)
+        if self.calibration.current:
+            extras["calibration"] = self.calibration.current
+        return extras
 
     def _listeners(self, callbacks: Callbacks, saver: BackgroundSaver) -> list[Listener]:
         """Every listener of the run, in the order each hook calls them. The order is the point:
@@ -207,10 +215,11 @@ class EpochLoop:
             TensorBoardLog(run.folder, run.config.to_dict(), run.scan.class_names, run.scan.root, lambda: self.validation)
             if main and run.config.train.tensorboard else None,
             self.integrity,
-            self.calibration if main else None,  # before the checkpoint, which carries its temperature
+            # Temperature scaling and val_predictions.csv are softmax's; other tasks keep val_outputs.pt.
+            self.calibration if main and self.single_label else None,  # before the checkpoint, which carries it
             self.checkpoint if main else None,
-            ValidationRecords(run.folder, run.scan.class_names, run.scan.root, lambda: self.validation)
-            if main else None,
+            (ValidationRecords if self.single_label else TaskValidationRecord)(
+                run.folder, run.scan.class_names, run.scan.root, lambda: self.validation) if main else None,
             EarlyStopping(patience) if patience else None,
             ResumeState(run.folder, saver, self._loop_state, lambda: self.listeners) if main else None,
         ]
@@ -236,7 +245,7 @@ class EpochLoop:
             "optimizer": self.optimization.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "best": list(self.best_score) if self.best_score else None,
-            "best_epoch": self.best_epoch, "best_accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch, "best_accuracy": self.best_accuracy, "best_metrics": self.best_metrics,
         }
 
     def _restore(self, state: dict) -> int:
@@ -251,6 +260,7 @@ class EpochLoop:
         self.global_step = int(state["global_step"])
         self.best_score = tuple(state["best"]) if state["best"] else None
         self.best_epoch, self.best_accuracy = state["best_epoch"], state["best_accuracy"]
+        self.best_metrics = state.get("best_metrics")
         load_listener_states(self.listeners, state["listeners"])
         return done
 
@@ -333,7 +343,7 @@ class EpochLoop:
                 loss, logits = self._step(x, y, self._rank_weight(len(y), step))
                 n = len(y)
                 losses.add(loss, n, step)
-                correct += (logits.argmax(1) == y).sum()
+                correct += self.task.train_hits(logits, y)
                 seen += n
                 now = time.perf_counter()
                 last_step = step == self.steps_per_epoch
@@ -374,7 +384,7 @@ class EpochLoop:
         self.train_seconds += train_seconds
         val = self._evaluate()
         return self._epoch_event(
-            train_loss=loss_sum / max(1, seen), train_accuracy=int(correct) / max(1, seen), val=val,
+            train_loss=loss_sum / max(1, seen), train_accuracy=self.task.train_score(int(correct), seen), val=val,
             seconds=time.perf_counter() - epoch_start, images_per_second=seen / max(1e-9, train_seconds),
             data_seconds=data_seconds, compute_seconds=train_seconds - data_seconds, newly_unfrozen=newly_unfrozen)
 
@@ -426,6 +436,7 @@ class EpochLoop:
         module = self.group.with_main_buffers(self.trained) if self.group.is_distributed else self.module
         self.module.eval()
         try:
+            # SqueezeNet's head is a convolution: no per-image features (None, as with a failed capture).
             with head_inputs(run.model.get_submodule(run.info.head)) as features:
                 for x, y in run.batches.val_batches():
                     if self.control.stop_requested:
@@ -435,6 +446,8 @@ class EpochLoop:
                     labels.append(y)
         finally:
             self.module.train()
+        if not self.single_label:
+            return self._task_validation(labels, logits, features)
         combine = self._across_ranks if run.group.is_distributed else self._on_this_process
         totals = combine(labels, logits, features, k)
         if totals is None:
@@ -449,6 +462,21 @@ class EpochLoop:
         return {"loss": loss_sum / seen, "accuracy": int(confusion.diag().sum()) / seen,
                 "balanced_accuracy": sum(recalls) / len(recalls), "per_class": per_class,
                 "confusion": confusion.tolist()}
+
+    def _task_validation(self, labels, logits, features) -> dict | None:
+        """Loss and the task's metrics (mAP and F1s; MAE, RMSE, R²) of a multi-label or regression pass."""
+        if not labels:
+            self.validation = None
+            return None
+        y, out = torch.cat(labels), torch.cat(logits)
+        loss_sum = self.task.val_loss_sum(out, y)
+        if not math.isfinite(loss_sum):
+            self._diverged(loss_sum, f"epoch {self.epoch}, validation")
+        self.validation = ValidationOutputs(
+            samples=self._validation_samples(len(y)), labels=y, logits=out,
+            features=torch.cat(features) if sum(len(f) for f in features) == len(y) else None)
+        return {"loss": loss_sum / len(y), "accuracy": None, "balanced_accuracy": None, "per_class": {},
+                "confusion": [], "metrics": self.task.val_metrics(out, y)}
 
     def _on_this_process(self, labels, logits, features, k: int) -> tuple[int, float, torch.Tensor] | None:
         """(images, loss sum, confusion) of the validation pass; None without validation images."""
@@ -488,7 +516,7 @@ class EpochLoop:
 
     def _epoch_event(self, *, train_loss, train_accuracy, val, seconds, images_per_second, data_seconds,
                      compute_seconds, newly_unfrozen) -> EpochEvent:
-        score = (val["accuracy"], -val["loss"]) if val else (train_accuracy, -train_loss)
+        score = self.task.selection(val, train_accuracy, train_loss)
         is_best = self.best_score is None or score > self.best_score
         integrity = self.integrity.check(self.epoch)
         if self.group.is_distributed:  # checked on every rank's copy; a difference on any of them fails all
@@ -496,18 +524,20 @@ class EpochLoop:
         if is_best and integrity.intact:
             self.best_score, self.best_epoch = score, self.epoch
             self.best_accuracy = val["accuracy"] if val else None
+            self.best_metrics = val.get("metrics") if val else None
         k = len(self.run.scan.class_names)
         return EpochEvent(
             epoch=self.epoch, epochs=self.run.config.train.epochs, train_loss=train_loss,
             train_accuracy=train_accuracy, val_loss=val["loss"] if val else None,
             val_accuracy=val["accuracy"] if val else None, per_class_accuracy=val["per_class"] if val else {},
             val_balanced_accuracy=val["balanced_accuracy"] if val else None,
-            confusion_matrix=val["confusion"] if val else [[0] * k] * k, seconds=seconds,
+            confusion_matrix=val["confusion"] if val else ([[0] * k] * k if self.single_label else []), seconds=seconds,
             images_per_second=images_per_second, data_seconds=data_seconds, compute_seconds=compute_seconds,
             lr=self.optimization.current_lrs(), trainable_params=self._trainable_params(),
             is_best=is_best and integrity.intact, newly_unfrozen=newly_unfrozen,
             skipped_files=len(self.run.skipped.reasons), feature_cache=self.uses_features,
-            integrity=integrity, layers=self.telemetry.epoch_means() if self.telemetry else {})
+            integrity=integrity, layers=self.telemetry.epoch_means() if self.telemetry else {},
+            task=self.task.name, val_metrics=val.get("metrics", {}) if val else {})
 
     def _trainable_params(self) -> int:
         return sum(p.numel() for p in self.run.model.parameters() if p.requires_grad)
@@ -523,7 +553,8 @@ class EpochLoop:
             seconds=time.perf_counter() - started,
             images_per_second=self.images_seen / max(1e-9, self.train_seconds), stopped=stopped,
             skipped=tuple(SkippedFile(p, r) for p, r in sorted(self.run.skipped.reasons.items())),
-            integrity=self.integrity.last_report)
+            integrity=self.integrity.last_report, task=self.task.name,
+            best_val_metrics=None if self.single_label else self.best_metrics)
 
 
 class _LossesReadLate:

@@ -15,6 +15,7 @@ from engine.listener import Listener
 from engine.runs.embeddings import MIN_POINTS, project_2d, write_embeddings
 from engine.runs.predictions import prediction_records, relative_path, write_predictions
 from engine.runs.run_folder import RunFolder
+from engine.runs.val_logits import write_val_outputs
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,28 @@ class ValidationRecords(Listener):
                                        [r.pred for r in records], coords)
         if not written:
             self.folder.embeddings_path.unlink(missing_ok=True)
+
+
+class TaskValidationRecord(Listener):
+    """Multi-label and regression: at every new best epoch, val_outputs.pt (outputs, targets, paths
+    and the task fields the checkpoint carries) replaces the last; evaluate reads it back."""
+
+    def __init__(self, folder: RunFolder, class_names: Sequence[str], data_root: str,
+                 latest: Callable[[], ValidationOutputs | None]) -> None:
+        self.folder, self.class_names, self.data_root, self.latest = folder, list(class_names), data_root, latest
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        if not event.is_best:
+            return
+        outputs = self.latest()
+        path = self.folder.val_outputs_path
+        try:
+            if outputs is None or not len(outputs.labels):
+                path.unlink(missing_ok=True)
+                return
+            paths = [relative_path(s.path, self.data_root) for s in outputs.samples] if outputs.samples else []
+            write_val_outputs(path, event.epoch, event.task, self.class_names, paths, outputs.labels,
+                              outputs.logits, {})
+        except OSError as exc:
+            raise RunFailed(f"could not save {exc.filename or path}: {exc.strerror or exc}; the run is stopped "
+                            f"and the last files written completely are kept") from None
