@@ -105,6 +105,7 @@ def _search(args) -> int:
     from engine.search.worker import load_study, run_worker, summary
 
     job = search_job(args)
+    _terminate_as_interrupt()
     study = load_study(job)  # a bad storage or other settings are refused before any worker starts
     helpers = _Helpers(args, job) if args.workers > 1 and args.worker_of is None else None
     parent = args.worker_of
@@ -133,6 +134,18 @@ def _search(args) -> int:
     if result["best"] is None:
         raise RunFailed(f"no trial completed ({result['pruned']} pruned); see the lines above")
     return 0
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (scancel, a requeue, a parent ending its helpers) ends the search as Ctrl-C does: the trial
+    in flight is marked failed at once, rather than left running until it is found stale."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test calling main() from a thread): left as it was
+        pass
 
 
 def _print_trial(outcome) -> None:
@@ -196,7 +209,7 @@ class _Helpers:
         except BaseException:  # interrupted: the helpers fail their trials in flight and end too
             for process in self.processes:
                 if process.poll() is None:
-                    process.send_signal(signal.SIGINT)
+                    process.send_signal(signal.SIGTERM)
             for process in self.processes:
                 process.wait()
             raise

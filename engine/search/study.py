@@ -53,10 +53,13 @@ def open_storage(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.touch()
-        with open(path, "rb") as f:  # readable, and its lines are JSON (checked below by Optuna)
-            f.read(1)
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
     except OSError as exc:
         raise UserError(f"cannot use --storage {path}: {exc.strerror or exc}") from None
+    if first and not _journal_line(first):  # Optuna skips a bad last line, taking it for a write in progress
+        raise UserError(f"--storage {path} is not an Optuna journal file (its first line is not a journal entry); "
+                        f"name a new file")
     try:
         from optuna.storages.journal import JournalFileBackend as Backend  # optuna >= 4
     except ImportError:  # optuna 3.x
@@ -70,6 +73,16 @@ def open_storage(path: str | os.PathLike):
     except optuna.exceptions.OptunaError as exc:
         raise UserError(f"--storage {path}: {str(exc).splitlines()[0][:160]}") from None
     return storage
+
+
+def _journal_line(line: bytes) -> bool:
+    if not line.endswith(b"\n"):
+        return True  # the first write still under way (or cut short): Optuna's own reading decides
+    try:
+        entry = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(entry, dict) and "op_code" in entry
 
 
 def open_study(storage, settings: dict[str, Any], sampler, pruner):
