@@ -9,6 +9,7 @@ project file) through train's own code; the knobs the search draws are the engin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,7 +106,6 @@ def _search(args) -> int:
     from engine.search.worker import load_study, run_worker, summary
 
     job = search_job(args)
-    _terminate_as_interrupt()
     study = load_study(job)  # a bad storage or other settings are refused before any worker starts
     helpers = _Helpers(args, job) if args.workers > 1 and args.worker_of is None else None
     parent = args.worker_of
@@ -113,14 +113,19 @@ def _search(args) -> int:
     def keep_going() -> bool:  # a helper whose search was killed finishes its trial, then stops
         return parent is None or os.getppid() == parent
 
-    try:
-        if helpers and not args.head_only:
-            helpers.start()
-        # --head-only: helpers start once this worker's first trial has cached the trunk's features
-        run_worker(study, job, on_trial=_print_trial, keep_going=keep_going,
-                   after_first_trial=helpers.start if helpers else None)
-    finally:
-        codes = helpers.wait() if helpers else []
+    with _terminate_as_interrupt(), _share_of_the_cores(args.workers):
+        try:
+            if helpers and not args.head_only:
+                helpers.start()
+            # --head-only: helpers start once this worker's first trial has cached the trunk's features
+            run_worker(study, job, on_trial=_print_trial, keep_going=keep_going,
+                       after_first_trial=helpers.start if helpers else None)
+        except BaseException:
+            if helpers:
+                helpers.stop()  # they fail their trials in flight too, rather than search on alone
+            raise
+        finally:
+            codes = helpers.wait() if helpers else []
     if args.worker_of is not None:
         return 0
     result = summary(study, job)
@@ -136,16 +141,36 @@ def _search(args) -> int:
     return 0
 
 
-def _terminate_as_interrupt() -> None:
+@contextlib.contextmanager
+def _terminate_as_interrupt():
     """SIGTERM (scancel, a requeue, a parent ending its helpers) ends the search as Ctrl-C does: the trial
     in flight is marked failed at once, rather than left running until it is found stale."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, interrupt)
+        before = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread (a test calling main() from a thread): left as it was
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def _share_of_the_cores(workers: int):
+    """K workers on one machine: each computes on its share of the cores, not all of them each."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _print_trial(outcome) -> None:
@@ -197,19 +222,23 @@ class _Helpers:
 
         root = str(installation_root())
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (self.count + 1))))
         for _ in range(self.count):
             self.processes.append(subprocess.Popen([sys.executable, "-m", "app.cli", "search", *self.argv],
                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
 
     def wait(self) -> list[int]:
         codes = []
         try:
             for process in self.processes:
                 codes.append(process.wait())
-        except BaseException:  # interrupted: the helpers fail their trials in flight and end too
-            for process in self.processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
+        except BaseException:  # interrupted while waiting: the helpers fail their trials in flight and end too
+            self.stop()
             for process in self.processes:
                 process.wait()
             raise
