@@ -186,21 +186,19 @@ def optuna_suggest(trial) -> Callable[[Knob], Any]:
 
 
 def grid(space: SearchSpace, points: int = 3) -> list[dict[str, Any]]:
-    """Every combination of the space, each numeric range cut into `points` values (log-spaced where
-    the knob is): the exhaustive search a benchmark compares against."""
+    """Every combination of the space, each numeric range cut into `points` (>= 2) values, log-spaced
+    where the knob is (fewer for a short integer range): the exhaustive search a benchmark compares against."""
     def values(knob: Knob) -> list:
         if knob.kind == "choice":
             return list(knob.choices)
         if knob.fixed:
             return [knob.fixed_value]
         if knob.kind == "int":
-            span = range(int(knob.low), int(knob.high) + 1)
-            step = max(1, math.ceil(len(span) / points))
-            return sorted({*span[::step], int(knob.high)})
-        if knob.log:
+            return sorted({round(knob.low + (knob.high - knob.low) * i / (points - 1)) for i in range(points)})
+        if knob.log:  # 6 significant digits: 0.1, not exp(log(0.1)) = 0.10000000000000006
             lo, hi = math.log(knob.low), math.log(knob.high)
-            return [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]
-        return [knob.low + (knob.high - knob.low) * i / (points - 1) for i in range(points)]
+            return [float(f"{math.exp(lo + (hi - lo) * i / (points - 1)):.6g}") for i in range(points)]
+        return [float(f"{knob.low + (knob.high - knob.low) * i / (points - 1):.6g}") for i in range(points)]
 
     combos: list[dict[str, Any]] = [{}]
     for knob in space.knobs:
