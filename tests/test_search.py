@@ -231,14 +231,17 @@ def test_a_search_killed_mid_trial_continues_and_keeps_its_finished_trials(demo_
     before = {t.number: (t.state.name, t.value) for t in _trials(storage)}
     assert before[0][0] == "COMPLETE" and before[1] == ("RUNNING", None)
 
-    rc, out, err = cli(capsys, "search", *argv, "--json")
+    rc, out, err = cli(capsys, "search", *argv, "--prune-runs", "--json")  # --prune-runs: not a setting of the study
     assert rc == 0, err
     after = {t.number: t for t in _trials(storage)}
     assert (after[0].state.name, after[0].value) == before[0]  # kept as it was, not run again
     assert after[1].state.name == "FAIL" and "ended" in after[1].user_attrs["error"]
     assert json.loads((runs / "trial-0001" / "run.json").read_text())["status"] == "failed"
-    assert json.loads(out)["trials"] + json.loads(out)["pruned"] == 3
+    result = json.loads(out)
+    assert result["trials"] + result["pruned"] == 3
     assert len(after) == 4  # the lost trial, and two new ones to make up the three
+    # Only the best trial's run folder stays, and the failed one's, which says what happened.
+    assert {p.name for p in runs.glob("trial-*")} == {f"trial-{result['best']['trial']:04d}", "trial-0001"}
 
 
 @pytest.mark.slow
