@@ -33,8 +33,12 @@ STALE_AFTER_S = 600.0  # a trial of another host silent this long is taken as lo
 
 def quiet_optuna() -> None:
     """Optuna's own log lines and experimental-feature warnings are not for the person: the search
-    prints one line per trial itself."""
-    import optuna
+    prints one line per trial itself. UserError when Optuna is missing (an installation without the
+    project's dependencies)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("search needs Optuna: pip install 'optuna>=3.4'") from None
 
     optuna.logging.set_verbosity(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
