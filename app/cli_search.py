@@ -81,8 +81,8 @@ def search_job(args):
     from engine.search.worker import SearchJob
 
     given = {k: v for k, v in vars(args).items() if k in _SHARED}
-    base = train_config_from_args(argparse.Namespace(resume=None, project=getattr(args, "project", None), out="search"),
-                                  given)
+    project = getattr(args, "project", None)
+    base = train_config_from_args(argparse.Namespace(resume=None, project=project, out="search"), given)
     base = replace(base, train=replace(base.train, telemetry=False))  # nobody watches a trial's layers
     base.validate()
     groups = stage_groups_below_head(base.model.arch, base.data.image_size)
@@ -182,7 +182,8 @@ def _print_trial(outcome) -> None:
         what = f"pruned after epoch {outcome.epochs_run} at val accuracy {outcome.value:.4f} ({outcome.seconds:.1f} s)"
     else:
         what = f"failed ({outcome.seconds:.1f} s): {outcome.error}"
-    best = f"best {outcome.best_value:.4f} (trial {outcome.best_number})" if outcome.best_value is not None else "no best yet"
+    best = (f"best {outcome.best_value:.4f} (trial {outcome.best_number})" if outcome.best_value is not None
+            else "no best yet")
     eta = f" · ETA {format_duration(outcome.eta_seconds)}" if outcome.eta_seconds is not None else ""
     note(f"trial {outcome.number}: {what} · {outcome.finished}/{outcome.trials} done · {best}{eta}")
 

@@ -140,7 +140,8 @@ def main() -> int:
     shutil.rmtree(warm.base.out_dir, ignore_errors=True)
     start = time.perf_counter()
     first = fit(warm.config({"epochs": int(space.knob("epochs").low)}, 0))
-    warmup = {"seconds": time.perf_counter() - start, "feature_cache": RunFolder(first.run_dir).read_run().feature_cache}
+    warmup = {"seconds": time.perf_counter() - start,
+              "feature_cache": RunFolder(first.run_dir).read_run().feature_cache}
     print(f"warm-up (trunk features computed): {warmup['seconds']:.1f} s; {warmup['feature_cache']}", flush=True)
 
     report = {"args": vars(args), "space": space.describe(), "warmup": warmup, "tpe": tpe(job("tpe"))}
@@ -150,8 +151,9 @@ def main() -> int:
         report["gap"] = g["best"] - t["best"] if t["best"] is not None else None  # > 0: the grid found better
         reached = [i for i, v in enumerate(t["values"]) if v is not None and v >= g["best"]]
         report["tpe_trials_to_grid_best"] = reached[0] + 1 if reached else None
+    device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
     report["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                         f"{torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+                         f"{torch.__version__}, {device}")
     (out / "search.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k in ("gap", "tpe_trials_to_grid_best")}
                      | {"tpe_best": report["tpe"]["best"], "grid_best": report.get("grid", {}).get("best")}))

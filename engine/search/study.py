@@ -110,7 +110,7 @@ def _first_difference(then: Any, now: Any, where: str = "") -> str:
     if isinstance(then, dict) and isinstance(now, dict):
         for key in sorted(set(then) | set(now)):
             if then.get(key) != now.get(key):
-                return _first_difference(then.get(key), now.get(key), f"{where}{key}" if not where else f"{where}.{key}")
+                return _first_difference(then.get(key), now.get(key), f"{where}.{key}" if where else key)
     return f"{where or 'settings'}: {json.dumps(then)} there, {json.dumps(now)} here"
 
 
