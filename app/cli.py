@@ -17,13 +17,13 @@ from engine.config import RunConfig
 from engine.errors import OutputLost, RunFailed, UserError, out_of_memory_message, path_problem_message
 from engine.deploy.export import ParityError
 
-from app import cli_cluster, cli_data, cli_deploy, cli_guidance, cli_insight, cli_models
+from app import cli_cluster, cli_data, cli_deploy, cli_guidance, cli_insight, cli_models, cli_search
 from app.cli_output import note, print_json, stream_problem
 from app.cli_args import (OneLineParser, add_model_args, add_plan_args, add_train_args, given_train_flags, number_arg,
                           plan_config, train_config_from_args)
 
 # Sub-commands that live in modules of their own: each has add_commands(sub, number) and HANDLERS.
-COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster, cli_models)
+COMMAND_MODULES = (cli_insight, cli_guidance, cli_data, cli_cluster, cli_models, cli_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "gui"
+    if command == "search":  # its --workers start the same command again, as typed
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if command == "gui":
             return _gui(getattr(args, "data", None), getattr(args, "project", None))

@@ -227,6 +227,10 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "predict.top_k": NumberRule("top-k", int, 1),
     "suspects.folds": NumberRule("folds", int, 2, 100),
     "suspects.threshold": NumberRule("duplicate similarity threshold", float, 0, 1, low_open=True),
+    "search.trials": NumberRule("trials", int, 1, 100_000),
+    "search.workers": NumberRule("search workers", int, 1, 256),
+    "search.tasks": NumberRule("array tasks", int, 1, 10_000),
+    "search.timeout": NumberRule("timeout (seconds)", float, 0, low_open=True),
 }
 
 

@@ -17,7 +17,7 @@ from tests.import_graph import ROOT, cycles, graph, imported_modules, module_nam
 
 # Lowest first: a package may import from itself and from those before it.
 ENGINE_LAYERS = ["engine", "engine.data", "engine.model", "engine.plan", "engine.runs", "engine.distributed",
-                 "engine.training", "engine.deploy", "engine.insight", "engine.curation"]
+                 "engine.training", "engine.deploy", "engine.insight", "engine.curation", "engine.search"]
 QT_MODULES = ("PySide6", "pyqtgraph", "shiboken6")
 
 

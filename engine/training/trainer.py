@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,12 +45,14 @@ from engine.training.tensorboard_log import TensorBoardLog
 
 
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
-        scan: DatasetScan | None = None, resume: bool = False, group: ProcessGroup = SINGLE) -> FitResult:
+        scan: DatasetScan | None = None, resume: bool = False, group: ProcessGroup = SINGLE,
+        listeners: Sequence[Listener] = ()) -> FitResult:
     """Train as `config` says. With resume=True, continue the run in config.out_dir from its last
     completed epoch (model, optimizer, scaler, schedule position, RNG, best-so-far, and each
     listener's own state: the integrity fingerprints, early stopping's count). With several
     processes (`group`, its process group started) every rank calls fit; rank 0 alone writes the
-    run folder."""
+    run folder. `listeners` are the caller's own (a search's pruner), called after the run's
+    records and early stopping, before the resume state."""
     callbacks = callbacks or Callbacks()
     control = control or TrainingControl()
     started = time.perf_counter()
@@ -66,7 +68,7 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
         try:
             try:
                 run = _set_up_on_every_rank(config, scan, callbacks, control, resume_state is None, group)
-                loop = EpochLoop(run, callbacks, control, saver, resume_state)
+                loop = EpochLoop(run, callbacks, control, saver, resume_state, listeners)
             except Stopped:
                 return _stopped_in_setup(config, resume_state is not None, started, group)
             except Exception as exc:
@@ -140,7 +142,7 @@ def _stopped_in_setup(config: RunConfig, resumed: bool, started: float, group: P
 
 class EpochLoop:
     def __init__(self, run: Run, callbacks: Callbacks, control: TrainingControl, saver: BackgroundSaver,
-                 resume_state: dict | None) -> None:
+                 resume_state: dict | None, extra_listeners: Sequence[Listener] = ()) -> None:
         cfg = run.config
         self.run, self.control, self.group = run, control, run.group
         self.trained = run.batches.module_to_train(run.model, run.info.head)  # under DDP with several processes
@@ -180,7 +182,7 @@ class EpochLoop:
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
             preprocessing=run.prep.to_dict(), config=cfg.to_dict(), extras=self._checkpoint_extras)
-        self.listeners = self._listeners(callbacks, saver)
+        self.listeners = self._listeners(callbacks, saver, extra_listeners)
         self.first_epoch = 1 if resume_state is None else self._restore(resume_state) + 1
 
     def _checkpoint_extras(self) -> dict:
@@ -190,13 +192,15 @@ class EpochLoop:
             extras["calibration"] = self.calibration.current
         return extras
 
-    def _listeners(self, callbacks: Callbacks, saver: BackgroundSaver) -> list[Listener]:
+    def _listeners(self, callbacks: Callbacks, saver: BackgroundSaver,
+                   extra: Sequence[Listener] = ()) -> list[Listener]:
         """Every listener of the run, in the order each hook calls them. The order is the point:
         - the records (metrics line, run.json, the caller's display, TensorBoard) come before integrity,
           which may end the run: the epoch that broke it is on disk, and shown;
         - integrity comes before the checkpoint and the validation records, so a broken epoch saves neither;
         - the checkpoint before its validation records: weights that diverged end the run before
           records of them replace those of the last good checkpoint;
+        - the caller's own listeners (`extra`, a search's pruner) after the records, as early stopping;
         - early stopping before the resume state, and the resume state last: it saves every listener's
           state as this epoch left it, and once resume.pt names the epoch, all its files are written
           (a kill before that repeats the epoch).
@@ -221,6 +225,7 @@ class EpochLoop:
             (ValidationRecords if self.single_label else TaskValidationRecord)(
                 run.folder, run.scan.class_names, run.scan.root, lambda: self.validation) if main else None,
             EarlyStopping(patience) if patience else None,
+            *extra,
             ResumeState(run.folder, saver, self._loop_state, lambda: self.listeners) if main else None,
         ]
         return [listener for listener in ordered if listener is not None]

@@ -1,0 +1,34 @@
+"""The pruner as a trainer listener: each epoch's validation accuracy goes to the search, which may end
+the run after that epoch.
+
+It asks through `stop_reason`, as early stopping does, rather than raising out of the epoch loop: the
+run then ends like any other (run.json "stopped", its checkpoint and metrics complete), and the
+search marks the trial pruned once fit has returned.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from engine.events import EpochEvent
+from engine.listener import Listener
+
+PRUNED = "pruned"  # FitResult.stopped of a pruned trial
+
+
+class PruneListener(Listener):
+    """`report(epoch, value) -> prune?` after every epoch with a validation accuracy. The last epoch is
+    reported but never pruned: its run is complete, and its value the trial's."""
+
+    def __init__(self, report: Callable[[int, float], bool]) -> None:
+        self.report = report
+        self.pruned_at: int | None = None
+        self.last_value: float | None = None
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        if event.val_accuracy is None:
+            return
+        self.last_value = event.val_accuracy
+        if self.report(event.epoch, event.val_accuracy) and event.epoch < event.epochs:
+            self.pruned_at = event.epoch
+            self.stop_reason = PRUNED
