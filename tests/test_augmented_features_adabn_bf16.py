@@ -267,18 +267,23 @@ def test_cli_flags_and_project_values_for_views_and_adabn(capsys):
 
 
 def test_training_panel_shows_and_reports_feature_views_and_adabn(qtbot):
+    from PySide6.QtCore import Qt
+
     from widgets.training_panel import TrainingPanel
 
     panel = TrainingPanel([("CPU", "cpu", 1)])
     qtbot.addWidget(panel)
     edits = []
     panel.train_edited.connect(edits.append)
-    panel.show_train(TrainConfig(feature_views=3, adapt_norm=True))
+    panel.show_train(TrainConfig(feature_views=3, adapt_norm="on"))
     assert edits == []  # showing settings is not an edit
-    assert panel.feature_views_spin.value() == 3 and panel.adapt_norm_check.isChecked()
-    assert panel.feature_views_spin.toolTip() and panel.adapt_norm_check.toolTip()
+    combo = panel.adapt_norm_combo
+    assert panel.feature_views_spin.value() == 3 and combo.currentData() == "on"
+    assert [combo.itemData(i) for i in range(combo.count())] == ["auto", "on", "off"]
+    assert panel.feature_views_spin.toolTip() and combo.toolTip()
+    assert all(combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count()))
     panel.feature_views_spin.setValue(4)
-    panel.adapt_norm_check.setChecked(False)
-    assert edits == [{"feature_views": 4}, {"adapt_norm": False}]
+    combo.setCurrentIndex(combo.findData("off"))
+    assert edits == [{"feature_views": 4}, {"adapt_norm": "off"}]
     panel.set_run_controls(running=True, can_export=False)
-    assert not panel.feature_views_spin.isEnabled() and not panel.adapt_norm_check.isEnabled()
+    assert not panel.feature_views_spin.isEnabled() and not combo.isEnabled()
