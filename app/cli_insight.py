@@ -65,9 +65,10 @@ def _evaluate(args) -> int:
         from app.cli_deploy import evaluate_unknown
 
         return evaluate_unknown(args, source)
+    norm = None  # the run's BatchNorm statistics: adapted or as loaded, and why (run.json)
     if source.is_dir():
         folder = RunFolder(source)
-        folder.read_run()  # one line when it is not a run folder
+        norm = folder.read_run().norm_choice  # one line when it is not a run folder
         if args.data:
             if not folder.has_checkpoint():
                 raise UserError(f"{source} has no checkpoint yet (stopped before its first epoch ended)")
@@ -79,19 +80,21 @@ def _evaluate(args) -> int:
         evaluation = evaluate_checkpoint(source, args.data, args.device, args.batch_size, top_losses=args.top_losses)
     elif RunFolder(source.parent).checkpoint_path == source and RunFolder(source.parent).exists():
         evaluation = evaluate_run(source.parent, top_losses=args.top_losses)  # a run's own checkpoint
+        norm = RunFolder(source.parent).read_run().norm_choice
     else:
         raise UserError(f"{source} is not in its run folder: give --data DIR to evaluate it on a folder of images")
     if args.json:
-        print_json(evaluation.to_json())
+        print_json({**evaluation.to_json(), **({"norm_statistics": norm.to_dict()} if norm else {})})
         return 0
-    print(format_evaluation(evaluation))
+    print(format_evaluation(evaluation, norm.line if norm else None))
     for skipped in evaluation.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     return 0
 
 
-def format_evaluation(evaluation) -> str:
-    """The human report: headline figures, confusion matrix, per-class table, pairs, worst images."""
+def format_evaluation(evaluation, norm_line: str | None = None) -> str:
+    """The human report: headline figures, confusion matrix, per-class table, pairs, worst images
+    (`norm_line`: what the run did with its BatchNorm statistics, under the headline)."""
     names = evaluation.class_names
     out = io.StringIO()
     total = len(evaluation.records)
@@ -99,6 +102,8 @@ def format_evaluation(evaluation) -> str:
           f"{total} image(s)", file=out)
     if evaluation.data_root:
         print(f"images under {evaluation.data_root}", file=out)
+    if norm_line:
+        print(norm_line, file=out)
     width = max(8, *(len(n) for n in names)) + 2
     print("\nconfusion matrix (rows: true class, columns: predicted)", file=out)
     print(" " * width + "".join(f"{n:>{width}}" for n in names), file=out)
