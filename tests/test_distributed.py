@@ -203,8 +203,8 @@ def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated
         plan=PlanConfig(strategy="gradual", gradual_every=1),
         train=TrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", schedule="constant"))
     configs = [replace(base, out_dir=str(out / "gradual")),
-               replace(base, plan=PlanConfig(strategy="feature-extraction"),
-                       train=replace(base.train, epochs=1), out_dir=str(out / "features")),
+               replace(base, plan=PlanConfig(strategy="feature-extraction"),  # as loaded: one process would measure
+                       train=replace(base.train, epochs=1, adapt_norm="off"), out_dir=str(out / "features")),
                replace(base, plan=PlanConfig(strategy="feature-extraction"),
                        train=replace(base.train, epochs=1, adapt_norm="on"), out_dir=str(out / "adapted"))]
     port = _free_port()
