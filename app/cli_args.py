@@ -11,8 +11,9 @@ import sys
 import time
 from dataclasses import replace
 
-from engine.config import (AUGMENTATIONS, CLASS_WEIGHTS, LOSSES, NUMBER_RULES, TASKS, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES,
-                           DataConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig, number_problem)
+from engine.config import (ADAPT_NORM, AUGMENTATIONS, CLASS_WEIGHTS, LOSSES, NUMBER_RULES, OPTIMIZERS, PRECISIONS,
+                           SCHEDULES, STRATEGIES, TASKS, DataConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig,
+                           number_problem)
 from engine.errors import UserError
 from engine.model.project import load_project
 
@@ -127,9 +128,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-views", type=number_arg("train.feature_views"), default=t.feature_views,
                    help="frozen trunk with augmentation: cache the trunk features of this many augmented views "
                         "per image, one drawn per epoch (0: augmented images through the trunk every epoch)")
-    p.add_argument("--adapt-norm", action="store_true",
-                   help="adapt normalization statistics (AdaBN): re-estimate BatchNorm statistics on the training "
-                        "images before training; for data far from the weights' (e.g. digits vs ImageNet)")
+    # nargs="?": a bare --adapt-norm (what it was before auto) still means on.
+    p.add_argument("--adapt-norm", choices=ADAPT_NORM, nargs="?", const="on", default=t.adapt_norm,
+                   help="BatchNorm statistics (AdaBN): 'on' re-estimates them on the training images before "
+                        "training, 'off' keeps them as loaded, 'auto' (default) fits the head on cached features "
+                        "with both and keeps the better validation balanced accuracy (a tie keeps them as loaded); "
+                        "the run prints which and by how much")
     p.add_argument("--device", default=t.device, help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", choices=PRECISIONS, default=t.precision)
     p.add_argument("--cudnn-benchmark", action="store_true",

@@ -74,9 +74,10 @@ def _evaluate(args) -> int:
         from app.cli_deploy import evaluate_unknown
 
         return evaluate_unknown(args, source)
+    norm = None  # the run's BatchNorm statistics: adapted or as loaded, and why (run.json)
     if source.is_dir():
         folder = RunFolder(source)
-        folder.read_run()  # one line when it is not a run folder
+        norm = folder.read_run().norm_choice  # one line when it is not a run folder
         if args.data:
             if not folder.has_checkpoint():
                 raise UserError(f"{source} has no checkpoint yet (stopped before its first epoch ended)")
@@ -89,12 +90,13 @@ def _evaluate(args) -> int:
                                          tta=args.tta)
     elif RunFolder(source.parent).checkpoint_path == source and RunFolder(source.parent).exists():
         evaluation = evaluate_run(source.parent, args.top_losses, args.tta, args.device, args.batch_size)
+        norm = RunFolder(source.parent).read_run().norm_choice  # a run's own checkpoint
     else:
         raise UserError(f"{source} is not in its run folder: give --data DIR to evaluate it on a folder of images")
     if args.json:
-        print_json(evaluation.to_json())
+        print_json({**evaluation.to_json(), **({"norm_statistics": norm.to_dict()} if norm else {})})
         return 0
-    print(format_evaluation(evaluation))
+    print(format_evaluation(evaluation, norm.line if norm else None))
     for skipped in evaluation.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     return 0
@@ -126,8 +128,9 @@ def _evaluate_task(args, source: Path, task: str) -> int:
     return 0
 
 
-def format_evaluation(evaluation) -> str:
-    """The human report: headline figures, confusion matrix, per-class table, pairs, worst images."""
+def format_evaluation(evaluation, norm_line: str | None = None) -> str:
+    """The human report: headline figures, confusion matrix, per-class table, pairs, worst images
+    (`norm_line`: what the run did with its BatchNorm statistics, under the headline)."""
     names = evaluation.class_names
     out = io.StringIO()
     total = len(evaluation.records)
@@ -135,6 +138,8 @@ def format_evaluation(evaluation) -> str:
           f"{total} image(s)", file=out)
     if evaluation.data_root:
         print(f"images under {evaluation.data_root}", file=out)
+    if norm_line:
+        print(norm_line, file=out)
     if evaluation.tta:
         tta = evaluation.tta
         print(f"test-time augmentation ({' + '.join(tta['views'])}): accuracy {tta['accuracy_without']:.4f} without, "

@@ -40,6 +40,7 @@ class RunInsight:
     evaluation: object  # engine.insight.evaluation.Evaluation
     dataset_root: str
     points: list[EmbeddingPoint] = field(default_factory=list)
+    norm_line: str = ""  # what the run did with its BatchNorm statistics (run.json), "" when it did not say
 
 
 def qimage_from_pil(image) -> QImage:
@@ -56,7 +57,8 @@ def read_insight(folder: RunFolder) -> RunInsight:
 
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
-    return RunInsight(folder, evaluation, evaluation.data_root, points)
+    norm = folder.read_run().norm_choice
+    return RunInsight(folder, evaluation, evaluation.data_root, points, norm.line if norm else "")
 
 
 def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:

@@ -491,7 +491,10 @@ class MainWindow(QMainWindow):
         self.device_label.setText(f"Device: {event.device_name}")
         self.precision_label.setText(precision_line(event.precision))
         weighting = [note for note in event.notes if "class weight" in note]  # whether class weights are on
-        self.statusBar().showMessage(" · ".join([event.feature_cache, *weighting]))  # stays: features cached or not
+        # The norm statistics' choice when the run said it (a model with BatchNorm): adapted or as loaded, and why.
+        norm = [event.norm_choice.line] if event.norm_choice and event.norm_choice.line in event.notes else []
+        self.statusBar().showMessage(" · ".join([event.feature_cache, *weighting, *norm]))  # stays: cached or not
+        self.model_panel.show_norm_choice(event.norm_choice)
 
     @Slot(object)
     def _on_batch(self, event: BatchEvent) -> None:
@@ -517,7 +520,8 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _show_insight(self, insight: RunInsight) -> None:
-        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name)
+        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name,
+                                     insight.norm_line)
         self.insight.show_embeddings(insight.points)
         self._show_try_model()
 

@@ -27,6 +27,7 @@ PRECISIONS = ("auto", "off", "fp32", "bf16", "fp16")  # "fp32" is another name f
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # engine/training/class_weights.py decides what auto means
 TASKS = ("auto", "single-label", "multi-label", "regression")  # auto: from the data (engine/data/label_table.py)
 LOSSES = ("mse", "huber")  # regression's loss on the standardised target
+ADAPT_NORM = ("auto", "on", "off")  # engine/training/norm_choice.py decides what auto means
 PROJECT_FORMAT_VERSION = 1
 
 
@@ -95,7 +96,9 @@ class TrainConfig:
     max_batch_events_per_second: float = 20.0
     telemetry: bool = True  # per-module gradient norm and update ratio, sampled about twice a second
     feature_views: int = 4  # frozen trunk + augmentation: cache this many augmented views per image (0: no cache)
-    adapt_norm: bool = False  # AdaBN: re-estimate BatchNorm statistics on the training images first
+    # AdaBN: "on" re-estimates BatchNorm statistics on the training images first, "off" keeps them as
+    # loaded, "auto" fits the head on cached features with both and keeps the better (engine/training/norm_choice.py)
+    adapt_norm: str = "auto"
     class_weights: str = "auto"  # auto: a class-weighted loss when the classes are imbalanced 3x or more
     sync_bn: bool = False  # several CUDA processes: trainable BatchNorm layers share their batch statistics
     processes: int = 1  # DDP processes on this machine (gloo on CPU, a GPU each on CUDA); torchrun's own count wins
@@ -137,6 +140,7 @@ class RunConfig:
             (self.train.class_weights in CLASS_WEIGHTS, f"class weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (self.data.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
             (self.train.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
+            (self.train.adapt_norm in ADAPT_NORM, f"adapt norm must be one of {', '.join(ADAPT_NORM)}"),
             (bool(self.model.arch), "no architecture given"),
             (bool(self.model.weights), "weights must be 'imagenet', 'none' or a file"),
         ]
@@ -253,6 +257,11 @@ def check_number(key: str, value: Any) -> None:
         raise UserError(problem)
 
 
+# Values older files wrote, read as today's: adapt_norm was true/false before "auto" (project files,
+# run.json and checkpoints written then still load, meaning what they meant).
+LEGACY_VALUES: dict[str, dict[bool, str]] = {"train.adapt_norm": {True: "on", False: "off"}}
+
+
 @functools.cache
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -270,7 +279,10 @@ def _build(cls, raw: Any, where: str):
     values = {}
     for f in fields(cls):
         if f.name in raw:
-            values[f.name] = _check(raw[f.name], _field_types(cls)[f.name], _join(where, f.name))
+            path, value = _join(where, f.name), raw[f.name]
+            if isinstance(value, bool) and path in LEGACY_VALUES:
+                value = LEGACY_VALUES[path][value]
+            values[f.name] = _check(value, _field_types(cls)[f.name], path)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise UserError(f"{_join(where, f.name)} is missing")
     return cls(**values)

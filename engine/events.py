@@ -84,6 +84,56 @@ class EpochEvent:
 
 
 @dataclass(frozen=True)
+class NormChoice:
+    """What a run did with its BatchNorm statistics (--adapt-norm) and why: adapted to the training
+    images (AdaBN) or kept as loaded. With "auto" measured, the validation balanced accuracy of the
+    head fitted on each set of features (engine/training/norm_choice.py) and what measuring cost."""
+
+    setting: str  # auto | on | off
+    adapted: bool  # the statistics the run trains and is checked with
+    why: str  # "setting on", "auto: ...": why, when it was not measured
+    pinned_score: float | None = None  # measured: val balanced accuracy with the loaded statistics
+    adapted_score: float | None = None  # ... and with the adapted ones
+    seconds: float | None = None  # what measuring added: the AdaBN pass, the adapted trunk pass, two head fits
+
+    @property
+    def measured(self) -> bool:
+        return self.pinned_score is not None and self.adapted_score is not None
+
+    @property
+    def gain_points(self) -> float | None:
+        """Adapted minus loaded, in balanced-accuracy points (None when not measured)."""
+        return (self.adapted_score - self.pinned_score) * 100 if self.measured else None
+
+    @property
+    def line(self) -> str:
+        """One line for the person: the CLI prints it, the window shows it, run.json keeps it."""
+        state = "adapted to the training images (AdaBN)" if self.adapted else "not adapted (as loaded)"
+        if not self.measured:
+            return f"normalization statistics {state} ({self.why})"
+        tie = ", a tie keeps them as loaded" if self.adapted_score == self.pinned_score else ""
+        cost = f"; measuring took {self.seconds:.1f} s" if self.seconds is not None else ""
+        return (f"normalization statistics {state} (auto: val balanced accuracy {self.adapted_score:.1%} adapted, "
+                f"{self.pinned_score:.1%} as loaded, {self.gain_points:+.1f} points{tie}{cost})")
+
+    def to_dict(self) -> dict:
+        return {"setting": self.setting, "adapted": self.adapted, "why": self.why,
+                "pinned_balanced_accuracy": self.pinned_score, "adapted_balanced_accuracy": self.adapted_score,
+                "gain_points": None if self.gain_points is None else round(self.gain_points, 2),
+                "seconds": None if self.seconds is None else round(self.seconds, 3), "line": self.line}
+
+    @classmethod
+    def from_dict(cls, raw: object) -> NormChoice | None:
+        """The choice `to_dict` wrote; None when it is none (a run from before, a damaged file)."""
+        record = mapping(raw) or {}
+        setting, adapted, why = text(record.get("setting")), record.get("adapted"), text(record.get("why"))
+        if setting is None or not isinstance(adapted, bool):
+            return None
+        return cls(setting, adapted, why or "", number(record.get("pinned_balanced_accuracy")),
+                   number(record.get("adapted_balanced_accuracy")), number(record.get("seconds")))
+
+
+@dataclass(frozen=True)
 class RunStarted:
     run_dir: str
     device: str
@@ -96,9 +146,10 @@ class RunStarted:
     total_params: int
     feature_cache: str  # why features are or are not cached, for the person
     notes: tuple[str, ...] = field(default_factory=tuple)
+    norm_choice: NormChoice | None = None  # what the run did with its BatchNorm statistics
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "norm_choice": self.norm_choice.to_dict() if self.norm_choice else None}
 
 
 @dataclass(frozen=True)

@@ -215,12 +215,12 @@ def bn_statistics(state: dict) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("adapt", [False, True])
-def test_adabn_is_off_by_default_changes_only_bn_statistics_and_keeps_integrity(tiny_dir, tmp_path,
-                                                                                resnet18_weights_file, adapt):
-    assert TrainConfig().adapt_norm is False
+def test_adabn_on_changes_only_bn_statistics_off_changes_none_and_both_keep_integrity(tiny_dir, tmp_path,
+                                                                                      resnet18_weights_file, adapt):
+    assert TrainConfig().adapt_norm == "auto"  # measured: tests/test_adapt_norm_auto.py
     recorder = Started()
     cfg = config(tiny_dir, tmp_path / str(adapt), augment="none", weights=str(resnet18_weights_file),
-                 **({"adapt_norm": True} if adapt else {}))
+                 adapt_norm="on" if adapt else "off")
     result = fit(cfg, recorder)
     assert result.integrity is not None and result.integrity.intact and result.integrity.checked > 0
     source = torch.load(resnet18_weights_file, weights_only=True)
@@ -231,7 +231,7 @@ def test_adabn_is_off_by_default_changes_only_bn_statistics_and_keeps_integrity(
         assert changed == bn_statistics(source) - {k for k in source if k.startswith("fc.")}
         assert "AdaBN: 20 BatchNorm layers" in notes
     else:
-        assert changed == set() and "AdaBN" not in notes
+        assert changed == set() and "AdaBN" not in notes and "not adapted (as loaded) (setting off)" in notes
 
 
 @pytest.mark.slow
@@ -239,7 +239,7 @@ def test_adapted_statistics_give_the_features_cache_its_own_entry(tiny_dir, tmp_
                                                                    monkeypatch):
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "cache"))  # nothing cached by other tests
     notes = []
-    for name, adapt in (("plain", False), ("adapted", True), ("again", True)):
+    for name, adapt in (("plain", "off"), ("adapted", "on"), ("again", "on")):
         recorder = Started()
         fit(config(tiny_dir, tmp_path / name, augment="none", weights=str(resnet18_weights_file), epochs=1,
                    adapt_norm=adapt), recorder)
@@ -253,8 +253,8 @@ def test_adapted_statistics_give_the_features_cache_its_own_entry(tiny_dir, tmp_
 def test_cli_flags_and_project_values_for_views_and_adabn(capsys):
     given = given_train_flags(["train", "--feature-views", "2", "--adapt-norm", "--precision", "fp32"])
     cfg = apply_flags(RunConfig(), given)
-    assert (cfg.train.feature_views, cfg.train.adapt_norm, cfg.train.precision) == (2, True, "fp32")
-    assert apply_flags(RunConfig(), given_train_flags(["train"])).train.adapt_norm is False
+    assert (cfg.train.feature_views, cfg.train.adapt_norm, cfg.train.precision) == (2, "on", "fp32")
+    assert apply_flags(RunConfig(), given_train_flags(["train"])).train.adapt_norm == "auto"
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--feature-views", "65"])
     assert exit_info.value.code == 2
@@ -267,18 +267,23 @@ def test_cli_flags_and_project_values_for_views_and_adabn(capsys):
 
 
 def test_training_panel_shows_and_reports_feature_views_and_adabn(qtbot):
+    from PySide6.QtCore import Qt
+
     from widgets.training_panel import TrainingPanel
 
     panel = TrainingPanel([("CPU", "cpu", 1)])
     qtbot.addWidget(panel)
     edits = []
     panel.train_edited.connect(edits.append)
-    panel.show_train(TrainConfig(feature_views=3, adapt_norm=True))
+    panel.show_train(TrainConfig(feature_views=3, adapt_norm="on"))
     assert edits == []  # showing settings is not an edit
-    assert panel.feature_views_spin.value() == 3 and panel.adapt_norm_check.isChecked()
-    assert panel.feature_views_spin.toolTip() and panel.adapt_norm_check.toolTip()
+    combo = panel.adapt_norm_combo
+    assert panel.feature_views_spin.value() == 3 and combo.currentData() == "on"
+    assert [combo.itemData(i) for i in range(combo.count())] == ["auto", "on", "off"]
+    assert panel.feature_views_spin.toolTip() and combo.toolTip()
+    assert all(combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count()))
     panel.feature_views_spin.setValue(4)
-    panel.adapt_norm_check.setChecked(False)
-    assert edits == [{"feature_views": 4}, {"adapt_norm": False}]
+    combo.setCurrentIndex(combo.findData("off"))
+    assert edits == [{"feature_views": 4}, {"adapt_norm": "off"}]
     panel.set_run_controls(running=True, can_export=False)
-    assert not panel.feature_views_spin.isEnabled() and not panel.adapt_norm_check.isEnabled()
+    assert not panel.feature_views_spin.isEnabled() and not combo.isEnabled()

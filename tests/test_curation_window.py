@@ -48,10 +48,12 @@ class FeatureNote(Callbacks):
 
 
 def head_only(data: Path, out: Path, weights: Path) -> RunConfig:
+    # Statistics as loaded: adapted ones (--adapt-norm auto, on) depend on the whole training set, so a
+    # relabelled set needs the AdaBN pass and their trunk pass again; the per-file store serves these.
     return RunConfig(data=DataConfig(root=str(data), image_size=32, augment="none", val_fraction=0.25),
                      model=ModelConfig("resnet18", str(weights)),
                      plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2),
-                     train=TrainConfig(epochs=1, batch_size=8, device="cpu", precision="off", seed=0),
+                     train=TrainConfig(epochs=1, batch_size=8, device="cpu", precision="off", seed=0, adapt_norm="off"),
                      out_dir=str(out))
 
 

@@ -203,10 +203,10 @@ def two_rank_runs(tmp_path_factory, colour_data, resnet18_weights_file, isolated
         plan=PlanConfig(strategy="gradual", gradual_every=1),
         train=TrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", schedule="constant"))
     configs = [replace(base, out_dir=str(out / "gradual")),
+               replace(base, plan=PlanConfig(strategy="feature-extraction"),  # as loaded: one process would measure
+                       train=replace(base.train, epochs=1, adapt_norm="off"), out_dir=str(out / "features")),
                replace(base, plan=PlanConfig(strategy="feature-extraction"),
-                       train=replace(base.train, epochs=1), out_dir=str(out / "features")),
-               replace(base, plan=PlanConfig(strategy="feature-extraction"),
-                       train=replace(base.train, epochs=1, adapt_norm=True), out_dir=str(out / "adapted"))]
+                       train=replace(base.train, epochs=1, adapt_norm="on"), out_dir=str(out / "adapted"))]
     port = _free_port()
     torch.multiprocessing.spawn(_rank_main, args=(2, port, configs, str(out), isolated_env), nprocs=2, join=True)
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

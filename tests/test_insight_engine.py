@@ -125,7 +125,9 @@ def test_evaluate_on_a_run_agrees_with_its_predictions_file(runs, capsys):
 
     assert main(["evaluate", str(run), "--json", "--top-losses", "3"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(report) == JSON_KEYS and len(report["top_losses"]) == 3
+    # A run folder's report also says what the run did with its BatchNorm statistics (run.json).
+    assert set(report) == JSON_KEYS | {"norm_statistics"} and len(report["top_losses"]) == 3
+    assert report["norm_statistics"] == RunFolder(run).read_record()["norm_statistics"]
     assert all(set(item) == {"path", "true", "pred", "loss", "confidence"} for item in report["top_losses"])
     assert all(set(v) == {"precision", "recall", "f1", "support"} for v in report["per_class"].values())
     assert report["confusion_matrix"] == evaluation.confusion_matrix
@@ -133,6 +135,7 @@ def test_evaluate_on_a_run_agrees_with_its_predictions_file(runs, capsys):
     assert main(["evaluate", str(run)]) == 0
     text = capsys.readouterr().out
     assert "balanced accuracy" in text and "confusion matrix" in text and rows[0]["path"] in text
+    assert RunFolder(run).read_run().norm_choice.line in text.splitlines()[1:3]  # under the headline
 
 
 def test_evaluate_a_checkpoint_on_another_folder(runs, tmp_path, capsys):

@@ -55,6 +55,9 @@ def test_model_contract_and_headers(qtmodeltester, tree):
     qtmodeltester.check(tree, force_py=True)
     assert [tree.headerData(i, Qt.Orientation.Horizontal) for i in range(6)] == list(HEADERS)
     assert HEADERS == ("Layer", "Type", "Params", "Frozen", "LR", "Update ratio")
+    assert tree.summary() == ("Trainable 5,130 / 11,181,642 (0.05 %) · 1 LR group · norm statistics: auto (as loaded "
+                              "or adapted, measured at Start)")  # the trunk and its BatchNorm layers are frozen
+    tree.set_adapt_norm("off")
     assert tree.summary() == "Trainable 5,130 / 11,181,642 (0.05 %) · 1 LR group"
 
 

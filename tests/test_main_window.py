@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QProgressBar
 
 from app.main_window import window_with_private_settings
 from engine.data.demo import write_demo_dataset
-from engine.events import BatchEvent, IntegrityReport, LayerStats
+from engine.events import BatchEvent, IntegrityReport, LayerStats, NormChoice
 from tests.gui_helpers import choose, find, wait_ready
 from widgets.layer_tree import FROZEN, LR, RATIO
 from widgets.plots import TrainingPlots
@@ -73,12 +73,20 @@ def test_demo_dataset_feature_extraction_then_discriminative(qtbot, window, resn
     small_run(window, epochs=1, weights=str(resnet18_weights_file))
 
     find(window, "presetFeatureExtraction").click()
-    assert find(window, "trainableSummaryLabel").text() == "Trainable 2,052 / 11,178,564 (0.02 %) · 1 LR group"
+    summary = find(window, "trainableSummaryLabel")
+    assert summary.text() == ("Trainable 2,052 / 11,178,564 (0.02 %) · 1 LR group · norm statistics: auto (as loaded "
+                              "or adapted, measured at Start)")
     result = run_to_end(qtbot, window)
     ckpt = torch.load(result.checkpoint, weights_only=True)
     source = torch.load(resnet18_weights_file, weights_only=True)
     frozen = [k for k in source if not k.startswith("fc.")]
-    assert all(torch.equal(ckpt["model"][k], source[k]) for k in frozen)
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(ckpt["model"][k], source[k]) for k in frozen if not k.endswith(statistics))
+    # BatchNorm statistics as loaded, or adapted where auto measured that better: the window says which.
+    adapted = window.session.run.folder.read_run().norm_choice.adapted
+    assert all(torch.equal(ckpt["model"][k], source[k]) for k in frozen if k.endswith(statistics)) != adapted
+    assert ("norm statistics adapted (AdaBN) (auto: adapted +" in summary.text()) == adapted
+    assert ("norm statistics as loaded (auto: adapted " in summary.text()) != adapted
     assert find(window, "trainingProgress").value() == find(window, "trainingProgress").maximum()
     assert window.plots._series["val_acc"].size == 1
     tree = window.model_panel.tree_model
@@ -561,9 +569,18 @@ def test_adapting_normalization_statistics_shows_in_the_summary_and_the_tree(qtb
     tree = window.model_panel.tree_model
     norm = next(row["name"] for row in tree.report["modules"] if row["is_norm"] and row["frozen"])
     tip = lambda: tree.data(tree.index_for(norm, FROZEN), Qt.ItemDataRole.ToolTipRole)  # noqa: E731
-    assert "AdaBN" not in summary.text() and "exactly as loaded" in tip()
-    find(window, "adaptNormCheck").setChecked(True)
+    combo = find(window, "adaptNormCombo")
+    assert combo.currentData() == "auto" and "norm statistics: auto (as loaded or adapted" in summary.text()
+    assert "auto, measured at Start" in tip()
+    combo.setCurrentIndex(combo.findData("on"))
     assert "AdaBN" in summary.text() and "adapted to this data" in tip()
-    assert window.session.config().train.adapt_norm
-    find(window, "adaptNormCheck").setChecked(False)
-    assert "AdaBN" not in summary.text()
+    assert window.session.config().train.adapt_norm == "on"
+    combo.setCurrentIndex(combo.findData("off"))
+    assert "norm statistics" not in summary.text() and "exactly as loaded" in tip()
+    combo.setCurrentIndex(combo.findData("auto"))
+    # A started run's choice (RunStarted.norm_choice) replaces the setting's words until the setting changes.
+    window.model_panel.show_norm_choice(NormChoice("auto", True, "auto: measured", 0.5, 0.9, 1.0))
+    assert "norm statistics adapted (AdaBN) (auto: adapted +40.0 points)" in summary.text()
+    assert "adapted to this data" in tip()
+    combo.setCurrentIndex(combo.findData("off"))
+    assert "norm statistics" not in summary.text()

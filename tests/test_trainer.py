@@ -41,8 +41,10 @@ def test_two_epochs_write_a_plain_torchvision_checkpoint_and_metrics(demo_dir, t
 @pytest.mark.parametrize("feature_cache", [True, False])
 def test_feature_extraction_keeps_every_backbone_tensor_bit_identical(demo_dir, tmp_path, resnet18_weights_file,
                                                                       feature_cache):
+    # Statistics as loaded (--adapt-norm auto may adapt them: tests/test_adapt_norm_auto.py).
     config = make_config(demo_dir, tmp_path / "fe", weights=str(resnet18_weights_file), augment="none",
-                         plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), feature_cache=feature_cache)
+                         plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), feature_cache=feature_cache,
+                         adapt_norm="off")
     recorder = Recorder()
     fit(config, recorder)
     assert recorder.started[0].feature_cache.startswith("feature cache on" if feature_cache else "feature cache off")
@@ -61,7 +63,7 @@ def test_feature_cache_gives_the_same_accuracy_as_the_uncached_path(demo_dir, tm
     for cached in (True, False):
         config = make_config(demo_dir, tmp_path / str(cached), weights=str(resnet18_weights_file), augment="none",
                              plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), feature_cache=cached,
-                             epochs=3, schedule="constant")
+                             epochs=3, schedule="constant", adapt_norm="off")  # auto measures with the cache only
         accuracies.append(fit(config).best_val_accuracy)
     assert accuracies[0] == pytest.approx(accuracies[1], abs=1 / 16 + 1e-9)  # at most one image apart
 
@@ -165,7 +167,8 @@ def test_trunk_features_are_reused_from_the_disk_cache_until_a_file_changes(demo
             os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
         recorder = Recorder()
         config = make_config(data, tmp_path / run, weights=str(resnet18_weights_file), augment="none",
-                             plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), epochs=2)
+                             plan=PlanConfig(strategy="feature-extraction", base_lr=1e-2), epochs=2,
+                             adapt_norm="off")  # one feature set per dataset (auto adds the adapted one)
         accuracies.append(fit(config, recorder).best_val_accuracy)
         notes.append(recorder.started[0].feature_cache)
     assert "disk cache" not in notes[0] and "loaded from the disk cache" in notes[1] and "disk cache" not in notes[2]
@@ -200,6 +203,6 @@ def test_early_stopping_after_patience_epochs_without_improvement(demo_dir, tmp_
     # An LR so small that the head's weights cannot change in float32: nothing ever improves.
     config = make_config(demo_dir, tmp_path / "es", weights=str(resnet18_weights_file), augment="none", epochs=10,
                          plan=PlanConfig(strategy="feature-extraction", base_lr=1e-30), early_stopping_patience=2,
-                         schedule="constant")
+                         schedule="constant", adapt_norm="off")  # nothing to measure: no head ever improves
     result = fit(config)
     assert result.stopped == "early-stopping" and result.epochs_run == 3 and result.best_epoch == 1

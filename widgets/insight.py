@@ -200,8 +200,9 @@ class InsightView(QWidget):
 
     # --- what the window tells it ------------------------------------------------------------------
 
-    def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
-        """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root)."""
+    def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "", note: str = "") -> None:
+        """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root);
+        `note`: a line under the figures (what the run did with its BatchNorm statistics)."""
         self._evaluation, self._root = evaluation, Path(dataset_root)
         names = list(evaluation.class_names)
         self.matrix_model.set_matrix(names, evaluation.confusion_matrix)
@@ -213,7 +214,8 @@ class InsightView(QWidget):
         self.pairs.setText(confused_pairs_text(list(evaluation.most_confused)))
         total = self.matrix_model.total()
         self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
-                             f"{evaluation.balanced_accuracy:.1%} on {total} validation images")
+                             f"{evaluation.balanced_accuracy:.1%} on {total} validation images"
+                             + (f"\n{note}" if note else ""))
         self.gallery_model.set_records([], self._root)
         self.cell_label.setText("Click a cell of the matrix to see its images, highest loss first.")
         self._show_first_confusion()

@@ -27,10 +27,11 @@ from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHeaderView, Q
 
 from engine.config import PlanConfig, PlanEdit
 from engine.errors import UserError
-from engine.events import IntegrityReport, LayerStats
+from engine.events import IntegrityReport, LayerStats, NormChoice
 from engine.model.architectures import ModelInfo
 from engine.plan.plan import (build_plan, describe_plan, summary_line, unassigned_parameters, with_base_lr,
                               with_weight_decay)
+from widgets.norm_statistics import norm_summary, norm_tooltip
 
 HEADERS = ("Layer", "Type", "Params", "Frozen", "LR", "Update ratio")
 LAYER, TYPE, PARAMS, FROZEN, LR, RATIO = range(len(HEADERS))
@@ -130,6 +131,7 @@ PREVIEW_REFUSAL = "A past run's plan is shown read-only: press Use this configur
 
 class LayerTreeModel(QAbstractItemModel):
     plan_changed = Signal()  # after any edit or preset: read plan_config / report / summary()
+    summary_changed = Signal()  # summary() changed, the plan did not (the norm statistics' setting or choice)
     base_lr_changed = Signal(float)  # the root's LR, which is the base LR
     edit_refused = Signal(str)  # why an edit was not applied, for the person
 
@@ -138,7 +140,8 @@ class LayerTreeModel(QAbstractItemModel):
         self._info: ModelInfo | None = None
         self._config = PlanConfig()
         self._weight_decay = 0.0
-        self._adapt_norm = False  # AdaBN: frozen norm layers' statistics are adapted to the data first
+        self._adapt_norm = "auto"  # --adapt-norm: frozen BatchNorm statistics as loaded, adapted (AdaBN), or measured
+        self._norm_choice: NormChoice | None = None  # what the shown run chose, once it has started
         self._report: dict = {}
         self._rows: list[dict] = []  # describe_plan's modules, in info.layers order
         self._index_of: dict[str, int] = {}
@@ -230,13 +233,18 @@ class LayerTreeModel(QAbstractItemModel):
         if self._report:
             self._report = with_weight_decay(self._report, weight_decay)
 
-    def set_adapt_norm(self, adapt: bool) -> None:
-        """Say that the run adapts normalization statistics first (AdaBN): the summary line and the
-        norm layers' tooltips, which are read when shown; no cell repaints."""
-        if adapt != self._adapt_norm:
-            self._adapt_norm = adapt
-            if self._report:
-                self.plan_changed.emit()  # the summary line changes
+    def set_adapt_norm(self, setting: str) -> None:
+        """The --adapt-norm setting (auto | on | off) for the summary line and the norm layers'
+        tooltips, which are read when shown; no cell repaints. A run's choice no longer applies."""
+        if setting != self._adapt_norm:
+            self._adapt_norm, self._norm_choice = setting, None
+            self.summary_changed.emit()
+
+    def set_norm_choice(self, choice: NormChoice | None) -> None:
+        """What a started run did with the statistics (adapted or as loaded, and by how much)."""
+        if choice != self._norm_choice:
+            self._norm_choice = choice
+            self.summary_changed.emit()
 
     def base_lr(self) -> float:
         """The root's LR, which is the base LR."""
@@ -288,10 +296,17 @@ class LayerTreeModel(QAbstractItemModel):
     def summary(self) -> str:
         if not self._report:
             return "No model"
-        adapted = " · norm statistics adapted to the data first (AdaBN)" if self._adapt_norm else ""
         count = sum(len(names) for names in self._unassigned.values())
         unassigned = f" · {count} unassigned tensor{'s' if count != 1 else ''} (in no stage)" if count else ""
-        return summary_line(self._report) + adapted + unassigned
+        norm = norm_summary(self._adapt_norm, self._norm_choice) if self._keeps_batch_norm() else ""
+        return summary_line(self._report) + norm + unassigned
+
+    def _keeps_batch_norm(self) -> bool:
+        """Frozen BatchNorm layers in a trunk that never trains (head only): what --adapt-norm is about."""
+        head = self._report["head"] + "."
+        trunk_trains = any(p["trainable"] and not p["name"].startswith(head) for p in self._report["parameters"])
+        return not trunk_trains and not self.has_thaw_schedule() and any(
+            row["frozen"] and not row["train_norm"] and row["type"].startswith("BatchNorm") for row in self._rows)
 
     def module_row(self, name: str) -> dict:
         return self._rows[self._index_of[name]]
@@ -333,9 +348,10 @@ class LayerTreeModel(QAbstractItemModel):
         self._refresh_cells([Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.BackgroundRole, Qt.ItemDataRole.ToolTipRole])
 
     def clear_evidence(self) -> None:
-        """A new run: no badges, no update ratios."""
+        """A new run: no badges, no update ratios, no choice of norm statistics."""
         self._clear_evidence_state()
         self._refresh_cells()
+        self.set_norm_choice(None)
 
     def _clear_evidence_state(self) -> None:
         self._integrity, self._changed_under, self._stats = None, {}, {}
@@ -662,9 +678,7 @@ class LayerTreeModel(QAbstractItemModel):
             text += " (inherited)." if row["frozen_inherited"] and row["name"] else "."
         if row["is_norm"] and row["frozen"]:
             text += (" Its running statistics update in training." if row["train_norm"]
-                     else " Eval mode: running statistics adapted to this data before training (AdaBN), "
-                          "then kept." if self._adapt_norm
-                     else " Eval mode: running statistics stay exactly as loaded.")
+                     else norm_tooltip(self._adapt_norm, self._norm_choice))
         if row["unfreeze_epoch"] is not None:
             text += f" Gradual unfreezing: trains from epoch {row['unfreeze_epoch'] + 1}."
         return text + " Checking sets the whole subtree."

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDouble
 
 from engine.config import ModelConfig, PlanConfig
 from engine.errors import UserError
-from engine.events import IntegrityReport, LayerStats
+from engine.events import IntegrityReport, LayerStats, NormChoice
 from engine.model.architectures import FEATURED_ARCHS, ModelInfo, available_archs
 from widgets.layer_tree import FROZEN, LR, LayerFilterEdit, LayerTreeModel, LayerTreeView
 
@@ -155,6 +155,7 @@ class ModelPanel(QGroupBox):
         self.tree = LayerTreeView()
         self.tree.setModel(self.tree_model)
         self.tree_model.plan_changed.connect(self._tree_plan_changed)
+        self.tree_model.summary_changed.connect(lambda: self.summary_label.setText(self.tree_model.summary()))
         self._edit_blocker = _TreeEditBlocker(self.tree)
         self._edit_triggers = self.tree.editTriggers()
         self.filter_edit = LayerFilterEdit(self.tree)
@@ -298,8 +299,12 @@ class ModelPanel(QGroupBox):
         if not self.tree_model.is_preview:
             self.tree_model.set_weight_decay(weight_decay)
 
-    def show_adapt_norm(self, adapt: bool) -> None:
-        self.tree_model.set_adapt_norm(adapt)
+    def show_adapt_norm(self, setting: str) -> None:
+        self.tree_model.set_adapt_norm(setting)
+
+    def show_norm_choice(self, choice: NormChoice | None) -> None:
+        """What a started run did with its BatchNorm statistics: the summary line says so."""
+        self.tree_model.set_norm_choice(choice)
 
     def show_preview(self, run_name: str, info: ModelInfo, plan: PlanConfig) -> None:
         """A past run's plan in the tree, read-only, until end_preview()."""

@@ -22,6 +22,15 @@ PRECISION_CHOICES = (
     ("bf16", "bf16", "bfloat16 autocast: fp32's range, fewer digits; no loss scaling needed."),
     ("fp16", "fp16", "float16 autocast with loss scaling (CUDA)."),
 )
+# --adapt-norm: what a frozen trunk's BatchNorm statistics are trained and checked with.
+ADAPT_NORM_CHOICES = (
+    ("Auto (measure)", "auto", "Feature extraction: fit the head on the trunk's features with the loaded statistics and "
+                               "with statistics adapted to the training images (AdaBN); keep the better validation "
+                               "balanced accuracy (a tie keeps them as loaded). The run says which and by how much."),
+    ("Adapt (AdaBN)", "on", "Before training, one pass over the training images re-estimates every BatchNorm layer's "
+                            "statistics (no weight changes); the freeze proof then holds the run to them."),
+    ("As loaded", "off", "Frozen norm layers keep their statistics exactly as loaded."),
+)
 COMBO_MIN_CHARACTERS = 8  # a narrow window elides a long entry (a GPU's name) instead of clipping the panel
 HOW_IT_ENDED = {"user": "Stopped", "early-stopping": "Stopped early", "completed": "Finished"}
 
@@ -135,17 +144,15 @@ class TrainingPanel(QGroupBox):
             "Frozen trunk with augmentation: the trunk's features of this many augmented views of every image are "
             "computed once, and each epoch trains the head on one of them per image. 0: augmented images go "
             "through the trunk every epoch (slow).", "feature_views")
-        self.adapt_norm_check = QCheckBox("Adapt normalization statistics")
-        self.adapt_norm_check.setObjectName("adaptNormCheck")
-        self.adapt_norm_check.setToolTip(
-            "AdaBN: before training, one pass over the training images re-estimates every BatchNorm layer's "
-            "statistics (no weight changes). Turn on when the images are far from the weights' data "
-            "(e.g. digits, X-rays vs ImageNet photos); leave off for everyday photos.")
-        self.adapt_norm_check.toggled.connect(lambda on: self.train_edited.emit({"adapt_norm": on}))
+        self.adapt_norm_combo = combo(
+            "adaptNormCombo", ADAPT_NORM_CHOICES,
+            "Normalization statistics of a frozen trunk (AdaBN). Auto: measured at Start with cached features, "
+            "the better of as loaded and adapted to the training images is kept; the run says which.",
+            "adapt_norm")
         self._editors = (self.epochs_spin, self.batch_spin, self.optimizer_combo, self.base_lr_spin,
                          self.weight_decay_spin, self.schedule_combo, self.warmup_spin, self.device_combo,
                          self.precision_combo, self.seed_spin, self.compile_check, self.feature_views_spin,
-                         self.adapt_norm_check)
+                         self.adapt_norm_combo)
 
         form = QGridLayout()
         rows = ((("Epochs", self.epochs_spin), ("Batch size", self.batch_spin)),
@@ -153,14 +160,13 @@ class TrainingPanel(QGroupBox):
                 (("Weight decay", self.weight_decay_spin), ("Schedule", self.schedule_combo)),
                 (("Warm-up", self.warmup_spin), ("Seed", self.seed_spin)),
                 (("Device", self.device_combo), ("Precision", self.precision_combo)),
-                (("Feature views", self.feature_views_spin),))
+                (("Feature views", self.feature_views_spin), ("Norm stats", self.adapt_norm_combo)))
         for r, pairs in enumerate(rows):
             for c, (label, widget) in enumerate(pairs):
                 form.addWidget(QLabel(label), r, 2 * c)
                 form.addWidget(widget, r, 2 * c + 1)
-        checks = QHBoxLayout()  # the two long check boxes on a row of their own: the panel stays narrow
+        checks = QHBoxLayout()  # a check box on a row of its own: the panel stays narrow
         checks.addWidget(self.compile_check)
-        checks.addWidget(self.adapt_norm_check)
         checks.addStretch(1)
         form.addLayout(checks, len(rows), 0, 1, 4)
         form.setColumnStretch(1, 1)
@@ -245,7 +251,7 @@ class TrainingPanel(QGroupBox):
             self.seed_spin.setValue(t.seed)
             self.compile_check.setChecked(t.compile)
             self.feature_views_spin.setValue(t.feature_views)
-            self.adapt_norm_check.setChecked(t.adapt_norm)
+            self.adapt_norm_combo.setCurrentIndex(max(0, self.adapt_norm_combo.findData(t.adapt_norm)))
         finally:
             for widget in self._editors:
                 widget.blockSignals(False)

@@ -80,7 +80,21 @@ def advise(scan: DatasetScan, arch: str, weights: str, *, image_size: int = 224,
         far, why = far_domain(figures["backbone"], weights)
         reasons.append(why)
     strategy, flags, plan, why = choose(figures["images"], weights, far, built.info)
-    return Advice(strategy, tuple(flags), plan, tuple(why + reasons), figures)
+    norm = norm_statistics_reason(strategy, weights, far, built.info)
+    return Advice(strategy, tuple(flags), plan, tuple(why + ([norm] if norm else []) + reasons), figures)
+
+
+def norm_statistics_reason(strategy: str, weights: str, far: bool | None, info: ModelInfo) -> str | None:
+    """What --adapt-norm auto will do, where it matters: a frozen trunk with BatchNorm layers and
+    pretrained weights (engine/training/norm_choice.py)."""
+    batch_norm = any(layer.type.startswith(("BatchNorm", "SyncBatchNorm")) for layer in info.layers)
+    if strategy != "feature-extraction" or weights == "none" or not batch_norm:
+        return None
+    first = ("The domain looks far from the weights', so the loaded BatchNorm statistics may normalise these "
+             "images badly: " if far else "")
+    return (f"{first}--adapt-norm auto (the default) fits the head on the frozen features twice, with the loaded "
+            f"BatchNorm statistics and with statistics adapted to these images (AdaBN), and keeps the better "
+            f"validation balanced accuracy; the run says which and by how much.")
 
 
 # --- the table ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""AdaBN: adapt the BatchNorm running statistics to the training images, on request only.
+"""AdaBN: adapt the BatchNorm running statistics to the training images (--adapt-norm on, or auto
+where measuring says it helps: engine/training/norm_choice.py).
 
 Pretrained BatchNorm layers normalise with the mean and variance of the data they were trained
 on. On a far domain (digits or X-rays against ImageNet photos) those statistics are wrong for
@@ -7,7 +8,8 @@ mode re-estimates them (Li et al., "Revisiting Batch Normalization for Practical
 Adaptation"): no gradient, no weight changes, every other module in eval mode (dropout off).
 It runs before trunk features are cached, so the cache and the checkpoint both carry the adapted
 statistics, and before the integrity fingerprints are taken, so the adapted values are what
-"frozen" then promises.
+"frozen" then promises. batch_norm_statistics/restore_statistics put the loaded ones back, bit for
+bit, when auto keeps them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,26 @@ def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+Statistics = dict[nn.Module, list[torch.Tensor]]  # layer -> [running_mean, running_var, num_batches_tracked]
+
+
+def _buffers(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, ...]:
+    return layer.running_mean, layer.running_var, layer.num_batches_tracked
+
+
+def batch_norm_statistics(model: nn.Module) -> Statistics:
+    """A copy of every BatchNorm layer's running statistics, to put back with restore_statistics."""
+    return {layer: [b.clone() for b in _buffers(layer)] for layer in batch_norm_layers(model)}
+
+
+@torch.no_grad()
+def restore_statistics(saved: Statistics) -> None:
+    """Put the copied statistics back in place (the same tensors: fingerprints and optimizers see them)."""
+    for layer, values in saved.items():
+        for buffer, value in zip(_buffers(layer), values):
+            buffer.copy_(value)
+
+
 @torch.no_grad()
 def adapt_batch_norm(model: nn.Module, loader, prep: Preprocessing, device: torch.device, channels_last: bool,
                      progress: Callable[[int, int], None] | None = None,
@@ -39,8 +61,7 @@ def adapt_batch_norm(model: nn.Module, loader, prep: Preprocessing, device: torc
         return 0
     modes = {m: m.training for m in model.modules()}
     momenta = {layer: layer.momentum for layer in layers}
-    loaded = {layer: [b.clone() for b in (layer.running_mean, layer.running_var, layer.num_batches_tracked)]
-              for layer in layers}
+    loaded = batch_norm_statistics(model)
     seen, finished = 0, False
     try:
         # Set each module's flag directly: model.train() would recurse through the plan's
@@ -64,18 +85,9 @@ def adapt_batch_norm(model: nn.Module, loader, prep: Preprocessing, device: torc
         finished = True
     finally:
         if not (finished and seen):  # stopped, failed, or no batch of two: keep what was loaded
-            for layer, buffers in loaded.items():
-                for buffer, value in zip((layer.running_mean, layer.running_var, layer.num_batches_tracked), buffers):
-                    buffer.copy_(value)
+            restore_statistics(loaded)
         for m, mode in modes.items():
             m.training = mode
         for layer, momentum in momenta.items():
             layer.momentum = momentum
     return seen
-
-
-def adaptation_note(layers: int, images: int) -> str:
-    if not layers:
-        return "adapt normalization statistics: nothing to adapt (this model has no BatchNorm layers)"
-    return (f"normalization statistics adapted to the training images (AdaBN: {layers} BatchNorm layers, "
-            f"{images:,} images)")

@@ -11,7 +11,8 @@ import json
 import time
 from typing import IO
 
-from engine.events import BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, RunStarted
+from engine.events import (BatchEvent, Callbacks, EpochEvent, FitResult, IntegrityReport, LayerStats, NormChoice,
+                           RunStarted)
 
 
 class EventLines(Callbacks):
@@ -77,7 +78,8 @@ def _epoch_event(raw: dict) -> EpochEvent:
 
 _READERS = {
     "status": lambda raw: (raw["text"], raw["done"], raw["total"]),
-    "started": lambda raw: RunStarted(**{**raw, "class_names": tuple(raw["class_names"]), "notes": tuple(raw["notes"])}),
+    "started": lambda raw: RunStarted(**{**raw, "class_names": tuple(raw["class_names"]), "notes": tuple(raw["notes"]),
+                                         "norm_choice": NormChoice.from_dict(raw.get("norm_choice"))}),
     "batch": lambda raw: BatchEvent(**{**raw, "layers": _layers(raw.get("layers"))}),
     "epoch": _epoch_event,
     "result": FitResult.from_summary,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.events import FitResult, IntegrityReport, LayerStats
+from engine.events import FitResult, IntegrityReport, LayerStats, NormChoice
 from engine.json_values import flag, integer, mapping, number, numbers_by_name, objects, text, texts
 
 STARTED_FORMAT = "%Y-%m-%dT%H:%M:%S"  # run.json's "started": local time, to the second
@@ -84,6 +84,7 @@ class RunRecord:
     device: str | None = None
     precision: str | None = None
     feature_cache: str | None = None  # why features were or were not cached
+    norm_choice: NormChoice | None = None  # "norm_statistics": BatchNorm statistics adapted or kept, and why
     transfer_studio: str | None = None  # the versions that trained it
     torch: str | None = None
     started: str | None = None  # STARTED_FORMAT, local time; a continued run keeps its first start
@@ -110,6 +111,7 @@ class RunRecord:
             preprocessing=mapping(record.get("preprocessing")),
             **{key: text(record.get(key)) for key in ("device", "precision", "feature_cache", "transfer_studio",
                                                         "torch", "status", "error")},
+            norm_choice=NormChoice.from_dict(record.get("norm_statistics")),
             started=_started(record.get("started")), integrity=_run_integrity(record.get("integrity")),
             processes=integer(processes) or integer((mapping(processes) or {}).get("world_size")) or 1,
             rank_integrity=tuple(objects((mapping(processes) or {}).get("integrity"))),

@@ -5,7 +5,8 @@ Every image is held out exactly once: the dataset (a given train/val split poole
 stratified, seeded folds (engine.data.dataset.fold_of), and the configuration is trained K times by the
 trainer itself, each time validated on one fold, each run in its own folder `OUT/fold-k`. With a
 frozen trunk the features come from the per-file store, so the trunk runs over the images once, in
-the first fold, and every later fold trains only the head: seconds. The fold's accuracy is the one
+the first fold, and every later fold trains only the head: seconds. (--adapt-norm auto is measured
+on the first fold and its choice kept for the others; adapted statistics are adapted per fold.) The fold's accuracy is the one
 after its last epoch (no epoch picked by the images it is scored on); the mean and the sample
 standard deviation over the folds are written to `OUT/folds.json`.
 """
@@ -116,12 +117,22 @@ def cross_validate(config: RunConfig, folds: int, callbacks: Callbacks | None = 
         result = fit(fold_config, callbacks, control, scan=scan)
         if result.stopped == "user":
             break
+        config = _with_first_fold_norm_choice(config, result.run_dir)
         results.append(FoldResult(k, len(scan.train), len(scan.val), _last_val_accuracy(result.run_dir),
                                   result.best_val_accuracy, result.run_dir))
         on_fold(results[-1])
     report = CrossValidation(tuple(results), folds)
     atomic_write_bytes(out / FOLDS_FILE, (json.dumps(report.to_json(), indent=2) + "\n").encode())
     return report
+
+
+def _with_first_fold_norm_choice(config: RunConfig, run_dir: str) -> RunConfig:
+    """--adapt-norm auto measured on the first fold decides for every fold: one configuration is
+    cross-validated, and with the statistics as loaded the later folds train the head only."""
+    choice = RunFolder(run_dir).read_run().norm_choice
+    if config.train.adapt_norm != "auto" or choice is None or not choice.measured:
+        return config
+    return replace(config, train=replace(config.train, adapt_norm="on" if choice.adapted else "off"))
 
 
 def _last_val_accuracy(run_dir: str) -> float | None:

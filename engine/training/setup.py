@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.distributed.across_ranks import features_shared_between_ranks
-from engine.model.adabn import adapt_batch_norm, adaptation_note, batch_norm_layers
+from engine.model.adabn import adapt_batch_norm, batch_norm_layers
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
@@ -27,9 +27,12 @@ from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
 from engine.errors import Stopped
 from engine.model.devices import resolve_precision, select_device
-from engine.events import Callbacks, TrainingControl
+from engine.events import Callbacks, NormChoice, TrainingControl
 from engine.model.features import compute_feature_views, compute_features, feature_cache_key, load_cached_features, per_file_trunk_features, save_cached_features, trunk_store_key
+from engine.training.class_weights import training_criterion
 from engine.training.feature_cache import augmented_views_note, feature_cache_decision
+from engine.training.head_fit import HeadRecipe
+from engine.training.norm_choice import ADAPT, MEASURE, NormPlan, measure, plan_norm
 from engine.training.batches import AugmentedFeatureBatches
 from engine.model.architectures import ModelInfo, build_model
 from engine.plan.plan import Plan, build_plan
@@ -55,6 +58,7 @@ class Run:
     skipped: SkippedLog
     group: ProcessGroup = SINGLE  # the processes training this run together (engine.distributed.process_group)
     task: object = None  # engine.training.tasks: the loss, targets, metrics and selection of the data's task
+    norm_choice: NormChoice | None = None  # BatchNorm statistics adapted or kept as loaded, and why
 
     @property
     def precision_name(self) -> str:
@@ -77,6 +81,7 @@ class Run:
             "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names), "task": self.scan.task,
             "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
             "precision": self.precision_name, "feature_cache": self.feature_note,
+            **({"norm_statistics": self.norm_choice.to_dict()} if self.norm_choice else {}),
             **({"processes": self.group.world_size} if self.group.is_distributed else {}),
         }
 
@@ -152,36 +157,65 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
         views = 0  # augmented views are not sharded between ranks: augmented images pass the trunk each epoch
     use_features, feature_note = feature_cache_decision(info, plan, config.data.augment, config.data.feature_cache,
                                                         views)
-    # Plain views of a trunk whose statistics are not adapted depend on each file alone: kept per file
-    # too, so files moved between classes (engine.curation.dataset_edits) need no new trunk pass.
-    per_file = use_features and not views and not config.train.adapt_norm
-    feature_key = cached = None
-    if use_features:
-        feature_key = feature_cache_key(
+    layers = len(batch_norm_layers(model))
+    norm = plan_norm(config.train.adapt_norm, batch_norm_layers=layers, cached_features=use_features,
+                     cache_note=feature_note, has_val=bool(scan.val), processes=group.world_size,
+                     random_weights=config.model.weights == "none",
+                     recorded=None if fresh else folder.read_run().norm_choice, task=scan.task)
+    adapt_first, measured = norm.action == ADAPT, norm.action == MEASURE
+
+    def features_key(adapted: bool, views_now: int) -> str:
+        return feature_cache_key(
             scan.train + scan.val, arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
             head=info.head, prep=prep, precision=str(amp_dtype), device_type=device.type,
-            augment=config.data.augment, views=views,
-            adapt_norm_batch=config.train.batch_size if config.train.adapt_norm else 0)
+            augment=config.data.augment if views_now else "none", views=views_now,
+            adapt_norm_batch=config.train.batch_size if adapted else 0)
+
+    # Plain views of a trunk whose statistics are not adapted depend on each file alone: kept per file
+    # too, so files moved between classes (engine.curation.dataset_edits) need no new trunk pass.
+    per_file = use_features and not views and not adapt_first and not measured
+    feature_key = cached = None
+    if use_features and not measured:
+        feature_key = features_key(adapt_first, views)
         cached = load_cached_features(feature_key)
         if cached is not None:
             feature_note += " (loaded from the disk cache)"
     # Per-file features decode only the files their store lacks, as they are computed: no warming first.
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control, group,
-                       warm=(cached is None and not per_file) or config.train.adapt_norm)
+                       warm=(cached is None and not per_file) or adapt_first or measured)
     notes = (*built.notes, task.note)  # whether class (or label) weights are on; the target's scale
-    if config.train.adapt_norm:  # before features are cached and integrity fingerprints taken
-        notes += (_adapt_norm(model, loaders, prep, device, channels_last, callbacks, control),)
+    choice = None
+    if adapt_first:  # before features are cached and integrity fingerprints taken
+        choice = _adapt_norm(model, loaders, prep, device, channels_last, callbacks, control, norm,
+                             config.train.adapt_norm, layers)
+    elif not measured:
+        choice = norm.choice(config.train.adapt_norm, adapted=False)
+    if choice is not None and (layers or config.train.adapt_norm == "on"):
+        notes += (choice.line,)
     run = Run(config=config, folder=folder, scan=scan, device=device, model=model, info=info, prep=prep,
               notes=notes, plan=plan, amp_dtype=amp_dtype, channels_last=channels_last,
               batches=loaders.image_batches(channels_last), feature_note=feature_note, skipped=skipped, group=group,
-              task=task)
+              task=task, norm_choice=choice)
     if group.is_main:
         if fresh:
             folder.start_metrics()
         folder.write_record(run.record())
     if not use_features:
         return run
-    if cached is not None:
+    if measured:  # the statistics are chosen here, before the integrity fingerprints are taken
+        run, (train, val), measured_note = _measure_norm(run, loaders, callbacks, control, features_key)
+        feature_note += f" ({measured_note})" if measured_note else ""
+        if views:
+            feature_key = features_key(run.norm_choice.adapted, views)
+            cached = load_cached_features(feature_key)
+            if cached is not None:
+                feature_note += " (views loaded from the disk cache)"
+                train = cached[0]
+            else:
+                train, _, views_note = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views,
+                                                               val=val)
+                feature_note += f" ({views_note})" if views_note else ""
+    elif cached is not None:
         train, val = cached
     elif per_file:
         train, val, notes = _gather_per_file_features(run, loaders, callbacks, control, feature_key)
@@ -204,17 +238,66 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
 
 
 def _adapt_norm(model, loaders: _Loaders, prep: Preprocessing, device: torch.device, channels_last: bool,
-                callbacks: Callbacks, control: TrainingControl) -> str:
+                callbacks: Callbacks, control: TrainingControl, norm: NormPlan, setting: str,
+                layers: int) -> NormChoice:
+    images = _adapt_statistics(model, loaders, prep, device, channels_last, callbacks, control)
+    if not layers:
+        return norm.choice(setting, adapted=False, detail="this model has no BatchNorm layers, nothing to adapt")
+    if not images:
+        return norm.choice(setting, adapted=False, detail="no training batch of two or more images to adapt on")
+    return norm.choice(setting, adapted=True, detail=f"AdaBN: {layers} BatchNorm layers, {images:,} images")
+
+
+def _adapt_statistics(model, loaders: _Loaders, prep: Preprocessing, device: torch.device, channels_last: bool,
+                      callbacks: Callbacks, control: TrainingControl) -> int:
+    """AdaBN over the plain training images; the number of images it averaged over."""
     callbacks.on_status("Adapting normalization statistics")
     images = adapt_batch_norm(model, loaders.plain_train_loader(), prep, device, channels_last,
                               progress=lambda d, t: callbacks.on_status("Adapting normalization statistics", d, t),
                               should_stop=lambda: control.stop_requested)
     if images is None:
         raise Stopped
-    layers = len(batch_norm_layers(model))
-    if layers and not images:
-        return "normalization statistics not adapted: no training batch of two or more images"
-    return adaptation_note(layers, images)
+    return images
+
+
+def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl, features_key):
+    """(run with its NormChoice and the choice's line in its notes, the chosen statistics' plain
+    (train, val) features, a note on where they came from): --adapt-norm auto measured
+    (engine.training.norm_choice). The loaded statistics' features come from the per-file store,
+    the adapted ones from the disk cache or a trunk pass after AdaBN."""
+    config = run.config
+    notes: list[str] = []
+    recipe = HeadRecipe(run.model, run.info, run.plan, config.train,
+                        training_criterion(config.train.class_weights, run.scan, config.train.label_smoothing,
+                                           run.device),
+                        run.device, run.autocast, run.amp_dtype, len(run.scan.class_names))
+
+    def loaded_features():
+        train, val, note = _gather_per_file_features(run, loaders, callbacks, control, features_key(False, 0))
+        notes.append(note)
+        return train, val
+
+    def adapt() -> bool:
+        return bool(_adapt_statistics(run.model, loaders, run.prep, run.device, run.channels_last, callbacks,
+                                      control))
+
+    def adapted_features():
+        key = features_key(True, 0)
+        cached = load_cached_features(key)
+        if cached is not None:
+            notes.append("adapted features loaded from the disk cache")
+            return cached
+        train, val, note = _compute_trunk_features(run, loaders, callbacks, control, key, 0, label="adapted ")
+        notes.append(note)
+        return train, val
+
+    choice, features = measure(recipe, loaded_features, adapt, adapted_features,
+                               should_stop=lambda: control.stop_requested)
+    callbacks.on_status(choice.line)
+    if run.group.is_main:
+        run.folder.update_record(norm_statistics=choice.to_dict())
+    run = replace(run, norm_choice=choice, notes=run.notes + (choice.line,))
+    return run, features, "; ".join(n for n in notes if n)
 
 
 def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
@@ -290,7 +373,8 @@ class _Loaders:
 
 
 def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
-                            key: str, views: int):
+                            key: str, views: int, val=None, label: str = ""):
+    """(train, val, note): the trunk's features, saved under `key`; `val` given: those, not computed again."""
     common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
                   should_stop=lambda: control.stop_requested)
     callbacks.on_status("Computing trunk features (once)")
@@ -309,15 +393,15 @@ def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, c
         stacked, labels, reduced = computed  # reduced: a note when fewer views fitted in memory
         train = stacked, labels
     else:
-        train = compute_features(run.model, run.info.head, loaders.feature_loader(),
-                                 progress=lambda d, t: callbacks.on_status("Computing training features", d, t),
+        # The plain view (augmentation 'none' trains on it too; with views on, the measured choice needs it).
+        train = compute_features(run.model, run.info.head, loaders.plain_train_loader(),
+                                 progress=lambda d, t: callbacks.on_status(f"Computing {label}training features", d, t),
                                  on_failures=on_failures, **common)
     if train is None:
         raise Stopped
-    val = None
-    if run.scan.val:
+    if val is None and run.scan.val:
         val = compute_features(run.model, run.info.head, loaders.all_val_loader(),
-                               progress=lambda d, t: callbacks.on_status("Computing validation features", d, t),
+                               progress=lambda d, t: callbacks.on_status(f"Computing {label}validation features", d, t),
                                on_failures=lambda f: run.skipped.add_failures(f, run.scan.val), **common)
         if val is None:
             raise Stopped

@@ -298,7 +298,7 @@ class EpochLoop:
                     precision=run.precision_name, class_names=run.scan.class_names,
                     train_images=len(run.scan.train), val_images=len(run.scan.val),
                     trainable_params=self._trainable_params(), total_params=run.info.total_params,
-                    feature_cache=run.feature_note, notes=run.notes))
+                    feature_cache=run.feature_note, notes=run.notes, norm_choice=run.norm_choice))
             for epoch in range(self.first_epoch, cfg.train.epochs + 1):
                 newly = self._enter_epoch(epoch)
                 event = self._one_epoch(newly)

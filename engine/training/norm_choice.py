@@ -1,0 +1,94 @@
+"""--adapt-norm: whether a run adapts its BatchNorm statistics to the training images (AdaBN) or keeps
+them as loaded, and, for "auto", the measured choice.
+
+The plain tutorial loop's "frozen" BatchNorm re-estimates its statistics under model.train() (a bug
+that helps on a shifted domain); Transfer Studio keeps them exactly as loaded unless asked. "auto"
+makes that a measured choice where it is cheap and honest to measure: a frozen trunk whose features
+are cached, BatchNorm layers, validation images, one process. The trunk's features are computed with
+the loaded statistics and again with statistics adapted to the training images; the head is fitted
+on each as the run would fit it (engine/training/head_fit.py); the better validation balanced
+accuracy wins, and a tie keeps the loaded statistics (frozen means frozen unless adapting helps).
+Elsewhere "auto" adapts nothing and says why. A continued run keeps the choice it recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.events import NormChoice
+from engine.model.adabn import batch_norm_statistics, restore_statistics
+from engine.training.head_fit import Features, HeadRecipe, HeadScore, fit_head
+
+ADAPT, KEEP, MEASURE = "adapt", "keep", "measure"
+FeatureSets = tuple[Features, Features]  # (train, val)
+
+
+@dataclass(frozen=True)
+class NormPlan:
+    """What set-up does about the statistics: adapt them first, keep them, or measure both."""
+
+    action: str  # ADAPT | KEEP | MEASURE
+    why: str  # for ADAPT and KEEP: the reason NormChoice shows
+    recorded: NormChoice | None = None  # a continued run's own choice, kept as it was
+
+    def choice(self, setting: str, adapted: bool, detail: str = "") -> NormChoice:
+        """The NormChoice of an action that was not measured (`detail`: what adapting did)."""
+        if self.recorded is not None:
+            return self.recorded
+        return NormChoice(setting, adapted, "; ".join(part for part in (self.why, detail) if part))
+
+
+def plan_norm(setting: str, *, batch_norm_layers: int, cached_features: bool, cache_note: str, has_val: bool,
+              processes: int, random_weights: bool, recorded: NormChoice | None = None,
+              task: str = "single-label") -> NormPlan:
+    """What to do for `setting` (auto | on | off) with this run's model and data."""
+    if recorded is not None:  # the features and the checkpoint must keep the statistics they started with
+        return NormPlan(ADAPT if recorded.adapted else KEEP, recorded.why, recorded)
+    if setting == "on":
+        return NormPlan(ADAPT, "setting on")
+    if setting == "off":
+        return NormPlan(KEEP, "setting off")
+    unmeasured = "; --adapt-norm on adapts them"
+    if not batch_norm_layers:
+        return NormPlan(KEEP, "auto: this model has no BatchNorm layers, nothing to adapt")
+    if not cached_features:  # the note says why: a trunk that trains, augmentation without views, ...
+        return NormPlan(KEEP, f"auto: not measured without cached features, {cache_note}{unmeasured}")
+    if not has_val:
+        return NormPlan(KEEP, f"auto: not measured, no validation images to compare on{unmeasured}")
+    if processes > 1:
+        return NormPlan(KEEP, f"auto: not measured with several processes{unmeasured}")
+    if random_weights:  # feature extraction from random weights is a smoke test: no passes spent on it
+        return NormPlan(KEEP, f"auto: not measured for random weights{unmeasured}")
+    if task != "single-label":  # the head fit that measures is cross-entropy's, scored by balanced accuracy
+        return NormPlan(KEEP, f"auto: measured for single-label data only, this is {task}{unmeasured}")
+    return NormPlan(MEASURE, "")
+
+
+def decide(pinned: HeadScore | None, adapted: HeadScore | None, seconds: float) -> NormChoice:
+    """Adapted only when its head scores strictly better (a head that diverged scores nothing)."""
+    pinned_score = pinned.balanced_accuracy if pinned else 0.0
+    adapted_score = adapted.balanced_accuracy if adapted else 0.0
+    return NormChoice("auto", adapted_score > pinned_score, "auto: measured", pinned_score, adapted_score, seconds)
+
+
+def measure(recipe: HeadRecipe, loaded_features: Callable[[], FeatureSets], adapt: Callable[[], bool],
+            adapted_features: Callable[[], FeatureSets],
+            should_stop: Callable[[], bool] = lambda: False) -> tuple[NormChoice, FeatureSets]:
+    """Fit the head on the features with the loaded statistics, adapt them (`adapt`), fit it on the
+    adapted ones, and keep the better: the model ends with the chosen statistics, and those
+    features are returned. `adapt` says whether it adapted anything (AdaBN needs a batch of two).
+    Plain views only: with augmented views the chosen statistics compute them afterwards."""
+    loaded = loaded_features()  # what "off" computes too: not counted in what measuring cost
+    started = time.perf_counter()
+    saved = batch_norm_statistics(recipe.model)
+    if not adapt():  # AdaBN kept the loaded statistics itself
+        return NormChoice("auto", False, "auto: no training batch of two or more images to adapt on"), loaded
+    adapted = adapted_features()
+    pinned_score = fit_head(recipe, *loaded, should_stop=should_stop)
+    adapted_score = fit_head(recipe, *adapted, should_stop=should_stop)
+    choice = decide(pinned_score, adapted_score, time.perf_counter() - started)
+    if not choice.adapted:
+        restore_statistics(saved)  # the loaded statistics, bit for bit: what the freeze proof then holds
+    return choice, adapted if choice.adapted else loaded
