@@ -62,7 +62,7 @@ def tiny_net(loaded_mean: float, batch_norm: bool = True) -> nn.Module:
 
 def built_as(monkeypatch, model: nn.Module) -> nn.Module:
     """set_up builds `model` (as "resnet18" with ImageNet weights: nothing is loaded or downloaded)."""
-    def build(arch, classes, weights, size):
+    def build(arch, classes, weights, size, min_classes=2):
         return BuiltModel(model, describe(model, arch, classes, size), preprocessing_for(arch, size), [])
 
     monkeypatch.setattr(run_setup, "build_model", build)
