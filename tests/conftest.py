@@ -12,6 +12,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # (crash tests kill processes, which fsync does not change). tests/test_run_safety.py checks that a
 # person's runs are fsynced.
 os.environ.setdefault("TRANSFER_STUDIO_NO_FSYNC", "1")
+# Several-process tests talk over loopback: gloo then needs no lookup of this machine's host name, which
+# a CI machine without a name server can spend seconds on per process.
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
