@@ -383,6 +383,7 @@ class MainWindow(QMainWindow):
         ins.thumbnails_ready.connect(view.add_thumbnails)
         ins.preview_ready.connect(view.show_preview)
         ins.prediction_ready.connect(view.show_prediction)
+        ins.task_prediction_ready.connect(view.show_task_prediction)
         ins.prediction_failed.connect(view.show_try_error)
         ins.failed.connect(self._show_notice)
 

@@ -136,3 +136,146 @@ def test_browse_offers_a_labels_csv_and_a_csv_can_be_dropped(qtbot, window, tmp_
     qtbot.waitUntil(lambda: window.session.dataset.scan is not None
                     and window.session.dataset.folder == str(other), timeout=10_000)
     assert window.session.dataset.scan.total == 12
+
+
+# --- item 2: the plots and the runs list show the task's figure ------------------------------------
+
+
+def task_epoch(epoch: int, task: str, metrics: dict, is_best: bool = True) -> EpochEvent:
+    return EpochEvent(epoch=epoch, epochs=3, train_loss=1.0 / epoch, train_accuracy=None if task == "regression" else 0.7,
+                      val_loss=0.5 / epoch, val_accuracy=None, per_class_accuracy={}, confusion_matrix=[], seconds=0.1,
+                      images_per_second=10.0, data_seconds=0.01, compute_seconds=0.09, lr={"fc": 1e-3},
+                      trainable_params=10, is_best=is_best, task=task, val_metrics=metrics)
+
+
+def test_the_score_plot_shows_map_and_macro_f1_then_r2_then_accuracy_again(qtbot):
+    from widgets.plots import TrainingPlots
+
+    plots = TrainingPlots()
+    qtbot.addWidget(plots)
+    plot = plots.accuracy_plot
+    plots.add_epoch(task_epoch(1, "multi-label", {"mAP": 0.6, "macro_f1": 0.4, "micro_f1": 0.5}))
+    plots.add_epoch(task_epoch(2, "multi-label", {"mAP": 0.7, "macro_f1": None, "micro_f1": 0.5}))
+    assert plot.getPlotItem().titleLabel.text == "mAP and macro F1 (validation)"
+    assert plot.legend.entry_names() == ["val mAP", "val macro F1"]  # no train curve beside mAP
+    assert list(plots._series["val_acc"].y) == [0.6, 0.7] and list(plots._series["val_second"].y) == [0.4]
+    assert plots._series["train_acc"].size == 0 and list(plots._series["val_loss"].y) == [0.5, 0.25]
+
+    plots.clear()
+    plots.add_epoch(task_epoch(1, "regression", {"mae": 1.0, "rmse": 1.5, "r2": -0.5}))
+    assert plot.getPlotItem().titleLabel.text == "R² (validation)"
+    assert plot.getAxis("left").labelText == "R²" and plot.legend.entry_names() == ["val R²"]
+    assert list(plots._series["val_acc"].y) == [-0.5]  # below 0: the axis follows the data
+
+    plots.clear()  # a single-label run after it: accuracy, train and validation
+    assert plot.getPlotItem().titleLabel.text == "Accuracy" and plot.legend.entry_names() == ["train", "validation"]
+
+
+def test_the_runs_list_and_the_result_line_name_the_tasks_best_figure(tmp_path):
+    import json
+
+    from engine.events import FitResult
+    from engine.runs.catalog import read_summary, val_accuracy_curve
+    from engine.runs.run_folder import RunFolder
+    from widgets.runs_view import RunsModel, describe_run
+    from widgets.training_panel import result_line
+
+    folder = RunFolder(tmp_path / "runs" / "20261206-100000")
+    folder.path.mkdir(parents=True)
+    folder.write_record({"config": {"data": {"root": str(tmp_path / "photos.csv")}}, "task": "multi-label",
+                         "class_names": ["a", "b"], "status": "running"})
+    for epoch, value, best in ((1, 0.5, True), (2, 0.8125, True), (3, 0.7, False)):
+        folder.append_metrics({"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.6, "val_loss": 0.5,
+                               "val_accuracy": None, "task": "multi-label", "val_mAP": value, "val_macro_f1": 0.5,
+                               "val_micro_f1": 0.5, "is_best": best})
+    row = read_summary(folder)
+    assert row.task == "multi-label" and row.best_figure == ("mAP", 0.8125)  # the last epoch marked best
+    model = RunsModel()
+    model.set_runs([row])
+    assert model.index(0, RunsModel.HEADERS.index("Best val")).data() == "mAP 0.812"
+    assert "photos.csv (multi-label)" in describe_run(row) and "best mAP 0.812" in describe_run(row)
+    assert val_accuracy_curve(folder) == ([1, 2, 3], [0.5, 0.8125, 0.7])
+    assert json.loads(folder.metrics_path.read_text().splitlines()[0])["val_mAP"] == 0.5
+
+    done = FitResult(run_dir="", checkpoint=None, best_epoch=4, best_val_accuracy=None, epochs_run=5, seconds=1.0,
+                     images_per_second=1.0, stopped="completed", task="regression",
+                     best_val_metrics={"mae": 0.5, "rmse": 0.7, "r2": 0.71})
+    assert "best val R² 0.71 (epoch 4)" in result_line(done)
+
+
+def test_a_regression_runs_history_is_drawn_without_a_training_accuracy(tmp_path):
+    from app.insight_session import history_events
+    from engine.runs.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    for epoch in (1, 2):
+        folder.append_metrics({"epoch": epoch, "train_loss": 1.0, "train_accuracy": None, "val_loss": 0.5,
+                               "task": "regression", "val_mae": 1.0, "val_rmse": 1.2, "val_r2": 0.1 * epoch})
+    events = history_events(folder.read_epochs(), 2)
+    assert len(events) == 2 and events[1][1].val_metrics["r2"] == pytest.approx(0.2)
+    assert events[1][1].task == "regression"
+
+
+# --- item 3: Try an image, and the views that stay single-label's -----------------------------------------
+
+
+def test_try_an_image_shows_each_labels_probability_and_threshold_or_the_value(qtbot):
+    from widgets.try_image import TryImagePanel
+
+    panel = TryImagePanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.show_task_prediction("/x/cat.png", {"task": "multi-label", "labels": ["red"],
+                                              "probabilities": {"red": 0.8, "blue": 0.35, "round": 0.6},
+                                              "thresholds": {"red": 0.5, "blue": 0.3, "round": 0.7}})
+    assert panel.bars.top() == [("red", 0.8), ("round", 0.6), ("blue", 0.35)]  # every label, most probable first
+    assert panel.bars.over_threshold() == ["red", "blue"]
+    assert panel.message.text().startswith("cat.png: red — ✓ marks")
+    panel.bars.grab()  # paints the ticks without error
+    panel.show_task_prediction("/x/dog.png", {"task": "regression", "value": 3.14159, "thresholds": {}})
+    assert panel.bars.top() == [] and panel.message.text() == "dog.png: predicted value 3.142"
+
+
+def test_insight_and_suspects_refuse_a_task_in_one_line(qtbot, window, tmp_path):
+    from engine.runs.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "runs" / "20261206-100000")
+    folder.path.mkdir(parents=True)
+    folder.write_record({"config": {}, "task": "regression", "class_names": ["value"], "status": "finished"})
+    window.session.insight.open_insight(folder)
+    summary = window.insight.summary
+    qtbot.waitUntil(lambda: "regression run" in summary.text(), timeout=10_000)
+    assert "\n" not in summary.text() and "Traceback" not in summary.text()
+    assert "transfer-studio evaluate" in summary.text()
+
+    open_csv(qtbot, window, regression_csv(tmp_path / "reg"), 1)
+    with qtbot.waitSignal(window.session.mending.search_refused) as refused:
+        window.session.mending.find_suspects()
+    assert refused.args == ["Suspects are for single-label data (class folders); this dataset is regression."]
+
+
+# --- the whole path once: a multi-label run trained in the window, then tried ----------------------------------
+
+
+@pytest.mark.slow
+def test_a_multilabel_run_trains_in_the_window_and_its_figures_and_answers_show(qtbot, window, tmp_path):
+    from app.insight_session import LoadedModels, task_answer
+    from tests.test_main_window import run_to_end, small_run
+
+    csv = multilabel_csv(tmp_path / "ml", n=24)
+    open_csv(qtbot, window, csv, 3)
+    small_run(window, epochs=2)
+    find(window, "presetFeatureExtraction").click()
+    result = run_to_end(qtbot, window)
+    assert result.task == "multi-label" and set(result.best_val_metrics) == {"mAP", "macro_f1", "micro_f1"}
+    qtbot.waitUntil(lambda: "best val mAP" in find(window, "trainingProgress").format(), timeout=10_000)
+    assert window.plots.score_task == "multi-label" and window.plots._series["val_acc"].size == 2
+    qtbot.waitUntil(lambda: "multi-label run" in window.insight.summary.text(), timeout=20_000)  # one calm line
+
+    answer = task_answer(LoadedModels(), Path(result.checkpoint), str(csv.parent / "images" / "0001.png"))
+    assert answer["task"] == "multi-label" and set(answer["probabilities"]) == {"blue", "red", "round"}
+    assert set(answer["thresholds"]) == {"blue", "red", "round"}
+    with qtbot.waitSignal(window.session.insight.task_prediction_ready, timeout=20_000):
+        window.session.insight.try_image(str(csv.parent / "images" / "0001.png"))
+    assert [name for name, _ in window.insight.try_panel.bars.top()] != []
