@@ -261,13 +261,18 @@ def test_insight_and_suspects_refuse_a_task_in_one_line(qtbot, window, tmp_path)
 @pytest.mark.slow
 def test_a_multilabel_run_trains_in_the_window_and_its_figures_and_answers_show(qtbot, window, tmp_path):
     from app.insight_session import LoadedModels, task_answer
-    from tests.test_main_window import run_to_end, small_run
 
     csv = multilabel_csv(tmp_path / "ml", n=24)
     open_csv(qtbot, window, csv, 3)
-    small_run(window, epochs=2)
+    window.session.settings.set_weights("none")  # a small CPU run, as a person would set it
+    find(window, "imageSizeSpin").setValue(32)
+    find(window, "epochsSpin").setValue(2)
+    find(window, "batchSizeSpin").setValue(16)
+    choose(window.training_panel.device_combo, "cpu")
     find(window, "presetFeatureExtraction").click()
-    result = run_to_end(qtbot, window)
+    with qtbot.waitSignal(window.controller.run_finished, timeout=120_000) as finished:
+        find(window, "startButton").click()
+    result = finished.args[0]
     assert result.task == "multi-label" and set(result.best_val_metrics) == {"mAP", "macro_f1", "micro_f1"}
     qtbot.waitUntil(lambda: "best val mAP" in find(window, "trainingProgress").format(), timeout=10_000)
     assert window.plots.score_task == "multi-label" and window.plots._series["val_acc"].size == 2
