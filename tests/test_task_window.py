@@ -77,6 +77,8 @@ def test_a_multilabel_csv_opens_with_label_counts_and_its_bad_rows(qtbot, window
     assert "1 row(s) not used" in warning and "missing file images/missing.png" in warning
     assert "only single-label" not in warning and not find(window, "errorLabel").text()
     assert window.session.model_info.num_classes == 3
+    card = panel.advice_card  # as `advise`: one line, not a traceback from the class-counting probes
+    qtbot.waitUntil(lambda: "No advice for multi-label data" in card.reasons.text(), timeout=10_000)
 
 
 def test_a_regression_csv_shows_the_range_and_a_histogram(qtbot, window, tmp_path):

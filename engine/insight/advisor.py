@@ -65,10 +65,8 @@ def advise(scan: DatasetScan, arch: str, weights: str, *, image_size: int = 224,
     (no model pass, no images read). `features`: the trunk's (train, held-out) features already
     at hand (the feature cache's): the probe and kNN use them and no image is read, but without
     earlier stages' features a far domain is not judged."""
-    measure = measure and scan.task == "single-label"  # the probes fit one class per image: the table alone otherwise
     measure_images = measure and features is None
-    built = build_model(arch, len(scan.class_names), weights if measure_images else "none", image_size,
-                        min_classes=2 if scan.task == "single-label" else 1)
+    built = build_model(arch, len(scan.class_names), weights if measure_images else "none", image_size)
     figures = data_figures(scan)
     reasons = data_reasons(figures, image_size)
     far = None
