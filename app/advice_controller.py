@@ -78,6 +78,11 @@ class AdviceController(QObject):
         scan = dataset.scan
         if scan is None:
             return
+        if scan.task != "single-label":  # as `transfer-studio advise`: the probes and the guide's table count classes
+            self._advice = None
+            self.failed.emit(f"No advice for {scan.task} data: the advisor measures single-label data. "
+                             f"Help ▸ Which strategy? still applies (by the number of images).")
+            return
         folder, arch, weights, size = dataset.folder, model.arch, model.weights, self._configuration.data.image_size
         # Measuring builds a real model, which draws from torch's global RNG: never beside a run.
         measure = _pretrained_weights_at_hand(arch, weights) and not self._shown_run.running

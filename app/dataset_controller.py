@@ -14,7 +14,7 @@ from app.worker import BackgroundTasks
 from engine.config import RunConfig
 from engine.data.dataset import DatasetScan
 
-NO_FOLDER = "No dataset folder given: type one, or use Browse… or the demo dataset."
+NO_FOLDER = "No dataset given: type a folder or a labels CSV, or use Browse… or the demo dataset."
 
 
 class DatasetController(QObject):
@@ -42,23 +42,27 @@ class DatasetController(QObject):
         """Why the dataset cannot train yet, in one line; "" when it can."""
         state = self.state
         if not state.folder:
-            return "Choose a dataset folder first (or use the demo dataset)."
+            return "Choose a dataset folder first (or a labels CSV, or the demo dataset)."
         if state.error:
-            return f"The dataset folder cannot be used: {state.error}"
+            return f"The dataset cannot be used: {state.error}"
         if state.scan is None:
             return f"Still reading {state.folder}…"
         return ""
 
     def classes(self) -> int:
-        """The class count a model is built for (2 until the folder is listed)."""
+        """The model's output count: the classes (at least 2), the labels of multi-label data, or
+        regression's one value (2 until the data is listed)."""
         listing = self.state.listing
-        return max(2, len(listing.class_names)) if listing is not None else 2
+        if listing is None:
+            return 2
+        return max(2 if listing.task == "single-label" else 1, len(listing.class_names))
 
     def scan_for(self, config: RunConfig) -> DatasetScan | None:
         """The split shown, when it is the one `config` asks for (else None: read the folder again); a run
         given it need not list the folder again (a second or more for thousands of images)."""
         state = self.state
-        if state.folder == config.data.root and state.split == (config.data.val_fraction, config.train.seed):
+        if state.folder == config.data.root and state.split == (config.data.val_fraction, config.train.seed) \
+                and state.scan is not None and config.data.task in ("auto", state.scan.task):
             return state.scan
         return None
 
@@ -80,7 +84,13 @@ class DatasetController(QObject):
 
     def open(self, folder: str) -> None:
         """List the folder, after a look at its journal of edits (an edit a crash left half-done is noted)."""
-        self._data_edits.check_journal(folder, lambda: self._loader.open(folder, self._configuration.split_settings()))
+        self._data_edits.check_journal(folder, lambda: self._loader.open(folder, self._configuration.split_settings(),
+                                                                         self._configuration.data.task))
+
+    def read_again(self) -> None:
+        """The task changed: the data is listed again (what a CSV's rows give depends on it)."""
+        if self.state.folder:
+            self.open(self.state.folder)
 
     def split_again(self) -> None:
         """The validation share or the seed changed: split the listing again (a burst makes one split)."""
@@ -89,7 +99,7 @@ class DatasetController(QObject):
     @Slot(str, object)
     def _on_files_moved(self, root: str, action) -> None:
         if root == self.state.folder:  # the class table is listed again from the folder
-            self._loader.open(root, self._configuration.split_settings())
+            self._loader.open(root, self._configuration.split_settings(), self._configuration.data.task)
 
     def stop(self) -> None:
         self._loader.stop()

@@ -55,10 +55,24 @@ def read_insight(folder: RunFolder) -> RunInsight:
     line why there are none."""
     from engine.insight.evaluation import evaluate_run
 
+    refuse_task_insight(folder)
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
     norm = folder.read_run().norm_choice
     return RunInsight(folder, evaluation, evaluation.data_root, points, norm.line if norm else "")
+
+
+TASK_FIGURES = {"multi-label": "mAP, F1 and per-label figures", "regression": "MAE, RMSE, R² and the largest errors"}
+
+
+def refuse_task_insight(folder: RunFolder) -> None:
+    """One calm line (a UserError) for a multi-label or regression run: the confusion matrix, the
+    gallery and Grad-CAM are single-label's; the command line's evaluate gives its figures."""
+    task = folder.read_run().raw.get("task", "single-label")
+    if task in TASK_FIGURES:
+        raise UserError(f"{folder.path.name} is a {task} run: the confusion matrix, gallery and Grad-CAM are for "
+                        f"single-label runs. Its {TASK_FIGURES[task]}: transfer-studio evaluate {folder.path} "
+                        f"(Try an image works).")
 
 
 def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:
@@ -66,8 +80,8 @@ def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchE
     training loss and its LRs) and one epoch point each."""
     events = []
     for i, record in enumerate(history):
-        if record.train_loss is None or record.train_accuracy is None:
-            break  # an epoch without its training figures ends the history shown
+        if record.train_loss is None or (record.train_accuracy is None and record.task != "regression"):
+            break  # an epoch without its training figures ends the history shown (a regression has no accuracy)
         batch = BatchEvent(epoch=record.epoch, epochs=epochs, step=1, steps=1, global_step=i + 1,
                            total_steps=len(history), loss=record.train_loss, lrs=dict(record.lr),
                            images_per_second=record.images_per_second or 0.0, eta_seconds=0.0)
@@ -75,7 +89,8 @@ def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchE
                          train_accuracy=record.train_accuracy, val_loss=record.val_loss,
                          val_accuracy=record.val_accuracy, per_class_accuracy={}, confusion_matrix=[], seconds=0.0,
                          images_per_second=0.0, data_seconds=0.0, compute_seconds=0.0, lr=dict(record.lr),
-                         trainable_params=0, is_best=record.is_best)
+                         trainable_params=0, is_best=record.is_best, task=record.task,
+                         val_metrics=dict(record.val_metrics))
         events.append((batch, end))
     return events
 
@@ -159,6 +174,39 @@ def classify_image(models: LoadedModels, model_path: Path, image: str) -> tuple[
     return top, overlay, ""
 
 
+def task_answer(models: LoadedModels, model_path: Path, image: str) -> dict | None:
+    """A multi-label or regression model's answer for `image` (engine.deploy.predict.task_answers,
+    with the task's name and each label's threshold); None for a single-label model, which
+    classify_image answers. No Grad-CAM: it explains one class's score."""
+    from engine.data.dataset import Preprocessing
+    from engine.deploy.export import detect_format
+    from engine.deploy.predict import preprocess, task_answers
+
+    with models.lock, torch.no_grad():
+        classifier = None
+        if detect_format(Path(model_path)) == "pt":
+            try:
+                classifier = models.classifier(Path(model_path))
+            except UserError:
+                pass  # an exported .pt: read as an exported file
+        loaded = classifier if classifier is not None else models.exported(Path(model_path))
+        if loaded.task.name == "single-label":
+            return None
+        prep = loaded.preprocessing if classifier is not None else Preprocessing.from_dict(loaded.preprocessing)
+        batch = preprocess([Path(image)], prep)
+        outputs = classifier.model(batch) if classifier is not None else loaded.logits(batch)
+    names = list(loaded.class_names)
+    answer = task_answers(outputs, names, loaded.task)[0]
+    thresholds = list(loaded.task.thresholds) if len(loaded.task.thresholds) == len(names) else [0.5] * len(names)
+    return {"task": loaded.task.name, **answer, "thresholds": dict(zip(names, thresholds))}
+
+
+def try_image_job(models: LoadedModels, model_path: Path, image: str) -> tuple[str, object]:
+    """("task", answer) for a multi-label or regression model, else ("classes", classify_image's result)."""
+    answer = task_answer(models, model_path, image)
+    return ("task", answer) if answer is not None else ("classes", classify_image(models, model_path, image))
+
+
 def preview_image(path: str) -> QImage | None:
     from widgets.data_panel import make_thumbnail
 
@@ -172,6 +220,7 @@ class InsightSession(QObject):
     thumbnails_ready = Signal(dict)  # absolute path -> QImage (None: did not decode)
     preview_ready = Signal(object, str)  # QImage or None, caption
     prediction_ready = Signal(str, list, object, str)  # image, [(class, probability)], overlay or None, note
+    task_prediction_ready = Signal(str, dict)  # image, a multi-label or regression model's answer (task_answer)
     prediction_failed = Signal(str)
     history_ready = Signal(str, list)  # run folder, [(BatchEvent, EpochEvent)]
     comparison_ready = Signal(dict, list, list)  # {name: (epochs, accuracies)}, config diff, names
@@ -249,8 +298,14 @@ class InsightSession(QObject):
             self.prediction_failed.emit("No model to try: train a run, select one in Runs, or choose a model file.")
             return
         models = self.models
-        self.tasks.submit("try", lambda: classify_image(models, model, image),
-                          lambda r: self.prediction_ready.emit(image, r[0], r[1], r[2]), self.prediction_failed.emit)
+        self.tasks.submit("try", lambda: try_image_job(models, model, image),
+                          lambda r: self._on_tried(image, *r), self.prediction_failed.emit)
+
+    def _on_tried(self, image: str, kind: str, result) -> None:
+        if kind == "task":
+            self.task_prediction_ready.emit(image, result)
+        else:
+            self.prediction_ready.emit(image, *result)
 
     def compare(self, paths: list[str]) -> None:
         def job():

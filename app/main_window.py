@@ -24,7 +24,7 @@ from app.gc_guard import GuiThreadCollector
 from app.session import Session
 from app.session_devices import available_devices, device_status, precision_line
 from app.session_state import RunState
-from widgets.data_panel import DataPanel
+from widgets.data_panel import DataPanel, is_dataset_path
 from widgets.export_dialog import ExportDialog
 from widgets.insight import InsightView
 from widgets.lr_finder_dialog import LrFinderDialog
@@ -212,6 +212,8 @@ class MainWindow(QMainWindow):
                                          "Open a project file."))
         file_menu.addAction(self._action("Open &dataset folder…", self.data_panel.browse, "Ctrl+Shift+O",
                                          "Choose the dataset folder."))
+        file_menu.addAction(self._action("Open &labels CSV…", self.data_panel.browse_csv, None,
+                                         "Choose a labels CSV: multi-label (path,labels) or regression (path,value)."))
         self.recent_menu = file_menu.addMenu("Recent projects")
         file_menu.addAction(self._action("&Save project…", self._save_project_dialog, QKeySequence.StandardKey.Save,
                                          "Save dataset, model, plan and hyper-parameters as shown to a project file."))
@@ -381,6 +383,7 @@ class MainWindow(QMainWindow):
         ins.thumbnails_ready.connect(view.add_thumbnails)
         ins.preview_ready.connect(view.show_preview)
         ins.prediction_ready.connect(view.show_prediction)
+        ins.task_prediction_ready.connect(view.show_task_prediction)
         ins.prediction_failed.connect(view.show_try_error)
         ins.failed.connect(self._show_notice)
 
@@ -691,7 +694,7 @@ class MainWindow(QMainWindow):
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
         urls = event.mimeData().urls()
-        if urls and urls[0].isLocalFile() and Path(urls[0].toLocalFile()).is_dir():
+        if urls and urls[0].isLocalFile() and is_dataset_path(urls[0].toLocalFile()):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:  # noqa: N802 - Qt override

@@ -57,6 +57,10 @@ class MendingController(QObject):
         if self._shown_run.running:  # a model built beside a run would draw from the random numbers it was seeded with
             self.search_refused.emit("A run is in progress: find suspects when it has ended.")
             return
+        scan = self._datasets.state.scan
+        if scan is not None and scan.task != "single-label":  # out-of-fold softmax ranks one class per image
+            self.search_refused.emit(f"Suspects are for single-label data (class folders); this dataset is {scan.task}.")
+            return
         folder, run = self._datasets.state.folder, self._shown_run.state.folder
         self.search_started.emit(f"Finding suspects in {Path(folder).name or 'the dataset'}…")
         self.suspect_finder.find(self._configuration.draft(), folder, str(run.path) if run is not None else None)

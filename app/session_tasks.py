@@ -13,7 +13,7 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.worker import BackgroundTasks
-from engine.data.dataset import DatasetListing, DatasetScan, list_dataset, split_listing
+from engine.data.dataset import DatasetListing, DatasetScan, list_dataset, present_labels, split_listing
 from engine.data.demo import ensure_demo_dataset
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo, build_model, check_image_size
@@ -34,6 +34,7 @@ class DatasetState:
     scan: DatasetScan | None = None  # the listing split as the settings say
     summary: dict | None = None  # scan.summary(): class counts, warnings, skipped files
     split: tuple[float, int] | None = None  # the (validation share, seed) the scan was split with
+    task: str = "auto"  # the task the data was listed for (DataConfig.task): a CSV's rows depend on it
     error: str = ""
 
     @property
@@ -59,8 +60,9 @@ def without_random_draws(build: Callable):
 
 
 def model_structure(arch: str, classes: int, size: int):
-    """A randomly initialised model to read the structure of (layers, parameters, groups)."""
-    return without_random_draws(lambda: build_model(arch, classes, "none", size))
+    """A randomly initialised model to read the structure of (layers, parameters, groups); one
+    output is allowed (a regression's value, a multi-label set of one label)."""
+    return without_random_draws(lambda: build_model(arch, classes, "none", size, min_classes=1))
 
 
 class DatasetLoader(QObject):
@@ -80,18 +82,16 @@ class DatasetLoader(QObject):
         self._split_timer.setInterval(SPLIT_DELAY_MS)
         self._split_timer.timeout.connect(self._split)
 
-    def open(self, folder: str, split: tuple[float, int]) -> None:
+    def open(self, folder: str, split: tuple[float, int], task: str = "auto") -> None:
+        """List a class folder or a labels CSV (`task`: what it must give, auto: what its columns say)."""
         self._wanted_split = split
-        self._set(DatasetState(folder=folder))
+        self._set(DatasetState(folder=folder, task=task))
         self._split_timer.stop()
         self.tasks.cancel("split")
         stop_early = self.tasks.obsolete("listing")
 
         def job():
-            listing = list_dataset(folder, should_stop=stop_early)
-            if listing.task != "single-label":  # the window's views are single-label's (issue 25)
-                raise UserError(f"the window opens single-label data only; {folder} is {listing.task}: "
-                                f"train it with transfer-studio train --data")
+            listing = list_dataset(folder, should_stop=stop_early, task=task)
             scan = split_listing(listing, *split)
             return listing, scan, scan.summary(), split
 
@@ -202,7 +202,7 @@ class WeightsFiles(QObject):
 
         def job():
             try:
-                return build_model(arch, classes, path).notes
+                return build_model(arch, classes, path, min_classes=1).notes
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a file torch cannot parse raises anything
@@ -229,9 +229,10 @@ def _thumbnails(listing: DatasetListing, should_stop) -> dict:
     a dataset opened meanwhile stops the work."""
     first: dict[int, list[str]] = {}
     for sample in listing.samples:
-        paths = first.setdefault(sample.label, [])
-        if len(paths) < THUMBNAILS_PER_CLASS:
-            paths.append(sample.path)
+        for label in present_labels(sample, listing.task):  # a multi-label image shows under each of its labels
+            paths = first.setdefault(label, [])
+            if len(paths) < THUMBNAILS_PER_CLASS:
+                paths.append(sample.path)
     strips = {}
     for label, name in enumerate(listing.class_names):
         if should_stop():

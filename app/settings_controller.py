@@ -156,13 +156,15 @@ class SettingsController(QObject):
 
     @Slot(dict)
     def update_data(self, changes: dict) -> None:
-        """Validation share, image size or augmentation, as edited in the data panel."""
+        """Validation share, image size, augmentation or task, as edited in the data panel."""
         old = self._configuration.data
         new = replace(old, **changes)
         if new == old or self._shown_run.refused("change the data settings"):
             return
         self._configuration.set_data(new)
-        if new.val_fraction != old.val_fraction:
+        if new.task != old.task:  # what a labels CSV's rows give depends on the task: listed again
+            self._datasets.read_again()
+        elif new.val_fraction != old.val_fraction:
             self._datasets.split_again()
         if new.image_size != old.image_size:
             self.image_size_problem_changed.emit(self.image_size_problem())
@@ -271,7 +273,7 @@ class SettingsController(QObject):
         self._configuration.set_all(config)  # the runs controller forgets a run of another configuration
         self._announce_consequences()
         dataset, data = self._datasets.state, self._configuration.data
-        if data.root and (data.root != dataset.folder or dataset.error):
+        if data.root and (data.root != dataset.folder or dataset.error or data.task != dataset.task):
             self._datasets.open(data.root)
         elif data.root:
             self._datasets.split_again()

@@ -5,6 +5,7 @@
 
 Offscreen, on CPU. One JSON line per scenario:
   scan      open a folder of 5,000 small images (made once under the system temp folder)
+  csv       open a multi-label labels CSV of 2,000 rows (3 labels; 20 bad rows), made once likewise
   split     five steps of the Validation spin box on that folder, as a person clicks them
   model     switch the architecture to efficientnet_v2_s and wait for its layer tree
   training  the demo dataset, resnet18 at 64 px, 3 epochs, random init
@@ -39,7 +40,7 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("idle", "scan", "split", "model", "insight", "suspects", "training", "export", "processes")
+SCENARIOS = ("idle", "scan", "csv", "split", "model", "insight", "suspects", "training", "export", "processes")
 
 
 class StallMeter:
@@ -101,6 +102,28 @@ def large_folder(images: int = 5000, classes: int = 8) -> Path:
     return folder
 
 
+def large_csv(rows: int = 2000, bad: int = 20) -> Path:
+    """A multi-label labels CSV of `rows` small PNGs (labels red, blue, round) and `bad` rows naming
+    missing files, made once and reused."""
+    from PIL import Image
+
+    folder = Path(tempfile.gettempdir()) / f"ts-bench-csv-{rows}"
+    csv = folder / "labels.csv"
+    if not (folder / ".complete").exists():
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(1)
+        lines = ["path,labels"]
+        for i in range(rows):
+            pixels = (rng.random((64, 64, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / "images" / f"{i:05d}.png")
+            labels = [name for name, on in (("red", i % 2), ("blue", i % 3 == 0), ("round", i % 5 == 0)) if on]
+            lines.append(f"images/{i:05d}.png,{' '.join(labels)}")
+        lines += [f"images/missing-{i}.png,red" for i in range(bad)]
+        csv.write_text("\n".join(lines) + "\n")
+        (folder / ".complete").write_text("ok\n")
+    return csv
+
+
 def measure(meter: StallMeter, name: str, action, done, timeout_s: float = 600, pause_s: float = 0.0,
             **extra) -> dict:
     meter.start()
@@ -139,6 +162,13 @@ def main() -> int:
     settle()
     if "idle" in wanted:
         results.append(measure(meter, "idle", lambda: None, lambda: True, pause_s=2.0))
+    if "csv" in wanted:
+        csv = large_csv()
+        settle()
+        results.append(measure(meter, "csv", lambda: window.open_folder(str(csv)),
+                               lambda: window.is_ready and summary()["total"] >= 2000
+                               and window.session.dataset.scan.task == "multi-label",
+                               pause_s=1.0, rows=2000, task="multi-label"))  # the thumbnails show in that time
     if wanted & {"scan", "split", "model"}:
         folder = large_folder()
         settle()

@@ -344,3 +344,57 @@ def test_mlflow_gets_parameters_metrics_per_epoch_and_the_checkpoint_with_its_ca
     assert {a.path for a in client.list_artifacts(logged.info.run_id, "model")} == {
         "model/checkpoint.pt", "model/checkpoint.pt.card.json", "model/checkpoint.pt.card.md"}
     assert (tmp_path / "store" / "mlartifacts").is_dir()  # beside the database, not in the working folder
+
+
+# --- multi-label and regression (issue 25): their own scalars, no confusion image, no warning ---------------
+
+
+def task_event(epoch: int, task: str, metrics: dict) -> EpochEvent:
+    """An epoch as the trainer makes it for a task: no val accuracy, no confusion matrix, val_metrics."""
+    return EpochEvent(
+        epoch=epoch, epochs=2, train_loss=1.0 / epoch, train_accuracy=None if task == "regression" else 0.6,
+        val_loss=0.5 / epoch, val_accuracy=None, per_class_accuracy={}, confusion_matrix=[], seconds=0.1,
+        images_per_second=100.0, data_seconds=0.01, compute_seconds=0.09, lr={"base, fc": 1e-3}, trainable_params=10,
+        is_best=True, task=task, val_metrics=metrics)
+
+
+@pytest.mark.parametrize("task, metrics, tags_expected", [
+    ("multi-label", {"mAP": 0.75, "macro_f1": 0.5, "micro_f1": 0.6}, {"mAP/val", "macro_f1/val", "micro_f1/val"}),
+    ("regression", {"mae": 1.5, "rmse": 2.0, "r2": 0.25}, {"mae/val", "rmse/val", "r2/val"}),
+])
+def test_a_task_run_logs_its_own_scalars_and_no_confusion_image(data, tmp_path, caplog, task, metrics,
+                                                               tags_expected):
+    from types import SimpleNamespace
+
+    folder = RunFolder(tmp_path / "run")
+    images = sorted(data.rglob("*.png"))[:4]
+    if task == "multi-label":
+        labels, logits = torch.tensor([[1.0, 0], [1, 1], [0, 0], [0, 1]]), torch.tensor([[2.0, -1], [1, 1], [-1, -1],
+                                                                                          [-2, 3]])
+        names, run_task = ["circle", "square"], SimpleNamespace(name=task)
+    else:
+        labels, logits = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([[0.0], [1.0], [-1.0], [2.0]])
+        names = ["value"]
+        run_task = SimpleNamespace(name=task, values=lambda out: out[:, 0].double() * 2.0 + 3.0)  # scale 2, mean 3
+    outputs = ValidationOutputs(samples=tuple(Sample(str(p), 0) for p in images), labels=labels, logits=logits,
+                                features=torch.arange(16.0).view(4, 4))
+    board = TensorBoardLog(folder, make_config("data", folder.path).to_dict(), names, str(data), lambda: outputs,
+                           run_task)
+    with caplog.at_level(logging.WARNING, logger="transfer_studio"):
+        board.on_fit_start(None)
+        for epoch in (1, 2):
+            board.on_epoch_start(epoch, None)
+            board.on_epoch_end(task_event(epoch, task, {k: v * epoch for k, v in metrics.items()}))
+        board.on_fit_end(result(folder))
+    assert not caplog.records and not board.failed  # nothing skipped, nothing warned
+    shown = shown_at(folder.tensorboard_path)
+    assert tags_expected <= set(shown) and "accuracy/val" not in shown
+    for name, value in metrics.items():
+        assert shown[f"{name}/val"] == pytest.approx({1: value, 2: 2 * value})
+    assert "confusion_matrix/val" not in tags(folder.tensorboard_path)
+    rows = (folder.tensorboard_path / "00002" / "val_features" / "metadata.tsv").read_text().splitlines()
+    if task == "multi-label":
+        assert [r.split("\t")[:2] for r in rows[1:]] == [["circle", "circle"], ["circle+square", "circle+square"],
+                                                         ["(none)", "(none)"], ["square", "square"]]
+    else:
+        assert [r.split("\t")[:2] for r in rows[1:]] == [["1", "3"], ["2", "5"], ["3", "1"], ["4", "7"]]

@@ -173,7 +173,7 @@ def test_the_runs_model_reads_each_status_from_the_folder(qtbot, tmp_path):
     shown = {model.run(r).name: model.index(r, status_column).data() for r in range(model.rowCount())}
     assert shown["killed"] == "interrupted" and shown["done"] == "finished"
     row = model.row_of(folders["done"].path)
-    assert model.index(row, RunsModel.HEADERS.index("Best val acc")).data() == "75.0%"
+    assert model.index(row, RunsModel.HEADERS.index("Best val")).data() == "75.0%"
     assert model.index(row, RunsModel.HEADERS.index("Architecture")).data() == WINDOW_DEFAULTS.model.arch
 
 

@@ -1,4 +1,5 @@
-"""The data panel: dataset folder, classes with counts and thumbnails, split, size, augmentation.
+"""The data panel: dataset folder or labels CSV, its task, classes (or labels) with counts and
+thumbnails, split, size, augmentation; for a CSV the task's figures and its bad rows.
 
 It shows what it is given (a DataConfig, a scan summary, thumbnails, the advice) and reports what
 the person edits through `data_edited` and `class_weights_edited`; it never scans or decides
@@ -11,15 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPainter
+from PySide6.QtGui import QFontDatabase, QImage, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox,
-                               QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox,
+                               QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QMessageBox, QPushButton, QSpinBox,
                                QTableView, QVBoxLayout)
 
 from engine.insight.advisor import Advice
-from engine.config import AUGMENTATIONS, CLASS_WEIGHTS, DataConfig
+from engine.config import AUGMENTATIONS, CLASS_WEIGHTS, TASKS, DataConfig
 from engine.data.images import BadImage, load_rgb
 from widgets.advice_card import AdviceCard
+from widgets.data_summary import bad_rows_text, headline, is_table, task_text
 from widgets.row_table import RowTableModel
 
 THUMB = 24
@@ -32,8 +34,21 @@ AUGMENT_TIPS = {
 }
 CLASS_WEIGHTS_TIP = ("Class-weighted loss, so a rare class counts as much as a common one. auto: on when the "
                      "largest class has 3x or more the images of the smallest; balanced: always; none: never.")
+TASK_TIPS = {
+    "auto": "From the data: class folders are single-label; a labels CSV's 'labels' column multi-label, "
+            "its 'value' column regression.",
+    "single-label": "One class per image (class folders, or a CSV with exactly one label a row).",
+    "multi-label": "Any number of labels per image (a CSV's 'labels' column): a sigmoid per label, scored by mAP.",
+    "regression": "A number per image (a CSV's 'value' column): scored by MAE, RMSE and R².",
+}
+CSV_FILTER = "Labels CSV (*.csv)"
 WARNING_STYLE = "color: #b26a00;"
 ERROR_STYLE = "color: #c62828;"
+
+
+def is_dataset_path(path: str) -> bool:
+    """What a drop on the window may open: a folder of class folders, or a labels CSV file."""
+    return Path(path).is_dir() or (path.lower().endswith(".csv") and Path(path).is_file())
 
 
 def make_thumbnail(path: str, size: int = THUMB) -> QImage | None:
@@ -72,9 +87,18 @@ class ClassTableModel(RowTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._strips: dict[str, QImage | None] = {}
+        self._first = "Class"  # "Label" for multi-label data: an image counts under each of its labels
 
-    def set_classes(self, classes: list[dict]) -> None:
+    def set_classes(self, classes: list[dict], first: str = "Class") -> None:
+        if first != self._first:
+            self._first = first
+            self.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, 0)
         self.set_items(classes)  # {"class", "train", "val"} each
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt's name
+        if section == 0 and orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self._first
+        return super().headerData(section, orientation, role)
 
     def set_strips(self, strips: dict[str, QImage | None]) -> None:
         self._strips = dict(strips)
@@ -119,13 +143,18 @@ class DataPanel(QGroupBox):
         defaults = DataConfig()
         self.folder_edit = QLineEdit()
         self.folder_edit.setObjectName("dataFolderEdit")
-        self.folder_edit.setPlaceholderText("A folder with one sub-folder per class (or train/ and val/)")
-        self.folder_edit.setToolTip("The dataset: one sub-folder of images per class. Press Enter or drop a folder on the window.")
+        self.folder_edit.setPlaceholderText("A folder with one sub-folder per class, or a labels CSV")
+        self.folder_edit.setToolTip("The dataset: one sub-folder of images per class (or train/ and val/), or a "
+                                    "labels CSV (path + labels or value, optional split). Press Enter, or drop a "
+                                    "folder or a .csv file on the window.")
         self.folder_edit.returnPressed.connect(lambda: self.folder_chosen.emit(self.folder_edit.text().strip()))
         self.browse_button = QPushButton("Browse…")
         self.browse_button.setObjectName("browseButton")
-        self.browse_button.setToolTip("Choose the dataset folder.")
-        self.browse_button.clicked.connect(self.browse)
+        self.browse_button.setToolTip("Choose the dataset: a folder of class folders, or a labels CSV.")
+        browse_menu = QMenu(self.browse_button)
+        self.browse_folder_action = browse_menu.addAction("Folder…", self.browse)
+        self.browse_csv_action = browse_menu.addAction("Labels CSV…", self.browse_csv)
+        self.browse_button.setMenu(browse_menu)
         self.demo_button = QPushButton("Demo")
         self.demo_button.setObjectName("demoDatasetButton")
         self.demo_button.setToolTip("Use the built-in synthetic dataset of coloured shapes (made on first use, no download).")
@@ -154,7 +183,12 @@ class DataPanel(QGroupBox):
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Fixed)
         header.resizeSection(3, STRIP_WIDTH + 12)
         self._fit_table_height(VISIBLE_CLASS_ROWS)
-        self.class_table.setToolTip("Images per class in the training and validation splits.")
+        self.class_table.setToolTip("Images per class (multi-label: per label) in the training and validation splits.")
+        self.task_label = QLabel("")  # a CSV's figures: the value's range and histogram, images without a label
+        self.task_label.setObjectName("taskSummaryLabel")
+        self.task_label.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))  # the histogram's bars line up
+        self.task_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.task_label.hide()
 
         self.val_spin = QDoubleSpinBox()
         self.val_spin.setObjectName("valFractionSpin")
@@ -207,6 +241,19 @@ class DataPanel(QGroupBox):
         weights_label.setToolTip(CLASS_WEIGHTS_TIP)
         form.addWidget(weights_label, 1, 0, 1, 2)
         form.addWidget(self.class_weights_combo, 1, 2, 1, 2)
+        self.task_combo = QComboBox()
+        self.task_combo.setObjectName("taskCombo")
+        for name in TASKS:
+            self.task_combo.addItem(name, name)
+            self.task_combo.setItemData(self.task_combo.count() - 1, TASK_TIPS[name], Qt.ItemDataRole.ToolTipRole)
+        self.task_combo.setToolTip("What the data gives: one class, several labels or a number per image. "
+                                   "auto reads it from the data.")
+        self.task_combo.currentIndexChanged.connect(
+            lambda: self.data_edited.emit({"task": self.task_combo.currentData()}))
+        task_label = QLabel("Task")
+        task_label.setToolTip(self.task_combo.toolTip())
+        form.addWidget(task_label, 1, 4, Qt.AlignmentFlag.AlignRight)
+        form.addWidget(self.task_combo, 1, 5)
         form.addWidget(self.size_problem_label, 2, 0, 1, 6)
 
         self.warning_label = QLabel("")
@@ -222,12 +269,13 @@ class DataPanel(QGroupBox):
         self.advice_card = AdviceCard()
         self.advice_card.apply_requested.connect(self.advice_apply_requested)
         layout.addWidget(self.class_table)
+        layout.addWidget(self.task_label)
         layout.addWidget(self.warning_label)
         layout.addWidget(self.advice_card)
         layout.addStretch(1)
         self._skipped: list[dict] = []
         self._editors = (self.folder_edit, self.browse_button, self.demo_button, self.val_spin, self.size_spin,
-                         self.augment_combo, self.class_weights_combo)
+                         self.augment_combo, self.class_weights_combo, self.task_combo)
         self._given_split = False
 
     def browse(self) -> None:
@@ -235,17 +283,26 @@ class DataPanel(QGroupBox):
         if folder:
             self.folder_chosen.emit(folder)
 
+    def browse_csv(self) -> None:
+        """A labels CSV: its rows name the images (relative to the CSV's folder) and their labels or values."""
+        start = self.folder_edit.text() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Labels CSV", str(Path(start).parent if start.endswith(".csv")
+                                                                      else start), CSV_FILTER)
+        if path:
+            self.folder_chosen.emit(path)
+
     # --- what the session says ------------------------------------------------------------------
 
     def show_data(self, data: DataConfig) -> None:
         """The data settings; the boxes say nothing back (this is not an edit)."""
         with QSignalBlocker(self.folder_edit), QSignalBlocker(self.val_spin), QSignalBlocker(self.size_spin), \
-                QSignalBlocker(self.augment_combo):
+                QSignalBlocker(self.augment_combo), QSignalBlocker(self.task_combo):
             if data.root and self.folder_edit.text() != data.root:
                 self.folder_edit.setText(data.root)
             self.val_spin.setValue(data.val_fraction)
             self.size_spin.setValue(data.image_size)
             self.augment_combo.setCurrentIndex(max(0, self.augment_combo.findData(data.augment)))
+            self.task_combo.setCurrentIndex(max(0, self.task_combo.findData(data.task)))
 
     def show_class_weights(self, mode: str) -> None:
         with QSignalBlocker(self.class_weights_combo):
@@ -273,30 +330,41 @@ class DataPanel(QGroupBox):
         self._show_stats("reading the folder…")
         self.warning_label.setText("")
         self.class_model.set_classes([])
+        self._show_task_text("")
         self._skipped = []
 
     def show_error(self, message: str) -> None:
         self._show_stats("")
         self.class_model.set_classes([])
+        self._show_task_text("")
+        self.class_table.show()
         self.warning_label.setStyleSheet(ERROR_STYLE)
         self.warning_label.setText(message)
         self._skipped = []
 
     def show_summary(self, summary: dict) -> None:
-        """Class counts, image sizes and warnings of a scan (engine.data.dataset.DatasetScan.summary())."""
+        """Class (or label) counts, image sizes and warnings of a scan (engine.data.dataset.DatasetScan.summary());
+        for a labels CSV also the task's figures and the first bad rows."""
         self._skipped = summary["skipped"]
-        self.class_model.set_classes(summary["classes"])
+        task = summary.get("task", "single-label")
+        self.class_model.set_classes(summary["classes"], "Label" if task == "multi-label" else "Class")
+        self.class_table.setVisible(task != "regression")  # one "value" row says nothing: the range below does
         self._fit_table_height(min(len(summary["classes"]), VISIBLE_CLASS_ROWS))
-        sizes = summary.get("image_sizes") or {}
-        size_text = f" · images {sizes['width']['median']}×{sizes['height']['median']} px (median)" if sizes else ""
-        split_text = " · train/ and val/ as given" if summary["layout"] == "train-val" else ""
-        self._show_stats(f"{len(summary['classes'])} classes · {summary['total']:,} images{size_text}{split_text}")
-        self._given_split = summary["layout"] == "train-val"
+        self._show_stats(headline(summary))
+        self._show_task_text(task_text(summary))
+        self._given_split = summary["layout"] in ("train-val", "csv-split")
         self.val_spin.setEnabled(not self._given_split and self.folder_edit.isEnabled())
-        self.val_spin.setToolTip("Validation: the dataset's val/ folder, as given." if self._given_split else
+        self.val_spin.setToolTip(("Validation: the CSV's split column, as given." if is_table(summary) else
+                                  "Validation: the dataset's val/ folder, as given.") if self._given_split else
                                  "Share of each class held out for validation (stratified, seeded).")
         self.warning_label.setStyleSheet(WARNING_STYLE)
-        self.warning_label.setText(" · ".join(summary["warnings"]))
+        bad_rows = bad_rows_text(summary)  # a CSV's skipped rows, with reasons: the scan's count line says less
+        warnings = [w for w in summary["warnings"] if not (bad_rows and w.endswith("file(s) skipped"))]
+        self.warning_label.setText(" · ".join(filter(None, [bad_rows, *warnings])))
+
+    def _show_task_text(self, text: str) -> None:
+        self.task_label.setText(text)
+        self.task_label.setVisible(bool(text))
 
     def _show_stats(self, text: str) -> None:
         """In the panel's title: one line less for the panel, one row more for the tree below."""
@@ -336,7 +404,7 @@ class DataPanel(QGroupBox):
             return
         lines = [f"{Path(s['path']).name}: {s['reason']}  ({s['path']})" for s in self._skipped[:200]]
         more = f"\n… and {len(self._skipped) - 200} more" if len(self._skipped) > 200 else ""
-        box = QMessageBox(QMessageBox.Icon.Information, "Skipped files",
-                          f"{len(self._skipped)} file(s) cannot be used and are skipped.", parent=self)
+        box = QMessageBox(QMessageBox.Icon.Information, "Skipped files and rows",
+                          f"{len(self._skipped)} file(s) or row(s) cannot be used and are skipped.", parent=self)
         box.setDetailedText("\n".join(lines) + more)
         box.open()

@@ -250,6 +250,9 @@ class InsightView(QWidget):
     def show_prediction(self, image: str, top: list, overlay: QImage | None, note: str = "") -> None:
         self.try_panel.show_prediction(image, top, overlay, note)
 
+    def show_task_prediction(self, image: str, answer: dict) -> None:
+        self.try_panel.show_task_prediction(image, answer)
+
     def show_try_error(self, message: str) -> None:
         self.try_panel.show_error(message)
 

@@ -1,5 +1,5 @@
-"""Live training plots: loss, accuracy, every LR group's learning rate, and (on demand) each
-module's update ratio.
+"""Live training plots: loss, the task's score (accuracy; mAP and macro F1; R²: widgets/score_axes.py),
+every LR group's learning rate, and (on demand) each module's update ratio.
 
 Curves are created once and fed with `setData` from growing numpy buffers; clip-to-view and peak
 downsampling keep a 100,000-point run smooth. The x axis is in epochs (fractional for steps).
@@ -21,6 +21,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetricsF
 from PySide6.QtWidgets import QCheckBox, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from engine.events import BatchEvent, EpochEvent
+from widgets.score_axes import CURVES, score_axis, score_points
 
 AXIS_COLOUR = (150, 156, 166)
 TEXT_COLOUR = (80, 86, 96)
@@ -33,6 +34,7 @@ MAX_RATIO_CURVES = 12  # more modules than this: only the first level (names wit
 LEGEND_LABEL_CHARS = 22  # longer names are elided in the legend; the tooltip has them whole
 LR_DEFAULT_RANGE = (-5.0, -1.0)  # log10 y range shown before the first LR arrives: 1e-5 .. 1e-1
 RATIO_DEFAULT_RANGE = (-6.0, -1.0)
+SECOND_COLOUR = (44, 160, 44)  # a task's second validation figure (multi-label's macro F1)
 PLANNED_LEGEND = "planned (dashed)"
 RAW_ALPHA = 110  # each step's loss: visible, yet under the smoothed line
 LEFT_AXIS_WIDTH = 64  # room for the label and a tick like "1.05e-3"
@@ -370,12 +372,13 @@ class TrainingPlots(QWidget):
                                                  symbolBrush=TRAIN_COLOUR),
             "val_acc": self.accuracy_plot.plot(pen=pen(VAL_COLOUR, 2), symbol="o", symbolSize=5,
                                                symbolBrush=VAL_COLOUR),
+            "val_second": self.accuracy_plot.plot(pen=pen(SECOND_COLOUR, 2), symbol="t", symbolSize=6,
+                                                  symbolBrush=SECOND_COLOUR),
         }
         self.loss_plot.legend.add(self._curves["train_loss_raw"], "train (each step)")
         self.loss_plot.legend.add(self._curves["train_loss"], "train (smoothed)")
         self.loss_plot.legend.add(self._curves["val_loss"], "validation")
-        self.accuracy_plot.legend.add(self._curves["train_acc"], "train")
-        self.accuracy_plot.legend.add(self._curves["val_acc"], "validation")
+        self.score_task = ""  # the task the score plot is labelled for (_show_score_axis)
         self._lr = _CurveSet(self.lr_plot, LR_DEFAULT_RANGE, "Learning rate of each parameter group (log scale)")
         for plot in self._plots():
             plot.legend.changed = self._align_legends
@@ -402,10 +405,11 @@ class TrainingPlots(QWidget):
 
     def clear(self) -> None:
         self._refresh_timer.stop()
-        self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", "train_acc", "val_acc")}
+        self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", *CURVES)}
         self._loss_ema = DebiasedEma(self.smoothing)
         for curve in self._curves.values():
             curve.setData([], [])
+        self._show_score_axis("single-label")  # until a run's first epoch says its task
         self._lr.clear()
         self._ratios.clear()
         if self._planned:  # the planned curves stay: the y range follows them
@@ -480,10 +484,32 @@ class TrainingPlots(QWidget):
 
     def _append_epoch(self, event: EpochEvent) -> None:
         x = float(event.epoch)
-        self._series["train_acc"].append(x, event.train_accuracy)
+        self._show_score_axis(event.task)
         if event.val_loss is not None and math.isfinite(event.val_loss):
             self._series["val_loss"].append(x, event.val_loss)
-            self._series["val_acc"].append(x, event.val_accuracy)
+        for name, value in score_points(event).items():
+            self._series[name].append(x, value)
+
+    def _show_score_axis(self, task: str) -> None:
+        """Title, axis and legend of the score plot for `task` (a run's epochs are all of one task)."""
+        if task == self.score_task:
+            return
+        self.score_task = task
+        axis = score_axis(task)
+        self.accuracy_plot.setTitle(axis.title, color="#333", size="10pt")
+        self.accuracy_plot.setLabel("left", axis.y_label)
+        self.accuracy_plot.setToolTip(axis.tip)
+        if axis.y_range is None:
+            self.accuracy_plot.enableAutoRange(axis="y")
+        else:
+            self.accuracy_plot.setYRange(*axis.y_range)
+        legend = self.accuracy_plot.legend
+        for name, shown in zip(CURVES, axis.legends):
+            curve = self._curves[name]
+            legend.remove(curve)  # a curve not in the legend is left as it is
+            curve.setVisible(shown is not None)
+            if shown is not None:
+                legend.add(curve, shown)
 
     def set_update_ratio_visible(self, visible: bool) -> None:
         self.update_ratio_plot.setVisible(visible)

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
                                QSplitter, QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.runs.catalog import RunSummary
+from engine.task_figures import format_figure
 from widgets.plots import distinct_colours
 from widgets.row_table import RowTableModel
 
@@ -40,9 +41,12 @@ def colour_swatch(colour) -> QIcon:
 
 
 def describe_run(run: RunSummary) -> str:
-    """One line that tells this run from the others: what it trained on, how, and how well."""
-    accuracy = "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
+    """One line that tells this run from the others: what it trained on, how, and how well (its
+    task's figure: accuracy, mAP or R²)."""
+    accuracy = format_figure(*run.best_figure)
     dataset = run.dataset or "unknown dataset"
+    if run.task != "single-label":
+        dataset += f" ({run.task})"
     return (f"{run.name}: {dataset}, {run.arch}, {run.strategy}, {run.epochs_run}/{run.epochs_planned} epochs, "
             f"best {accuracy}, {run.status} — {run.path}")
 
@@ -50,7 +54,8 @@ def describe_run(run: RunSummary) -> str:
 class RunsModel(RowTableModel):
     """One row per run folder, newest first."""
 
-    HEADERS = ("Started", "Dataset", "Architecture", "Strategy", "Epochs", "Best val acc", "Status")
+    # "Best val": accuracy for single-label runs, mAP or R² for the others (the cell names which).
+    HEADERS = ("Started", "Dataset", "Architecture", "Strategy", "Epochs", "Best val", "Status")
     STATUS_COLUMN = HEADERS.index("Status")
 
     def set_runs(self, runs: list[RunSummary]) -> None:
@@ -81,9 +86,8 @@ class RunsModel(RowTableModel):
 
     @staticmethod
     def _text(run: RunSummary, column: int) -> str:
-        accuracy = "—" if run.best_val_accuracy is None else f"{run.best_val_accuracy:.1%}"
         return (run.started, run.dataset or "?", run.arch, run.strategy, f"{run.epochs_run}/{run.epochs_planned}",
-                accuracy, run.status)[column]
+                format_figure(*run.best_figure), run.status)[column]
 
 
 class RunsView(QWidget):
@@ -146,7 +150,8 @@ class RunsView(QWidget):
         self.compare_plot = pg.PlotWidget()
         self.compare_plot.setObjectName("compareRunsPlot")
         self.compare_plot.setBackground("w")
-        self.compare_plot.setTitle("Validation accuracy of the selected runs", color=(80, 86, 96), size="9pt")
+        self.compare_plot.setTitle("Validation accuracy (mAP, R² for other tasks) of the selected runs",
+                                   color=(80, 86, 96), size="9pt")
         self.compare_plot.setLabel("bottom", "epoch")
         self.compare_plot.setYRange(0, 1)
         self.legend = self.compare_plot.addLegend(offset=(-5, 5))

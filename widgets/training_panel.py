@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout
                                QProgressBar, QPushButton, QSpinBox, QStyle, QVBoxLayout)
 
 from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from engine.task_figures import format_figure, headline
 from engine.events import BatchEvent, EpochEvent, FitResult, format_duration
 from widgets.layer_tree import ScientificSpinBox
 
@@ -36,9 +37,10 @@ HOW_IT_ENDED = {"user": "Stopped", "early-stopping": "Stopped early", "completed
 
 
 def result_line(result: FitResult) -> str:
-    """E.g. "Finished after 5 epoch(s) · best val accuracy 93.8 % (epoch 4)"."""
-    best = result.best_val_accuracy
-    best_text = f" · best val accuracy {best:.1%} (epoch {result.best_epoch})" if best is not None else ""
+    """E.g. "Finished after 5 epoch(s) · best val accuracy 93.8 % (epoch 4)", or "best val mAP 0.812"."""
+    name, best = headline(result.task, result.best_val_accuracy, result.best_val_metrics)
+    figure = ("accuracy " if name == "accuracy" else "") + format_figure(name, best)
+    best_text = f" · best val {figure} (epoch {result.best_epoch})" if best is not None else ""
     skipped = f" · {len(result.skipped)} file(s) skipped" if result.skipped else ""
     return f"{HOW_IT_ENDED.get(result.stopped, 'Ended')} after {result.epochs_run} epoch(s){best_text}{skipped}"
 

@@ -1,4 +1,5 @@
-"""Try an image: choose (or drop) a picture, see the model's top classes as bars and where it looked.
+"""Try an image: choose (or drop) a picture, see the model's top classes as bars and where it looked;
+a multi-label model's every label as a bar with its threshold marked, a regression model's value.
 
 The panel only asks (`image_chosen`, `model_chosen`) and shows what it is given; the prediction
 and the Grad-CAM overlay are computed elsewhere, off the GUI thread.
@@ -16,6 +17,7 @@ from engine.data.images import IMAGE_EXTENSIONS
 
 BAR_HEIGHT = 18
 BAR_COLOUR = QColor(52, 120, 246)
+THRESHOLD_COLOUR = QColor(60, 60, 60)  # a multi-label threshold's tick across its bar
 OVERLAY_SIDE = 180
 MODEL_FILTER = ("Models (*.pt *.pth *.safetensors *.onnx *.torchscript *.ts *.pt2);;All files (*)")
 
@@ -30,18 +32,25 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 class TopKBars(QWidget):
-    """One labelled horizontal bar per class, longest first, its length the probability."""
+    """One labelled horizontal bar per class, longest first, its length the probability; with
+    thresholds (multi-label) a tick marks each label's, and a label over it is ticked ✓."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("topKBars")
         self._top: list[tuple[str, float]] = []
+        self._thresholds: dict[str, float] = {}
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
 
-    def set_top(self, top: list[tuple[str, float]]) -> None:
+    def set_top(self, top: list[tuple[str, float]], thresholds: dict[str, float] | None = None) -> None:
         self._top = list(top)
+        self._thresholds = dict(thresholds or {})
         self.updateGeometry()
         self.update()
+
+    def over_threshold(self) -> list[str]:
+        """The labels at or over their thresholds, as ticked."""
+        return [name for name, p in self._top if name in self._thresholds and p >= self._thresholds[name]]
 
     def top(self) -> list[tuple[str, float]]:
         return list(self._top)
@@ -64,8 +73,13 @@ class TopKBars(QWidget):
             painter.drawText(QRectF(0, y, label_width - 6, BAR_HEIGHT), Qt.AlignmentFlag.AlignRight
                              | Qt.AlignmentFlag.AlignVCenter, text)
             painter.fillRect(QRectF(label_width, y + 2, room * probability, BAR_HEIGHT - 4), BAR_COLOUR)
+            threshold = self._thresholds.get(name)
+            tick = ""
+            if threshold is not None:
+                painter.fillRect(QRectF(label_width + room * threshold - 1, y, 2, BAR_HEIGHT), THRESHOLD_COLOUR)
+                tick = " ✓" if probability >= threshold else ""
             painter.drawText(QRectF(label_width + room * probability + 4, y, 48, BAR_HEIGHT),
-                             Qt.AlignmentFlag.AlignVCenter, f"{probability:.0%}")
+                             Qt.AlignmentFlag.AlignVCenter, f"{probability:.0%}{tick}")
         painter.end()
 
 
@@ -128,6 +142,21 @@ class TryImagePanel(QWidget):
         self.bars.set_top(top)
         show_image(self.overlay, overlay)
         self.message.setText(f"{Path(image).name}: {top[0][0]} ({top[0][1]:.0%})" + (f" — {note}" if note else ""))
+
+    def show_task_prediction(self, image: str, answer: dict) -> None:
+        """A multi-label model's labels (every label's probability, those over their thresholds
+        named), or a regression model's value; no Grad-CAM (it explains one class's score)."""
+        show_image(self.overlay, None)
+        name = Path(image).name
+        if answer.get("task") == "regression":
+            self.bars.set_top([])
+            self.message.setText(f"{name}: predicted value {answer['value']:.4g}")
+            return
+        probabilities = sorted(answer["probabilities"].items(), key=lambda kv: kv[1], reverse=True)
+        self.bars.set_top(probabilities, answer.get("thresholds"))
+        labels = ", ".join(answer["labels"]) or "no label over its threshold"
+        self.message.setText(f"{name}: {labels} — ✓ marks a label at or over its threshold (the tick on its bar); "
+                             f"no Grad-CAM for a multi-label model")
 
     def show_error(self, message: str) -> None:
         self.message.setText(message)

@@ -16,6 +16,7 @@ from engine.errors import UserError
 from engine.events import FitResult
 from engine.runs.records import RunRecord
 from engine.runs.run_folder import RunFolder, list_runs
+from engine.task_figures import headline
 
 STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
 
@@ -33,6 +34,8 @@ class RunSummary:
     best_val_accuracy: float | None
     status: str  # one of STATUSES
     dataset: str = ""  # the dataset folder's name: runs of different datasets look alike otherwise
+    task: str = "single-label"
+    best_figure: tuple[str, float | None] = ("accuracy", None)  # the task's: accuracy, mAP or R² (task_figures)
     config: dict = field(default_factory=dict, compare=False)
     result: FitResult | None = field(default=None, compare=False)  # run.json's, as every reader reads it
 
@@ -82,11 +85,23 @@ def read_summary(folder: RunFolder) -> RunSummary | None:
     best = result.best_val_accuracy if result is not None else None
     if best is None:
         best = max(accuracies) if accuracies else None
+    task = result.task if result is not None else (epochs[0].task if epochs else "single-label")
     return RunSummary(
         path=folder.path, started=_started(folder, record), arch=record.arch or "?", strategy=record.strategy or "?",
         epochs_run=result.epochs_run if result is not None else len(epochs), epochs_planned=record.epochs_planned or 0,
         best_val_accuracy=best, status=run_status(folder, record), dataset=_dataset_name(record.data_root),
-        config=record.config, result=result)
+        task=task, best_figure=_best_figure(task, best, result, epochs), config=record.config, result=result)
+
+
+def _best_figure(task: str, best_accuracy: float | None, result: FitResult | None, epochs) -> tuple[str, float | None]:
+    """The run's headline figure at its best epoch: the result's, else the last epoch marked best
+    (a run still going, or killed)."""
+    if task == "single-label":
+        return headline(task, best_accuracy, None)
+    if result is not None and result.best_val_metrics is not None:
+        return headline(task, None, result.best_val_metrics)
+    bests = [e for e in epochs if e.is_best]
+    return headline(task, None, bests[-1].val_metrics if bests else None)
 
 
 def _dataset_name(root: str | None) -> str:
@@ -154,9 +169,11 @@ def _readable_item(item: Any) -> str:
 
 
 def val_accuracy_curve(folder: RunFolder) -> tuple[list[int], list[float]]:
-    """Epoch numbers and validation accuracies from metrics.jsonl (epochs without one skipped)."""
-    measured = [e for e in folder.read_epochs() if e.val_accuracy is not None]
-    return [e.epoch for e in measured], [e.val_accuracy for e in measured]
+    """Epoch numbers and validation accuracies from metrics.jsonl (epochs without one skipped); a
+    multi-label or regression run's headline figure instead (mAP, R²)."""
+    figures = [(e.epoch, headline(e.task, e.val_accuracy, e.val_metrics)[1]) for e in folder.read_epochs()]
+    measured = [(epoch, value) for epoch, value in figures if value is not None]
+    return [epoch for epoch, _ in measured], [value for _, value in measured]
 
 
 def is_deletable_run(path: Path, runs_root: Path) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.events import FitResult, IntegrityReport, LayerStats, NormChoice
 from engine.json_values import flag, integer, mapping, number, numbers_by_name, objects, text, texts
+from engine.task_figures import TASK_METRICS
 
 STARTED_FORMAT = "%Y-%m-%dT%H:%M:%S"  # run.json's "started": local time, to the second
 
@@ -46,6 +47,8 @@ class EpochRecord:
     is_best: bool = False
     integrity: IntegrityReport | None = None  # the freeze check after this epoch
     layers: dict[str, LayerStats] = field(default_factory=dict)  # telemetry: the epoch's mean per module
+    task: str = "single-label"  # a line without "task" is single-label, as every older one is
+    val_metrics: dict[str, float | None] = field(default_factory=dict)  # the task's val_<name> figures
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -64,7 +67,7 @@ class EpochRecord:
                    confusion_matrix=_counts_table(line.get("confusion_matrix")),
                    newly_unfrozen=texts(line.get("newly_unfrozen")) or (), is_best=flag(line.get("is_best")) or False,
                    integrity=_epoch_integrity(line.get("integrity"), epoch), layers=_layers(line.get("layers")),
-                   raw=line)
+                   **_task_fields(line), raw=line)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,14 @@ class RunRecord:
             processes=integer(processes) or integer((mapping(processes) or {}).get("world_size")) or 1,
             rank_integrity=tuple(objects((mapping(processes) or {}).get("integrity"))),
             result=_result(record.get("result")), raw=record)
+
+
+def _task_fields(line: dict[str, Any]) -> dict[str, Any]:
+    """A line's task and its val_<name> figures (an unknown task reads as single-label: no figures)."""
+    task = text(line.get("task"))
+    if task not in TASK_METRICS:
+        return {}
+    return {"task": task, "val_metrics": {name: number(line.get(f"val_{name}")) for name in TASK_METRICS[task]}}
 
 
 def _started(value: Any) -> str | None:

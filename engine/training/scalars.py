@@ -2,7 +2,9 @@
 naming for both.
 
 `loss/train`, `loss/val`, `accuracy/train`, `accuracy/val`, `balanced_accuracy/val`, `lr/<group>`,
-and, where telemetry sampled them, `update_ratio/<module>` and `grad_norm/<module>`. The values are
+and, where telemetry sampled them, `update_ratio/<module>` and `grad_norm/<module>`. A multi-label
+run adds `mAP/val`, `macro_f1/val` and `micro_f1/val` (its `accuracy/train` counts label decisions at
+0.5), a regression run `mae/val`, `rmse/val` and `r2/val` (it has no accuracy). The values are
 metrics.jsonl's own (the same EpochEvent), so either tool agrees with the run folder.
 """
 
@@ -32,6 +34,8 @@ def epoch_scalars(event: EpochEvent) -> dict[str, float]:
         "loss/val": event.val_loss, "accuracy/val": event.val_accuracy,
         "balanced_accuracy/val": event.val_balanced_accuracy,
     }
+    # The task's validation figures (metrics.jsonl's val_<name>): mAP and F1s, or MAE, RMSE, R².
+    values.update({f"{scalar_name(name)}/val": value for name, value in event.val_metrics.items()})
     values.update({f"lr/{scalar_name(group)}": lr for group, lr in event.lr.items()})
     for module, stats in event.layers.items():
         values[f"update_ratio/{scalar_name(module)}"] = stats.update_ratio

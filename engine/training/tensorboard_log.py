@@ -1,7 +1,8 @@
 """The TensorBoardLog listener: RUN/tensorboard/, for `tensorboard --logdir RUN` (or a runs folder).
 
-Per epoch the figures engine.training.scalars names (metrics.jsonl's values, step = epoch); at each
-new best epoch the confusion matrix as an image; at the end the best epoch's validation features
+Per epoch the figures engine.training.scalars names (metrics.jsonl's values, step = epoch: for
+multi-label `mAP/val`, `macro_f1/val`, `micro_f1/val`, for regression `mae/val`, `rmse/val`, `r2/val`);
+at each new best epoch of a single-label run the confusion matrix as an image; at the end the best epoch's validation features
 with thumbnails for the projector; at the start the run's configuration as hparams. Written with
 tensorboardX's protocol buffers alone (engine.training.tensorboard_files): no TensorFlow, no
 network. Rank 0 alone writes it, as every file of the run folder.
@@ -29,14 +30,21 @@ from engine.training.validation_records import ValidationOutputs
 log = logging.getLogger("transfer_studio")
 
 PROJECTOR_POINTS = 500  # at most this many validation images in the projector: thumbnails are decoded at the end
-HPARAM_METRICS = ("accuracy/val", "balanced_accuracy/val", "loss/val")
+# The figures hparams compares runs by: the task's headline figures and the validation loss.
+HPARAM_METRICS = {"single-label": ("accuracy/val", "balanced_accuracy/val", "loss/val"),
+                  "multi-label": ("mAP/val", "macro_f1/val", "loss/val"),
+                  "regression": ("r2/val", "mae/val", "loss/val")}
 
 
 class TensorBoardLog(Listener):
     def __init__(self, folder: RunFolder, config: dict, class_names: Sequence[str], data_root: str,
-                 latest: Callable[[], ValidationOutputs | None]) -> None:
+                 latest: Callable[[], ValidationOutputs | None], task=None) -> None:
+        """`task`: the run's engine.training.tasks object (None: single-label); the projector's labels
+        and the hparams figures follow it."""
         self.logdir = folder.tensorboard_path
         self.config, self.class_names, self.data_root, self.latest = config, list(class_names), data_root, latest
+        self.task = task
+        self.task_name = task.name if task is not None else "single-label"
         self.events = None  # the EventFile, once open
         self.failed = False  # the first failure turns TensorBoard off for the rest of the run
         self.first_epoch: int | None = None
@@ -87,7 +95,8 @@ class TensorBoardLog(Listener):
         from engine.training.tensorboard_files import EventFile
 
         self.events = EventFile(self.logdir)
-        experiment, session_start, _ = hparams(config_values(self.config), {name: 0.0 for name in HPARAM_METRICS})
+        experiment, session_start, _ = hparams(config_values(self.config),
+                                               {name: 0.0 for name in HPARAM_METRICS[self.task_name]})
         self.events.summary(experiment, 0)
         self.events.summary(session_start, 0)
         self.events.flush()
@@ -96,7 +105,8 @@ class TensorBoardLog(Listener):
         from engine.training.tensorboard_files import confusion_image
 
         self.events.scalars(epoch_scalars(event), event.epoch)
-        if event.is_best and event.val_accuracy is not None:
+        # A confusion matrix is single-label's: other tasks have their figures as scalars only.
+        if event.is_best and event.task == "single-label" and event.val_accuracy is not None:
             self.events.image("confusion_matrix/val", confusion_image(event.confusion_matrix, self.class_names),
                               event.epoch)
         if event.is_best:
@@ -136,11 +146,28 @@ class TensorBoardLog(Listener):
         n = len(outputs.samples)
         keep = torch.linspace(0, n - 1, min(n, PROJECTOR_POINTS)).round().long().unique()
         features = outputs.features[keep.to(outputs.features.device)].float().cpu().numpy()
-        labels = outputs.labels[keep.to(outputs.labels.device)].cpu().tolist()
-        preds = outputs.logits[keep.to(outputs.logits.device)].argmax(1).cpu().tolist()
+        labels = outputs.labels[keep.to(outputs.labels.device)].cpu()
+        logits = outputs.logits[keep.to(outputs.logits.device)].float().cpu()
+        true, pred = projector_labels(self.task_name, self.class_names, labels, logits, self.task)
         samples = [outputs.samples[i] for i in keep.tolist()]
         return ProjectorPoints(
-            epoch=epoch, features=features, true=tuple(self.class_names[i] for i in labels),
-            pred=tuple(self.class_names[i] for i in preds), paths=tuple(s.path for s in samples),
+            epoch=epoch, features=features, true=true, pred=pred, paths=tuple(s.path for s in samples),
             shown_paths=tuple(relative_path(s.path, self.data_root) for s in samples))
+
+
+def projector_labels(task_name: str, class_names: Sequence[str], labels: torch.Tensor, logits: torch.Tensor,
+                     task=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The projector's true and predicted column for each point: a class; the labels present
+    ("a+b", "(none)"; predicted: sigmoid at 0.5); a value (predicted on the target's own scale)."""
+    def label_set(row) -> str:
+        return "+".join(name for name, on in zip(class_names, row) if on) or "(none)"
+
+    if task_name == "multi-label":
+        return (tuple(label_set(row) for row in (labels > 0.5).tolist()),
+                tuple(label_set(row) for row in (logits > 0).tolist()))
+    if task_name == "regression":
+        values = task.values(logits) if task is not None else logits[:, 0]
+        return tuple(f"{v:.4g}" for v in labels.tolist()), tuple(f"{v:.4g}" for v in values.tolist())
+    return (tuple(class_names[i] for i in labels.tolist()),
+            tuple(class_names[i] for i in logits.argmax(1).tolist()))
 

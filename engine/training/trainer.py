@@ -216,7 +216,8 @@ class EpochLoop:
             ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity)
             if main and self.group.is_distributed else None,
             CallbackRelay(callbacks),
-            TensorBoardLog(run.folder, run.config.to_dict(), run.scan.class_names, run.scan.root, lambda: self.validation)
+            TensorBoardLog(run.folder, run.config.to_dict(), run.scan.class_names, run.scan.root, lambda: self.validation,
+                           run.task)
             if main and run.config.train.tensorboard else None,
             self.integrity,
             # Temperature scaling and val_predictions.csv are softmax's; other tasks keep val_outputs.pt.
