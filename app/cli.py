@@ -389,9 +389,12 @@ def _predict(args) -> int:
 
         if args.raw:
             raise UserError(f"--raw is about calibrated single-label probabilities; this model is {model.task.name}")
-        results = task_answers(model.logits(batch), model.class_names, model.task)
+        # The mirrored image's outputs are averaged before the sigmoid (labels) or the de-standardising (value).
+        outputs = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
+        results = task_answers(outputs, model.class_names, model.task)
         if args.json:
-            print_json([{"image": str(p), "task": model.task.name, **r} for p, r in zip(paths, results)])
+            print_json([{"image": str(p), "task": model.task.name, **r, **({"tta": list(VIEWS)} if args.tta else {})}
+                        for p, r in zip(paths, results)])
             return 0
         for path, result in zip(paths, results):
             print(cli_deploy.task_prediction_line(path, result))

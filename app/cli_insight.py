@@ -110,6 +110,8 @@ def _evaluate_task(args, source: Path, task: str) -> int:
 
     if args.unknown is not None:
         raise UserError(f"--unknown supports single-label models only; this one is {task}")
+    if args.tta:
+        raise UserError(f"evaluate --tta supports single-label models only; this one is {task} (predict --tta works)")
     folder = RunFolder(source if source.is_dir() else source.parent)
     checkpoint = folder.checkpoint_path if source.is_dir() else source
     if args.data:

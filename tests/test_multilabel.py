@@ -148,6 +148,9 @@ def test_predict_checkpoint(trained, capsys):
     assert rc == 0, err
     answer = json.loads(out)[0]
     assert answer["task"] == "multi-label" and set(answer["probabilities"]) == {"blue", "red"}
+    rc, out, err = cli(capsys, "predict", run / "checkpoint.pt", csv.parent / "m1.png", "--json", "--tta")
+    mirrored = json.loads(out)[0]
+    assert rc == 0 and mirrored["tta"] == ["as is", "mirrored"] and set(mirrored["probabilities"]) == {"blue", "red"}
 
 
 @slow
@@ -168,6 +171,7 @@ def test_resume_continues(trained, tmp_path):
 @pytest.mark.parametrize("argv", [
     ["explain", "{ckpt}", "{image}", "--out", "{tmp}"],
     ["evaluate", "{run}", "--unknown", "{tmp}"],
+    ["evaluate", "{run}", "--tta"],
     ["export", "{ckpt}", "--format", "onnx", "--int8", "--out", "{tmp}"],
     ["predict", "{ckpt}", "{image}", "--raw"],
     ["suspects", "--data", "{csv}", "--model", "resnet18", "--weights", "none"],
