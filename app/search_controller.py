@@ -126,7 +126,8 @@ class SearchController(QObject):
         best = result["best"]
         found = f"{result['trials']} complete, {result['pruned']} pruned"
         said = (f"best {best['value']:.4f} (trial {best['trial']})" if best else "no trial completed")
-        self.status_changed.emit(f"{'Stopped' if stopped else 'Finished'}: {found}; {said}. Journal {result['storage']}")
+        ended = "Stopped" if stopped else "Finished"
+        self.status_changed.emit(f"{ended}: {found}; {said}. Journal {result['storage']}")
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:

@@ -82,9 +82,11 @@ def test_the_trial_table_is_a_sound_model_and_closing_a_running_dialog_asks_to_s
 
     model = TrialTableModel()
     model.set_items([TrialRow(0, "complete", 0.5, {"base_lr": 0.01}, 1.5),
-                     TrialRow(1, "failed", None, {"base_lr": 0.5}, 0.2, "diverged"), TrialRow(2, "running", None, {}, None)])
+                     TrialRow(1, "failed", None, {"base_lr": 0.5}, 0.2, "diverged"),
+                     TrialRow(2, "running", None, {}, None)])
     qtmodeltester.check(model)
-    assert model.data(model.index(0, 3)) == "base_lr=0.01" and model.data(model.index(1, 1), Qt.ItemDataRole.ToolTipRole) == "diverged"
+    assert model.data(model.index(0, 3)) == "base_lr=0.01"
+    assert model.data(model.index(1, 1), Qt.ItemDataRole.ToolTipRole) == "diverged"
     dialog = SearchDialog()
     qtbot.addWidget(dialog)
     dialog.show_running(True)

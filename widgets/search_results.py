@@ -125,7 +125,8 @@ class SearchResults(QWidget):
     def _show_values(self) -> None:
         found = _values(self.rows)
         self.value_points.setData(
-            x=np.array([row.number for row in found], dtype=float), y=np.array([row.value for row in found], dtype=float),
+            x=np.array([row.number for row in found], dtype=float),
+            y=np.array([row.value for row in found], dtype=float),
             symbolBrush=[pg.mkBrush(STATE_BRUSHES.get(row.state, TRAIN_COLOUR)) for row in found])
         complete = [row for row in found if row.state == "complete"]
         if not complete:
