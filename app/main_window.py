@@ -31,6 +31,7 @@ from widgets.lr_finder_dialog import LrFinderDialog
 from widgets.model_panel import ModelPanel
 from widgets.plots import TrainingPlots
 from widgets.runs_view import RunsView
+from widgets.search_dialog import SearchDialog
 from widgets.suspects_view import SuspectsView
 from widgets.training_panel import TrainingPanel, result_line
 
@@ -122,6 +123,7 @@ class MainWindow(QMainWindow):
         self.suspects_view = SuspectsView()
         self.export_dialog: ExportDialog | None = None
         self.lr_finder_dialog: LrFinderDialog | None = None
+        self.search_dialog = SearchDialog(self)  # one for the window: its trials stay when it is closed
         self._build_layout()
         self._build_menus()
         self._build_status_bar()
@@ -131,6 +133,7 @@ class MainWindow(QMainWindow):
         self._connect_insight()
         self._connect_runs()
         self._connect_mending()
+        self._connect_search()
         self.session.announce()
         self.session.insight.refresh_runs()
         self.setAcceptDrops(True)
@@ -254,6 +257,10 @@ class MainWindow(QMainWindow):
         train_menu.addAction(self._action("S&top", runs.stop, "Ctrl+.", "Stop training after this batch."))
         train_menu.addAction(self._action("&Continue training", runs.continue_run, "Ctrl+Shift+R",
                                           "Resume the run shown from its last completed epoch up to the Epochs total."))
+        train_menu.addSeparator()
+        train_menu.addAction(self._action("Search &hyperparameters…", self.open_search, "Ctrl+Shift+H",
+                                          "Search the plan's knobs (Optuna): each trial a training run, off the "
+                                          "window's thread; Use best applies the best trial's plan."))
         view_menu = self.menuBar().addMenu("&View")
         for i, (name, key) in enumerate((("&Curves", "Alt+1"), ("&Insight", "Alt+2"), ("&Runs", "Alt+3"),
                                          ("&Suspects", "Alt+4"))):
@@ -418,6 +425,20 @@ class MainWindow(QMainWindow):
         finder.failed.connect(suspects.show_failure)
         finder.thumbnails_ready.connect(suspects.add_thumbnails)
 
+    def _connect_search(self) -> None:
+        search, dialog = self.session.search, self.search_dialog
+        dialog.start_requested.connect(search.start)
+        dialog.stop_requested.connect(search.stop)
+        dialog.head_only_toggled.connect(search.set_head_only)
+        dialog.use_best_requested.connect(search.use_best)
+        search.context_changed.connect(dialog.show_context)
+        search.space_offered.connect(dialog.show_space)
+        search.running_changed.connect(dialog.show_running)
+        search.trials_changed.connect(dialog.show_trials)
+        search.status_changed.connect(dialog.show_status)
+        search.failed.connect(dialog.show_error)
+        search.best_applied.connect(dialog.accept)  # the window shows the plan applied, Ctrl+Z at hand
+
     # --- showing the session's state -------------------------------------------------------------------
 
     @Slot(object)
@@ -571,6 +592,12 @@ class MainWindow(QMainWindow):
         self.lr_finder_dialog.applied.connect(self.session.plan.adopt_scaled_plan)
         self.lr_finder_dialog.open()
 
+    @Slot()
+    def open_search(self) -> None:
+        """Train ▸ Search hyperparameters…: the dialog, its space offered for the configuration shown."""
+        self.session.search.offer()
+        self.search_dialog.open()
+
     # --- export -------------------------------------------------------------------------------------------
 
     @Slot()
@@ -707,6 +734,11 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if self.session.search.running:  # it stops at its next batch; the window closes once its thread ended
+            self.session.search.stop()
+            self.session.search.ended.connect(self.close, Qt.ConnectionType.SingleShotConnection)
+            event.ignore()
+            return
         self.session.shutdown()
         self.garbage_collector.stop()
         self.settings.setValue("window/geometry", self.saveGeometry())

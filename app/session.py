@@ -16,6 +16,7 @@ state has one owner:
 - runs           start, continue, pause, stop, a past run opened again (app.runs_controller)
 - run_list       the Runs tab: the selected runs, actions on a listed run (app.run_list_controller)
 - exports        export of the shown run's checkpoint (app.export_controller)
+- search         the Search dialog's hyper-parameter search and its Use best (app.search_controller)
 - insight        the Insight and Runs tabs' files and models (app.insight_session)
 
 Everything slow runs as background tasks or in the training thread; results come back as signals.
@@ -39,6 +40,7 @@ from app.plan_controller import PlanController
 from app.preview_controller import PreviewController
 from app.run_list_controller import RunListController
 from app.runs_controller import RunsController
+from app.search_controller import SearchController
 from app.session_state import Configuration, Messages, RunState, ShownRun
 from app.session_tasks import DatasetState
 from app.settings_controller import SettingsController
@@ -75,6 +77,7 @@ class Session(QObject):
         self.run_list = RunListController(self.configuration, self.shown_run, self.messages, self.runs, self.previews,
                                           self.insight, self)
         self.exports = ExportController(self.shown_run, self.messages, self)
+        self.search = SearchController(self.runs_root, *shared, self.datasets, self.settings, self.plan, self)
         for edits in (self.settings, self.plan):  # after any edit: does the advice still hold, what LRs are planned
             edits.edited.connect(self.advisor.recheck)
             edits.edited.connect(self.previews.schedule_soon)
@@ -143,6 +146,7 @@ class Session(QObject):
     def shutdown(self) -> None:
         """The window closes: stop the run and the export, drop background results."""
         self.runs.shutdown()
+        self.search.shutdown()
         self.exports.shutdown()
         self.datasets.stop()
         self.previews.stop()

@@ -16,6 +16,8 @@ Offscreen, on CPU. One JSON line per scenario:
   suspects  after insight: Find suspects on that folder (5-fold head training on the trunk's features,
             in the background) and the Suspects tab filled, thumbnails included
   processes the training scenario again as 2 processes (DDP, the window's child process group)
+  search    the demo dataset, resnet18 at 32 px, random init: a 4-trial head-only search of 2 epochs a
+            trial started in the Search dialog (Optuna's import, each trial's set-up, the table and plots)
   idle      two seconds of nothing: the machine's own noise floor (other processes, the OS)
 A gap is the time between two ticks of a 10 ms QTimer: anything well above 10 ms is time the
 window could not react. The goal is a longest gap under 50 ms on 2 cores; on a machine shared
@@ -40,7 +42,8 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("idle", "scan", "csv", "split", "model", "insight", "suspects", "training", "export", "processes")
+SCENARIOS = ("idle", "scan", "csv", "split", "model", "insight", "suspects", "training", "export", "processes",
+             "search")
 
 
 class StallMeter:
@@ -140,6 +143,31 @@ def settle(seconds: float = 1.0) -> None:
     """Let the window finish what it was doing (first paint, a previous scenario) before measuring."""
     until = time.perf_counter() + seconds
     wait_until(lambda: time.perf_counter() > until, seconds + 5, "settling")
+
+
+def search_scenario(window, meter: StallMeter, summary) -> dict:
+    session = window.session
+    session.datasets.open_demo()
+    session.settings.set_arch("resnet18")
+    wait_until(lambda: window.is_ready and summary()["total"] < 5000
+               and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "demo")
+    session.settings.set_weights("none")
+    session.settings.update_data({"image_size": 32})
+    session.settings.update_train({"device": "cpu"})
+    wait_until(lambda: window.is_ready, 120, "the tree at 32 px")
+    dialog = window.search_dialog
+    window.open_search()
+    dialog.head_only.setChecked(True)
+    dialog.knob_edit("epochs").setText("2")
+    dialog.budget.setValue(4)
+    ended = []
+    session.search.ended.connect(lambda: ended.append(True))
+    settle()
+    line = measure(meter, "search", dialog.start_button.click, lambda: bool(ended), arch="resnet18", image_size=32,
+                   trials=4, epochs=2, head_only=True)
+    line["table_rows"] = dialog.results.table_model.rowCount()
+    line["status"] = dialog.status.text()
+    return line
 
 
 def main() -> int:
@@ -262,6 +290,8 @@ def main() -> int:
             settle()
             results.append(measure(meter, "processes", window.session.runs.start, lambda: bool(finished),
                                    arch="resnet18", image_size=64, epochs=3, strategy="fine-tune", processes=2))
+    if "search" in wanted:
+        results.append(search_scenario(window, meter, summary))
     window.close()
     for line in results:
         print(json.dumps(line), flush=True)

@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 from engine.config import RunConfig
 from engine.errors import RunFailed, TrainingDiverged, UserError
-from engine.events import Callbacks
+from engine.events import Callbacks, TrainingControl
 from engine.search import study as studies
 from engine.search.pruning import PRUNED, PruneListener
 from engine.search.space import SearchSpace, draw, optuna_suggest, train_flags, trial_config
 
+STOPPED_REASON = "stopped by the person"
 KEEP = ("default", "all", "best")  # run folders: pruned ones deleted | all kept | only the best kept
 
 
@@ -59,7 +60,7 @@ class TrialOutcome:
     """One finished trial, as its worker reports it (the progress line)."""
 
     number: int
-    state: str  # "complete" | "pruned" | "failed"
+    state: str  # "complete" | "pruned" | "failed" | "stopped" (failed in the study: the person stopped it)
     value: float | None  # best val accuracy (complete), the last reported (pruned)
     epochs_run: int
     seconds: float
@@ -95,16 +96,23 @@ def load_study(job: SearchJob):
 
 def run_worker(study, job: SearchJob, on_trial: Callable[[TrialOutcome], None] = lambda outcome: None,
                keep_going: Callable[[], bool] = lambda: True,
-               after_first_trial: Callable[[], None] | None = None) -> int:
+               after_first_trial: Callable[[], None] | None = None, control: TrainingControl | None = None,
+               on_trial_started: Callable[[int], None] = lambda number: None) -> int:
     """Train trials of `study` (load_study) until it holds job.trials finished ones (or the timeout, or
-    keep_going() says no); returns the trials this worker ran. A diverged trial fails and the search
-    goes on; a run that fails otherwise (frozen tensors changed, images gone) fails its trial and raises."""
+    keep_going() says no, or `control` is stopped); returns the trials this worker ran. A diverged trial
+    fails and the search goes on; a run that fails otherwise (frozen tensors changed, images gone) fails
+    its trial and raises. `control` (the window's Stop) ends the trial in flight at its next batch and
+    fails it, as Ctrl-C does in the command line, without raising. on_trial_started(number) and
+    on_trial(outcome) say when each trial starts and ends (a progress line, a table)."""
+    control = control or TrainingControl()
     started, ran, failed = time.monotonic(), 0, 0
-    while keep_going() and (job.timeout_s is None or time.monotonic() - started < job.timeout_s):
+    while (keep_going() and not control.stop_requested
+           and (job.timeout_s is None or time.monotonic() - started < job.timeout_s)):
         trial = _next_trial(study, job)
         if trial is None:
             break
-        outcome = _run_trial(study, job, trial)
+        on_trial_started(trial.number)
+        outcome = _run_trial(study, job, trial, control)
         ran += 1
         failed += outcome.state == "failed"
         if job.keep == "best":
@@ -145,7 +153,7 @@ def _record_lost_run(job: SearchJob, number: int) -> None:
         record_failure(folder, RuntimeError("the search worker running this trial ended (killed) during it"))
 
 
-def _run_trial(study, job: SearchJob, trial) -> TrialOutcome:
+def _run_trial(study, job: SearchJob, trial, control: TrainingControl) -> TrialOutcome:
     from optuna.trial import TrialState
 
     from engine.training.trainer import fit
@@ -160,7 +168,7 @@ def _run_trial(study, job: SearchJob, trial) -> TrialOutcome:
     pruner = PruneListener(report)
     try:
         with studies.Heartbeat(study, trial.number):
-            result = fit(config, Callbacks(), listeners=[pruner])
+            result = fit(config, Callbacks(), control, listeners=[pruner])
     except TrainingDiverged as exc:  # an LR too high for this data: a finding about the space, not a fault
         reason = str(exc).splitlines()[0]
         studies.fail_trial(study, trial.number, reason)
@@ -169,6 +177,9 @@ def _run_trial(study, job: SearchJob, trial) -> TrialOutcome:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
         studies.fail_trial(study, trial.number, reason[:300])
         raise
+    if result.stopped == "user":  # Stop: the run ends as a stopped run, its trial failed (not compared)
+        studies.fail_trial(study, trial.number, STOPPED_REASON)
+        return _outcome(study, job, trial.number, "stopped", None, result.epochs_run, started, STOPPED_REASON)
     if result.stopped == PRUNED:
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         if job.keep != "all":
