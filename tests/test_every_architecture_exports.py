@@ -8,7 +8,8 @@ together). Every format for all 80 would take about 30 minutes, the cheap format
 than the whole suite's 15-minute budget (measured in a full run: the 63 took 11 minutes). So here:
 - the smallest architecture of each family (the torchvision module that builds it), and the variants
   built from other blocks (OTHER_BLOCKS), train and export to pt, safetensors, TorchScript and ONNX in
-  every run of the suite (about 2.5 minutes);
+  every run of the suite (about 2.5 minutes); those over 50 M parameters (alexnet, vgg11, vit_b_16) to pt
+  and safetensors, every format with TRANSFER_STUDIO_SWEEP_ALL=1;
 - every other architecture up to 100 M parameters (pt and safetensors) with TRANSFER_STUDIO_SWEEP_ALL=1,
   and the 16 larger ones (vit_h_14, regnet_y_128gf, vit_l_*, vgg13-19, ...: about 11 minutes and 8 GB of
   memory for vit_l_32 alone) with TRANSFER_STUDIO_SWEEP_LARGE=1 as well; each shares its building code
@@ -40,6 +41,7 @@ CHEAP_FORMATS = ("pt", "safetensors")
 # Variants built by other blocks than their family's smallest: Swin V2's attention, EfficientNetV2's fused convolutions.
 OTHER_BLOCKS = {"swin_v2_t", "efficientnet_v2_s"}
 EVERY_FORMAT = ("pt", "safetensors", "torchscript", "onnx")
+EVERY_FORMAT_UP_TO = 50_000_000  # parameters; larger representatives (alexnet, vgg11, vit_b_16): pt and safetensors
 LARGE = 100_000_000  # parameters; above it, only with SWEEP_LARGE_ENV set (unless its family's smallest)
 SWEEP_LARGE_ENV = "TRANSFER_STUDIO_SWEEP_LARGE"
 SWEEP_ALL_ENV = "TRANSFER_STUDIO_SWEEP_ALL"  # every architecture, not one a family
@@ -135,7 +137,10 @@ def test_every_offered_architecture_trains_and_exports(arch, dataset, tmp_path):
         pytest.skip(f"{parameter_count(arch) / 1e6:.0f} M parameters: minutes of CPU; set {SWEEP_LARGE_ENV}=1")
     checkpoint = train_one_epoch(arch, dataset, tmp_path / "run")
     batch = parity_batch(checkpoint, limit=2)
-    formats = EVERY_FORMAT if representative else CHEAP_FORMATS
+    # A large representative's TorchScript and ONNX files are hundreds of MB of plain convolutions and
+    # linear layers that smaller families export too: every format for them only in the full sweep.
+    every = representative and (parameter_count(arch) <= EVERY_FORMAT_UP_TO or os.environ.get(SWEEP_ALL_ENV) == "1")
+    formats = EVERY_FORMAT if every else CHEAP_FORMATS
     outcomes = {fmt: export_or_refuse(checkpoint, arch, fmt, batch, default_path(checkpoint, fmt, tmp_path))
                 for fmt in formats}
     assert outcomes["pt"] == outcomes["safetensors"] == "passed"
