@@ -200,6 +200,14 @@ class InsightView(QWidget):
 
     # --- what the window tells it ------------------------------------------------------------------
 
+    def show_title(self, title: str) -> None:
+        """The run shown is called `title` (it was renamed): the summary line names it."""
+        evaluation = self._evaluation
+        if evaluation is None:
+            return
+        self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
+                             f"{evaluation.balanced_accuracy:.1%} on {self.matrix_model.total()} validation images")
+
     def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
         """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root)."""
         self._evaluation, self._root = evaluation, Path(dataset_root)
@@ -211,9 +219,7 @@ class InsightView(QWidget):
             header.setSectionResizeMode(mode)
         self.per_class_model.set_per_class(names, evaluation.per_class)
         self.pairs.setText(confused_pairs_text(list(evaluation.most_confused)))
-        total = self.matrix_model.total()
-        self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
-                             f"{evaluation.balanced_accuracy:.1%} on {total} validation images")
+        self.show_title(title)
         self.gallery_model.set_records([], self._root)
         self.cell_label.setText("Click a cell of the matrix to see its images, highest loss first.")
         self._show_first_confusion()
