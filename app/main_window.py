@@ -131,6 +131,7 @@ class MainWindow(QMainWindow):
         self._connect_insight()
         self._connect_runs()
         self._connect_mending()
+        self._connect_closing()
         self.session.announce()
         self.session.insight.refresh_runs()
         self.setAcceptDrops(True)
@@ -404,6 +405,17 @@ class MainWindow(QMainWindow):
         run_list.history_ready.connect(self.plots.show_history)
         run_list.export_wanted.connect(self.export_checkpoint)
         run_list.deletion_unconfirmed.connect(self._confirm_deletion)
+
+    def _connect_closing(self) -> None:
+        closing = self.session.closing
+        closing.stopping.connect(self._show_stopping_to_close)
+        closing.ready.connect(self.close)
+
+    @Slot()
+    def _show_stopping_to_close(self) -> None:
+        """The window stays painted while the run stops (every edit is refused while it runs)."""
+        self.training_panel.show_stopping()
+        self.statusBar().showMessage("Stopping the run…")
 
     def _connect_mending(self) -> None:
         mending, finder, suspects = self.session.mending, self.session.mending.suspect_finder, self.suspects_view
@@ -705,12 +717,16 @@ class MainWindow(QMainWindow):
         self.open_folder(event.mimeData().urls()[0].toLocalFile())
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if self.session.is_running and self.confirm_close:
+        closing = self.session.closing
+        if self.session.is_running and self.confirm_close and not closing.in_progress:
             answer = QMessageBox.question(self, "Training in progress",
                                           "Stop training and quit? The best checkpoint so far is kept.")
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if not closing.may_close():  # the run is stopping; closing.ready closes the window again
+            event.ignore()
+            return
         self.session.shutdown()
         self.garbage_collector.stop()
         self.settings.setValue("window/geometry", self.saveGeometry())
