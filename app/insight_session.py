@@ -17,8 +17,7 @@ import torch
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from engine.runs.catalog import (config_diff, is_deletable_run, list_summaries,
-                             val_accuracy_curve)
+from engine.runs.catalog import config_diff, distinct_names, is_deletable_run, list_summaries, val_accuracy_curve
 from app.worker import BackgroundTasks
 from app.run_events import describe_failure
 from engine.runs.embeddings import EmbeddingPoint, read_embeddings
@@ -41,6 +40,7 @@ class RunInsight:
     dataset_root: str
     points: list[EmbeddingPoint] = field(default_factory=list)
     norm_line: str = ""  # what the run did with its BatchNorm statistics (run.json), "" when it did not say
+    name: str = ""  # what the run is called (its given name, else its folder's)
 
 
 def qimage_from_pil(image) -> QImage:
@@ -59,7 +59,8 @@ def read_insight(folder: RunFolder) -> RunInsight:
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
     norm = folder.read_run().norm_choice
-    return RunInsight(folder, evaluation, evaluation.data_root, points, norm.line if norm else "")
+    return RunInsight(folder, evaluation, evaluation.data_root, points, norm_line=norm.line if norm else "",
+                      name=folder.recorded_name() or folder.path.name)
 
 
 TASK_FIGURES = {"multi-label": "mAP, F1 and per-label figures", "regression": "MAE, RMSE, R² and the largest errors"}
@@ -225,6 +226,7 @@ class InsightSession(QObject):
     history_ready = Signal(str, list)  # run folder, [(BatchEvent, EpochEvent)]
     comparison_ready = Signal(dict, list, list)  # {name: (epochs, accuracies)}, config diff, names
     run_deleted = Signal(str)
+    run_renamed = Signal(str, str)  # run folder, the name it was given ("" for none: its folder's name)
     failed = Signal(str)  # one line for the status bar
 
     def __init__(self, tasks: BackgroundTasks, runs_root: Path, parent=None):
@@ -232,6 +234,9 @@ class InsightSession(QObject):
         self.tasks = tasks
         self.runs_root = Path(runs_root)
         self.models = LoadedModels()
+        # Renames one after another: a rename holds its run folder's lock, and a second one finding it
+        # held (two quick edits, on the pool's two threads) would be refused as if the run trained.
+        self._renaming = threading.Lock()
         self.shown: RunFolder | None = None  # the run whose insight is shown
         self.try_model: Path | None = None  # chosen by the person; None: the shown run's checkpoint
 
@@ -310,11 +315,23 @@ class InsightSession(QObject):
     def compare(self, paths: list[str]) -> None:
         def job():
             folders = [RunFolder(p) for p in paths]
-            curves = {f.path.name: val_accuracy_curve(f) for f in folders}
-            diff = config_diff([f.read_run().config for f in folders])
-            return curves, diff, [f.path.name for f in folders]
+            records = [f.read_run() for f in folders]
+            names = distinct_names([r.name or f.path.name for r, f in zip(records, folders)], [f.path for f in folders])
+            curves = {name: val_accuracy_curve(f) for name, f in zip(names, folders)}
+            return curves, config_diff([r.config for r in records]), names
 
         self.tasks.submit("compare", job, lambda r: self.comparison_ready.emit(*r), self.failed.emit)
+
+    def rename_run(self, path: str, typed: str) -> None:
+        """Give a listed run a name (in its run.json, off the GUI thread: the write is fsynced)."""
+        lock = self._renaming
+
+        def job():
+            with lock:
+                return RunFolder(path).rename(typed)
+
+        # One kind per run: renaming another run must not make this one's result obsolete.
+        self.tasks.submit(f"rename:{path}", job, lambda name: self.run_renamed.emit(path, name), self.failed.emit)
 
     def delete_run(self, path: str) -> None:
         """Remove a run folder for good (after the person confirmed): only a run folder directly

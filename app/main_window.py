@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         self._connect_runs()
         self._connect_mending()
         self._connect_search()
+        self._connect_closing()
         self.session.announce()
         self.session.insight.refresh_runs()
         self.setAcceptDrops(True)
@@ -354,6 +355,7 @@ class MainWindow(QMainWindow):
         advisor.followed.connect(dp.show_advice_note)
         s.previews.schedule_previewed.connect(self.plots.show_planned)
         s.shown_run.changed.connect(self._show_run)
+        s.shown_run.renamed.connect(self._show_run_name)
         s.messages.error_raised.connect(tp.show_error)
         s.messages.notice.connect(self._show_notice)
         s.exports.finished.connect(self._on_exported)
@@ -404,11 +406,26 @@ class MainWindow(QMainWindow):
         view.open_folder_requested.connect(lambda path: QDesktopServices.openUrl(QUrl.fromLocalFile(path)))
         view.use_configuration_requested.connect(run_list.use_configuration_of)
         view.delete_requested.connect(run_list.delete)
+        view.rename_requested.connect(run_list.rename)
+        run_list.renamed.connect(view.show_renamed)
+        run_list.preview_renamed.connect(self.model_panel.rename_preview)
+        run_list.insight_renamed.connect(self.insight.show_title)
         run_list.preview_ended.connect(self.model_panel.end_preview)
         run_list.plan_previewed.connect(self.model_panel.show_preview)
         run_list.history_ready.connect(self.plots.show_history)
         run_list.export_wanted.connect(self.export_checkpoint)
         run_list.deletion_unconfirmed.connect(self._confirm_deletion)
+
+    def _connect_closing(self) -> None:
+        closing = self.session.closing
+        closing.stopping.connect(self._show_stopping_to_close)
+        closing.ready.connect(self.close)
+
+    @Slot()
+    def _show_stopping_to_close(self) -> None:
+        """The window stays painted while the run stops (every edit is refused while it runs)."""
+        self.training_panel.show_stopping()
+        self.statusBar().showMessage("Stopping the run…")
 
     def _connect_mending(self) -> None:
         mending, finder, suspects = self.session.mending, self.session.mending.suspect_finder, self.suspects_view
@@ -492,12 +509,7 @@ class MainWindow(QMainWindow):
         self.data_panel.set_read_only(run.running)
         self.model_panel.set_read_only(run.running)
         self.training_panel.set_run_controls(run.running, run.can_export)
-        if run.folder is not None:  # the folder's name; its whole path in the tooltip
-            self.run_label.setText(f"{'Run' if run.running else 'Last run'}: {run.folder.path.name}")
-            self.run_label.setToolTip(str(run.folder.path))
-        else:
-            self.run_label.setText("Starting a run…" if run.running else "No run yet")
-            self.run_label.setToolTip("")
+        self._show_run_name(run)
         if run.running:
             return
         if run.result is not None:
@@ -509,6 +521,15 @@ class MainWindow(QMainWindow):
             self.plots.clear()
             self.model_panel.clear_evidence()
             self.training_panel.reset_progress("Ready")
+
+    @Slot(object)
+    def _show_run_name(self, run: RunState) -> None:
+        if run.folder is not None:  # its name; its folder's whole path in the tooltip
+            self.run_label.setText(f"{'Run' if run.running else 'Last run'}: {run.shown_name}")
+            self.run_label.setToolTip(str(run.folder.path))
+        else:
+            self.run_label.setText("Starting a run…" if run.running else "No run yet")
+            self.run_label.setToolTip("")
 
     @Slot(object)
     def _on_run_started(self, event: RunStarted) -> None:
@@ -544,8 +565,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _show_insight(self, insight: RunInsight) -> None:
-        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.folder.path.name,
-                                     insight.norm_line)
+        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.name, insight.norm_line)
         self.insight.show_embeddings(insight.points)
         self._show_try_model()
 
@@ -555,9 +575,11 @@ class MainWindow(QMainWindow):
         self.insight.show_try_model("none yet: train a run or choose a file" if path is None
                                     else f"{path.parent.name}/{path.name}")
 
-    @Slot(str)
-    def _confirm_deletion(self, path: str) -> None:
-        answer = QMessageBox.question(self, "Delete run", f"There is no trash here. Delete {Path(path).name} "
+    @Slot(str, str)
+    def _confirm_deletion(self, path: str, name: str) -> None:
+        folder = Path(path).name
+        named = name if name == folder else f"{name} (folder {folder})"
+        answer = QMessageBox.question(self, "Delete run", f"There is no trash here. Delete {named} "
                                       f"and all its files for good?")
         if answer == QMessageBox.StandardButton.Yes:
             self.session.run_list.delete_for_good(path)
@@ -728,7 +750,8 @@ class MainWindow(QMainWindow):
         self.open_folder(event.mimeData().urls()[0].toLocalFile())
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if self.session.is_running and self.confirm_close:
+        closing = self.session.closing
+        if self.session.is_running and self.confirm_close and not closing.in_progress:
             answer = QMessageBox.question(self, "Training in progress",
                                           "Stop training and quit? The best checkpoint so far is kept.")
             if answer != QMessageBox.StandardButton.Yes:
@@ -737,6 +760,9 @@ class MainWindow(QMainWindow):
         if self.session.search.running:  # it stops at its next batch; the window closes once its thread ended
             self.session.search.stop()
             self.session.search.ended.connect(self.close, Qt.ConnectionType.SingleShotConnection)
+            event.ignore()
+            return
+        if not closing.may_close():  # the run is stopping; closing.ready closes the window again
             event.ignore()
             return
         self.session.shutdown()

@@ -125,7 +125,8 @@ class RunsController(QObject):
 
     def _launch(self, config: RunConfig, folder: RunFolder, resume: bool) -> None:
         self._pending_folder = folder
-        self._shown_run.set(RunState(folder=folder if resume else None, config=config, running=True))
+        name = self._shown_run.state.name if resume else ""  # a continued run keeps the name it was given
+        self._shown_run.set(RunState(folder=folder if resume else None, config=config, running=True, name=name))
         self.controller.start(config, resume=resume, scan=None if resume else self._datasets.scan_for(config),
                               processes=config.train.processes)
         self.launched.emit()
@@ -205,7 +206,7 @@ class RunsController(QObject):
         if self._shown_run.running:
             return False
         try:
-            result = run.read_run().result  # the outcome, when the run got that far
+            record = run.read_run()  # the outcome, when the run got that far, and its name
             config = run.load_config()
         except UserError:
             return False
@@ -213,8 +214,14 @@ class RunsController(QObject):
             return False
         if not self._settings.apply_config(replace(config, out_dir="")):
             return False
-        self._shown_run.set(RunState(folder=run, config=config, result=result))
+        self._shown_run.set(RunState(folder=run, config=config, result=record.result, name=record.name or ""))
         return True
+
+    def rename_shown(self, path: str, name: str) -> None:
+        """The run at `path` was given `name` ("" for none): when it is the run shown, so is its name."""
+        folder = self._shown_run.state.folder
+        if folder is not None and folder.path == Path(path):
+            self._shown_run.rename(name)
 
     def shutdown(self) -> None:
         self.controller.stop_and_wait()

@@ -18,6 +18,7 @@ state has one owner:
 - exports        export of the shown run's checkpoint (app.export_controller)
 - search         the Search dialog's hyper-parameter search and its Use best (app.search_controller)
 - insight        the Insight and Runs tabs' files and models (app.insight_session)
+- closing        a close while a run trains: the run stopped first, the window painted (app.run_closer)
 
 Everything slow runs as background tasks or in the training thread; results come back as signals.
 """
@@ -38,6 +39,7 @@ from app.insight_session import InsightSession
 from app.mending_controller import MendingController
 from app.plan_controller import PlanController
 from app.preview_controller import PreviewController
+from app.run_closer import RunCloser
 from app.run_list_controller import RunListController
 from app.runs_controller import RunsController
 from app.search_controller import SearchController
@@ -78,6 +80,7 @@ class Session(QObject):
                                           self.insight, self)
         self.exports = ExportController(self.shown_run, self.messages, self)
         self.search = SearchController(self.runs_root, *shared, self.datasets, self.settings, self.plan, self)
+        self.closing = RunCloser(self.runs.controller, self.tasks, self)
         for edits in (self.settings, self.plan):  # after any edit: does the advice still hold, what LRs are planned
             edits.edited.connect(self.advisor.recheck)
             edits.edited.connect(self.previews.schedule_soon)

@@ -112,6 +112,12 @@ class RunState:
     running: bool = False
     result: FitResult | None = None
     failure: RunFailure | None = None
+    name: str = ""  # the name the person gave the run ("" for none): it follows the run when continued
+
+    @property
+    def shown_name(self) -> str:
+        """What the run is called in the window: its given name, else its folder's ("" before it has one)."""
+        return self.name or (self.folder.path.name if self.folder is not None else "")
 
     @property
     def can_export(self) -> bool:
@@ -127,6 +133,7 @@ class ShownRun(QObject):
     controller refuses edits (refused()), so the window shows what trains."""
 
     changed = Signal(object)  # RunState
+    renamed = Signal(object)  # RunState: only its name changed (nothing to read again, nothing to redraw)
 
     def __init__(self, messages: Messages, parent=None):
         super().__init__(parent)
@@ -144,6 +151,10 @@ class ShownRun(QObject):
     def set(self, state: RunState) -> None:
         self._state = state
         self.changed.emit(state)
+
+    def rename(self, name: str) -> None:
+        self._state = replace(self._state, name=name)
+        self.renamed.emit(self._state)
 
     def announce(self) -> None:
         self.changed.emit(self._state)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, Slot
+from PySide6.QtCore import QProcess, QTimer, Slot
 
 from engine.config import RunConfig, save_project
 from engine.runs.event_lines import read_event_line
@@ -24,6 +24,8 @@ from engine.distributed.launch import ANOTHER_PROCESS_FAILED
 from engine.distributed.remote_control import write_control
 
 from app.run_events import CLI_ERROR_PREFIX, PACKAGE_ROOT, RunEvents, RunFailure
+
+KILL_AFTER_MS = 10_000  # after a SIGTERM: as long as wait() gives the processes
 
 
 class ProcessControl(TrainingControl):
@@ -88,10 +90,23 @@ class TrainingProcess(RunEvents):
         if self._process.waitForFinished(timeout_ms):
             return True
         self._process.terminate()
-        if not self._process.waitForFinished(10_000):
+        if not self._process.waitForFinished(KILL_AFTER_MS):
             self._process.kill()
             self._process.waitForFinished(5_000)
         return False
+
+    def terminate(self) -> None:
+        """Without waiting: SIGTERM, which torchrun's launcher passes on to its ranks (a SIGKILL would
+        leave them running), then SIGKILL if they are still there KILL_AFTER_MS later."""
+        if self._process.state() == QProcess.ProcessState.NotRunning:
+            return
+        self._process.terminate()
+        QTimer.singleShot(KILL_AFTER_MS, self, self._kill)
+
+    @Slot()
+    def _kill(self) -> None:
+        if self._process.state() != QProcess.ProcessState.NotRunning:
+            self._process.kill()
 
     @Slot()
     def _read_events(self) -> None:

@@ -170,6 +170,11 @@ class TrainingController(QObject):
         if self.is_running:  # a run of several processes is steered through a file that ends with it
             self.control.stop()
 
+    def hurry(self) -> None:
+        """A stop that takes too long: a run's processes are terminated (a thread can only be waited for)."""
+        if self._processes is not None:
+            self._processes.terminate()
+
     def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
         """Stop and join the thread (used when the window closes). True when it ended in time."""
         if not self.is_running:
@@ -274,9 +279,13 @@ class BackgroundTasks(QObject):
         if not self._closed and generation == self._generation.get(kind):
             callback(value)
 
+    def stop_accepting(self) -> None:
+        """Start nothing new and deliver no more results (the window is closing); running jobs finish."""
+        self._closed = True
+
     def shutdown(self) -> None:
         """Finish running jobs, drop queued ones, and ignore results still on their way."""
-        self._closed = True
+        self.stop_accepting()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -77,8 +77,11 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         window.grab().save(args.out)
         print(f"wrote {args.out}")
+        # A run still training is stopped first: the window closes (and the app quits) once it has ended.
+        window.session.closing.ready.connect(app.quit)
         window.close()
-        app.quit()
+        if not window.isVisible():
+            app.quit()
 
     window.controller.epoch_finished.connect(maybe_grab)
     QTimer.singleShot(300, configure_and_start)

@@ -86,3 +86,33 @@ def choose(combo, data) -> None:
     assert index >= 0, data
     combo.setCurrentIndex(index)
     combo.activated.emit(index)
+
+
+class StallMeter:
+    """The GUI thread's longest stall, as bench/gui_stall.py measures it: the gaps between ticks of a
+    10 ms QTimer; a gap well above 10 ms is time the window could neither paint nor react."""
+
+    def __init__(self):
+        from PySide6.QtCore import QElapsedTimer, QTimer
+
+        self.gaps: list[int] = []
+        self._clock = QElapsedTimer()
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        if self._clock.isValid():
+            self.gaps.append(self._clock.restart())
+        else:
+            self._clock.start()
+
+    def start(self) -> None:
+        self.gaps = []
+        self._clock.invalidate()
+        self._timer.start()
+
+    def stop(self) -> int:
+        """The longest gap in ms since start()."""
+        self._timer.stop()
+        return max(self.gaps, default=0)

@@ -18,7 +18,7 @@ MAX_CONTROLLER_LINES = 400
 CONTROLLERS = ["session.py", "session_state.py", "session_tasks.py", "session_devices.py", "plan_history.py",
                "data_edit_session.py", "insight_session.py", "dataset_controller.py", "plan_controller.py",
                "advice_controller.py", "settings_controller.py", "preview_controller.py", "mending_controller.py",
-               "runs_controller.py", "run_list_controller.py", "export_controller.py"]
+               "runs_controller.py", "run_list_controller.py", "export_controller.py", "run_closer.py"]
 # The types the window's slots take, imported for annotations only (under TYPE_CHECKING).
 WINDOW_ENGINE_TYPES = {"BatchEvent", "EpochEvent", "RunStarted", "TrainConfig", "ModelInfo"}
 # What only a controller calls: run folders read or removed, the suspects search, the insight and

@@ -52,6 +52,7 @@ class InsightView(QWidget):
         self.setObjectName("insightView")
         self.setAcceptDrops(True)
         self._evaluation = None
+        self._note = ""  # the line under the figures: what the run did with its BatchNorm statistics
         self._root = Path()
         self.summary = QLabel(EMPTY_TEXT)
         self.summary.setObjectName("insightSummaryLabel")
@@ -200,9 +201,19 @@ class InsightView(QWidget):
 
     # --- what the window tells it ------------------------------------------------------------------
 
+    def show_title(self, title: str) -> None:
+        """The run shown is called `title` (it was renamed): the summary line names it."""
+        evaluation = self._evaluation
+        if evaluation is None:
+            return
+        self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
+                             f"{evaluation.balanced_accuracy:.1%} on {self.matrix_model.total()} validation images"
+                             + (f"\n{self._note}" if self._note else ""))
+
     def show_evaluation(self, evaluation, dataset_root: str | Path, title: str = "", note: str = "") -> None:
         """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root);
         `note`: a line under the figures (what the run did with its BatchNorm statistics)."""
+        self._note = note
         self._evaluation, self._root = evaluation, Path(dataset_root)
         names = list(evaluation.class_names)
         self.matrix_model.set_matrix(names, evaluation.confusion_matrix)
@@ -212,10 +223,7 @@ class InsightView(QWidget):
             header.setSectionResizeMode(mode)
         self.per_class_model.set_per_class(names, evaluation.per_class)
         self.pairs.setText(confused_pairs_text(list(evaluation.most_confused)))
-        total = self.matrix_model.total()
-        self.summary.setText(f"{title + ': ' if title else ''}accuracy {evaluation.accuracy:.1%}, balanced "
-                             f"{evaluation.balanced_accuracy:.1%} on {total} validation images"
-                             + (f"\n{note}" if note else ""))
+        self.show_title(title)
         self.gallery_model.set_records([], self._root)
         self.cell_label.setText("Click a cell of the matrix to see its images, highest loss first.")
         self._show_first_confusion()

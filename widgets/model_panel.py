@@ -310,9 +310,13 @@ class ModelPanel(QGroupBox):
         """A past run's plan in the tree, read-only, until end_preview()."""
         self.tree_model.set_preview(info, plan, self._weight_decay)
         self.tree_pages.setCurrentWidget(self.tree)
-        self.preview_banner.setText(f"Plan of run {run_name} (read-only) — Use this configuration to edit")
+        self.rename_preview(run_name)
         self.preview_banner.show()
         self._enable_editors()
+
+    def rename_preview(self, run_name: str) -> None:
+        """The previewed run was renamed: the banner names it so."""
+        self.preview_banner.setText(f"Plan of run {run_name} (read-only) — Use this configuration to edit")
 
     def end_preview(self) -> None:
         """Back to the plan to edit, as the session last said it."""

@@ -1,21 +1,26 @@
 """The Runs tab: every run in the workspace, its actions, and a comparison of the runs selected.
 
 It shows what it is given (RunSummary rows, curves, a configuration diff) and says what the person
-asks for through signals carrying run folder paths; it reads no file itself.
+asks for through signals carrying run folder paths; it reads no file itself. Filtering by dataset and
+hiding failed runs work on the rows it was given, so they never wait for a disk.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QItemSelectionModel, QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-                               QSplitter, QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QPushButton, QSplitter, QStyledItemDelegate, QTableView, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.runs.catalog import RunSummary
 from engine.task_figures import format_figure
+from engine.runs.run_name import MAX_NAME_LENGTH
+from widgets.dataset_filter import DatasetFilter
 from widgets.plots import distinct_colours
 from widgets.row_table import RowTableModel
 
@@ -51,14 +56,36 @@ def describe_run(run: RunSummary) -> str:
             f"best {accuracy}, {run.status} — {run.path}")
 
 
+# Looked up once: the view asks data() and flags() a few thousand times per fill (every cell's size for
+# ResizeToContents, then its paint), so each call is kept to a list look-up; making each text per call
+# was about half the GUI thread's time of filling or filtering a list of 50 runs.
+DISPLAY, EDIT, TOOLTIP, FOREGROUND, USER = (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole,
+                                            Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.ForegroundRole,
+                                            Qt.ItemDataRole.UserRole)
+ROW_FLAGS = Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemNeverHasChildren
+NAME_FLAGS = ROW_FLAGS | Qt.ItemFlag.ItemIsEditable
+
+
 class RunsModel(RowTableModel):
-    """One row per run folder, newest first."""
+    """One row per run folder, newest first. The name cell is editable (but not while the run trains):
+    an edit is a request, rename_requested, and the row shows the new name once the view is told."""
 
     # "Best val": accuracy for single-label runs, mAP or R² for the others (the cell names which).
-    HEADERS = ("Started", "Dataset", "Architecture", "Strategy", "Epochs", "Best val", "Status")
+    HEADERS = ("Name", "Started", "Dataset", "Architecture", "Strategy", "Epochs", "Best val", "Status")
+    NAME_COLUMN = HEADERS.index("Name")
+    DATASET_COLUMN = HEADERS.index("Dataset")
     STATUS_COLUMN = HEADERS.index("Status")
 
-    def set_runs(self, runs: list[RunSummary]) -> None:
+    rename_requested = Signal(str, str)  # run folder, the name typed
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._texts: list[tuple[str, ...]] = []  # each row's cell texts, made when the rows are set
+
+    def set_runs(self, runs: list[RunSummary], dataset_labels: dict[str, str] | None = None) -> None:
+        """The rows, and what the Dataset column calls each dataset root (default: its folder's name)."""
+        labels = dataset_labels or {}
+        self._texts = [row_texts(run, labels.get(run.data_root) or run.dataset or "?") for run in runs]
         self.set_items(runs)
 
     def run(self, row: int) -> RunSummary:
@@ -70,24 +97,78 @@ class RunsModel(RowTableModel):
     def row_of(self, path: Path) -> int:
         return next((i for i, r in enumerate(self._items) if r.path == Path(path)), -1)
 
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
+    def flags(self, index):
+        row = index.row()
+        if row < 0:
+            return Qt.ItemFlag.NoItemFlags
+        if index.column() == self.NAME_COLUMN and self._items[row].status != "running":
+            return NAME_FLAGS
+        return ROW_FLAGS
+
+    def setData(self, index, value, role=EDIT) -> bool:  # noqa: N802 - Qt's name
+        if role != EDIT or not self.flags(index) & Qt.ItemFlag.ItemIsEditable:
+            return False
+        run, typed = self._items[index.row()], str(value).strip()
+        if typed != run.name:  # an edit that changed nothing writes nothing
+            self.rename_requested.emit(str(run.path), typed)
+        return True
+
+    def data(self, index, role=DISPLAY):
+        row = index.row()
+        if row < 0:  # an invalid index
             return None
-        run, column = self._items[index.row()], index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(run, column)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return STATUS_TIPS.get(run.status, "") if column == self.STATUS_COLUMN else str(run.path)
-        if role == Qt.ItemDataRole.ForegroundRole and column == self.STATUS_COLUMN:
-            return QColor(STATUS_COLOURS.get(run.status, "#000000"))
-        if role == Qt.ItemDataRole.UserRole:
-            return str(run.path)
+        if role == DISPLAY or role == EDIT:
+            return self._texts[row][index.column()]
+        if role == TOOLTIP:
+            return self._tip(self._items[row], index.column())
+        if role == FOREGROUND and index.column() == self.STATUS_COLUMN:
+            return QColor(STATUS_COLOURS.get(self._items[row].status, "#000000"))
+        if role == USER:
+            return str(self._items[row].path)
         return None
 
-    @staticmethod
-    def _text(run: RunSummary, column: int) -> str:
-        return (run.started, run.dataset or "?", run.arch, run.strategy, f"{run.epochs_run}/{run.epochs_planned}",
-                format_figure(*run.best_figure), run.status)[column]
+    def _tip(self, run: RunSummary, column: int) -> str:
+        if column == self.STATUS_COLUMN:
+            return STATUS_TIPS.get(run.status, "")
+        if column == self.NAME_COLUMN:
+            if run.status == "running":
+                return f"{run.path}\nTraining: it can be renamed when it has ended."
+            return f"{run.path}\nDouble-click or F2 to rename (the folder keeps its name)."
+        if column == self.DATASET_COLUMN and run.data_root:
+            return run.data_root
+        return str(run.path)
+
+
+def row_texts(run: RunSummary, dataset: str) -> tuple[str, ...]:
+    """A run's cells, in RunsModel.HEADERS order."""
+    return (run.name, run.started, dataset, run.arch, run.strategy, f"{run.epochs_run}/{run.epochs_planned}",
+            format_figure(*run.best_figure), run.status)
+
+
+class NameDelegate(QStyledItemDelegate):
+    """The name's editor: one line, no longer than a name may be; empty = the folder's name again."""
+
+    def createEditor(self, parent, option, index):  # noqa: N802 - Qt's name
+        editor = QLineEdit(parent)
+        editor.setObjectName("runNameEditor")
+        editor.setMaxLength(MAX_NAME_LENGTH)
+        editor.setPlaceholderText("empty: the folder's name")
+        return editor
+
+
+class RunsTable(QTableView):
+    """F2 renames the current row's run, whichever of its cells is current."""
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt override
+        current = self.currentIndex()
+        if event.key() == Qt.Key.Key_F2 and current.isValid():
+            name = self.model().index(current.row(), RunsModel.NAME_COLUMN)
+            if self.model().flags(name) & Qt.ItemFlag.ItemIsEditable:
+                self.setCurrentIndex(name)
+                self.edit(name)
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
 
 class RunsView(QWidget):
@@ -99,13 +180,17 @@ class RunsView(QWidget):
     open_folder_requested = Signal(str)
     use_configuration_requested = Signal(str)
     delete_requested = Signal(str)
+    rename_requested = Signal(str, str)  # run folder, the name typed ("" = its folder's name again)
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.model = RunsModel(self)
-        self.table = QTableView()
+        self.model.rename_requested.connect(self.rename_requested)
+        self.table = RunsTable()
         self.table.setObjectName("runsList")
         self.table.setModel(self.model)
+        self.table.setItemDelegateForColumn(RunsModel.NAME_COLUMN, NameDelegate(self.table))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked)  # and F2 (RunsTable)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().setVisible(False)
@@ -114,15 +199,19 @@ class RunsView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("Every run in the runs folder. Select one to see its curves and insight; "
-                              "select two or more (Ctrl/Shift-click) to compare them.")
+                              "select two or more (Ctrl/Shift-click) to compare them. Double-click a name "
+                              "(or press F2) to rename the run.")
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         # Keys move the current row after the selection: the detail follows whichever comes last.
         self.table.selectionModel().currentRowChanged.connect(self._show_detail)
         self._all_runs: list[RunSummary] = []
+        self._dataset_labels: dict[str, str] = {}  # dataset root -> its label in the filter and the list
         self.show_all = QCheckBox("Show all")
         self.show_all.setObjectName("showAllRunsCheck")
         self.show_all.setToolTip("Also list the runs that failed or were stopped before their first epoch.")
         self.show_all.toggled.connect(self._refill)
+        self.dataset_filter = DatasetFilter()
+        self.dataset_filter.chosen_changed.connect(self._refill)
         self.buttons = {}
         row = QHBoxLayout()
         for key, text, tip, signal in (
@@ -142,6 +231,7 @@ class RunsView(QWidget):
         row.addStretch(1)
         # Its own row: beside five buttons its "(N hidden)" made the tab wider than a 1024 px screen allows.
         filters = QHBoxLayout()
+        filters.addWidget(self.dataset_filter)
         filters.addWidget(self.show_all)
         filters.addStretch(1)
         self.detail = QLabel("No runs yet: the runs you train are listed here.")
@@ -185,15 +275,21 @@ class RunsView(QWidget):
     # --- what the window tells it ------------------------------------------------------------------
 
     def show_runs(self, runs: list[RunSummary]) -> None:
-        """New rows; the selection (by folder) survives a refresh. Failed runs and runs stopped before
-        their first epoch are listed only with Show all."""
+        """New rows; the selection (by folder) and the dataset chosen survive a refresh. Failed runs
+        and runs stopped before their first epoch are listed only with Show all."""
         self._all_runs = list(runs)
+        self._dataset_labels = self.dataset_filter.set_roots(list(dict.fromkeys(r.data_root for r in runs)))
+        self._refill()
+
+    def show_renamed(self, path: str, name: str) -> None:
+        """The run at `path` was given `name` ("" = none): its row says so, without reading anything."""
+        self._all_runs = [replace(run, given_name=name) if run.path == Path(path) else run for run in self._all_runs]
         self._refill()
 
     def _refill(self) -> None:
         runs = self.listed_runs()
         selected = self.selected_paths()
-        self.model.set_runs(runs)
+        self.model.set_runs(runs, self._dataset_labels)
         selection = self.table.selectionModel()
         with QSignalBlocker(selection):  # putting back the selection is not a new selection
             for path in selected:
@@ -203,7 +299,7 @@ class RunsView(QWidget):
                                      | QItemSelectionModel.SelectionFlag.Rows)
         if self.selected_paths() != selected:  # a selected run is gone
             self.selection_changed.emit(self.selected_paths())
-        hidden = len(self._all_runs) - len(runs)
+        hidden = len(self._of_chosen_dataset()) - len(runs)
         self.show_all.setText(f"Show all ({hidden} hidden)" if hidden else "Show all")
         if not self._all_runs:
             self.detail.setText("No runs yet: the runs you train are listed here.")
@@ -214,9 +310,12 @@ class RunsView(QWidget):
         self._update_buttons()
 
     def listed_runs(self) -> list[RunSummary]:
-        if self.show_all.isChecked():
-            return list(self._all_runs)
-        return [run for run in self._all_runs if not run.is_noise]
+        runs = self._of_chosen_dataset()
+        return runs if self.show_all.isChecked() else [run for run in runs if not run.is_noise]
+
+    def _of_chosen_dataset(self) -> list[RunSummary]:
+        root = self.dataset_filter.chosen()
+        return list(self._all_runs) if root is None else [run for run in self._all_runs if run.data_root == root]
 
     def select_run(self, path: str | Path) -> bool:
         row = self.model.row_of(Path(path))

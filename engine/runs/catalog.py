@@ -38,10 +38,13 @@ class RunSummary:
     best_figure: tuple[str, float | None] = ("accuracy", None)  # the task's: accuracy, mAP or R² (task_figures)
     config: dict = field(default_factory=dict, compare=False)
     result: FitResult | None = field(default=None, compare=False)  # run.json's, as every reader reads it
+    given_name: str = ""  # the name the person gave the run ("" for none)
+    data_root: str = ""  # the dataset folder's whole path, as recorded: the runs list filters by it
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """What the run is called wherever it is shown: its given name, else its folder's."""
+        return self.given_name or self.path.name
 
     @property
     def is_noise(self) -> bool:
@@ -90,7 +93,8 @@ def read_summary(folder: RunFolder) -> RunSummary | None:
         path=folder.path, started=_started(folder, record), arch=record.arch or "?", strategy=record.strategy or "?",
         epochs_run=result.epochs_run if result is not None else len(epochs), epochs_planned=record.epochs_planned or 0,
         best_val_accuracy=best, status=run_status(folder, record), dataset=_dataset_name(record.data_root),
-        task=task, best_figure=_best_figure(task, best, result, epochs), config=record.config, result=result)
+        task=task, best_figure=_best_figure(task, best, result, epochs), config=record.config, result=result,
+        given_name=record.name or "", data_root=record.data_root or "")
 
 
 def _best_figure(task: str, best_accuracy: float | None, result: FitResult | None, epochs) -> tuple[str, float | None]:
@@ -111,6 +115,13 @@ def _dataset_name(root: str | None) -> str:
 def list_summaries(runs_root: Path) -> list[RunSummary]:
     """Every readable run under `runs_root`, newest first."""
     return [s for s in map(read_summary, list_runs(runs_root)) if s is not None]
+
+
+def distinct_names(names: list[str], folders: list[Path]) -> list[str]:
+    """Each run's shown name, its folder's name added where two runs share one: a legend or a column
+    header must not merge two runs (nor a dict keyed by name drop one)."""
+    return [f"{name} ({folder.name})" if names.count(name) > 1 and name != folder.name else name
+            for name, folder in zip(names, folders)]
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:

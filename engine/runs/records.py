@@ -16,6 +16,7 @@ from typing import Any
 from engine.events import FitResult, IntegrityReport, LayerStats, NormChoice
 from engine.json_values import flag, integer, mapping, number, numbers_by_name, objects, text, texts
 from engine.task_figures import TASK_METRICS
+from engine.runs.run_name import recorded_name
 
 STARTED_FORMAT = "%Y-%m-%dT%H:%M:%S"  # run.json's "started": local time, to the second
 
@@ -76,6 +77,7 @@ class RunRecord:
     when it started, and its outcome so far (status, integrity verdict, result)."""
 
     config: dict[str, Any]  # RunConfig.to_dict() as written; RunFolder.load_config() checks it whole
+    name: str | None = None  # the name the person gave the run (engine.runs.run_name); None: its folder's
     arch: str | None = None  # config.model.arch
     strategy: str | None = None  # config.plan.strategy
     epochs_planned: int | None = None  # config.train.epochs
@@ -107,7 +109,8 @@ class RunRecord:
         dataset = mapping(record.get("dataset"))
         processes = record.get("processes")  # a count, then {world_size, integrity} once an epoch ended
         return cls(
-            config=config, arch=text(section["model"].get("arch")), strategy=text(section["plan"].get("strategy")),
+            config=config, name=recorded_name(record.get("name")), arch=text(section["model"].get("arch")),
+            strategy=text(section["plan"].get("strategy")),
             epochs_planned=integer(section["train"].get("epochs")),
             data_root=text((dataset or {}).get("root")) or text(section["data"].get("root")),
             class_names=texts(record.get("class_names")), plan=mapping(record.get("plan")), dataset=dataset,

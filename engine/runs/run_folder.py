@@ -34,6 +34,7 @@ from engine.atomic import atomic_write_bytes, durable_fsync
 from engine.config import RunConfig
 from engine.errors import UserError
 from engine.runs.records import EpochRecord, RunRecord
+from engine.runs.run_name import clean_name
 
 RUN_RECORD_VERSION = 1
 # 2: adds the freeze-integrity fingerprints, later kept with the other listeners' states under
@@ -166,6 +167,30 @@ class RunFolder:
             return self.read_run().started if self.exists() else None
         except UserError:
             return None
+
+    def recorded_name(self) -> str | None:
+        """The name the person gave the run, which a continued run keeps (None: none, or unreadable)."""
+        try:
+            return self.read_run().name if self.exists() else None
+        except UserError:
+            return None
+
+    def rename(self, typed: str) -> str:
+        """Give the run the name `typed` (engine.runs.run_name; "" = its folder's name again) and return
+        the name kept ("" for none). Refused while a training holds the folder, and done holding its
+        lock: a training rewrites run.json by read, change, write (status, result), and the two writes
+        must not cross, or one would undo the other."""
+        name = clean_name(typed)
+        if self.in_use():
+            raise UserError(f"{self.path.name} is training: rename it when it has ended")
+        if not self.exists():
+            raise UserError(f"{self.path} is not a run folder (no {self.record_path.name})")
+        with self.locked():  # a training starting this moment is refused, not interleaved
+            record = self.read_record()
+            record.pop("run_format", None)
+            record.pop("name", None)
+            self.write_record({**record, "name": name} if name else record)
+        return name
 
     def read_record(self) -> dict[str, Any]:
         """run.json's raw JSON (checked to be a run record of a known version): for update_record;

@@ -71,12 +71,13 @@ class Run:
 
     def record(self) -> dict:
         """run.json's description of the run (the outcome is added as it happens). "started" is
-        the run's first start: a continued run keeps the one its folder recorded."""
+        the run's first start, and "name" the one the person gave it: a continued run keeps both."""
         from engine import __version__
         from engine.runs.records import started_now
 
+        name = self.folder.recorded_name()
         return {
-            "transfer_studio": __version__, "torch": torch.__version__,
+            "transfer_studio": __version__, "torch": torch.__version__, **({"name": name} if name else {}),
             "started": self.folder.recorded_start() or started_now(), "config": self.config.to_dict(),
             "plan": self.plan.to_dict(), "class_names": list(self.scan.class_names), "task": self.scan.task,
             "dataset": self.scan.summary(), "preprocessing": self.prep.to_dict(), "device": str(self.device),
