@@ -29,12 +29,14 @@ K = 4  # demo_dir's classes
 FILE_CLASSES = 10  # weights files are made for another class count: their head is dropped with a note
 # name -> image size it trains at here (a multiple of its patch size; 32 px otherwise)
 FAST = {"test_convnext": 32, "test_vit": 32}
-# 13 families in all: ConvNets, ViT/DeiT, hybrids (FastViT, MobileViT, EdgeNeXt), mobile nets. Cut from
-# the suite for time (the same code paths as a family above): efficientvit_m0, tinynet_e, test_resnet,
-# test_byobnet.
+# 12 families in all: ConvNets, ViT/DeiT, hybrids (MobileViT, EdgeNeXt), mobile nets. Cut from the suite
+# for time (the same code paths as a family above): efficientvit_m0, tinynet_e, test_resnet, test_byobnet.
+# fastvit_t8 is out because its fine-tuning step sometimes never returns on this CPU: a oneDNN 1x1
+# convolution's weight gradient (jit_avx2_1x1_convolution_bwd_weights) spins on both OpenMP threads
+# (seen in CI and here, about one run in two); the signal-based test timeout cannot interrupt C code.
 SLOW = {"test_efficientnet": 32, "resnet10t": 32, "mobilenetv3_small_050": 32, "regnetx_002": 32, "vit_tiny_patch16_224": 32,
-        "deit_tiny_patch16_224": 32, "fastvit_t8": 32, "mobilevitv2_050": 64, "ghostnet_050": 32,
-        "edgenext_xx_small": 32, "lcnet_050": 32}
+        "deit_tiny_patch16_224": 32, "mobilevitv2_050": 64, "ghostnet_050": 32, "edgenext_xx_small": 32,
+        "lcnet_050": 32}
 FAMILIES = [pytest.param(n, s, id=n) for n, s in FAST.items()] + \
            [pytest.param(n, s, id=n, marks=pytest.mark.slow) for n, s in SLOW.items()]
 
