@@ -248,6 +248,8 @@ class DataPanel(QGroupBox):
             self.task_combo.setItemData(self.task_combo.count() - 1, TASK_TIPS[name], Qt.ItemDataRole.ToolTipRole)
         self.task_combo.setToolTip("What the data gives: one class, several labels or a number per image. "
                                    "auto reads it from the data.")
+        self.task_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.task_combo.setMinimumContentsLength(4)  # the window must fit 925 px: long names elide (the list shows them)
         self.task_combo.currentIndexChanged.connect(
             lambda: self.data_edited.emit({"task": self.task_combo.currentData()}))
         task_label = QLabel("Task")

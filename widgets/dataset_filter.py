@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QComboBox
 
 ALL_DATASETS = "All datasets"
 UNKNOWN_DATASET = "unknown dataset"  # runs whose run.json names no dataset folder
-NAME_WIDTH = 24  # characters: a long path must not make the tab wider than a 1024 px screen allows
+NAME_WIDTH = 16  # characters: a long path must not make the tab wider than a 925 px window allows
 
 
 def short_labels(roots: list[str]) -> dict[str, str]:

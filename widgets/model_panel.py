@@ -88,7 +88,7 @@ class ModelPanel(QGroupBox):
                 self.arch_combo.addItem(arch, arch)
         self.arch_combo.currentIndexChanged.connect(lambda: self.arch_edited.emit(self.arch_combo.currentData()))
         self.arch_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.arch_combo.setMinimumContentsLength(8)  # a narrow window elides long names, not the panel
+        self.arch_combo.setMinimumContentsLength(7)  # a narrow window elides long names, not the panel
         self.model_search = self._model_search_edit()
 
         self.weights_combo = QComboBox()
@@ -96,7 +96,7 @@ class ModelPanel(QGroupBox):
         self.weights_combo.setToolTip(WEIGHTS_TIP)
         self.weights_combo.activated.connect(self._weights_activated)
         self.weights_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.weights_combo.setMinimumContentsLength(8)  # file names can be long
+        self.weights_combo.setMinimumContentsLength(7)  # file names can be long
         self._weights = "imagenet"
         self._fill_weights_combo([])
 

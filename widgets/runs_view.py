@@ -219,7 +219,7 @@ class RunsView(QWidget):
                  "up to the Epochs setting.", self.continue_requested),
                 ("export", "Export…", "Export the selected run's best checkpoint.", self.export_requested),
                 ("open", "Open folder", "Show the run's folder in the file manager.", self.open_folder_requested),
-                ("use", "Use this configuration", "Make the selected run's dataset, model, plan and settings the "
+                ("use", "Use its settings", "Make the selected run's dataset, model, plan and settings the "
                  "ones shown, to edit and train again.", self.use_configuration_requested),
                 ("delete", "Delete", "Move the run's folder to the trash.", self.delete_requested)):
             button = QPushButton(text)
