@@ -40,6 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--arch", action="append", help="only these architectures (default: both)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,8 @@ def main() -> int:
     resnet_weights = weights_file(out / "resnet18-weights.pth")
     rows = []
     for arch, size in CASES:
+        if args.arch and arch not in args.arch:
+            continue
         run = out / f"int8-{arch}-{size}"
         shutil.rmtree(run, ignore_errors=True)
         weights = str(resnet_weights) if arch == "resnet18" else "none"
@@ -65,7 +68,7 @@ def main() -> int:
     for r in rows:
         print(f"| {r['arch']} | {r['image_size']} | {r['fp32_accuracy']:.3f} | {r['int8_accuracy']:.3f} | "
               f"{r['accuracy_drop_points']:.2f} | {r['speedup']:.2f}× |")
-    (out / "int8.json").write_text(json.dumps(rows, indent=2))
+    (out / f"int8-{'-'.join(args.arch or ['all'])}.json").write_text(json.dumps(rows, indent=2))
     return 0
 
 
