@@ -149,25 +149,15 @@ def _predict_samples(classifier, samples: list[Sample], root: str, skipped_alrea
     target = select_device(device)
     model = classifier.model.to(target).eval()
     prep = classifier.preprocessing
-    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), max(1, batch_size),
-                         train=False, num_workers=0, seed=0)  # no worker processes: it may run beside a window
     used, labels, logits, mirrored = [], [], [], []
     skipped = list(skipped_already)
-    start = 0
-    for batch in loader:
-        if should_stop():
-            break
-        failed = {index for index, _ in batch.failures}
-        skipped += [SkippedFile(samples[i].path, reason) for i, reason in batch.failures]
-        size = len(batch.labels) + len(failed)
-        used += [samples[i] for i in range(start, start + size) if i not in failed]
-        start += size
-        if len(batch.labels):
-            labels.append(batch.labels.to(target))
-            images = normalize_batch(batch.images.to(target), prep)
-            logits.append(model(images).float())
-            if tta:
-                mirrored.append(mirrored_logits(model, images))
+    for batch, held in usable_batches(samples, prep, batch_size, skipped, should_stop):
+        used += held
+        labels.append(batch.labels.to(target))
+        images = normalize_batch(batch.images.to(target), prep)
+        logits.append(model(images).float())
+        if tta:
+            mirrored.append(mirrored_logits(model, images))
     if not labels:
         raise UserError(f"no usable image in {root}")
     paths = [relative_path(s.path, root) for s in used]
@@ -181,6 +171,25 @@ def _predict_samples(classifier, samples: list[Sample], root: str, skipped_alrea
     evaluation = summarize(records, classifier.class_names, top_losses, data_root=root, skipped=tuple(skipped))
     return replace(evaluation, tta={**views, "accuracy_change": evaluation.accuracy - views["accuracy_without"]}
                    if views else None)
+
+
+def usable_batches(samples: list[Sample], prep, batch_size: int, skipped: list[SkippedFile],
+                   should_stop: Callable[[], bool] = lambda: False):
+    """The decoded batches of `samples` for evaluation, each with the samples it holds; files that
+    cannot be decoded are appended to `skipped`. No worker processes: it may run beside a window."""
+    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), max(1, batch_size),
+                         train=False, num_workers=0, seed=0)
+    start = 0
+    for batch in loader:
+        if should_stop():
+            return
+        failed = {index for index, _ in batch.failures}
+        skipped += [SkippedFile(samples[i].path, reason) for i, reason in batch.failures]
+        size = len(batch.labels) + len(failed)
+        held = [samples[i] for i in range(start, start + size) if i not in failed]
+        start += size
+        if held:
+            yield batch, held
 
 
 def _check_same_classes(model_names: list[str], data_names: list[str], checkpoint, data_dir) -> None:

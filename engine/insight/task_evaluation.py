@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from engine.data.dataset import ImageDataset, eval_transform, list_dataset, make_loader, normalize_batch
+from engine.data.dataset import list_dataset, normalize_batch
 from engine.errors import UserError
 from engine.events import SkippedFile
+from engine.insight.evaluation import usable_batches
 from engine.runs.predictions import relative_path
 from engine.runs.run_folder import RunFolder
 from engine.runs.val_logits import read_val_outputs
@@ -94,18 +95,11 @@ def evaluate_task_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathL
     model = classifier.model.to(target).eval()
     prep = classifier.preprocessing
     samples = list(listing.samples) + list(listing.given_val)
-    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), max(1, batch_size),
-                         train=False, num_workers=0, seed=0)
-    outputs, targets, used, skipped, start = [], [], [], list(listing.skipped), 0
-    for batch in loader:
-        failed = {index for index, _ in batch.failures}
-        skipped += [SkippedFile(samples[i].path, reason) for i, reason in batch.failures]
-        size = len(batch.labels) + len(failed)
-        used += [samples[i] for i in range(start, start + size) if i not in failed]
-        start += size
-        if len(batch.labels):
-            targets.append(batch.labels)
-            outputs.append(model(normalize_batch(batch.images.to(target), prep)).float().cpu())
+    outputs, targets, used, skipped = [], [], [], list(listing.skipped)
+    for batch, held in usable_batches(samples, prep, batch_size, skipped):
+        used += held
+        targets.append(batch.labels)
+        outputs.append(model(normalize_batch(batch.images.to(target), prep)).float().cpu())
     if not outputs:
         raise UserError(f"no usable image in {data}")
     paths = [relative_path(s.path, listing.root) for s in used]
