@@ -41,12 +41,12 @@ class ValidationRecords(Listener):
         if not event.is_best:
             return
         try:
-            self._write(self.latest())
+            self._write(self.latest(), event)
         except OSError as exc:  # a full or read-only disk ends the run as the checkpoint's would
             raise RunFailed(f"could not save {exc.filename or 'the validation records'}: {exc.strerror or exc}; "
                             f"the run is stopped and the last files written completely are kept") from None
 
-    def _write(self, outputs: ValidationOutputs | None) -> None:
+    def _write(self, outputs: ValidationOutputs | None, event: EpochEvent) -> None:
         if outputs is None or outputs.samples is None:
             self.folder.predictions_path.unlink(missing_ok=True)
             self.folder.embeddings_path.unlink(missing_ok=True)
@@ -63,26 +63,14 @@ class ValidationRecords(Listener):
             self.folder.embeddings_path.unlink(missing_ok=True)
 
 
-class TaskValidationRecord(Listener):
+class TaskValidationRecord(ValidationRecords):
     """Multi-label and regression: at every new best epoch, val_outputs.pt (outputs, targets, paths
     and the task fields the checkpoint carries) replaces the last; evaluate reads it back."""
 
-    def __init__(self, folder: RunFolder, class_names: Sequence[str], data_root: str,
-                 latest: Callable[[], ValidationOutputs | None]) -> None:
-        self.folder, self.class_names, self.data_root, self.latest = folder, list(class_names), data_root, latest
-
-    def on_epoch_end(self, event: EpochEvent) -> None:
-        if not event.is_best:
-            return
-        outputs = self.latest()
+    def _write(self, outputs: ValidationOutputs | None, event: EpochEvent) -> None:
         path = self.folder.val_outputs_path
-        try:
-            if outputs is None or not len(outputs.labels):
-                path.unlink(missing_ok=True)
-                return
-            paths = [relative_path(s.path, self.data_root) for s in outputs.samples] if outputs.samples else []
-            write_val_outputs(path, event.epoch, event.task, self.class_names, paths, outputs.labels,
-                              outputs.logits, {})
-        except OSError as exc:
-            raise RunFailed(f"could not save {exc.filename or path}: {exc.strerror or exc}; the run is stopped "
-                            f"and the last files written completely are kept") from None
+        if outputs is None or not len(outputs.labels):
+            path.unlink(missing_ok=True)
+            return
+        paths = [relative_path(s.path, self.data_root) for s in outputs.samples] if outputs.samples else []
+        write_val_outputs(path, event.epoch, event.task, self.class_names, paths, outputs.labels, outputs.logits, {})
