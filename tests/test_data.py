@@ -96,7 +96,7 @@ def test_decoding_threads_only_for_images_slow_enough_to_pay_for_them(demo_dir, 
     scan = scan_dataset(demo_dir)
     decoded_on, decode = [], engine.data.dataset.decode_resized
     monkeypatch.setattr(engine.data.dataset, "decode_resized",
-                        lambda path, side: decoded_on.append(threading.current_thread()) or decode(path, side))
+                        lambda *args: decoded_on.append(threading.current_thread()) or decode(*args))
     monkeypatch.setattr(engine.data.dataset, "THREADS_PAY_FROM_S", pays_from)
     cache = DecodedCache(budget_bytes=10**9)
     cache.warm(scan.train, 44)

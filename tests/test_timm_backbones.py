@@ -119,6 +119,8 @@ def test_family_builds_offline_trains_exports_and_reloads_in_plain_timm(name, si
     ckpt = load_checkpoint(Path(fitted.checkpoint))
     assert ckpt["arch"] == arch and ckpt["source"]["name"] == "timm" and ckpt["source"]["model"] == name
     assert ckpt["source"]["timm_version"] == timm.__version__
+    # The checkpoint resizes as the pretrained config says (most timm models: bicubic).
+    assert ckpt["preprocessing"]["interpolation"] == (timm_source.pretrained_cfg(arch).get("interpolation") or "bicubic")
     moved = [k for k in backbone if k in source and k not in resized and source[k].is_floating_point()
              and not k.endswith(("running_mean", "running_var")) and not torch.equal(ckpt["model"][k], source[k])]
     assert moved, "fine-tuning changed no backbone weight"

@@ -27,9 +27,11 @@ FORMAT_LABELS = (
 def loading_snippet(fmt: str, path: str, meta: dict) -> str:
     """Python that loads the exported file and classifies one image, preprocessing included."""
     prep = meta["preprocessing"]
+    interpolation = prep.get("interpolation", "bilinear")  # files made before it was recorded: bilinear
     head = (f"# {meta['arch']} · classes {meta['class_names']}\n"
             "from PIL import Image\nimport torch\nfrom torchvision.transforms import v2\n\n"
-            f"prep = v2.Compose([v2.PILToTensor(), v2.Resize({prep['resize']}), v2.CenterCrop({prep['crop']}),\n"
+            f"resize = v2.Resize({prep['resize']}, interpolation=v2.InterpolationMode.{interpolation.upper()})\n"
+            f"prep = v2.Compose([v2.PILToTensor(), resize, v2.CenterCrop({prep['crop']}),\n"
             f"                   v2.ToDtype(torch.float32, scale=True), v2.Normalize({prep['mean']}, {prep['std']})])\n"
             "x = prep(Image.open('image.jpg').convert('RGB')).unsqueeze(0)\n")
     if fmt == "pt":

@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from engine.errors import RunFailed, UserError, worker_death_message
 from engine.events import SkippedFile  # noqa: F401 - re-exported: a scan reports the files it skips
 from engine.data.copies import copies_across, identical_files
-from engine.data.images import BadImage, decode_resized, is_image_file, probe
+from engine.data.images import INTERPOLATIONS, BadImage, decode_resized, is_image_file, probe
 
 IMBALANCE_WARNING = 3.0  # largest / smallest class from which a scan warns (and auto class weights switch on)
 
@@ -401,19 +401,36 @@ def _size_stats(sizes: list[tuple[int, int]]) -> dict:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What an image goes through before the model: resize (shorter side), centre crop, normalize."""
+    """What an image goes through before the model: resize (shorter side, with the filter the weights
+    were evaluated with), centre crop, normalize."""
 
     resize: int
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown resize interpolation {self.interpolation!r}; "
+                             f"expected one of {', '.join(INTERPOLATIONS)}")
 
     def to_dict(self) -> dict:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
 
     @classmethod
     def from_dict(cls, raw: dict) -> Preprocessing:
-        return cls(int(raw["resize"]), int(raw["crop"]), tuple(raw["mean"]), tuple(raw["std"]))
+        # Checkpoints and exports made before the interpolation was recorded were all resized bilinearly.
+        return cls(int(raw["resize"]), int(raw["crop"]), tuple(raw["mean"]), tuple(raw["std"]),
+                   str(raw.get("interpolation") or "bilinear"))
+
+    def decode(self, path: Path) -> torch.Tensor:
+        """The image decoded and resized (not yet cropped): uint8 (3, H, W)."""
+        return decode_resized(Path(path), self.resize, self.interpolation)
+
+    def dataset(self, samples: Sequence[Sample], transform, cache: DecodedCache | None = None) -> ImageDataset:
+        return ImageDataset(samples, self.resize, transform, cache, self.interpolation)
 
 
 def train_transform(augment: str, crop: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -483,7 +500,7 @@ class DecodedCache:
         self.images = self._packed.unpacked()
 
     def warm(self, samples: Sequence[Sample], side: int, progress: Callable[[int, int], None] | None = None,
-             should_stop: Callable[[], bool] = lambda: False) -> None:
+             should_stop: Callable[[], bool] = lambda: False, interpolation: str = "bilinear") -> None:
         """Decode every sample into the cache; returns early when `should_stop()`, so a Stop pressed
         while thousands of images decode takes effect within one image per thread.
 
@@ -493,7 +510,7 @@ class DecodedCache:
         1,437 where one took 0.4-0.5 s; from 160x120 JPEGs (0.5 ms) on, two threads are faster."""
         def decode(index: int):
             try:
-                return index, decode_resized(Path(samples[index].path), side), None
+                return index, decode_resized(Path(samples[index].path), side, interpolation), None
             except BadImage as exc:
                 return index, None, str(exc)
 
@@ -564,9 +581,11 @@ class PackedImages:
 class ImageDataset(Dataset):
     """Returns (uint8 image or None, label, index, failure reason)."""
 
-    def __init__(self, samples: Sequence[Sample], side: int, transform, cache: DecodedCache | None = None):
+    def __init__(self, samples: Sequence[Sample], side: int, transform, cache: DecodedCache | None = None,
+                 interpolation: str = "bilinear"):
         self.samples = list(samples)
         self.side = side
+        self.interpolation = interpolation
         self.transform = transform
         self.cache = cache
 
@@ -580,7 +599,7 @@ class ImageDataset(Dataset):
             if self.cache and index in self.cache.failures:
                 return None, label, index, self.cache.failures[index]
             try:
-                image = decode_resized(Path(self.samples[index].path), self.side)
+                image = decode_resized(Path(self.samples[index].path), self.side, self.interpolation)
             except BadImage as exc:
                 return None, label, index, str(exc)
         return self.transform(image), label, index, ""

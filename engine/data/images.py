@@ -19,6 +19,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_ASPECT_RATIO = 50  # a 1 x 2,000,000 strip is a few KB on disk and gigabytes once resized
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, deterministically
+# The resize filters a pretrained config may name (torchvision's InterpolationMode values, timm's names).
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+                  "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 # Truncated files must fail loudly (and be skipped), not decode as half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -163,17 +167,17 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
     return gray.convert("RGB")
 
 
-def resize_shorter_side(img: Image.Image, side: int) -> Image.Image:
+def resize_shorter_side(img: Image.Image, side: int, interpolation: str = "bilinear") -> Image.Image:
     w, h = img.size
     scale = side / min(w, h)
     if scale == 1:
         return img
     size = (max(side, round(w * scale)), max(side, round(h * scale)))
-    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    return img.resize(size, INTERPOLATIONS[interpolation], reducing_gap=None)
 
 
-def decode_resized(path: Path, side: int) -> torch.Tensor:
+def decode_resized(path: Path, side: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Decode and resize so the shorter side is `side`: a uint8 (3, H, W) tensor."""
-    img = resize_shorter_side(load_rgb(path, min_side=side), side)
+    img = resize_shorter_side(load_rgb(path, min_side=side), side, interpolation)
     array = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.data.dataset import Preprocessing, Sample, eval_transform, normalize_batch, scan_dataset
-from engine.data.images import BadImage, decode_resized
+from engine.data.images import BadImage
 from engine.deploy.export import ParityError
 from engine.errors import UserError
 from engine.model.checkpoint import load_checkpoint
@@ -119,7 +119,7 @@ def image_batches(samples: Sequence[Sample], prep: Preprocessing, size: int = BA
         images, labels = [], []
         for sample in samples[start:start + size]:
             try:
-                images.append(crop(decode_resized(Path(sample.path), prep.resize)))
+                images.append(crop(prep.decode(Path(sample.path))))
                 labels.append(sample.label)
             except (BadImage, OSError):
                 continue

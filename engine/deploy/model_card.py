@@ -177,7 +177,8 @@ def card_markdown(card: dict) -> str:
         f"# Model card: {card['file']}", "",
         f"- Task: {card['task']}; {len(card['classes'])} classes: {', '.join(card['classes'])}",
         f"- Architecture: {card['architecture']}; format {card['format']}; SHA-256 `{card['sha256']}`",
-        f"- Preprocessing: resize shorter side to {prep['resize']} px, centre crop {prep['crop']} px, "
+        f"- Preprocessing: resize shorter side to {prep['resize']} px ({prep.get('interpolation', 'bilinear')}), "
+        f"centre crop {prep['crop']} px, "
         f"normalize mean {prep['mean']} std {prep['std']}",
         f"- Source weights: {card['source_weights']['weights']}"
         + (f" (SHA-256 `{card['source_weights']['sha256']}`)" if card["source_weights"]["sha256"] else ""),

@@ -11,7 +11,7 @@ from torch import nn
 from engine.model.checkpoint import load_checkpoint
 from engine.data.dataset import Preprocessing, eval_transform, normalize_batch
 from engine.errors import UserError
-from engine.data.images import BadImage, decode_resized
+from engine.data.images import BadImage
 from engine.model.architectures import plain_model
 from engine.training.tasks import CheckpointTask
 
@@ -53,7 +53,7 @@ def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
         if not Path(path).is_file():
             raise UserError(f"image not found: {path}")
         try:
-            images.append(crop(decode_resized(Path(path), prep.resize)))
+            images.append(crop(prep.decode(Path(path))))
         except BadImage as exc:
             raise UserError(f"cannot use {path}: {exc}") from None
     return normalize_batch(torch.stack(images), prep)

@@ -22,7 +22,7 @@ from torch import nn
 from engine.training.class_weights import IMBALANCE_THRESHOLD
 from engine.model.probe import PROBE_STEPS, fit_probe
 from engine.config import PlanConfig
-from engine.data.dataset import DatasetScan, ImageDataset, Sample, eval_transform, make_loader, stratified_split
+from engine.data.dataset import DatasetScan, Sample, eval_transform, make_loader, stratified_split
 from engine.errors import UserError
 from engine.model.features import compute_features
 from engine.model.architectures import ModelInfo, build_model
@@ -251,7 +251,7 @@ def _features(model, info, prep, samples, stages, batch_size, device, should_sto
 
     handles = [model.get_submodule(s).register_forward_hook(keep(s)) for s in stages]
     try:
-        loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), batch_size, False, 0, 0)
+        loader = make_loader(prep.dataset(samples, eval_transform(prep.crop)), batch_size, False, 0, 0)
         result = compute_features(model, info.head, loader, prep, device, autocast=contextlib.nullcontext,
                                   channels_last=False, should_stop=should_stop)
     finally:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.data.dataset import ImageDataset, Sample, eval_transform, list_dataset, make_loader, normalize_batch
+from engine.data.dataset import Sample, eval_transform, list_dataset, make_loader, normalize_batch
 from engine.deploy.tta import VIEWS, mirrored_logits
 from engine.errors import UserError
 from engine.runs.predictions import PredictionRecord, prediction_records, read_predictions, relative_path
@@ -177,7 +177,7 @@ def usable_batches(samples: list[Sample], prep, batch_size: int, skipped: list[S
                    should_stop: Callable[[], bool] = lambda: False):
     """The decoded batches of `samples` for evaluation, each with the samples it holds; files that
     cannot be decoded are appended to `skipped`. No worker processes: it may run beside a window."""
-    loader = make_loader(ImageDataset(samples, prep.resize, eval_transform(prep.crop)), max(1, batch_size),
+    loader = make_loader(prep.dataset(samples, eval_transform(prep.crop)), max(1, batch_size),
                          train=False, num_workers=0, seed=0)
     start = 0
     for batch in loader:

@@ -23,7 +23,7 @@ from torch import nn
 
 from engine.data.dataset import eval_transform, normalize_batch
 from engine.errors import UserError
-from engine.data.images import BadImage, decode_resized, load_rgb
+from engine.data.images import BadImage, load_rgb
 
 # The last stage before the head, per family (longest matching prefix wins); ViT, Swin and MaxViT
 # are experimental: attention spreads evidence across tokens, so their maps are coarser guides.
@@ -84,7 +84,7 @@ def explain(classifier, image_path: str | Path, layer: str | None = None, target
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
-        resized = decode_resized(path, prep.resize)
+        resized = prep.decode(path)
         width, height = load_rgb(path).size  # the image's own size (EXIF-rotated), which the map must fit
     except BadImage as exc:
         raise UserError(f"cannot use {path}: {exc}") from None

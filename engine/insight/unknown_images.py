@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine.data.images import BadImage, decode_resized, is_image_file
+from engine.data.images import BadImage, is_image_file
 from engine.data.dataset import eval_transform, normalize_batch
 from engine.errors import UserError
 from engine.model.calibration import auroc, known_scores
@@ -74,7 +74,7 @@ def evaluate_unknown(checkpoint: str | os.PathLike, unknown_dir: str | os.PathLi
         images = []
         for path in files[start:start + BATCH]:
             try:
-                images.append(crop(decode_resized(path, prep.resize)))
+                images.append(crop(prep.decode(path)))
             except (BadImage, OSError):
                 skipped += 1
         if images:

@@ -284,17 +284,20 @@ def default_weights(arch: str):
 
 
 def preprocessing_for(arch: str, image_size: int) -> Preprocessing:
-    """The weights' own evaluation transform (resize ratio, crop, mean, std), scaled to image_size."""
+    """The weights' own evaluation transform (resize ratio and filter, crop, mean, std), scaled to image_size."""
     if timm_source.is_timm(arch):
         return timm_source.preprocessing_for(arch, image_size)
     weights = default_weights(arch)
     resize_ratio, mean, std = 256 / 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    interpolation = "bilinear"
     if weights is not None:
         t = weights.transforms()
         resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
         crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
         resize_ratio, mean, std = resize / crop, tuple(t.mean), tuple(t.std)
-    return Preprocessing(resize=round(image_size * resize_ratio), crop=image_size, mean=mean, std=std)
+        interpolation = t.interpolation.value  # bicubic for EfficientNet-B0..B7, Swin, MaxViT, ViT-H
+    return Preprocessing(resize=round(image_size * resize_ratio), crop=image_size, mean=mean, std=std,
+                         interpolation=interpolation)
 
 
 def weights_cache_path(arch: str) -> Path | None:

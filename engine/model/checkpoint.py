@@ -24,6 +24,7 @@ import torch
 
 from engine.atomic import atomic_file
 from engine.model.constructors import model_kwargs
+from engine.data.images import INTERPOLATIONS
 from engine.errors import RunFailed, UnsafeFileError, UserError
 
 FORMAT_VERSION = 1
@@ -270,6 +271,8 @@ def _check_fields(obj: dict, path: Path) -> None:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
                 or (key == "std" and not all(v > 0 for v in value))):
             raise bad(f"preprocessing.{key}", "3 finite numbers" + (" above 0" if key == "std" else ""))
+    if prep.get("interpolation") is not None and prep["interpolation"] not in INTERPOLATIONS:
+        raise bad("preprocessing.interpolation", f"one of {', '.join(INTERPOLATIONS)}")
     for key in ("config", "plan", "metrics", "model_kwargs"):
         if key in obj and not isinstance(obj[key], dict):
             raise bad(key, "an object")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
-from engine.data.dataset import ImageDataset, Preprocessing, Sample, eval_transform, make_loader, normalize_batch
+from engine.data.dataset import Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from engine.errors import UserError
 from engine.model import timm_source
 from engine.model.architectures import weights_cache_path
@@ -327,7 +327,7 @@ def per_file_trunk_features(model: nn.Module, head: str, prep: Preprocessing, de
             if on_failures:
                 on_failures(failures, missing)
 
-        loader = make_loader(ImageDataset(missing, prep.resize, eval_transform(prep.crop)), batch_size, False,
+        loader = make_loader(prep.dataset(missing, eval_transform(prep.crop)), batch_size, False,
                              workers, seed, pin)
         result = trunk_pass(model, head, loader, prep, device, autocast, channels_last, progress=progress,
                             on_failures=failures_found, should_stop=should_stop)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from engine.data.dataset import Preprocessing
+from engine.data.images import INTERPOLATIONS
 from engine.errors import UserError, WeightsUnavailable
 from engine.model.checkpoint import load_state_dict_file
 
@@ -153,14 +154,18 @@ def size_rule(arch: str) -> tuple[int, int, str]:
 
 
 def preprocessing_for(arch: str, image_size: int) -> Preprocessing:
-    """The pretrained config's evaluation transform (crop_pct, mean, std), scaled to image_size."""
+    """The pretrained config's evaluation transform (crop_pct, interpolation, mean, std), scaled to image_size."""
     cfg = pretrained_cfg(arch)
     crop_pct = cfg.get("crop_pct") or 0.875
     mean = tuple(float(v) for v in cfg.get("mean") or (0.485, 0.456, 0.406))
     std = tuple(float(v) for v in cfg.get("std") or (0.229, 0.224, 0.225))
     if len(mean) != 3 or len(std) != 3:  # a grayscale model: its one channel's statistics for each of three
         mean, std = mean[:1] * 3, std[:1] * 3
-    return Preprocessing(resize=max(image_size, math.floor(image_size / crop_pct)), crop=image_size, mean=mean, std=std)
+    interpolation = cfg.get("interpolation") or "bicubic"  # timm's resolve_data_config default
+    if interpolation not in INTERPOLATIONS:  # "random" is a training-time choice; evaluate as timm's default does
+        interpolation = "bicubic"
+    return Preprocessing(resize=max(image_size, math.floor(image_size / crop_pct)), crop=image_size, mean=mean, std=std,
+                         interpolation=interpolation)
 
 
 def source_record(arch: str, weights: str, image_size: int = 224) -> dict:

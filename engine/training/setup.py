@@ -21,7 +21,7 @@ from engine.model.adabn import adapt_batch_norm, batch_norm_layers
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
-from engine.data.dataset import (DatasetScan, DecodedCache, ImageDataset, Preprocessing, batches_per_epoch, eval_transform,
+from engine.data.dataset import (DatasetScan, DecodedCache, Preprocessing, batches_per_epoch, eval_transform,
                    labels_tensor, make_loader, scan_dataset, train_transform, worker_start_method)
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
@@ -327,7 +327,7 @@ class _Loaders:
             if warm and cache is not None and samples:
                 cache.warm(samples, prep.resize,
                            lambda d, t, n=name: callbacks.on_status(f"Decoding {n} images", d, t),
-                           should_stop=lambda: control.stop_requested)
+                           should_stop=lambda: control.stop_requested, interpolation=prep.interpolation)
                 if control.stop_requested:
                     raise Stopped
                 skipped.add_failures(cache.failures.items(), samples)
@@ -337,9 +337,9 @@ class _Loaders:
         pin = device.type == "cuda"
         # With cached features the training set's augmentation makes the augmented views.
         augment = config.data.augment
-        self.train_set = ImageDataset(scan.train, prep.resize, train_transform(augment, prep.crop), train_cache)
-        self.plain_train_set = ImageDataset(scan.train, prep.resize, eval_transform(prep.crop), train_cache)
-        val_set = self.val_set = ImageDataset(scan.val, prep.resize, eval_transform(prep.crop), val_cache)
+        self.train_set = prep.dataset(scan.train, train_transform(augment, prep.crop), train_cache)
+        self.plain_train_set = prep.dataset(scan.train, eval_transform(prep.crop), train_cache)
+        val_set = self.val_set = prep.dataset(scan.val, eval_transform(prep.crop), val_cache)
         bs, seed = config.train.batch_size, config.train.seed
         if group.is_distributed:  # this rank's share of each global batch and of the validation images
             self.train_loader = rank_loader(self.train_set, bs, True, workers, seed, pin, group.rank, group.world_size)
