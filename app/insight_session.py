@@ -1,9 +1,10 @@
 """The window's side of insight: every file read and every model run for the Insight and Runs
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
-It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv) and
-embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
-tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
+It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv; a
+multi-label or regression run's from val_outputs.pt, engine.insight.task_evaluation) and embeddings,
+decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies tried
+images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
 """
 
 from __future__ import annotations

@@ -179,6 +179,19 @@ def test_grad_cam_of_a_label_targets_its_logit(shown, qtbot):
         explain(classifier, image)
 
 
+def test_explain_names_the_label_on_the_command_line(tmp_path, capsys):
+    folder, paths, _, _ = write_run(tmp_path, "multi-label")
+    image = tmp_path / "data" / paths[0]
+    rc, out, err = cli(capsys, "explain", folder.checkpoint_path, image, "--target", "round", "--out", tmp_path / "cams",
+                       "--json")
+    assert rc == 0, err
+    report = json.loads(out)[0]
+    assert report["target"] == "round" and set(report["probabilities"]) == set(LABELS)
+    assert (tmp_path / "cams" / f"{image.stem}.cam.png").is_file()
+    rc, _, err = cli(capsys, "explain", folder.checkpoint_path, image, "--target", "square", "--out", tmp_path / "cams")
+    assert rc == 2 and "unknown label 'square'" in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_scatter_has_a_point_per_image_and_a_click_shows_it(shown, qtbot):
     view, _, _, paths, outputs, targets = shown("regression")
     page = view.task_page
@@ -213,7 +226,7 @@ def test_the_residual_gallery_is_ordered_by_the_residuals_size(shown, qtbot):
     qtbot.waitUntil(lambda: not page.images.preview.pixmap().isNull(), timeout=10_000)
 
 
-def test_a_task_run_without_a_checkpoint_says_so_and_a_single_label_run_brings_the_matrix_back(qtbot, window, tmp_path):
+def test_the_window_says_why_a_task_run_has_no_insight_and_shows_one_that_has_in_the_matrixs_place(qtbot, window, tmp_path):
     folder = RunFolder(tmp_path / "runs" / "20261206-100000")
     folder.path.mkdir(parents=True)
     folder.write_record({"config": {}, "task": "regression", "class_names": ["value"], "status": "finished"})

@@ -5,7 +5,7 @@ not on it but predicted (FP), neither (TN). Clicking a cell asks for its images.
 from __future__ import annotations
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
+from PySide6.QtWidgets import QAbstractItemView, QAbstractScrollArea, QHeaderView, QSizePolicy, QTableView
 
 from engine.insight.task_views import CELL_NAMES, CELLS
 from widgets.confusion import heat_colour
@@ -91,12 +91,21 @@ class LabelGrid(QTableView):
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setAutoScroll(False)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        # As narrow as its counts: the per-label figures beside it need the room.
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.horizontalHeader().setMinimumSectionSize(self.fontMetrics().horizontalAdvance("0000") + 12)
+        self.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Expanding)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
         self.clicked.connect(lambda index: self.cell_chosen.emit(*self.grid_model.cell_at(index)))
 
+    def minimumSizeHint(self):  # noqa: N802 - Qt override
+        # Never squeezed below its four columns: it is what the gallery is chosen from.
+        return self.sizeHint()
+
     def set_grid(self, grid: dict[str, dict[str, int]]) -> None:
         self.grid_model.set_grid(grid)
+        self.updateGeometry()
 
     def select_cell(self, label: str, cell: str) -> None:
         self.setCurrentIndex(self.grid_model.index(self.grid_model.labels().index(label), CELLS.index(cell)))

@@ -20,7 +20,9 @@ class RegressionScatter(pg.PlotWidget):
         super().__init__(parent)
         self.setObjectName("regressionScatter")
         self.setBackground("w")
-        self.setTitle("Predicted against true — the line: predicted = true", color=(80, 86, 96), size="9pt")
+        # No title: the axes say it, and a small window needs the height.
+        self.setToolTip("Each validation image: its true value across, its predicted value up; on the dashed line "
+                        "predicted = true. Click a point to see its image.")
         self.setLabel("bottom", "true value")
         self.setLabel("left", "predicted value")
         self.setMinimumHeight(120)

@@ -48,7 +48,7 @@ class TaskEvaluation:
     figures: dict  # multi-label: mAP, macro_f1, micro_f1, per_label; regression: mae, rmse, r2, worst
     data_root: str = ""
     skipped: tuple[SkippedFile, ...] = field(default_factory=tuple)
-    outputs: ImageOutputs | None = None  # not in to_json: the views read it
+    outputs: ImageOutputs | None = field(default=None, compare=False)  # not in to_json: the views read it
 
     def to_json(self) -> dict:
         return {"task": self.task, "images": self.images, **self.figures}
