@@ -164,7 +164,9 @@ class InsightView(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("insightTabs")
         self.tabs.addTab(images, "Images")
-        self.tabs.addTab(self._embeddings_with_image(), "Embeddings")
+        embeddings = self._embeddings_with_image()
+        self.tabs.addTab(embeddings, "Embeddings")
+        self._single_label_tabs = (images, embeddings)  # hidden while a task run's page is shown
         self.tabs.addTab(self.task_page.images, "")  # named by the task when shown
         self.tabs.addTab(self.try_panel, "Try an image")
         self._pages = QStackedWidget()
@@ -221,14 +223,14 @@ class InsightView(QWidget):
         self._pages.setCurrentIndex(1 if task else 0)
         images = self.tabs.indexOf(self.task_page.images)
         was_shown = self.tabs.currentIndex() == images  # hiding it moves the current tab on
-        for index in range(images):  # the matrix's gallery and the embeddings map
-            self.tabs.setTabVisible(index, not task)
+        for tab in self._single_label_tabs:
+            self.tabs.setTabVisible(self.tabs.indexOf(tab), not task)
         self.tabs.setTabVisible(images, bool(task))
         if task:
             self.tabs.setTabText(images, "Label images" if task == "multi-label" else "Residuals")
             self.tabs.setCurrentIndex(images)
         elif was_shown:
-            self.tabs.setCurrentIndex(0)
+            self.tabs.setCurrentWidget(self._single_label_tabs[0])
 
     def show_task_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
         """An engine.insight.task_evaluation.TaskEvaluation of a multi-label or regression run."""
