@@ -1,9 +1,10 @@
 """The window's side of insight: every file read and every model run for the Insight and Runs
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
-It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv) and
-embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
-tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
+It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv; a
+multi-label or regression run's from val_outputs.pt, engine.insight.task_evaluation) and embeddings,
+decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies tried
+images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ class RunInsight:
     """What the Insight tab shows of one run."""
 
     folder: RunFolder
-    evaluation: object  # engine.insight.evaluation.Evaluation
+    evaluation: object  # engine.insight.evaluation.Evaluation; other tasks' a task_evaluation.TaskEvaluation
     dataset_root: str
     points: list[EmbeddingPoint] = field(default_factory=list)
     norm_line: str = ""  # what the run did with its BatchNorm statistics (run.json), "" when it did not say
     name: str = ""  # what the run is called (its given name, else its folder's)
+    task: str = "single-label"
 
 
 def qimage_from_pil(image) -> QImage:
@@ -51,11 +53,13 @@ def qimage_from_pil(image) -> QImage:
 
 
 def read_insight(folder: RunFolder) -> RunInsight:
-    """The run's evaluation (from its val_predictions.csv) and embeddings; a UserError says in one
-    line why there are none."""
+    """The run's evaluation (from its val_predictions.csv) and embeddings, or a multi-label or
+    regression run's (from val_outputs.pt); a UserError says in one line why there are none."""
     from engine.insight.evaluation import evaluate_run
 
-    refuse_task_insight(folder)
+    task = folder.read_run().raw.get("task", "single-label")
+    if task != "single-label":
+        return read_task_insight(folder, task)
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
     norm = folder.read_run().norm_choice
@@ -63,17 +67,18 @@ def read_insight(folder: RunFolder) -> RunInsight:
                       name=folder.recorded_name() or folder.path.name)
 
 
-TASK_FIGURES = {"multi-label": "mAP, F1 and per-label figures", "regression": "MAE, RMSE, R² and the largest errors"}
+def read_task_insight(folder: RunFolder, task: str) -> RunInsight:
+    """A multi-label or regression run's best validation pass, as evaluate reads it (the thresholds
+    and the target's scale are its checkpoint's)."""
+    from engine.insight.task_evaluation import evaluate_task_run
+    from engine.model.checkpoint import load_checkpoint
 
-
-def refuse_task_insight(folder: RunFolder) -> None:
-    """One calm line (a UserError) for a multi-label or regression run: the confusion matrix, the
-    gallery and Grad-CAM are single-label's; the command line's evaluate gives its figures."""
-    task = folder.read_run().raw.get("task", "single-label")
-    if task in TASK_FIGURES:
-        raise UserError(f"{folder.path.name} is a {task} run: the confusion matrix, gallery and Grad-CAM are for "
-                        f"single-label runs. Its {TASK_FIGURES[task]}: transfer-studio evaluate {folder.path} "
-                        f"(Try an image works).")
+    if not folder.has_checkpoint():
+        raise UserError(f"{folder.path.name} is a {task} run without a checkpoint yet (stopped before its first "
+                        f"epoch ended): nothing to show")
+    evaluation = evaluate_task_run(folder.path, load_checkpoint(folder.checkpoint_path))
+    return RunInsight(folder, evaluation, evaluation.data_root, name=folder.recorded_name() or folder.path.name,
+                      task=task)
 
 
 def history_events(history: list[EpochRecord], epochs: int) -> list[tuple[BatchEvent, EpochEvent]]:
@@ -130,12 +135,14 @@ class LoadedModels:
         return cached[1]
 
 
-def explain_image(models: LoadedModels, checkpoint: Path, image: str) -> tuple[QImage, str, list[tuple[str, float]]]:
-    """The Grad-CAM overlay of `image` for the checkpoint's predicted class, a caption, the top classes."""
+def explain_image(models: LoadedModels, checkpoint: Path, image: str,
+                  target: str | None = None) -> tuple[QImage, str, list[tuple[str, float]]]:
+    """The Grad-CAM overlay of `image` for `target` (None: the checkpoint's predicted class; a
+    multi-label checkpoint's label), a caption, the top classes."""
     from engine.insight.gradcam import explain, overlay
 
     with models.lock:
-        result = explain(models.classifier(checkpoint), image)
+        result = explain(models.classifier(checkpoint), image, target=target)
     ranked = sorted(result.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:TOP_K]
     caption = f"{Path(image).name}: where it looked for {result.target} ({result.probabilities.get(result.target, 0):.0%})"
     if result.note:  # another layer than the default, or a map too coarse to point anywhere
@@ -277,13 +284,14 @@ class InsightSession(QObject):
         self.tasks.submit("preview", lambda: preview_image(path),
                           lambda image: self.preview_ready.emit(image, Path(path).name), self.failed.emit)
 
-    def explain(self, image: str) -> None:
+    def explain(self, image: str, label: str | None = None) -> None:
+        """The shown run's Grad-CAM of `image`: for its predicted class, or (multi-label) for `label`."""
         folder = self.shown
         if folder is None or not folder.has_checkpoint():
             self.preview_ready.emit(None, "No checkpoint for this run: Grad-CAM needs the run's best weights.")
             return
         models = self.models
-        self.tasks.submit("gradcam", lambda: explain_image(models, folder.checkpoint_path, image),
+        self.tasks.submit("gradcam", lambda: explain_image(models, folder.checkpoint_path, image, label),
                           lambda r: self.preview_ready.emit(r[0], r[1]),
                           lambda message: self.preview_ready.emit(None, f"Grad-CAM failed: {message}"))
 

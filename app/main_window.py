@@ -381,6 +381,7 @@ class MainWindow(QMainWindow):
         ins, view = self.session.insight, self.insight
         view.thumbnails_wanted.connect(ins.want_thumbnails)
         view.explain_requested.connect(ins.explain)
+        view.explain_label_requested.connect(ins.explain)
         view.image_wanted.connect(ins.show_image)
         view.try_image_requested.connect(view.show_try_busy)
         view.try_image_requested.connect(ins.try_image)
@@ -565,8 +566,11 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _show_insight(self, insight: RunInsight) -> None:
-        self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.name, insight.norm_line)
-        self.insight.show_embeddings(insight.points)
+        if insight.task != "single-label":
+            self.insight.show_task_evaluation(insight.evaluation, insight.dataset_root, insight.name)
+        else:
+            self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.name, insight.norm_line)
+            self.insight.show_embeddings(insight.points)
         self._show_try_model()
 
     @Slot()

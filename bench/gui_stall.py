@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The longest gap between 10 ms timer ticks on the GUI thread, scenario by scenario.
 
-    .venv/bin/python bench/gui_stall.py [--only scan,split,model,training,export]
+    .venv/bin/python bench/gui_stall.py [--only scan,split,model,training,export,task-insight]
 
 Offscreen, on CPU. One JSON line per scenario:
   scan      open a folder of 5,000 small images (made once under the system temp folder)
@@ -13,6 +13,9 @@ Offscreen, on CPU. One JSON line per scenario:
   insight   on the 5,000-image folder, a 1-epoch feature-extraction run (not timed), then its Insight
             tab filled: 1,000 validation records, the worst cell's gallery with thumbnails, then the
             embeddings map of 1,000 points
+  task-insight  Insight opening a multi-label run, then a regression run, each of 2,000 validation images
+            (the csv scenario's images; outputs generated, a resnet18 checkpoint carrying the task: no
+            training): the per-label table and grid or the scatter, and the gallery with its thumbnails
   suspects  after insight: Find suspects on that folder (5-fold head training on the trunk's features,
             in the background) and the Suspects tab filled, thumbnails included
   processes the training scenario again as 2 processes (DDP, the window's child process group)
@@ -44,8 +47,8 @@ import numpy as np  # noqa: E402
 from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-SCENARIOS = ("idle", "scan", "csv", "split", "model", "insight", "suspects", "training", "export", "processes",
-             "search", "closing")
+SCENARIOS = ("idle", "scan", "csv", "split", "model", "insight", "task-insight", "suspects", "training", "export",
+             "processes", "search", "closing")
 
 
 class StallMeter:
@@ -127,6 +130,41 @@ def large_csv(rows: int = 2000, bad: int = 20) -> Path:
         csv.write_text("\n".join(lines) + "\n")
         (folder / ".complete").write_text("ok\n")
     return csv
+
+
+def task_run(task: str, csv: Path, root: Path):
+    """A finished multi-label or regression run folder over the CSV's images, every one a validation
+    image, with generated outputs (about right: the labels or the value plus noise)."""
+    import torch
+
+    from engine.model.architectures import build_model
+    from engine.model.checkpoint import atomic_torch_save, make_checkpoint
+    from engine.runs.run_folder import RunFolder
+    from engine.runs.val_logits import write_val_outputs
+
+    rows = [line.split(",") for line in csv.read_text().splitlines()[1:] if "missing" not in line]
+    paths = [path for path, _ in rows]
+    generator = torch.Generator().manual_seed(0)
+    if task == "multi-label":
+        names = ["blue", "red", "round"]
+        targets = torch.tensor([[name in labels.split() for name in names] for _, labels in rows], dtype=torch.float32)
+        outputs = 2 * targets - 1 + 1.5 * torch.randn(targets.shape, generator=generator)
+        fields = {"name": task, "thresholds": [0.5] * 3}
+    else:
+        names = ["value"]
+        targets = torch.arange(len(rows), dtype=torch.float32) % 90
+        outputs = ((targets - 45) / 26 + 0.3 * torch.randn(len(rows), generator=generator))[:, None]
+        fields = {"name": task, "mean": 45.0, "scale": 26.0, "loss": "mse"}
+    built = build_model("resnet18", len(names), "none", 32, min_classes=1)
+    folder = RunFolder(root / task)
+    folder.path.mkdir(parents=True)
+    checkpoint = make_checkpoint(built.model, arch="resnet18", class_names=names,
+                                 preprocessing=built.preprocessing.to_dict(), plan={}, metrics={}, epoch=1, config={})
+    atomic_torch_save({**checkpoint, "task": fields}, folder.checkpoint_path)
+    folder.write_record({"config": {}, "task": task, "class_names": names, "dataset": {"root": str(csv.parent)},
+                         "status": "finished"})
+    write_val_outputs(folder.val_outputs_path, 1, task, names, paths, targets, outputs, {})
+    return folder
 
 
 def measure(meter: StallMeter, name: str, action, done, timeout_s: float = 600, pause_s: float = 0.0,
@@ -256,6 +294,24 @@ def main() -> int:
         results[-1]["map_points"] = insight.embeddings.point_count()
         results.append(measure(meter, "insight embeddings tab", lambda: insight.tabs.setCurrentIndex(1),
                                lambda: True, pause_s=1.0))
+    if "task-insight" in wanted:
+        root = Path(tempfile.mkdtemp(prefix="ts-task-runs-"))
+        insight = window.insight
+        window.right_tabs.setCurrentWidget(insight)
+        page = insight.task_page
+        for task in ("multi-label", "regression"):
+            folder = task_run(task, large_csv(), root)
+            settle()
+
+            def filled(task=task):
+                gallery = page.images.gallery_model
+                shown = page.label_model.rowCount() == 3 if task == "multi-label" else bool(page.scatter.points())
+                return shown and gallery.rowCount() > 0 and gallery.has_thumbnail(gallery.rowCount() - 1)
+
+            results.append(measure(meter, f"task insight {task}",
+                                   lambda folder=folder: window.session.insight.open_insight(folder), filled,
+                                   images=2000, pause_s=1.0))
+            results[-1]["gallery"] = page.images.gallery_model.rowCount()
     if "suspects" in wanted and "insight" in wanted:
         suspects = window.suspects_view
         window.right_tabs.setCurrentWidget(suspects)

@@ -80,6 +80,14 @@ def find(win, name):
     return widget
 
 
+def click_plot_point(qtbot, plot, x: float, y: float) -> None:
+    """A left click on a pyqtgraph plot at data coordinates (x, y)."""
+    from PySide6.QtCore import QPointF, Qt
+
+    scene = plot.getPlotItem().vb.mapViewToScene(QPointF(x, y))
+    qtbot.mouseClick(plot.viewport(), Qt.MouseButton.LeftButton, pos=plot.mapFromScene(scene))
+
+
 def choose(combo, data) -> None:
     """Pick an entry of a combo box as a person does (activated, then changed)."""
     index = combo.findData(data)

@@ -1,7 +1,8 @@
 """The window with a labels CSV (issue 25, item 6): the Data panel opens one (Browse, a drop, the
 Task combo), shows its labels' counts or its value's range and histogram and its bad rows; the plots,
 the runs list and Try an image show each task's own figures; the views that are single-label's say so
-in one line. No training here: events and summaries are fed as the engine makes them."""
+in one line (Insight's views of a task: tests/test_task_insight.py). No training here: events and
+summaries are fed as the engine makes them."""
 
 from __future__ import annotations
 
@@ -239,18 +240,7 @@ def test_try_an_image_shows_each_labels_probability_and_threshold_or_the_value(q
     assert panel.bars.top() == [] and panel.message.text() == "dog.png: predicted value 3.142"
 
 
-def test_insight_and_suspects_refuse_a_task_in_one_line(qtbot, window, tmp_path):
-    from engine.runs.run_folder import RunFolder
-
-    folder = RunFolder(tmp_path / "runs" / "20261206-100000")
-    folder.path.mkdir(parents=True)
-    folder.write_record({"config": {}, "task": "regression", "class_names": ["value"], "status": "finished"})
-    window.session.insight.open_insight(folder)
-    summary = window.insight.summary
-    qtbot.waitUntil(lambda: "regression run" in summary.text(), timeout=10_000)
-    assert "\n" not in summary.text() and "Traceback" not in summary.text()
-    assert "transfer-studio evaluate" in summary.text()
-
+def test_suspects_refuse_a_task_in_one_line(qtbot, window, tmp_path):
     open_csv(qtbot, window, regression_csv(tmp_path / "reg"), 1)
     with qtbot.waitSignal(window.session.mending.search_refused) as refused:
         window.session.mending.find_suspects()
@@ -278,7 +268,8 @@ def test_a_multilabel_run_trains_in_the_window_and_its_figures_and_answers_show(
     assert result.task == "multi-label" and set(result.best_val_metrics) == {"mAP", "macro_f1", "micro_f1"}
     qtbot.waitUntil(lambda: "best val mAP" in find(window, "trainingProgress").format(), timeout=10_000)
     assert window.plots.score_task == "multi-label" and window.plots._series["val_acc"].size == 2
-    qtbot.waitUntil(lambda: "multi-label run" in window.insight.summary.text(), timeout=20_000)  # one calm line
+    page = window.insight.task_page  # Insight shows the run's per-label figures (tests/test_task_insight.py)
+    qtbot.waitUntil(lambda: page.label_model.rowCount() == 3, timeout=20_000)
 
     answer = task_answer(LoadedModels(), Path(result.checkpoint), str(csv.parent / "images" / "0001.png"))
     assert answer["task"] == "multi-label" and set(answer["probabilities"]) == {"blue", "red", "round"}

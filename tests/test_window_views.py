@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from app.session_state import WINDOW_DEFAULTS
 from engine.runs.catalog import RunSummary, config_diff, read_summary
 from engine.runs.run_folder import RunFolder
+from tests.gui_helpers import click_plot_point
 from widgets.runs_view import VISIBLE_ROWS, RunsModel, RunsView
 
 
@@ -158,13 +159,6 @@ def test_the_grad_cam_caption_says_which_layer_was_shown(tmp_path, monkeypatch):
 
 
 # --- item 10: the embeddings map shows the clicked image beside it ----------------------------------
-
-
-def click_plot_point(qtbot, plot, x: float, y: float) -> None:
-    from PySide6.QtCore import QPointF
-
-    scene = plot.getPlotItem().vb.mapViewToScene(QPointF(x, y))
-    qtbot.mouseClick(plot.viewport(), Qt.MouseButton.LeftButton, pos=plot.mapFromScene(scene))
 
 
 def test_a_clicked_map_point_shows_its_image_beside_the_map_ringed_and_named(qtbot, tmp_path):

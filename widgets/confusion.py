@@ -97,17 +97,22 @@ class PerClassModel(RowTableModel):
     def set_per_class(self, class_names: list[str], per_class: dict[str, dict]) -> None:
         self.set_items((name, per_class.get(name, {})) for name in class_names)
 
+    ValueRole = Qt.ItemDataRole.UserRole  # the figure unrounded
+
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
         name, figures = self._items[index.row()]
+        key = self.KEYS[index.column() - 1] if index.column() else ""
+        if role == self.ValueRole:
+            return figures.get(key) if key else name
         if role == Qt.ItemDataRole.DisplayRole:
             if index.column() == 0:
                 return name
-            value = figures.get(self.KEYS[index.column() - 1])
+            value = figures.get(key)
             if value is None:
                 return "—"
-            return str(int(value)) if index.column() == 4 else f"{value:.2f}"
+            return str(int(value)) if key == "support" else f"{value:.2f}"
         if role == Qt.ItemDataRole.TextAlignmentRole and index.column() > 0:
             return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         return None

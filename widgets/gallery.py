@@ -1,4 +1,5 @@
-"""The gallery: the validation images of one confusion-matrix cell, highest loss first.
+"""The gallery: the validation images of one confusion-matrix cell (or of a multi-label grid cell,
+or a regression's largest residuals), highest loss first.
 
 The model holds the records and whatever thumbnails have arrived; it asks for the missing ones
 through `thumbnails_wanted` (decoded off the GUI thread by whoever listens) and keeps the most
@@ -81,14 +82,25 @@ def follow_moves(paths: Iterable[str], moves: Iterable[tuple[str, str]]) -> list
     return [(row, destination[path]) for row, path in enumerate(paths) if path in destination]
 
 
+def describe_prediction(record) -> tuple[str, str]:
+    """A prediction record's caption and tooltip."""
+    ranked = ", ".join(f"{name} {p:.0%}" for name, p in record.top)
+    # The confidence first: a long pair of names wraps, and the grid cuts the last line.
+    return (f"{record.confidence:.0%} · {record.true} → {record.pred}",
+            f"{record.path}\ntrue: {record.true}, predicted: {record.pred} ({record.confidence:.1%})\n"
+            f"loss: {record.loss:.3f}" + (f"\ntop: {ranked}" if ranked else ""))
+
+
 class GalleryModel(QAbstractListModel):
-    """One row per image (records with path, true, pred, loss, confidence; paths relative to `root`)."""
+    """One row per image (records with a path relative to `root` and a loss, highest first);
+    `describe(record)` gives its (caption, tooltip): a prediction record's by default."""
 
     thumbnails_wanted = Signal(list)  # absolute paths not in the cache
     PathRole = Qt.ItemDataRole.UserRole
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, describe: Callable[[object], tuple[str, str]] = describe_prediction):
         super().__init__(parent)
+        self._describe = describe
         self._records: list = []
         self._root = Path()
         self.thumbnails = ThumbnailRows(self, self.thumbnails_wanted)
@@ -135,14 +147,11 @@ class GalleryModel(QAbstractListModel):
             return None
         record = self._records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            # The confidence first: a long pair of names wraps, and the grid cuts the last line.
-            return f"{record.confidence:.0%} · {record.true} → {record.pred}"
+            return self._describe(record)[0]
         if role == Qt.ItemDataRole.DecorationRole:
             return self.thumbnails.image(self.absolute_path(index.row()))
         if role == Qt.ItemDataRole.ToolTipRole:
-            ranked = ", ".join(f"{name} {p:.0%}" for name, p in record.top)
-            return (f"{record.path}\ntrue: {record.true}, predicted: {record.pred} ({record.confidence:.1%})\n"
-                    f"loss: {record.loss:.3f}" + (f"\ntop: {ranked}" if ranked else ""))
+            return self._describe(record)[1]
         if role == self.PathRole:
             return self.absolute_path(index.row())
         return None

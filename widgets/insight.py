@@ -3,7 +3,8 @@
 The confusion matrix (a heat map with counts), per-class precision/recall/F1, the most-confused
 pairs, and three views below: the gallery of the clicked cell (with a Grad-CAM overlay on demand),
 the embeddings map with the clicked point's image beside it, and "Try an image". It shows what it is given (an evaluation, embedding
-points, images made elsewhere) and asks for the rest through signals; it reads no file itself.
+points, images made elsewhere) and asks for the rest through signals; it reads no file itself. A
+multi-label or regression run shows its own page instead (widgets.task_insight) and its images' tab.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-                               QSplitter, QTableView, QTabWidget, QVBoxLayout, QWidget)
+                               QSplitter, QStackedWidget, QTableView, QTabWidget, QVBoxLayout, QWidget)
 
 from widgets.confusion import ConfusionMatrixModel, PerClassModel, VerticalLabel, confused_pairs_text
 from widgets.embedding_plot import EmbeddingPlot
 from widgets.gallery import GalleryModel, GalleryView, follow_moves
 from widgets.suspects_view import MendActions, class_of, same_folder
+from widgets.task_insight import TaskInsightPage
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
 
 CELL_SIDE = 34
@@ -41,6 +43,7 @@ def _table(name: str, model, tip: str) -> QTableView:
 class InsightView(QWidget):
     thumbnails_wanted = Signal(list)  # absolute image paths to decode
     explain_requested = Signal(str)  # absolute image path: its Grad-CAM overlay is wanted
+    explain_label_requested = Signal(str, str)  # absolute image path, the label (multi-label) to explain
     image_wanted = Signal(str)  # absolute image path: show it (a point of the embeddings map)
     try_image_requested = Signal(str)
     try_model_chosen = Signal(str)
@@ -124,6 +127,12 @@ class InsightView(QWidget):
         self.try_panel = TryImagePanel()
         self.try_panel.image_chosen.connect(self.try_image_requested)
         self.try_panel.model_chosen.connect(self.try_model_chosen)
+        # A multi-label or regression run: its own page in the matrix's place, its images in a tab.
+        self._task = ""
+        self.task_page = TaskInsightPage()
+        self.task_page.thumbnails_wanted.connect(self.thumbnails_wanted)
+        self.task_page.explain_requested.connect(self.explain_label_requested)
+        self.task_page.image_wanted.connect(self.image_wanted)
         self._build_layout()
 
     def _build_layout(self) -> None:
@@ -155,10 +164,17 @@ class InsightView(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("insightTabs")
         self.tabs.addTab(images, "Images")
-        self.tabs.addTab(self._embeddings_with_image(), "Embeddings")
+        embeddings = self._embeddings_with_image()
+        self.tabs.addTab(embeddings, "Embeddings")
+        self._single_label_tabs = (images, embeddings)  # hidden while a task run's page is shown
+        self.tabs.addTab(self.task_page.images, "")  # named by the task when shown
         self.tabs.addTab(self.try_panel, "Try an image")
+        self._pages = QStackedWidget()
+        self._pages.addWidget(top)
+        self._pages.addWidget(self.task_page)
+        self._show_task_page("")
         split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(top)
+        split.addWidget(self._pages)
         split.addWidget(self.tabs)
         split.setChildrenCollapsible(False)
         self._split = split  # the matrix and the per-class figures get 3/5, until the person drags it
@@ -201,8 +217,32 @@ class InsightView(QWidget):
 
     # --- what the window tells it ------------------------------------------------------------------
 
+    def _show_task_page(self, task: str) -> None:
+        """The page and the image tab of a multi-label or regression run, or ("") the matrix's."""
+        self._task = task
+        self._pages.setCurrentIndex(1 if task else 0)
+        images = self.tabs.indexOf(self.task_page.images)
+        was_shown = self.tabs.currentIndex() == images  # hiding it moves the current tab on
+        for tab in self._single_label_tabs:
+            self.tabs.setTabVisible(self.tabs.indexOf(tab), not task)
+        self.tabs.setTabVisible(images, bool(task))
+        if task:
+            self.tabs.setTabText(images, "Label images" if task == "multi-label" else "Residuals")
+            self.tabs.setCurrentIndex(images)
+        elif was_shown:
+            self.tabs.setCurrentWidget(self._single_label_tabs[0])
+
+    def show_task_evaluation(self, evaluation, dataset_root: str | Path, title: str = "") -> None:
+        """An engine.insight.task_evaluation.TaskEvaluation of a multi-label or regression run."""
+        self._evaluation = None  # the matrix's: nothing of it is shown
+        self._show_task_page(evaluation.task)
+        self.task_page.show_evaluation(evaluation, dataset_root, title)
+
     def show_title(self, title: str) -> None:
         """The run shown is called `title` (it was renamed): the summary line names it."""
+        if self._task:
+            self.task_page.show_title(title)
+            return
         evaluation = self._evaluation
         if evaluation is None:
             return
@@ -214,6 +254,7 @@ class InsightView(QWidget):
         """An engine.insight.evaluation.Evaluation of a run's validation set (paths relative to the root);
         `note`: a line under the figures (what the run did with its BatchNorm statistics)."""
         self._note = note
+        self._show_task_page("")
         self._evaluation, self._root = evaluation, Path(dataset_root)
         names = list(evaluation.class_names)
         self.matrix_model.set_matrix(names, evaluation.confusion_matrix)
@@ -237,6 +278,7 @@ class InsightView(QWidget):
 
     def show_missing(self, message: str) -> None:
         """No insight for this run (none recorded, or it could not be read)."""
+        self._show_task_page("")
         self._evaluation = None
         self.matrix_model.set_matrix([], [])
         self.per_class_model.set_per_class([], {})
@@ -266,6 +308,7 @@ class InsightView(QWidget):
 
     def add_thumbnails(self, images: dict[str, QImage | None]) -> None:
         self.gallery_model.add_thumbnails(images)
+        self.task_page.add_thumbnails(images)
 
     def set_class_names(self, names: list[str]) -> None:
         """The open dataset's classes: where "Move to class" can move gallery images."""
@@ -283,7 +326,9 @@ class InsightView(QWidget):
         self._evaluation = replace(self._evaluation, records=records)
 
     def show_preview(self, image: QImage | None, caption: str) -> None:
-        if self._preview_beside_map:
+        if self._task:
+            self.task_page.show_preview(image, caption)
+        elif self._preview_beside_map:
             show_image(self.point_image, image)
             if image is None:  # the caption says why there is no image
                 self.point_caption.setText(caption)

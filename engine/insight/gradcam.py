@@ -61,8 +61,8 @@ MIN_CELLS = 2  # a map needs at least this many cells each way to point anywhere
 @dataclass(frozen=True)
 class CamResult:
     cam: np.ndarray  # float32, the image's own height x width, values in [0, 1]
-    target: str  # the class explained
-    probabilities: dict[str, float]  # every class, most probable first
+    target: str  # the class (or label) explained
+    probabilities: dict[str, float]  # every class (or label), most probable first
     layer: str  # the module whose activation was used
     cells: tuple[int, int] = (0, 0)  # the layer's map, rows x columns
     note: str = ""  # why another layer than the default was used, or why the map is flat
@@ -70,16 +70,20 @@ class CamResult:
 
 def explain(classifier, image_path: str | Path, layer: str | None = None, target: str | None = None) -> CamResult:
     """Grad-CAM of `target` (default: the predicted class) for one image. `classifier` is an
-    engine.deploy.predict.LoadedClassifier."""
-    from engine.training.tasks import refuse_unless_single_label
-
-    # A softmax class score is what Grad-CAM explains here; per-label (sigmoid) maps are not built yet.
-    refuse_unless_single_label(classifier.task.name, "Grad-CAM (explain)")
+    engine.deploy.predict.LoadedClassifier. A multi-label model explains one label, which must be
+    named: its logit is the target, and the probabilities are each label's own (sigmoid)."""
+    task = classifier.task.name
     model, prep, names = classifier.model, classifier.preprocessing, list(classifier.class_names)
+    if task == "regression":  # a value has no class score to explain
+        raise UserError("Grad-CAM (explain) supports single-label and multi-label models only; this one is regression")
+    if task == "multi-label" and target is None:
+        raise UserError(f"a multi-label model's Grad-CAM explains one label: name it with --target "
+                        f"(choose from {_brief(names)})")
     if layer is not None:
         _module(model, layer, classifier.arch)  # a misspelt layer is refused before any image is read
     if target is not None and target not in names:
-        raise UserError(f"unknown class '{target}' (choose from {_brief(names)})")
+        raise UserError(f"unknown {'label' if task == 'multi-label' else 'class'} '{target}' "
+                        f"(choose from {_brief(names)})")
     path = Path(image_path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
@@ -104,7 +108,7 @@ def explain(classifier, image_path: str | Path, layer: str | None = None, target
     peak = cam.max()
     cam = cam / peak if peak > 0 else torch.zeros_like(cam)
     image_cam = _onto_image(cam.cpu(), tuple(resized.shape[1:]), prep.crop, (height, width))
-    probs = logits.softmax(dim=1)[0].tolist()
+    probs = (logits.sigmoid() if task == "multi-label" else logits.softmax(dim=1))[0].tolist()
     ranked = sorted(zip(names, probs), key=lambda pair: -pair[1])
     return CamResult(image_cam, names[target_index], dict(ranked), layer, cells, note)
 

@@ -4,7 +4,8 @@ or a checkpoint on a labels CSV (a test set).
 Multi-label: mAP, macro and micro F1 at the per-label thresholds, and per label precision, recall,
 F1, AP, threshold and support. A run's evaluation tunes the thresholds on its validation images
 (max F1, the checkpoint's own); a test set is scored at the checkpoint's thresholds. Regression:
-MAE, RMSE, R² on the target's own scale, and the images with the largest residuals.
+MAE, RMSE, R² on the target's own scale, and the images with the largest residuals. Each image's
+answer is kept as well (ImageOutputs), for the views that show images (engine.insight.task_views).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ WORST = 10
 
 
 @dataclass(frozen=True)
+class ImageOutputs:
+    """Each evaluated image's answer, in one order. Multi-label: (N, K) probabilities, 0/1 targets
+    and each label's binary cross-entropy; regression: (N,) predicted and actual values (no losses)."""
+
+    paths: tuple[str, ...]  # relative to the data root; "" where the run did not record it
+    predicted: torch.Tensor
+    targets: torch.Tensor
+    losses: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class TaskEvaluation:
     task: str
     names: tuple[str, ...]
@@ -36,6 +48,7 @@ class TaskEvaluation:
     figures: dict  # multi-label: mAP, macro_f1, micro_f1, per_label; regression: mae, rmse, r2, worst
     data_root: str = ""
     skipped: tuple[SkippedFile, ...] = field(default_factory=tuple)
+    outputs: ImageOutputs | None = field(default=None, compare=False)  # not in to_json: the views read it
 
     def to_json(self) -> dict:
         return {"task": self.task, "images": self.images, **self.figures}
@@ -45,6 +58,7 @@ def summarize_task(task: CheckpointTask, names, outputs: torch.Tensor, targets: 
                    tune: bool, worst: int = WORST, data_root: str = "", skipped=()) -> TaskEvaluation:
     if not len(outputs):
         raise UserError("no predictions to evaluate (no usable images)")
+    named = tuple(paths[i] if i < len(paths) else "" for i in range(len(outputs)))
     if task.name == "multi-label":
         probs = outputs.float().sigmoid()
         thresholds = (tune_thresholds(probs, targets) if tune or len(task.thresholds) != len(names)
@@ -57,6 +71,8 @@ def summarize_task(task: CheckpointTask, names, outputs: torch.Tensor, targets: 
         figures = {"mAP": mean_ap, "macro_f1": f1["macro_f1"], "micro_f1": f1["micro_f1"],
                    "thresholds_from": "validation (tuned here, max F1)" if tune else "the checkpoint",
                    "per_label": per_label}
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(outputs.float(), targets.float(), reduction="none")
+        kept = ImageOutputs(named, probs, (targets > 0.5).float(), losses)
     else:
         values = outputs[:, 0].double() * task.scale + task.mean
         actual = targets.double().flatten()
@@ -65,7 +81,8 @@ def summarize_task(task: CheckpointTask, names, outputs: torch.Tensor, targets: 
         order = residual.abs().argsort(descending=True)[:max(0, worst)].tolist()
         figures["worst"] = [{"path": paths[i] if i < len(paths) else None, "value": float(actual[i]),
                              "predicted": float(values[i]), "residual": float(residual[i])} for i in order]
-    return TaskEvaluation(task.name, tuple(names), len(outputs), figures, data_root, tuple(skipped))
+        kept = ImageOutputs(named, values, actual)
+    return TaskEvaluation(task.name, tuple(names), len(outputs), figures, data_root, tuple(skipped), kept)
 
 
 def evaluate_task_run(run_dir: str | os.PathLike, checkpoint: dict, worst: int = WORST) -> TaskEvaluation:
