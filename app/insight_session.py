@@ -1,8 +1,8 @@
 """The window's side of insight: every file read and every model run for the Insight and Runs
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
-It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv) and
-embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
+It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv),
+calibration (engine.insight.reliability) and embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
 tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
 """
 
@@ -41,6 +41,8 @@ class RunInsight:
     points: list[EmbeddingPoint] = field(default_factory=list)
     norm_line: str = ""  # what the run did with its BatchNorm statistics (run.json), "" when it did not say
     name: str = ""  # what the run is called (its given name, else its folder's)
+    calibration: object = None  # engine.insight.reliability.RunCalibration, or None
+    calibration_note: str = ""  # why there is none
 
 
 def qimage_from_pil(image) -> QImage:
@@ -59,8 +61,20 @@ def read_insight(folder: RunFolder) -> RunInsight:
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
     norm = folder.read_run().norm_choice
+    calibration, calibration_note = read_calibration(folder)
     return RunInsight(folder, evaluation, evaluation.data_root, points, norm_line=norm.line if norm else "",
-                      name=folder.recorded_name() or folder.path.name)
+                      name=folder.recorded_name() or folder.path.name, calibration=calibration,
+                      calibration_note=calibration_note)
+
+
+def read_calibration(folder: RunFolder) -> tuple[object, str]:
+    """(RunCalibration, "") or (None, why there is none): a run without it still has its other insight."""
+    from engine.insight.reliability import run_calibration
+
+    try:
+        return run_calibration(folder), ""
+    except UserError as exc:
+        return None, str(exc)
 
 
 TASK_FIGURES = {"multi-label": "mAP, F1 and per-label figures", "regression": "MAE, RMSE, R² and the largest errors"}

@@ -567,6 +567,7 @@ class MainWindow(QMainWindow):
     def _show_insight(self, insight: RunInsight) -> None:
         self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.name, insight.norm_line)
         self.insight.show_embeddings(insight.points)
+        self.insight.show_calibration(insight.calibration, insight.calibration_note)
         self._show_try_model()
 
     @Slot()
