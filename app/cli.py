@@ -374,23 +374,21 @@ _SINGULAR = {"logits": "logit", "probabilities": "probability", "values": "value
 
 
 def _predict(args) -> int:
-    from engine.data.dataset import Preprocessing
     from engine.deploy.export import load_any
-    from engine.deploy.predict import preprocess
-    from engine.deploy.tta import VIEWS, tta_logits
+    from engine.deploy.tta import VIEWS
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
     model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
-    batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
+    # The mirrored image's outputs are averaged before the sigmoid (labels), the de-standardising (value)
+    # or the temperature (classes).
+    outputs = model.image_logits(paths, tta=args.tta)
     if model.task.name != "single-label":  # labels and their probabilities, or the value
         from engine.deploy.predict import task_answers
 
         if args.raw:
             raise UserError(f"--raw is about calibrated single-label probabilities; this model is {model.task.name}")
-        # The mirrored image's outputs are averaged before the sigmoid (labels) or the de-standardising (value).
-        outputs = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
         results = task_answers(outputs, model.class_names, model.task)
         if args.json:
             print_json([{"image": str(p), "task": model.task.name, **r, **({"tta": list(VIEWS)} if args.tta else {})}
