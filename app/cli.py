@@ -364,7 +364,14 @@ def _export(args) -> int:
         agreement = "top-1 agreement" if report.compared == "logits" else "decision agreement"
         print(f"{fmt:<12} {report.path}  {agreement} {report.top1_agreement:.1%} · largest {_SINGULAR[report.compared]} "
               f"difference {report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
-    reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
+    from engine.deploy.int8 import Int8Refused
+
+    try:
+        reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
+    except Int8Refused as refused:  # --json still lists the files kept, and the int8 entry with passed false
+        if args.json:
+            print_json(reports + [refused.report.to_dict()])
+        raise
     if args.json:
         print_json(reports)
     return 0
@@ -398,8 +405,7 @@ def _predict(args) -> int:
             print(cli_deploy.task_prediction_line(path, result))
         return 0
     # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
-    logits = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
-    results = cli_deploy.predictions(model, args.checkpoint, logits, args.top_k, args.raw)
+    results = cli_deploy.predictions(model, args.checkpoint, outputs, args.top_k, args.raw)
     if args.json:
         print_json([{"image": str(p), **r, **({"tta": list(VIEWS)} if args.tta else {})} for p, r in zip(paths, results)])
         return 0

@@ -85,10 +85,16 @@ def test_int8_is_kept_when_the_drop_is_allowed_and_its_accuracy_holds(checkpoint
 @pytest.mark.slow
 def test_int8_is_refused_when_max_drop_0_meets_a_real_drop(fragile, capsys, monkeypatch):
     monkeypatch.setattr("engine.deploy.int8.sensitive_nodes", lambda path: [])  # no fp32 retry: refuse at once
-    rc, _, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0", "--tolerance", "1e-2")
+    rc, out, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0", "--tolerance", "1e-2",
+                       "--json")
     lines = err.strip().splitlines()
     assert rc == 1 and "Traceback" not in err and len(lines) == 2, err  # the fp32 file's line, then the refusal
     assert lines[0].startswith("onnx") and "refused" in lines[1] and "66.7 points" in lines[1], err
+    # --json lists the file kept and the int8 entry, refused with the drop measured (what the window shows).
+    fp32, int8 = json.loads(out)
+    assert fp32["format"] == "onnx" and int8["format"] == "onnx-int8" and int8["passed"] is False
+    assert int8["accuracy_drop"] == pytest.approx(66.67, abs=0.01) and int8["speedup"] is None
+    assert int8["accuracy_drop"] == pytest.approx((int8["fp32_accuracy"] - int8["int8_accuracy"]) * 100)
     assert not (fragile.parent / "checkpoint.int8.onnx").exists()
     assert (fragile.parent / "checkpoint.onnx").is_file()  # the fp32 file passed its own gate and stays
 
