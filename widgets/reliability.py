@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from widgets.plots import TEXT_COLOUR, TRAIN_COLOUR, VAL_COLOUR
 
@@ -52,6 +52,7 @@ class ReliabilityView(QWidget):
         self.summary.setObjectName("calibrationSummaryLabel")
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.plot = pg.PlotWidget()
         self.plot.setObjectName("reliabilityPlot")
         self.plot.setBackground("w")
@@ -59,23 +60,26 @@ class ReliabilityView(QWidget):
                              "mean confidence (x) against the share of them predicted right (y). Below the diagonal: "
                              "over-confident; above: under-confident.")
         self.plot.setMinimumHeight(120)
-        self.plot.setLabel("bottom", "confidence (top probability)", color=TEXT_COLOUR)
+        self.plot.setLabel("bottom", "confidence", color=TEXT_COLOUR)
         self.plot.setLabel("left", "accuracy", color=TEXT_COLOUR)
-        self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.02)
         self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self.plot.setXRange(0, 1, padding=0.02)
+        self.plot.setYRange(0, 1, padding=0.02)
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        self.plot.setAspectLocked(True)
-        self.plot.addLegend(offset=(8, 8), labelTextSize="8pt")
+        self.plot.addLegend(offset=(6, 4), labelTextSize="8pt", brush=(255, 255, 255, 210))  # top left: over-confident bins fall below the diagonal
         # Made once; show_calibration only sets their data.
         self.plot.plot([0, 1], [0, 1], pen=pg.mkPen(DIAGONAL_COLOUR, width=1, style=Qt.PenStyle.DashLine),
-                       name="perfectly calibrated")
+                       name="calibrated")
         self.before = self.plot.plot([], [], pen=pg.mkPen(BEFORE_COLOUR, width=1), symbol="o", symbolSize=7,
-                                     symbolBrush=BEFORE_COLOUR, symbolPen=None, name="before (softmax of the logits)")
+                                     symbolBrush=BEFORE_COLOUR, symbolPen=None, name="before")
         self.after = self.plot.plot([], [], pen=pg.mkPen(AFTER_COLOUR, width=2), symbol="s", symbolSize=7,
                                     symbolBrush=AFTER_COLOUR, symbolPen=None, name="after (logits / T)")
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.plot, 1)
+        # Side by side: Insight's lower half is short, and the diagram wants its height.
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.summary, 2)
+        layout.addWidget(self.plot, 3)
 
     def show_calibration(self, calibration, why_none: str = "") -> None:
         """An engine.insight.reliability.RunCalibration, or None and why there is none."""

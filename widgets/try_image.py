@@ -94,8 +94,8 @@ def answer_line(name: str, answer: dict, raw: bool) -> str:
     if answer.get("unknown"):
         score = answer["score"]
         return (f"{name}: none of the classes (score {score['value']:.4g} < {score['threshold']:.4g}, "
-                f"{score['name']}) — closest: {top['class']} ({top['probability']:.0%} {kind})")
-    return f"{name}: {top['class']} ({top['probability']:.0%} {kind})"
+                f"{score['name']}) — closest: {top['class']}, {top['probability']:.0%} ({kind})")
+    return f"{name}: {top['class']}, {top['probability']:.0%} ({kind})"
 
 
 def show_image(label: QLabel, image: QImage | None, side: int = OVERLAY_SIDE) -> None:
