@@ -16,7 +16,7 @@ from engine.insight.reliability import run_calibration
 from engine.model.calibration import calibrated_probabilities, expected_calibration_error, reliability_bins
 from engine.model.checkpoint import load_checkpoint
 from engine.runs.run_folder import RunFolder
-from tests.helpers import checkpoint, cli  # noqa: F401 - fixtures
+from tests.helpers import checkpoint, cli, fragile_checkpoint  # noqa: F401 - fixtures
 from widgets.export_dialog import ExportDialog, int8_line
 
 META = {"arch": "resnet18", "class_names": ["a", "b"],
@@ -201,7 +201,6 @@ def test_the_dialogs_int8_export_is_refused_in_one_line_when_max_drop_0_meets_a_
     """test_int8_export's fragile model (a real int8 drop) and its trick (no fp32 retry), in the child."""
     pytest.importorskip("onnxruntime")
     import app.worker
-    from tests.test_int8_export import fragile_checkpoint
 
     run = tmp_path / "fragile"
     run.mkdir()
