@@ -2,8 +2,9 @@
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
 It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv),
-calibration (engine.insight.reliability) and embeddings, decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies
-tried images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
+calibration (engine.insight.reliability) and embeddings, decodes gallery thumbnails, computes Grad-CAM
+overlays (engine.insight.gradcam) and classifies tried images. Loaded models are kept (one at a time
+per file) so a second Grad-CAM is quick.
 """
 
 from __future__ import annotations

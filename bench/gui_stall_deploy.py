@@ -41,7 +41,7 @@ def timed(meter: StallMeter, name: str, action, done, **extra) -> dict:
 
 
 def main() -> int:
-    app = QApplication(sys.argv)  # noqa: F841 - kept alive for the window
+    application = QApplication(sys.argv)
     from app.main_window import window_with_private_settings
     from engine.deploy.int8 import Int8Settings
 
@@ -93,9 +93,11 @@ def main() -> int:
     settle()
     results.append(timed(meter, "int8 export", lambda: session.exports.start(str(out), ["onnx"], Int8Settings()),
                            lambda: bool(reports), formats=["onnx", "onnx-int8"], process=True))
-    entry = next((r for r in reports[-1] if r.get("format") == "onnx-int8"), None) if isinstance(reports[-1], list) else None
+    said = reports[-1] if isinstance(reports[-1], list) else []
+    entry = next((r for r in said if r.get("format") == "onnx-int8"), None)
     results[-1]["int8"] = {k: entry[k] for k in ("passed", "accuracy_drop", "speedup")} if entry else str(reports[-1])
     window.close()
+    application.processEvents()
     for line in results:
         print(json.dumps(line), flush=True)
     return 0

@@ -58,8 +58,8 @@ def test_int8_is_kept_when_the_drop_is_allowed_and_its_accuracy_holds(checkpoint
 @pytest.mark.slow
 def test_int8_is_refused_when_max_drop_0_meets_a_real_drop(fragile, capsys, monkeypatch):
     monkeypatch.setattr("engine.deploy.int8.sensitive_nodes", lambda path: [])  # no fp32 retry: refuse at once
-    rc, out, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0", "--tolerance", "1e-2",
-                       "--json")
+    rc, out, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0",
+                       "--tolerance", "1e-2", "--json")
     lines = err.strip().splitlines()
     assert rc == 1 and "Traceback" not in err and len(lines) == 2, err  # the fp32 file's line, then the refusal
     assert lines[0].startswith("onnx") and "refused" in lines[1] and "66.7 points" in lines[1], err

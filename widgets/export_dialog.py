@@ -56,8 +56,8 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
 
 
 def parity_line(report: dict) -> str:
-    return (f"✔ {Path(report['path']).name}: top-1 agreement {report['top1_agreement']:.0%}, largest logit difference "
-            f"{report['max_abs_logit_diff']:.1e} on {report['images']} images")
+    return (f"✔ {Path(report['path']).name}: top-1 agreement {report['top1_agreement']:.0%}, largest logit "
+            f"difference {report['max_abs_logit_diff']:.1e} on {report['images']} images")
 
 
 def int8_line(report: dict) -> str:
@@ -67,7 +67,8 @@ def int8_line(report: dict) -> str:
     in_fp32 = ", ".join(report.get("excluded_nodes") or [])
     if not report["passed"]:
         return (f"✘ int8 refused: {figures}, more than the {report['max_drop']:g} allowed"
-                + (f" (even with {in_fp32} left in fp32)" if in_fp32 else "") + f"; {Path(report['path']).name} was not kept")
+                + (f" (even with {in_fp32} left in fp32)" if in_fp32 else "")
+                + f"; {Path(report['path']).name} was not kept")
     return (f"✔ {Path(report['path']).name}: {figures} (at most {report['max_drop']:g} allowed); "
             f"{report['speedup']:.2f}× the fp32 file's speed" + (f"; left in fp32: {in_fp32}" if in_fp32 else ""))
 

@@ -67,7 +67,8 @@ class ReliabilityView(QWidget):
         self.plot.setXRange(0, 1, padding=0.02)
         self.plot.setYRange(0, 1, padding=0.02)
         self.plot.showGrid(x=True, y=True, alpha=0.15)
-        self.plot.addLegend(offset=(6, 4), labelTextSize="8pt", brush=(255, 255, 255, 210))  # top left: over-confident bins fall below the diagonal
+        # Top left: over-confident bins, the usual case, fall below the diagonal, away from it.
+        self.plot.addLegend(offset=(6, 4), labelTextSize="8pt", brush=(255, 255, 255, 210))
         # Made once; show_calibration only sets their data.
         self.plot.plot([0, 1], [0, 1], pen=pg.mkPen(DIAGONAL_COLOUR, width=1, style=Qt.PenStyle.DashLine),
                        name="calibrated")

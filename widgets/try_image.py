@@ -125,10 +125,11 @@ class TryImagePanel(QWidget):
         self.model_label = QLabel("Model: the run's best checkpoint (none yet)")
         self.model_label.setObjectName("tryModelLabel")
         self.model_label.setWordWrap(True)
-        self.raw_check = QCheckBox("Raw probabilities")
+        self.raw_check = QCheckBox("&Raw probabilities")
         self.raw_check.setObjectName("tryRawCheck")
-        self.raw_check.setToolTip("Show the softmax of the logits as they are, not scaled by the temperature fitted "
-                                  "on the run's validation images (the calibrated ones say how often the model is right).")
+        self.raw_check.setToolTip("Show the softmax of the logits as they are, not scaled by the temperature "
+                                  "fitted on the run's validation images (the calibrated ones say how often the "
+                                  "model is right).")
         self.raw_check.toggled.connect(self._show_answer)
         self.bars = TopKBars()
         self.overlay = QLabel()

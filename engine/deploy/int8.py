@@ -241,11 +241,13 @@ def export_int8(checkpoint: str | os.PathLike, fp32_path: str | os.PathLike, out
     fp32_accuracy = accuracy(fp32, validation)
     validation_images = sum(len(labels) for _, labels in validation)
 
-    def report(exclude: tuple[str, ...], int8_accuracy: float, drop: float, speeds: tuple[float, float] | None) -> Int8Report:
+    def report(exclude: tuple[str, ...], int8_accuracy: float, drop: float,
+               speeds: tuple[float, float] | None) -> Int8Report:
+        """Kept when its speeds were measured (fp32, int8); refused, with none, otherwise."""
         fp32_speed, int8_speed = speeds or (None, None)
-        return Int8Report("onnx-int8", str(out), str(fp32_path), validation_images, len(chosen), fp32_accuracy, int8_accuracy,
-                          drop, max_drop, fp32_speed, int8_speed, int8_speed / fp32_speed if speeds else None, exclude,
-                          speeds is not None)
+        return Int8Report("onnx-int8", str(out), str(fp32_path), validation_images, len(chosen), fp32_accuracy,
+                          int8_accuracy, drop, max_drop, fp32_speed, int8_speed,
+                          int8_speed / fp32_speed if speeds else None, exclude, speeds is not None)
 
     tried: list[tuple[tuple[str, ...], float]] = []
     for exclude in ((), tuple(sensitive_nodes(fp32_path))):

@@ -149,7 +149,8 @@ class RecordedCalibration:
         temperature = number(found.get("temperature"))
         if temperature is None or not 0 < temperature < float("inf"):  # NaN too: no temperature to apply
             return None
-        return cls(temperature, integer(found.get("epoch")), integer(found.get("images")), integer(found.get("ece_bins")),
+        return cls(temperature, integer(found.get("epoch")), integer(found.get("images")),
+                   integer(found.get("ece_bins")),
                    **{key: number(found.get(key)) for key in ("ece_before", "ece_after", "nll_before", "nll_after")},
                    unknown=mapping(found.get("unknown")))
 
