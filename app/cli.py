@@ -364,7 +364,14 @@ def _export(args) -> int:
         agreement = "top-1 agreement" if report.compared == "logits" else "decision agreement"
         print(f"{fmt:<12} {report.path}  {agreement} {report.top1_agreement:.1%} · largest {_SINGULAR[report.compared]} "
               f"difference {report.max_abs_logit_diff:.2e} on {report.images} images", file=sys.stderr)
-    reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
+    from engine.deploy.int8 import Int8Refused
+
+    try:
+        reports += cli_deploy.after_export(args, checkpoint, reports)  # model cards; int8 when asked
+    except Int8Refused as refused:  # --json still lists the files kept, and the int8 entry with passed false
+        if args.json:
+            print_json(reports + [refused.report.to_dict()])
+        raise
     if args.json:
         print_json(reports)
     return 0
@@ -374,23 +381,21 @@ _SINGULAR = {"logits": "logit", "probabilities": "probability", "values": "value
 
 
 def _predict(args) -> int:
-    from engine.data.dataset import Preprocessing
     from engine.deploy.export import load_any
-    from engine.deploy.predict import preprocess
-    from engine.deploy.tta import VIEWS, tta_logits
+    from engine.deploy.tta import VIEWS
 
     if args.top_k < 1:
         raise UserError("--top-k must be >= 1")
     model = load_any(args.checkpoint, trust=args.trust)
     paths = [Path(p) for p in args.images]
-    batch = preprocess(paths, Preprocessing.from_dict(model.preprocessing))
+    # The mirrored image's outputs are averaged before the sigmoid (labels), the de-standardising (value)
+    # or the temperature (classes).
+    outputs = model.image_logits(paths, tta=args.tta)
     if model.task.name != "single-label":  # labels and their probabilities, or the value
         from engine.deploy.predict import task_answers
 
         if args.raw:
             raise UserError(f"--raw is about calibrated single-label probabilities; this model is {model.task.name}")
-        # The mirrored image's outputs are averaged before the sigmoid (labels) or the de-standardising (value).
-        outputs = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
         results = task_answers(outputs, model.class_names, model.task)
         if args.json:
             print_json([{"image": str(p), "task": model.task.name, **r, **({"tta": list(VIEWS)} if args.tta else {})}
@@ -400,8 +405,7 @@ def _predict(args) -> int:
             print(cli_deploy.task_prediction_line(path, result))
         return 0
     # Calibrated probabilities and the unknown verdict where the model's card or checkpoint has them.
-    logits = tta_logits(model.logits, batch) if args.tta else model.logits(batch)
-    results = cli_deploy.predictions(model, args.checkpoint, logits, args.top_k, args.raw)
+    results = cli_deploy.predictions(model, args.checkpoint, outputs, args.top_k, args.raw)
     if args.json:
         print_json([{"image": str(p), **r, **({"tta": list(VIEWS)} if args.tta else {})} for p, r in zip(paths, results)])
         return 0

@@ -1,5 +1,6 @@
 """Export of the shown run's best checkpoint, in a child process (app.worker.ExportProcess): each format
-is checked for parity before it counts as written."""
+is checked for parity before it counts as written; an int8 ONNX file, when asked, is kept only if its
+accuracy on the validation images holds (engine.deploy.int8)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ NOTHING_TO_EXPORT = "No checkpoint to export yet: train first."
 
 
 class ExportController(QObject):
-    finished = Signal(str, list)  # the folder, one parity report (a dict) per file written
+    finished = Signal(str, list)  # the folder, one report (a dict) per file: parity, or int8 (kept or refused)
     failed = Signal(str)
 
     def __init__(self, shown_run: ShownRun, messages: Messages, parent=None):
@@ -46,9 +47,10 @@ class ExportController(QObject):
             self._messages.error_raised.emit(str(exc))
             return None
 
-    @Slot(str, list)
-    def start(self, folder: str, formats: list[str]) -> None:
-        """Write each format into `folder` (in a child process); each is checked for parity first."""
+    @Slot(str, list, object)
+    def start(self, folder: str, formats: list[str], int8=None) -> None:
+        """Write each format into `folder` (in a child process); each is checked for parity first. With
+        `int8` (an engine.deploy.int8.Int8Settings) the ONNX file is also quantized, behind its accuracy gate."""
         checkpoint = self.checkpoint()
         if checkpoint is None:
             self.failed.emit(NOTHING_TO_EXPORT)
@@ -59,7 +61,7 @@ class ExportController(QObject):
             self.failed.emit(problem)
             return
         self._folder = folder
-        self._exporter.start(checkpoint, Path(folder).expanduser().resolve(), formats)
+        self._exporter.start(checkpoint, Path(folder).expanduser().resolve(), formats, int8)
 
     @staticmethod
     def _make_ready(target: Path) -> str:

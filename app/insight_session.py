@@ -2,9 +2,10 @@
 tabs happens here, as background tasks, and comes back as signals on the GUI thread.
 
 It lists the runs, reads a run's evaluation (engine.insight.evaluation, from val_predictions.csv; a
-multi-label or regression run's from val_outputs.pt, engine.insight.task_evaluation) and embeddings,
-decodes gallery thumbnails, computes Grad-CAM overlays (engine.insight.gradcam) and classifies tried
-images. Loaded models are kept (one at a time per file) so a second Grad-CAM is quick.
+multi-label or regression run's from val_outputs.pt, engine.insight.task_evaluation), calibration
+(engine.insight.reliability) and embeddings, decodes gallery thumbnails, computes Grad-CAM overlays
+(engine.insight.gradcam) and classifies tried images. Loaded models are kept (one at a time per file) so
+a second Grad-CAM is quick.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class RunInsight:
     norm_line: str = ""  # what the run did with its BatchNorm statistics (run.json), "" when it did not say
     name: str = ""  # what the run is called (its given name, else its folder's)
     task: str = "single-label"
+    calibration: object = None  # engine.insight.reliability.RunCalibration, or None
+    calibration_note: str = ""  # why there is none
 
 
 def qimage_from_pil(image) -> QImage:
@@ -63,8 +66,20 @@ def read_insight(folder: RunFolder) -> RunInsight:
     evaluation = evaluate_run(folder.path)
     points = read_embeddings(folder.embeddings_path) if folder.embeddings_path.is_file() else []
     norm = folder.read_run().norm_choice
+    calibration, calibration_note = read_calibration(folder)
     return RunInsight(folder, evaluation, evaluation.data_root, points, norm_line=norm.line if norm else "",
-                      name=folder.recorded_name() or folder.path.name)
+                      name=folder.recorded_name() or folder.path.name, calibration=calibration,
+                      calibration_note=calibration_note)
+
+
+def read_calibration(folder: RunFolder) -> tuple[object, str]:
+    """(RunCalibration, "") or (None, why there is none): a run without it still has its other insight."""
+    from engine.insight.reliability import run_calibration
+
+    try:
+        return run_calibration(folder), ""
+    except UserError as exc:
+        return None, str(exc)
 
 
 def read_task_insight(folder: RunFolder, task: str) -> RunInsight:
@@ -107,7 +122,7 @@ class LoadedModels:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self._models: dict[str, tuple[float, object]] = {}
+        self._slots: dict[str, tuple[str, float, object]] = {}  # slot -> (file and loader, its mtime, what it gave)
 
     def classifier(self, path: Path):
         """A checkpoint's LoadedClassifier (call with the lock held)."""
@@ -125,14 +140,23 @@ class LoadedModels:
             raise UntrustedFileError(f"{path.name} was not exported by this installation, and opening a .pt2 file can "
                                      f"run code: choose its .onnx, .safetensors or .pt file, or export the run here") from None
 
-    def _load(self, path: Path, loader):
+    def calibration(self, path: Path, fmt: str) -> dict | None:
+        """The temperature and unknown rule the file's card (or the checkpoint) carries, as predict reads them."""
+        from engine.deploy.calibrated import deployment_calibration
+
+        def calibration_of(model_file: Path) -> dict | None:
+            return deployment_calibration(model_file, fmt)
+
+        return self._load(path, calibration_of, slot="calibration")
+
+    def _load(self, path: Path, loader, slot: str = "model"):
         key = f"{loader.__name__}:{Path(path).resolve()}"
         stamp = Path(path).stat().st_mtime
-        cached = self._models.get(key)
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, loader(path))
-            self._models = {key: cached}  # one at a time: models can be large
-        return cached[1]
+        cached = self._slots.get(slot)
+        if cached is None or cached[:2] != (key, stamp):
+            cached = (key, stamp, loader(path))
+            self._slots[slot] = cached  # one model at a time: models can be large
+        return cached[2]
 
 
 def explain_image(models: LoadedModels, checkpoint: Path, image: str,
@@ -150,36 +174,34 @@ def explain_image(models: LoadedModels, checkpoint: Path, image: str,
     return qimage_from_pil(overlay(image, result.cam)), caption, ranked
 
 
-def classify_image(models: LoadedModels, model_path: Path, image: str) -> tuple[list[tuple[str, float]], QImage | None, str]:
-    """Top classes of `image`, and for a checkpoint its Grad-CAM overlay; exported files
-    (TorchScript, ONNX, safetensors) give predictions only. A Grad-CAM that fails leaves the
-    prediction standing and says why in the note."""
-    from engine.data.dataset import Preprocessing
-    from engine.deploy.export import detect_format
-    from engine.deploy.predict import preprocess, top_k
+def classify_image(models: LoadedModels, model_path: Path, image: str) -> tuple[dict, QImage | None, str]:
+    """`image`'s answer as `predict --json` gives it (engine.deploy.calibrated.classify: calibrated
+    probabilities where the model carries a temperature, the unknown verdict where it has a threshold)
+    with its raw probabilities beside them ("raw_top_k"), and for a checkpoint its Grad-CAM overlay;
+    exported files (TorchScript, ONNX, safetensors) give predictions only. A Grad-CAM that fails
+    leaves the prediction standing and says why in the note."""
+    from engine.deploy.calibrated import classify
+    from engine.deploy.export import Exported, detect_format
 
-    classifier = None
-    with models.lock, torch.no_grad():
-        if detect_format(Path(model_path)) == "pt":
+    fmt, classifier = detect_format(Path(model_path)), None
+    with models.lock:
+        if fmt == "pt":
             try:
                 classifier = models.classifier(Path(model_path))
             except UserError:
                 pass  # a .pt that is not a checkpoint (an exported one): read as an exported file
-        if classifier is not None:
-            names = classifier.class_names
-            logits = classifier.model(preprocess([Path(image)], classifier.preprocessing))
-        else:
-            exported = models.exported(Path(model_path))
-            names = exported.class_names
-            logits = exported.logits(preprocess([Path(image)], Preprocessing.from_dict(exported.preprocessing)))
-    top = [(t["class"], t["probability"]) for t in top_k(logits, names, TOP_K)[0]]
+        model = Exported.of_classifier(classifier) if classifier is not None else models.exported(Path(model_path))
+        logits = model.image_logits([Path(image)])
+        calibration = models.calibration(Path(model_path), model.format)
+    answer = classify(logits, model.class_names, TOP_K, calibration)[0]
+    answer["raw_top_k"] = classify(logits, model.class_names, TOP_K, calibration, raw=True)[0]["top_k"]
     if classifier is None:
-        return top, None, "no Grad-CAM for an exported file"
+        return answer, None, "no Grad-CAM for an exported file"
     try:
         overlay, _, _ = explain_image(models, Path(model_path), image)
     except Exception as exc:  # noqa: BLE001 - the prediction stands; why the heat map is missing is shown
-        return top, None, f"no Grad-CAM ({describe_failure(exc)})"
-    return top, overlay, ""
+        return answer, None, f"no Grad-CAM ({describe_failure(exc)})"
+    return answer, overlay, ""
 
 
 def task_answer(models: LoadedModels, model_path: Path, image: str) -> dict | None:
@@ -227,7 +249,7 @@ class InsightSession(QObject):
     insight_missing = Signal(str)  # why the chosen run has no insight
     thumbnails_ready = Signal(dict)  # absolute path -> QImage (None: did not decode)
     preview_ready = Signal(object, str)  # QImage or None, caption
-    prediction_ready = Signal(str, list, object, str)  # image, [(class, probability)], overlay or None, note
+    prediction_ready = Signal(str, dict, object, str)  # image, classify_image's answer, overlay or None, note
     task_prediction_ready = Signal(str, dict)  # image, a multi-label or regression model's answer (task_answer)
     prediction_failed = Signal(str)
     history_ready = Signal(str, list)  # run folder, [(BatchEvent, EpochEvent)]

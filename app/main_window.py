@@ -571,6 +571,7 @@ class MainWindow(QMainWindow):
         else:
             self.insight.show_evaluation(insight.evaluation, insight.dataset_root, insight.name, insight.norm_line)
             self.insight.show_embeddings(insight.points)
+            self.insight.show_calibration(insight.calibration, insight.calibration_note)
         self._show_try_model()
 
     @Slot()
@@ -652,7 +653,10 @@ class MainWindow(QMainWindow):
     @Slot(str, list)
     def _on_exported(self, folder: str, reports: list) -> None:
         self.settings.setValue("paths/last_export", folder)  # only a folder that worked becomes the default
-        self.statusBar().showMessage(f"Exported {len(reports)} file(s) to {folder}, all passed the parity check", 10000)
+        kept = [r for r in reports if r.get("passed") is not False]  # an int8 file refused on accuracy was not kept
+        refused = "; int8 refused: it lost too much accuracy" if len(kept) < len(reports) else ""
+        self.statusBar().showMessage(f"Exported {len(kept)} file(s) to {folder}, all passed the parity check{refused}",
+                                     10000)
         if self.export_dialog is not None:
             self.export_dialog.show_reports(reports)
 

@@ -289,15 +289,34 @@ class BackgroundTasks(QObject):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def export_arguments(checkpoint: Path, folder: Path, formats: list[str], int8=None) -> list[str]:
+    """The Python arguments of the child: the command line's `export --json`, with `--int8` and its
+    settings (an engine.deploy.int8.Int8Settings) when asked."""
+    arguments = ["-m", "app", "export", str(checkpoint), "--out", str(folder), "--json"]
+    arguments += [f"--format={fmt}" for fmt in formats]
+    if int8 is not None:
+        arguments += ["--int8", f"--max-drop={int8.max_drop!r}", f"--calibration-images={int8.calibration_images}"]
+    return arguments
+
+
+def exported_reports(output: list[str]) -> list | None:
+    """The --json list the export printed last, or None (a crash, a refusal before any file)."""
+    try:
+        reports = json.loads(output[-1]) if output else None
+    except ValueError:
+        return None
+    return reports if isinstance(reports, list) else None
+
+
 class ExportProcess(QObject):
     """Export in a child process running the command line's `export`.
 
     torch.onnx's exporter is Python-heavy and holds the GIL for long stretches: run in a thread of
     the window it stalled the GUI thread for up to 375 ms. A process shares no GIL with the window,
-    and a crash of an exporter cannot take the window with it.
+    and a crash of an exporter cannot take the window with it. int8 quantization runs there too.
     """
 
-    finished = Signal(list)  # one parity report (a dict) per file written
+    finished = Signal(list)  # one report (a dict) per file: parity, or an int8 entry (kept, or refused: passed false)
     failed = Signal(str)  # one line
 
     def __init__(self, parent=None):
@@ -308,7 +327,7 @@ class ExportProcess(QObject):
     def is_running(self) -> bool:
         return self._process is not None
 
-    def start(self, checkpoint: Path, folder: Path, formats: list[str]) -> None:
+    def start(self, checkpoint: Path, folder: Path, formats: list[str], int8=None) -> None:
         if self._process is not None:
             self.failed.emit("An export is already running.")
             return
@@ -316,10 +335,8 @@ class ExportProcess(QObject):
         process.setWorkingDirectory(str(PACKAGE_ROOT))
         process.finished.connect(self._on_finished)
         process.errorOccurred.connect(self._on_error)
-        arguments = ["-m", "app", "export", str(checkpoint), "--out", str(folder), "--json"]
-        arguments += [f"--format={fmt}" for fmt in formats]
         self._process = process
-        process.start(sys.executable, arguments)
+        process.start(sys.executable, export_arguments(checkpoint, folder, formats, int8))
 
     @Slot(int, QProcess.ExitStatus)
     def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
@@ -329,8 +346,10 @@ class ExportProcess(QObject):
         output = bytes(process.readAllStandardOutput().data()).decode(errors="replace").strip().splitlines()
         errors = bytes(process.readAllStandardError().data()).decode(errors="replace").strip().splitlines()
         process.deleteLater()
-        if status == QProcess.ExitStatus.NormalExit and code == 0 and output:
-            self.finished.emit(json.loads(output[-1]))
+        reports = exported_reports(output) if status == QProcess.ExitStatus.NormalExit else None
+        # Exit 1 with the list printed: int8 was refused (its entry says so) after the other files passed.
+        if reports and (code == 0 or any(r.get("passed") is False for r in reports if isinstance(r, dict))):
+            self.finished.emit(reports)
             return
         said = [line for line in errors if line.startswith(CLI_ERROR_PREFIX)]
         if said:

@@ -121,3 +121,39 @@ def contents(root: Path) -> Counter:
 
 class Crash(BaseException):
     """A power cut: not an error any code path catches."""
+
+
+# --- int8: a model that loses accuracy when quantized ------------------------------------------------
+
+
+def fragile_checkpoint(source: Path, target: Path) -> Path:
+    """For int8 tests: `source` with its head refitted to its own validation images (fp32 gets every
+    one right) plus a large per-image offset common to every class: no prediction changes, but the
+    logits' int8 range grows so wide that the classes' margins vanish inside one quantization step:
+    a real int8 drop."""
+    import torch
+
+    from engine.deploy.int8 import run_images
+    from engine.deploy.predict import load_classifier, preprocess
+    from engine.model.checkpoint import load_checkpoint, weights_hash
+
+    ckpt = load_checkpoint(source)
+    classifier = load_classifier(source)
+    images = run_images(source)
+    batch = preprocess([Path(s.path) for s in images.val], images.preprocessing)
+    labels = torch.tensor([s.label for s in images.val])
+    captured = []
+    handle = classifier.model.fc.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.no_grad():
+        classifier.model(batch)
+    handle.remove()
+    features = captured[0]
+    design = torch.cat([features, torch.ones(len(labels), 1)], dim=1).double()
+    targets = torch.nn.functional.one_hot(labels, len(ckpt["class_names"])).double() * 0.2
+    solution = torch.linalg.lstsq(design, targets, driver="gelsd").solution.T.float()
+    weight, bias = solution[:, :-1].clone(), solution[:, -1].clone()
+    varying = features.std(0).argmax()
+    weight[:, varying] += 100.0 / max(float(features[:, varying].std()), 1e-6)
+    state = {**ckpt["model"], "fc.weight": weight.contiguous(), "fc.bias": bias.contiguous()}
+    torch.save({**ckpt, "model": state, "weights_sha256": weights_hash(state)}, target)
+    return target

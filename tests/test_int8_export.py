@@ -12,37 +12,10 @@ import pytest
 import torch
 
 from engine.deploy.int8 import image_batches, run_images
-from engine.deploy.predict import load_classifier, preprocess
-from engine.model.checkpoint import load_checkpoint, weights_hash
-from tests.helpers import assert_refused, checkpoint, cli  # noqa: F401 - fixtures
+from engine.model.checkpoint import load_checkpoint
+from tests.helpers import assert_refused, checkpoint, cli, fragile_checkpoint  # noqa: F401 - fixtures
 
 pytest.importorskip("onnxruntime")
-
-
-def fragile_checkpoint(source: Path, target: Path) -> Path:
-    """`source` with its head refitted to its own validation images (fp32 gets every one right) plus a
-    large per-image offset common to every class: no prediction changes, but the logits' int8 range
-    grows so wide that the classes' margins vanish inside one quantization step: a real int8 drop."""
-    ckpt = load_checkpoint(source)
-    classifier = load_classifier(source)
-    images = run_images(source)
-    batch = preprocess([Path(s.path) for s in images.val], images.preprocessing)
-    labels = torch.tensor([s.label for s in images.val])
-    captured = []
-    handle = classifier.model.fc.register_forward_hook(lambda m, i, o: captured.append(i[0]))
-    with torch.no_grad():
-        classifier.model(batch)
-    handle.remove()
-    features = captured[0]
-    design = torch.cat([features, torch.ones(len(labels), 1)], dim=1).double()
-    targets = torch.nn.functional.one_hot(labels, len(ckpt["class_names"])).double() * 0.2
-    solution = torch.linalg.lstsq(design, targets, driver="gelsd").solution.T.float()
-    weight, bias = solution[:, :-1].clone(), solution[:, -1].clone()
-    varying = features.std(0).argmax()
-    weight[:, varying] += 100.0 / max(float(features[:, varying].std()), 1e-6)
-    state = {**ckpt["model"], "fc.weight": weight.contiguous(), "fc.bias": bias.contiguous()}
-    torch.save({**ckpt, "model": state, "weights_sha256": weights_hash(state)}, target)
-    return target
 
 
 def measured_accuracy(model_path: Path, checkpoint_path: Path) -> float:
@@ -85,10 +58,16 @@ def test_int8_is_kept_when_the_drop_is_allowed_and_its_accuracy_holds(checkpoint
 @pytest.mark.slow
 def test_int8_is_refused_when_max_drop_0_meets_a_real_drop(fragile, capsys, monkeypatch):
     monkeypatch.setattr("engine.deploy.int8.sensitive_nodes", lambda path: [])  # no fp32 retry: refuse at once
-    rc, _, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0", "--tolerance", "1e-2")
+    rc, out, err = cli(capsys, "export", fragile, "--format", "onnx", "--int8", "--max-drop", "0",
+                       "--tolerance", "1e-2", "--json")
     lines = err.strip().splitlines()
     assert rc == 1 and "Traceback" not in err and len(lines) == 2, err  # the fp32 file's line, then the refusal
     assert lines[0].startswith("onnx") and "refused" in lines[1] and "66.7 points" in lines[1], err
+    # --json lists the file kept and the int8 entry, refused with the drop measured (what the window shows).
+    fp32, int8 = json.loads(out)
+    assert fp32["format"] == "onnx" and int8["format"] == "onnx-int8" and int8["passed"] is False
+    assert int8["accuracy_drop"] == pytest.approx(66.67, abs=0.01) and int8["speedup"] is None
+    assert int8["accuracy_drop"] == pytest.approx((int8["fp32_accuracy"] - int8["int8_accuracy"]) * 100)
     assert not (fragile.parent / "checkpoint.int8.onnx").exists()
     assert (fragile.parent / "checkpoint.onnx").is_file()  # the fp32 file passed its own gate and stays
 

@@ -124,8 +124,9 @@ def test_an_unrecorded_pt2_is_refused_without_trust(trained, data, registry, tmp
 
     with pytest.raises(UntrustedFileError):
         classify_image(LoadedModels(), changed, image)
-    top, overlay, note = classify_image(LoadedModels(), mine, image)
-    assert top[0][0] in load_classifier(trained).class_names and overlay is None and "exported" in note
+    answer, overlay, note = classify_image(LoadedModels(), mine, image)
+    assert answer["top_k"][0]["class"] in load_classifier(trained).class_names
+    assert overlay is None and "exported" in note
     assert main(["predict", str(changed), image]) == 2
     _one_error_line(capsys.readouterr().err)
     assert main(["predict", str(changed), image, "--trust", "--json"]) == 0

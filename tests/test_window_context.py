@@ -314,7 +314,8 @@ def test_a_refused_try_keeps_no_bars_or_map_of_the_image_before(qtbot):
     qtbot.addWidget(panel)
     overlay = QImage(8, 8, QImage.Format.Format_RGB32)
     overlay.fill(0)
-    panel.show_prediction("cat.png", [("cat", 0.9), ("dog", 0.1)], overlay)
+    top = [{"class": "cat", "index": 0, "probability": 0.9}, {"class": "dog", "index": 1, "probability": 0.1}]
+    panel.show_prediction("cat.png", {"top_k": top, "raw_top_k": top, "calibrated": False}, overlay)
     assert panel.bars.top() and panel.overlay.pixmap() is not None and not panel.overlay.pixmap().isNull()
     panel.show_error("that file is not an image")
     assert panel.bars.top() == [] and (panel.overlay.pixmap() is None or panel.overlay.pixmap().isNull())

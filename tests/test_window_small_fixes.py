@@ -132,7 +132,7 @@ def _exports_with_a_checkpoint(qtbot, tmp_path, monkeypatch):
     shown = ShownRun(messages)
     shown.set(RunState(folder=RunFolder(run)))
     started = []
-    monkeypatch.setattr(ExportProcess, "start", lambda self, checkpoint, folder, formats: started.append(folder))
+    monkeypatch.setattr(ExportProcess, "start", lambda self, checkpoint, folder, formats, int8: started.append(folder))
     exports = ExportController(shown, messages)
     failures = []
     exports.failed.connect(failures.append)

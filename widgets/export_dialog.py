@@ -1,4 +1,5 @@
-"""The Export dialog: several formats at once, each checked for parity, with a loading snippet."""
+"""The Export dialog: several formats at once, each checked for parity, with a loading snippet; and
+int8 ONNX behind an accuracy gate, its figures those of the command line's `export --int8 --json`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QPushButton, QVBoxLayout)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout)
 
 from engine.errors import UserError
 from engine.deploy.export import default_path
+from engine.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, Int8Settings
 from engine.model.architectures import model_kwargs
 from engine.runs.records import RunRecord
 
@@ -55,6 +57,24 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
     return head + body + f"print({meta['class_names']!r}[int(logits.argmax())])\n"
 
 
+def parity_line(report: dict) -> str:
+    return (f"✔ {Path(report['path']).name}: top-1 agreement {report['top1_agreement']:.0%}, largest logit "
+            f"difference {report['max_abs_logit_diff']:.1e} on {report['images']} images")
+
+
+def int8_line(report: dict) -> str:
+    """An int8 entry of `export --json` in one line: kept with its figures, or refused and why."""
+    figures = (f"top-1 {report['int8_accuracy']:.1%} against fp32 {report['fp32_accuracy']:.1%} on "
+               f"{report['images']} validation images, a drop of {report['accuracy_drop']:.2f} points")
+    in_fp32 = ", ".join(report.get("excluded_nodes") or [])
+    if not report["passed"]:
+        return (f"✘ int8 refused: {figures}, more than the {report['max_drop']:g} allowed"
+                + (f" (even with {in_fp32} left in fp32)" if in_fp32 else "")
+                + f"; {Path(report['path']).name} was not kept")
+    return (f"✔ {Path(report['path']).name}: {figures} (at most {report['max_drop']:g} allowed); "
+            f"{report['speedup']:.2f}× the fp32 file's speed" + (f"; left in fp32: {in_fp32}" if in_fp32 else ""))
+
+
 def _safetensors_body(path: str, meta: dict) -> str:
     kwargs = model_kwargs(meta["arch"], int(meta["preprocessing"]["crop"]))
     arguments = "".join(f", {key}={value!r}" for key, value in kwargs.items())
@@ -69,7 +89,7 @@ def _safetensors_body(path: str, meta: dict) -> str:
 
 
 class ExportDialog(QDialog):
-    export_requested = Signal(str, list)  # folder, formats
+    export_requested = Signal(str, list, object)  # folder, formats, Int8Settings or None
 
     def __init__(self, checkpoint: str, meta: dict, folder: str, parent=None):
         super().__init__(parent)
@@ -86,6 +106,32 @@ class ExportDialog(QDialog):
             box.toggled.connect(self._refresh)
             self.boxes[fmt] = box
             formats.addWidget(box)
+        self.int8_box = QCheckBox("int8 (ONNX, gated on accuracy)")
+        self.int8_box.setObjectName("exportInt8Check")
+        self.int8_box.setToolTip("Also write <name>.int8.onnx, statically quantized on training images, and keep it "
+                                 "only if top-1 accuracy on the validation images falls by at most the drop allowed. "
+                                 "Needs the run's dataset.")
+        self.int8_box.toggled.connect(self._refresh)
+        self.max_drop = QDoubleSpinBox()
+        self.max_drop.setObjectName("exportMaxDropSpin")
+        self.max_drop.setRange(0.0, 100.0)
+        self.max_drop.setSingleStep(0.5)
+        self.max_drop.setValue(DEFAULT_MAX_DROP)
+        self.max_drop.setSuffix(" points")
+        self.max_drop.setToolTip("The largest top-1 accuracy drop, in percentage points, the int8 file may have.")
+        self.calibration_images = QSpinBox()
+        self.calibration_images.setObjectName("exportCalibrationSpin")
+        self.calibration_images.setRange(1, 100_000)
+        self.calibration_images.setValue(DEFAULT_CALIBRATION_IMAGES)
+        self.calibration_images.setToolTip("Training images (taken from every class) that set the int8 ranges.")
+        int8_row = QHBoxLayout()
+        int8_row.addWidget(self.int8_box)
+        int8_row.addWidget(QLabel("max drop"))
+        int8_row.addWidget(self.max_drop)
+        int8_row.addWidget(QLabel("calibration images"))
+        int8_row.addWidget(self.calibration_images)
+        int8_row.addStretch(1)
+        formats.addLayout(int8_row)
         self.folder_edit = QLineEdit(folder)
         self.folder_edit.setObjectName("exportFolderEdit")
         self.folder_edit.setToolTip("Folder the exported files go into; a new folder is created inside one that exists.")
@@ -132,6 +178,12 @@ class ExportDialog(QDialog):
     def formats(self) -> list[str]:
         return [fmt for fmt, box in self.boxes.items() if box.isChecked()]
 
+    def int8_settings(self) -> Int8Settings | None:
+        """What int8 is asked with; None when it is not (it quantizes the ONNX file: ONNX must be chosen)."""
+        if not (self.int8_box.isChecked() and self.int8_box.isEnabled()):
+            return None
+        return Int8Settings(self.max_drop.value(), self.calibration_images.value())
+
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export folder", self.folder_edit.text())
         if folder:
@@ -142,16 +194,21 @@ class ExportDialog(QDialog):
         path = str(default_path(Path(self.checkpoint), fmt, Path(self.folder_edit.text().strip()).expanduser()))
         self.snippet.setPlainText(loading_snippet(fmt, path, self.meta))
         self.run_button.setEnabled(bool(self.formats()))
+        self.int8_box.setEnabled(self.boxes["onnx"].isChecked())
+        for spin in (self.max_drop, self.calibration_images):
+            spin.setEnabled(self.int8_settings() is not None)
 
     def _export(self) -> None:
         self.run_button.setEnabled(False)
-        self.results.setText("Exporting and checking parity…")
-        self.export_requested.emit(self.folder_edit.text(), self.formats())
+        int8 = self.int8_settings()
+        self.results.setText("Exporting and checking parity" + (", then quantizing to int8 and measuring both files on "
+                                                               "the validation images…" if int8 else "…"))
+        self.export_requested.emit(self.folder_edit.text(), self.formats(), int8)
 
     def show_reports(self, reports: list[dict]) -> None:
-        lines = [f"✔ {Path(r['path']).name}: top-1 agreement {r['top1_agreement']:.0%}, largest logit difference "
-                 f"{r['max_abs_logit_diff']:.1e} on {r['images']} images" for r in reports]
-        self.results.setText("\n".join(lines))
+        """export --json's entries: a parity report per file, and the int8 entry when asked."""
+        self.results.setText("\n".join(int8_line(r) if r.get("format") == "onnx-int8" else parity_line(r)
+                                        for r in reports))
         self.run_button.setEnabled(True)
 
     def show_error(self, message: str) -> None:

@@ -1,8 +1,9 @@
 """The Insight tab: what the model learned and where it fails, for one run.
 
 The confusion matrix (a heat map with counts), per-class precision/recall/F1, the most-confused
-pairs, and three views below: the gallery of the clicked cell (with a Grad-CAM overlay on demand),
-the embeddings map with the clicked point's image beside it, and "Try an image". It shows what it is given (an evaluation, embedding
+pairs, and four views below: the gallery of the clicked cell (with a Grad-CAM overlay on demand),
+the embeddings map with the clicked point's image beside it, "Try an image", and the calibration
+(widgets/reliability.py). It shows what it is given (an evaluation, embedding
 points, images made elsewhere) and asks for the rest through signals; it reads no file itself. A
 multi-label or regression run shows its own page instead (widgets.task_insight) and its images' tab.
 """
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHBoxLayout, QHea
 from widgets.confusion import ConfusionMatrixModel, PerClassModel, VerticalLabel, confused_pairs_text
 from widgets.embedding_plot import EmbeddingPlot
 from widgets.gallery import GalleryModel, GalleryView, follow_moves
+from widgets.reliability import ReliabilityView
 from widgets.suspects_view import MendActions, class_of, same_folder
 from widgets.task_insight import TaskInsightPage
 from widgets.try_image import OVERLAY_SIDE, TryImagePanel, image_files, show_image
@@ -133,6 +135,7 @@ class InsightView(QWidget):
         self.task_page.thumbnails_wanted.connect(self.thumbnails_wanted)
         self.task_page.explain_requested.connect(self.explain_label_requested)
         self.task_page.image_wanted.connect(self.image_wanted)
+        self.reliability = ReliabilityView()
         self._build_layout()
 
     def _build_layout(self) -> None:
@@ -166,9 +169,10 @@ class InsightView(QWidget):
         self.tabs.addTab(images, "Images")
         embeddings = self._embeddings_with_image()
         self.tabs.addTab(embeddings, "Embeddings")
-        self._single_label_tabs = (images, embeddings)  # hidden while a task run's page is shown
+        self._single_label_tabs = (images, embeddings, self.reliability)  # hidden while a task run's page is shown
         self.tabs.addTab(self.task_page.images, "")  # named by the task when shown
         self.tabs.addTab(self.try_panel, "Try an image")
+        self.tabs.addTab(self.reliability, "Calibration")
         self._pages = QStackedWidget()
         self._pages.addWidget(top)
         self._pages.addWidget(self.task_page)
@@ -276,10 +280,15 @@ class InsightView(QWidget):
         else:
             self.embeddings.clear_points()
 
+    def show_calibration(self, calibration, why_none: str = "") -> None:
+        """An engine.insight.reliability.RunCalibration, or None and why there is none."""
+        self.reliability.show_calibration(calibration, why_none)
+
     def show_missing(self, message: str) -> None:
         """No insight for this run (none recorded, or it could not be read)."""
         self._show_task_page("")
         self._evaluation = None
+        self.reliability.show_calibration(None)
         self.matrix_model.set_matrix([], [])
         self.per_class_model.set_per_class([], {})
         self.gallery_model.set_records([], self._root)
@@ -297,8 +306,8 @@ class InsightView(QWidget):
     def show_try_busy(self, image: str) -> None:
         self.try_panel.show_busy(image)
 
-    def show_prediction(self, image: str, top: list, overlay: QImage | None, note: str = "") -> None:
-        self.try_panel.show_prediction(image, top, overlay, note)
+    def show_prediction(self, image: str, answer: dict, overlay: QImage | None, note: str = "") -> None:
+        self.try_panel.show_prediction(image, answer, overlay, note)
 
     def show_task_prediction(self, image: str, answer: dict) -> None:
         self.try_panel.show_task_prediction(image, answer)

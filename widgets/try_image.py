@@ -1,5 +1,7 @@
 """Try an image: choose (or drop) a picture, see the model's top classes as bars and where it looked;
 a multi-label model's every label as a bar with its threshold marked, a regression model's value.
+A single-label model's probabilities are calibrated (its temperature) unless the person asks for the
+raw ones, and an image under the model's unknown threshold reads "none of the classes".
 
 The panel only asks (`image_chosen`, `model_chosen`) and shows what it is given; the prediction
 and the Grad-CAM overlay are computed elsewhere, off the GUI thread.
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout,
+                               QWidget)
 
 from engine.data.images import IMAGE_EXTENSIONS
 
@@ -83,6 +86,18 @@ class TopKBars(QWidget):
         painter.end()
 
 
+def answer_line(name: str, answer: dict, raw: bool) -> str:
+    """What the panel says of a single-label answer (engine.deploy.calibrated.classify's, with
+    "raw_top_k"): the top class and its probability, or "none of the classes" under the threshold."""
+    top = answer["raw_top_k" if raw else "top_k"][0]
+    kind = "raw" if raw or not answer.get("calibrated") else "calibrated"
+    if answer.get("unknown"):
+        score = answer["score"]
+        return (f"{name}: none of the classes (score {score['value']:.4g} < {score['threshold']:.4g}, "
+                f"{score['name']}) — closest: {top['class']}, {top['probability']:.0%} ({kind})")
+    return f"{name}: {top['class']}, {top['probability']:.0%} ({kind})"
+
+
 def show_image(label: QLabel, image: QImage | None, side: int = OVERLAY_SIDE) -> None:
     """An image scaled to fit `side`, or an empty label."""
     if image is None or image.isNull():
@@ -110,6 +125,12 @@ class TryImagePanel(QWidget):
         self.model_label = QLabel("Model: the run's best checkpoint (none yet)")
         self.model_label.setObjectName("tryModelLabel")
         self.model_label.setWordWrap(True)
+        self.raw_check = QCheckBox("&Raw probabilities")
+        self.raw_check.setObjectName("tryRawCheck")
+        self.raw_check.setToolTip("Show the softmax of the logits as they are, not scaled by the temperature "
+                                  "fitted on the run's validation images (the calibrated ones say how often the "
+                                  "model is right).")
+        self.raw_check.toggled.connect(self._show_answer)
         self.bars = TopKBars()
         self.overlay = QLabel()
         self.overlay.setObjectName("tryOverlayLabel")
@@ -122,6 +143,7 @@ class TryImagePanel(QWidget):
         buttons.addWidget(self.try_button)
         buttons.addWidget(self.model_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.raw_check)
         result = QHBoxLayout()
         result.addWidget(self.overlay)
         result.addWidget(self.bars, 1)
@@ -131,6 +153,7 @@ class TryImagePanel(QWidget):
         layout.addLayout(result)
         layout.addWidget(self.message)
         layout.addStretch(1)
+        self._answer: tuple[str, dict, str] | None = None  # the last single-label answer: image, answer, note
 
     def show_model(self, text: str) -> None:
         self.model_label.setText(f"Model: {text}")
@@ -138,15 +161,27 @@ class TryImagePanel(QWidget):
     def show_busy(self, image: str) -> None:
         self.message.setText(f"Classifying {Path(image).name}…")
 
-    def show_prediction(self, image: str, top: list[tuple[str, float]], overlay: QImage | None, note: str = "") -> None:
-        self.bars.set_top(top)
+    def show_prediction(self, image: str, answer: dict, overlay: QImage | None, note: str = "") -> None:
+        """A single-label answer (see answer_line) and, for a checkpoint, where it looked."""
+        self._answer = (image, answer, note)
         show_image(self.overlay, overlay)
-        self.message.setText(f"{Path(image).name}: {top[0][0]} ({top[0][1]:.0%})" + (f" — {note}" if note else ""))
+        self._show_answer()
+
+    def _show_answer(self) -> None:
+        if self._answer is None:
+            return
+        image, answer, note = self._answer
+        calibrated = bool(answer.get("calibrated"))
+        self.raw_check.setEnabled(calibrated)  # a model without a temperature has only raw probabilities
+        raw = self.raw_check.isChecked() or not calibrated
+        self.bars.set_top([(t["class"], t["probability"]) for t in answer["raw_top_k" if raw else "top_k"]])
+        self.message.setText(answer_line(Path(image).name, answer, raw) + (f" — {note}" if note else ""))
 
     def show_task_prediction(self, image: str, answer: dict) -> None:
         """A multi-label model's labels (every label's probability, those over their thresholds
         named), or a regression model's value; no Grad-CAM (it explains one class's score)."""
         show_image(self.overlay, None)
+        self._answer = None
         name = Path(image).name
         if answer.get("task") == "regression":
             self.bars.set_top([])
@@ -159,6 +194,7 @@ class TryImagePanel(QWidget):
                              f"no Grad-CAM for a multi-label model")
 
     def show_error(self, message: str) -> None:
+        self._answer = None
         self.message.setText(message)
         self.bars.set_top([])  # no bars of an earlier image beside a refusal
         show_image(self.overlay, None)

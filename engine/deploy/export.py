@@ -311,8 +311,24 @@ class Exported:
     _run: object
     task: CheckpointTask = CheckpointTask()  # a file without task metadata is single-label
 
+    @classmethod
+    def of_classifier(cls, classifier: LoadedClassifier) -> Exported:
+        """A loaded checkpoint, run as any exported file is."""
+        return cls("pt", classifier.class_names, classifier.preprocessing.to_dict(), _torch_runner(classifier.model),
+                   classifier.task)
+
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self._run(batch)
+
+    def image_logits(self, images: list[Path], tta: bool = False) -> torch.Tensor:
+        """The outputs for image files, preprocessed as the model was trained; with `tta` averaged with
+        their mirror images' (engine.deploy.tta). What `predict` and the window's Try an image both run."""
+        from engine.data.dataset import Preprocessing
+        from engine.deploy.predict import preprocess
+        from engine.deploy.tta import tta_logits
+
+        batch = preprocess(images, Preprocessing.from_dict(self.preprocessing))
+        return tta_logits(self.logits, batch) if tta else self.logits(batch)
 
 
 def detect_format(path: Path) -> str:
@@ -338,9 +354,7 @@ def load_any(path: str | Path, fmt: str | None = None, trust: bool = False) -> E
         raise UserError(f"file not found: {path}")
     fmt = fmt or detect_format(path)
     if fmt == "pt":
-        classifier = load_classifier(path)
-        return Exported("pt", classifier.class_names, classifier.preprocessing.to_dict(),
-                        _torch_runner(classifier.model), classifier.task)
+        return Exported.of_classifier(load_classifier(path))
     if fmt == "pt2":
         return _load_pt2(path, trust)
     loader = {"safetensors": _load_safetensors, "torchscript": _load_torchscript, "onnx": _load_onnx}[fmt]

@@ -36,7 +36,20 @@ THROUGHPUT_SECONDS = 0.5  # per model: enough for a stable figure, short beside 
 
 
 class Int8Refused(ParityError):
-    """The int8 file lost more accuracy than allowed; it was removed (exit code 1, as a failed parity check)."""
+    """The int8 file lost more accuracy than allowed; it was removed (exit code 1, as a failed parity check).
+    `report` has the figures of the last file tried (passed False, no throughput measured)."""
+
+    def __init__(self, message: str, report: Int8Report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """What the person asks of an int8 export (the command line's --max-drop, --calibration-images)."""
+
+    max_drop: float = DEFAULT_MAX_DROP
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,9 @@ class Int8Report:
     int8_accuracy: float
     accuracy_drop: float  # points: (fp32 - int8) x 100
     max_drop: float
-    fp32_images_per_second: float
-    int8_images_per_second: float
-    speedup: float
+    fp32_images_per_second: float | None  # None: refused before its speed was measured
+    int8_images_per_second: float | None
+    speedup: float | None
     excluded_nodes: tuple[str, ...]  # left in fp32
     passed: bool
 
@@ -226,6 +239,16 @@ def export_int8(checkpoint: str | os.PathLike, fp32_path: str | os.PathLike, out
         raise UserError("no usable image to calibrate or measure the int8 model on")
     fp32 = _session(fp32_path)
     fp32_accuracy = accuracy(fp32, validation)
+    validation_images = sum(len(labels) for _, labels in validation)
+
+    def report(exclude: tuple[str, ...], int8_accuracy: float, drop: float,
+               speeds: tuple[float, float] | None) -> Int8Report:
+        """Kept when its speeds were measured (fp32, int8); refused, with none, otherwise."""
+        fp32_speed, int8_speed = speeds or (None, None)
+        return Int8Report("onnx-int8", str(out), str(fp32_path), validation_images, len(chosen), fp32_accuracy,
+                          int8_accuracy, drop, max_drop, fp32_speed, int8_speed,
+                          int8_speed / fp32_speed if speeds else None, exclude, speeds is not None)
+
     tried: list[tuple[tuple[str, ...], float]] = []
     for exclude in ((), tuple(sensitive_nodes(fp32_path))):
         if tried and not exclude:
@@ -244,10 +267,8 @@ def export_int8(checkpoint: str | os.PathLike, fp32_path: str | os.PathLike, out
         tried.append((exclude, drop))
         if drop <= max_drop + 1e-9:
             speed_batch = validation[0][0]
-            fp32_speed, int8_speed = images_per_second(fp32, speed_batch), images_per_second(int8, speed_batch)
-            return Int8Report("onnx-int8", str(out), str(fp32_path), sum(len(l) for _, l in validation), len(chosen),
-                              fp32_accuracy, int8_accuracy, drop, max_drop, fp32_speed, int8_speed,
-                              int8_speed / fp32_speed, exclude, True)
+            return report(exclude, int8_accuracy, drop,
+                          (images_per_second(fp32, speed_batch), images_per_second(int8, speed_batch)))
         del int8
     out.unlink(missing_ok=True)
     for stale in (Path(str(out) + ".card.json"), Path(str(out) + ".card.md")):  # an earlier int8 file's card
@@ -255,5 +276,5 @@ def export_int8(checkpoint: str | os.PathLike, fp32_path: str | os.PathLike, out
     measured = "; ".join(f"{drop:.1f} points" + (f" with {', '.join(ex)} left in fp32" if ex else "")
                          for ex, drop in tried)
     raise Int8Refused(f"int8 export refused: top-1 accuracy fell {measured} (fp32 {fp32_accuracy:.1%} on "
-                      f"{sum(len(l) for _, l in validation)} validation images), more than --max-drop {max_drop:g}; "
-                      f"{out} was not kept")
+                      f"{validation_images} validation images), more than --max-drop {max_drop:g}; {out} was not kept",
+                      report(exclude, int8_accuracy, drop, None))

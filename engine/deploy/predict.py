@@ -59,14 +59,6 @@ def preprocess(paths: list[Path], prep: Preprocessing) -> torch.Tensor:
     return normalize_batch(torch.stack(images), prep)
 
 
-def top_k(logits: torch.Tensor, class_names: list[str], k: int) -> list[list[dict]]:
-    probs = logits.softmax(dim=1)
-    k = min(k, len(class_names))
-    values, indices = probs.topk(k, dim=1)
-    return [[{"class": class_names[int(i)], "index": int(i), "probability": float(v)} for v, i in zip(vs, ix)]
-            for vs, ix in zip(values, indices)]
-
-
 def task_answers(outputs: torch.Tensor, class_names: list[str], task: CheckpointTask) -> list[dict]:
     """Multi-label: the labels at or above their thresholds and every label's probability (sigmoid);
     regression: the value on the target's own scale (de-standardised)."""

@@ -14,6 +14,7 @@ validation images. Pure torch on CPU tensors: used by training (at each best epo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -55,23 +56,40 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return fitted
 
 
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One equal-width confidence bin: (lower, upper], its images, their mean confidence and accuracy."""
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float  # 0.0 for an empty bin
+    accuracy: float
+
+
 @torch.no_grad()
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """Σ over equal-width confidence bins of (share of images) × |accuracy − mean confidence|."""
-    if len(labels) == 0:
-        return 0.0
+def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> list[ReliabilityBin]:
+    """The reliability diagram's bins, and what ECE sums: each bin's top-1 confidence against its accuracy."""
     confidence, predicted = probabilities.float().max(dim=1)
     correct = (predicted == labels.to(predicted.device)).float()
     # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 goes to the first bin.
     index = (confidence * bins).ceil().long().clamp(1, bins) - 1
-    total = 0.0
+    table = []
     for b in range(bins):
         members = index == b
         count = int(members.sum())
-        if count:
-            gap = abs(float(correct[members].mean()) - float(confidence[members].mean()))
-            total += count / len(labels) * gap
-    return total
+        table.append(ReliabilityBin(b / bins, (b + 1) / bins, count,
+                                    float(confidence[members].mean()) if count else 0.0,
+                                    float(correct[members].mean()) if count else 0.0))
+    return table
+
+
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """Σ over equal-width confidence bins of (share of images) × |accuracy − mean confidence|."""
+    if len(labels) == 0:
+        return 0.0
+    return sum(b.count / len(labels) * abs(b.accuracy - b.confidence)
+               for b in reliability_bins(probabilities, labels, bins) if b.count)
 
 
 @torch.no_grad()

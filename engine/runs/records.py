@@ -99,6 +99,7 @@ class RunRecord:
     processes: int = 1  # how many processes trained it
     rank_integrity: tuple[dict[str, Any], ...] = ()  # with several: each rank's {rank, checked, changed, digest}
     result: FitResult | None = None  # the outcome at the end
+    calibration: RecordedCalibration | None = None  # the best epoch's (single-label runs)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -121,7 +122,37 @@ class RunRecord:
             started=_started(record.get("started")), integrity=_run_integrity(record.get("integrity")),
             processes=integer(processes) or integer((mapping(processes) or {}).get("world_size")) or 1,
             rank_integrity=tuple(objects((mapping(processes) or {}).get("integrity"))),
-            result=_result(record.get("result")), raw=record)
+            result=_result(record.get("result")), calibration=RecordedCalibration.from_dict(record.get("calibration")),
+            raw=record)
+
+
+@dataclass(frozen=True)
+class RecordedCalibration:
+    """run.json's "calibration" (engine.training.calibration_record writes it from
+    engine.model.calibration.calibrate): the temperature fitted on the best epoch's validation
+    logits, NLL and ECE before and after, and the unknown rule."""
+
+    temperature: float
+    epoch: int | None = None
+    images: int | None = None
+    ece_bins: int | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    unknown: dict[str, Any] | None = None  # {"score", "threshold", "keep", "validation_kept", "error_auroc"}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> RecordedCalibration | None:
+        """None when there is none (a multi-label or regression run, or one from before calibration)."""
+        found = mapping(raw) or {}
+        temperature = number(found.get("temperature"))
+        if temperature is None or not 0 < temperature < float("inf"):  # NaN too: no temperature to apply
+            return None
+        return cls(temperature, integer(found.get("epoch")), integer(found.get("images")),
+                   integer(found.get("ece_bins")),
+                   **{key: number(found.get(key)) for key in ("ece_before", "ece_after", "nll_before", "nll_after")},
+                   unknown=mapping(found.get("unknown")))
 
 
 def _task_fields(line: dict[str, Any]) -> dict[str, Any]:
