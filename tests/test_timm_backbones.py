@@ -89,6 +89,19 @@ def place_in_hf_cache(name: str, source: Path) -> Path:
 # --- every family, end to end ---------------------------------------------------------------------
 
 
+def dialog_snippets_rebuild(checkpoint: str, ckpt: dict, safetensors_file: str) -> None:
+    """The export dialog's pt and safetensors snippets, run up to the image, load weights equal to the checkpoint's."""
+    from widgets.export_dialog import loading_snippet
+
+    meta = {"arch": ckpt["arch"], "class_names": ckpt["class_names"], "preprocessing": ckpt["preprocessing"]}
+    for fmt, path in (("pt", checkpoint), ("safetensors", safetensors_file)):
+        snippet = loading_snippet(fmt, path, meta)
+        scope: dict = {"torch": torch}
+        exec(snippet[snippet.index("import timm"):snippet.index("logits =")], scope)
+        state = scope["model"].state_dict()
+        assert state.keys() == ckpt["model"].keys() and all(torch.equal(state[k], ckpt["model"][k]) for k in state)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size", FAMILIES)
 def test_family_builds_offline_trains_exports_and_reloads_in_plain_timm(name, size, demo_dir, tmp_path):
@@ -129,11 +142,12 @@ def test_family_builds_offline_trains_exports_and_reloads_in_plain_timm(name, si
     plain = timm.create_model(name, num_classes=len(ckpt["class_names"]), **ckpt["source"]["model_kwargs"])
     plain.load_state_dict(ckpt["model"], strict=True)
 
-    # pt and ONNX exports pass their parity gates.
+    # pt, safetensors and ONNX exports pass their parity gates, and the export dialog's snippets rebuild
+    # the model from the pt and the safetensors file.
     batch = parity_batch(fitted.checkpoint, limit=4)
-    for fmt in ("pt", "onnx"):
-        report = export(fitted.checkpoint, fmt, None, batch)
-        assert report.passed, report
+    reports = {fmt: export(fitted.checkpoint, fmt, None, batch) for fmt in ("pt", "safetensors", "onnx")}
+    assert all(report.passed for report in reports.values()), reports
+    dialog_snippets_rebuild(fitted.checkpoint, ckpt, str(reports["safetensors"].path))
 
 
 # --- weights --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def test_two_epochs_write_a_plain_torchvision_checkpoint_and_metrics(demo_dir, t
     model = torchvision.models.resnet18(num_classes=4)
     model.load_state_dict(ckpt["model"], strict=True)
     assert ckpt["class_names"] == ["circle", "cross", "square", "triangle"]
-    assert set(ckpt["preprocessing"]) == {"resize", "crop", "mean", "std"} and ckpt["preprocessing"]["crop"] == 32
+    assert set(ckpt["preprocessing"]) == {"resize", "crop", "mean", "std", "interpolation"} and ckpt["preprocessing"]["crop"] == 32
     assert ckpt["format_version"] == 1 and ckpt["arch"] == "resnet18" and "plan" in ckpt and "metrics" in ckpt
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2

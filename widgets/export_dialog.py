@@ -13,7 +13,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QF
 from engine.errors import UserError
 from engine.deploy.export import default_path
 from engine.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, Int8Settings
+from engine.model import timm_source
 from engine.model.architectures import model_kwargs
+from engine.model.timm_source import is_timm
 from engine.runs.records import RunRecord
 
 FORMAT_LABELS = (
@@ -36,7 +38,9 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
             f"prep = v2.Compose([v2.PILToTensor(), resize, v2.CenterCrop({prep['crop']}),\n"
             f"                   v2.ToDtype(torch.float32, scale=True), v2.Normalize({prep['mean']}, {prep['std']})])\n"
             "x = prep(Image.open('image.jpg').convert('RGB')).unsqueeze(0)\n")
-    if fmt == "pt":
+    if is_timm(meta["arch"]) and fmt in ("pt", "safetensors"):
+        body = _timm_body(fmt, path, meta)
+    elif fmt == "pt":
         body = ("import torchvision\n"
                 f"ckpt = torch.load({path!r}, weights_only=True)\n"
                 "# model_kwargs: e.g. GoogLeNet's aux_logits/transform_input, a ViT's image_size (older checkpoints: none)\n"
@@ -55,6 +59,22 @@ def loading_snippet(fmt: str, path: str, meta: dict) -> str:
                 f"session = ort.InferenceSession({path!r})\n"
                 "logits = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])\n")
     return head + body + f"print({meta['class_names']!r}[int(logits.argmax())])\n"
+
+
+def _timm_body(fmt: str, path: str, meta: dict) -> str:
+    """timm rebuilds the model by its name and constructor arguments (what the checkpoint's `source` records)."""
+    if fmt == "pt":
+        return ("import timm\n"
+                f"ckpt = torch.load({path!r}, weights_only=True)\n"
+                "source = ckpt['source']  # the timm model's name and constructor arguments\n"
+                "model = timm.create_model(source['model'], num_classes=len(ckpt['class_names']), **source['model_kwargs'])\n"
+                "model.load_state_dict(ckpt['model'])\nlogits = model.eval()(x)\n")
+    arguments = "".join(f", {key}={value!r}" for key, value in
+                        timm_source.builder_kwargs(meta["arch"], int(meta["preprocessing"]["crop"])).items())
+    name = timm_source.model_name(meta["arch"]).partition(".")[0]  # the pretrained tag names weights, not a model
+    return ("import timm\nfrom safetensors.torch import load_file\n"
+            f"model = timm.create_model({name!r}, num_classes={len(meta['class_names'])}{arguments})\n"
+            f"model.load_state_dict(load_file({path!r}))\nlogits = model.eval()(x)\n")
 
 
 def parity_line(report: dict) -> str:
