@@ -179,7 +179,7 @@ class EpochLoop:
         self.rank_integrity: list[dict] = []  # each rank's integrity after the last epoch
         self.optimization = Optimization(run.model, run.info, self.plan_in_force, cfg.train,
                                          self._segment(resume_state))
-        self.integrity = FreezeIntegrity(run.model, trial.parts.frozen_reference(run.model) if trial else None)
+        self.integrity = FreezeIntegrity(run.model, (trial.parts if trial else FRESH).frozen_reference(run.model))
         # Rank 0 alone samples telemetry: it alone shows it, and a sample on another rank would hold every rank up.
         self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch)
                           if cfg.train.telemetry and self.group.is_main else None)
@@ -238,7 +238,8 @@ class EpochLoop:
 
     def _best_epoch_records(self) -> list[Listener]:
         """What rank 0 writes at each new best epoch, in order: the calibration before the checkpoint,
-        which carries it; the validation records after it. A search trial's wait for the run's end."""
+        which carries it; the validation records after it. A search trial's wait for the run's end
+        (BestRecordsAtEnd, kept as self.best_at_end for the loop to release)."""
         run = self.run
         if not self.group.is_main:
             return []
