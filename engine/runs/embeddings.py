@@ -8,6 +8,7 @@ the run's device (no new dependency); `embeddings.csv` holds path, true, pred, x
 from __future__ import annotations
 
 import hashlib
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +61,17 @@ def project_2d(features: torch.Tensor) -> torch.Tensor | None:
     The same features give the same map: cached trunk features (each best epoch of a head trained on
     them, each trial of a search) are projected once."""
     key = _content_key(features)
-    if key not in _PROJECTED:
-        _PROJECTED[key] = _project(features)
-        while len(_PROJECTED) > _PROJECTIONS_KEPT:
-            _PROJECTED.pop(next(iter(_PROJECTED)))
-    return _PROJECTED[key]
+    with _PROJECTED_LOCK:  # the window's threads may project at once
+        if key not in _PROJECTED:
+            _PROJECTED[key] = _project(features)
+            while len(_PROJECTED) > _PROJECTIONS_KEPT:
+                _PROJECTED.pop(next(iter(_PROJECTED)))
+        return _PROJECTED[key]
 
 
 _PROJECTIONS_KEPT = 4
 _PROJECTED: dict[tuple, torch.Tensor | None] = {}  # content key -> map, oldest first
+_PROJECTED_LOCK = threading.Lock()
 
 
 def _content_key(features: torch.Tensor) -> tuple:
