@@ -70,6 +70,8 @@ def add_commands(sub, number) -> None:
     keep = g.add_mutually_exclusive_group()
     keep.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder, pruned ones too")
     keep.add_argument("--prune-runs", action="store_true", help="keep only the best trial's run folder")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="write each trial's TensorBoard event files (off: a trial's figures are in its metrics.jsonl)")
     g.add_argument("--json", action="store_true", help="last stdout line: {best, trials, pruned, storage}")
     g.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)  # a worker process's parent pid
 
@@ -78,12 +80,12 @@ def search_job(args):
     """The checked job the flags describe (every refusal a one-line UserError)."""
     from engine.data.dataset import scan_dataset
     from engine.search.space import default_space, narrowed, stage_groups_below_head
-    from engine.search.worker import SearchJob
+    from engine.search.worker import SearchJob, trial_settings
 
     given = {k: v for k, v in vars(args).items() if k in _SHARED}
     project = getattr(args, "project", None)
     base = train_config_from_args(argparse.Namespace(resume=None, project=project, out="search"), given)
-    base = replace(base, train=replace(base.train, telemetry=False))  # nobody watches a trial's layers
+    base = trial_settings(base, tensorboard=args.tensorboard)
     base.validate()
     groups = stage_groups_below_head(base.model.arch, base.data.image_size)
     space = narrowed(default_space(args.head_only, len(groups)), args.space)

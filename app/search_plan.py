@@ -14,7 +14,7 @@ from engine.data.dataset import DatasetScan
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo
 from engine.search.space import SearchSpace, default_space, narrowed, trial_config
-from engine.search.worker import SearchJob
+from engine.search.worker import SearchJob, trial_settings
 from widgets.search_dialog import KnobRow, SearchRequest
 
 MAX_TRIALS = 100_000  # a budget in minutes: the time ends the search, not a count (engine.config search.trials)
@@ -76,7 +76,7 @@ def search_job(request: SearchRequest, config: RunConfig, info: ModelInfo | None
         name = f"search-{config.model.arch.replace(':', '-')}-{Path(config.data.root).name or 'data'}"
         out = Path(runs_root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         storage = out / "search.journal"
-    base = replace(config, train=replace(config.train, telemetry=False), out_dir=str(out.absolute()))
+    base = replace(trial_settings(config), out_dir=str(out.absolute()))
     base.validate()
     trials = request.trials if request.trials is not None else MAX_TRIALS
     timeout = None if request.minutes is None else request.minutes * 60.0

@@ -6,12 +6,16 @@
 
 Default case (issue 26): scikit-learn's digits (1,797 real handwritten digits, scaled up; train/ and
 val/ as bench/run_benchmarks.py writes them), resnet18 from a stand-in weights file, 64 px, the
-head-only space (base LR, weight decay, label smoothing, epochs 3..12), every trial a full `fit`
-(same proofs as `train`). The trunk's features are computed once by a warm-up run, not counted;
-then the TPE search (engine.search.worker, its own journal) and the grid (engine.search.space.grid,
-POINTS values per knob, each a plain `fit`) run on the cached features. Reports the best value of
-each, the gap, trial counts, seconds per trial, and whether every trial read the cached features.
-Prints one JSON line and a markdown table for docs/benchmarks.md; writes OUT/search.json.
+head-only space (base LR, weight decay, label smoothing, epochs 3..12), every trial a full `fit` as
+a search trial (engine.training.search_trial: same proofs as `train`), with the settings `search`
+gives its trials (no telemetry, no TensorBoard) and its default folders (a pruned trial's deleted).
+The trunk's features (and, for --adapt-norm auto, the adapted statistics) are computed once by a
+warm-up run, not counted; then the TPE search (engine.search.worker, its own journal) and the grid
+(engine.search.space.grid, POINTS values per knob, each a trial `fit` with the warm-up's measured
+--adapt-norm choice, as the search's later trials take the first's) run on the cached features.
+Reports the best value of each, the gap, trial counts, seconds per trial, and whether every kept
+trial folder read the cached features. Prints one JSON line and a markdown table for
+docs/benchmarks.md; writes OUT/search.json.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import run_benchmarks as rb  # noqa: E402 - the round-1 pieces: digits, the weig
 from engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from engine.runs.run_folder import RunFolder  # noqa: E402
 from engine.search.space import default_space, grid, narrowed, stage_groups_below_head  # noqa: E402
-from engine.search.worker import SearchJob, load_study, run_worker  # noqa: E402
+from engine.search.worker import SearchJob, load_study, run_worker, trial_settings  # noqa: E402
+from engine.training.search_trial import SearchTrial  # noqa: E402
+from engine.training.shared_parts import SharedParts  # noqa: E402
 from engine.training.trainer import fit  # noqa: E402
 
 
@@ -49,10 +55,10 @@ def dataset(args, out: Path) -> Path:
 
 
 def base_config(data: Path, weights: str, args, out_dir: Path) -> RunConfig:
-    return RunConfig(data=DataConfig(root=str(data), image_size=args.size),
-                     model=ModelConfig("resnet18", weights),
-                     train=TrainConfig(batch_size=32, device=args.device, seed=args.seed, telemetry=False),
-                     out_dir=str(out_dir))
+    return trial_settings(RunConfig(data=DataConfig(root=str(data), image_size=args.size),
+                                    model=ModelConfig("resnet18", weights),
+                                    train=TrainConfig(batch_size=32, device=args.device, seed=args.seed),
+                                    out_dir=str(out_dir)))
 
 
 def cached(run_dir: str | Path) -> bool:
@@ -71,23 +77,25 @@ def tpe(job: SearchJob) -> dict:
     run_worker(load_study(job), job, on_trial=on_trial)
     seconds = time.perf_counter() - start
     values = [o.value for o in outcomes if o.state == "complete"]
-    folders = [job.run_dir(o.number) for o in outcomes]
+    folders = [f for f in (job.run_dir(o.number) for o in outcomes) if (f / "run.json").exists()]  # pruned: deleted
     return {"seconds": seconds, "trials": len(outcomes), "complete": len(values),
             "pruned": sum(o.state == "pruned" for o in outcomes), "failed": sum(o.state == "failed" for o in outcomes),
             "best": max(values) if values else None, "values": [o.value for o in outcomes],
             "states": [o.state for o in outcomes], "trial_seconds": [o.seconds for o in outcomes],
-            "all_cached": all(cached(f) for f in folders if (f / "run.json").exists())}
+            "all_cached": all(cached(f) for f in folders), "folders_checked": len(folders)}
 
 
-def exhaustive(job: SearchJob, points: int) -> dict:
+def exhaustive(job: SearchJob, points: int, adapt_norm: str | None) -> dict:
     out = Path(job.base.out_dir)
     shutil.rmtree(out, ignore_errors=True)
     combos = grid(job.space, points)
     values, seconds_each, all_cached = [], [], True
+    trial = SearchTrial(SharedParts())
     start = time.perf_counter()
     for i, combo in enumerate(combos):
         t = time.perf_counter()
-        result = fit(job.config(combo, i))
+        config = job.config(combo, i, adapt_norm)
+        result = fit(config, scan=trial.parts.scan(config), trial=trial)
         seconds_each.append(time.perf_counter() - t)
         values.append(result.best_val_accuracy)
         all_cached &= cached(result.run_dir)
@@ -134,19 +142,22 @@ def main() -> int:
     def job(name: str) -> SearchJob:
         folder = out / f"search-{name}"
         return SearchJob(base=base_config(data, weights, args, folder), space=space, stage_groups=groups,
-                         trials=args.trials, storage=folder / "search.journal", keep="all", seed=args.seed)
+                         trials=args.trials, storage=folder / "search.journal", seed=args.seed)
 
     warm = job("warmup")
     shutil.rmtree(warm.base.out_dir, ignore_errors=True)
     start = time.perf_counter()
     first = fit(warm.config({"epochs": int(space.knob("epochs").low)}, 0))
-    warmup = {"seconds": time.perf_counter() - start,
-              "feature_cache": RunFolder(first.run_dir).read_run().feature_cache}
+    warm_run = RunFolder(first.run_dir).read_run()
+    warmup = {"seconds": time.perf_counter() - start, "feature_cache": warm_run.feature_cache,
+              "norm_statistics": warm_run.norm_choice.line if warm_run.norm_choice else None}
+    measured = warm_run.norm_choice if warm_run.norm_choice and warm_run.norm_choice.measured else None
     print(f"warm-up (trunk features computed): {warmup['seconds']:.1f} s; {warmup['feature_cache']}", flush=True)
 
     report = {"args": vars(args), "space": space.describe(), "warmup": warmup, "tpe": tpe(job("tpe"))}
     if not args.no_grid:
-        report["grid"] = exhaustive(job("grid"), args.points)
+        report["grid"] = exhaustive(job("grid"), args.points,
+                                    None if measured is None else "on" if measured.adapted else "off")
         t, g = report["tpe"], report["grid"]
         report["gap"] = g["best"] - t["best"] if t["best"] is not None else None  # > 0: the grid found better
         reached = [i for i, v in enumerate(t["values"]) if v is not None and v >= g["best"]]

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 import engine.training.setup as run_setup
+import engine.training.shared_parts as run_parts
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig, save_project
 from engine.errors import UserError
 from engine.events import NormChoice
@@ -65,7 +66,7 @@ def built_as(monkeypatch, model: nn.Module) -> nn.Module:
     def build(arch, classes, weights, size, min_classes=2):
         return BuiltModel(model, describe(model, arch, classes, size), preprocessing_for(arch, size), [])
 
-    monkeypatch.setattr(run_setup, "build_model", build)
+    monkeypatch.setattr(run_parts, "build_model", build)
     return model
 
 

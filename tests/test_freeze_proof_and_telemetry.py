@@ -51,9 +51,9 @@ def test_feature_extraction_checks_every_backbone_tensor_and_telemetry_shows_onl
 @pytest.mark.parametrize("tensor", ["layer1.0.conv1.weight", "layer2.1.bn2.running_mean"])
 def test_a_frozen_tensor_changed_from_outside_is_caught_at_the_end_of_that_epoch(
         demo_dir, tmp_path, resnet18_weights_file, tensor, monkeypatch):
-    import engine.training.setup as run_setup
+    import engine.training.shared_parts as run_parts
 
-    build = run_setup.build_model
+    build = run_parts.build_model
     calls = {"forward": 0}
 
     def build_with_interference(*args, **kwargs):
@@ -71,7 +71,7 @@ def test_a_frozen_tensor_changed_from_outside_is_caught_at_the_end_of_that_epoch
         built.model.register_forward_hook(nudge)
         return built
 
-    monkeypatch.setattr(run_setup, "build_model", build_with_interference)
+    monkeypatch.setattr(run_parts, "build_model", build_with_interference)
     recorder = Recorder()
     config = feature_extraction(demo_dir, tmp_path / "bad", resnet18_weights_file, epochs=3, feature_cache=False)
     with pytest.raises(FrozenTensorsChanged, match=rf"during epoch 2: {tensor.replace('.', '[.]')}"):

@@ -60,9 +60,9 @@ def test_the_first_failed_save_stops_the_run_with_one_line(demo_dir, tmp_path, m
 
 
 def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
-    import engine.training.setup as run_setup
+    import engine.training.shared_parts as run_parts
 
-    build = run_setup.build_model
+    build = run_parts.build_model
 
     def build_with_a_weight_going_nan(*args, **kwargs):
         built = build(*args, **kwargs)
@@ -75,7 +75,7 @@ def test_non_finite_weights_are_never_saved(demo_dir, tmp_path, monkeypatch):
         return built
 
     handles = []
-    monkeypatch.setattr(run_setup, "build_model", build_with_a_weight_going_nan)
+    monkeypatch.setattr(run_parts, "build_model", build_with_a_weight_going_nan)
     config = make_config(demo_dir, tmp_path / "nan", epochs=1)
     config = replace(config, data=replace(config.data, val_fraction=0.0),
                      train=replace(config.train, batch_size=1000))  # one step: no later loss turns NaN first

@@ -192,20 +192,21 @@ def test_two_workers_run_distinct_trials_and_json_gives_flags_that_train_the_sam
     storage = tmp_path / "shared" / "s.journal"
     # The whole space narrowed to head-sized trials, so the helper starts at once (--head-only waits
     # for the first trial's features).
-    # 8 trials: enough for the helper process (seconds of imports) to join before this one has run them all.
-    rc, out, err = cli(capfd, "search", "--data", demo_dir, *TINY, "--trials", "8", "--workers", "2",
+    # 16 trials (under a second each on cached features): enough for the helper process (seconds of
+    # imports) to join before this one has run them all.
+    rc, out, err = cli(capfd, "search", "--data", demo_dir, *TINY, "--trials", "16", "--workers", "2",
                        "--space", "strategy=feature-extraction", "--space", "augment=none", "--space", "epochs=1",
                        "--storage", storage, "--out", tmp_path / "runs", "--json")
     assert rc == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert len(out.strip().splitlines()) == 1
     assert set(result) == {"best", "trials", "pruned", "storage"} and result["storage"] == str(storage)
-    assert {"params", "value", "flags"} <= set(result["best"]) and result["trials"] + result["pruned"] == 8
+    assert {"params", "value", "flags"} <= set(result["best"]) and result["trials"] + result["pruned"] == 16
     trials = _trials(storage)
-    assert sorted(t.number for t in trials) == list(range(8))
-    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8
+    assert sorted(t.number for t in trials) == list(range(16))
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 16
     assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2  # both processes ran trials
-    assert len([line for line in err.splitlines() if line.startswith("trial ")]) == 8
+    assert len([line for line in err.splitlines() if line.startswith("trial ")]) == 16
     assert "ETA" in err
     best = result["best"]
     run = json.loads((Path(best["run_dir"]) / "run.json").read_text())

@@ -9,11 +9,14 @@ Adaptation"): no gradient, no weight changes, every other module in eval mode (d
 It runs before trunk features are cached, so the cache and the checkpoint both carry the adapted
 statistics, and before the integrity fingerprints are taken, so the adapted values are what
 "frozen" then promises. batch_norm_statistics/restore_statistics put the loaded ones back, bit for
-bit, when auto keeps them.
+bit, when auto keeps them. AdaptedStatistics is what one pass produced, kept in the disk cache beside
+the features computed with it: a later run on the same files, weights and batch size takes both from
+there, with no trunk pass and no image decoded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -46,6 +49,43 @@ def restore_statistics(saved: Statistics) -> None:
     for layer, values in saved.items():
         for buffer, value in zip(_buffers(layer), values):
             buffer.copy_(value)
+
+
+@dataclass(frozen=True)
+class AdaptedStatistics:
+    """Every BatchNorm layer's buffers after AdaBN, in model order, and the images it averaged over."""
+
+    buffers: list[torch.Tensor]  # running_mean, running_var, num_batches_tracked of each layer in turn
+    images: int
+
+    @classmethod
+    def of(cls, model: nn.Module, images: int) -> AdaptedStatistics:
+        return cls([b.detach().to("cpu", copy=True) for layer in batch_norm_layers(model) for b in _buffers(layer)],
+                   images)
+
+    def to_dict(self) -> dict:
+        return {"buffers": self.buffers, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, stored) -> AdaptedStatistics | None:
+        """None for anything that is not what to_dict wrote (a file from before they were kept)."""
+        try:
+            buffers, images = list(stored["buffers"]), int(stored["images"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(buffers, images) if all(isinstance(b, torch.Tensor) for b in buffers) else None
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> bool:
+        """Put these statistics in `model`'s layers (the same tensors: fingerprints see them); False,
+        and nothing changed, when they are not this model's (another count or shape of layers)."""
+        targets = [b for layer in batch_norm_layers(model) for b in _buffers(layer)]
+        if len(targets) != len(self.buffers) or any(t.shape != b.shape or t.dtype != b.dtype
+                                                    for t, b in zip(targets, self.buffers)):
+            return False
+        for target, value in zip(targets, self.buffers):
+            target.copy_(value)
+        return True
 
 
 @torch.no_grad()

@@ -208,7 +208,9 @@ def verify_weights(obj: dict, path: Path) -> None:
 def make_checkpoint(model: torch.nn.Module, *, arch: str, class_names, preprocessing: dict, plan: dict,
                     metrics: dict, epoch: int, config: dict) -> dict[str, Any]:
     source = model.state_dict()
-    state = OrderedDict((k, v.detach().to("cpu", copy=True).contiguous()) for k, v in source.items())
+    # One copy each, already contiguous (a channels_last weight is not copied twice).
+    state = OrderedDict((k, v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format))
+                        for k, v in source.items())
     # Module versions, as torch.save(model.state_dict()) keeps them: plain torchvision's MNASNet refuses
     # a state dict without its version.
     if getattr(source, "_metadata", None) is not None:

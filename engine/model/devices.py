@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -69,3 +70,19 @@ def cpu_has_native_bf16() -> bool:
     except (AttributeError, RuntimeError):  # an older torch without these checks: stay in fp32
         return False
     return any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device | None = None):
+    """Hundreds of steps on small matrices (a probe, a head on cached features): a thread pool costs
+    more in hand-offs than the arithmetic, and on a machine shared with other processes a second
+    thread waits for a core at every operation. Only CPU work is affected (`device`: nothing on a GPU)."""
+    if device is not None and device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from engine.model.adabn import AdaptedStatistics
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
 from engine.data.dataset import Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from engine.errors import UserError
@@ -179,30 +181,42 @@ def feature_cache_path(key: str) -> Path:
     return cache_dir() / "features" / f"{key}.pt"
 
 
-def load_cached_features(key: str):
-    """The (train, val) feature sets saved under `key`, or None."""
+@dataclass(frozen=True)
+class CachedFeatures:
+    """One entry of the disk cache: the train and val feature sets, and for features of a trunk whose
+    statistics were adapted (AdaBN), those statistics (None in files from before they were kept)."""
+
+    train: Any
+    val: Any
+    statistics: AdaptedStatistics | None = None
+
+
+def load_cached_features(key: str) -> CachedFeatures | None:
+    """What was saved under `key`, or None."""
     path = feature_cache_path(key)
     if not path.exists():
         return None
     try:
         stored = safe_torch_load(path)
-        features = stored["train"], stored["val"]
+        cached = CachedFeatures(stored["train"], stored["val"],
+                                AdaptedStatistics.from_dict(stored["statistics"]) if "statistics" in stored else None)
     except (UserError, KeyError, TypeError, OSError):
         return None  # unreadable or from another version: compute again
     try:
         os.utime(path)  # most recently used: pruned last
     except OSError:
         pass  # a read-only cache still serves what it holds
-    return features
+    return cached
 
 
-def save_cached_features(key: str, train, val) -> str | None:
-    """Save a feature set and prune the oldest. The disk cache is only an optimisation: a cache
-    folder that cannot be written (read-only, full, a file in its place) never fails the run.
-    Returns None when saved, else a one-line note for the person."""
+def save_cached_features(key: str, train, val, statistics: AdaptedStatistics | None = None) -> str | None:
+    """Save a feature set (with the adapted statistics it was computed with) and prune the oldest. The
+    disk cache is only an optimisation: a cache folder that cannot be written (read-only, full, a file
+    in its place) never fails the run. Returns None when saved, else a one-line note for the person."""
     path = feature_cache_path(key)
+    stored = {"train": train, "val": val, **({"statistics": statistics.to_dict()} if statistics else {})}
     try:
-        atomic_torch_save({"train": train, "val": val}, path)
+        atomic_torch_save(stored, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         return (f"feature cache not saved to disk ({_reason(exc, path.parent)}); "
                 f"features are computed again next run")

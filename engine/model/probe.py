@@ -3,11 +3,12 @@ The advisor measures a backbone with it; the suspects search trains it fold by f
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 from torch import nn
+
+from engine.model.devices import one_thread
 
 PROBE_STEPS = 300
 PROBE_L2 = 1e-3
@@ -30,14 +31,3 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int,
             optimizer.step()
     weight, bias = weight.detach(), bias.detach()
     return lambda new: torch.softmax(((new - mean) / std) @ weight + bias, dim=1)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Hundreds of steps on small matrices: a thread pool costs more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -7,6 +7,8 @@ the run's device (no new dependency); `embeddings.csv` holds path, true, pred, x
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +57,30 @@ def project_2d(features: torch.Tensor) -> torch.Tensor | None:
 
     Exact PCA by an eigendecomposition of the smaller of X^T X and X X^T (deterministic, and it
     touches no random state, unlike torch.pca_lowrank: a listener must not change training's RNG).
-    Each axis' sign is fixed (its largest loading positive) so the map does not flip between epochs."""
+    Each axis' sign is fixed (its largest loading positive) so the map does not flip between epochs.
+    The same features give the same map: cached trunk features (each best epoch of a head trained on
+    them, each trial of a search) are projected once."""
+    key = _content_key(features)
+    with _PROJECTED_LOCK:  # the window's threads may project at once
+        if key not in _PROJECTED:
+            _PROJECTED[key] = _project(features)
+            while len(_PROJECTED) > _PROJECTIONS_KEPT:
+                _PROJECTED.pop(next(iter(_PROJECTED)))
+        return _PROJECTED[key]
+
+
+_PROJECTIONS_KEPT = 4
+_PROJECTED: dict[tuple, torch.Tensor | None] = {}  # content key -> map, oldest first
+_PROJECTED_LOCK = threading.Lock()
+
+
+def _content_key(features: torch.Tensor) -> tuple:
+    data = features.detach().to("cpu").contiguous()
+    digest = hashlib.blake2b(data.reshape(-1).view(torch.uint8).numpy(), digest_size=16).hexdigest()
+    return str(features.device), str(data.dtype), tuple(data.shape), digest
+
+
+def _project(features: torch.Tensor) -> torch.Tensor | None:
     x = features.float()
     x = x - x.mean(dim=0, keepdim=True)
     if not bool(torch.isfinite(x).all()):

@@ -5,9 +5,10 @@ Written at each new best epoch by the ValidationRecords listener; read back here
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
-import os
 from typing import Sequence
 
 import torch
@@ -95,4 +96,10 @@ def _probability(text: str) -> float:
 
 def relative_path(path: str, root: str) -> str:
     """A record's path: relative to the dataset root, posix separators."""
+    return _relative(path, root, os.getcwd())
+
+
+@functools.lru_cache(maxsize=2**16)
+def _relative(path: str, root: str, cwd: str) -> str:
+    # Remembered: each best epoch of a run, and each trial of a search, writes the same paths again.
     return Path(os.path.relpath(path, root)).as_posix()

@@ -264,6 +264,7 @@ _FLAGS: tuple[tuple[str, Callable[[RunConfig], Any]], ...] = (
     ("--class-weights", lambda c: c.train.class_weights),
     ("--seed", lambda c: c.train.seed),
     ("--precision", lambda c: c.train.precision),
+    ("--adapt-norm", lambda c: c.train.adapt_norm),  # a head-only search's measured choice (engine.search.worker)
 )
 _ALWAYS = {"--strategy", "--base-lr", "--weight-decay", "--label-smoothing", "--epochs", "--augment"}
 

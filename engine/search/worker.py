@@ -5,13 +5,18 @@ Several workers (processes here, array tasks on a cluster) run this same loop on
 trial's run folder is <runs folder>/trial-NNNN, NNNN its number in the study, so workers never share
 one. Trials are compared on the best validation accuracy of their run (the checkpoint's); the pruner
 sees each epoch's.
+
+Every trial is a run of the trainer as a search trial (engine.training.search_trial): the same training
+and proofs as `train`, with the model, scan and cached features a worker's trials share. A head-only
+search measures --adapt-norm auto once, in its first trial, and keeps that choice for the later trials
+(NORM_ATTR): measuring fits the head twice more, in every trial, to answer the same question.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +28,7 @@ from engine.search.pruning import PRUNED, PruneListener
 from engine.search.space import SearchSpace, draw, optuna_suggest, train_flags, trial_config
 
 STOPPED_REASON = "stopped by the person"
+NORM_ATTR = "adapt_norm"  # the study's (and each trial's): "on" or "off", as the first trial measured it
 KEEP = ("default", "all", "best")  # run folders: pruned ones deleted | all kept | only the best kept
 
 
@@ -51,8 +57,18 @@ class SearchJob:
     def run_dir(self, number: int) -> Path:
         return Path(self.base.out_dir) / f"trial-{number:04d}"
 
-    def config(self, values: dict[str, Any], number: int) -> RunConfig:
-        return trial_config(self.base, values, self.stage_groups, str(self.run_dir(number)))
+    def config(self, values: dict[str, Any], number: int, adapt_norm: str | None = None) -> RunConfig:
+        """Trial `number`'s run config; `adapt_norm` replaces the base's setting (the study's measured choice)."""
+        config = trial_config(self.base, values, self.stage_groups, str(self.run_dir(number)))
+        if adapt_norm is None:
+            return config
+        return replace(config, train=replace(config.train, adapt_norm=adapt_norm))
+
+
+def trial_settings(config: RunConfig, tensorboard: bool = False) -> RunConfig:
+    """`config` as a search's fixed settings: no telemetry (nobody watches a trial's layers) and no
+    TensorBoard files unless asked (`tensorboard`): each trial's metrics.jsonl and the study hold its figures."""
+    return replace(config, train=replace(config.train, telemetry=False, tensorboard=tensorboard))
 
 
 @dataclass(frozen=True)
@@ -104,7 +120,12 @@ def run_worker(study, job: SearchJob, on_trial: Callable[[TrialOutcome], None] =
     its trial and raises. `control` (the window's Stop) ends the trial in flight at its next batch and
     fails it, as Ctrl-C does in the command line, without raising. on_trial_started(number) and
     on_trial(outcome) say when each trial starts and ends (a progress line, a table)."""
+    from engine.training.search_trial import SearchTrial
+    from engine.training.shared_parts import SharedParts
+
     control = control or TrainingControl()
+    # A pruned trial's folder is deleted (unless every folder is kept): it writes no best-epoch records.
+    search_trial = SearchTrial(SharedParts(), records_skipped_when=() if job.keep == "all" else (PRUNED,))
     started, ran, failed = time.monotonic(), 0, 0
     while (keep_going() and not control.stop_requested
            and (job.timeout_s is None or time.monotonic() - started < job.timeout_s)):
@@ -112,7 +133,7 @@ def run_worker(study, job: SearchJob, on_trial: Callable[[TrialOutcome], None] =
         if trial is None:
             break
         on_trial_started(trial.number)
-        outcome = _run_trial(study, job, trial, control)
+        outcome = _run_trial(study, job, trial, control, search_trial)
         ran += 1
         failed += outcome.state == "failed"
         if job.keep == "best":
@@ -140,7 +161,27 @@ def _next_trial(study, job: SearchJob):
         values = draw(job.space, optuna_suggest(trial))
         trial.set_user_attr("values", values)
         trial.set_user_attr("run_dir", str(job.run_dir(trial.number)))
+        measured = study.user_attrs.get(NORM_ATTR) if _measures_norm_once(job) else None
+        if measured is not None:
+            trial.set_user_attr(NORM_ATTR, measured)
         return trial
+
+
+def _measures_norm_once(job: SearchJob) -> bool:
+    """Whether every trial would measure the same normalization choice: head-only trials all train a
+    head on the same cached plain features, with --adapt-norm auto."""
+    return job.space.head_only and job.base.train.adapt_norm == "auto"
+
+
+def _keep_norm_choice(study, job: SearchJob, run_dir: Path) -> None:
+    """The first trial that measured --adapt-norm auto gives the study its choice, for the later trials."""
+    from engine.runs.run_folder import RunFolder
+
+    if not _measures_norm_once(job) or NORM_ATTR in study.user_attrs or not (run_dir / "run.json").exists():
+        return
+    choice = RunFolder(run_dir).read_run().norm_choice
+    if choice is not None and choice.measured:
+        study.set_user_attr(NORM_ATTR, "on" if choice.adapted else "off")
 
 
 def _record_lost_run(job: SearchJob, number: int) -> None:
@@ -153,13 +194,13 @@ def _record_lost_run(job: SearchJob, number: int) -> None:
         record_failure(folder, RuntimeError("the search worker running this trial ended (killed) during it"))
 
 
-def _run_trial(study, job: SearchJob, trial, control: TrainingControl) -> TrialOutcome:
+def _run_trial(study, job: SearchJob, trial, control: TrainingControl, search_trial) -> TrialOutcome:
     from optuna.trial import TrialState
 
     from engine.training.trainer import fit
 
     started = time.perf_counter()
-    config = job.config(trial.user_attrs["values"], trial.number)
+    config = job.config(trial.user_attrs["values"], trial.number, trial.user_attrs.get(NORM_ATTR))
 
     def report(epoch: int, value: float) -> bool:
         trial.report(value, epoch)
@@ -168,7 +209,8 @@ def _run_trial(study, job: SearchJob, trial, control: TrainingControl) -> TrialO
     pruner = PruneListener(report)
     try:
         with studies.Heartbeat(study, trial.number):
-            result = fit(config, Callbacks(), control, listeners=[pruner])
+            result = fit(config, Callbacks(), control, scan=search_trial.parts.scan(config), listeners=[pruner],
+                         trial=search_trial)
     except TrainingDiverged as exc:  # an LR too high for this data: a finding about the space, not a fault
         reason = str(exc).splitlines()[0]
         studies.fail_trial(study, trial.number, reason)
@@ -177,6 +219,7 @@ def _run_trial(study, job: SearchJob, trial, control: TrainingControl) -> TrialO
         reason = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
         studies.fail_trial(study, trial.number, reason[:300])
         raise
+    _keep_norm_choice(study, job, job.run_dir(trial.number))
     if result.stopped == "user":  # Stop: the run ends as a stopped run, its trial failed (not compared)
         studies.fail_trial(study, trial.number, STOPPED_REASON)
         return _outcome(study, job, trial.number, "stopped", None, result.epochs_run, started, STOPPED_REASON)
@@ -239,7 +282,8 @@ def summary(study, job: SearchJob) -> dict[str, Any]:
     best_part = None
     if best is not None:
         values = best.user_attrs.get("values", best.params)
-        best_part = {"params": values, "value": best.value, "flags": train_flags(job.config(values, best.number)),
+        config = job.config(values, best.number, best.user_attrs.get(NORM_ATTR))
+        best_part = {"params": values, "value": best.value, "flags": train_flags(config),
                      "trial": best.number, "run_dir": best.user_attrs.get("run_dir")}
     return {"best": best_part, "trials": found["complete"], "pruned": found["pruned"],
             "storage": str(Path(job.storage).expanduser().resolve())}

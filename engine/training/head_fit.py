@@ -19,6 +19,7 @@ from torch import nn
 from engine.config import TrainConfig
 from engine.errors import Stopped
 from engine.model.architectures import ModelInfo
+from engine.model.devices import one_thread
 from engine.plan.optimization import Optimization, ScheduleSegment
 from engine.plan.plan import Plan, apply_plan
 from engine.training.batches import FeatureBatches
@@ -62,7 +63,8 @@ def fit_head(recipe: HeadRecipe, train: Features, val: Features,
     apply_plan(model, plan)  # as the loop does before its optimizer sees the parameters
     devices = [recipe.device] if recipe.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):  # a dropout in the head draws from it; the run must not notice
+        # A dropout in the head draws from the random state: the run must not notice. One thread, as the run's loop.
+        with torch.random.fork_rng(devices=devices), one_thread(recipe.device):
             return _train(recipe, head, batches, plan, should_stop)
     finally:
         head.load_state_dict(start)

@@ -8,6 +8,11 @@ tensor at a time, so the check never holds a second copy of the model.
 
 Whatever changed a frozen tensor (a hook, a stray `model.train()`, a bug), the run is defective:
 the epoch's record names the tensors and the run stops with FrozenTensorsChanged.
+
+Runs that copy one model as built (a search's trials, engine.training.shared_parts) share a
+FrozenReference: the built model itself, never trained. A tensor that equals its reference when first
+promised takes the reference's fingerprint (hashed once for all the runs) and is checked by comparing
+it with the reference bit for bit, at memory speed, instead of hashing it after every epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +41,46 @@ def fingerprint(tensor: torch.Tensor) -> str:
     return digest.hexdigest()  # text, so resume.pt stays loadable with weights_only=True
 
 
+_SAME_SIZE_INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same bytes element by element (NaN equals the same NaN, -0.0 is
+    not 0.0), whatever their strides: compared as integers of the elements' size."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    integers = _SAME_SIZE_INTEGERS.get(a.element_size())
+    if integers is None or a.is_complex():
+        return fingerprint(a) == fingerprint(b)
+    return torch.equal(a.detach().view(integers), b.detach().view(integers))
+
+
+class FrozenReference:
+    """A model as built, kept untrained for the runs that train copies of it: a copy's tensor that
+    still equals the reference's is unchanged; the reference's fingerprints are hashed once."""
+
+    def __init__(self, built: nn.Module) -> None:
+        self._tensors = built.state_dict()
+        self._fingerprints: dict[str, str] = {}
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}  # copies where runs train (a GPU)
+
+    def same(self, name: str, tensor: torch.Tensor) -> bool:
+        reference = self._tensors.get(name)
+        if reference is None:
+            return False
+        if reference.device != tensor.device:
+            key = (name, tensor.device)
+            if key not in self._on_device:
+                self._on_device[key] = reference.to(tensor.device)
+            reference = self._on_device[key]
+        return same_bits(reference, tensor)
+
+    def fingerprint(self, name: str) -> str:
+        if name not in self._fingerprints:
+            self._fingerprints[name] = fingerprint(self._tensors[name])
+        return self._fingerprints[name]
+
+
 def promised_tensors(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
     """State-dict name -> tensor for everything `plan` keeps unchanged."""
     promised: dict[str, torch.Tensor] = {}
@@ -55,13 +100,21 @@ def promised_tensors(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
 
 
 class FreezeIntegrity(Listener):
-    """Fingerprints the promised tensors once; checks them after every epoch; stops a broken run."""
+    """Fingerprints the promised tensors once; checks them after every epoch; stops a broken run.
+    With a `reference` (the model this one was copied from), tensors equal to it are checked against it."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, reference: FrozenReference | None = None) -> None:
+        self.model, self.reference = model, reference
         self.fingerprints: dict[str, str] = {}
         self._tensors: dict[str, torch.Tensor] = {}
+        self._referenced: set[str] = set()  # promised tensors that equalled the reference when first seen
+        self._plan: Plan | None = None  # the plan self._tensors were promised by
         self.last_report: IntegrityReport | None = None
+
+    @property
+    def promised_names(self) -> set[str]:
+        """The state-dict names of what the plan in force keeps unchanged."""
+        return set(self._tensors)
 
     # Kept across a resume, so a continued run is checked against the weights first loaded.
     def state_dict(self) -> dict:
@@ -73,13 +126,27 @@ class FreezeIntegrity(Listener):
     def on_epoch_start(self, epoch: int, plan: Plan) -> None:
         """Track exactly what `plan` promises: gradual unfreezing releases tensors, and tensors
         seen for the first time are fingerprinted now, before they take part in a step."""
+        if plan is self._plan:  # the same plan as last epoch (no unfreezing): the same tensors
+            return
+        self._plan = plan
         promised = promised_tensors(self.model, plan)
         self._tensors = promised
-        self.fingerprints = {name: self.fingerprints.get(name) or fingerprint(t) for name, t in promised.items()}
+        self.fingerprints = {name: self.fingerprints.get(name) or self._first_fingerprint(name, t)
+                             for name, t in promised.items()}
+
+    def _first_fingerprint(self, name: str, tensor: torch.Tensor) -> str:
+        if self.reference is not None and self.reference.same(name, tensor):
+            self._referenced.add(name)
+            return self.reference.fingerprint(name)
+        return fingerprint(tensor)
+
+    def _unchanged(self, name: str, tensor: torch.Tensor) -> bool:
+        if name in self._referenced:
+            return self.reference.same(name, tensor)
+        return fingerprint(tensor) == self.fingerprints[name]
 
     def check(self, epoch: int) -> IntegrityReport:
-        changed = tuple(name for name, tensor in self._tensors.items()
-                        if fingerprint(tensor) != self.fingerprints[name])
+        changed = tuple(name for name, tensor in self._tensors.items() if not self._unchanged(name, tensor))
         self.last_report = IntegrityReport(epoch=epoch, checked=len(self._tensors), changed=changed)
         return self.last_report
 

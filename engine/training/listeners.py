@@ -75,37 +75,44 @@ class MetricsLog(Listener):
 class RunOutcome(Listener):
     """run.json's outcome: the status ("running", then "finished", "stopped" or "failed"), the
     integrity verdict after every epoch, the result at the end. A killed process leaves "running";
-    readers tell it from a live run by RunFolder.in_use()."""
+    readers tell it from a live run by RunFolder.in_use(). With each_epoch=False (a search trial,
+    which nobody continues or watches from its run.json) the last verdict is written with the
+    outcome instead: metrics.jsonl still holds every epoch's."""
 
-    def __init__(self, folder: RunFolder) -> None:
-        self.folder = folder
+    def __init__(self, folder: RunFolder, each_epoch: bool = True) -> None:
+        self.folder, self.each_epoch = folder, each_epoch
+        self.unwritten: dict[str, Any] = {}  # the verdict each_epoch=False holds until the end
 
     def on_fit_start(self, started: RunStarted) -> None:
         self.folder.update_record(status="running")
 
     def on_fit_failed(self, error: Exception) -> None:
-        record_failure(self.folder, error)
+        record_failure(self.folder, error, **self.unwritten)
 
     def on_epoch_end(self, event: EpochEvent) -> None:
         report = event.integrity
-        if report is not None:
-            self.folder.update_record(integrity={
-                "verdict": "unchanged" if report.intact else "changed", "checked": report.checked,
-                "changed": list(report.changed), "last_checked_epoch": report.epoch})
+        if report is None:
+            return
+        verdict = {"integrity": {"verdict": "unchanged" if report.intact else "changed", "checked": report.checked,
+                                 "changed": list(report.changed), "last_checked_epoch": report.epoch}}
+        if self.each_epoch:
+            self.folder.update_record(**verdict)
+        else:
+            self.unwritten = verdict
 
     def on_fit_end(self, result: FitResult) -> None:
         status = "finished" if result.stopped == "completed" else "stopped"  # by the person or early stopping
-        self.folder.update_record(result=result.summary(), status=status)
+        self.folder.update_record(result=result.summary(), status=status, **self.unwritten)
 
 
-def record_failure(folder: RunFolder, error: Exception) -> None:
-    """run.json says "failed" and why. Best effort: the error being raised matters more than this
-    note, so a folder that cannot be written now does not replace it."""
+def record_failure(folder: RunFolder, error: Exception, **fields: Any) -> None:
+    """run.json says "failed" and why (with `fields`). Best effort: the error being raised matters
+    more than this note, so a folder that cannot be written now does not replace it."""
     if not folder.exists():
         return
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
     try:
-        folder.update_record(status="failed", error=reason)
+        folder.update_record(status="failed", error=reason, **fields)
     except (OSError, UserError):
         pass
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.distributed.across_ranks import features_shared_between_ranks
-from engine.model.adabn import adapt_batch_norm, batch_norm_layers
+from engine.model.adabn import AdaptedStatistics, adapt_batch_norm, batch_norm_layers
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
@@ -28,13 +28,14 @@ from engine.errors import UserError
 from engine.errors import Stopped
 from engine.model.devices import resolve_precision, select_device
 from engine.events import Callbacks, NormChoice, TrainingControl
-from engine.model.features import compute_feature_views, compute_features, feature_cache_key, load_cached_features, per_file_trunk_features, save_cached_features, trunk_store_key
+from engine.model.features import CachedFeatures, compute_feature_views, compute_features, per_file_trunk_features, save_cached_features, trunk_store_key
 from engine.training.class_weights import training_criterion
 from engine.training.feature_cache import augmented_views_note, feature_cache_decision
 from engine.training.head_fit import HeadRecipe
+from engine.training.shared_parts import FRESH, FreshParts
 from engine.training.norm_choice import ADAPT, MEASURE, NormPlan, measure, plan_norm
 from engine.training.batches import AugmentedFeatureBatches
-from engine.model.architectures import ModelInfo, build_model
+from engine.model.architectures import ModelInfo
 from engine.plan.plan import Plan, build_plan
 from engine.runs.run_folder import RunFolder
 from engine.distributed.sharding import rank_loader
@@ -107,9 +108,10 @@ def default_workers(device: torch.device, cache_complete: bool) -> int:
 
 
 def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, control: TrainingControl,
-           fresh: bool, group: ProcessGroup = SINGLE) -> Run:
+           fresh: bool, group: ProcessGroup = SINGLE, parts: FreshParts = FRESH) -> Run:
     """A fully formed Run; with fresh=True the run folder's metrics start empty. With several
-    processes (`group`) each trains on its share of every batch and rank 0 alone writes."""
+    processes (`group`) each trains on its share of every batch and rank 0 alone writes. The model
+    and the cached features come from `parts` (a search's trials share them: SharedParts)."""
     config.validate()
     if not config.out_dir:
         raise UserError("no output folder given for the run")
@@ -134,8 +136,10 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     if config.train.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation); leave it out on CPU")
     callbacks.on_status("Building model")
-    built = build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size,
-                        min_classes=2 if scan.task == "single-label" else 1)
+    # channels_last also helps oneDNN's CPU convolutions (~7 % per step for resnet18 at 64 px).
+    channels_last = config.train.channels_last
+    built = parts.build_model(config.model.arch, len(scan.class_names), config.model.weights, config.data.image_size,
+                              min_classes=2 if scan.task == "single-label" else 1, channels_last=channels_last)
     model, info, prep = built.model, built.info, built.preprocessing
     problem = task_problem(scan.task, config, info.head_is_linear)
     if problem:
@@ -148,11 +152,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     amp_dtype = resolve_precision(config.train.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
-    model.to(device)
-    # channels_last also helps oneDNN's CPU convolutions (~7 % per step for resnet18 at 64 px).
-    channels_last = config.train.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(device)  # in the memory format it was built in
     views = config.train.feature_views if config.data.augment != "none" else 0
     if group.is_distributed:
         views = 0  # augmented views are not sharded between ranks: augmented images pass the trunk each epoch
@@ -166,7 +166,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     adapt_first, measured = norm.action == ADAPT, norm.action == MEASURE
 
     def features_key(adapted: bool, views_now: int) -> str:
-        return feature_cache_key(
+        return parts.feature_key(
             scan.train + scan.val, arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
             head=info.head, prep=prep, precision=str(amp_dtype), device_type=device.type,
             augment=config.data.augment if views_now else "none", views=views_now,
@@ -178,17 +178,22 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     feature_key = cached = None
     if use_features and not measured:
         feature_key = features_key(adapt_first, views)
-        cached = load_cached_features(feature_key)
+        cached = parts.cached_features(feature_key)
         if cached is not None:
             feature_note += " (loaded from the disk cache)"
+    # AdaBN's statistics are cached with the features computed after it: found there, no image is
+    # decoded or passed through the trunk to adapt them.
+    adapted_cache = cached if adapt_first else parts.cached_features(features_key(True, 0)) if measured else None
+    known = adapted_cache.statistics if adapted_cache else None
     # Per-file features decode only the files their store lacks, as they are computed: no warming first.
     loaders = _Loaders(config, scan, prep, device, use_features, skipped, callbacks, control, group,
-                       warm=(cached is None and not per_file) or adapt_first or measured)
+                       warm=(cached is None and not per_file and not measured)
+                       or ((adapt_first or measured) and known is None))
     notes = (*built.notes, task.note)  # whether class (or label) weights are on; the target's scale
-    choice = None
+    choice = statistics = None
     if adapt_first:  # before features are cached and integrity fingerprints taken
-        choice = _adapt_norm(model, loaders, prep, device, channels_last, callbacks, control, norm,
-                             config.train.adapt_norm, layers)
+        choice, statistics = _adapt_norm(model, loaders, prep, device, channels_last, callbacks, control, norm,
+                                         config.train.adapt_norm, layers, known)
     elif not measured:
         choice = norm.choice(config.train.adapt_norm, adapted=False)
     if choice is not None and (layers or config.train.adapt_norm == "on"):
@@ -204,26 +209,28 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     if not use_features:
         return run
     if measured:  # the statistics are chosen here, before the integrity fingerprints are taken
-        run, (train, val), measured_note = _measure_norm(run, loaders, callbacks, control, features_key)
+        run, (train, val), statistics, measured_note = _measure_norm(run, loaders, callbacks, control, features_key,
+                                                                     adapted_cache)
         feature_note += f" ({measured_note})" if measured_note else ""
         if views:
             feature_key = features_key(run.norm_choice.adapted, views)
-            cached = load_cached_features(feature_key)
+            cached = parts.cached_features(feature_key)
             if cached is not None:
                 feature_note += " (views loaded from the disk cache)"
-                train = cached[0]
+                train = cached.train
             else:
                 train, _, views_note = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views,
-                                                               val=val)
+                                                               val=val, statistics=statistics)
                 feature_note += f" ({views_note})" if views_note else ""
     elif cached is not None:
-        train, val = cached
+        train, val = cached.train, cached.val
     elif per_file:
         train, val, notes = _gather_per_file_features(run, loaders, callbacks, control, feature_key)
         if notes:
             feature_note += f" ({notes})"
     else:
-        train, val, notes = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views)
+        train, val, notes = _compute_trunk_features(run, loaders, callbacks, control, feature_key, views,
+                                                    statistics=statistics)
         if notes:
             feature_note += f" ({notes})"
     bs, seed = config.train.batch_size, config.train.seed
@@ -235,39 +242,51 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
         batches = AugmentedFeatureBatches(stored_views, labels, val, bs, seed, device)
     else:
         batches = FeatureBatches(train, val, bs, seed, device, rank=group.rank, world_size=group.world_size)
+    if group.is_main and feature_note != run.feature_note:  # run.json says where the features came from
+        folder.update_record(feature_cache=feature_note)
     return replace(run, batches=batches, feature_note=feature_note)
 
 
 def _adapt_norm(model, loaders: _Loaders, prep: Preprocessing, device: torch.device, channels_last: bool,
                 callbacks: Callbacks, control: TrainingControl, norm: NormPlan, setting: str,
-                layers: int) -> NormChoice:
-    images = _adapt_statistics(model, loaders, prep, device, channels_last, callbacks, control)
+                layers: int, known: AdaptedStatistics | None) -> tuple[NormChoice, AdaptedStatistics]:
+    statistics = _adapt_statistics(model, loaders, prep, device, channels_last, callbacks, control, known)
+    images = statistics.images
     if not layers:
-        return norm.choice(setting, adapted=False, detail="this model has no BatchNorm layers, nothing to adapt")
-    if not images:
-        return norm.choice(setting, adapted=False, detail="no training batch of two or more images to adapt on")
-    return norm.choice(setting, adapted=True, detail=f"AdaBN: {layers} BatchNorm layers, {images:,} images")
+        choice = norm.choice(setting, adapted=False, detail="this model has no BatchNorm layers, nothing to adapt")
+    elif not images:
+        choice = norm.choice(setting, adapted=False, detail="no training batch of two or more images to adapt on")
+    else:
+        choice = norm.choice(setting, adapted=True, detail=f"AdaBN: {layers} BatchNorm layers, {images:,} images")
+    return choice, statistics
 
 
 def _adapt_statistics(model, loaders: _Loaders, prep: Preprocessing, device: torch.device, channels_last: bool,
-                      callbacks: Callbacks, control: TrainingControl) -> int:
-    """AdaBN over the plain training images; the number of images it averaged over."""
+                      callbacks: Callbacks, control: TrainingControl,
+                      known: AdaptedStatistics | None = None) -> AdaptedStatistics:
+    """AdaBN over the plain training images, or the statistics an earlier pass left in the disk cache
+    (`known`) when they fit this model: what the model now holds, and the images averaged over."""
+    if known is not None and known.apply(model):
+        return known
     callbacks.on_status("Adapting normalization statistics")
     images = adapt_batch_norm(model, loaders.plain_train_loader(), prep, device, channels_last,
                               progress=lambda d, t: callbacks.on_status("Adapting normalization statistics", d, t),
                               should_stop=lambda: control.stop_requested)
     if images is None:
         raise Stopped
-    return images
+    return AdaptedStatistics.of(model, images)
 
 
-def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl, features_key):
+def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl, features_key,
+                  adapted_cache: CachedFeatures | None):
     """(run with its NormChoice and the choice's line in its notes, the chosen statistics' plain
-    (train, val) features, a note on where they came from): --adapt-norm auto measured
-    (engine.training.norm_choice). The loaded statistics' features come from the per-file store,
-    the adapted ones from the disk cache or a trunk pass after AdaBN."""
+    (train, val) features, the adapted statistics when chosen, a note on where they came from):
+    --adapt-norm auto measured (engine.training.norm_choice). The loaded statistics' features come
+    from the per-file store, the adapted ones and their statistics from the disk cache
+    (`adapted_cache`) or AdaBN and a trunk pass."""
     config = run.config
     notes: list[str] = []
+    adapted_statistics: AdaptedStatistics | None = None
     recipe = HeadRecipe(run.model, run.info, run.plan, config.train,
                         training_criterion(config.train.class_weights, run.scan, config.train.label_smoothing,
                                            run.device),
@@ -279,18 +298,23 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
         return train, val
 
     def adapt() -> bool:
-        return bool(_adapt_statistics(run.model, loaders, run.prep, run.device, run.channels_last, callbacks,
-                                      control))
+        nonlocal adapted_statistics
+        known = adapted_cache.statistics if adapted_cache else None
+        adapted_statistics = _adapt_statistics(run.model, loaders, run.prep, run.device, run.channels_last,
+                                               callbacks, control, known)
+        return bool(adapted_statistics.images)
 
     def adapted_features():
         key = features_key(True, 0)
-        cached = load_cached_features(key)
-        if cached is not None:
-            notes.append("adapted features loaded from the disk cache")
-            return cached
-        train, val, note = _compute_trunk_features(run, loaders, callbacks, control, key, 0, label="adapted ")
-        notes.append(note)
-        return train, val
+        if adapted_cache is None:
+            train, val, note = _compute_trunk_features(run, loaders, callbacks, control, key, 0, label="adapted ",
+                                                       statistics=adapted_statistics)
+            notes.append(note)
+            return train, val
+        notes.append("adapted features loaded from the disk cache")
+        if adapted_cache.statistics is None:  # a file from before statistics were kept: next time, no AdaBN pass
+            _save_features(run, key, adapted_cache.train, adapted_cache.val, callbacks, adapted_statistics)
+        return adapted_cache.train, adapted_cache.val
 
     choice, features = measure(recipe, loaded_features, adapt, adapted_features,
                                should_stop=lambda: control.stop_requested)
@@ -298,7 +322,7 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
     if run.group.is_main:
         run.folder.update_record(norm_statistics=choice.to_dict())
     run = replace(run, norm_choice=choice, notes=run.notes + (choice.line,))
-    return run, features, "; ".join(n for n in notes if n)
+    return run, features, adapted_statistics if choice.adapted else None, "; ".join(n for n in notes if n)
 
 
 def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
@@ -374,8 +398,10 @@ class _Loaders:
 
 
 def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
-                            key: str, views: int, val=None, label: str = ""):
-    """(train, val, note): the trunk's features, saved under `key`; `val` given: those, not computed again."""
+                            key: str, views: int, val=None, label: str = "",
+                            statistics: AdaptedStatistics | None = None):
+    """(train, val, note): the trunk's features, saved under `key` (with the adapted `statistics` they
+    were computed with); `val` given: those, not computed again."""
     common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
                   should_stop=lambda: control.stop_requested)
     callbacks.on_status("Computing trunk features (once)")
@@ -406,16 +432,17 @@ def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, c
                                on_failures=lambda f: run.skipped.add_failures(f, run.scan.val), **common)
         if val is None:
             raise Stopped
-    unsaved = _save_features(run, key, train, val, callbacks)  # a note when the cache folder cannot take them
+    unsaved = _save_features(run, key, train, val, callbacks, statistics)  # a note when the cache cannot take them
     return train, val, "; ".join(note for note in (reduced, unsaved) if note)
 
 
-def _save_features(run: Run, key: str, train, val, callbacks: Callbacks) -> str | None:
+def _save_features(run: Run, key: str, train, val, callbacks: Callbacks,
+                   statistics: AdaptedStatistics | None = None) -> str | None:
     """The whole dataset's features under its key, saved by rank 0 alone (every rank holds the same)."""
     if not run.group.is_main:
         return None
     callbacks.on_status("Saving trunk features to the disk cache")
-    return save_cached_features(key, train, val)
+    return save_cached_features(key, train, val, statistics)
 
 
 def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,

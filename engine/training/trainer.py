@@ -37,22 +37,25 @@ from engine.plan.optimization import Optimization, ScheduleSegment
 from engine.plan.plan import apply_plan
 from engine.runs.run_folder import RunFolder
 from engine.training.setup import Run, set_up
-from engine.model.devices import device_name
+from engine.model.devices import device_name, one_thread
 from engine.errors import Stopped
 from engine.distributed.sharding import global_batch_size, per_rank_batch_size
 from engine.training.telemetry import Telemetry
 from engine.training.tensorboard_log import TensorBoardLog
+from engine.training.search_trial import BestRecordsAtEnd, SearchTrial
+from engine.training.shared_parts import FRESH, FreshParts
 
 
 def fit(config: RunConfig, callbacks: Callbacks | None = None, control: TrainingControl | None = None,
         scan: DatasetScan | None = None, resume: bool = False, group: ProcessGroup = SINGLE,
-        listeners: Sequence[Listener] = ()) -> FitResult:
+        listeners: Sequence[Listener] = (), trial: SearchTrial | None = None) -> FitResult:
     """Train as `config` says. With resume=True, continue the run in config.out_dir from its last
     completed epoch (model, optimizer, scaler, schedule position, RNG, best-so-far, and each
     listener's own state: the integrity fingerprints, early stopping's count). With several
     processes (`group`, its process group started) every rank calls fit; rank 0 alone writes the
     run folder. `listeners` are the caller's own (a search's pruner), called after the run's
-    records and early stopping, before the resume state."""
+    records and early stopping, before the resume state. `trial`: the run is a search's trial
+    (engine.training.search_trial: the same training and proofs, fewer files, shared parts)."""
     callbacks = callbacks or Callbacks()
     control = control or TrainingControl()
     started = time.perf_counter()
@@ -67,8 +70,9 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
         saver = BackgroundSaver()
         try:
             try:
-                run = _set_up_on_every_rank(config, scan, callbacks, control, resume_state is None, group)
-                loop = EpochLoop(run, callbacks, control, saver, resume_state, listeners)
+                run = _set_up_on_every_rank(config, scan, callbacks, control, resume_state is None, group,
+                                            trial.parts if trial else FRESH)
+                loop = EpochLoop(run, callbacks, control, saver, resume_state, listeners, trial)
             except Stopped:
                 return _stopped_in_setup(config, resume_state is not None, started, group)
             except Exception as exc:
@@ -83,12 +87,12 @@ def fit(config: RunConfig, callbacks: Callbacks | None = None, control: Training
 
 
 def _set_up_on_every_rank(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks,
-                          control: TrainingControl, fresh: bool, group: ProcessGroup) -> Run:
+                          control: TrainingControl, fresh: bool, group: ProcessGroup, parts: FreshParts) -> Run:
     """set_up, then Stopped on every rank when any rank stopped during it. Each rank reads the
     control file on its own while it decodes and adapts: one that saw Stop would wait in the last
     barrier while another, set up already, waited in DDP's first collectives."""
     try:
-        run = set_up(config, scan, callbacks, control, fresh=fresh, group=group)
+        run = set_up(config, scan, callbacks, control, fresh=fresh, group=group, parts=parts)
     except Stopped:
         run = None
     if any(group.gather_objects(run is None)):
@@ -142,9 +146,10 @@ def _stopped_in_setup(config: RunConfig, resumed: bool, started: float, group: P
 
 class EpochLoop:
     def __init__(self, run: Run, callbacks: Callbacks, control: TrainingControl, saver: BackgroundSaver,
-                 resume_state: dict | None, extra_listeners: Sequence[Listener] = ()) -> None:
+                 resume_state: dict | None, extra_listeners: Sequence[Listener] = (),
+                 trial: SearchTrial | None = None) -> None:
         cfg = run.config
-        self.run, self.control, self.group = run, control, run.group
+        self.run, self.control, self.group, self.trial = run, control, run.group, trial
         self.trained = run.batches.module_to_train(run.model, run.info.head)  # under DDP with several processes
         self.module = self.trained
         self.uses_features = isinstance(run.batches, FeatureBatches)
@@ -174,7 +179,7 @@ class EpochLoop:
         self.rank_integrity: list[dict] = []  # each rank's integrity after the last epoch
         self.optimization = Optimization(run.model, run.info, self.plan_in_force, cfg.train,
                                          self._segment(resume_state))
-        self.integrity = FreezeIntegrity(run.model)
+        self.integrity = FreezeIntegrity(run.model, (trial.parts if trial else FRESH).frozen_reference(run.model))
         # Rank 0 alone samples telemetry: it alone shows it, and a sample on another rank would hold every rank up.
         self.telemetry = (Telemetry(run.model, self.scaler, self.steps_per_epoch)
                           if cfg.train.telemetry and self.group.is_main else None)
@@ -182,6 +187,7 @@ class EpochLoop:
         self.checkpoint = BestCheckpoint(
             run.folder, saver, run.model, arch=run.info.arch, class_names=run.scan.class_names,
             preprocessing=run.prep.to_dict(), config=cfg.to_dict(), extras=self._checkpoint_extras)
+        self.best_at_end: BestRecordsAtEnd | None = None  # a search trial's: its best epoch's records, at the end
         self.listeners = self._listeners(callbacks, saver, extra_listeners)
         self.first_epoch = 1 if resume_state is None else self._restore(resume_state) + 1
 
@@ -204,6 +210,8 @@ class EpochLoop:
         - early stopping before the resume state, and the resume state last: it saves every listener's
           state as this epoch left it, and once resume.pt names the epoch, all its files are written
           (a kill before that repeats the epoch).
+        A search trial holds the best-epoch records (calibration, checkpoint, validation records) and
+        run.json's integrity verdict until the run ends, and keeps no resume state.
         Telemetry acts around the optimizer step, where no other listener does: first or last is the same.
         Rank 0 alone writes the run folder; every rank checks its own copy's integrity and counts the
         patience, so all ranks end at the same epoch."""
@@ -212,7 +220,7 @@ class EpochLoop:
         ordered = [
             self.telemetry,
             MetricsLog(run.folder) if main else None,
-            RunOutcome(run.folder) if main else None,
+            RunOutcome(run.folder, each_epoch=self.trial is None) if main else None,
             ProcessesRecord(run.folder, self.group.world_size, lambda: self.rank_integrity)
             if main and self.group.is_distributed else None,
             CallbackRelay(callbacks),
@@ -220,16 +228,38 @@ class EpochLoop:
                            run.task)
             if main and run.config.train.tensorboard else None,
             self.integrity,
-            # Temperature scaling and val_predictions.csv are softmax's; other tasks keep val_outputs.pt.
-            self.calibration if main and self.single_label else None,  # before the checkpoint, which carries it
-            self.checkpoint if main else None,
-            (ValidationRecords if self.single_label else TaskValidationRecord)(
-                run.folder, run.scan.class_names, run.scan.root, lambda: self.validation) if main else None,
+            *self._best_epoch_records(),
             EarlyStopping(patience) if patience else None,
             *extra,
-            ResumeState(run.folder, saver, self._loop_state, lambda: self.listeners) if main else None,
+            ResumeState(run.folder, saver, self._loop_state, lambda: self.listeners)
+            if main and self.trial is None else None,
         ]
         return [listener for listener in ordered if listener is not None]
+
+    def _best_epoch_records(self) -> list[Listener]:
+        """What rank 0 writes at each new best epoch, in order: the calibration before the checkpoint,
+        which carries it; the validation records after it. A search trial's wait for the run's end
+        (BestRecordsAtEnd, kept as self.best_at_end for the loop to release)."""
+        run = self.run
+        if not self.group.is_main:
+            return []
+        records = [
+            # Temperature scaling and val_predictions.csv are softmax's; other tasks keep val_outputs.pt.
+            self.calibration if self.single_label else None,
+            self.checkpoint,
+            (ValidationRecords if self.single_label else TaskValidationRecord)(
+                run.folder, run.scan.class_names, run.scan.root, lambda: self.validation),
+        ]
+        records = [record for record in records if record is not None]
+        if self.trial is None:
+            return records
+        self.best_at_end = BestRecordsAtEnd(records, run.model, lambda: self.integrity.promised_names,
+                                            lambda: self.validation, self._show_validation,
+                                            self.trial.records_skipped_when)
+        return [self.best_at_end]
+
+    def _show_validation(self, outputs: ValidationOutputs | None) -> None:
+        self.validation = outputs
 
     # --- schedule, resume ---------------------------------------------------------------------
 
@@ -290,9 +320,29 @@ class EpochLoop:
     # --- the run ------------------------------------------------------------------------------
 
     def train(self, started: float) -> FitResult:
-        run, cfg = self.run, self.run.config
-        epochs_run, stopped = self.first_epoch - 1, "completed"
+        # A head on cached features trains on CPU in one thread, as its measured twin (head_fit) does.
+        with one_thread(self.run.device) if self.uses_features else contextlib.nullcontext():
+            return self._train(started)
+
+    def _train(self, started: float) -> FitResult:
         try:  # a listener failing at the start (run.json unwritable) still leaves the run "failed", not "running"
+            epochs_run, stopped = self._epochs()
+            if self.best_at_end is not None:  # a search trial: its best epoch's records, now
+                self.best_at_end.write(stopped)
+        except Exception as exc:
+            for listener in self.listeners:
+                listener.on_fit_failed(exc)
+            raise
+        result = self._result(started, epochs_run, stopped)
+        for listener in self.listeners:
+            listener.on_fit_end(result)
+        return result
+
+    def _epochs(self) -> tuple[int, str]:
+        """The run's epochs, from the first to train: (epochs run in all, why they ended)."""
+        run, cfg = self.run, self.run.config
+        epochs_run = self.first_epoch - 1
+        try:
             for listener in self.listeners:
                 listener.on_fit_start(RunStarted(
                     run_dir=str(run.folder.path), device=str(run.device), device_name=device_name(run.device),
@@ -308,18 +358,10 @@ class EpochLoop:
                 epochs_run = epoch
                 reasons = [listener.stop_reason for listener in self.listeners if listener.stop_reason]
                 if reasons:
-                    stopped = reasons[0]
-                    break
+                    return epochs_run, reasons[0]
         except Stopped:
-            stopped = "user"
-        except Exception as exc:
-            for listener in self.listeners:
-                listener.on_fit_failed(exc)
-            raise
-        result = self._result(started, epochs_run, stopped)
-        for listener in self.listeners:
-            listener.on_fit_end(result)
-        return result
+            return epochs_run, "user"
+        return epochs_run, "completed"
 
     def _one_epoch(self, newly_unfrozen: tuple[str, ...]) -> EpochEvent:
         cfg, run = self.run.config, self.run
