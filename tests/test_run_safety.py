@@ -10,7 +10,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import engine.model.checkpoint as checkpoint
 from app.cli import main
-from engine.config import PlanConfig
 from engine.errors import RunFailed, TrainingDiverged, UserError
 from engine.runs.run_folder import RunFolder
 from engine.training.trainer import fit
