@@ -7,10 +7,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# Under pytest-xdist each of the two workers (and the processes its tests start) computes on one thread:
-# two OpenMP teams of two on two cores stall each other.
-TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
-os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 # The suite's runs are deleted moments after they are written: no test needs them on the disk itself
 # (crash tests kill processes, which fsync does not change). tests/test_run_safety.py checks that a
 # person's runs are fsynced.
@@ -29,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from engine.data.demo import write_demo_dataset  # noqa: E402
 
-torch.set_num_threads(TORCH_THREADS)
+torch.set_num_threads(2)
 
 pytest_plugins = ["tests.gui_helpers"]  # the `window` fixture for window tests
 
