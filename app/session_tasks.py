@@ -168,7 +168,8 @@ class ModelDescriber(QObject):
         does not change them); None while it is being built or is another model's."""
         if self.info is None or self._key is None:
             return None
-        return self.info if self._key[::2] == (arch, structure_size(arch, image_size)) else None
+        built_arch, _classes, built_size = self._key
+        return self.info if (built_arch, built_size) == (arch, structure_size(arch, image_size)) else None
 
     def request(self, arch: str, classes: int, image_size: int) -> None:
         size = structure_size(arch, image_size)
