@@ -10,19 +10,23 @@ from PySide6.QtCore import QObject
 from app.gc_guard import FULL_COLLECTION_EVERY, GuiThreadCollector
 
 
+def in_collectors_sight(thing) -> bool:
+    """Whether a collection looks at `thing` (frozen objects are out of the generations it lists)."""
+    return any(o is thing for o in gc.get_objects())
+
+
 def test_the_first_full_collection_freezes_its_survivors_and_later_ones_do_not(qtbot):
-    parent = QObject()
-    collector = GuiThreadCollector(parent, interval_ms=1)
+    window = QObject()  # the collector's parent, as the window is
+    collector = GuiThreadCollector(window, interval_ms=1)
     try:
-        at_start = gc.get_freeze_count()
-        imported_late = [[] for _ in range(1000)]  # as a module imported in the background, after start-up
+        imported_late = []  # as a module imported in the background, after start-up
+        assert in_collectors_sight(imported_late)
         qtbot.waitUntil(lambda: collector._ticks >= FULL_COLLECTION_EVERY, timeout=10_000)
-        after_first = gc.get_freeze_count()
-        assert after_first >= at_start + len(imported_late)
-        made_later = [[] for _ in range(1000)]
+        assert not in_collectors_sight(imported_late)
+        made_later = []
         qtbot.waitUntil(lambda: collector._ticks >= 2 * FULL_COLLECTION_EVERY + 1, timeout=10_000)
-        assert gc.get_freeze_count() == after_first  # a later full collection freezes nothing
-        assert not gc.isenabled() and imported_late and made_later
+        assert in_collectors_sight(made_later)  # a later full collection freezes nothing
+        assert not gc.isenabled()
     finally:
         collector.stop()
-    assert gc.get_freeze_count() == 0 and gc.isenabled()  # the window closed: everything is collectable again
+    assert in_collectors_sight(imported_late) and gc.isenabled()  # the window closed: all collectable again
