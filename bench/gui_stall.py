@@ -507,7 +507,8 @@ def relabel_scenario(window, meter: StallMeter, summary) -> dict:
     before = class_totals(summary())
     selection = QItemSelection(gallery.model().index(0), gallery.model().index(199))
     gallery.selectionModel().select(selection, QItemSelectionModel.SelectionFlag.ClearAndSelect)
-    assert len(gallery.selected_paths()) == 200
+    if len(gallery.selected_paths()) != 200:
+        raise SystemExit(f"the gallery's cell holds {gallery.model().rowCount()} images, not 200 or more")
     move = next(a for a in insight.mend.move_menu.actions() if a.text() == target)
     settle()
 
