@@ -676,9 +676,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Saved {path}", 5000)
 
     def open_project(self, path: str) -> None:
-        if self.session.open_project(path):
-            self._remember_recent(path)
-            self.setWindowTitle(f"Transfer Studio — {Path(path).name}")
+        self.session.open_project(path, lambda: self._show_project_opened(path))
+
+    def _show_project_opened(self, path: str) -> None:
+        self._remember_recent(path)
+        self.setWindowTitle(f"Transfer Studio — {Path(path).name}")
 
     @Slot()
     def new_project(self) -> None:

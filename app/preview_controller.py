@@ -8,7 +8,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.dataset_controller import DatasetController
 from app.session_state import Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, model_structure, size_shapes_parameters
+from app.session_tasks import DatasetState, model_structure, structure_size
 from app.settings_controller import SettingsController
 from app.worker import BackgroundTasks
 from engine.data.dataset import batches_per_epoch
@@ -56,7 +56,7 @@ class PreviewController(QObject):
             return
         config = self._configuration.draft()
         arch, classes = config.model.arch, info.num_classes
-        size = config.data.image_size if size_shapes_parameters(arch) else 224
+        size = structure_size(arch, config.data.image_size)
         steps = batches_per_epoch(len(scan.train), config.train.batch_size)
 
         def job():
@@ -76,7 +76,7 @@ class PreviewController(QObject):
             self.schedule_previewed.emit([])  # no plan rather than one the run does not follow
             return
         arch, classes = config.model.arch, self._datasets.classes()
-        size = config.data.image_size if size_shapes_parameters(arch) else 224
+        size = structure_size(arch, config.data.image_size)
         steps = batches_per_epoch(len(scan.train), config.train.batch_size)
 
         def job():
@@ -95,7 +95,7 @@ class PreviewController(QObject):
             config = folder.load_config()
             classes = max(2, len(folder.read_run().class_names or ()))
             arch = config.model.arch
-            info = model_structure(arch, classes, config.data.image_size if size_shapes_parameters(arch) else 224).info
+            info = model_structure(arch, classes, structure_size(arch, config.data.image_size)).info
             build_plan(config.plan, info)  # a plan that does not fit its model is refused here, not in the tree
             return info, config.plan
 

@@ -7,6 +7,7 @@ configuration ends it, and another dataset drops the insight of a run of the one
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from PySide6.QtCore import QFile, QObject, Signal, Slot
 
@@ -97,35 +98,31 @@ class RunListController(QObject):
     def _on_run_started(self, _event) -> None:
         self._insight.refresh_runs()
 
-    def _open(self, path: str) -> bool:
-        """Make a listed run the shown run (its configuration shown), so its actions work."""
+    def _open(self, path: str, then: Callable[[], None]) -> None:
+        """Make a listed run the shown run (its configuration shown), then do `then()`: its action."""
         if self._shown_run.running:
             self._messages.notice.emit("A run is in progress: stop it first.")
-            return False
+            return
         shown = self._shown_run.state.folder
         if shown is not None and shown.path == Path(path):
-            return True
-        if not self._runs.open_run(RunFolder(path)):
+            then()
+        elif not self._runs.open_run(RunFolder(path), then):
             self._messages.error_raised.emit(f"{self._name(path)} cannot be opened: its run.json or its dataset "
                                              f"folder cannot be read.")
-            return False
-        return True
 
     @Slot(str)
     def continue_run_of(self, path: str) -> None:
-        if self._open(path):
-            self._runs.continue_run()
+        self._open(path, self._runs.continue_run)
 
     @Slot(str)
     def export_run_of(self, path: str) -> None:
-        if self._open(path):
-            self.export_wanted.emit()
+        self._open(path, self.export_wanted.emit)
 
     @Slot(str)
     def use_configuration_of(self, path: str) -> None:
         self.preview_ended.emit()
-        if self._open(path):
-            self._messages.notice.emit(f"The configuration of {self._name(path)} is shown: edit it and Start.")
+        self._open(path, lambda: self._messages.notice.emit(f"The configuration of {self._name(path)} is shown: "
+                                                            f"edit it and Start."))
 
     @Slot(str)
     def delete(self, path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
 
@@ -101,8 +102,7 @@ class RunsController(QObject):
         if run.running:
             return False
         self.start_asked.emit()
-        if self._suspect_finder.searching:
-            self._messages.error_raised.emit(SEARCHING)
+        if self._refused_while_searching():
             return False
         if not run.can_continue:
             self._messages.error_raised.emit("No run to continue: a run saves its state after each completed epoch.")
@@ -115,13 +115,22 @@ class RunsController(QObject):
         # the Epochs box and the device choice apply; a run continues with any number of processes
         train = self._configuration.train
         config = replace(saved, train=replace(saved.train, epochs=train.epochs, processes=train.processes))
-        if not self._settings.apply_config(replace(config, out_dir="")):
-            return False
-        earlier = run.folder.read_epochs()  # a few lines: the curves go on from them, not from nothing
-        self._launch(replace(config, out_dir=str(run.folder.path)), run.folder, resume=True)
+        return self._settings.apply_config(replace(config, out_dir=""),
+                                           lambda: self._resume(run.folder, config, saved.train.epochs))
+
+    def _resume(self, folder: RunFolder, config: RunConfig, planned_epochs: int) -> None:
+        """The run's configuration is shown: it trains on from its last completed epoch."""
+        if self._refused_while_searching():  # a search started while its layer edits were checked
+            return
+        earlier = folder.read_epochs()  # a few lines: the curves go on from them, not from nothing
+        self._launch(replace(config, out_dir=str(folder.path)), folder, resume=True)
         self.resumed.emit(history_events(earlier, config.train.epochs))
-        self.continued.emit(config, len(earlier), saved.train.epochs)
-        return True
+        self.continued.emit(config, len(earlier), planned_epochs)
+
+    def _refused_while_searching(self) -> bool:
+        if self._suspect_finder.searching:
+            self._messages.error_raised.emit(SEARCHING)
+        return self._suspect_finder.searching
 
     def _launch(self, config: RunConfig, folder: RunFolder, resume: bool) -> None:
         self._pending_folder = folder
@@ -200,9 +209,10 @@ class RunsController(QObject):
             return True
         return any(self.open_run(run) for run in runs)
 
-    def open_run(self, run: RunFolder) -> bool:
+    def open_run(self, run: RunFolder, then: Callable[[], None] = lambda: None) -> bool:
         """Show a past run (its configuration, folder and outcome), so Continue and Export work on
-        it. False, and nothing changed, when it cannot be shown."""
+        it, then call `then()`. False, and nothing changed, when it cannot be shown (see
+        SettingsController.apply_config: layer edits of another model are checked first, in the background)."""
         if self._shown_run.running:
             return False
         try:
@@ -212,10 +222,12 @@ class RunsController(QObject):
             return False
         if not Path(config.data.root).expanduser().is_dir():
             return False
-        if not self._settings.apply_config(replace(config, out_dir="")):
-            return False
-        self._shown_run.set(RunState(folder=run, config=config, result=record.result, name=record.name or ""))
-        return True
+
+        def shown() -> None:
+            self._shown_run.set(RunState(folder=run, config=config, result=record.result, name=record.name or ""))
+            then()
+
+        return self._settings.apply_config(replace(config, out_dir=""), shown)
 
     def rename_shown(self, path: str, name: str) -> None:
         """The run at `path` was given `name` ("" for none): when it is the run shown, so is its name."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QUndoStack
@@ -134,17 +135,20 @@ class Session(QObject):
         """Save the configuration as shown (during a run: the run's)."""
         save_project(path, self.config())
 
-    def open_project(self, path: str) -> bool:
-        """Show the project's configuration; False (and why, to error_raised) when it cannot be."""
+    def open_project(self, path: str, then: Callable[[], None] = lambda: None) -> None:
+        """Show the project's configuration, then call `then()`; when it cannot be shown, why goes to
+        error_raised (at once, or once its layer edits were checked in the background)."""
         try:
             config = load_project(path)
         except UserError as exc:
             self.messages.error_raised.emit(str(exc))
-            return False
-        if not self.settings.apply_config(config):
-            return False
-        self.messages.error_raised.emit("")  # an earlier error (a bad project) no longer holds
-        return True
+            return
+
+        def shown() -> None:
+            self.messages.error_raised.emit("")  # an earlier error (a bad project) no longer holds
+            then()
+
+        self.settings.apply_config(config, shown)
 
     def shutdown(self) -> None:
         """The window closes: stop the run and the export, drop background results."""

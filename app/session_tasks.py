@@ -47,6 +47,11 @@ def size_shapes_parameters(arch: str) -> bool:
     return arch.startswith("vit_")
 
 
+def structure_size(arch: str, image_size: int) -> int:
+    """The image size a model's structure is built for: 224 unless the size changes its parameters."""
+    return image_size if size_shapes_parameters(arch) else 224
+
+
 def without_random_draws(build: Callable):
     """`build()` on the meta device: a model whose structure alone is wanted then costs no memory and
     draws nothing from torch's global random generator, which a run training on another thread was
@@ -158,8 +163,16 @@ class ModelDescriber(QObject):
         self.problem = ""  # why the last request could not be built
         self._key: tuple | None = None
 
+    def known(self, arch: str, image_size: int) -> ModelInfo | None:
+        """The structure built, when it is `arch`'s at `image_size` (its module names: the class count
+        does not change them); None while it is being built or is another model's."""
+        if self.info is None or self._key is None:
+            return None
+        built_arch, _classes, built_size = self._key
+        return self.info if (built_arch, built_size) == (arch, structure_size(arch, image_size)) else None
+
     def request(self, arch: str, classes: int, image_size: int) -> None:
-        size = image_size if size_shapes_parameters(arch) else 224
+        size = structure_size(arch, image_size)
         key = (arch, classes, size)
         if key == self._key:
             return

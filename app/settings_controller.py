@@ -7,6 +7,7 @@ that cannot be had, random weights under frozen layers). Loading runs off the GU
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
 
@@ -14,23 +15,28 @@ from app.advice_controller import AdviceController
 from app.dataset_controller import DatasetController
 from app.plan_controller import PlanController
 from app.session_state import WINDOW_DEFAULTS, Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, model_structure, size_shapes_parameters
+from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, model_structure, structure_size
 from app.worker import BackgroundTasks
 from engine.config import ModelConfig, PlanConfig, RunConfig
 from engine.errors import UserError
 from engine.model.architectures import ModelInfo, available_archs, check_arch, check_image_size, min_image_size, weights_cache_path
 from engine.plan.plan import build_plan, unreached_phases_note
 
+CHECK_EDITS = "check-plan-edits"  # the background task that checks a configuration's layer edits
 
-def check_plan_edits(config: RunConfig) -> None:
+
+def check_plan_edits(config: RunConfig, known: ModelInfo | None = None) -> None:
     """UserError naming the first layer edit of `config`'s plan that its model does not have: a
     configuration is refused whole before any of it is shown (a half-applied project is worse than
-    none). The model is built on the meta device, and only when there are edits."""
+    none). `known`: the model's structure when it is at hand; else the model is built (on the meta
+    device, and only when there are edits: still 0.1-1 s for an efficientnet_v2_s, never on the GUI
+    thread)."""
     if not config.plan.edits:
         return
-    model = config.model
-    size = config.data.image_size if size_shapes_parameters(model.arch) else 224
-    build_plan(config.plan, model_structure(model.arch, 2, size).info)  # module names do not depend on classes
+    if known is None:
+        arch = config.model.arch
+        known = model_structure(arch, 2, structure_size(arch, config.data.image_size)).info  # names: any class count
+    build_plan(config.plan, known)
 
 
 class SettingsController(QObject):
@@ -245,29 +251,42 @@ class SettingsController(QObject):
 
     # --- whole configurations -----------------------------------------------------------------------
 
-    def apply_config(self, config: RunConfig) -> bool:
+    def apply_config(self, config: RunConfig, then: Callable[[], None] = lambda: None) -> bool:
         """Show a whole configuration (a project file, a run to continue): all of it or, when any
-        part cannot work, none of it (the reason goes to error_raised)."""
-        return self._apply(config, persons=True)  # a project's or run's plan: advice never replaces it by itself
+        part cannot work, none of it (the reason goes to error_raised); `then()` once it is shown.
+        False when it is refused at once. Layer edits on a model other than the one shown are checked
+        off the GUI thread (its structure is built for that): the configuration is shown when they pass."""
+        return self._apply(config, True, then)  # a project's or run's plan: advice never replaces it by itself
 
     def reset(self) -> bool:
         """Back to the window's defaults on the demo dataset; False while a run is in progress."""
         if self._shown_run.running:
             return False
-        if self._apply(WINDOW_DEFAULTS, persons=False):  # the defaults: a first dataset's advice may replace them
-            self._datasets.open_demo()
+        self._apply(WINDOW_DEFAULTS, False, self._datasets.open_demo)  # a first dataset's advice may replace them
         return True
 
-    def _apply(self, config: RunConfig, persons: bool) -> bool:
+    def _apply(self, config: RunConfig, persons: bool, then: Callable[[], None]) -> bool:
         if self._shown_run.refused("open a project"):
             return False
+        self._tasks.cancel(CHECK_EDITS)  # a configuration still being checked is not shown after this one
         try:
             config.validate()
             check_arch(config.model.arch)
-            check_plan_edits(config)
+            known = self._describer.known(config.model.arch, config.data.image_size)
+            if config.plan.edits and known is None:
+                self._tasks.submit(CHECK_EDITS, lambda: check_plan_edits(config),
+                                   lambda _: self._show_config(config, persons, then), self._messages.error_raised.emit)
+                return True
+            check_plan_edits(config, known)
         except UserError as exc:
             self._messages.error_raised.emit(str(exc))
             return False
+        self._show_config(config, persons, then)
+        return True
+
+    def _show_config(self, config: RunConfig, persons: bool, then: Callable[[], None]) -> None:
+        if self._shown_run.refused("open a project"):  # a run started while its edits were checked
+            return
         old_weights = self._configuration.model.weights
         self._plan.begin(persons)  # another configuration: undo does not reach into the one before
         self._configuration.set_all(config)  # the runs controller forgets a run of another configuration
@@ -282,7 +301,7 @@ class SettingsController(QObject):
         if model.weights not in ("imagenet", "none") and model.weights != old_weights:
             self._weights_before_file = old_weights
             self._check_weights_file(model.weights, model.arch)
-        return True
+        then()
 
     # --- the model's layer tree -----------------------------------------------------------------------
 

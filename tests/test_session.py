@@ -88,6 +88,48 @@ def test_a_configuration_applies_all_or_nothing(qtbot, session):
     assert "resnet1800" in errors[0] and len(errors) == 3
 
 
+def test_layer_edits_of_a_model_not_built_yet_are_checked_off_the_gui_thread(qtbot, session, demo_dir, monkeypatch):
+    """A project's edits on another model than the one shown: building that model's structure to check
+    them took 1 s on the GUI thread for an efficientnet_v2_s (bench/gui_stall.py's project scenario).
+    It is built in the background; the configuration is shown whole once they pass, else refused whole."""
+    import threading
+
+    import app.settings_controller as settings_module
+
+    built_on = []
+    real = settings_module.model_structure
+    monkeypatch.setattr(settings_module, "model_structure",
+                        lambda *args: (real(*args), built_on.append(threading.current_thread()))[0])
+    open_and_wait(qtbot, session, demo_dir)
+    before = session.config()
+    good = replace(before, model=replace(before.model, arch="resnet34"),
+                   plan=replace(before.plan, edits=(PlanEdit("layer1.2", frozen=True),)))  # resnet18 has no layer1.2
+    bad = replace(good, plan=replace(good.plan, edits=(PlanEdit("layer9", frozen=True),)))
+    errors, shown = [], []
+    session.messages.error_raised.connect(errors.append)
+
+    assert session.settings.apply_config(bad, lambda: shown.append("bad"))
+    assert session.config() == before  # nothing of it while its edits are checked
+    qtbot.waitUntil(lambda: any("layer9" in e for e in errors), timeout=30_000)
+    assert session.config() == before and shown == []
+
+    assert session.settings.apply_config(good, lambda: shown.append("good"))
+    qtbot.waitUntil(lambda: shown == ["good"], timeout=30_000)
+    assert session.config() == good
+    assert len(built_on) == 2 and threading.main_thread() not in built_on
+
+    # One chosen after it replaces a configuration still being checked: that one is never shown.
+    qtbot.waitUntil(lambda: session.model_info is not None and session.model_info.arch == "resnet34", timeout=30_000)
+    assert session.settings.apply_config(replace(good, model=replace(good.model, arch="resnet50")),
+                                         lambda: shown.append("replaced"))
+    known = replace(good, plan=replace(good.plan, edits=(PlanEdit("layer4", frozen=True),)))
+    assert session.settings.apply_config(known, lambda: shown.append("known"))
+    assert shown == ["good", "known"] and session.config() == known  # resnet34's structure is at hand: at once
+    qtbot.waitUntil(lambda: len(built_on) == 3, timeout=30_000)  # resnet50's, built all the same
+    qtbot.wait(200)
+    assert shown == ["good", "known"] and session.config() == known
+
+
 def test_a_garbage_weights_file_is_one_line_and_not_offered(qtbot, session, demo_dir, tmp_path):
     open_and_wait(qtbot, session, demo_dir)
     garbage = tmp_path / "garbage.pth"
