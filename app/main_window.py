@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from PySide6.QtCore import QSettings, QSize, Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
@@ -47,6 +47,7 @@ PROJECT_FILTER = "Transfer Studio project (*.tsproj.json *.json)"
 MAX_RECENT = 8
 DEFAULT_SIZE = (1400, 900)
 TREE_ROWS_KEPT = 10  # the layer tree keeps this many rows in view before the data panel gets more room
+CURVES_ROOM = 260  # px the curves' tab keeps (its tabs and one plot) before the training panel gets more room
 
 
 def focused_text_editor() -> QLineEdit | QPlainTextEdit | QTextEdit | None:
@@ -85,6 +86,26 @@ class PanelScrollArea(QScrollArea):
         width = self.viewport().width()
         height = panel.heightForWidth(width) if panel.hasHeightForWidth() else -1
         return max(height, panel.minimumSizeHint().height(), 0) if height > 0 else panel.sizeHint().height()
+
+
+class PanelFit:
+    """A scrolled panel at the top of a vertical splitter, as tall as its contents as long as the
+    pane below keeps `room_below()` pixels; once the person drags the splitter, it stays put."""
+
+    def __init__(self, splitter: QSplitter, area: PanelScrollArea, room_below: Callable[[], int]):
+        self.splitter, self.area, self.room_below = splitter, area, room_below
+        self.moved = False
+        splitter.splitterMoved.connect(self._remember_moved)  # a person's drag, never setSizes
+
+    def refit(self) -> None:
+        if self.moved:
+            return
+        total = sum(self.splitter.sizes())
+        wanted = min(self.area.height_for_width(), max(total - self.room_below(), total // 3))
+        self.splitter.setSizes([wanted, total - wanted])
+
+    def _remember_moved(self, *_) -> None:
+        self.moved = True
 
 
 class FillingHolder(QWidget):
@@ -171,13 +192,15 @@ class MainWindow(QMainWindow):
         left.setStretchFactor(1, 1)
         right = QSplitter(Qt.Orientation.Vertical)
         right.setObjectName("rightSplitter")
-        right.addWidget(PanelScrollArea(self.training_panel))
+        training_area = PanelScrollArea(self.training_panel)
+        right.addWidget(training_area)
         self.right_tabs = QTabWidget()  # the insight and the runs where the curves are: the window still fits 1024×700
         self.right_tabs.setObjectName("rightTabs")
-        self.right_tabs.addTab(PanelScrollArea(FillingHolder(self.plots)), "Curves")
-        self.right_tabs.addTab(self.insight, "Insight")
-        self.right_tabs.addTab(self.runs_view, "Runs")
-        self.right_tabs.addTab(self.suspects_view, "Suspects")
+        # Every view fills its tab and scrolls only below its own minimum: the tabs then never take
+        # the training panel's room in a small window.
+        self._tab_views = (self.plots, self.insight, self.runs_view, self.suspects_view)
+        for view, title in zip(self._tab_views, ("Curves", "Insight", "Runs", "Suspects")):
+            self.right_tabs.addTab(PanelScrollArea(FillingHolder(view)), title)
         right.addWidget(self.right_tabs)
         right.setStretchFactor(0, 0)
         right.setStretchFactor(1, 1)
@@ -192,12 +215,13 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(main)
         self._main_splitter, self._left_splitter = main, left
         self._halves_set = False
-        self._fit_timer = QTimer(self)  # refits the data area once the splitters have their new sizes
+        self._panel_fits = (
+            PanelFit(left, self._data_area, lambda: self.model_panel.height_for_tree_rows(TREE_ROWS_KEPT)),
+            PanelFit(right, training_area, lambda: CURVES_ROOM))
+        self._fit_timer = QTimer(self)  # refits the panels once the splitters have their new sizes
         self._fit_timer.setSingleShot(True)
         self._fit_timer.setInterval(0)
-        self._fit_timer.timeout.connect(self._fit_data_area)
-        self._data_area_moved = False  # once the person drags the splitter, it stays where they put it
-        left.splitterMoved.connect(self._remember_data_area_moved)
+        self._fit_timer.timeout.connect(self._fit_panels)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -469,7 +493,7 @@ class MainWindow(QMainWindow):
             self.data_panel.show_error(state.error)
         elif state.summary is not None:
             self.data_panel.show_summary(state.summary)
-            self._fit_data_area()
+            self._fit_panels()
         elif state.listing_in_progress:
             self.data_panel.show_listing_in_progress(state.folder)
 
@@ -731,25 +755,22 @@ class MainWindow(QMainWindow):
             self._halves_set = True
             width = self._main_splitter.width()
             self._main_splitter.setSizes([width // 2, width - width // 2])
-            self._fit_data_area()
+            self._fit_panels()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
         self._fit_timer.start()  # after the splitters took the new size
 
-    def _fit_data_area(self) -> None:
-        """The data panel as tall as its contents (the advice card's lines too), as long as the
-        layer tree keeps TREE_ROWS_KEPT rows; the data panel scrolls in a small window."""
-        if self._data_area_moved or not self._halves_set:
-            return
-        total = sum(self._left_splitter.sizes())
-        tree_room = self.model_panel.height_for_tree_rows(TREE_ROWS_KEPT)
-        wanted = min(self._data_area.height_for_width(), max(total - tree_room, total // 3))
-        self._left_splitter.setSizes([wanted, total - wanted])
+    def show_view(self, view: QWidget) -> None:
+        """Bring the tab that holds `view` (the curves, the insight, the runs, the suspects) to the front."""
+        self.right_tabs.setCurrentIndex(self._tab_views.index(view))
 
-    @Slot()
-    def _remember_data_area_moved(self) -> None:
-        self._data_area_moved = True
+    def _fit_panels(self) -> None:
+        """The data and training panels as tall as their contents (the advice card's lines too), as
+        long as the layer tree and the curves keep their room; a panel scrolls in a small window."""
+        if self._halves_set:
+            for fit in self._panel_fits:
+                fit.refit()
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
         urls = event.mimeData().urls()

@@ -277,7 +277,7 @@ def runs_scenario(window, meter: StallMeter) -> list[dict]:
     """The Runs tab listing 50 runs read from disk, then 5 of them Ctrl-clicked, 200 ms apart, and compared."""
     fake_runs(window.session.runs_root, 50)
     view = window.runs_view
-    window.right_tabs.setCurrentWidget(view)
+    window.show_view(view)
     settle()
     fill = measure(meter, "runs", window.session.insight.refresh_runs, lambda: view.model.rowCount() >= 50,
                    runs=50)
@@ -321,7 +321,7 @@ def try_cam_scenario(window, meter: StallMeter, run) -> dict:
     from engine.config import RunConfig
 
     insight, panel = window.insight, window.insight.try_panel
-    window.right_tabs.setCurrentWidget(insight)
+    window.show_view(insight)
     insight.tabs.setCurrentWidget(panel)
     wait_until(lambda: window.session.insight.try_model_path() == run.checkpoint_path, 60, "the run's checkpoint")
     image = sorted(Path(RunConfig.from_dict(run.read_record()["config"]).data.root).rglob("*.png"))[0]
@@ -337,7 +337,7 @@ def continue_scenario(window, meter: StallMeter, run) -> dict:
     from app.run_events import RunFailure
 
     view, session = window.runs_view, window.session
-    window.right_tabs.setCurrentWidget(view)
+    window.show_view(view)
     session.insight.refresh_runs()
     wait_until(lambda: view.model.row_of(run.path) >= 0, 60, "the run in the list")
     view.table.scrollTo(view.model.index(view.model.row_of(run.path), 0))
@@ -498,7 +498,7 @@ def relabel_scenario(window, meter: StallMeter, summary) -> dict:
     wait_until(lambda: window.is_ready and window.session.dataset.folder == str(data)
                and summary()["total"] >= 5000, 120, "the copied folder")
     insight = window.insight
-    window.right_tabs.setCurrentWidget(insight)
+    window.show_view(insight)
     window.session.insight.open_insight(predicted_run(window.session.runs_root, data))
     wait_until(lambda: insight.matrix_model.total() >= 5000, 120, "the insight of every image")
     insight.show_cell(0, 0)
@@ -592,7 +592,7 @@ def main() -> int:
         wait_until(lambda: bool(ended), 600, "the run for the insight scenario")
         settle()
         insight = window.insight
-        window.right_tabs.setCurrentWidget(insight)
+        window.show_view(insight)
         settle()
 
         def filled():
@@ -607,7 +607,7 @@ def main() -> int:
     if "task-insight" in wanted:
         root = Path(tempfile.mkdtemp(prefix="ts-task-runs-"))
         insight = window.insight
-        window.right_tabs.setCurrentWidget(insight)
+        window.show_view(insight)
         page = insight.task_page
         for task in ("multi-label", "regression"):
             folder = task_run(task, large_csv(), root)
@@ -624,7 +624,7 @@ def main() -> int:
             results[-1]["gallery"] = page.images.gallery_model.rowCount()
     if "suspects" in wanted and "insight" in wanted:
         suspects = window.suspects_view
-        window.right_tabs.setCurrentWidget(suspects)
+        window.show_view(suspects)
         settle()
         results.append(measure(meter, "suspects", window.session.mending.find_suspects,
                                lambda: suspects.model.rowCount() > 0, pause_s=1.5))  # thumbnails included

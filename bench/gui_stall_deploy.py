@@ -61,7 +61,7 @@ def main() -> int:
     window.controller.run_failed.connect(finished.append)
     session.runs.start()
     wait_until(lambda: bool(finished), 600, "the run")
-    window.right_tabs.setCurrentWidget(insight)
+    window.show_view(insight)
     settle(2.0)
     results = [measure(meter, "idle", lambda: None, lambda: True, pause_s=2.0)]
 

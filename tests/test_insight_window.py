@@ -70,7 +70,7 @@ def test_after_a_short_run_the_matrix_counts_the_validation_set_and_a_cell_shows
     records = read_predictions(RunFolder(result.run_dir).predictions_path)
     assert len(records) == started.val_images
 
-    window.right_tabs.setCurrentWidget(insight)
+    window.show_view(insight)
     gallery = find(window, "galleryView")
     names = list(started.class_names)
     for row, column in {(0, 0), max(((r, c) for r in range(4) for c in range(4)), key=lambda rc: counts[rc[0]][rc[1]] * (rc[0] != rc[1]))}:

@@ -230,7 +230,7 @@ def test_the_window_says_why_a_task_run_has_no_insight_and_shows_one_that_has_in
     folder = RunFolder(tmp_path / "runs" / "20261206-100000")
     folder.path.mkdir(parents=True)
     folder.write_record({"config": {}, "task": "regression", "class_names": ["value"], "status": "finished"})
-    window.right_tabs.setCurrentWidget(window.insight)
+    window.show_view(window.insight)
     window.session.insight.open_insight(folder)
     summary = window.insight.summary
     qtbot.waitUntil(lambda: "regression run without a checkpoint" in summary.text(), timeout=10_000)

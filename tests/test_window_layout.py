@@ -114,6 +114,17 @@ def test_the_layer_tree_keeps_rows_on_a_small_screen(qtbot, styled, window, demo
 
 
 @pytest.mark.slow
+def test_the_training_panel_shows_start_and_progress_on_a_small_screen(qtbot, styled, window, demo_dir):
+    window.open_folder(str(demo_dir))
+    wait_ready(qtbot, window, classes=4)
+    resize(qtbot, window, 1024, 700)
+    panel = window.training_panel
+    for widget in (panel.start_button, panel.stop_button, panel.progress):
+        assert visible_height(widget) == widget.height(), widget.objectName()  # in view without scrolling
+    assert visible_height(window.plots.loss_plot) > 100  # and the curves keep room for a plot
+
+
+@pytest.mark.slow
 def test_a_gradual_plan_leaves_every_curve_its_share(qtbot, styled, window, demo_dir):
     window.open_folder(str(demo_dir))
     wait_ready(qtbot, window, classes=4)
@@ -171,7 +182,7 @@ def _evaluation(classes: int):
 @pytest.mark.slow
 def test_the_insight_fits_its_tab(qtbot, styled, window):
     resize(qtbot, window, 1400, 900)
-    window.right_tabs.setCurrentWidget(window.insight)
+    window.show_view(window.insight)
     insight = window.insight
     insight.show_evaluation(_evaluation(8), "/nowhere", "run-1")
     qtbot.wait(50)

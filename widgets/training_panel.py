@@ -214,6 +214,9 @@ class TrainingPanel(QGroupBox):
         self.rate_label = QLabel("")
         self.rate_label.setObjectName("rateLabel")
         self.rate_label.setWordWrap(True)
+        # A line kept for it before any run: the window fits its panels to their heights when shown,
+        # and a run's first line must not push the progress bar out of view.
+        self.rate_label.setMinimumHeight(self.rate_label.fontMetrics().lineSpacing())
         self.rate_label.setToolTip("Throughput, time left, and where the last epoch's time went (waiting for data vs computing).")
         self.error_label = QLabel("")
         self.error_label.setObjectName("errorLabel")
