@@ -323,3 +323,21 @@ def test_the_model_search_finds_both_sources_and_picks_a_timm_model(qtbot, windo
 
     panel.choose_arch("timm:no_such_model")  # a name the search does not offer changes nothing
     assert window.session.config().model.arch == "timm:test_convnext"
+
+
+def test_a_read_only_model_panel_locks_the_decay_with_the_other_plan_editors(qtbot):
+    """While a run trains (or a past run's plan is shown), no editor of the plan is live: the decay
+    box was left enabled beside its greyed preset."""
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit
+
+    from widgets.model_panel import ModelPanel
+
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    panel.set_read_only(True)
+    editors = [w for kind in (QAbstractButton, QAbstractSpinBox, QComboBox) for w in panel.findChildren(kind)
+               if not isinstance(w.parentWidget(), (QAbstractSpinBox, QComboBox, QLineEdit))]  # their own parts
+    assert panel.decay_spin in editors
+    assert [w.objectName() for w in editors if w.isEnabled()] == []
+    panel.set_read_only(False)
+    assert panel.decay_spin.isEnabled()

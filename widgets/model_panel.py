@@ -197,7 +197,7 @@ class ModelPanel(QGroupBox):
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.tree_pages, 1)
         self._editors = (self.arch_combo, self.model_search, self.weights_combo, self.factor_spin, self.every_spin,
-                         *self.preset_buttons.values())
+                         self.decay_spin, *self.preset_buttons.values())
 
     def _model_search_edit(self) -> QLineEdit:
         """A search box over both model sources: typing "convnext" offers torchvision's and timm's.
