@@ -119,6 +119,22 @@ def contents(root: Path) -> Counter:
     return Counter(tree(root).values())
 
 
+def export_that_knows_no_image(checkpoint: Path, folder: Path) -> Path:
+    """A copy of `checkpoint` as an exported model whose card sets an "unknown" threshold no image
+    reaches: predict and Try an image then say "none of the classes" for every image."""
+    import json
+
+    from engine.model.checkpoint import load_checkpoint
+
+    exported = folder / "model-export.pt"
+    exported.write_bytes(checkpoint.read_bytes())
+    calibration = load_checkpoint(checkpoint)["calibration"]
+    card = {"card_format": 1, "calibration": {"temperature": calibration["temperature"]},
+            "unknown": {**calibration["unknown"], "threshold": 1e9}}
+    (folder / "model-export.pt.card.json").write_text(json.dumps(card))
+    return exported
+
+
 class Crash(BaseException):
     """A power cut: not an error any code path catches."""
 

@@ -13,7 +13,7 @@ from engine.model.calibration import (auroc, calibrate, calibrated_probabilities
 from engine.model.checkpoint import load_checkpoint
 from engine.runs.run_folder import RunFolder
 from engine.runs.val_logits import read_val_logits
-from tests.helpers import assert_refused, checkpoint, cli  # noqa: F401 - fixtures
+from tests.helpers import assert_refused, checkpoint, cli, export_that_knows_no_image  # noqa: F401 - fixtures
 
 
 def noisy_logits(n: int, k: int, seed: int = 0, margin: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,12 +118,7 @@ def test_predict_reports_calibrated_probabilities_and_raw_on_request(checkpoint,
 def test_predict_marks_an_image_below_the_threshold_unknown(checkpoint, capsys, tmp_path):
     """A card whose threshold no image reaches: every image is unknown, in JSON and in the text line."""
     image = next(p for p in (checkpoint.parent.parent / "D").rglob("*.png"))
-    exported = tmp_path / "model-export.pt"
-    exported.write_bytes(checkpoint.read_bytes())
-    calibration = load_checkpoint(checkpoint)["calibration"]
-    card = {"card_format": 1, "calibration": {"temperature": calibration["temperature"]},
-            "unknown": {**calibration["unknown"], "threshold": 1e9}}
-    (tmp_path / "model-export.pt.card.json").write_text(json.dumps(card))
+    exported = export_that_knows_no_image(checkpoint, tmp_path)
     rc, out, _ = cli(capsys, "predict", exported, image, "--json")
     assert rc == 0 and json.loads(out)[0]["unknown"] is True
     rc, out, _ = cli(capsys, "predict", exported, image)

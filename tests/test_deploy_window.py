@@ -14,9 +14,8 @@ import torch
 from engine.deploy.int8 import Int8Settings
 from engine.insight.reliability import run_calibration
 from engine.model.calibration import calibrated_probabilities, expected_calibration_error, reliability_bins
-from engine.model.checkpoint import load_checkpoint
 from engine.runs.run_folder import RunFolder
-from tests.helpers import checkpoint, cli, fragile_checkpoint  # noqa: F401 - fixtures
+from tests.helpers import checkpoint, cli, export_that_knows_no_image, fragile_checkpoint  # noqa: F401 - fixtures
 from widgets.export_dialog import ExportDialog, int8_line
 
 META = {"arch": "resnet18", "class_names": ["a", "b"],
@@ -132,12 +131,7 @@ def test_try_an_image_shows_predicts_calibrated_probabilities_and_the_raw_ones_o
 def test_try_an_image_says_none_of_the_classes_below_the_unknown_threshold(window, checkpoint, qtbot, tmp_path, capsys):
     """predict's own trick: an exported copy whose card sets a threshold no image reaches."""
     image = next((checkpoint.parent.parent / "D").rglob("*.png"))
-    exported = tmp_path / "model-export.pt"
-    exported.write_bytes(checkpoint.read_bytes())
-    calibration = load_checkpoint(checkpoint)["calibration"]
-    card = {"card_format": 1, "calibration": {"temperature": calibration["temperature"]},
-            "unknown": {**calibration["unknown"], "threshold": 1e9}}
-    (tmp_path / "model-export.pt.card.json").write_text(json.dumps(card))
+    exported = export_that_knows_no_image(checkpoint, tmp_path)
     _, out, _ = cli(capsys, "predict", exported, image, "--json")
     (predicted,) = json.loads(out)
     window.session.insight.set_try_model(str(exported))
