@@ -189,7 +189,7 @@ def table(runs: list[dict]) -> str:
 
 
 def _chose(record: dict) -> str:
-    if record.get("adapted_balanced_accuracy") is None:
+    if record.get("adapted_score", record.get("adapted_balanced_accuracy")) is None:
         return "adapted" if record["adapted"] else "as loaded"
     return (f"{'adapted' if record['adapted'] else 'as loaded'} ({record['gain_points']:+.1f} points adapted, "
             f"{record['seconds']:.1f} s)")

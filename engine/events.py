@@ -86,15 +86,16 @@ class EpochEvent:
 @dataclass(frozen=True)
 class NormChoice:
     """What a run did with its BatchNorm statistics (--adapt-norm) and why: adapted to the training
-    images (AdaBN) or kept as loaded. With "auto" measured, the validation balanced accuracy of the
-    head fitted on each set of features (engine/training/norm_choice.py) and what measuring cost."""
+    images (AdaBN) or kept as loaded. With "auto" measured, the validation score of the head fitted
+    on each set of features (engine/training/norm_choice.py) and what measuring cost."""
 
     setting: str  # auto | on | off
     adapted: bool  # the statistics the run trains and is checked with
     why: str  # "setting on", "auto: ...": why, when it was not measured
-    pinned_score: float | None = None  # measured: val balanced accuracy with the loaded statistics
+    pinned_score: float | None = None  # measured: the val score with the loaded statistics
     adapted_score: float | None = None  # ... and with the adapted ones
     seconds: float | None = None  # what measuring added: the AdaBN pass, the adapted trunk pass, two head fits
+    score_name: str = "balanced accuracy"  # the task's: balanced accuracy, mAP or R²
 
     @property
     def measured(self) -> bool:
@@ -102,7 +103,7 @@ class NormChoice:
 
     @property
     def gain_points(self) -> float | None:
-        """Adapted minus loaded, in balanced-accuracy points (None when not measured)."""
+        """Adapted minus loaded, in points of the score (hundredths; None when not measured)."""
         return (self.adapted_score - self.pinned_score) * 100 if self.measured else None
 
     @property
@@ -113,12 +114,14 @@ class NormChoice:
             return f"normalization statistics {state} ({self.why})"
         tie = ", a tie keeps them as loaded" if self.adapted_score == self.pinned_score else ""
         cost = f"; measuring took {self.seconds:.1f} s" if self.seconds is not None else ""
-        return (f"normalization statistics {state} (auto: val balanced accuracy {self.adapted_score:.1%} adapted, "
-                f"{self.pinned_score:.1%} as loaded, {self.gain_points:+.1f} points{tie}{cost})")
+        shown = "{:.3f}" if self.score_name == "R²" else "{:.1%}"  # R² is no share of anything
+        return (f"normalization statistics {state} (auto: val {self.score_name} "
+                f"{shown.format(self.adapted_score)} adapted, {shown.format(self.pinned_score)} as loaded, "
+                f"{self.gain_points:+.1f} points{tie}{cost})")
 
     def to_dict(self) -> dict:
-        return {"setting": self.setting, "adapted": self.adapted, "why": self.why,
-                "pinned_balanced_accuracy": self.pinned_score, "adapted_balanced_accuracy": self.adapted_score,
+        return {"setting": self.setting, "adapted": self.adapted, "why": self.why, "score": self.score_name,
+                "pinned_score": self.pinned_score, "adapted_score": self.adapted_score,
                 "gain_points": None if self.gain_points is None else round(self.gain_points, 2),
                 "seconds": None if self.seconds is None else round(self.seconds, 3), "line": self.line}
 
@@ -129,8 +132,11 @@ class NormChoice:
         setting, adapted, why = text(record.get("setting")), record.get("adapted"), text(record.get("why"))
         if setting is None or not isinstance(adapted, bool):
             return None
-        return cls(setting, adapted, why or "", number(record.get("pinned_balanced_accuracy")),
-                   number(record.get("adapted_balanced_accuracy")), number(record.get("seconds")))
+        def score(which: str) -> float | None:  # runs from before tasks named it for balanced accuracy
+            return number(record.get(f"{which}_score", record.get(f"{which}_balanced_accuracy")))
+
+        return cls(setting, adapted, why or "", score("pinned"), score("adapted"), number(record.get("seconds")),
+                   text(record.get("score")) or "balanced accuracy")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ dark and bright: a second or less each, CPU.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,11 +48,11 @@ def dark_and_bright(tmp_path_factory):
     return root
 
 
-def tiny_net(loaded_mean: float, batch_norm: bool = True) -> nn.Module:
+def tiny_net(loaded_mean: float, batch_norm: bool = True, outputs: int = 2) -> nn.Module:
     """conv -> BatchNorm whose loaded statistics are (loaded_mean, 1) -> ReLU -> pool -> head ("5")."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8) if batch_norm else nn.Identity(), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, outputs))
     with torch.no_grad():
         model[0].weight.copy_(torch.linspace(-0.3, 0.3, 8).view(8, 1, 1, 1).expand(8, 3, 3, 3))
         model[0].bias.zero_()
@@ -139,6 +140,35 @@ def test_auto_keeps_the_loaded_statistics_when_adapting_does_not_help(dark_and_b
     assert record["norm_statistics"]["adapted"] is False and record["norm_statistics"]["line"] == choice.line
 
 
+def labels_csv(images, column: str, cell) -> Path:
+    """A labels CSV over the dark and bright images: `column` is "labels" or "value", `cell(name, i)` its text."""
+    rows = [f"{name}/{i:02d}.png,{cell(name, i)}" for name in ("dark", "bright") for i in range(12)]
+    table = images / f"{column}.csv"
+    table.write_text(f"path,{column}\n" + "\n".join(rows) + "\n")
+    return table
+
+
+@pytest.mark.parametrize("column, cell, outputs, score, metric", [
+    ("labels", lambda name, i: name, 2, "mAP", "val_mAP"),
+    ("value", lambda name, i: (70 if name == "dark" else 180) + i, 1, "R²", "val_r2"),
+])
+def test_auto_measures_multi_label_by_map_and_regression_by_r2(dark_and_bright, tmp_path, monkeypatch, column, cell,
+                                                                 outputs, score, metric):
+    """The loaded statistics collapse the features as above: the task's own score says to adapt, and
+    the head the run trains is the one measured."""
+    built_as(monkeypatch, tiny_net(loaded_mean=1000.0, outputs=outputs))
+    recorder = Recorder()
+    result = fit(config(labels_csv(dark_and_bright, column, cell), tmp_path / "run", epochs=6), recorder)
+
+    choice = recorder.started[0].norm_choice
+    assert choice.measured and choice.adapted and choice.score_name == score
+    assert choice.adapted_score > choice.pinned_score and f"auto: val {score} " in choice.line
+    assert result.integrity.intact
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line[metric] for line in lines) == pytest.approx(choice.adapted_score, abs=1e-6)
+    assert RunFolder(tmp_path / "run").read_run().norm_choice == NormChoice.from_dict(choice.to_dict())
+
+
 def test_a_model_without_batch_norm_adapts_nothing_and_measures_nothing(dark_and_bright, tmp_path, monkeypatch):
     built_as(monkeypatch, tiny_net(loaded_mean=0.0, batch_norm=False))
 
@@ -184,8 +214,8 @@ def test_a_continued_run_keeps_the_choice_it_recorded(dark_and_bright, tmp_path,
 # --- the rules --------------------------------------------------------------------------------------
 
 
-def score(balanced: float) -> HeadScore:
-    return HeadScore(epoch=1, accuracy=balanced, balanced_accuracy=balanced, loss=0.5)
+def score(value: float) -> HeadScore:
+    return HeadScore(epoch=1, score=value, order=(value, -0.5))
 
 
 def test_decide_adapts_only_when_strictly_better():
@@ -194,6 +224,8 @@ def test_decide_adapts_only_when_strictly_better():
     assert not decide(score(0.9), score(0.9), 1.0).adapted  # tie: as loaded
     assert not decide(score(0.9), None, 1.0).adapted  # the adapted head diverged
     assert decide(None, score(0.6), 1.0).adapted
+    assert decide(None, score(-0.3), 1.0, "R²").adapted  # a diverged head loses to a negative R² too
+    assert not decide(score(-0.3), None, 1.0, "R²").adapted
 
 
 def test_plan_norm_measures_only_where_it_can():

@@ -2,7 +2,8 @@
 (no file written, nothing recorded): how `--adapt-norm auto` scores one set of features.
 
 Same initial head, param groups, optimizer, LR schedule, loss, batch order, epochs and early stopping
-as the run, and the epoch it would keep (best validation accuracy, then loss). Afterwards the head is
+as the run, and the epoch it would keep (the task's order: best validation accuracy, mAP or R², then
+loss). Afterwards the head is
 put back as it was and the random state is untouched, so the run that follows trains the same head
 from the same start: on the same features it reaches the same score (up to the device's arithmetic).
 """
@@ -30,9 +31,8 @@ Features = tuple[torch.Tensor, torch.Tensor]  # (N, D) features, (N,) labels
 @dataclass(frozen=True)
 class HeadScore:
     epoch: int  # the epoch the run would keep
-    accuracy: float
-    balanced_accuracy: float  # mean recall over the classes with validation images
-    loss: float
+    score: float  # what --adapt-norm auto compares: balanced accuracy (single-label), mAP, or R²
+    order: tuple  # how the loop orders its epochs, the best one largest
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class HeadRecipe:
     info: ModelInfo
     plan: Plan
     train: TrainConfig
-    criterion: nn.Module
+    task: object  # engine.training.tasks: the loss, the validation metrics, the order of epochs
     device: torch.device
     autocast: Callable[[], ContextManager]
     amp_dtype: torch.dtype | None
@@ -89,7 +89,7 @@ def _train(recipe: HeadRecipe, head: nn.Module, batches: FeatureBatches, plan: P
                 raise Stopped
             optimization.set_lrs(step)
             with recipe.autocast():
-                loss = recipe.criterion(head(x).float(), y)
+                loss = recipe.task.loss(head(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -98,7 +98,7 @@ def _train(recipe: HeadRecipe, head: nn.Module, batches: FeatureBatches, plan: P
         score = _validate(recipe, head, batches, epoch)
         if score is None:  # diverged: the run would stop here too
             break
-        if best is None or (score.accuracy, -score.loss) > (best.accuracy, -best.loss):
+        if best is None or score.order > best.order:
             best, since_best = score, 0
         else:
             since_best += 1
@@ -116,6 +116,13 @@ def _validate(recipe: HeadRecipe, head: nn.Module, batches: FeatureBatches, epoc
             logits.append(head(x).float())
         labels.append(y)
     y, out = torch.cat(labels), torch.cat(logits)
+    task = recipe.task
+    if task.name != "single-label":
+        loss = task.val_loss_sum(out, y) / len(y)
+        if not math.isfinite(loss):
+            return None
+        order = task.selection({"loss": loss, "metrics": task.val_metrics(out, y)}, None, loss)
+        return HeadScore(epoch=epoch, score=order[0], order=order)
     loss = nn.functional.cross_entropy(out, y, reduction="sum").item() / len(y)
     if not math.isfinite(loss):
         return None
@@ -123,5 +130,5 @@ def _validate(recipe: HeadRecipe, head: nn.Module, batches: FeatureBatches, epoc
     confusion = torch.bincount(y * k + out.argmax(1), minlength=k * k).view(k, k).cpu()
     # The loop's own arithmetic (EpochLoop._evaluate), so a score here equals the run's metrics line.
     recalls = [int(confusion[i, i]) / int(confusion[i].sum()) for i in range(k) if int(confusion[i].sum())]
-    return HeadScore(epoch=epoch, accuracy=int(confusion.diag().sum()) / len(y),
-                     balanced_accuracy=sum(recalls) / len(recalls), loss=loss)
+    accuracy = int(confusion.diag().sum()) / len(y)
+    return HeadScore(epoch=epoch, score=sum(recalls) / len(recalls), order=(accuracy, -loss))

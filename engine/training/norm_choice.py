@@ -6,8 +6,9 @@ that helps on a shifted domain); Transfer Studio keeps them exactly as loaded un
 makes that a measured choice where it is cheap and honest to measure: a frozen trunk whose features
 are cached, BatchNorm layers, validation images, one process. The trunk's features are computed with
 the loaded statistics and again with statistics adapted to the training images; the head is fitted
-on each as the run would fit it (engine/training/head_fit.py); the better validation balanced
-accuracy wins, and a tie keeps the loaded statistics (frozen means frozen unless adapting helps).
+on each as the run would fit it (engine/training/head_fit.py); the better validation score wins
+(balanced accuracy; mAP for multi-label data, R² for regression), and a tie keeps the loaded
+statistics (frozen means frozen unless adapting helps).
 Elsewhere "auto" adapts nothing and says why. A continued run keeps the choice it recorded.
 """
 
@@ -22,6 +23,7 @@ from engine.model.adabn import batch_norm_statistics, restore_statistics
 from engine.training.head_fit import Features, HeadRecipe, HeadScore, fit_head
 
 ADAPT, KEEP, MEASURE = "adapt", "keep", "measure"
+SCORE_NAMES = {"single-label": "balanced accuracy", "multi-label": "mAP", "regression": "R²"}  # what is compared
 FeatureSets = tuple[Features, Features]  # (train, val)
 
 
@@ -41,8 +43,7 @@ class NormPlan:
 
 
 def plan_norm(setting: str, *, batch_norm_layers: int, cached_features: bool, cache_note: str, has_val: bool,
-              processes: int, random_weights: bool, recorded: NormChoice | None = None,
-              task: str = "single-label") -> NormPlan:
+              processes: int, random_weights: bool, recorded: NormChoice | None = None) -> NormPlan:
     """What to do for `setting` (auto | on | off) with this run's model and data."""
     if recorded is not None:  # the features and the checkpoint must keep the statistics they started with
         return NormPlan(ADAPT if recorded.adapted else KEEP, recorded.why, recorded)
@@ -61,16 +62,16 @@ def plan_norm(setting: str, *, batch_norm_layers: int, cached_features: bool, ca
         return NormPlan(KEEP, f"auto: not measured with several processes{unmeasured}")
     if random_weights:  # feature extraction from random weights is a smoke test: no passes spent on it
         return NormPlan(KEEP, f"auto: not measured for random weights{unmeasured}")
-    if task != "single-label":  # the head fit that measures is cross-entropy's, scored by balanced accuracy
-        return NormPlan(KEEP, f"auto: measured for single-label data only, this is {task}{unmeasured}")
     return NormPlan(MEASURE, "")
 
 
-def decide(pinned: HeadScore | None, adapted: HeadScore | None, seconds: float) -> NormChoice:
-    """Adapted only when its head scores strictly better (a head that diverged scores nothing)."""
-    pinned_score = pinned.balanced_accuracy if pinned else 0.0
-    adapted_score = adapted.balanced_accuracy if adapted else 0.0
-    return NormChoice("auto", adapted_score > pinned_score, "auto: measured", pinned_score, adapted_score, seconds)
+def decide(pinned: HeadScore | None, adapted: HeadScore | None, seconds: float,
+           score_name: str = "balanced accuracy") -> NormChoice:
+    """Adapted only when its head scores strictly better. A head that diverged (None) loses to any
+    score, a negative R² included, and is shown as 0."""
+    adapted_wins = adapted is not None and (pinned is None or adapted.score > pinned.score)
+    return NormChoice("auto", adapted_wins, "auto: measured", pinned.score if pinned else 0.0,
+                      adapted.score if adapted else 0.0, seconds, score_name)
 
 
 def measure(recipe: HeadRecipe, loaded_features: Callable[[], FeatureSets], adapt: Callable[[], bool],
@@ -88,7 +89,7 @@ def measure(recipe: HeadRecipe, loaded_features: Callable[[], FeatureSets], adap
     adapted = adapted_features()
     pinned_score = fit_head(recipe, *loaded, should_stop=should_stop)
     adapted_score = fit_head(recipe, *adapted, should_stop=should_stop)
-    choice = decide(pinned_score, adapted_score, time.perf_counter() - started)
+    choice = decide(pinned_score, adapted_score, time.perf_counter() - started, SCORE_NAMES[recipe.task.name])
     if not choice.adapted:
         restore_statistics(saved)  # the loaded statistics, bit for bit: what the freeze proof then holds
     return choice, adapted if choice.adapted else loaded

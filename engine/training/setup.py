@@ -29,7 +29,6 @@ from engine.errors import Stopped
 from engine.model.devices import resolve_precision, select_device
 from engine.events import Callbacks, NormChoice, TrainingControl
 from engine.model.features import CachedFeatures, compute_feature_views, compute_features, per_file_trunk_features, save_cached_features, trunk_store_key
-from engine.training.class_weights import training_criterion
 from engine.training.feature_cache import augmented_views_note, feature_cache_decision
 from engine.training.head_fit import HeadRecipe
 from engine.training.shared_parts import FRESH, FreshParts
@@ -162,7 +161,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
     norm = plan_norm(config.train.adapt_norm, batch_norm_layers=layers, cached_features=use_features,
                      cache_note=feature_note, has_val=bool(scan.val), processes=group.world_size,
                      random_weights=config.model.weights == "none",
-                     recorded=None if fresh else folder.read_run().norm_choice, task=scan.task)
+                     recorded=None if fresh else folder.read_run().norm_choice)
     adapt_first, measured = norm.action == ADAPT, norm.action == MEASURE
 
     def features_key(adapted: bool, views_now: int) -> str:
@@ -287,10 +286,8 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
     config = run.config
     notes: list[str] = []
     adapted_statistics: AdaptedStatistics | None = None
-    recipe = HeadRecipe(run.model, run.info, run.plan, config.train,
-                        training_criterion(config.train.class_weights, run.scan, config.train.label_smoothing,
-                                           run.device),
-                        run.device, run.autocast, run.amp_dtype, len(run.scan.class_names))
+    recipe = HeadRecipe(run.model, run.info, run.plan, config.train, run.task, run.device, run.autocast,
+                        run.amp_dtype, len(run.scan.class_names))
 
     def loaded_features():
         train, val, note = _gather_per_file_features(run, loaders, callbacks, control, features_key(False, 0))
