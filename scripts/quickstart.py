@@ -86,11 +86,21 @@ def ensure_gui_can_start() -> None:
              f"sudo apt-get install {' '.join(QT_XCB_PACKAGES)}")
 
 
+def test_workers(pytest_args: list[str]) -> list[str]:
+    """pytest-xdist's options: one test process per core (at most 4: each holds torch and a model), the
+    tests of a file kept together (their module fixtures are built once). Each process computes on one
+    thread (tests/conftest.py). A process that dies ends the run at once, red: xdist's loadfile
+    scheduler, left to replace it, once waited forever. Given `-n` or `-p no:xdist`, it runs as given."""
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" for a in pytest_args):
+        return []
+    return ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadfile", "--max-worker-restart", "0"]
+
+
 def main(argv: list[str]) -> int:
     ensure_environment()
     if argv[:1] == ["test"]:
         env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-        return subprocess.call([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
+        return subprocess.call([str(PYTHON), "-m", "pytest", *test_workers(argv[1:]), *argv[1:]], cwd=ROOT, env=env)
     args = argv[1:] if argv[:1] == ["--"] else argv
     if not args or args[0] == "gui":
         ensure_gui_can_start()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Under pytest-xdist each of the two workers (and the processes its tests start) computes on one thread:
+# two OpenMP teams of two on two cores stall each other.
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
 # The suite's runs are deleted moments after they are written: no test needs them on the disk itself
 # (crash tests kill processes, which fsync does not change). tests/test_run_safety.py checks that a
 # person's runs are fsynced.
@@ -26,9 +30,44 @@ if str(ROOT) not in sys.path:
 
 from engine.data.demo import write_demo_dataset  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(TORCH_THREADS)
 
 pytest_plugins = ["tests.gui_helpers"]  # the `window` fixture for window tests
+
+
+class MainThreadCollector:
+    """What the window does (app/gc_guard.py), for the whole suite: no automatic garbage collection, so
+    a cycle holding a Qt wrapper is never freed on some other thread that happened to allocate (a
+    checkpoint saver, a leftover QThread of the previous test), its C++ destructor running there: Qt
+    crashed so ('QBasicTimer::start: Timers cannot be started from another thread', a segmentation
+    fault in a window test's teardown). The main thread collects after every test instead: what the
+    test left, cheaply, since what lived before is frozen; everything once per test file."""
+
+    def __init__(self) -> None:
+        self.module = None
+
+    def before(self, module) -> None:
+        gc.disable()
+        if module is not self.module:  # cycles a file's fixtures left behind, once per file
+            self.module = module
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
+    def after(self) -> None:
+        gc.collect()  # what this test left: the frozen rest is not looked at
+        gc.freeze()
+        gc.disable()  # a window's collector turns collection back on when the window closes
+
+
+_COLLECTOR = MainThreadCollector()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_main_thread(request):
+    _COLLECTOR.before(request.node.module)
+    yield
+    _COLLECTOR.after()
 
 
 @pytest.fixture(autouse=True)

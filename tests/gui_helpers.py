@@ -10,26 +10,6 @@ from app.main_window import window_with_private_settings
 from app.worker import STARTED_THREADS
 
 
-@pytest.fixture(autouse=True)
-def _collect_on_the_gui_thread(request):
-    """What the window does (app/gc_guard.py) for every test with Qt objects, window or not: no
-    automatic garbage collection while the test's background threads may run. A widget left in a
-    reference cycle by an earlier test, collected on a worker thread that happened to allocate,
-    has its C++ destructor run there; Qt crashed in the GUI thread's event loop (seen once in CI:
-    an LR finder dialog test, its sweep allocating on a worker thread). The GUI thread collects at
-    the start and at the end instead."""
-    if "qtbot" not in request.fixturenames:
-        yield
-        return
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
-
-
 def _python_threads() -> set:
     # Dummy entries stand for foreign threads (QThreads) that once ran Python code; Python keeps
     # them forever, so QThreads are checked through STARTED_THREADS instead.
@@ -55,6 +35,7 @@ def window(qtbot, tmp_path):
     win.show()
     yield win
     win.close()
+    gc.disable()  # closing turned automatic collection back on; the window's threads may still allocate
     qtbot.waitUntil(lambda: not _running_qthreads(), timeout=60_000)
     try:
         qtbot.waitUntil(lambda: not (_python_threads() - before), timeout=10_000)
