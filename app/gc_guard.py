@@ -5,7 +5,8 @@ the GUI thread, holding the GIL, waits for that mutex. The window hangs for good
 a closed window's menu collected while the training thread built a model).
 
 So while a window lives, automatic collection is off and the GUI thread collects instead: the
-young generation every second and the middle one every ten (microseconds to milliseconds). A full
+young generation five times a second (a whole second of a training thread's allocations took up to
+70 ms) and the middle one every two seconds (milliseconds). A full
 collection looks at every object, 100-400 ms on 2 busy cores once torch, timm and a model are in
 memory, so it runs by Python's own rule, only when the oldest generation has grown by a quarter
 since the last one (checked every half-minute; counting it takes a few milliseconds), never on a
@@ -22,13 +23,14 @@ import gc
 
 from PySide6.QtCore import QObject, QTimer, Slot
 
-MIDDLE_COLLECTION_EVERY = 10  # ticks
-FULL_CHECK_EVERY = 30  # ticks
+TICK_MS = 200
+MIDDLE_COLLECTION_EVERY = 10  # ticks: 2 s (ten seconds of survivors took 50-70 ms)
+FULL_CHECK_EVERY = 150  # ticks: 30 s
 FULL_WHEN_GROWN_BY = 0.25  # as CPython's own rule for its oldest generation
 
 
 class GuiThreadCollector(QObject):
-    def __init__(self, parent: QObject, interval_ms: int = 1000) -> None:
+    def __init__(self, parent: QObject, interval_ms: int = TICK_MS) -> None:
         super().__init__(parent)
         gc.collect()  # leftovers (a closed window's widgets) go now, on this thread
         gc.freeze()

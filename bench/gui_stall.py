@@ -210,13 +210,19 @@ def settle(seconds: float = 1.0) -> None:
     wait_until(lambda: time.perf_counter() > until, seconds + 5, "settling")
 
 
-def search_scenario(window, meter: StallMeter, summary) -> dict:
+def open_demo_with_random_resnet18(window, summary):
+    """The demo dataset in the window, resnet18 from random weights (nothing to download): its session."""
     session = window.session
     session.datasets.open_demo()
     session.settings.set_arch("resnet18")
     wait_until(lambda: window.is_ready and summary()["total"] < 5000
                and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "demo")
     session.settings.set_weights("none")
+    return session
+
+
+def search_scenario(window, meter: StallMeter, summary) -> dict:
+    session = open_demo_with_random_resnet18(window, summary)
     session.settings.update_data({"image_size": 32})
     session.settings.update_train({"device": "cpu"})
     wait_until(lambda: window.is_ready, 120, "the tree at 32 px")
@@ -298,12 +304,7 @@ def runs_scenario(window, meter: StallMeter) -> list[dict]:
 def train_demo_run(window, summary):
     """A 1-epoch run on the demo dataset (resnet18 at 64 px, random init, fine-tune), trained in the
     window and not timed: the run the try-cam and continue scenarios use. The window shows it."""
-    session = window.session
-    session.datasets.open_demo()
-    session.settings.set_arch("resnet18")
-    wait_until(lambda: window.is_ready and summary()["total"] < 5000
-               and window.model_panel.tree_model.model_info.arch == "resnet18", 120, "demo")
-    session.settings.set_weights("none")
+    session = open_demo_with_random_resnet18(window, summary)
     session.plan.apply_preset("fine-tune")
     session.settings.update_data({"image_size": 64})
     session.settings.update_train({"epochs": 1, "device": "cpu", "processes": 1})
