@@ -129,13 +129,21 @@ def test_head_only_refuses_the_trunks_knobs(groups):
 
 def test_the_pruner_reports_every_epoch_and_stops_before_the_last_only():
     reported = []
-    listener = PruneListener(lambda epoch, value: reported.append((epoch, value)) or True)
+    listener = PruneListener(lambda step, value: reported.append((step, value)) or True)
     listener.on_epoch_end(SimpleNamespace(epoch=3, epochs=3, val_accuracy=0.5))
-    assert listener.stop_reason is None and reported == [(3, 0.5)]  # the last epoch: complete, not pruned
+    assert listener.stop_reason is None and reported == [(100, 0.5)]  # the last epoch: complete, not pruned
     listener.on_epoch_end(SimpleNamespace(epoch=1, epochs=3, val_accuracy=None))
     assert listener.stop_reason is None and len(reported) == 1  # nothing to compare without validation
     listener.on_epoch_end(SimpleNamespace(epoch=1, epochs=3, val_accuracy=0.25))
     assert (listener.stop_reason, listener.pruned_at, listener.last_value) == (PRUNED, 1, 0.25)
+    assert reported[-1] == (33, 0.25)
+
+
+def test_trials_of_different_lengths_are_compared_at_the_same_point_of_their_schedules():
+    from engine.search.pruning import schedule_step
+
+    assert schedule_step(4, 12) == schedule_step(1, 3) == schedule_step(2, 6) == 33
+    assert schedule_step(6, 12) == schedule_step(5, 10) == 50 and schedule_step(12, 12) == 100
 
 
 def test_trials_of_gone_workers_are_stale_live_ones_are_not(tmp_path):
@@ -253,7 +261,7 @@ def test_a_pruned_run_ends_after_its_epoch_as_a_stopped_run(demo_dir, tmp_path):
 
     config = make_config(demo_dir, tmp_path / "run", plan=PlanConfig(strategy="feature-extraction"), augment="none",
                          epochs=3, telemetry=False)
-    result = fit(config, listeners=[PruneListener(lambda epoch, value: epoch >= 1)])
+    result = fit(config, listeners=[PruneListener(lambda step, value: step >= 1)])
     assert (result.stopped, result.epochs_run) == (PRUNED, 1)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "stopped" and result.checkpoint is not None

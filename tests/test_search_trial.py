@@ -170,7 +170,7 @@ def test_copies_are_the_build_bit_for_bit_with_the_random_state_it_left_in_an_en
 def test_a_pruned_trial_whose_folder_is_deleted_writes_no_best_epoch_records(demo_dir, tmp_path,
                                                                                resnet18_weights_file, kept):
     trial = SearchTrial(SharedParts(), records_skipped_when=() if kept else (PRUNED,))
-    pruner = PruneListener(lambda epoch, value: epoch == 2)
+    pruner = PruneListener(lambda step, value: step == 50)  # epoch 2 of 4
     result = run_trial(head_only(demo_dir, tmp_path / "p", resnet18_weights_file, epochs=4), trial,
                        listeners=[pruner])
     folder = RunFolder(result.run_dir)

@@ -65,7 +65,7 @@ def test_the_dialog_shows_the_default_space_and_fix_puts_the_windows_setting(qtb
     # The window's plan is feature extraction: the head's knobs, at the engine's default ranges.
     assert dialog.head_only.isChecked()
     assert {e.row.name: e.edit.text() for e in dialog.editors} == {
-        "base_lr": "0.0001:0.1", "weight_decay": "1e-06:0.1", "label_smoothing": "0:0.2", "epochs": "5:30"}
+        "base_lr": "0.0001:1", "weight_decay": "1e-06:0.1", "label_smoothing": "0:0.2", "epochs": "5:30"}
     dialog.head_only.setChecked(False)
     names = [e.row.name for e in dialog.editors]
     assert names[:2] == ["strategy", "unfreeze_depth"] and "augment" in names

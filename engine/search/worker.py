@@ -202,8 +202,8 @@ def _run_trial(study, job: SearchJob, trial, control: TrainingControl, search_tr
     started = time.perf_counter()
     config = job.config(trial.user_attrs["values"], trial.number, trial.user_attrs.get(NORM_ATTR))
 
-    def report(epoch: int, value: float) -> bool:
-        trial.report(value, epoch)
+    def report(step: int, value: float) -> bool:
+        trial.report(value, step)
         return trial.should_prune()
 
     pruner = PruneListener(report)
