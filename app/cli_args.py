@@ -11,9 +11,9 @@ import sys
 import time
 from dataclasses import replace
 
-from engine.config import (ADAPT_NORM, AUGMENTATIONS, CLASS_WEIGHTS, LOSSES, NUMBER_RULES, OPTIMIZERS, PRECISIONS,
-                           SCHEDULES, STRATEGIES, TASKS, DataConfig, PlanConfig, PlanEdit, RunConfig, TrainConfig,
-                           number_problem)
+from engine.config import (ADAPT_NORM, AUGMENTATIONS, CLASS_WEIGHTS, HEAD_ONLY_BASE_LR, LOSSES, NUMBER_RULES,
+                           OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, TASKS, DataConfig, PlanConfig, PlanEdit,
+                           RunConfig, TrainConfig, default_base_lr, number_problem)
 from engine.errors import UserError
 from engine.model.project import load_project
 
@@ -79,7 +79,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plan (what is frozen, at what LR); flags apply after the strategy, in order")
     g.add_argument("--strategy", choices=STRATEGIES, default="fine-tune")
-    g.add_argument("--base-lr", type=number_arg("plan.base_lr"), default=1e-3, help="LR of every module without its own")
+    g.add_argument("--base-lr", type=number_arg("plan.base_lr"), default=None,
+                   help=f"LR of every module without its own (default {HEAD_ONLY_BASE_LR:g} for feature-extraction, "
+                        f"{PlanConfig.base_lr:g} otherwise)")
     g.add_argument("--discriminative-factor", type=number_arg("plan.discriminative_factor"), default=2.6, help="LR ratio between neighbouring stages")
     g.add_argument("--gradual-every", type=number_arg("plan.gradual_every"), default=1, help="gradual: epochs between unfreezing stages")
     g.add_argument("--layer-decay", type=number_arg("plan.layer_decay"), default=0.75,
@@ -92,7 +94,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def plan_config(args) -> PlanConfig:
-    return PlanConfig(strategy=args.strategy, base_lr=args.base_lr, discriminative_factor=args.discriminative_factor,
+    base_lr = args.base_lr if args.base_lr is not None else default_base_lr(args.strategy)
+    return PlanConfig(strategy=args.strategy, base_lr=base_lr, discriminative_factor=args.discriminative_factor,
                       gradual_every=args.gradual_every, layer_decay=args.layer_decay, edits=tuple(getattr(args, "edits", ())))
 
 
@@ -243,7 +246,8 @@ def apply_flags(config: RunConfig, given: dict) -> RunConfig:
         if dest in TRAIN_FLAGS:
             section, field_name = TRAIN_FLAGS[dest]
             sections[section][field_name] = (not value) if dest in _NEGATED else value
-    plan = replace(config.plan, **sections["plan"])
+    plan = config.plan.with_strategy(given["strategy"]) if "strategy" in given else config.plan
+    plan = replace(plan, **sections["plan"])
     if given.get("edits"):
         plan = replace(plan, edits=plan.edits + tuple(given["edits"]))
     return replace(config, data=replace(config.data, **sections["data"]),

@@ -38,9 +38,10 @@ class PlanController(QObject):
 
     @Slot(str)
     def apply_preset(self, strategy: str) -> None:
-        """A strategy preset replaces the person's tree edits; the LR settings stay."""
+        """A strategy preset replaces the person's tree edits; the base LR follows the preset's default
+        unless the person set their own."""
         self._persons = True  # the person chose a strategy, even the one shown: advice does not overrule it
-        self._edit(replace(self._configuration.plan, strategy=strategy, edits=()), f"Preset {strategy}")
+        self._edit(replace(self._configuration.plan.with_strategy(strategy), edits=()), f"Preset {strategy}")
 
     @Slot(float)
     def set_base_lr(self, lr: float) -> None:

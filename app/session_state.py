@@ -17,7 +17,7 @@ from engine.runs.run_folder import RunFolder
 # (feature extraction below 500 images), at a size that trains in seconds on a CPU.
 WINDOW_DEFAULTS = RunConfig(
     data=DataConfig(image_size=96, augment="none"),
-    plan=PlanConfig(strategy="feature-extraction"),
+    plan=PlanConfig().with_strategy("feature-extraction"),
     train=TrainConfig(epochs=5),
 )
 

@@ -76,6 +76,21 @@ class PlanConfig:
     def with_edit(self, edit: PlanEdit) -> PlanConfig:
         return replace(self, edits=self.edits + (edit,))
 
+    def with_strategy(self, strategy: str) -> PlanConfig:
+        """This plan under `strategy`: the base LR follows the strategy's default unless the person set another."""
+        keep_lr = self.base_lr != default_base_lr(self.strategy)
+        return replace(self, strategy=strategy, base_lr=self.base_lr if keep_lr else default_base_lr(strategy))
+
+
+# A head trained alone on frozen features wants ten times the LR that moving a pretrained trunk
+# tolerates: at 1e-3 with the cosine schedule it was still improving after 10 epochs on every benchmark
+# set (docs/benchmarks.md, "The head's default LR").
+HEAD_ONLY_BASE_LR = 1e-2
+
+
+def default_base_lr(strategy: str) -> float:
+    return HEAD_ONLY_BASE_LR if strategy == "feature-extraction" else PlanConfig.base_lr
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from engine.config import PlanConfig, PlanEdit
+from app.cli_args import apply_flags, given_train_flags
+from engine.config import HEAD_ONLY_BASE_LR, PlanConfig, PlanEdit, RunConfig
 from engine.errors import UserError
 from engine.model.architectures import build_model
 from engine.plan.plan import (apply_plan, audit_optimizer, build_plan, describe_plan, group_specs,
@@ -16,6 +17,23 @@ REFERENCE_RECIPE = (("conv1", 1e-5), ("layer1", 1e-5), ("layer2", 5e-5), ("layer
 @pytest.fixture(scope="module")
 def resnet18():
     return build_model("resnet18", 10, "none")
+
+
+def test_a_head_trained_alone_starts_from_a_larger_lr():
+    assert HEAD_ONLY_BASE_LR > PlanConfig.base_lr
+    head_only = PlanConfig().with_strategy("feature-extraction")
+    assert head_only.base_lr == HEAD_ONLY_BASE_LR
+    assert head_only.with_strategy("discriminative").base_lr == PlanConfig.base_lr
+    assert PlanConfig(base_lr=3e-4).with_strategy("feature-extraction").base_lr == 3e-4  # the person's own stays
+
+    def plan(*flags: str, base: RunConfig = RunConfig()) -> PlanConfig:
+        return apply_flags(base, given_train_flags(["train", *flags])).plan
+
+    assert plan("--strategy", "feature-extraction").base_lr == HEAD_ONLY_BASE_LR
+    assert plan("--strategy", "feature-extraction", "--base-lr", "0.001").base_lr == 1e-3
+    assert plan().base_lr == PlanConfig.base_lr  # the default strategy, fine-tune
+    project = RunConfig(plan=PlanConfig(strategy="fine-tune", base_lr=2e-4))
+    assert plan("--strategy", "feature-extraction", base=project).base_lr == 2e-4  # the project's LR is the person's
 
 
 def test_feature_extraction_trains_only_the_head(resnet18):

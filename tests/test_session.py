@@ -11,7 +11,7 @@ import app.session_tasks as session_tasks
 import app.worker as worker_module
 from app.session import Session
 from app.session_state import WINDOW_DEFAULTS
-from engine.config import PlanConfig, PlanEdit, RunConfig, TrainConfig
+from engine.config import HEAD_ONLY_BASE_LR, PlanConfig, PlanEdit, RunConfig, TrainConfig
 from engine.data.dataset import list_dataset, scan_dataset, split_listing
 
 
@@ -67,6 +67,18 @@ def test_the_lr_settings_live_in_the_session_only(qtbot, session):
     assert [p.strategy for p in plans][-2:] == ["discriminative", "fine-tune"]
     session.plan.set_base_lr(3e-4)  # no change: nobody is told
     assert len(plans) == 6
+
+
+def test_a_preset_brings_its_default_lr_unless_the_person_set_one(qtbot, session):
+    assert session.config().plan.base_lr == HEAD_ONLY_BASE_LR  # the window starts with feature extraction
+    session.plan.apply_preset("fine-tune")
+    assert session.config().plan.base_lr == PlanConfig.base_lr
+    session.plan.undo()
+    assert session.config().plan.base_lr == HEAD_ONLY_BASE_LR
+    session.plan.apply_preset("fine-tune")
+    session.plan.set_base_lr(3e-4)
+    session.plan.apply_preset("feature-extraction")
+    assert session.config().plan.base_lr == 3e-4  # the person's own LR stays
 
 
 def test_defaults_fit_a_small_dataset():

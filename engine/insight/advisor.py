@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.training.class_weights import IMBALANCE_THRESHOLD
 from engine.model.probe import PROBE_STEPS, fit_probe
-from engine.config import PlanConfig
+from engine.config import PlanConfig, default_base_lr
 from engine.data.dataset import DatasetScan, Sample, eval_transform, make_loader, stratified_split
 from engine.errors import UserError
 from engine.model.features import compute_features
@@ -30,6 +30,7 @@ from engine.errors import Stopped
 
 SMALL, MODERATE = 500, 5000  # images: the strategy table's bounds
 BASE_LR = 1e-3  # the head's LR (the reference recipe's fc LR); stages below ramp down from it
+HEAD_ONLY_LR = default_base_lr("feature-extraction")  # a head trained alone takes more
 FAR_DOMAIN_LR = 1e-4  # one LR for every layer when the early layers must re-learn
 DISCRIMINATIVE_FACTOR = PlanConfig().discriminative_factor
 EPOCHS_AFTER_THAW = 3  # gradual: epochs every stage trains together after the last one thaws
@@ -139,13 +140,13 @@ def choose(images: int, weights: str, far: bool | None, info: ModelInfo) -> tupl
             why.append(f"With {images:,} images from scratch, expect far lower accuracy than with pretrained weights.")
         return "fine-tune", ["--strategy", "fine-tune", "--base-lr", lr(BASE_LR)], plan, why
     if images < SMALL:
-        plan = PlanConfig("feature-extraction", BASE_LR)
+        plan = PlanConfig("feature-extraction", HEAD_ONLY_LR)
         why = [f"{images:,} images (< {SMALL}): feature extraction avoids over-fitting; only the new head "
-               f"trains, at {BASE_LR:g}, and with --augment none the trunk's features are computed once."]
+               f"trains, at {HEAD_ONLY_LR:g}, and with --augment none the trunk's features are computed once."]
         if far:
             why.append("The domain looks far from the weights', but with this few images training the trunk "
                        "would over-fit: feature extraction still, then try fine-tuning once there is more data.")
-        return ("feature-extraction", ["--strategy", "feature-extraction", "--base-lr", lr(BASE_LR),
+        return ("feature-extraction", ["--strategy", "feature-extraction", "--base-lr", lr(HEAD_ONLY_LR),
                                        "--augment", "none"], plan, why)
     if far:
         plan = PlanConfig("fine-tune", FAR_DOMAIN_LR)
