@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as rb  # noqa: E402 - the round-1 pieces: whole-process timing, the stand-in weights
 from engine.runs.run_folder import RunFolder  # noqa: E402 - importable once run_benchmarks added the root
 
-FE_ARGS = ["--strategy", "feature-extraction", "--optimizer", "adam", "--weight-decay", "0"]  # the plain loop's recipe
+FE_ARGS = ["--strategy", "feature-extraction"]  # otherwise the defaults (AdamW, cosine, the head's base LR)
 SHIFT = (0.35, 120)  # the "other scanner": pixel * 0.35 + 120, digits on a grey background at low contrast
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
