@@ -390,8 +390,9 @@ class MainWindow(QMainWindow):
         runs.start_asked.connect(lambda: tp.show_error(""))
         runs.start_asked.connect(mp.end_preview)  # the tree shows what trains
         runs.launched.connect(self.plots.clear)
-        runs.launched.connect(mp.clear_evidence)
-        runs.launched.connect(tp.reset_progress)
+        # A turn of the event loop later: a launch's work in one piece held the window 50-100 ms.
+        runs.launched.connect(mp.clear_evidence, Qt.ConnectionType.QueuedConnection)
+        runs.launched.connect(tp.reset_progress, Qt.ConnectionType.QueuedConnection)
         runs.stopping.connect(tp.show_stopping)
         # the training thread's events (queued to this thread by the controller)
         c.run_started.connect(self._on_run_started)

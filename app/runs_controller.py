@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.data_edit_session import DataEdits, SuspectFinder
 from app.dataset_controller import DatasetController
@@ -115,12 +115,13 @@ class RunsController(QObject):
         # the Epochs box and the device choice apply; a run continues with any number of processes
         train = self._configuration.train
         config = replace(saved, train=replace(saved.train, epochs=train.epochs, processes=train.processes))
-        return self._settings.apply_config(replace(config, out_dir=""),
-                                           lambda: self._resume(run.folder, config, saved.train.epochs))
+        # Launched a turn of the event loop after the settings are shown: both in one piece held the window 60-80 ms.
+        return self._settings.apply_config(replace(config, out_dir=""), lambda: QTimer.singleShot(
+            0, self, lambda: self._resume(run.folder, config, saved.train.epochs)))
 
     def _resume(self, folder: RunFolder, config: RunConfig, planned_epochs: int) -> None:
         """The run's configuration is shown: it trains on from its last completed epoch."""
-        if self._refused_while_searching():  # a search started while its layer edits were checked
+        if self._shown_run.state.running or self._refused_while_searching():  # started meanwhile
             return
         earlier = folder.read_epochs()  # a few lines: the curves go on from them, not from nothing
         self._launch(replace(config, out_dir=str(folder.path)), folder, resume=True)

@@ -176,7 +176,8 @@ def test_continue_shows_the_earlier_epochs_and_the_plan_it_follows(qtbot, window
     window.session.settings.update_train({"epochs": 2})
     plots = window.plots
     with qtbot.waitSignal(window.controller.run_finished, timeout=120_000):
-        window.session.run_list.continue_run_of(str(path))
+        window.session.run_list.continue_run_of(str(path))  # launched a turn of the event loop later
+        qtbot.waitUntil(lambda: plots._series["val_acc"].size > 0, timeout=10_000)
         assert list(plots._series["val_acc"].x) == [1.0]  # epoch 1, read back before epoch 2 starts
     plots.redraw()
     assert list(plots._series["val_acc"].x) == [1.0, 2.0]

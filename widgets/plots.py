@@ -134,6 +134,7 @@ class SideLegend(pg.LegendItem):
         self.changed = lambda: None  # called when its natural width may have changed
         self._plot_item = plot_item
         self._names: list[str] = []
+        self._relayout_due = False
         # As tall as its entries but never taller than the view box: it must not push the x axis
         # out of the plot; fit_columns adds a column instead.
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Maximum)
@@ -146,17 +147,28 @@ class SideLegend(pg.LegendItem):
     def add(self, curve: pg.PlotDataItem, name: str) -> None:
         self._names.append(name)
         self.addItem(curve, self._shown(name))
-        self.fit_columns()
-        self.changed()
+        self._relayout_soon()
 
     def remove(self, curve: pg.PlotDataItem) -> None:
         for index, (sample, _) in enumerate(self.items):
             if sample.item is curve:
                 del self._names[index]
                 self.removeItem(curve)
-                self.fit_columns()
-                self.changed()
+                self._relayout_soon()
                 return
+
+    def _relayout_soon(self) -> None:
+        """Entries come and go together (a run's groups at its first batch, all of them at a clear): the
+        columns and the plots' widths are fitted once for all, a turn of the event loop later (once per
+        entry held the window 30-40 ms)."""
+        if not self._relayout_due:
+            self._relayout_due = True
+            QTimer.singleShot(0, self, self._relayout)
+
+    def _relayout(self) -> None:
+        self._relayout_due = False
+        self.fit_columns()
+        self.changed()
 
     def updateSize(self):  # noqa: N802 (pyqtgraph's override)
         # pyqtgraph's version sets a geometry at (0, 0); in a layout the size hint is what counts.
@@ -405,6 +417,8 @@ class TrainingPlots(QWidget):
 
     def clear(self) -> None:
         self._refresh_timer.stop()
+        if self._is_clear():  # Continue clears at launch and again to show the earlier epochs: once is enough
+            return
         self._series = {name: Series() for name in ("train_loss_raw", "train_loss", "val_loss", *CURVES)}
         self._loss_ema = DebiasedEma(self.smoothing)
         for curve in self._curves.values():
@@ -414,6 +428,10 @@ class TrainingPlots(QWidget):
         self._ratios.clear()
         if self._planned:  # the planned curves stay: the y range follows them
             self.lr_plot.enableAutoRange(axis="y")
+
+    def _is_clear(self) -> bool:
+        return (self.score_task == "single-label" and not any(series.size for series in self._series.values())
+                and not self._lr.curves and not self._ratios.curves)
 
     def show_planned(self, schedule: list[dict]) -> None:
         """The planned LR of every group at the end of each epoch (schedule_preview's entries, the
