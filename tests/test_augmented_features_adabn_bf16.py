@@ -14,7 +14,7 @@ from torch import nn
 
 from app.cli import main
 from app.cli_args import apply_flags, given_train_flags
-from engine.model import devices
+from engine.model import adabn, devices
 from engine.model.adabn import adapt_batch_norm, batch_norm_layers
 from engine.config import DataConfig, ModelConfig, PlanConfig, RunConfig, TrainConfig
 from engine.data.dataset import Batch, Preprocessing, Sample, eval_transform, normalize_batch
@@ -186,6 +186,12 @@ def test_a_checkpoint_trained_under_cpu_bf16_is_fp32_and_loads_into_torchvision(
 # --- AdaBN ---------------------------------------------------------------------------------------
 
 
+def test_adabn_takes_a_subset_spread_over_the_file_order(monkeypatch):
+    monkeypatch.setattr(adabn, "MAX_IMAGES", 4)
+    assert adabn.evenly_spaced(3) == [0, 1, 2]  # fewer than the limit: all of them
+    assert adabn.evenly_spaced(40) == [0, 10, 20, 30]  # four classes of ten in file order: one image of each
+
+
 def test_adapt_batch_norm_changes_only_running_statistics_and_leaves_modes_as_they_were():
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5),
@@ -216,8 +222,10 @@ def bn_statistics(state: dict) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("adapt", [False, True])
 def test_adabn_on_changes_only_bn_statistics_off_changes_none_and_both_keep_integrity(tiny_dir, tmp_path,
-                                                                                      resnet18_weights_file, adapt):
+                                                                                      resnet18_weights_file, adapt,
+                                                                                      monkeypatch):
     assert TrainConfig().adapt_norm == "auto"  # measured: tests/test_adapt_norm_auto.py
+    monkeypatch.setattr(adabn, "MAX_IMAGES", 6)  # AdaBN averages over a subset of the training images
     recorder = Started()
     cfg = config(tiny_dir, tmp_path / str(adapt), augment="none", weights=str(resnet18_weights_file),
                  adapt_norm="on" if adapt else "off")
@@ -229,7 +237,7 @@ def test_adabn_on_changes_only_bn_statistics_off_changes_none_and_both_keep_inte
     notes = " ".join(recorder.events[0].notes)
     if adapt:
         assert changed == bn_statistics(source) - {k for k in source if k.startswith("fc.")}
-        assert "AdaBN: 20 BatchNorm layers" in notes
+        assert "AdaBN: 20 BatchNorm layers, 6 images" in notes
     else:
         assert changed == set() and "AdaBN" not in notes and "not adapted (as loaded) (setting off)" in notes
 

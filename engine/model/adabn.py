@@ -25,6 +25,18 @@ from torch import nn
 from engine.data.dataset import Preprocessing, normalize_batch
 
 
+# AdaBN averages over at most this many training images: the statistics have settled long before
+# (BatchNorm's own running average weighs about its last 20 batches), and a pass over 50,000 images
+# would cost as much as computing their features.
+MAX_IMAGES = 512
+
+
+def evenly_spaced(count: int) -> list[int]:
+    """At most MAX_IMAGES of range(count), spread evenly: in file order that reaches every class."""
+    chosen = min(count, MAX_IMAGES)
+    return [i * count // chosen for i in range(chosen)]
+
+
 def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The norm layers that keep running statistics (GroupNorm and LayerNorm keep none)."""
     return [m for m in model.modules()
@@ -93,7 +105,7 @@ def adapt_batch_norm(model: nn.Module, loader, prep: Preprocessing, device: torc
                      progress: Callable[[int, int], None] | None = None,
                      should_stop: Callable[[], bool] = lambda: False) -> int | None:
     """Replace every BatchNorm layer's running mean and variance by their average over `loader`'s
-    batches (plain views, in file order: the result is the same on every run). Returns the number
+    batches (plain views in file order, at most MAX_IMAGES of them: the same on every run). Returns the number
     of images seen (0: nothing could be adapted, the loaded statistics are kept), or None when
     stopped. Runs in fp32: statistics estimated in bf16 would lose digits."""
     layers = batch_norm_layers(model)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from engine.distributed.across_ranks import features_shared_between_ranks
-from engine.model.adabn import AdaptedStatistics, adapt_batch_norm, batch_norm_layers
+from engine.model.adabn import AdaptedStatistics, adapt_batch_norm, batch_norm_layers, evenly_spaced
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
 from engine.data.dataset import (DatasetScan, DecodedCache, Preprocessing, batches_per_epoch, eval_transform,
-                   labels_tensor, make_loader, scan_dataset, train_transform, worker_start_method)
+                   labels_tensor, make_loader, scan_dataset, train_transform, worker_loader, worker_start_method)
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
 from engine.errors import Stopped
@@ -268,7 +268,7 @@ def _adapt_statistics(model, loaders: _Loaders, prep: Preprocessing, device: tor
     if known is not None and known.apply(model):
         return known
     callbacks.on_status("Adapting normalization statistics")
-    images = adapt_batch_norm(model, loaders.plain_train_loader(), prep, device, channels_last,
+    images = adapt_batch_norm(model, loaders.adabn_loader(), prep, device, channels_last,
                               progress=lambda d, t: callbacks.on_status("Adapting normalization statistics", d, t),
                               should_stop=lambda: control.stop_requested)
     if images is None:
@@ -385,8 +385,16 @@ class _Loaders:
                            self.seed if seed is None else seed, self.pin)
 
     def plain_train_loader(self):
-        """The training images in file order without augmentation: what AdaBN averages over."""
+        """The training images in file order without augmentation."""
         return make_loader(self.plain_train_set, self.batch_size, False, self.workers, self.seed, self.pin)
+
+    def adabn_loader(self):
+        """What AdaBN averages over: the plain training images, at most adabn.MAX_IMAGES of them spread
+        evenly over the file order."""
+        return worker_loader(self.plain_train_set, batch_size=self.batch_size,
+                             sampler=evenly_spaced(len(self.plain_train_set)), drop_last=False,
+                             num_workers=self.workers, pin_memory=self.pin,
+                             generator=torch.Generator().manual_seed(self.seed))
 
     def all_val_loader(self):
         """Every validation image in file order, on every rank (val_loader is this rank's share):
