@@ -6,8 +6,8 @@ loop trained with the same augmentation ("standard": random resized crop + flip)
     .venv/bin/python bench/augmented_features.py --data DIR --epochs 1 --size 32   # a smoke run
 
 Default case (issue 13): 10 epochs at 96 px, resnet18 from a weights file, scikit-learn's digits.
-Each pair runs the plain loop, then Transfer Studio with V cached views, then the same with AdaBN
-(--adapt-norm), back to back, each as its own process timed whole (bench/run_benchmarks.py's
+Each pair runs the plain loop, then Transfer Studio with V cached views (the defaults, --adapt-norm
+auto), then the same with --adapt-norm off, back to back, each as its own process timed whole (bench/run_benchmarks.py's
 timed(): a fresh, empty feature cache folder per process). Prints one JSON line per run and a
 markdown table for docs/benchmarks.md; writes OUT/augmented_features.json.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as rb  # noqa: E402 - the round-1 pieces: data, weights file, whole-process timing
 from engine.runs.run_folder import RunFolder  # noqa: E402 - importable once run_benchmarks added the root
 
-FE_ARGS = ["--strategy", "feature-extraction", "--optimizer", "adam", "--weight-decay", "0"]  # as round 1's fe case
+FE_ARGS = ["--strategy", "feature-extraction"]  # otherwise the defaults (AdamW, cosine, the head's LR, --adapt-norm auto)
 
 
 def plain_run(data: Path, weights: Path, args) -> dict:
@@ -38,13 +38,13 @@ def plain_run(data: Path, weights: Path, args) -> dict:
     return {"side": "plain loop", "seconds": seconds, "val_accuracy": json.loads(line)["val_accuracy"]}
 
 
-def ours_run(data: Path, weights: Path, out: Path, args, adapt_norm: bool) -> dict:
-    extra = ["--adapt-norm"] if adapt_norm else []
+def ours_run(data: Path, weights: Path, out: Path, args, adapt_norm: str) -> dict:
+    extra = ["--adapt-norm", adapt_norm]
     seconds, summary, metrics = rb.ours(data, out, ["--weights", str(weights), *FE_ARGS, "--augment", "standard",
                                                     "--feature-views", str(args.views), "--epochs", str(args.epochs),
                                                     "--image-size", str(args.size), *extra])
     record = RunFolder(out).read_run()
-    side = f"Transfer Studio, {args.views} views" + (" + AdaBN" if adapt_norm else "")
+    side = f"Transfer Studio, {args.views} views, --adapt-norm {adapt_norm}"
     return {"side": side, "seconds": seconds, "val_accuracy": metrics[-1].val_accuracy,
             "best_val_accuracy": summary["best_val_accuracy"], "feature_cache": record.feature_cache,
             "precision": record.precision}
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--views", type=int, default=4)
-    parser.add_argument("--no-adabn", action="store_true", help="skip the AdaBN variant")
+    parser.add_argument("--no-adabn", action="store_true", help="skip the --adapt-norm off variant")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +83,8 @@ def main() -> int:
     for pair in range(args.pairs):
         runs.append(plain_run(data, weights, args))
         print(json.dumps(runs[-1]), flush=True)
-        for adapt in (False,) if args.no_adabn else (False, True):
-            runs.append(ours_run(data, weights, out / f"run-augfe-{pair}-{'adabn' if adapt else 'plain'}", args, adapt))
+        for adapt in ("auto",) if args.no_adabn else ("auto", "off"):
+            runs.append(ours_run(data, weights, out / f"run-augfe-{pair}-{adapt}", args, adapt))
             print(json.dumps(runs[-1]), flush=True)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"Python {platform.python_version()}")
