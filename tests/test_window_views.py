@@ -58,7 +58,7 @@ def test_the_diff_shows_only_what_differs_readably_and_never_the_run_folder(tmp_
     diff = dict(config_diff([a, b]))
     assert set(diff) == {"model.arch", "plan.base_lr"}  # not out_dir: every run has its own
     assert diff["model.arch"] == ["resnet18", "efficientnet_b0"]  # no JSON quotes
-    assert diff["plan.base_lr"] == ["0.001", "0.0003"]
+    assert diff["plan.base_lr"] == ["0.01", "0.0003"]  # feature extraction's default against a typed LR
 
 
 def test_failed_runs_and_runs_stopped_before_an_epoch_are_hidden_until_show_all(qtbot, tmp_path):

@@ -10,7 +10,7 @@ from PySide6.QtCore import QSignalBlocker, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSpinBox, QStyle, QVBoxLayout)
 
-from engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from engine.config import HEAD_ONLY_BASE_LR, OPTIMIZERS, SCHEDULES, PlanConfig, TrainConfig
 from engine.task_figures import format_figure, headline
 from engine.events import BatchEvent, EpochEvent, FitResult, format_duration
 from widgets.layer_tree import ScientificSpinBox
@@ -97,7 +97,9 @@ class TrainingPanel(QGroupBox):
         self.base_lr_spin = ScientificSpinBox()
         self.base_lr_spin.setObjectName("baseLrSpin")
         self.base_lr_spin.setValue(1e-3)
-        self.base_lr_spin.setToolTip("Learning rate of every module that has none of its own (the tree's root).")
+        self.base_lr_spin.setToolTip(f"Learning rate of every module that has none of its own (the tree's root). "
+                                     f"A preset brings its default ({HEAD_ONLY_BASE_LR:g} for feature extraction, "
+                                     f"{PlanConfig.base_lr:g} otherwise) unless you typed your own.")
         self.base_lr_spin.valueChanged.connect(self.base_lr_edited)
         self.weight_decay_spin = QDoubleSpinBox()
         self.weight_decay_spin.setObjectName("weightDecaySpin")
