@@ -14,7 +14,8 @@ than the whole suite's 15-minute budget (measured in a full run: the 63 took 11 
   and the 16 larger ones (vit_h_14, regnet_y_128gf, vit_l_*, vgg13-19, ...: about 11 minutes and 8 GB of
   memory for vit_l_32 alone; pt and safetensors) with TRANSFER_STUDIO_SWEEP_LARGE=1 as well; each shares
   its building code with one run every time;
-- pt2 (torch.export) is left to tests/test_pt2_export.py: not cheap.
+- pt2 (torch.export) only in the full sweep (tests/test_pt2_export.py tests it on one model every run):
+  not cheap.
 """
 
 import functools
@@ -139,11 +140,11 @@ def test_every_offered_architecture_trains_and_exports(arch, dataset, tmp_path):
     batch = parity_batch(checkpoint, limit=2)
     # A large representative's TorchScript and ONNX files are hundreds of MB of plain convolutions and
     # linear layers that smaller families export too: every format for them only in the full sweep, which
-    # takes every format for every architecture up to LARGE (above it: minutes and gigabytes a format).
+    # takes every format, pt2 too, for every architecture up to LARGE (above it: minutes and gigabytes a format).
     sweep_all = os.environ.get(SWEEP_ALL_ENV) == "1"
     every = ((representative and (parameter_count(arch) <= EVERY_FORMAT_UP_TO or sweep_all))
              or (sweep_all and parameter_count(arch) <= LARGE))
-    formats = EVERY_FORMAT if every else CHEAP_FORMATS
+    formats = (EVERY_FORMAT + ("pt2",) if sweep_all else EVERY_FORMAT) if every else CHEAP_FORMATS
     outcomes = {fmt: export_or_refuse(checkpoint, arch, fmt, batch, default_path(checkpoint, fmt, tmp_path))
                 for fmt in formats}
     assert outcomes["pt"] == outcomes["safetensors"] == "passed"
