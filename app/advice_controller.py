@@ -9,7 +9,7 @@ from app.dataset_controller import DatasetController
 from app.plan_controller import PlanController
 from app.plan_history import advice_changes
 from app.session_state import Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, without_random_draws
+from app.session_tasks import DatasetState, structure_info, structure_size
 from app.worker import BackgroundTasks
 from engine.insight.advisor import Advice, advise
 from engine.model.architectures import weights_cache_path
@@ -92,7 +92,9 @@ class AdviceController(QObject):
         def job():
             if measure:  # the backbone's real weights, over the images
                 return advise(scan, arch, weights, image_size=size, should_stop=stop_early)
-            return without_random_draws(lambda: advise(scan, arch, weights, image_size=size, measure=False))
+            # The layer tree's structure: built once for both (without drawing from torch's RNG).
+            info = structure_info(arch, self._datasets.classes(), structure_size(arch, size))
+            return advise(scan, arch, weights, image_size=size, measure=False, info=info)
 
         self._tasks.submit("advice", job, lambda advice: self._on_advice(folder, advice), self.failed.emit)
 

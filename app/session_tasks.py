@@ -5,6 +5,8 @@ app/settings_controller.py) wire them into the configuration."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -68,6 +70,26 @@ def model_structure(arch: str, classes: int, size: int):
     """A randomly initialised model to read the structure of (layers, parameters, groups); one
     output is allowed (a regression's value, a multi-label set of one label)."""
     return without_random_draws(lambda: build_model(arch, classes, "none", size, min_classes=1))
+
+
+_STRUCTURES: OrderedDict[tuple[str, int, int], ModelInfo] = OrderedDict()
+_STRUCTURES_KEPT = 8
+_structures_lock = threading.Lock()
+
+
+def structure_info(arch: str, classes: int, size: int) -> ModelInfo:
+    """model_structure(...).info, built once for the layer tree, the plan check and the advice alike:
+    an efficientnet_v2_s costs 0.3-0.5 s of Python, and two background builds at once held the GIL
+    from the GUI thread for 60-100 ms while a project opened. One build at a time (the lock): a
+    second caller of the same structure waits for the first's, without computing."""
+    key = (arch, classes, size)
+    with _structures_lock:
+        if key not in _STRUCTURES:
+            _STRUCTURES[key] = model_structure(arch, classes, size).info
+            while len(_STRUCTURES) > _STRUCTURES_KEPT:
+                _STRUCTURES.popitem(last=False)
+        _STRUCTURES.move_to_end(key)
+        return _STRUCTURES[key]
 
 
 class DatasetLoader(QObject):
@@ -184,8 +206,15 @@ class ModelDescriber(QObject):
             return
         self._key, self.info, self.problem = key, None, ""
         self.changed.emit(None)
-        self.tasks.submit("model", lambda: model_structure(arch, classes, size).info, self._on_built,
+        self.tasks.submit("model", lambda: structure_info(arch, classes, size), self._on_built,
                           self._on_failed)
+
+    def wait(self) -> None:
+        """What the model is built for is not known yet (the classes are being listed): none is shown."""
+        self.tasks.cancel("model")  # a build on its way is for a class count that no longer holds
+        if self._key is not None or self.info is not None:
+            self._key, self.info, self.problem = None, None, ""
+            self.changed.emit(None)
 
     def _on_built(self, info: ModelInfo) -> None:
         self.info = info

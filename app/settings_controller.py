@@ -15,7 +15,7 @@ from app.advice_controller import AdviceController
 from app.dataset_controller import DatasetController
 from app.plan_controller import PlanController
 from app.session_state import WINDOW_DEFAULTS, Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, model_structure, structure_size
+from app.session_tasks import DatasetState, ModelDescriber, WeightsFiles, structure_info, structure_size
 from app.worker import BackgroundTasks
 from engine.config import ModelConfig, PlanConfig, RunConfig
 from engine.errors import UserError
@@ -35,7 +35,7 @@ def check_plan_edits(config: RunConfig, known: ModelInfo | None = None) -> None:
         return
     if known is None:
         arch = config.model.arch
-        known = model_structure(arch, 2, structure_size(arch, config.data.image_size)).info  # names: any class count
+        known = structure_info(arch, 2, structure_size(arch, config.data.image_size))  # names: any class count
     build_plan(config.plan, known)
 
 
@@ -306,13 +306,16 @@ class SettingsController(QObject):
     # --- the model's layer tree -----------------------------------------------------------------------
 
     def _describe_model(self) -> None:
+        if not self._classes_known():  # built once, when the listing gives the class count (_on_dataset_changed)
+            self._describer.wait()
+            return
         self._describer.request(self._configuration.model.arch, self._datasets.classes(),
                                 self._configuration.data.image_size)
 
     @Slot(object)
     def _on_dataset_changed(self, state: DatasetState) -> None:
-        if state.listing is not None:
-            self._describe_model()  # the class count may have changed
+        if state.listing is not None or state.error:
+            self._describe_model()  # the class count may have changed, or is known to be none
         if self._weights_waiting is not None and self._classes_known():
             self._check_weights_file(*self._weights_waiting)
 

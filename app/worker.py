@@ -224,9 +224,11 @@ class BackgroundTasks(QObject):
     A newer job of the same kind makes an older one's result obsolete; `is_current(kind,
     generation)` lets a long job notice that and stop early.
 
-    A job starts once the GUI thread has laid out and painted what its caller just changed (an
-    event posted at the paint's own low priority, so it is handled after it): a Python job started
-    at once took the GIL from that paint, and a scan's listing stalled the window for 40-60 ms.
+    A job starts once the GUI thread has laid out and painted what its caller just changed: a Python
+    job started at once took the GIL from that paint, and a scan's listing stalled the window for
+    40-60 ms. The start is an event posted at the paint's own low priority, twice over: a layout
+    request handled after the first posts its paint behind it (a model built meanwhile turned the
+    layer tree's 600 calls into Python while painting into a 100 ms stall).
     """
 
     _done = Signal(object, object, int, str)  # callback, its argument, generation, kind
@@ -236,6 +238,7 @@ class BackgroundTasks(QObject):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ts-task")
         self._generation: dict[str, int] = {}
         self._waiting: list[Callable[[], None]] = []
+        self._rounds_left = 0  # START_JOBS events still to come before the waiting jobs start
         self._closed = False
         self._done.connect(self._deliver)
 
@@ -254,11 +257,19 @@ class BackgroundTasks(QObject):
 
         self._waiting.append(job)
         if len(self._waiting) == 1:
-            QCoreApplication.postEvent(self, QEvent(_START_JOBS), Qt.EventPriority.LowEventPriority.value)
+            self._rounds_left = 2
+            self._post_start()
+
+    def _post_start(self) -> None:
+        QCoreApplication.postEvent(self, QEvent(_START_JOBS), Qt.EventPriority.LowEventPriority.value)
 
     def event(self, event: QEvent) -> bool:
         if event.type() != _START_JOBS:
             return super().event(event)
+        self._rounds_left -= 1
+        if self._rounds_left > 0:
+            self._post_start()
+            return True
         waiting, self._waiting = self._waiting, []
         for job in waiting:
             if not self._closed:

@@ -61,27 +61,30 @@ class Advice:
 
 def advise(scan: DatasetScan, arch: str, weights: str, *, image_size: int = 224, measure: bool = True,
            batch_size: int = 32, device: torch.device | str = "cpu", features: FeatureSets | None = None,
-           should_stop: Callable[[], bool] = lambda: False) -> Advice:
+           should_stop: Callable[[], bool] = lambda: False, info: ModelInfo | None = None) -> Advice:
     """The advice for training `arch` with `weights` on `scan`; measure=False is the table alone
-    (no model pass, no images read). `features`: the trunk's (train, held-out) features already
-    at hand (the feature cache's): the probe and kNN use them and no image is read, but without
+    (no model pass, no images read), which reads only the model's structure: `info` when it is at hand
+    (an efficientnet_v2_s costs 0.3-0.5 s to build). `features`: the trunk's (train, held-out) features
+    already at hand (the feature cache's): the probe and kNN use them and no image is read, but without
     earlier stages' features a far domain is not judged."""
     measure_images = measure and features is None
-    built = build_model(arch, len(scan.class_names), weights if measure_images else "none", image_size)
+    if measure or info is None:
+        built = build_model(arch, len(scan.class_names), weights if measure_images else "none", image_size)
+        info = built.info
     figures = data_figures(scan)
     reasons = data_reasons(figures, image_size)
     far = None
     if measure:
         if features is None:
-            figures["backbone"] = measure_backbone(scan, built.model, built.info, built.preprocessing, batch_size,
+            figures["backbone"] = measure_backbone(scan, built.model, info, built.preprocessing, batch_size,
                                                    torch.device(device), should_stop)
         else:
             figures["backbone"] = backbone_figures({"penultimate": features[0]}, {"penultimate": features[1]}, [],
                                                    len(scan.class_names))
         far, why = far_domain(figures["backbone"], weights)
         reasons.append(why)
-    strategy, flags, plan, why = choose(figures["images"], weights, far, built.info)
-    norm = norm_statistics_reason(strategy, weights, far, built.info)
+    strategy, flags, plan, why = choose(figures["images"], weights, far, info)
+    norm = norm_statistics_reason(strategy, weights, far, info)
     return Advice(strategy, tuple(flags), plan, tuple(why + ([norm] if norm else []) + reasons), figures)
 
 
