@@ -8,7 +8,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.dataset_controller import DatasetController
 from app.session_state import Configuration, Messages, ShownRun
-from app.session_tasks import DatasetState, model_structure, structure_size
+from app.session_tasks import DatasetState, model_structure, structure_info, structure_size
 from app.settings_controller import SettingsController
 from app.worker import BackgroundTasks
 from engine.data.dataset import batches_per_epoch
@@ -95,7 +95,7 @@ class PreviewController(QObject):
             config = folder.load_config()
             classes = max(2, len(folder.read_run().class_names or ()))
             arch = config.model.arch
-            info = model_structure(arch, classes, structure_size(arch, config.data.image_size)).info
+            info = structure_info(arch, classes, structure_size(arch, config.data.image_size))
             build_plan(config.plan, info)  # a plan that does not fit its model is refused here, not in the tree
             return info, config.plan
 
