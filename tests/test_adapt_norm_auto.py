@@ -9,6 +9,7 @@ dark and bright: a second or less each, CPU.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,31 @@ def test_the_advice_for_feature_extraction_says_what_auto_will_do():
     assert norm_statistics_reason("feature-extraction", "imagenet", False, without_bn) is None
     assert norm_statistics_reason("fine-tune", "imagenet", True, with_bn) is None
     assert norm_statistics_reason("feature-extraction", "none", False, with_bn) is None
+
+
+@pytest.mark.parametrize("loaded_mean, adapted", [(1000.0, True), (0.0, False)])
+def test_auto_decides_on_a_share_of_the_training_images_and_trains_on_all(dark_and_bright, tmp_path, monkeypatch,
+                                                                           loaded_mean, adapted):
+    """Past DECISION_IMAGES training images both heads are fitted on that many (every validation image
+    scores them); then the chosen statistics' features of every training image train the run."""
+    import engine.training.norm_choice as norm_choice
+
+    monkeypatch.setattr(norm_choice, "DECISION_IMAGES", 6)
+    fitted = []
+    real_fit = norm_choice.fit_head
+    monkeypatch.setattr(norm_choice, "fit_head", lambda recipe, train, val, **kw: (
+        fitted.append((len(train[0]), len(val[0]))), real_fit(recipe, train, val, **kw))[1])
+    built_as(monkeypatch, tiny_net(loaded_mean=loaded_mean))
+    recorder = Recorder()
+    cfg = config(dark_and_bright, tmp_path / "run", epochs=2)
+    run = run_setup.set_up(cfg, None, recorder, run_setup.TrainingControl(), fresh=True)
+
+    assert run.norm_choice.measured and run.norm_choice.adapted is adapted
+    train_images, val_images = len(run.scan.train), len(run.scan.val)
+    assert train_images > 6 and fitted == [(6, val_images), (6, val_images)]
+    assert len(run.batches.train[0]) == train_images  # the run trains on every image, with the chosen statistics
+    monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "another cache"))  # computed anew, not read back
+    again = run_setup.set_up(replace(cfg, out_dir=str(tmp_path / "again"),
+                                     train=replace(cfg.train, adapt_norm="on" if adapted else "off")),
+                             None, Recorder(), run_setup.TrainingControl(), fresh=True)
+    assert torch.allclose(run.batches.train[0], again.batches.train[0], atol=1e-5)

@@ -31,9 +31,9 @@ from engine.data.dataset import Preprocessing, normalize_batch
 MAX_IMAGES = 512
 
 
-def evenly_spaced(count: int) -> list[int]:
-    """At most MAX_IMAGES of range(count), spread evenly: in file order that reaches every class."""
-    chosen = min(count, MAX_IMAGES)
+def evenly_spaced(count: int, at_most: int | None = None) -> list[int]:
+    """At most `at_most` (MAX_IMAGES) of range(count), spread evenly: in file order that reaches every class."""
+    chosen = min(count, MAX_IMAGES if at_most is None else at_most)
     return [i * count // chosen for i in range(chosen)]
 
 

@@ -32,7 +32,7 @@ from engine.model.features import CachedFeatures, compute_feature_views, compute
 from engine.training.feature_cache import augmented_views_note, feature_cache_decision
 from engine.training.head_fit import HeadRecipe
 from engine.training.shared_parts import FRESH, FreshParts
-from engine.training.norm_choice import ADAPT, MEASURE, NormPlan, measure, plan_norm
+from engine.training.norm_choice import ADAPT, MEASURE, FeatureSets, NormPlan, decision_rows, measure, plan_norm
 from engine.training.batches import AugmentedFeatureBatches
 from engine.model.architectures import ModelInfo
 from engine.plan.plan import Plan, build_plan
@@ -209,7 +209,7 @@ def set_up(config: RunConfig, scan: DatasetScan | None, callbacks: Callbacks, co
         return run
     if measured:  # the statistics are chosen here, before the integrity fingerprints are taken
         run, (train, val), statistics, measured_note = _measure_norm(run, loaders, callbacks, control, features_key,
-                                                                     adapted_cache)
+                                                                     adapted_cache, plain_train=not views)
         feature_note += f" ({measured_note})" if measured_note else ""
         if views:
             feature_key = features_key(run.norm_choice.adapted, views)
@@ -277,21 +277,27 @@ def _adapt_statistics(model, loaders: _Loaders, prep: Preprocessing, device: tor
 
 
 def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl, features_key,
-                  adapted_cache: CachedFeatures | None):
+                  adapted_cache: CachedFeatures | None, plain_train: bool):
     """(run with its NormChoice and the choice's line in its notes, the chosen statistics' plain
     (train, val) features, the adapted statistics when chosen, a note on where they came from):
     --adapt-norm auto measured (engine.training.norm_choice). The loaded statistics' features come
     from the per-file store, the adapted ones and their statistics from the disk cache
-    (`adapted_cache`) or AdaBN and a trunk pass."""
+    (`adapted_cache`) or AdaBN and a trunk pass. Decided on a subset of the training images, the
+    chosen side's training features are then computed for all of them; `plain_train` False (augmented
+    views follow): not at all, and train is None."""
     config = run.config
     notes: list[str] = []
     adapted_statistics: AdaptedStatistics | None = None
     recipe = HeadRecipe(run.model, run.info, run.plan, config.train, run.task, run.device, run.autocast,
                         run.amp_dtype, len(run.scan.class_names))
+    # Adapted features in the disk cache cost nothing: the loaded ones of every image are measured against them.
+    rows = None if adapted_cache is not None else decision_rows(len(run.scan.train))
+    decided: dict[bool, FeatureSets] = {}  # adapted? -> the decision's features
 
-    def loaded_features():
-        train, val, note = _gather_per_file_features(run, loaders, callbacks, control, features_key(False, 0))
+    def loaded_features(rows):
+        train, val, note = _gather_per_file_features(run, loaders, callbacks, control, features_key(False, 0), rows)
         notes.append(note)
+        decided[False] = train, val
         return train, val
 
     def adapt() -> bool:
@@ -301,25 +307,56 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
                                                callbacks, control, known)
         return bool(adapted_statistics.images)
 
-    def adapted_features():
+    def adapted_features(rows):
         key = features_key(True, 0)
-        if adapted_cache is None:
+        if adapted_cache is not None:
+            notes.append("adapted features loaded from the disk cache")
+            if adapted_cache.statistics is None:  # a file from before statistics were kept: next time, no AdaBN pass
+                _save_features(run, key, adapted_cache.train, adapted_cache.val, callbacks, adapted_statistics)
+            decided[True] = adapted_cache.train, adapted_cache.val
+        elif rows is None:
             train, val, note = _compute_trunk_features(run, loaders, callbacks, control, key, 0, label="adapted ",
                                                        statistics=adapted_statistics)
             notes.append(note)
-            return train, val
-        notes.append("adapted features loaded from the disk cache")
-        if adapted_cache.statistics is None:  # a file from before statistics were kept: next time, no AdaBN pass
-            _save_features(run, key, adapted_cache.train, adapted_cache.val, callbacks, adapted_statistics)
-        return adapted_cache.train, adapted_cache.val
+            decided[True] = train, val
+        else:  # the decision's share of the training images, and every validation image: not cached
+            decided[True] = _decision_features(run, loaders, callbacks, control, rows)
+        return decided[True]
 
-    choice, features = measure(recipe, loaded_features, adapt, adapted_features,
+    choice, features = measure(recipe, loaded_features, adapt, adapted_features, rows,
                                should_stop=lambda: control.stop_requested)
+    if features is None:  # decided on a subset: the chosen statistics' features of every training image
+        val = decided[choice.adapted][1]
+        if not plain_train:
+            features = None, val
+        elif choice.adapted:
+            train, _, note = _compute_trunk_features(run, loaders, callbacks, control, features_key(True, 0), 0,
+                                                     val=val, label="adapted ", statistics=adapted_statistics)
+            features = train, val
+            notes.append(note)
+        else:
+            features = loaded_features(None)
     callbacks.on_status(choice.line)
     if run.group.is_main:
         run.folder.update_record(norm_statistics=choice.to_dict())
     run = replace(run, norm_choice=choice, notes=run.notes + (choice.line,))
-    return run, features, adapted_statistics if choice.adapted else None, "; ".join(n for n in notes if n)
+    return run, features, adapted_statistics if choice.adapted else None, "; ".join(dict.fromkeys(n for n in notes if n))
+
+
+def _decision_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
+                       rows: list[int]) -> FeatureSets:
+    """The trunk's features of the training images `rows` and of every validation image, as the model's
+    statistics now are; undecodable images are left out here and reported by the pass over all of them."""
+    common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
+                  should_stop=lambda: control.stop_requested)
+    train = compute_features(run.model, run.info.head, loaders.plain_train_loader(rows),
+                             progress=lambda d, t: callbacks.on_status("Measuring adapted statistics", d, t), **common)
+    if train is None:
+        raise Stopped
+    val = compute_features(run.model, run.info.head, loaders.all_val_loader(), **common)
+    if val is None:
+        raise Stopped
+    return train, val
 
 
 def _check_same_classes(folder: RunFolder, scan: DatasetScan) -> None:
@@ -384,9 +421,13 @@ class _Loaders:
         return make_loader(self.train_set, self.batch_size, False, self.workers,
                            self.seed if seed is None else seed, self.pin)
 
-    def plain_train_loader(self):
-        """The training images in file order without augmentation."""
-        return make_loader(self.plain_train_set, self.batch_size, False, self.workers, self.seed, self.pin)
+    def plain_train_loader(self, rows: list[int] | None = None):
+        """The training images in file order without augmentation (`rows`: only those)."""
+        if rows is None:
+            return make_loader(self.plain_train_set, self.batch_size, False, self.workers, self.seed, self.pin)
+        return worker_loader(self.plain_train_set, batch_size=self.batch_size, sampler=rows, drop_last=False,
+                             num_workers=self.workers, pin_memory=self.pin,
+                             generator=torch.Generator().manual_seed(self.seed))
 
     def adabn_loader(self):
         """What AdaBN averages over: the plain training images, at most adabn.MAX_IMAGES of them spread
@@ -451,11 +492,12 @@ def _save_features(run: Run, key: str, train, val, callbacks: Callbacks,
 
 
 def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
-                              key: str):
+                              key: str, rows: list[int] | None = None):
     """(train, val, note): plain trunk features from the per-file store, the trunk run only on the
     files it lacks (all of them the first time); labels from the scan, so a file moved to another
     class keeps its features under its new label. Also saved under the dataset's key, as the
-    other paths do."""
+    other paths do. `rows`: of those training images only (a measured choice's share: not saved
+    under the dataset's key, and no note)."""
     config = run.config
     trunk_key = trunk_store_key(arch=config.model.arch, weights=config.model.weights, seed=config.train.seed,
                                 head=run.info.head, prep=run.prep, amp_dtype=run.amp_dtype,
@@ -480,8 +522,11 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
         features, positions, unsaved = gathered
         return (features, labels_tensor([samples[i].label for i in positions])), unsaved
 
-    train, train_unsaved = gather(run.scan.train, "training")
+    train_samples = run.scan.train if rows is None else [run.scan.train[i] for i in rows]
+    train, train_unsaved = gather(train_samples, "training")
     val, val_unsaved = gather(run.scan.val, "validation") if run.scan.val else (None, None)
+    if rows is not None:
+        return train, val, train_unsaved or val_unsaved or ""
     total = len(run.scan.train) + len(run.scan.val)
     reused = f"per-file features: trunk run on {computed} of {total} image(s)"
     if run.group.is_distributed:  # each rank ran the trunk on its share: the note counts them all
