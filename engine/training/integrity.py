@@ -18,6 +18,8 @@ it with the reference bit for bit, at memory speed, instead of hashing it after 
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ from engine.model.architectures import NORM_TYPES
 from engine.plan.plan import Plan
 
 MAX_NAMED = 8  # tensors named in the one-line failure message; metrics.jsonl lists them all
+HASHING_THREADS = min(4, os.cpu_count() or 1)
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
@@ -146,7 +149,11 @@ class FreezeIntegrity(Listener):
         return fingerprint(tensor) == self.fingerprints[name]
 
     def check(self, epoch: int) -> IntegrityReport:
-        changed = tuple(name for name, tensor in self._tensors.items() if not self._unchanged(name, tensor))
+        # hashlib lets go of the GIL while it hashes: the tensors are hashed on every core at once
+        # (resnet18's 120 frozen tensors: 55 ms a check on one core of this 2-core CPU).
+        with ThreadPoolExecutor(max_workers=HASHING_THREADS) as pool:
+            unchanged = list(pool.map(self._unchanged, self._tensors, self._tensors.values()))
+        changed = tuple(name for name, same in zip(self._tensors, unchanged) if not same)
         self.last_report = IntegrityReport(epoch=epoch, checked=len(self._tensors), changed=changed)
         return self.last_report
 
