@@ -352,6 +352,10 @@ def test_auto_decides_on_a_share_of_the_training_images_and_trains_on_all(dark_a
     real_fit = norm_choice.fit_head
     monkeypatch.setattr(norm_choice, "fit_head", lambda recipe, train, val, **kw: (
         fitted.append((len(train[0]), len(val[0]))), real_fit(recipe, train, val, **kw))[1])
+    passed = []  # images through the trunk, pass by pass
+    real_pass = run_setup.compute_features
+    monkeypatch.setattr(run_setup, "compute_features", lambda *a, **kw: (
+        lambda out: (passed.append(len(out[0])), out)[1])(real_pass(*a, **kw)))
     built_as(monkeypatch, tiny_net(loaded_mean=loaded_mean))
     recorder = Recorder()
     cfg = config(dark_and_bright, tmp_path / "run", epochs=2)
@@ -361,6 +365,8 @@ def test_auto_decides_on_a_share_of_the_training_images_and_trains_on_all(dark_a
     train_images, val_images = len(run.scan.train), len(run.scan.val)
     assert train_images > 6 and fitted == [(6, val_images), (6, val_images)]
     assert len(run.batches.train[0]) == train_images  # the run trains on every image, with the chosen statistics
+    # Each side passed the decision's 6 and the validation images; the chosen side then only the others.
+    assert sum(passed) == 2 * (6 + val_images) + train_images - 6
     monkeypatch.setenv("TRANSFER_STUDIO_CACHE", str(tmp_path / "another cache"))  # computed anew, not read back
     again = run_setup.set_up(replace(cfg, out_dir=str(tmp_path / "again"),
                                      train=replace(cfg.train, adapt_norm="on" if adapted else "off")),

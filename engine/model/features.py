@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from engine.model import adabn
 from engine.model.adabn import AdaptedStatistics
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
 from engine.data.dataset import Preprocessing, Sample, eval_transform, make_loader, normalize_batch
@@ -150,7 +151,7 @@ def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, see
     """Changes when anything that shapes the features changes: each file (path, size, mtime),
     the architecture, the weights file, the preprocessing, the precision and device kind, the
     augmented views (augmentation and V) and normalization statistics adapted to the data
-    (`adapt_norm_batch`: AdaBN's batch size, which its averages depend on; 0: not adapted)."""
+    (`adapt_norm_batch`: AdaBN's batch size, which its averages depend on, as on its image count; 0: not adapted)."""
     digest = hashlib.sha256()
     if weights == "imagenet" or (weights in timm_source.PRETRAINED_WORDS and timm_source.is_timm(arch)):
         weights_file = weights_cache_path(arch)
@@ -162,7 +163,8 @@ def feature_cache_key(samples: Sequence[Sample], *, arch: str, weights: str, see
                 "precision": precision, "device": device_type, "torch": torch.__version__,
                 "seed": seed if weights_file is None else None,
                 "weights_file": _file_identity(weights_file) if weights_file else None,
-                "views": [augment, views] if views else None, "adapt_norm": adapt_norm_batch or None}
+                "views": [augment, views] if views else None,
+                "adapt_norm": [adapt_norm_batch, adabn.MAX_IMAGES] if adapt_norm_batch else None}
     digest.update(json.dumps(identity, sort_keys=True).encode())
     for sample in samples:
         digest.update(json.dumps([sample.path, sample.label, _file_identity(Path(sample.path))]).encode())

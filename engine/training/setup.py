@@ -330,8 +330,8 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
         if not plain_train:
             features = None, val
         elif choice.adapted:
-            train, _, note = _compute_trunk_features(run, loaders, callbacks, control, features_key(True, 0), 0,
-                                                     val=val, label="adapted ", statistics=adapted_statistics)
+            train, note = _adapted_training_features(run, loaders, callbacks, control, features_key(True, 0), rows,
+                                                     decided[True][0], val, adapted_statistics)
             features = train, val
             notes.append(note)
         else:
@@ -341,6 +341,31 @@ def _measure_norm(run: Run, loaders: _Loaders, callbacks: Callbacks, control: Tr
         run.folder.update_record(norm_statistics=choice.to_dict())
     run = replace(run, norm_choice=choice, notes=run.notes + (choice.line,))
     return run, features, adapted_statistics if choice.adapted else None, "; ".join(dict.fromkeys(n for n in notes if n))
+
+
+def _adapted_training_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl, key: str,
+                               rows: list[int], decided, val, statistics: AdaptedStatistics):
+    """(train, note): the adapted features of every training image, the trunk run only on those the
+    decision did not pass (`decided`: the features of `rows`), saved under `key`. An image that did not
+    decode leaves rows that cannot be placed: then every image passes the trunk again."""
+    chosen = set(rows)
+    rest = [i for i in range(len(run.scan.train)) if i not in chosen]
+    computed = compute_features(run.model, run.info.head, loaders.plain_train_loader(rest), prep=run.prep,
+                                device=run.device, autocast=run.autocast, channels_last=run.channels_last,
+                                progress=lambda d, t: callbacks.on_status("Computing adapted training features", d, t),
+                                on_failures=lambda failures: run.skipped.add_failures(failures, run.scan.train),
+                                should_stop=lambda: control.stop_requested)
+    if computed is None:
+        raise Stopped
+    if len(decided[0]) != len(rows) or len(computed[0]) != len(rest):
+        train, _, note = _compute_trunk_features(run, loaders, callbacks, control, key, 0, val=val,
+                                                 label="adapted ", statistics=statistics)
+        return train, note
+    features = torch.empty(len(run.scan.train), decided[0].shape[1], dtype=decided[0].dtype)
+    labels = torch.empty(len(run.scan.train), dtype=decided[1].dtype)
+    features[rows], labels[rows] = decided
+    features[rest], labels[rest] = computed
+    return (features, labels), _save_features(run, key, (features, labels), val, callbacks, statistics) or ""
 
 
 def _decision_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
