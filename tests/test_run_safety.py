@@ -159,3 +159,30 @@ def test_a_persons_checkpoints_and_metrics_are_fsynced_the_suites_need_not_be(tm
         folder.append_metrics({"epoch": 1})
         assert (tmp_path / "checkpoint.pt").read_bytes() == b"weights"
         assert len(synced) == (0 if flag else 3)  # the file, its folder, the metrics line
+
+
+def test_a_save_still_waiting_is_replaced_by_a_newer_one_of_the_same_file(tmp_path, monkeypatch):
+    """Epochs on cached features take milliseconds and a resume.pt of a resnet18 44 MB: the writer
+    drops a queued write that a newer one of the same file made obsolete, and keeps every other in order."""
+    import threading
+
+    started, release, written = threading.Event(), threading.Event(), []
+
+    def slow_save(obj, path):
+        started.set()
+        release.wait(10)
+        written.append((path.name, obj))
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", slow_save)
+    saver = checkpoint.BackgroundSaver()
+    try:
+        saver.save("checkpoint 1", tmp_path / "checkpoint.pt")
+        assert started.wait(10)  # being written (until released)
+        saver.save("resume 1", tmp_path / "resume.pt")
+        saver.save("resume 2", tmp_path / "resume.pt")  # resume 1 still waits: it is dropped
+        saver.save("checkpoint 2", tmp_path / "checkpoint.pt")  # checkpoint 1 is being written: both are kept
+        release.set()
+        saver.wait()
+    finally:
+        saver.close()
+    assert written == [("checkpoint.pt", "checkpoint 1"), ("resume.pt", "resume 2"), ("checkpoint.pt", "checkpoint 2")]
