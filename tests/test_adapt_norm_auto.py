@@ -372,3 +372,18 @@ def test_auto_decides_on_a_share_of_the_training_images_and_trains_on_all(dark_a
                                      train=replace(cfg.train, adapt_norm="on" if adapted else "off")),
                              None, Recorder(), run_setup.TrainingControl(), fresh=True)
     assert torch.allclose(run.batches.train[0], again.batches.train[0], atol=1e-5)
+
+
+def test_measuring_decodes_each_image_once(dark_and_bright, tmp_path, monkeypatch):
+    """The images decoded for AdaBN and the adapted pass serve the loaded statistics' pass too (the
+    per-file store's): measuring reads no file twice."""
+    import engine.data.dataset as dataset
+
+    decoded = []
+    real_decode = dataset.decode_resized
+    monkeypatch.setattr(dataset, "decode_resized", lambda path, *a: decoded.append(path) or real_decode(path, *a))
+    built_as(monkeypatch, tiny_net(loaded_mean=0.0))
+    run = run_setup.set_up(config(dark_and_bright, tmp_path / "run"), None, Recorder(), run_setup.TrainingControl(),
+                           fresh=True)
+    assert run.norm_choice.measured
+    assert len(decoded) == len(set(decoded)) == 24  # the 24 images, each once

@@ -25,7 +25,7 @@ from torch import nn
 from engine.model import adabn
 from engine.model.adabn import AdaptedStatistics
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
-from engine.data.dataset import Preprocessing, Sample, eval_transform, make_loader, normalize_batch
+from engine.data.dataset import DecodedCache, Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from engine.errors import UserError
 from engine.model import timm_source
 from engine.model.architectures import weights_cache_path
@@ -329,12 +329,14 @@ def per_file_trunk_features(model: nn.Module, head: str, prep: Preprocessing, de
                             on_computed: Callable[[int], None] | None = None,
                             should_stop: Callable[[], bool] = lambda: False,
                             share: Callable[[Callable], Callable] = lambda compute: compute,
-                            trunk_pass: Callable = compute_features):
+                            trunk_pass: Callable = compute_features,
+                            decoded: Callable[[list[Sample]], DecodedCache | None] = lambda samples: None):
     """features_per_file's result for `samples` (None when stopped), the trunk run on the plain view
     of the files the store lacks. `on_failures(failures, batch)`: images that did not decode, indexed
     into the samples `batch` the trunk ran on; `on_computed(n)`: n images went through the trunk;
     `share(compute)`: how that work is split (engine.distributed.across_ranks), by default not at all;
-    `trunk_pass`: compute_features, as the caller names it (its tests count the passes through that name)."""
+    `trunk_pass`: compute_features, as the caller names it (its tests count the passes through that name);
+    `decoded(samples)`: those samples' images already decoded, when the caller holds them."""
     def compute(missing: list[Sample]):
         failed: set[int] = set()
 
@@ -343,7 +345,7 @@ def per_file_trunk_features(model: nn.Module, head: str, prep: Preprocessing, de
             if on_failures:
                 on_failures(failures, missing)
 
-        loader = make_loader(prep.dataset(missing, eval_transform(prep.crop)), batch_size, False,
+        loader = make_loader(prep.dataset(missing, eval_transform(prep.crop), decoded(missing)), batch_size, False,
                              workers, seed, pin)
         result = trunk_pass(model, head, loader, prep, device, autocast, channels_last, progress=progress,
                             on_failures=failures_found, should_stop=should_stop)

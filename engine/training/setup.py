@@ -21,7 +21,7 @@ from engine.model.adabn import AdaptedStatistics, adapt_batch_norm, batch_norm_l
 from engine.training.batches import FeatureBatches, ImageBatches, SkippedLog
 from engine.training.tasks import make_task, task_problem
 from engine.config import RunConfig
-from engine.data.dataset import (DatasetScan, DecodedCache, Preprocessing, batches_per_epoch, eval_transform,
+from engine.data.dataset import (DatasetScan, DecodedCache, Preprocessing, Sample, batches_per_epoch, eval_transform,
                    labels_tensor, make_loader, scan_dataset, train_transform, worker_loader, worker_start_method)
 from engine.distributed.process_group import SINGLE, ProcessGroup
 from engine.errors import UserError
@@ -420,6 +420,8 @@ class _Loaders:
         pin = device.type == "cuda"
         # With cached features the training set's augmentation makes the augmented views.
         augment = config.data.augment
+        self._decoded = {s.path: (cache, i) for cache, samples in ((train_cache, scan.train), (val_cache, scan.val))
+                         if cache is not None for i, s in enumerate(samples)}
         self.train_set = prep.dataset(scan.train, train_transform(augment, prep.crop), train_cache)
         self.plain_train_set = prep.dataset(scan.train, eval_transform(prep.crop), train_cache)
         val_set = self.val_set = prep.dataset(scan.val, eval_transform(prep.crop), val_cache)
@@ -461,6 +463,17 @@ class _Loaders:
                              sampler=evenly_spaced(len(self.plain_train_set)), drop_last=False,
                              num_workers=self.workers, pin_memory=self.pin,
                              generator=torch.Generator().manual_seed(self.seed))
+
+    def decoded(self, samples: list[Sample]) -> DecodedCache | None:
+        """The images of `samples` this run has decoded already, indexed as `samples` (None: none)."""
+        found = [(j, *self._decoded[s.path]) for j, s in enumerate(samples) if s.path in self._decoded]
+        images = [(j, cache.images[i]) for j, cache, i in found if i in cache.images]
+        if not images:
+            return None
+        view = DecodedCache(sum(image.numel() * image.element_size() for _, image in images))  # shares the tensors
+        for j, image in images:
+            view.put(j, image)
+        return view
 
     def all_val_loader(self):
         """Every validation image in file order, on every rank (val_loader is this rank's share):
@@ -541,7 +554,8 @@ def _gather_per_file_features(run: Run, loaders: _Loaders, callbacks: Callbacks,
             channels_last=run.channels_last,
             progress=lambda d, t: callbacks.on_status(f"Computing {name} features", d, t),
             on_failures=run.skipped.add_failures, on_computed=count, should_stop=lambda: control.stop_requested,
-            share=lambda compute: features_shared_between_ranks(run.group, compute), trunk_pass=compute_features)
+            share=lambda compute: features_shared_between_ranks(run.group, compute), trunk_pass=compute_features,
+            decoded=loaders.decoded)
         if gathered is None:
             raise Stopped
         features, positions, unsaved = gathered
