@@ -3,6 +3,7 @@
 (3 epochs at 64 px on the digits, per-stage LRs, AdamW), each variant its own whole process, back to back.
 
     .venv/bin/python bench/defaults_gap.py [--rounds 2] [--variants NAME,...] [--out bench/out]
+    .venv/bin/python bench/defaults_gap.py --epochs 5 --size 32 --variants plain-0,ours   # the seed's recipe
 
 Variants:
   plain-0          the tutorial loop with no DataLoader workers (as the issue ran it)
@@ -31,19 +32,21 @@ EXTRA = {"ours": [], "ours-constant": ["--schedule", "constant"], "ours-no-telem
 PLAIN_WORKERS = {"plain-0": 0, "plain-2": 2}
 
 
-def run(variant: str, digits: Path, weights: Path, out: Path) -> dict:
+def run(variant: str, digits: Path, weights: Path, out: Path, epochs: int, size: int) -> dict:
     if variant in PLAIN_WORKERS:
         seconds, line = rb.timed([sys.executable, "bench/plain_loop.py", "--data", str(digits), "--mode", "ft",
-                                  "--weights", str(weights), "--epochs", "3", "--size", "64", "--batch-size", "32",
+                                  "--weights", str(weights), "--epochs", str(epochs), "--size", str(size),
+                                  "--batch-size", "32",
                                   "--workers", str(PLAIN_WORKERS[variant])])
         result = json.loads(line)
-        epochs, accuracy = [e["seconds"] for e in result["epochs"]], result["val_accuracy"]
+        epoch_seconds, accuracy = [e["seconds"] for e in result["epochs"]], result["val_accuracy"]
     else:
         seconds, _, records = rb.ours(digits, out / f"run-{variant}", ["--weights", str(weights), "--strategy",
-                                                                       "fine-tune", "--epochs", "3", "--image-size",
-                                                                       "64", *rb.RECIPE, *EXTRA[variant]])
-        epochs, accuracy = [r.seconds for r in records], records[-1].val_accuracy
-    return {"variant": variant, "seconds": round(seconds, 2), "later_epoch_seconds": round(statistics.mean(epochs[1:]), 2),
+                                                                       "fine-tune", "--epochs", str(epochs),
+                                                                       "--image-size", str(size), *rb.RECIPE,
+                                                                       *EXTRA[variant]])
+        epoch_seconds, accuracy = [r.seconds for r in records], records[-1].val_accuracy
+    return {"variant": variant, "seconds": round(seconds, 2), "later_epoch_seconds": round(statistics.mean(epoch_seconds[1:]), 2),
             "val_accuracy": accuracy}
 
 
@@ -52,13 +55,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default=",".join([*PLAIN_WORKERS, *EXTRA]))
     parser.add_argument("--out", default=str(rb.ROOT / "bench" / "out"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
     out = Path(args.out)
     digits, weights = rb.digits_dataset(out / "digits"), rb.weights_file(out / "resnet18-weights.pth")
     runs = []
     for _ in range(args.rounds):
         for variant in args.variants.split(","):
-            runs.append(run(variant, digits, weights, out))
+            runs.append(run(variant, digits, weights, out, args.epochs, args.size))
             print(json.dumps(runs[-1]), flush=True)
     plain = statistics.median(r["seconds"] for r in runs if r["variant"] == "plain-0") if any(
         r["variant"] == "plain-0" for r in runs) else None
