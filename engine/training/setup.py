@@ -350,11 +350,10 @@ def _adapted_training_features(run: Run, loaders: _Loaders, callbacks: Callbacks
     decode leaves rows that cannot be placed: then every image passes the trunk again."""
     chosen = set(rows)
     rest = [i for i in range(len(run.scan.train)) if i not in chosen]
-    computed = compute_features(run.model, run.info.head, loaders.plain_train_loader(rest), prep=run.prep,
-                                device=run.device, autocast=run.autocast, channels_last=run.channels_last,
+    computed = compute_features(run.model, run.info.head, loaders.plain_train_loader(rest),
                                 progress=lambda d, t: callbacks.on_status("Computing adapted training features", d, t),
                                 on_failures=lambda failures: run.skipped.add_failures(failures, run.scan.train),
-                                should_stop=lambda: control.stop_requested)
+                                **_trunk_pass_settings(run, control))
     if computed is None:
         raise Stopped
     if len(decided[0]) != len(rows) or len(computed[0]) != len(rest):
@@ -372,8 +371,7 @@ def _decision_features(run: Run, loaders: _Loaders, callbacks: Callbacks, contro
                        rows: list[int]) -> FeatureSets:
     """The trunk's features of the training images `rows` and of every validation image, as the model's
     statistics now are; undecodable images are left out here and reported by the pass over all of them."""
-    common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
-                  should_stop=lambda: control.stop_requested)
+    common = _trunk_pass_settings(run, control)
     train = compute_features(run.model, run.info.head, loaders.plain_train_loader(rows),
                              progress=lambda d, t: callbacks.on_status("Measuring adapted statistics", d, t), **common)
     if train is None:
@@ -459,10 +457,7 @@ class _Loaders:
     def adabn_loader(self):
         """What AdaBN averages over: the plain training images, at most adabn.MAX_IMAGES of them spread
         evenly over the file order."""
-        return worker_loader(self.plain_train_set, batch_size=self.batch_size,
-                             sampler=evenly_spaced(len(self.plain_train_set)), drop_last=False,
-                             num_workers=self.workers, pin_memory=self.pin,
-                             generator=torch.Generator().manual_seed(self.seed))
+        return self.plain_train_loader(evenly_spaced(len(self.plain_train_set)))
 
     def decoded(self, samples: list[Sample]) -> DecodedCache | None:
         """The images of `samples` this run has decoded already, indexed as `samples` (None: none)."""
@@ -481,13 +476,18 @@ class _Loaders:
         return make_loader(self.val_set, self.batch_size, False, self.workers, self.seed, self.pin)
 
 
+def _trunk_pass_settings(run: Run, control: TrainingControl) -> dict:
+    """compute_features' keywords for this run: how its trunk runs, and when to stop."""
+    return dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
+                should_stop=lambda: control.stop_requested)
+
+
 def _compute_trunk_features(run: Run, loaders: _Loaders, callbacks: Callbacks, control: TrainingControl,
                             key: str, views: int, val=None, label: str = "",
                             statistics: AdaptedStatistics | None = None):
     """(train, val, note): the trunk's features, saved under `key` (with the adapted `statistics` they
     were computed with); `val` given: those, not computed again."""
-    common = dict(prep=run.prep, device=run.device, autocast=run.autocast, channels_last=run.channels_last,
-                  should_stop=lambda: control.stop_requested)
+    common = _trunk_pass_settings(run, control)
     callbacks.on_status("Computing trunk features (once)")
     reduced = None
 
