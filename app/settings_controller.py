@@ -309,13 +309,18 @@ class SettingsController(QObject):
         if not self._classes_known():  # built once, when the listing gives the class count (_on_dataset_changed)
             self._describer.wait()
             return
+        self._request_model()
+
+    def _request_model(self) -> None:
         self._describer.request(self._configuration.model.arch, self._datasets.classes(),
                                 self._configuration.data.image_size)
 
     @Slot(object)
     def _on_dataset_changed(self, state: DatasetState) -> None:
-        if state.listing is not None or state.error:
-            self._describe_model()  # the class count may have changed, or is known to be none
+        if state.error:
+            self._request_model()  # no classes to wait for: the tree shows the model all the same
+        elif state.listing is not None:
+            self._describe_model()  # the class count may have changed
         if self._weights_waiting is not None and self._classes_known():
             self._check_weights_file(*self._weights_waiting)
 

@@ -169,6 +169,17 @@ def test_a_project_on_another_folder_builds_its_model_once(qtbot, session, demo_
     assert builds == [("resnet34", 3, 224)]
 
 
+def test_a_folder_that_cannot_be_listed_still_shows_the_models_layer_tree(qtbot, session, demo_dir, tmp_path):
+    """The tree waits for a listing's class count, not for one that never comes."""
+    open_and_wait(qtbot, session, demo_dir)
+    session.datasets.open_folder(str(tmp_path / "no such folder"))
+    session.settings.set_arch("resnet34")  # while the folder is being read: the tree waits for its classes
+    assert session.model_info is None
+    qtbot.waitUntil(lambda: bool(session.dataset.error), timeout=10_000)
+    qtbot.waitUntil(lambda: session.model_info is not None, timeout=30_000)
+    assert session.model_info.arch == "resnet34"
+
+
 def test_a_garbage_weights_file_is_one_line_and_not_offered(qtbot, session, demo_dir, tmp_path):
     open_and_wait(qtbot, session, demo_dir)
     garbage = tmp_path / "garbage.pth"

@@ -46,10 +46,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def snapshot(obj: Any) -> Any:
-    """A copy of nested dicts/lists with every tensor cloned to the CPU in the standard (contiguous)
-    memory layout, safe to write from another thread while training goes on changing the originals."""
+    """A copy of nested dicts/lists with every tensor cloned to the CPU, safe to write from another
+    thread while training goes on changing the originals."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
