@@ -68,7 +68,10 @@ class BackgroundSaver:
 
     def save(self, obj: Any, path: Path) -> None:
         self._raise_failed_writes()  # stop at the first failed save, not after every epoch has run
-        self._pending = [(f, p) for f, p in self._pending if p != path or not f.cancel()]
+        for future, queued in self._pending:
+            if queued == path:
+                future.cancel()  # only a write not yet started cancels: one being written completes
+        self._pending = [(f, p) for f, p in self._pending if not f.cancelled()]
         self._pending.append((self._pool.submit(atomic_torch_save, obj, path), path))
 
     def _raise_failed_writes(self) -> None:
