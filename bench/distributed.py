@@ -2,7 +2,7 @@
 """Training throughput with 1 and with N processes (train --nproc N), same config, same global batch.
 
     .venv/bin/python bench/distributed.py [--nproc 2] [--epochs 3] [--size 64] [--batch-size 32]
-                                          [--device cpu] [--repeats 2]
+                                          [--device cpu] [--repeats 2] [--multi-process-flags=--sync-bn]
 
 Fine-tunes resnet18 from random init (every layer trains: the most gradient traffic DDP has to
 all-reduce) on the built-in demo dataset without augmentation, through the real command line, so
@@ -40,7 +40,7 @@ def one_run(args, nproc: int, out: Path) -> dict:
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--image-size", str(args.size),
                "--augment", "none", "--device", args.device, "--no-telemetry", "--out", str(out), "--json"]
     if nproc > 1:
-        command += ["--nproc", str(nproc)]
+        command += ["--nproc", str(nproc), *args.multi_process_flags.split()]
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--multi-process-flags", default="",
+                        help="more train flags for the N-process side only, e.g. --sync-bn (CUDA)")
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,12 @@
    tensors already on the GPU (how much of the loop's speed the real input pipeline keeps);
 2. large JPEGs (4032x3024) decoded for the cache: Pillow on all CPU cores (draft mode) against
    nvJPEG on the GPU (engine/data/gpu_decode.py), with the pixel difference between the two;
-3. bench/gpu_checks.py: fp16 + gradual unfreezing, feature extraction, resume, export parity.
+3. bench/gpu_checks.py: fp16 + gradual unfreezing, feature extraction, resume, export parity;
+4. (round 3) on a machine with two GPUs or more: bench/distributed.py with nccl, 1 process against
+   N with SyncBatchNorm (`train --nproc N --sync-bn`), images/s and validation accuracy.
+
+Round 3 adds nothing else to run: `ours` measures the defaults as they are now (the loss read once
+an epoch, fused AdamW), which have never run on CUDA.
 """
 
 from __future__ import annotations
@@ -168,7 +173,7 @@ def main() -> int:
     p.add_argument("--data", default="/tmp/ts-gpu-data", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--diagnosis-only", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--steps", default="plain,ours,ours_no_telemetry,synthetic,decode,checks",
+    p.add_argument("--steps", default="plain,ours,ours_no_telemetry,synthetic,decode,ddp,checks",
                    help="which parts to run, comma-separated (also: ours_cudnn_benchmark, shutdown)")
     args = p.parse_args()
     out = Path(args.out)
@@ -227,6 +232,13 @@ def main() -> int:
     step("shutdown", lambda: json.loads(run([sys.executable, "bench/gpu_round2.py", "--out", str(out),
                                              "--diagnosis-only"], out / "shutdown.log")[1]))
     step("decode", lambda: decode_bench(Path("/tmp/ts-gpu-photos"), 192, 256))
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    if gpus >= 2:
+        step("ddp", lambda: json.loads(run([sys.executable, "bench/distributed.py", "--device", "cuda", "--nproc",
+                                            str(gpus), "--size", "128", "--epochs", "5", "--batch-size", "64",
+                                            "--multi-process-flags=--sync-bn"], out / "ddp.log")[1]))
+    else:
+        result["ddp"] = {"skipped": f"{gpus} GPU(s): nccl DDP needs two or more"}
     step("checks", lambda: {"seconds": run([sys.executable, "bench/gpu_checks.py", "--out", str(out / "checks")],
                                            out / "checks.log")[0]})
     try:

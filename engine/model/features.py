@@ -25,6 +25,7 @@ from torch import nn
 from engine.model import adabn
 from engine.model.adabn import AdaptedStatistics
 from engine.model.checkpoint import atomic_torch_save, safe_torch_load
+from engine.model.folding import folded_for_inference
 from engine.data.dataset import DecodedCache, Preprocessing, Sample, eval_transform, make_loader, normalize_batch
 from engine.errors import UserError
 from engine.model import timm_source
@@ -50,13 +51,14 @@ def head_removed(model: nn.Module, head: str):
 
 @contextmanager
 def trunk_forward(model: nn.Module, head: str):
-    """A function from images to what the head sees: timm's forward_features + forward_head(pre_logits=True)
-    for a timm model (its own split, no module swapped), else the model with its head removed."""
+    """A function from images to what the head sees, for a model in eval mode: timm's forward_features +
+    forward_head(pre_logits=True) for a timm model (its own split, no module swapped), else the model
+    with its head removed and its BatchNorm layers folded into their convolutions (a copy)."""
     if timm_source.is_timm_model(model):
         yield lambda x: timm_source.trunk_features(model, x)
     else:
         with head_removed(model, head):
-            yield model
+            yield folded_for_inference(model)
 
 
 @torch.no_grad()
