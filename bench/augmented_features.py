@@ -6,7 +6,7 @@ loop trained with the same augmentation ("standard": random resized crop + flip)
     .venv/bin/python bench/augmented_features.py --data DIR --epochs 1 --size 32   # a smoke run
 
 Default case (issue 13): 10 epochs at 96 px, resnet18 from a weights file, scikit-learn's digits.
-Each pair runs the plain loop, then Transfer Studio with V cached views (the defaults, --adapt-norm
+Each pair runs the plain loop, then Transfer Studio with V cached views (the defaults: 3 views, --adapt-norm
 auto), then the same with --adapt-norm off, back to back, each as its own process timed whole (bench/run_benchmarks.py's
 timed(): a fresh, empty feature cache folder per process). Prints one JSON line per run and a
 markdown table for docs/benchmarks.md; writes OUT/augmented_features.json.
@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_benchmarks as rb  # noqa: E402 - the round-1 pieces: data, weights file, whole-process timing
-from engine.runs.run_folder import RunFolder  # noqa: E402 - importable once run_benchmarks added the root
+from engine.config import TrainConfig  # noqa: E402 - importable once run_benchmarks added the root
+from engine.runs.run_folder import RunFolder  # noqa: E402
 
 FE_ARGS = ["--strategy", "feature-extraction"]  # otherwise the defaults (AdamW, cosine, the head's LR, --adapt-norm auto)
 
@@ -71,7 +72,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=1, help="plain/ours rounds, run back to back")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--views", type=int, default=TrainConfig().feature_views, help="default: train's default")
     parser.add_argument("--no-adabn", action="store_true", help="skip the --adapt-norm off variant")
     args = parser.parse_args()
     out = Path(args.out)
