@@ -9,6 +9,7 @@ import torch
 from engine.config import PlanConfig
 from engine.events import Callbacks, TrainingControl
 from engine.listener import Listener, listener_states, load_listener_states
+from engine.plan.plan import Plan, Setting
 from engine.runs.run_folder import RunFolder
 from engine.training.integrity import FreezeIntegrity, fingerprint
 from engine.training.listeners import EarlyStopping
@@ -105,3 +106,28 @@ def test_a_resume_file_from_before_listener_states_is_still_read(tmp_path):
     assert state["listeners"] == {"FreezeIntegrity": {"fingerprints": fingerprints}} and "integrity" not in state
     torch.save({"format_version": 1, "epoch": 1, "model": {}}, folder.resume_path)
     assert folder.read_resume_state()["listeners"] == {}  # every listener starts fresh
+
+
+def test_fingerprints_stored_by_an_older_run_still_check_its_tensors(tmp_path):
+    """resume.pt of a run from before the SHA-256 fingerprints holds BLAKE2b ones: a continued run
+    compares each tensor with it the same way, so nothing is reported changed that is not."""
+    import hashlib
+
+    def blake2b_fingerprint(t):  # the scheme those runs stored
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    model = torch.nn.Linear(2, 2)
+    model.requires_grad_(False)
+    plan = Plan({"": Setting(frozen=True, lr=1e-3)})
+    integrity = FreezeIntegrity(model)
+    integrity.load_state_dict(round_trip({"fingerprints": {name: blake2b_fingerprint(t) for name, t in
+                                                           model.state_dict().items()}}, tmp_path))
+    integrity.on_epoch_start(1, plan)
+    assert integrity.check(1).intact
+    with torch.no_grad():
+        model.bias[0] += 1
+    assert integrity.check(2).changed == ("bias",)
+    assert fingerprint(model.weight).startswith("sha256:")

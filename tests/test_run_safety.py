@@ -186,3 +186,16 @@ def test_a_save_still_waiting_is_replaced_by_a_newer_one_of_the_same_file(tmp_pa
     finally:
         saver.close()
     assert written == [("checkpoint.pt", "checkpoint 1"), ("resume.pt", "resume 2"), ("checkpoint.pt", "checkpoint 2")]
+
+
+def test_non_finite_tensors_names_each_tensor_with_a_nan_or_an_infinity():
+    from engine.training.listeners import non_finite_tensors
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Linear(3, 2))
+    assert non_finite_tensors(model) == []  # num_batches_tracked, an integer buffer, is not looked at
+    with torch.no_grad():
+        model[0].weight[1, 0, 0, 0] = float("nan")
+        model[1].running_var[2] = float("inf")
+        model[2].bias[0] = float("-inf")
+    assert non_finite_tensors(model) == ["0.weight", "1.running_var", "2.bias"]
+    assert non_finite_tensors(model.to(torch.bfloat16)) == ["0.weight", "1.running_var", "2.bias"]

@@ -3,7 +3,7 @@
 Before the first step every tensor the plan promises will not change is fingerprinted: the
 parameters and buffers (BatchNorm running statistics included) of frozen modules, except the
 buffers of norm layers the person let update. After every epoch each is fingerprinted again and
-compared bit for bit. A fingerprint is a 128-bit BLAKE2 digest of the tensor's bytes, taken one
+compared bit for bit. A fingerprint is 128 bits of a SHA-256 digest of the tensor's bytes, taken one
 tensor at a time, so the check never holds a second copy of the model.
 
 Whatever changed a frozen tensor (a hook, a stray `model.train()`, a bug), the run is defective:
@@ -34,14 +34,22 @@ MAX_NAMED = 8  # tensors named in the one-line failure message; metrics.jsonl li
 HASHING_THREADS = min(4, os.cpu_count() or 1)
 
 
-def fingerprint(tensor: torch.Tensor) -> str:
+SCHEME = "sha256:"  # SHA-256 runs on the CPU's SHA instructions where BLAKE2b has none: twice as fast here
+
+
+def fingerprint(tensor: torch.Tensor, like: str | None = None) -> str:
+    """128 bits of the SHA-256 of the tensor's dtype, shape and bytes, as "sha256:<hex>". `like`: the
+    fingerprint it is compared with; one stored before this scheme (resume.pt of an older run: bare
+    hex) is matched by a fingerprint taken its way, BLAKE2b."""
     data = tensor.detach()
     if data.device.type != "cpu":
         data = data.cpu()
-    digest = hashlib.blake2b(digest_size=16)
+    legacy = like is not None and not like.startswith(SCHEME)
+    digest = hashlib.blake2b(digest_size=16) if legacy else hashlib.sha256()
     digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
     digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()  # text, so resume.pt stays loadable with weights_only=True
+    # text, so resume.pt stays loadable with weights_only=True
+    return digest.hexdigest() if legacy else SCHEME + digest.hexdigest()[:32]
 
 
 _SAME_SIZE_INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -146,7 +154,8 @@ class FreezeIntegrity(Listener):
     def _unchanged(self, name: str, tensor: torch.Tensor) -> bool:
         if name in self._referenced:
             return self.reference.same(name, tensor)
-        return fingerprint(tensor) == self.fingerprints[name]
+        stored = self.fingerprints[name]
+        return fingerprint(tensor, like=stored) == stored
 
     def check(self, epoch: int) -> IntegrityReport:
         # hashlib lets go of the GIL while it hashes: the tensors are hashed on every core at once

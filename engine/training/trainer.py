@@ -277,7 +277,7 @@ class EpochLoop:
             "epoch": self.epoch, "global_step": self.global_step,
             "planned_epochs": self.run.config.train.epochs,
             "schedule_segment": [self.optimization.segment.first_step, self.optimization.segment.steps],
-            "model": {k: v.contiguous() for k, v in self.run.model.state_dict().items()},
+            "model": self.run.model.state_dict(),  # snapshot() copies it, each tensor in its own layout
             "optimizer": self.optimization.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "best": list(self.best_score) if self.best_score else None,
