@@ -57,14 +57,14 @@ def test_one_copy_while_the_tensors_stay_and_a_new_one_when_statistics_change():
         torch.testing.assert_close(third(images), unfolded_trunk(model, images), rtol=1e-4, atol=1e-4)
 
 
-def test_the_cache_does_not_keep_a_model_alive():
+def test_the_cache_keeps_neither_the_model_nor_its_copy_once_the_model_is_gone():
     model = small_resnet()
-    with torch.no_grad(), trunk_forward(model, "fc"):
+    with torch.no_grad(), trunk_forward(model, "fc") as trunk:
         pass
-    gone = weakref.ref(model)
-    del model
+    gone, copy_gone = weakref.ref(model), weakref.ref(trunk)
+    del model, trunk
     gc.collect()
-    assert gone() is None
+    assert gone() is None and copy_gone() is None
 
 
 class DataDependent(nn.Module):
