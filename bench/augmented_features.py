@@ -35,7 +35,7 @@ FE_ARGS = ["--strategy", "feature-extraction"]  # otherwise the defaults (AdamW,
 def plain_run(data: Path, weights: Path, args) -> dict:
     seconds, line = rb.timed([sys.executable, "bench/plain_loop.py", "--data", str(data), "--mode", "fe",
                               "--weights", str(weights), "--epochs", str(args.epochs), "--size", str(args.size),
-                              "--workers", "2", "--batch-size", "32", "--augment", "standard"])
+                              "--workers", str(args.plain_workers), "--batch-size", "32", "--augment", "standard"])
     return {"side": "plain loop", "seconds": seconds, "val_accuracy": json.loads(line)["val_accuracy"]}
 
 
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--views", type=int, default=TrainConfig().feature_views, help="default: train's default")
     parser.add_argument("--no-adabn", action="store_true", help="skip the --adapt-norm off variant")
+    parser.add_argument("--plain-workers", type=int, default=2,
+                        help="the plain loop's DataLoader workers (0: as issue 27's tester ran it)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
